@@ -1,0 +1,216 @@
+"""The one settings model. It feeds the CLI, the daemon, the API and the page.
+
+Precedence, lowest to highest: defaults < TOML file (`--config FILE`) < RESTORER_* environment < flags.
+config/restorer.example.toml documents every key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pipeline.types import EngineConfig, RestoreOptions
+
+
+class Preset(BaseModel):
+    """Partial RestoreOptions applied to files dropped in an inbox subfolder of the same name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    scale: float | None = Field(default=None, ge=1)
+    max_output_megapixels: float | None = Field(default=None, gt=0)
+    denoise_strength: float | None = Field(default=None, ge=0, le=1)
+    faces: bool | None = None
+    face_model: str | None = None
+    face_strength: float | None = Field(default=None, ge=0, le=1)
+    output_format: Literal["same", "png", "jpg", "webp", "tiff"] | None = None
+    quality: int | None = Field(default=None, ge=1, le=100)
+    strip_gps: bool | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+DEFAULT_PRESETS: dict[str, Preset] = {
+    "no-faces": Preset(faces=False),
+    "2x": Preset(scale=2),
+    "anime": Preset(model="RealESRGAN_x4plus_anime_6B", faces=False),
+    "fast": Preset(model="realesr-animevideov3"),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RESTORER_", extra="forbid", validate_default=True)
+
+    # Folders. The state dir holds the SQLite DB and caches and must be on local disk.
+    inbox: Path = Path("var/inbox")
+    outbox: Path = Path("var/outbox")
+    failed_dir: Path = Path("var/failed")
+    archive_dir: Path = Path("var/archive")
+    state_dir: Path = Path("var/state")
+    weights_dir: Path = Path("weights")
+
+    # Network. A LAN service: binds every interface by default.
+    bind: str = "0.0.0.0"
+    api_port: int = Field(default=8001, ge=0, le=65535)
+    site_port: int = Field(default=8091, ge=0, le=65535)
+    api_token: SecretStr | None = None  # with none, POST endpoints accept loopback clients only
+    cors_origins: list[str] = Field(default_factory=list)
+    upload_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0)  # per file
+    upload_max_files: int = Field(default=50, gt=0)  # per request
+
+    # Intake.
+    watch_mode: Literal["auto", "native", "polling"] = "auto"
+    poll_seconds: float = Field(default=5.0, gt=0)
+    rescan_seconds: float = Field(default=300.0, gt=0)
+    stability_seconds: float = Field(default=5.0, ge=0)
+    duplicate_content: Literal["skip", "process"] = "skip"
+    min_free_mb: int = Field(default=500, ge=0)  # intake pauses below this free space in the outbox
+
+    # Jobs and worker.
+    max_attempts: int = Field(default=3, ge=1)
+    originals: Literal["archive", "delete", "keep"] = "archive"
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    hang_seconds: float = Field(default=600.0, gt=0)  # no heartbeat for this long: the worker is restarted
+    stop_grace_seconds: float = Field(default=60.0, ge=0)  # on SIGTERM, time to finish the current image
+
+    # Output files.
+    output_file_mode: str = "0664"
+    output_group: str | None = None
+    max_input_megapixels: float = Field(default=200.0, gt=0)  # decompression-bomb limit
+
+    # Engine (one per worker process).
+    backend: Literal["auto", "openvino", "torch"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    tile: int | None = Field(default=None, ge=16)
+    threads: int | None = Field(default=None, ge=1)
+
+    # Default restore options (a preset overrides some of them).
+    model: str = "RealESRGAN_x4plus"
+    scale: float = Field(default=4.0, ge=1)
+    max_output_megapixels: float | None = Field(default=None, gt=0)
+    denoise_strength: float | None = Field(default=None, ge=0, le=1)
+    faces: bool = True
+    face_model: str = "auto"
+    face_strength: float = Field(default=1.0, ge=0, le=1)
+    output_format: Literal["same", "png", "jpg", "webp", "tiff"] = "same"
+    quality: int = Field(default=95, ge=1, le=100)
+    strip_gps: bool = False
+
+    presets: dict[str, Preset] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
+
+    @field_validator("output_file_mode")
+    @classmethod
+    def _octal_mode(cls, value: str) -> str:
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise ValueError(f"output_file_mode must be octal like '0664', got {value!r}") from None
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f"output_file_mode {value!r} is outside 0000..0777")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_folders(self) -> Settings:
+        folders = {
+            "inbox": self.inbox,
+            "outbox": self.outbox,
+            "failed_dir": self.failed_dir,
+            "archive_dir": self.archive_dir,
+        }
+        resolved = {name: path.expanduser().resolve() for name, path in folders.items()}
+        names = list(resolved)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                pa, pb = resolved[a], resolved[b]
+                if pa == pb or pa in pb.parents or pb in pa.parents:
+                    raise ValueError(f"{a} ({pa}) and {b} ({pb}) must be separate folders, not nested")
+        return self
+
+    # Config file support: Settings.load(config_file, **flags).
+    _toml_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | str | None = None, **flags: Any) -> Settings:
+        """Build settings from an optional TOML file, the environment and explicit flags (None = unset)."""
+        if config_file is not None and not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        overrides = {key: value for key, value in flags.items() if value is not None}
+        cls._toml_file = Path(config_file) if config_file is not None else None
+        try:
+            return cls(**overrides)
+        finally:
+            cls._toml_file = None
+
+    # Derived views for the other layers.
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def file_mode(self) -> int:
+        return int(self.output_file_mode, 8)
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            weights_dir=str(self.weights_dir),
+            cache_dir=str(self.cache_dir),
+            backend=self.backend,
+            device=self.device,
+            precision=self.precision,
+            tile=self.tile,
+            threads=self.threads,
+        )
+
+    def restore_options(self, preset: str | None = None) -> RestoreOptions:
+        base = RestoreOptions(
+            model=self.model,
+            scale=self.scale,
+            max_output_megapixels=self.max_output_megapixels,
+            denoise_strength=self.denoise_strength,
+            faces=self.faces,
+            face_model=self.face_model,
+            face_strength=self.face_strength,
+            output_format=self.output_format,
+            quality=self.quality,
+            strip_gps=self.strip_gps,
+        )
+        if preset is None:
+            return base
+        if preset not in self.presets:
+            raise KeyError(f"unknown preset {preset!r}; known: {', '.join(sorted(self.presets))}")
+        return base.replace(**self.presets[preset].overrides())
+
+    def public_dict(self) -> dict[str, Any]:
+        """What the API and page may show: everything but secrets."""
+        data = self.model_dump(mode="json", exclude={"api_token"})
+        data["api_token_set"] = self.api_token is not None
+        return data

@@ -1,0 +1,184 @@
+"""The pipeline's public data types: what goes in, what comes out, what can go wrong.
+
+The pipeline is a library: an `Image` and `RestoreOptions` go in, an `Image` and a `RestoreReport` come
+out. It knows nothing about jobs, folders or HTTP.
+
+Errors form one hierarchy so callers can say what happened in words:
+
+    RestoreError                  anything the pipeline refuses or cannot do, with a one-line message
+    ├── BadImageError             the input is not a usable image (the user must fix the file)
+    │   ├── EmptyFileError        zero bytes
+    │   ├── NotAnImageError       wrong magic bytes / not an image at all
+    │   ├── UnsupportedFormatError an image format we cannot read
+    │   ├── CorruptImageError     truncated or damaged data
+    │   ├── DecompressionBombError more pixels than the configured limit
+    │   └── AbsurdDimensionsError zero or absurd width/height/aspect
+    ├── WeightsMissingError       no usable weight file (message names the file and where to get it)
+    └── BackendUnavailableError   the requested backend/device/precision cannot run here
+    DeviceOutOfMemoryError        raised by a backend for one tile; the tiler splits and retries, never
+                                  reaches the caller unless a 16x16 tile does not fit
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Backend = Literal["auto", "openvino", "torch"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+OutputFormat = Literal["same", "png", "jpg", "webp", "tiff"]
+
+# on_progress(stage, done, total): stage is "decode", "faces-detect", "upscale", "faces-restore",
+# "encode"; done/total count tiles (upscale) or faces, 0/1 -> 1/1 for single-step stages.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+class RestoreError(Exception):
+    """Base of every error the pipeline raises on purpose. str(e) is a one-line human message."""
+
+
+class BadImageError(RestoreError):
+    """The input file is not a usable image."""
+
+
+class EmptyFileError(BadImageError):
+    pass
+
+
+class NotAnImageError(BadImageError):
+    pass
+
+
+class UnsupportedFormatError(BadImageError):
+    pass
+
+
+class CorruptImageError(BadImageError):
+    pass
+
+
+class DecompressionBombError(BadImageError):
+    pass
+
+
+class AbsurdDimensionsError(BadImageError):
+    pass
+
+
+class WeightsMissingError(RestoreError):
+    pass
+
+
+class BackendUnavailableError(RestoreError):
+    pass
+
+
+class DeviceOutOfMemoryError(Exception):
+    """A backend could not fit one batch/tile in memory. Internal: the tiler splits and retries."""
+
+
+@dataclass
+class Image:
+    """Decoded pixels plus everything we must carry to the output.
+
+    pixels: HxWxC numpy array, C in {1, 3, 4} (gray, RGB, RGBA), dtype uint8 or uint16, upright
+    (EXIF orientation already applied), RGB channel order (not OpenCV's BGR).
+    """
+
+    pixels: np.ndarray
+    source_format: str = "png"  # "jpg", "png", "webp", "tiff", "bmp", "heic", "gif"
+    icc_profile: bytes | None = None
+    exif: bytes | None = None  # raw EXIF block, orientation reset to 1 on output
+    notes: list[str] = field(default_factory=list)  # e.g. "GIF: first frame of 12 used", "CMYK converted"
+    original_mode: str = ""  # PIL mode of the file as read, e.g. "RGB", "I;16", "P", "CMYK", "LA"
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.pixels.ndim == 2 else int(self.pixels.shape[2])
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run networks on this machine. Chosen once per process; models are loaded once."""
+
+    weights_dir: str = "weights"
+    cache_dir: str = "var/state/cache"  # converted embedded weights, compiled OpenVINO models
+    backend: Backend = "auto"
+    device: Device = "auto"
+    precision: Precision = "auto"
+    tile: int | None = None  # None: derived from free memory; a number caps the tile edge (input pixels)
+    threads: int | None = None  # None: the cores this process may use (os.sched_getaffinity)
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What to do to one image. Presets in the daemon are partial overrides of these fields."""
+
+    model: str = "RealESRGAN_x4plus"
+    scale: float = 4.0  # any value >= 1: the network's scale, then a high-quality resize
+    max_output_megapixels: float | None = None  # lowers the scale (and says so) when exceeded
+    denoise_strength: float | None = None  # 0..1, only for realesr-general-x4v3 (+ wdn weights)
+    faces: bool = True  # False also skips detection
+    face_model: str = "auto"  # auto | GFPGANv1.4 | GFPGANv1.3 | RestoreFormer | CodeFormer
+    face_strength: float = 1.0  # 0..1 blend of restored face with the super-resolved one
+    codeformer_fidelity: float = 0.5
+    min_face_size: int = 16  # faces smaller than this (input pixels, box edge) are left to the SR model
+    output_format: OutputFormat = "same"
+    quality: int = 95  # JPEG / WebP quality
+    strip_gps: bool = False
+
+    def replace(self, **changes: Any) -> RestoreOptions:
+        return type(self)(**{**asdict(self), **changes})
+
+
+@dataclass
+class FaceReport:
+    box: list[float]  # x0, y0, x1, y1 in OUTPUT pixel coordinates
+    score: float
+    landmarks: list[list[float]]  # 5 points (left eye, right eye, nose, mouth left, mouth right), output coords
+    restored: bool
+    reason: str | None = None  # why not restored, in words
+
+
+@dataclass
+class RestoreReport:
+    """One image's account of what happened. `to_dict()` is what reports, the DB and the API show."""
+
+    input: str | None = None
+    output: str | None = None
+    error: str | None = None
+    input_size: list[int] | None = None  # [width, height]
+    input_mode: str | None = None  # e.g. "RGB 8-bit", "RGBA 16-bit", "L 8-bit"
+    output_size: list[int] | None = None
+    output_mode: str | None = None
+    model: str | None = None
+    scale: float | None = None
+    backend: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    backend_reason: str | None = None  # why auto picked what it picked
+    tiles: int = 0
+    tile_size: int | None = None
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    faces: list[FaceReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

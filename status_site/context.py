@@ -1,0 +1,46 @@
+"""What every handler needs, stored once on each aiohttp app under typed keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from daemon.health import HealthState
+    from daemon.store import JobStore
+
+    from daemon.settings import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class SiteContext:
+    """Shared by the API app and the page app of one `start_servers` call.
+
+    Store queries and image work run in `executor`: SQLite may wait on a writer's lock (busy_timeout) and
+    previews decode whole images, and neither may stall the event loop that answers every poll.
+    """
+
+    settings: Settings
+    store: JobStore
+    health: HealthState
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-site")
+    )
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
+
+CONTEXT = web.AppKey("status_site_context", SiteContext)
+APP_NAME = web.AppKey("status_site_app_name", str)
+
+
+def context_of(request: web.Request) -> SiteContext:
+    return request.app[CONTEXT]

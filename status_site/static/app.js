@@ -1,1 +1,794 @@
+// Status page for Neural Image Restore. Plain JS, no build step, no CDN: it must work on a LAN offline.
+//
+// It polls the same-origin /api/v1 (the page server mounts the API routes in-process). On any failure it
+// keeps the last data on screen, marks it stale, says so in the header and retries with backoff
+// (2 s doubling to 30 s), so a daemon restart or a flaky Wi-Fi never leaves a blank page or a spinner.
+"use strict";
 
+const API = "/api/v1";
+const FETCH_TIMEOUT_MS = 8000;
+const ACTIVE_INTERVAL_MS = 2000;
+const IDLE_INTERVAL_MS = 5000;
+const MAX_BACKOFF_MS = 30000;
+const HISTORY_PAGE = 24;
+const THUMB_MAX = 320;
+const INSPECT_MAX = 4096;
+
+const state = {
+  capabilities: null,
+  historyCursors: [null], // cursor of each page seen; the last entry is the current page
+  historyNext: null,
+  failures: 0,
+  offlineSince: null,
+  nextPollAt: 0,
+  timer: null,
+  countdown: null,
+  lastOk: null,
+  polling: false,
+  lastStatsAt: 0,
+  lastCapabilitiesAt: 0,
+};
+
+const $ = (id) => document.getElementById(id);
+
+// ---------- HTTP ----------
+
+class HttpError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const controller = new AbortController();
+  const timeout = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
+  const token = tokenValue();
+  if (token) headers["Authorization"] = "Bearer " + token;
+  try {
+    const response = await fetch(API + path, Object.assign({}, options, { headers, signal: controller.signal, cache: "no-store" }));
+    const text = await response.text();
+    let body = null;
+    try {
+      body = text ? JSON.parse(text) : null;
+    } catch (_err) {
+      // A proxy error page, not our JSON: treat as the daemon being unreachable.
+      throw new HttpError(response.status, `unexpected reply (HTTP ${response.status})`);
+    }
+    if (!response.ok && !(response.status === 503 && path === "/health")) {
+      throw new HttpError(response.status, (body && (body.detail || body.title)) || `HTTP ${response.status}`);
+    }
+    return body;
+  } catch (err) {
+    if (err.name === "AbortError") throw new HttpError(0, "the daemon did not answer in time");
+    if (err instanceof HttpError) throw err;
+    throw new HttpError(0, "the daemon is unreachable");
+  } finally {
+    clearTimeout(timeout);
+  }
+}
+
+function tokenValue() {
+  const box = $("token");
+  return box && box.value ? box.value.trim() : sessionStorage.getItem("restorer-token") || "";
+}
+
+// ---------- Formatting ----------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== null && value !== undefined && value !== false) node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) return "unknown";
+  seconds = Math.max(0, Math.round(seconds));
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${seconds % 60} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+function formatBytes(bytes) {
+  if (bytes === null || bytes === undefined) return "?";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit += 1;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}
+
+function formatTime(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (isNaN(date)) return iso;
+  const sameDay = date.toDateString() === new Date().toDateString();
+  return sameDay ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
+function formatSize(size) {
+  return size ? `${size[0]} × ${size[1]}` : "?";
+}
+
+function stateBadge(jobState) {
+  return el("span", { class: `state state-${jobState}`, text: jobState });
+}
+
+// ---------- Polling loop ----------
+
+function schedule(delayMs) {
+  clearTimeout(state.timer);
+  state.nextPollAt = Date.now() + delayMs;
+  state.timer = setTimeout(poll, delayMs);
+}
+
+async function poll() {
+  if (state.polling) return;
+  state.polling = true;
+  let active = false;
+  try {
+    const now = Date.now();
+    const wantCapabilities = !state.capabilities || state.failures > 0 || now - state.lastCapabilitiesAt > 30000;
+    const wantStats = state.failures > 0 || now - state.lastStatsAt > 15000;
+    const [health, live, failed, history, capabilities, stats] = await Promise.all([
+      api("/health"),
+      api("/jobs?state=processing,queued&order=queue&limit=100"),
+      api("/jobs?state=failed&limit=20"),
+      loadHistory(),
+      wantCapabilities ? api("/capabilities") : Promise.resolve(null),
+      wantStats ? api("/stats") : Promise.resolve(null),
+    ]);
+    renderHealth(health);
+    renderLive(live);
+    renderFailed(failed);
+    renderHistory(history);
+    if (capabilities) {
+      state.lastCapabilitiesAt = now;
+      renderCapabilities(capabilities);
+    }
+    if (stats) {
+      state.lastStatsAt = now;
+      renderStats(stats);
+    }
+    active = live.jobs.length > 0;
+    state.failures = 0;
+    state.offlineSince = null;
+    state.lastOk = new Date();
+    document.body.classList.remove("stale");
+  } catch (err) {
+    state.failures += 1;
+    if (!state.offlineSince) state.offlineSince = new Date();
+    document.body.classList.add("stale");
+    state.lastError = err.message;
+  } finally {
+    state.polling = false;
+  }
+  const delay = state.failures
+    ? Math.min(MAX_BACKOFF_MS, ACTIVE_INTERVAL_MS * 2 ** (state.failures - 1)) * (0.85 + Math.random() * 0.3)
+    : active
+      ? ACTIVE_INTERVAL_MS
+      : IDLE_INTERVAL_MS;
+  schedule(delay);
+  renderConnection();
+}
+
+function pollSoon() {
+  schedule(50);
+}
+
+function renderConnection() {
+  const box = $("connection");
+  box.replaceChildren();
+  if (state.failures === 0) {
+    box.textContent = `Live · updated ${state.lastOk ? state.lastOk.toLocaleTimeString() : ""}`;
+    return;
+  }
+  const seconds = Math.max(0, Math.ceil((state.nextPollAt - Date.now()) / 1000));
+  box.append(
+    `Offline since ${state.offlineSince.toLocaleTimeString()} (${state.lastError}); showing the last known state. ` +
+      `Retrying in ${seconds} s`,
+    el("button", { type: "button", text: "Retry now", onclick: pollSoon }),
+  );
+}
+
+// The countdown in the header ticks between polls while offline.
+setInterval(() => {
+  if (state.failures > 0) renderConnection();
+}, 1000);
+
+// ---------- Health ----------
+
+function renderHealth(health) {
+  const banner = $("health");
+  const status = health.status || "unknown";
+  banner.className = `banner banner-${status}`;
+  const titles = { ok: "All systems working", degraded: "Working with problems", down: "Not working" };
+  $("health-title").textContent = titles[status] || `Status: ${status}`;
+  $("health-reasons").replaceChildren(...(health.reasons || []).map((reason) => el("li", { text: reason })));
+  const facts = [];
+  const worker = health.worker || {};
+  const engine = health.backend || health.engine || worker;
+  if (engine.backend) facts.push(`engine ${engine.backend} on ${engine.device || "?"} (${engine.precision || "?"})`);
+  const watcher = health.watcher || {};
+  if (watcher.mode) facts.push(`watching ${watcher.mode}`);
+  const outbox = health.outbox || {};
+  if (outbox.free_bytes !== undefined && outbox.free_bytes !== null) facts.push(`outbox free ${formatBytes(outbox.free_bytes)}`);
+  $("health-facts").textContent = facts.join(" · ");
+}
+
+// ---------- Capabilities (upload/retry allowed from this browser?) ----------
+
+function canWrite() {
+  return !!(state.capabilities && (state.capabilities.can_write || (state.capabilities.token_required && tokenValue())));
+}
+
+function renderCapabilities(capabilities) {
+  state.capabilities = capabilities;
+  const hint = $("upload-hint");
+  const writable = canWrite();
+  $("token-box").hidden = !capabilities.token_required;
+  if (!writable && capabilities.write_hint) {
+    hint.textContent = capabilities.write_hint;
+    hint.hidden = false;
+  } else {
+    hint.hidden = true;
+  }
+  const zone = $("dropzone");
+  zone.classList.toggle("disabled", !writable);
+  zone.setAttribute("aria-disabled", writable ? "false" : "true");
+  $("upload-limits").textContent =
+    `Up to ${capabilities.upload_max_files} files per upload, ${formatBytes(capabilities.upload_max_bytes)} each.`;
+  const select = $("preset");
+  if (select.options.length === 1) {
+    for (const name of capabilities.presets || []) select.append(el("option", { value: name, text: name }));
+  }
+  for (const button of document.querySelectorAll("button[data-write]")) button.disabled = !writable;
+}
+
+// ---------- Current job and queue ----------
+
+function jobName(job) {
+  return job.name || (job.input && job.input.path) || `job ${job.id}`;
+}
+
+function renderLive(live) {
+  const processing = live.jobs.filter((job) => job.state === "processing");
+  const queued = live.jobs.filter((job) => job.state === "queued");
+  renderCurrent(processing);
+  $("queue-count").textContent = live.total_queued !== undefined ? `(${live.total_queued})` : `(${queued.length})`;
+  $("queue-empty").hidden = queued.length > 0;
+  syncList($("queue"), queued, (job) => {
+    const eta = job.eta_seconds !== null && job.eta_seconds !== undefined ? `done in about ${formatDuration(job.eta_seconds)}` : "";
+    return el(
+      "li",
+      { "data-id": job.id },
+      el("span", { class: "pos", text: `#${job.queue_position ?? "?"}` }),
+      el(
+        "span",
+        { class: "grow" },
+        el("span", { class: "name", text: jobName(job) }),
+        el("br"),
+        el("span", { class: "muted", text: `${formatBytes(job.input && job.input.size_bytes)} · ${eta || "waiting"}` }),
+      ),
+      el("button", {
+        type: "button",
+        "data-write": "",
+        disabled: !canWrite(),
+        text: "Cancel",
+        "aria-label": `Cancel ${jobName(job)}`,
+        onclick: () => jobAction(job, "cancel"),
+      }),
+    );
+  });
+}
+
+function renderCurrent(processing) {
+  const box = $("current");
+  if (processing.length === 0) {
+    if (!box.querySelector("p.muted")) box.replaceChildren(el("p", { class: "muted", text: "Nothing is being restored right now." }));
+    return;
+  }
+  const job = processing[0];
+  const percent = Math.round((job.progress || 0) * 100);
+  const eta = job.eta_seconds !== null && job.eta_seconds !== undefined ? formatDuration(job.eta_seconds) : "estimating…";
+  let thumb = box.querySelector("img");
+  if (!thumb || thumb.dataset.id !== String(job.id)) {
+    thumb = el("img", { alt: "", "data-id": job.id, src: `${API}/jobs/${job.id}/input?max=${THUMB_MAX}` });
+    thumb.addEventListener("error", () => (thumb.style.visibility = "hidden"));
+  }
+  box.replaceChildren(
+    thumb,
+    el(
+      "div",
+      { class: "info" },
+      el("div", { class: "name", text: jobName(job) }),
+      el("div", { class: "muted", text: `Stage: ${job.stage || "starting"} · ${percent}% · time left ${eta}` }),
+      el("progress", { max: 100, value: percent, "aria-label": `Progress of ${jobName(job)}` }),
+      el("div", { class: "muted", text: `Started ${formatTime(job.started_at)} · attempt ${job.attempts || 1}` }),
+    ),
+  );
+}
+
+// Replace a list's children only when the content changed, so focus and scroll survive each poll.
+function syncList(list, jobs, render) {
+  const signature = JSON.stringify(jobs.map((job) => [job.id, job.state, job.queue_position, job.eta_seconds && Math.round(job.eta_seconds / 5), job.error]))
+    + String(canWrite());
+  if (list.dataset.signature === signature) return;
+  const focusedId = document.activeElement && document.activeElement.closest("li") && document.activeElement.closest("li").dataset.id;
+  list.dataset.signature = signature;
+  list.replaceChildren(...jobs.map(render));
+  if (focusedId) {
+    const again = list.querySelector(`li[data-id="${focusedId}"] button`);
+    if (again) again.focus();
+  }
+}
+
+async function jobAction(job, action) {
+  const status = $("upload-status");
+  try {
+    await api(`/jobs/${job.id}/${action}`, { method: "POST" });
+    status.className = "upload-status";
+    status.textContent = action === "retry" ? `${jobName(job)} is queued again.` : `${jobName(job)} was cancelled.`;
+  } catch (err) {
+    status.className = "upload-status error";
+    status.textContent = `Could not ${action} ${jobName(job)}: ${err.message}`;
+  }
+  pollSoon();
+}
+
+// ---------- Failed ----------
+
+function renderFailed(failed) {
+  $("failed-count").textContent = `(${failed.jobs.length}${failed.next ? "+" : ""})`;
+  $("failed-empty").hidden = failed.jobs.length > 0;
+  syncList($("failed"), failed.jobs, (job) =>
+    el(
+      "li",
+      { "data-id": job.id },
+      el(
+        "span",
+        { class: "grow" },
+        el("span", { class: "name", text: jobName(job) }),
+        el("br"),
+        el("span", { class: "reason", text: job.error || "no reason recorded" }),
+        el("br"),
+        el("span", { class: "muted", text: `${job.attempts} attempt(s) · ${formatTime(job.finished_at)}` }),
+      ),
+      el("button", {
+        type: "button",
+        "data-write": "",
+        disabled: !canWrite(),
+        text: "Retry",
+        "aria-label": `Retry ${jobName(job)}`,
+        onclick: () => jobAction(job, "retry"),
+      }),
+    ),
+  );
+}
+
+// ---------- History ----------
+
+function loadHistory() {
+  const filter = $("history-filter").value;
+  const cursor = state.historyCursors[state.historyCursors.length - 1];
+  let query = `/jobs?limit=${HISTORY_PAGE}&order=newest`;
+  if (filter) query += `&state=${encodeURIComponent(filter)}`;
+  if (cursor) query += `&cursor=${encodeURIComponent(cursor)}`;
+  return api(query);
+}
+
+function renderHistory(history) {
+  state.historyNext = history.next;
+  $("history-next").disabled = !history.next;
+  $("history-first").disabled = state.historyCursors.length === 1;
+  $("history-page").textContent = `page ${state.historyCursors.length}`;
+  $("history-empty").hidden = history.jobs.length > 0;
+  syncList($("history"), history.jobs, (job) => {
+    const done = job.state === "done";
+    const source = done ? "output" : "input";
+    const img = el("img", { alt: "", loading: "lazy", src: `${API}/jobs/${job.id}/${source}?max=${THUMB_MAX}` });
+    img.addEventListener("error", () => img.replaceWith(el("span", { class: "muted", text: "no preview" })));
+    const thumb = el(
+      "button",
+      {
+        type: "button",
+        class: "thumb",
+        disabled: !done,
+        "aria-label": done ? `Inspect ${jobName(job)}` : `${jobName(job)} (${job.state})`,
+        onclick: () => openInspector(job.id),
+      },
+      img,
+    );
+    const sizes = job.report && job.report.output_size ? `${formatSize(job.report.input_size)} → ${formatSize(job.report.output_size)}` : "";
+    return el(
+      "li",
+      { "data-id": job.id },
+      thumb,
+      el(
+        "div",
+        { class: "meta" },
+        el("div", { class: "name", text: jobName(job) }),
+        stateBadge(job.state),
+        " ",
+        el("span", { class: "muted", text: formatTime(job.finished_at || job.detected_at) }),
+        sizes ? el("div", { class: "muted", text: sizes }) : null,
+        job.state === "failed" ? el("div", { class: "reason", text: job.error || "" }) : null,
+      ),
+    );
+  });
+}
+
+function historyChanged() {
+  state.historyCursors = [null];
+  $("history").dataset.signature = "";
+  pollSoon();
+}
+
+// ---------- Stats ----------
+
+function renderStats(stats) {
+  const box = $("stats");
+  const counts = stats.counts || {};
+  const countRows = Object.entries(counts).map(([name, count]) => el("tr", {}, el("td", { text: name }), el("td", { class: "num", text: String(count) })));
+  const rate = stats.seconds_per_megapixel;
+  const hours = (stats.per_hour || []).slice(-6);
+  const days = (stats.per_day || []).slice(-7);
+  const table = (caption, head, rows) =>
+    el(
+      "table",
+      {},
+      el("caption", { class: "muted", text: caption }),
+      el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i ? "num" : "", text: h })))),
+      el("tbody", {}, ...rows),
+    );
+  box.replaceChildren(
+    el(
+      "div",
+      {},
+      table("Jobs by state", ["state", "jobs"], countRows),
+      el("p", { class: "muted", text: rate ? `${rate.toFixed(1)} s per input megapixel (mean of done jobs)` : "No finished jobs to time yet." }),
+    ),
+    table(
+      "Last hours",
+      ["hour", "images", "MP"],
+      hours.map((h) => el("tr", {}, el("td", { text: formatTime(h.hour) }), el("td", { class: "num", text: String(h.images) }), el("td", { class: "num", text: h.megapixels.toFixed(1) }))),
+    ),
+    table(
+      "Last days",
+      ["day", "done", "failed", "MP"],
+      days.map((d) =>
+        el("tr", {}, el("td", { text: d.day }), el("td", { class: "num", text: String(d.done) }), el("td", { class: "num", text: String(d.failed) }), el("td", { class: "num", text: d.megapixels.toFixed(1) })),
+      ),
+    ),
+  );
+}
+
+// ---------- Upload ----------
+
+function setupUpload() {
+  const zone = $("dropzone");
+  const input = $("file-input");
+  const choose = () => {
+    if (canWrite()) input.click();
+  };
+  zone.addEventListener("click", choose);
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      choose();
+    }
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    upload(event.dataTransfer.files);
+  });
+  input.addEventListener("change", () => {
+    upload(input.files);
+    input.value = "";
+  });
+  const token = $("token");
+  token.value = sessionStorage.getItem("restorer-token") || "";
+  token.addEventListener("change", () => {
+    sessionStorage.setItem("restorer-token", token.value.trim());
+    if (state.capabilities) renderCapabilities(state.capabilities);
+    $("queue").dataset.signature = "";
+    $("failed").dataset.signature = "";
+  });
+}
+
+function upload(fileList) {
+  const files = Array.from(fileList || []);
+  const status = $("upload-status");
+  if (files.length === 0) return;
+  if (!canWrite()) {
+    status.className = "upload-status error";
+    status.textContent = (state.capabilities && state.capabilities.write_hint) || "Uploads are not allowed from here.";
+    return;
+  }
+  const form = new FormData();
+  const preset = $("preset").value;
+  if (preset) form.append("preset", preset);
+  for (const file of files) form.append("file", file, file.name);
+  const request = new XMLHttpRequest();
+  request.open("POST", `${API}/jobs`);
+  request.setRequestHeader("Accept", "application/json");
+  const token = tokenValue();
+  if (token) request.setRequestHeader("Authorization", "Bearer " + token);
+  request.timeout = 10 * 60 * 1000;
+  status.className = "upload-status";
+  status.textContent = `Uploading ${files.length} file(s)…`;
+  request.upload.addEventListener("progress", (event) => {
+    if (event.lengthComputable) status.textContent = `Uploading ${files.length} file(s)… ${Math.round((100 * event.loaded) / event.total)}%`;
+  });
+  const fail = (message) => {
+    status.className = "upload-status error";
+    status.textContent = `Upload failed: ${message}`;
+  };
+  request.addEventListener("load", () => {
+    let body = null;
+    try {
+      body = JSON.parse(request.responseText);
+    } catch (_err) {
+      body = null;
+    }
+    if (request.status === 202 && body) {
+      const ids = body.jobs.map((job) => (job.id === null ? job.name : `#${job.id}`)).join(", ");
+      status.textContent = `Accepted ${body.jobs.length} file(s): ${ids}.`;
+      pollSoon();
+    } else {
+      fail((body && body.detail) || `HTTP ${request.status}`);
+    }
+  });
+  request.addEventListener("error", () => fail("the daemon is unreachable"));
+  request.addEventListener("timeout", () => fail("the upload took too long"));
+  request.send(form);
+}
+
+// ---------- Quality inspector ----------
+
+const view = { job: null, width: 0, height: 0, zoom: 1, x: 0, y: 0, split: 0.5, loaded: 0, opener: null };
+
+async function openInspector(jobId) {
+  const dialog = $("inspector");
+  view.opener = document.activeElement;
+  $("inspector-title").textContent = `Job #${jobId}`;
+  $("inspector-facts").replaceChildren();
+  $("inspector-loading").textContent = "Loading images…";
+  $("inspector-loading").hidden = false;
+  $("before-img").removeAttribute("src");
+  $("after-img").removeAttribute("src");
+  if (!dialog.open) dialog.showModal();
+  let job;
+  try {
+    job = await api(`/jobs/${jobId}`);
+  } catch (err) {
+    $("inspector-loading").textContent = `Could not load job #${jobId}: ${err.message}`;
+    return;
+  }
+  view.job = job;
+  const report = job.report || {};
+  const outSize = report.output_size || [0, 0];
+  view.width = outSize[0];
+  view.height = outSize[1];
+  view.loaded = 0;
+  $("inspector-title").textContent = jobName(job);
+  renderFacts(job);
+  renderFaces(job);
+  const before = $("before-img");
+  const after = $("after-img");
+  const loaded = () => {
+    view.loaded += 1;
+    if (!view.width || !view.height) {
+      view.width = after.naturalWidth;
+      view.height = after.naturalHeight;
+    }
+    if (view.loaded === 2) {
+      $("inspector-loading").hidden = true;
+      fit();
+    }
+  };
+  const failed = (which) => () => {
+    $("inspector-loading").hidden = false;
+    $("inspector-loading").textContent = `The ${which} image is not available any more (moved or deleted).`;
+  };
+  before.onload = loaded;
+  after.onload = loaded;
+  before.onerror = failed("input");
+  after.onerror = failed("output");
+  before.src = `${API}/jobs/${job.id}/input?max=${INSPECT_MAX}`;
+  after.src = `${API}/jobs/${job.id}/output?max=${INSPECT_MAX}`;
+  $("viewport").focus();
+}
+
+function renderFacts(job) {
+  const report = job.report || {};
+  const facts = [
+    ["Input", `${formatSize(report.input_size)} · ${report.input_mode || ""} · ${formatBytes(job.input && job.input.size_bytes)}`],
+    ["Output", `${formatSize(report.output_size)} · ${report.output_mode || ""} · ${formatBytes(job.output && job.output.size_bytes)}`],
+    ["Model", `${report.model || "?"} ×${report.scale || "?"}`],
+    ["Engine", `${report.backend || "?"} on ${report.device || "?"} (${report.precision || "?"})`],
+    ["Time", `${formatDuration(report.seconds)} · finished ${formatTime(job.finished_at)}`],
+    ["Faces", `${(report.faces || []).length} found, ${(report.faces || []).filter((f) => f.restored).length} restored`],
+  ];
+  if (report.notes && report.notes.length) facts.push(["Notes", report.notes.join("; ")]);
+  $("inspector-facts").replaceChildren(...facts.flatMap(([name, value]) => [el("dt", { text: name }), el("dd", { text: value })]));
+}
+
+function renderFaces(job) {
+  const layer = $("faces-layer");
+  const faces = (job.report && job.report.faces) || [];
+  layer.replaceChildren(
+    ...faces.map((face, index) => {
+      const [x0, y0, x1, y1] = face.box;
+      const box = el("div", { class: "face-box" }, el("span", { text: `${index + 1}${face.restored ? "" : " (kept)"} ${face.score.toFixed(2)}` }));
+      Object.assign(box.style, { left: `${x0}px`, top: `${y0}px`, width: `${x1 - x0}px`, height: `${y1 - y0}px` });
+      return box;
+    }),
+  );
+  $("show-faces").disabled = faces.length === 0;
+  layer.hidden = !$("show-faces").checked;
+}
+
+function applyView() {
+  const viewport = $("viewport");
+  const stage = $("stage");
+  const w = `${view.width}px`;
+  const h = `${view.height}px`;
+  // Both layers live in output-pixel coordinates: the input is stretched to the output size, so the
+  // same stage transform moves and zooms them together.
+  for (const node of [$("before-img"), $("after-img"), $("after-clip"), $("faces-layer")]) {
+    node.style.width = w;
+    node.style.height = h;
+  }
+  stage.style.width = w;
+  stage.style.height = h;
+  stage.style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.zoom})`;
+  stage.classList.toggle("pixelated", view.zoom * window.devicePixelRatio >= 2);
+  const splitX = view.split * viewport.clientWidth;
+  const clipLeft = Math.max(0, (splitX - view.x) / view.zoom);
+  $("after-clip").style.clipPath = `inset(0 0 0 ${clipLeft}px)`;
+  $("divider").style.left = `${splitX}px`;
+  $("slider").value = String(Math.round(view.split * 100));
+  for (const box of document.querySelectorAll(".face-box")) box.style.borderWidth = `${2 / view.zoom}px`;
+}
+
+function fit() {
+  const viewport = $("viewport");
+  if (!view.width || !view.height) return;
+  view.zoom = Math.min(viewport.clientWidth / view.width, viewport.clientHeight / view.height);
+  view.x = (viewport.clientWidth - view.width * view.zoom) / 2;
+  view.y = (viewport.clientHeight - view.height * view.zoom) / 2;
+  applyView();
+}
+
+function zoomAt(factor, cx, cy) {
+  const viewport = $("viewport");
+  if (cx === undefined) {
+    cx = viewport.clientWidth / 2;
+    cy = viewport.clientHeight / 2;
+  }
+  const zoom = Math.min(64, Math.max(0.02, view.zoom * factor));
+  view.x = cx - ((cx - view.x) * zoom) / view.zoom;
+  view.y = cy - ((cy - view.y) * zoom) / view.zoom;
+  view.zoom = zoom;
+  applyView();
+}
+
+function oneToOne() {
+  // One output pixel per device pixel, centred on the middle of the viewport.
+  zoomAt(1 / window.devicePixelRatio / view.zoom);
+}
+
+function setupInspector() {
+  const viewport = $("viewport");
+  const divider = $("divider");
+  let drag = null;
+  viewport.addEventListener("pointerdown", (event) => {
+    const onDivider = event.target === divider || divider.contains(event.target);
+    drag = { kind: onDivider ? "split" : "pan", x: event.clientX, y: event.clientY, vx: view.x, vy: view.y };
+    viewport.setPointerCapture(event.pointerId);
+    viewport.classList.toggle("dragging", !onDivider);
+  });
+  viewport.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    if (drag.kind === "split") {
+      const rect = viewport.getBoundingClientRect();
+      view.split = Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width));
+    } else {
+      view.x = drag.vx + event.clientX - drag.x;
+      view.y = drag.vy + event.clientY - drag.y;
+    }
+    applyView();
+  });
+  const end = () => {
+    drag = null;
+    viewport.classList.remove("dragging");
+  };
+  viewport.addEventListener("pointerup", end);
+  viewport.addEventListener("pointercancel", end);
+  viewport.addEventListener(
+    "wheel",
+    (event) => {
+      event.preventDefault();
+      const rect = viewport.getBoundingClientRect();
+      zoomAt(event.deltaY < 0 ? 1.25 : 0.8, event.clientX - rect.left, event.clientY - rect.top);
+    },
+    { passive: false },
+  );
+  viewport.addEventListener("keydown", (event) => {
+    const step = 60;
+    const actions = {
+      ArrowLeft: () => (view.x += step),
+      ArrowRight: () => (view.x -= step),
+      ArrowUp: () => (view.y += step),
+      ArrowDown: () => (view.y -= step),
+      "+": () => zoomAt(1.25),
+      "=": () => zoomAt(1.25),
+      "-": () => zoomAt(0.8),
+      0: fit,
+      1: oneToOne,
+      "[": () => (view.split = Math.max(0, view.split - 0.05)),
+      "]": () => (view.split = Math.min(1, view.split + 0.05)),
+      f: () => $("show-faces").click(),
+    };
+    const action = actions[event.key];
+    if (!action) return;
+    event.preventDefault();
+    action();
+    applyView();
+  });
+  $("slider").addEventListener("input", (event) => {
+    view.split = Number(event.target.value) / 100;
+    applyView();
+  });
+  $("zoom-in").addEventListener("click", () => zoomAt(1.25));
+  $("zoom-out").addEventListener("click", () => zoomAt(0.8));
+  $("zoom-fit").addEventListener("click", fit);
+  $("zoom-1to1").addEventListener("click", oneToOne);
+  $("show-faces").addEventListener("change", (event) => ($("faces-layer").hidden = !event.target.checked));
+  $("inspector-close").addEventListener("click", () => $("inspector").close());
+  $("inspector").addEventListener("close", () => {
+    if (view.opener && view.opener.focus) view.opener.focus();
+  });
+  window.addEventListener("resize", () => {
+    if ($("inspector").open) applyView();
+  });
+}
+
+// ---------- Start ----------
+
+function start() {
+  setupUpload();
+  setupInspector();
+  $("history-filter").addEventListener("change", historyChanged);
+  $("history-next").addEventListener("click", () => {
+    if (!state.historyNext) return;
+    state.historyCursors.push(state.historyNext);
+    $("history").dataset.signature = "";
+    pollSoon();
+  });
+  $("history-first").addEventListener("click", historyChanged);
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) pollSoon();
+  });
+  poll();
+}
+
+start();

@@ -1,0 +1,123 @@
+"""Queue positions and ETAs.
+
+The rate is the mean seconds per input megapixel of recent done jobs (queries.seconds_per_megapixel).
+A waiting job's input size comes from its file's header (PIL reads only the header, no pixels), cached
+by file version; jobs whose header cannot be read count as the mean size of recent jobs.
+
+eta(job) = what is left of the running job + the work of every job ahead + its own work.
+The running job's remainder uses its measured speed once it has made progress, else the rate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image as PILImage
+
+from status_site.files import locate
+from status_site.problems import Problem
+
+if TYPE_CHECKING:
+    from daemon.settings import Settings
+    from daemon.store import Job
+    from status_site.queries import Queries
+
+HEADER_CACHE_SIZE = 4096
+HEADERS_READ_PER_CALL = 200  # beyond this many queued jobs, the rest count at the mean size
+RATE_TTL_SECONDS = 5.0
+
+
+class MegapixelCache:
+    """Input megapixels by file version (path, size, mtime); thread-safe, bounded."""
+
+    def __init__(self, size: int = HEADER_CACHE_SIZE) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, int, float], float | None] = OrderedDict()
+
+    def megapixels(self, job: Job, settings: Settings) -> float | None:
+        if job.report and job.report.get("input_size"):
+            width, height = job.report["input_size"][:2]
+            return width * height / 1e6
+        key = (job.input_path, job.size_bytes, job.mtime)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = _read_header_megapixels(job, settings)
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
+def _read_header_megapixels(job: Job, settings: Settings) -> float | None:
+    try:
+        path: Path = locate(job, "input", settings).path
+        with PILImage.open(path) as image:
+            return image.width * image.height / 1e6
+    except (Problem, OSError, ValueError, PILImage.DecompressionBombError):
+        return None
+
+
+class Estimator:
+    def __init__(self, queries: Queries, settings: Settings) -> None:
+        self.queries = queries
+        self.settings = settings
+        self.cache = MegapixelCache()
+        self._rate_lock = threading.Lock()
+        self._rate: tuple[float, float | None, float] | None = None  # (when, rate, mean megapixels)
+
+    def rate(self) -> tuple[float | None, float]:
+        """(seconds per megapixel or None, mean input megapixels); cached briefly, it moves slowly."""
+        with self._rate_lock:
+            cached = self._rate
+        if cached is not None and time.monotonic() - cached[0] < RATE_TTL_SECONDS:
+            return cached[1], cached[2]
+        rate = self.queries.seconds_per_megapixel()
+        mean_mp = self.queries.mean_input_megapixels() or 1.0
+        with self._rate_lock:
+            self._rate = (time.monotonic(), rate, mean_mp)
+        return rate, mean_mp
+
+    def estimate(
+        self, queue: list[Job], now: datetime | None = None, extra_ahead: int = 0
+    ) -> dict[int, float | None]:
+        """ETA in seconds for each job of `queue` (running first, then queued in claim order).
+
+        extra_ahead: queued jobs not in `queue` that run before its last job (they count at mean size).
+        """
+        rate, mean_mp = self.rate()
+        if rate is None:
+            return {job.id: None for job in queue}
+        now = now or datetime.now(UTC)
+        etas: dict[int, float | None] = {}
+        elapsed_total = 0.0
+        for index, job in enumerate(queue):
+            if index < HEADERS_READ_PER_CALL:
+                megapixels = self.cache.megapixels(job, self.settings) or mean_mp
+            else:
+                megapixels = mean_mp
+            work = megapixels * rate
+            if job.state == "processing":
+                work = _remaining(job, work, now)
+            if index == len(queue) - 1:
+                work += extra_ahead * mean_mp * rate
+            elapsed_total += work
+            etas[job.id] = round(elapsed_total, 1)
+        return etas
+
+
+def _remaining(job: Job, expected: float, now: datetime) -> float:
+    """Seconds left for a running job: its own measured pace once it has visibly progressed."""
+    progress = min(max(job.progress or 0.0, 0.0), 1.0)
+    if job.started_at is not None and progress >= 0.05:
+        elapsed = max((now - job.started_at).total_seconds(), 0.0)
+        return max(elapsed * (1.0 - progress) / progress, 0.0)
+    return max(expected * (1.0 - progress), 0.0)

@@ -1,0 +1,511 @@
+"""The API described in OpenAPI 3.1 (served at /api/v1/openapi.json).
+
+Schemas are JSON Schema 2020-12, as OpenAPI 3.1 uses; tests validate real responses against them, so
+this document cannot drift from what the handlers send.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+JOB_STATES = ["queued", "processing", "done", "failed", "cancelled"]
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_BOOL = {"type": "boolean"}
+_TIME = {"type": "string", "format": "date-time"}
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details (application/problem+json).",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": {"type": "string", "format": "uri"},
+            "title": _STR,
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string", "minLength": 1},
+            "instance": _STR,
+        },
+        "additionalProperties": True,
+    },
+    "Index": {
+        "type": "object",
+        "required": ["api_version", "openapi", "links"],
+        "properties": {
+            "api_version": _STR,
+            "openapi": _STR,
+            "links": {"type": "object", "additionalProperties": _STR},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "description": "The daemon's view of itself. Extra fields may appear; these are the stable ones.",
+        "required": ["status", "reasons"],
+        "properties": {
+            "status": {"enum": ["ok", "degraded", "down"]},
+            "reasons": {"type": "array", "items": _STR},
+            "ready": _BOOL,
+            "watch_mode": _nullable(_STR),
+            "watcher_alive": _BOOL,
+            "inbox_reachable": _BOOL,
+            "outbox_writable": _BOOL,
+            "outbox_free_bytes": _nullable(_INT),
+            "worker_alive": _BOOL,
+            "worker_state": _STR,
+            "backend": _nullable(_STR),
+            "device": _nullable(_STR),
+            "precision": _nullable(_STR),
+            "models": {"type": "array", "items": {"type": "object"}},
+            "intake_paused": _BOOL,
+            "intake_paused_reason": _nullable(_STR),
+        },
+        "additionalProperties": True,
+    },
+    "Capabilities": {
+        "type": "object",
+        "required": [
+            "api_version",
+            "can_write",
+            "token_required",
+            "write_hint",
+            "upload_max_bytes",
+            "upload_max_files",
+            "presets",
+        ],
+        "properties": {
+            "api_version": _STR,
+            "can_write": {"type": "boolean", "description": "POST endpoints accept this client"},
+            "token_required": _BOOL,
+            "write_hint": _nullable({"type": "string", "description": "one line for the page"}),
+            "upload_max_bytes": _INT,
+            "upload_max_files": _INT,
+            "presets": {"type": "array", "items": _STR},
+        },
+        "additionalProperties": False,
+    },
+    "FileRef": {
+        "type": "object",
+        "required": ["path", "size_bytes", "url"],
+        "properties": {
+            "path": {"type": "string", "description": "relative to its folder (inbox or outbox), posix"},
+            "size_bytes": _nullable(_INT),
+            "original": {"enum": ["inbox", "archived", "deleted", "failed_dir"]},
+            "url": _STR,
+        },
+    },
+    "Face": {
+        "type": "object",
+        "required": ["box", "score", "restored"],
+        "properties": {
+            "box": {
+                "type": "array",
+                "items": _NUM,
+                "minItems": 4,
+                "maxItems": 4,
+                "description": "x0, y0, x1, y1 in output pixels",
+            },
+            "score": _NUM,
+            "landmarks": {"type": "array", "items": {"type": "array", "items": _NUM}},
+            "restored": _BOOL,
+            "reason": _nullable(_STR),
+        },
+    },
+    "Report": {
+        "type": "object",
+        "description": "The pipeline's RestoreReport.to_dict().",
+        "properties": {
+            "input_size": _nullable({"type": "array", "items": _INT}),
+            "output_size": _nullable({"type": "array", "items": _INT}),
+            "input_mode": _nullable(_STR),
+            "output_mode": _nullable(_STR),
+            "model": _nullable(_STR),
+            "scale": _nullable(_NUM),
+            "backend": _nullable(_STR),
+            "device": _nullable(_STR),
+            "precision": _nullable(_STR),
+            "seconds": _NUM,
+            "stage_seconds": {"type": "object", "additionalProperties": _NUM},
+            "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}},
+            "notes": {"type": "array", "items": _STR},
+        },
+        "additionalProperties": True,
+    },
+    "Job": {
+        "type": "object",
+        "required": [
+            "id",
+            "name",
+            "state",
+            "stage",
+            "progress",
+            "queue_position",
+            "eta_seconds",
+            "attempts",
+            "detected_at",
+            "started_at",
+            "finished_at",
+            "input",
+            "output",
+            "faces",
+            "error",
+            "report",
+            "links",
+        ],
+        "properties": {
+            "id": _INT,
+            "name": {"type": "string", "description": "the input's file name"},
+            "state": {"enum": JOB_STATES},
+            "stage": _nullable(_STR),
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "queue_position": _nullable(
+                {"type": "integer", "minimum": 0, "description": "0 running, 1 next, null not waiting"}
+            ),
+            "eta_seconds": _nullable(
+                {"type": "number", "minimum": 0, "description": "seconds until done; null when not estimable"}
+            ),
+            "attempts": _INT,
+            "priority": _INT,
+            "preset": _nullable(_STR),
+            "detected_at": _nullable(_TIME),
+            "started_at": _nullable(_TIME),
+            "finished_at": _nullable(_TIME),
+            "heartbeat_at": _nullable(_TIME),
+            "seconds": _nullable(_NUM),
+            "input": {"$ref": "#/components/schemas/FileRef"},
+            "output": _nullable({"$ref": "#/components/schemas/FileRef"}),
+            "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}},
+            "error": _nullable({"type": "string", "description": "why it failed, in words"}),
+            "failure_kind": _nullable(_STR),
+            "note": _nullable(_STR),
+            "cancel_requested": _BOOL,
+            "options": {"type": "object"},
+            "report": _nullable({"$ref": "#/components/schemas/Report"}),
+            "links": {"type": "object", "additionalProperties": _STR},
+            "changed": {"type": "boolean", "description": "retry/cancel only: whether the state changed"},
+            "file": {"type": "string", "description": "upload only: the file name as sent"},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs", "next"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "next": _nullable({"type": "string", "description": "pass as cursor= for the next page"}),
+        },
+        "additionalProperties": False,
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["jobs", "location"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}, "minItems": 1},
+            "location": _STR,
+        },
+        "additionalProperties": False,
+    },
+    "Stats": {
+        "type": "object",
+        "required": [
+            "generated_at",
+            "counts",
+            "total",
+            "per_hour",
+            "per_day",
+            "seconds_per_megapixel",
+            "done_total",
+        ],
+        "properties": {
+            "generated_at": _TIME,
+            "counts": {
+                "type": "object",
+                "required": JOB_STATES,
+                "properties": {state: _INT for state in JOB_STATES},
+                "additionalProperties": False,
+            },
+            "total": _INT,
+            "per_hour": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["hour", "images", "megapixels", "busy_seconds"],
+                    "properties": {"hour": _TIME, "images": _INT, "megapixels": _NUM, "busy_seconds": _NUM},
+                },
+            },
+            "per_day": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["day", "done", "failed", "megapixels", "output_bytes"],
+                    "properties": {
+                        "day": {"type": "string", "format": "date"},
+                        "done": _INT,
+                        "failed": _INT,
+                        "megapixels": _NUM,
+                        "output_bytes": _INT,
+                    },
+                },
+            },
+            "seconds_per_megapixel": _nullable(_NUM),
+            "done_total": {
+                "type": "object",
+                "required": ["images", "megapixels", "busy_seconds"],
+                "properties": {"images": _INT, "megapixels": _NUM, "busy_seconds": _NUM},
+            },
+        },
+    },
+}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+_IMAGE = {
+    "description": "the image (or a JPEG/PNG preview with ?max=)",
+    "content": {"image/*": {"schema": {"type": "string", "contentMediaType": "image/*"}}},
+}
+_WRITE_ERRORS = {
+    "401": _problem("an API token is configured and was not sent or is wrong"),
+    "403": _problem("no API token is configured and the client is not on the loopback interface"),
+}
+
+
+def _file_operation(which: str) -> dict[str, Any]:
+    return {
+        "summary": f"The job's {which} file, looked up from the job record only",
+        "operationId": f"get_job_{which}",
+        "parameters": [
+            _JOB_ID,
+            {
+                "name": "max",
+                "in": "query",
+                "required": False,
+                "description": "preview: scale to fit max x max pixels (JPEG, or PNG with transparency)",
+                "schema": {"type": "integer", "minimum": 16, "maximum": 8192},
+            },
+        ],
+        "responses": {
+            "200": _IMAGE,
+            "304": {"description": "not modified (If-None-Match matched the ETag)"},
+            "400": _problem("bad max value"),
+            "403": _problem("the stored path resolves outside its folder (symlink or traversal)"),
+            "404": _problem("no such job, or its file is not available"),
+        },
+    }
+
+
+def _action(name: str, summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "operationId": f"{name}_job",
+        "parameters": [_JOB_ID],
+        "security": [{}, {"bearer": []}, {"token": []}],
+        "responses": {
+            "200": _json(
+                "#/components/schemas/Job", "the job after the action; `changed` says whether it did anything"
+            ),
+            **_WRITE_ERRORS,
+            "404": _problem("no such job"),
+        },
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Neural Image Restore API",
+            "version": "1",
+            "description": (
+                "Watch-folder photo restoration daemon. Reads are open on the LAN. POST endpoints need "
+                "the API token when RESTORER_API_TOKEN is set, otherwise they accept loopback clients "
+                "only. Errors are application/problem+json (RFC 9457). The status page server mounts "
+                "the same /api/v1 routes, so both ports answer them."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "token": {"type": "apiKey", "in": "header", "name": "X-API-Token"},
+            },
+        },
+        "paths": {
+            "/api/v1": {
+                "get": {
+                    "summary": "Links to everything",
+                    "operationId": "index",
+                    "responses": {"200": _json("#/components/schemas/Index", "links")},
+                }
+            },
+            "/api/v1/health": {
+                "get": {
+                    "summary": "ok | degraded | down, with reasons in words",
+                    "operationId": "get_health",
+                    "responses": {
+                        "200": _json("#/components/schemas/Health", "ok or degraded"),
+                        "503": _json("#/components/schemas/Health", "down"),
+                    },
+                }
+            },
+            "/api/v1/capabilities": {
+                "get": {
+                    "summary": "What this client may do (uploads and retries allowed?), upload limits",
+                    "operationId": "get_capabilities",
+                    "responses": {"200": _json("#/components/schemas/Capabilities", "capabilities")},
+                }
+            },
+            "/api/v1/jobs": {
+                "get": {
+                    "summary": "A page of jobs, newest first, oldest first or in queue order",
+                    "operationId": "list_jobs",
+                    "parameters": [
+                        {
+                            "name": "state",
+                            "in": "query",
+                            "required": False,
+                            "description": "one or more states, comma-separated",
+                            "schema": {"type": "string", "examples": ["queued,processing"]},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "required": False,
+                            "description": "the previous page's `next`",
+                            "schema": _STR,
+                        },
+                        {
+                            "name": "order",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": ["newest", "oldest", "queue"], "default": "newest"},
+                        },
+                        {
+                            "name": "ids",
+                            "in": "query",
+                            "required": False,
+                            "description": "comma-separated job ids (up to 100); no cursor or order",
+                            "schema": _STR,
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("#/components/schemas/JobList", "jobs"),
+                        "400": _problem("bad state, limit, order or cursor"),
+                    },
+                },
+                "post": {
+                    "summary": "Upload images; each becomes a job",
+                    "operationId": "create_jobs",
+                    "security": [{}, {"bearer": []}, {"token": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "file": {
+                                            "type": "array",
+                                            "items": {"type": "string", "contentMediaType": "image/*"},
+                                        },
+                                        "preset": {"type": "string", "description": "a configured preset"},
+                                    },
+                                    "required": ["file"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            **_json("#/components/schemas/Accepted", "saved in the inbox and queued"),
+                            "headers": {
+                                "Location": {"schema": _STR, "description": "the job, or ?ids= for several"}
+                            },
+                        },
+                        "400": _problem("no files, unknown field or preset"),
+                        **_WRITE_ERRORS,
+                        "413": _problem("too many files or a file too large (checked while streaming)"),
+                        "415": _problem("not multipart/form-data"),
+                        "422": _problem("a file is not a usable image; nothing was saved"),
+                        "507": _problem("the inbox filesystem is full"),
+                    },
+                },
+            },
+            "/api/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "One job with queue position, ETA and the pipeline report",
+                    "operationId": "get_job",
+                    "parameters": [_JOB_ID],
+                    "responses": {
+                        "200": _json("#/components/schemas/Job", "the job"),
+                        "404": _problem("no such job"),
+                    },
+                }
+            },
+            "/api/v1/jobs/{job_id}/retry": {
+                "post": _action("retry", "Queue a failed, cancelled or done job again (idempotent)")
+            },
+            "/api/v1/jobs/{job_id}/cancel": {
+                "post": _action(
+                    "cancel", "Cancel a queued job, or ask the worker to stop a running one (idempotent)"
+                )
+            },
+            "/api/v1/jobs/{job_id}/input": {"get": _file_operation("input")},
+            "/api/v1/jobs/{job_id}/output": {"get": _file_operation("output")},
+            "/api/v1/stats": {
+                "get": {
+                    "summary": "Counts by state, images and megapixels per hour, per-day totals, s/MP",
+                    "operationId": "get_stats",
+                    "responses": {"200": _json("#/components/schemas/Stats", "statistics")},
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "get_openapi",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus text format (API port only)",
+                    "operationId": "get_metrics",
+                    "responses": {
+                        "200": {"description": "metrics", "content": {"text/plain": {"schema": _STR}}}
+                    },
+                }
+            },
+        },
+    }

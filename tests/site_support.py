@@ -1,0 +1,264 @@
+"""Helpers for the status site tests: a real server on free ports, real folders, a real SQLite file.
+
+`running_site` starts the two aiohttp servers through `status_site.server.start_servers` on their own
+event loop thread, with a real JobStore and HealthState; `running_serve` starts the whole daemon,
+`restorer serve`, as a subprocess (watcher + worker process + both servers). Tests written against a
+`Site` run unchanged against either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from PIL import Image
+
+from daemon.health import HealthState
+from daemon.settings import Settings
+from daemon.store import JobStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def lan_address() -> str | None:
+    """A non-loopback IPv4 address of this machine (a 'LAN client' can connect from it), if any."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect(("192.0.2.1", 9))  # no packet is sent; this only picks the outgoing interface
+            address = sock.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def folders(tmp: Path) -> dict[str, Path]:
+    return {
+        "inbox": tmp / "inbox",
+        "outbox": tmp / "outbox",
+        "failed_dir": tmp / "failed",
+        "archive_dir": tmp / "archive",
+        "state_dir": tmp / "state",
+    }
+
+
+def png_bytes(width: int = 32, height: int = 24, seed: int = 0, mode: str = "RGB") -> bytes:
+    image = Image.effect_noise((width, height), 30 + seed).convert(mode)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def jpeg_bytes(width: int = 32, height: int = 24, seed: int = 0) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((width, height), 30 + seed).convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@dataclass
+class Site:
+    api: str  # e.g. http://127.0.0.1:40123
+    page: str
+    settings: Settings
+    http: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def db_path(self) -> Path:
+        return self.settings.db_path
+
+    def url(self, port: str, path: str) -> str:
+        return (self.api if port == "api" else self.page) + path
+
+    def insert_job(self, **fields: Any) -> int:
+        """Write a job row straight into the daemon's database (as a finished worker would leave it).
+
+        Only for states the worker never claims (done/failed/cancelled) or while no worker runs.
+        """
+        now = datetime.now(UTC)
+        row: dict[str, Any] = {
+            "input_path": f"seed-{time.monotonic_ns()}.png",
+            "content_sha256": os.urandom(16).hex(),
+            "size_bytes": 100,
+            "mtime": time.time(),
+            "options": "{}",
+            "state": "done",
+            "detected_at": (now - timedelta(seconds=30)).isoformat(timespec="microseconds"),
+            "original": "inbox",
+        }
+        row.update(fields)
+        for key in ("report", "options"):
+            if isinstance(row.get(key), dict):
+                row[key] = json.dumps(row[key])
+        for key, value in list(row.items()):
+            if isinstance(value, datetime):
+                row[key] = value.isoformat(timespec="microseconds")
+        columns = ", ".join(row)
+        marks = ", ".join(f":{key}" for key in row)
+        with sqlite3.connect(self.db_path, timeout=30) as conn:
+            cursor = conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", row)
+            return int(cursor.lastrowid or 0)
+
+    def get(self, path: str, port: str = "api", **kwargs: Any) -> requests.Response:
+        return self.http.get(self.url(port, path), timeout=30, **kwargs)
+
+    def post(self, path: str, port: str = "api", **kwargs: Any) -> requests.Response:
+        return self.http.post(self.url(port, path), timeout=60, **kwargs)
+
+    def wait_for(self, predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Settings:
+    flags: dict[str, Any] = {"bind": "127.0.0.1", "api_port": 0, "site_port": 0, **folders(tmp)}
+    flags.update(overrides)
+    return Settings.load(None, **flags)
+
+
+@contextmanager
+def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any) -> Iterator[Site]:
+    """start_servers on a private event loop thread, with a real JobStore on tmp/state/jobs.sqlite3."""
+    from status_site.server import bound_port, start_servers
+
+    settings = make_settings(tmp, **overrides)
+    for folder in folders(tmp).values():
+        folder.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.db_path)
+    if health is None:
+        health = HealthState()
+        health.update(ready=True, worker_alive=True, watcher_alive=True, watch_mode="native")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="site-loop", daemon=True)
+    thread.start()
+    runners = asyncio.run_coroutine_threadsafe(start_servers(settings, store, health), loop).result(30)
+    host = "127.0.0.1" if settings.bind in ("0.0.0.0", "127.0.0.1") else settings.bind
+    api_port, page_port = bound_port(runners[0]), bound_port(runners[1])
+    site = Site(api=f"http://{host}:{api_port}", page=f"http://{host}:{page_port}", settings=settings)
+    site.store = store  # type: ignore[attr-defined]
+    site.health = health  # type: ignore[attr-defined]
+    site.ports = (api_port, page_port)  # type: ignore[attr-defined]
+    try:
+        yield site
+    finally:
+        site.http.close()
+
+        async def stop() -> None:
+            for runner in reversed(runners):
+                await runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        store.close()
+
+
+def serve_available() -> bool:
+    """True once `restorer serve` is implemented (the daemon issue), False while it is a placeholder."""
+    source = (REPO / "daemon" / "commands" / "serve.py").read_text()
+    return "not implemented yet" not in source
+
+
+@contextmanager
+def running_serve(
+    tmp: Path, env_extra: dict[str, str] | None = None, timeout: float = 120.0
+) -> Iterator[Site]:
+    """`restorer serve` as a subprocess on free ports, configured through RESTORER_* variables."""
+    api_port, site_port = free_port(), free_port()
+    env = dict(os.environ)
+    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp).items()})
+    env.update(
+        {
+            "RESTORER_BIND": "127.0.0.1",
+            "RESTORER_API_PORT": str(api_port),
+            "RESTORER_SITE_PORT": str(site_port),
+            "RESTORER_STABILITY_SECONDS": "0.2",
+            "RESTORER_POLL_SECONDS": "0.5",
+            "RESTORER_MODEL": "realesr-general-x4v3",
+            "RESTORER_FACES": "false",
+            "RESTORER_THREADS": "1",
+            "RESTORER_WEIGHTS_DIR": str(REPO / "weights"),
+        }
+    )
+    env.update(env_extra or {})
+    log_path = tmp / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "serve"],
+            cwd=tmp,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    settings = make_settings(
+        tmp,
+        api_port=api_port,
+        site_port=site_port,
+        **({} if not env_extra else _settings_from_env(env_extra)),
+    )
+    site = Site(api=f"http://127.0.0.1:{api_port}", page=f"http://127.0.0.1:{site_port}", settings=settings)
+    site.process = process  # type: ignore[attr-defined]
+    site.log_path = log_path  # type: ignore[attr-defined]
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"restorer serve exited with {process.returncode}:\n{log_path.read_text()}"
+                )
+            try:
+                if site.http.get(site.api + "/api/v1/health", timeout=2).status_code in (200, 503):
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"restorer serve did not answer in {timeout:.0f} s:\n{log_path.read_text()}"
+                )
+            time.sleep(0.2)
+        yield site
+    finally:
+        site.http.close()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def _settings_from_env(env_extra: dict[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in env_extra.items():
+        name = key.removeprefix("RESTORER_").lower()
+        if name in Settings.model_fields:
+            values[name] = value
+    return values

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     hang_seconds: float = Field(default=600.0, gt=0)  # no heartbeat for this long: the worker is restarted
     stop_grace_seconds: float = Field(default=60.0, ge=0)  # on SIGTERM, time to finish the current image
+    # TEST-ONLY: "module:factory" replacing the real pipeline in the worker (factory(settings) returns a
+    # daemon.worker.Processor). Lets tests measure the daemon's own throughput with a cheap stage.
+    # Leave unset in production: `restorer serve` then always runs pipeline.restorer.Restorer.
+    processor: str | None = None
 
     # Output files.
     output_file_mode: str = "0664"
@@ -150,7 +154,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._toml_file is not None:
+        # Before the first load() the class attribute is pydantic's private-attribute placeholder.
+        if isinstance(cls._toml_file, Path):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
         return tuple(sources)
 

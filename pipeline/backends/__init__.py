@@ -1,0 +1,136 @@
+"""Inference backends behind one small interface (base.Upscaler) and the automatic choice between them.
+
+    load_upscaler(model_id, engine, denoise_strength=None) -> Upscaler
+
+Choice (`backend auto|openvino|torch`, `device auto|cpu|cuda`, `precision auto|fp32|bf16|fp16`):
+- device auto: cuda when torch sees a GPU, else cpu;
+- backend auto: torch on cuda, openvino on cpu (torch when openvino is not importable);
+- precision auto: fp16 on cuda; bf16 on a CPU with avx512_bf16 or AMX, fp32 on other CPUs.
+Impossible combinations raise BackendUnavailableError with the reason; BackendInfo.reason says what auto
+picked and why, and ends up in every RestoreReport.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.backends.base import (
+    BackendInfo,
+    Upscaler,
+    available_cores,
+    cpu_bf16_flag,
+    cpu_flags,
+)
+from pipeline.types import BackendUnavailableError, EngineConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BackendInfo",
+    "HostCapabilities",
+    "Upscaler",
+    "choose_backend",
+    "host_capabilities",
+    "load_upscaler",
+]
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    cuda: bool
+    cuda_name: str | None
+    cuda_bf16: bool
+    cpu_bf16_flag: str | None  # "amx_bf16" | "avx512_bf16" | None
+    openvino: bool
+    cores: int
+
+
+def host_capabilities() -> HostCapabilities:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return HostCapabilities(
+        cuda=cuda,
+        cuda_name=torch.cuda.get_device_name(0) if cuda else None,
+        cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        cpu_bf16_flag=cpu_bf16_flag(cpu_flags()),
+        openvino=importlib.util.find_spec("openvino") is not None,
+        cores=available_cores(),
+    )
+
+
+def choose_backend(engine: EngineConfig, host: HostCapabilities) -> BackendInfo:
+    """Pure decision: which backend/device/precision to run, and why (no torch/openvino work here)."""
+    notes: list[str] = []
+    device = engine.device
+    if device == "auto":
+        device = "cuda" if host.cuda else "cpu"
+        notes.append(f"cuda available ({host.cuda_name})" if host.cuda else "no cuda GPU")
+    elif device == "cuda" and not host.cuda:
+        raise BackendUnavailableError("device cuda requested but torch sees no CUDA GPU; use --device cpu")
+
+    backend = engine.backend
+    if backend == "auto":
+        if device == "cuda":
+            backend = "torch"
+        elif host.openvino:
+            backend = "openvino"
+        else:
+            backend = "torch"
+            notes.append("openvino not installed")
+    if backend == "openvino" and device == "cuda":
+        raise BackendUnavailableError("the openvino backend runs on cpu only; use --backend torch for cuda")
+    if backend == "openvino" and not host.openvino:
+        raise BackendUnavailableError("backend openvino requested but the openvino package is not installed")
+
+    precision = engine.precision
+    if precision == "auto":
+        if device == "cuda":
+            precision = "fp16"
+        elif host.cpu_bf16_flag:
+            precision = "bf16"
+            notes.append(f"cpu with {host.cpu_bf16_flag}")
+        else:
+            precision = "fp32"
+            notes.append("cpu without bf16 instructions")
+    if device == "cpu" and precision == "fp16":
+        raise BackendUnavailableError("fp16 is not supported on cpu; use --precision bf16 or fp32")
+    if device == "cpu" and precision == "bf16" and not host.cpu_bf16_flag:
+        raise BackendUnavailableError(
+            "bf16 requested but this cpu has neither avx512_bf16 nor amx_bf16 (it would be emulated and "
+            "slow); use --precision fp32"
+        )
+    if device == "cuda" and precision == "bf16" and not host.cuda_bf16:
+        raise BackendUnavailableError(
+            f"this GPU ({host.cuda_name}) has no bf16 support; use --precision fp16"
+        )
+
+    choice = f"{backend} {device} {precision}" if backend == "torch" else f"{backend} {precision}"
+    why = ", ".join(notes) if notes else "as configured"
+    return BackendInfo(backend=backend, device=device, precision=precision, reason=f"{why}: {choice}")
+
+
+def load_upscaler(
+    model_id: str,
+    engine: EngineConfig,
+    denoise_strength: float | None = None,
+    host: HostCapabilities | None = None,
+) -> Upscaler:
+    """Load the model's weights (pipeline/weights.py) and wrap them in the chosen backend."""
+    from pipeline.weights import load_model_with_key
+
+    info = choose_backend(engine, host or host_capabilities())
+    descriptor, weights_key = load_model_with_key(
+        model_id, Path(engine.weights_dir), Path(engine.cache_dir), denoise_strength
+    )
+    log.info("model %s on %s (%s)", model_id, f"{info.backend}/{info.device}/{info.precision}", info.reason)
+    if info.backend == "openvino":
+        from pipeline.backends.openvino_backend import OpenVinoUpscaler
+
+        return OpenVinoUpscaler(descriptor, info, engine, weights_key)
+    from pipeline.backends.torch_backend import TorchUpscaler
+
+    return TorchUpscaler(descriptor, info, engine)

@@ -1,0 +1,121 @@
+"""The one small interface every inference backend implements, and the pure arithmetic they share.
+
+An Upscaler takes a batch of tiles (N,3,H,W float32 RGB in [0,1]) and returns them super-resolved
+(N,3,H*s,W*s, clamped to [0,1]). The tiler (pipeline/tiling.py) owns tile layout, context and blending;
+a backend owns only device, precision and memory. Tile sizes here count INPUT pixels, context included.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+# Peak working memory per INPUT pixel at fp32, measured/estimated per architecture (activations of the
+# widest layers at 4x resolution dominate). Half precision roughly halves it.
+BYTES_PER_INPUT_PIXEL = {"ESRGAN": 16 * 1024, "Compact": 4 * 1024}
+DEFAULT_BYTES_PER_INPUT_PIXEL = 16 * 1024
+
+# On CPU a bigger tile does not run faster (the network is compute-bound), it only costs memory; 256 px
+# keeps the context-padding overhead small (~25 % with 16 px context per side).
+CPU_TILE_MAX = 256
+GPU_TILE_MAX = 512
+TILE_MIN = 32
+TILE_MULTIPLE = 16  # x2plus needs even sizes; multiples of 16 are friendly to every kernel
+GPU_BATCH_MAX = 8
+MEMORY_FRACTION = 0.5  # leave half of what is free to the rest of the process and the OS
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    backend: str  # "openvino" | "torch"
+    device: str  # "cpu" | "cuda"
+    precision: str  # "fp32" | "bf16" | "fp16"
+    reason: str  # why this was chosen, in words: "cpu with avx512_bf16: openvino bf16"
+
+
+@runtime_checkable
+class Upscaler(Protocol):
+    scale: int
+    info: BackendInfo
+    batch_size: int
+
+    def suggest_tile(self) -> int: ...
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def bytes_per_input_pixel(arch: str, precision: str) -> int:
+    base = BYTES_PER_INPUT_PIXEL.get(arch, DEFAULT_BYTES_PER_INPUT_PIXEL)
+    return base // 2 if precision in ("fp16", "bf16") else base
+
+
+def tile_for_memory(free_bytes: int, per_pixel: int, cap: int, batch: int = 1) -> int:
+    """Largest tile edge (multiple of 16, >= 32) whose `batch` tiles fit in a fraction of free memory."""
+    budget = free_bytes * MEMORY_FRACTION / max(batch, 1)
+    edge = int(math.sqrt(max(budget, 0) / per_pixel)) // TILE_MULTIPLE * TILE_MULTIPLE
+    return max(TILE_MIN, min(edge, cap // TILE_MULTIPLE * TILE_MULTIPLE))
+
+
+def batch_for_memory(free_bytes: int, per_pixel: int, tile: int, cap: int = GPU_BATCH_MAX) -> int:
+    """How many tiles of edge `tile` fit together in a fraction of free memory (1..cap)."""
+    per_tile = tile * tile * per_pixel
+    return max(1, min(cap, int(free_bytes * MEMORY_FRACTION // per_tile)))
+
+
+def cap_tile(limit: int, configured: int | None) -> int:
+    """The tile edge limit after the user's EngineConfig.tile cap."""
+    if configured is not None:
+        limit = min(limit, max(TILE_MIN, configured))
+    return limit
+
+
+def available_ram_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """MemAvailable from /proc/meminfo (psutil is not a dependency); 2 GiB when unreadable."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2 << 30
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity/cgroup cpusets), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_bf16_flag(flags: set[str]) -> str | None:
+    """The flag that makes bf16 fast on this CPU (AMX or AVX-512 BF16), or None."""
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in flags:
+            return flag
+    return None
+
+
+def pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
+    """Reflect-pad H and W up to a multiple (e.g. 2 for x2plus's pixel unshuffle); returns (batch, h, w)."""
+    h, w = batch.shape[2], batch.shape[3]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "edge"
+        batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode=mode)
+    return batch, h, w

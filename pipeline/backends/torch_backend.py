@@ -1,0 +1,86 @@
+"""PyTorch backend: CUDA (fp16/bf16 autocast, channels_last, several tiles per batch) and the CPU fallback."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import torch
+
+from pipeline.backends.base import (
+    CPU_TILE_MAX,
+    GPU_TILE_MAX,
+    BackendInfo,
+    available_cores,
+    available_ram_bytes,
+    batch_for_memory,
+    bytes_per_input_pixel,
+    cap_tile,
+    pad_to_multiple,
+    tile_for_memory,
+)
+from pipeline.types import DeviceOutOfMemoryError, EngineConfig
+
+log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TorchUpscaler:
+    def __init__(self, descriptor, info: BackendInfo, engine: EngineConfig) -> None:  # spandrel descriptor
+        self.scale: int = int(descriptor.scale)
+        self.info = info
+        self._arch: str = descriptor.architecture.id
+        self._multiple: int = int(descriptor.size_requirements.multiple_of)
+        self._tile_cap = engine.tile
+        self._device = torch.device(info.device)
+        if self._device.type == "cpu":
+            torch.set_num_threads(engine.threads or available_cores())
+        # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
+        self._model = descriptor.model.eval().to(self._device).to(memory_format=torch.channels_last)
+        self.batch_size: int = self._plan_batch()
+
+    def _free_bytes(self) -> int:
+        if self._device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self._device)
+            return int(free)
+        return available_ram_bytes()
+
+    def _per_pixel(self) -> int:
+        return bytes_per_input_pixel(self._arch, self.info.precision)
+
+    def suggest_tile(self) -> int:
+        limit = GPU_TILE_MAX if self._device.type == "cuda" else CPU_TILE_MAX
+        return tile_for_memory(self._free_bytes(), self._per_pixel(), cap_tile(limit, self._tile_cap))
+
+    def _plan_batch(self) -> int:
+        if self._device.type != "cuda":
+            return 1  # on CPU one tile already uses every core
+        return batch_for_memory(self._free_bytes(), self._per_pixel(), self.suggest_tile())
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES.get(self.info.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=dtype)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self._multiple)
+        try:
+            with torch.inference_mode(), self._autocast():
+                x = torch.from_numpy(padded).to(self._device, non_blocking=True)
+                y = self._model(x.contiguous(memory_format=torch.channels_last))
+                y = y[:, :, : h * self.scale, : w * self.scale].float().clamp_(0.0, 1.0)
+                return y.cpu().numpy()
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the failed attempt's blocks back before the tiler retries smaller
+            raise DeviceOutOfMemoryError(
+                f"{batch.shape[0]} tile(s) of {h}x{w} do not fit in GPU memory"
+            ) from None
+        except RuntimeError as error:
+            if "can't allocate memory" in str(error) or "not enough memory" in str(error):
+                raise DeviceOutOfMemoryError(
+                    f"{batch.shape[0]} tile(s) of {h}x{w} do not fit in RAM"
+                ) from None
+            raise

@@ -1,14 +1,143 @@
-"""`restorer bench` (placeholder until its issue lands)."""
+"""`restorer bench`: seconds per image, input MP/s, GFLOP/s against this CPU's peak and peak RSS for the
+super-resolution stage, the face stage and the whole pipeline; then what an image costs on the machines
+of a price list, from the measured seconds only (machines that did not run here: "not measured").
+
+Sizes: `sweep` (64x64, 128x128, 256x256; the default, a few minutes on 2 cores), `seed` (the seed's
+546x729, 364x358, 320x320: RealESRGAN_x4plus needs ~1.5 min per 546x729 image per stage on 2 cores),
+`full` (both and 512x512), or WxH values, mixable: --sizes seed,1024x768.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.bench import CpuPeaks, Measurement
+    from pipeline.evaluation.costs import Price
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("bench", help="(not implemented yet)")
+    parser = sub.add_parser(
+        "bench",
+        help="time the SR stage, face stage and whole pipeline; cost per image from a price list",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--sizes", default="sweep", help="sweep | seed | full | WxH,... (default sweep)")
+    parser.add_argument("--stages", default="sr,faces,pipeline", help="comma list of sr, faces, pipeline")
+    parser.add_argument("--prices", type=Path, default=None, help="price list TOML (default: built-in)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
+    parser.add_argument("--image", type=Path, default=None, help="photo to crop to each size")
+    parser.add_argument("--cpu-ghz", type=float, default=None, help="CPU clock under load for the peak")
+    parser.add_argument("--out", type=Path, default=None, help="also write bench.md and bench.json here")
+    parser.add_argument("--model", default=None, help="SR model id (default: settings' model)")
+    parser.add_argument("--backend", choices=["auto", "openvino", "torch"], default=None)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
+    parser.add_argument("--tile", type=int, default=None, help="cap the tile edge (input pixels)")
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("restorer bench: not implemented yet")
+    from daemon.settings import Settings
+    from pipeline.evaluation import bench, costs
+    from pipeline.types import RestoreError
+
+    try:
+        sizes = bench.parse_sizes(args.sizes)
+        stages = _parse_stages(args.stages)
+        prices = costs.load_prices(args.prices)
+    except ValueError as error:
+        print(f"restorer bench: {error}", file=sys.stderr)
+        return 2
+    if args.repeats < 1:
+        print("restorer bench: --repeats must be at least 1", file=sys.stderr)
+        return 2
+    settings = Settings.load(
+        args.config, model=args.model, backend=args.backend, precision=args.precision, tile=args.tile
+    )
+    engine = settings.engine_config()
+    peaks = bench.cpu_peaks(args.cpu_ghz or bench.DEFAULT_CPU_GHZ)
+    try:
+        flops = bench.flops_per_input_pixel(settings.model, settings.weights_dir, settings.cache_dir)
+    except RestoreError as error:
+        print(f"restorer bench: {error}", file=sys.stderr)
+        return 1
+
+    measurements = []
+    for width, height in sizes:
+        for stage in stages:
+            spec = bench.BenchSpec(
+                stage=stage,
+                width=width,
+                height=height,
+                model=settings.model,
+                engine=asdict(engine),
+                repeats=args.repeats,
+                image=str(args.image) if args.image else None,
+            )
+            print(f"measuring {stage} {width}x{height} ...", file=sys.stderr, flush=True)
+            measurements.append(bench.measure(spec))
+    bench.fill_hardware(measurements, peaks)
+
+    report = _report(settings.model, flops, peaks, measurements, prices)
+    print(report)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.md").write_text(report + "\n", encoding="utf-8")
+        data = {
+            "model": settings.model,
+            "flops_per_input_pixel": flops,
+            "peaks": asdict(peaks),
+            "measurements": [m.to_dict() for m in measurements],
+        }
+        (args.out / "bench.json").write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    return 1 if any(m.error for m in measurements) else 0
+
+
+def _parse_stages(text: str) -> list[str]:
+    from pipeline.evaluation.bench import STAGES
+
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown) or '(none)'}; known: {', '.join(STAGES)}")
+    return stages
+
+
+def _report(
+    model: str, flops: float, peaks: CpuPeaks, measurements: list[Measurement], prices: list[Price]
+) -> str:
+    from pipeline.evaluation import bench, costs
+
+    workloads = [
+        costs.Workload(f"{m.spec.stage} {m.spec.width}x{m.spec.height}", m.hardware, m.median_s)
+        for m in measurements
+        if m.error is None and m.spec.stage in ("pipeline", "sr")
+    ]
+    bf16 = f"{peaks.bf16_gflops:.0f}" if peaks.bf16_gflops else "none (no bf16 instructions)"
+    lines = [
+        f"Hardware: {peaks.description}. Peak GFLOP/s: fp32 {peaks.fp32_gflops:.0f}, bf16 {bf16} "
+        f"({peaks.formula}).",
+        f"Model {model}: {flops / 1e6:.2f} MFLOP per input pixel (counted on the network's convolutions).",
+        "",
+        bench.bench_markdown(measurements, peaks, flops),
+        "",
+        "s/image: median wall time of the restore call(s), model already loaded (load s: loading and "
+        "compiling, once per process). GFLOP/s: the SR network's FLOP for the input / s/image. Peak RSS: "
+        "the whole worker process (one per row).",
+        "",
+        "Cost per image (measured seconds x price; machines that did not run this benchmark are "
+        '"not measured", never estimated):',
+        "",
+        costs.cost_markdown(costs.cost_table(prices, workloads)),
+    ]
+    notes = sorted({note for m in measurements for note in m.notes})
+    if notes:
+        lines += ["", "Notes from the runs:", *[f"- {note}" for note in notes]]
+    return "\n".join(lines)

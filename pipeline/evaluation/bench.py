@@ -1,0 +1,347 @@
+"""Timings behind `restorer bench`: each measurement runs in its own worker process, so its peak RSS is
+that of one process doing one job (model loaded, image restored) and nothing else.
+
+Stages:
+    sr        Restorer.restore with faces off: the super-resolution stage (tiling, network, assembly)
+    faces     FaceStage.prepare + paste on the same input (detection, restoration when face weights exist)
+    pipeline  end to end: JPEG bytes -> load_image -> Restorer.restore (default options, faces on)
+              -> encode_image JPEG
+
+Seconds exclude model loading and compilation (reported separately as load_s; the worker warms up
+first). GFLOP/s counts the SR network's useful work: FLOP per input pixel (counted on the real model)
+x input pixels / seconds; context overlap between tiles is overhead, not credited.
+
+Run a worker by hand: python -m pipeline.evaluation.bench '{"stage": "sr", "width": 64, ...}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STAGES = ("sr", "faces", "pipeline")
+SEED_SIZES = [(546, 729), (364, 358), (320, 320)]  # the seed README's three photos
+SWEEP_SIZES = [(64, 64), (128, 128), (256, 256)]
+SIZE_GROUPS = {
+    "sweep": SWEEP_SIZES,
+    "seed": SEED_SIZES,
+    "full": [*SWEEP_SIZES, (512, 512), *SEED_SIZES],
+}
+# Clock of this project's reference 2-core EPYC under sustained load (shared/notes/cpu-performance.md).
+# /proc/cpuinfo reports the nominal clock on many VMs; pass --cpu-ghz for another machine.
+DEFAULT_CPU_GHZ = 3.55
+WORKER_TIMEOUT_S = 3600
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    stage: str
+    width: int
+    height: int
+    model: str
+    engine: dict[str, Any]  # EngineConfig as a dict
+    repeats: int = 1
+    image: str | None = None  # photo to crop/resize to the size; None: a built-in test photo
+
+
+@dataclass
+class Measurement:
+    spec: BenchSpec
+    seconds: list[float] = field(default_factory=list)
+    load_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    backend: str = ""
+    device: str = ""
+    precision: str = ""
+    tiles: int = 0
+    faces_found: int = 0
+    faces_restored: int = 0
+    notes: list[str] = field(default_factory=list)
+    hardware: str = ""  # "gpu: <name>" when it ran on CUDA; the parent fills in the CPU's description
+    error: str | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else float("nan")
+
+    @property
+    def megapixels(self) -> float:
+        return self.spec.width * self.spec.height / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["median_s"] = self.median_s
+        return data
+
+
+@dataclass(frozen=True)
+class CpuPeaks:
+    description: str  # e.g. "cpu: AMD EPYC, 2 cores, avx512_bf16" (also matched by the price list)
+    fp32_gflops: float
+    bf16_gflops: float | None  # None: no bf16 dot-product instructions
+    formula: str
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """'sweep', 'seed', 'full' or a comma list of WxH, mixable: 'seed,1024x768'."""
+    sizes: list[tuple[int, int]] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part in SIZE_GROUPS:
+            sizes += SIZE_GROUPS[part]
+            continue
+        match = re.fullmatch(r"(\d+)x(\d+)", part)
+        if not match or int(match[1]) < 16 or int(match[2]) < 16:
+            raise ValueError(f"size {part!r} is not WxH (each >= 16) nor one of {', '.join(SIZE_GROUPS)}")
+        sizes.append((int(match[1]), int(match[2])))
+    return list(dict.fromkeys(sizes))
+
+
+def cpu_peaks(ghz: float = DEFAULT_CPU_GHZ) -> CpuPeaks:
+    """Theoretical peak = cores x FLOP/cycle x clock. 32 fp32 FLOP/cycle/core = two 256-bit FMA pipes
+    (Zen 4 runs AVX-512 on them); bf16 dot products (avx512_bf16 / AMX) double it."""
+    from pipeline.backends.base import available_cores, cpu_bf16_flag, cpu_flags
+
+    flags = cpu_flags()
+    cores = available_cores()
+    per_cycle = 32 if ("avx512f" in flags or {"avx2", "fma"} <= flags) else 16 if "avx" in flags else 8
+    fp32 = cores * per_cycle * ghz
+    bf16_flag = cpu_bf16_flag(flags)
+    model = _cpu_model_name()
+    description = f"cpu: {model}, {cores} cores, {bf16_flag or 'no bf16'}"
+    formula = f"{cores} cores x {per_cycle} FLOP/cycle x {ghz:g} GHz"
+    return CpuPeaks(description, fp32, 2 * fp32 if bf16_flag else None, formula)
+
+
+def _cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def flops_per_input_pixel(model_id: str, weights_dir: Path, cache_dir: Path) -> float:
+    """Count conv FLOPs (2 x MACs) of the real network on a 32x32 input, per input pixel."""
+    import torch
+
+    from pipeline.weights import load_model
+
+    network = load_model(model_id, weights_dir, cache_dir).model.eval().float()
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        weight = module.weight
+        macs_per_output = weight.shape[1] * weight.shape[2] * weight.shape[3]  # Cin/groups x kh x kw
+        total += 2 * macs_per_output * output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            network(torch.zeros(1, 3, 32, 32))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total / (32 * 32)
+
+
+# --- parent side ----------------------------------------------------------------------------------------
+
+
+def measure(spec: BenchSpec, timeout_s: float = WORKER_TIMEOUT_S) -> Measurement:
+    """Run one measurement in a fresh worker process and read its JSON result."""
+    command = [sys.executable, "-m", "pipeline.evaluation.bench", json.dumps(asdict(spec))]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return Measurement(spec=spec, error=f"worker exceeded {timeout_s:.0f} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return Measurement(spec=spec, error=f"worker failed (exit {done.returncode}): {tail}")
+    data = json.loads(lines[-1])
+    data["spec"] = spec
+    return Measurement(**{key: value for key, value in data.items() if key != "median_s"})
+
+
+# --- worker side ----------------------------------------------------------------------------------------
+
+
+def bench_photo(width: int, height: int, image: str | None) -> np.ndarray:
+    """An RGB uint8 photo of exactly width x height: the given file, else skimage's astronaut (a real photo
+    with a face), else a deterministic synthetic pattern; covered and centre-cropped, never stretched."""
+    import cv2
+
+    source = _load_source(image)
+    scale = max(width / source.shape[1], height / source.shape[0])
+    size = (max(width, round(source.shape[1] * scale)), max(height, round(source.shape[0] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(source, size, interpolation=interpolation)
+    top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
+    return np.ascontiguousarray(resized[top : top + height, left : left + width])
+
+
+def _load_source(image: str | None) -> np.ndarray:
+    if image is not None:
+        from pipeline.evaluation.metrics import as_rgb, to_uint8
+        from pipeline.imageio import load_image
+
+        return as_rgb(to_uint8(load_image(Path(image)).pixels))
+    try:
+        import skimage.data
+
+        return skimage.data.astronaut()
+    except ImportError:
+        yy, xx = np.mgrid[0:512, 0:512]
+        rng = np.random.default_rng(0)
+        pattern = np.stack([xx / 2, yy / 2, (xx + yy) / 4], axis=2) + rng.normal(0, 12, (512, 512, 3))
+        return np.clip(pattern, 0, 255).astype(np.uint8)
+
+
+def _worker(spec: BenchSpec) -> dict[str, Any]:
+    from pipeline.types import EngineConfig, Image, RestoreOptions
+
+    engine = EngineConfig(**spec.engine)
+    rgb = bench_photo(spec.width, spec.height, spec.image)
+    options = RestoreOptions(model=spec.model, faces=spec.stage != "sr")
+    result: dict[str, Any] = {"seconds": [], "notes": []}
+    started = time.perf_counter()
+    if spec.stage == "faces":
+        run_once = _faces_runner(engine, rgb, options, result)
+    else:
+        run_once = _restore_runner(engine, Image(pixels=rgb, source_format="jpg"), options, spec, result)
+    result["load_s"] = time.perf_counter() - started
+    for _ in range(spec.repeats):
+        began = time.perf_counter()
+        run_once()
+        result["seconds"].append(time.perf_counter() - began)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return result
+
+
+def _restore_runner(engine: Any, image: Any, options: Any, spec: BenchSpec, result: dict[str, Any]) -> Any:
+    from pipeline.imageio import encode_image, load_image
+    from pipeline.restorer import Restorer
+
+    restorer = Restorer(engine)
+    restorer.warm_up(options)
+    encoded = encode_image(image, "jpg", quality=95)
+
+    def record(report: Any) -> None:
+        result.update(backend=report.backend, device=report.device, precision=report.precision)
+        result.update(tiles=report.tiles, notes=list(report.notes))
+        result["faces_found"] = len(report.faces)
+        result["faces_restored"] = sum(1 for face in report.faces if face.restored)
+        if str(report.device).startswith("cuda"):
+            import torch
+
+            result["hardware"] = f"gpu: {torch.cuda.get_device_name(0)}"
+
+    def run_sr() -> None:
+        record(restorer.restore(image, options)[1])
+
+    def run_pipeline() -> None:
+        output, report = restorer.restore(load_image(encoded), options)
+        encode_image(output, "jpg", quality=95)
+        record(report)
+
+    return run_sr if spec.stage == "sr" else run_pipeline
+
+
+def _faces_runner(engine: Any, rgb: np.ndarray, options: Any, result: dict[str, Any]) -> Any:
+    import cv2
+
+    from pipeline.faces import FaceStage
+
+    stage = FaceStage(engine)
+    rgb_float = rgb.astype(np.float32) / 255.0
+    upscaled = cv2.resize(rgb, (rgb.shape[1] * 4, rgb.shape[0] * 4), interpolation=cv2.INTER_CUBIC)
+    stage.prepare(rgb_float[:16, :16], options)  # loads detector (and restorer weights when present)
+    result["notes"] = [f"face stage status: {json.dumps(stage.status(), default=str)}"]
+
+    def run_faces() -> None:
+        prepared = stage.prepare(rgb_float, options)
+        reports = stage.paste(upscaled.copy(), prepared, 4.0)
+        result["faces_found"] = len(reports)
+        result["faces_restored"] = sum(1 for face in reports if face.restored)
+        result["device"] = "cpu"
+
+    return run_faces
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+def fill_hardware(measurements: list[Measurement], peaks: CpuPeaks) -> None:
+    for m in measurements:
+        if not m.hardware and m.error is None:
+            m.hardware = peaks.description
+
+
+def bench_markdown(measurements: list[Measurement], peaks: CpuPeaks, flops_per_pixel: float) -> str:
+    """The timing table: one row per measurement."""
+    header = [
+        "stage",
+        "input",
+        "s/image",
+        "input MP/s",
+        "GFLOP/s",
+        "% fp32 peak",
+        "% bf16 peak",
+        "peak RSS MB",
+        "load s",
+        "engine",
+        "faces found/restored",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in measurements:
+        size = f"{m.spec.width}x{m.spec.height}"
+        if m.error is not None:
+            lines.append("| " + " | ".join([m.spec.stage, size, f"failed: {m.error}", *[""] * 8]) + " |")
+            continue
+        seconds = m.median_s
+        gflops = flops_per_pixel * m.spec.width * m.spec.height / seconds / 1e9
+        network_stage = m.spec.stage != "faces"
+        on_cpu = m.hardware.startswith("cpu:")
+        cells = [
+            m.spec.stage,
+            size,
+            f"{seconds:.2f}" + (f" (median of {len(m.seconds)})" if len(m.seconds) > 1 else ""),
+            f"{m.megapixels / seconds:.4f}",
+            f"{gflops:.0f}" if network_stage else "-",
+            f"{100 * gflops / peaks.fp32_gflops:.0f}%" if network_stage and on_cpu else "-",
+            f"{100 * gflops / peaks.bf16_gflops:.0f}%"
+            if network_stage and on_cpu and peaks.bf16_gflops
+            else "-",
+            f"{m.peak_rss_mb:.0f}",
+            f"{m.load_s:.1f}",
+            " ".join(part for part in (m.backend, m.device, m.precision) if part) or "-",
+            f"{m.faces_found}/{m.faces_restored}" if m.spec.stage != "sr" else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _worker_main(argv: list[str]) -> int:
+    spec = BenchSpec(**json.loads(argv[0]))
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    print(json.dumps(_worker(spec)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

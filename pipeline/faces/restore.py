@@ -1,0 +1,235 @@
+"""Face restoration networks on the same backend choices as super-resolution.
+
+Models (pipeline/models.py REGISTRY, loaded by pipeline/weights.py through spandrel, never downloaded):
+GFPGAN v1.4 / v1.3 (clean architecture) and RestoreFormer; CodeFormer only when asked for by name
+(non-commercial, needs spandrel_extra_arches). "auto" = the best one present: GFPGANv1.4 > GFPGANv1.3 >
+RestoreFormer.
+
+Every network is wrapped so it maps a [0,1] RGB 512x512 crop to a [0,1] crop:
+- GFPGAN and CodeFormer work in [-1,1] (calling spandrel's descriptor on [0,1] input is a known pitfall);
+- GFPGAN's StyleGAN decoder adds fresh random noise on every call by default: we pass
+  randomize_noise=False so it uses the noise buffers stored in the weight file (same input, same output);
+- GFPGAN's `weight` argument is a no-op in v1.2-1.4: strength is a blend done at paste time.
+
+Backends: CUDA -> torch with bf16 autocast (fp16 when the GPU lacks bf16; a non-finite result is redone in
+fp32). CPU -> FACE_CPU_AUTO, chosen by measurement (benchmarks/bench_faces.py, docs/performance.md): the
+fastest engine whose output stays within 40 dB of torch fp32 on a real face.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.backends.base import BackendInfo, available_cores
+from pipeline.types import BackendUnavailableError, EngineConfig
+
+log = logging.getLogger(__name__)
+
+AUTO_ORDER = ("GFPGANv1.4", "GFPGANv1.3", "RestoreFormer")
+EXPLICIT_ONLY = ("CodeFormer",)
+CROP = 512
+# Measured on the 2-core avx512_bf16 CPU with a 512 face (see docs/performance.md, "## Faces").
+FACE_CPU_AUTO = ("openvino", "bf16")
+OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def missing_restoration_reason(weights_dir: Path) -> str:
+    from pipeline.models import get_spec
+
+    spec = get_spec(AUTO_ORDER[0])
+    return (
+        f"face restoration unavailable: add {spec.filenames[0]} to {weights_dir}/ "
+        f"(from {spec.source_url}; GFPGANv1.3.pth or RestoreFormer.pth also work)"
+    )
+
+
+def available_face_models(weights_dir: Path) -> list[str]:
+    """Face models whose weights are present (CodeFormer listed too; it is still used only on request)."""
+    from pipeline.models import face_models
+
+    # Face weights are never embedded, so "present" is "a file under one of the accepted names": checked
+    # without hashing 350 MB files (status() runs for every health request).
+    return [spec.id for spec in face_models() if any((weights_dir / n).is_file() for n in spec.filenames)]
+
+
+def choose_face_model(requested: str, weights_dir: Path) -> tuple[str | None, str | None]:
+    """(model id, None) when a usable face model exists for the request, else (None, reason in words)."""
+    present = available_face_models(weights_dir)
+    if requested == "auto":
+        for model_id in AUTO_ORDER:
+            if model_id in present:
+                return model_id, None
+        return None, missing_restoration_reason(weights_dir)
+    from pipeline.models import get_spec
+
+    spec = get_spec(requested)  # UnknownModelError lists the known ids
+    if spec.purpose != "face":
+        return None, f"face restoration unavailable: {requested} is not a face model"
+    if requested not in present:
+        where = f"{weights_dir}/ (from {spec.source_url})"
+        return None, f"face restoration unavailable: add {spec.filenames[0]} to {where}"
+    return requested, None
+
+
+def _network_module(descriptor, arch: str, fidelity: float):  # -> torch.nn.Module, [0,1] -> [0,1]
+    import torch
+
+    class FaceNetwork(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = descriptor.model.eval()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            signed = x * 2.0 - 1.0
+            if arch == "GFPGAN":
+                y = self.net(signed, return_rgb=False, randomize_noise=False)[0]
+            elif arch == "CodeFormer":
+                y = self.net(signed, w=fidelity, adain=True)[0]
+            else:  # RestoreFormer: spandrel's own call_fn does the same normalisation
+                y = self.net(signed)[0]
+            return ((y + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    return FaceNetwork().eval()
+
+
+def choose_face_backend(engine: EngineConfig) -> BackendInfo:
+    """Like super-resolution's choice, except what CPU 'auto' means (measured for faces)."""
+    from pipeline.backends import choose_backend, host_capabilities
+
+    host = host_capabilities()
+    info = choose_backend(engine, host)
+    if info.device == "cuda":
+        if engine.precision == "auto":
+            precision = "bf16" if host.cuda_bf16 else "fp16"
+            return BackendInfo("torch", "cuda", precision, f"cuda: torch {precision} autocast")
+        return info
+    backend, precision = info.backend, info.precision
+    if engine.backend == "auto":
+        backend = FACE_CPU_AUTO[0] if host.openvino else "torch"
+    if engine.precision == "auto":
+        precision = FACE_CPU_AUTO[1] if host.cpu_bf16_flag else "fp32"
+    reason = f"faces on cpu: {backend} {precision} (fastest within 40 dB of fp32, measured)"
+    return BackendInfo(backend, "cpu", precision, reason)
+
+
+class TorchFaceRunner:
+    def __init__(self, module, info: BackendInfo, engine: EngineConfig) -> None:
+        import torch
+
+        self.info = info
+        self._device = torch.device(info.device)
+        if self._device.type == "cpu":
+            torch.set_num_threads(engine.threads or available_cores())
+        self._module = module.to(self._device)
+
+    def _autocast(self, precision: str) -> contextlib.AbstractContextManager:
+        import torch
+
+        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device.type, dtype=dtypes[precision])
+
+    def _run(self, crop: np.ndarray, precision: str) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._autocast(precision):
+            x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(self._device)
+            y = self._module(x).float()
+        return y[0].permute(1, 2, 0).cpu().numpy()
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        out = self._run(crop, self.info.precision)
+        if not np.isfinite(out).all() and self.info.precision != "fp32":
+            # Half precision overflowed (the GTX 16xx "black output" class of bug): redo this face in fp32.
+            log.warning("face network gave non-finite values in %s; redoing it in fp32", self.info.precision)
+            out = self._run(crop, "fp32")
+        return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+class OpenVinoFaceRunner:
+    """The wrapped network converted once to OpenVINO IR (kept in cache_dir) and compiled for 1x3x512x512."""
+
+    def __init__(self, module, info: BackendInfo, engine: EngineConfig, key: str) -> None:
+        import openvino as ov
+
+        self.info = info
+        root = Path(engine.cache_dir) / "openvino"
+        xml = root / "ir" / f"face-{key}-1x3x{CROP}x{CROP}.xml"
+        if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
+            self._convert(module, xml)
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(root / "compiled")})
+        config = {
+            # Pinned: OpenVINO would otherwise choose bf16 by itself on bf16-capable hosts.
+            "INFERENCE_PRECISION_HINT": OV_PRECISION[info.precision],
+            "INFERENCE_NUM_THREADS": engine.threads or available_cores(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        started = time.monotonic()
+        self._request = core.compile_model(str(xml), "CPU", config).create_infer_request()
+        log.info("compiled face network %s in %.1f s", xml.name, time.monotonic() - started)
+
+    @staticmethod
+    def _convert(module, xml: Path) -> None:
+        import openvino as ov
+        import torch
+
+        started = time.monotonic()
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        shape = [1, 3, CROP, CROP]
+        # A static input shape: StyleGAN's modulated convolutions have batch-dependent weight shapes that
+        # OpenVINO's CPU plugin cannot run when left dynamic.
+        with torch.inference_mode(False), torch.no_grad():
+            model = ov.convert_model(module, example_input=torch.zeros(shape), input=[shape])
+        tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
+        ov.save_model(model, tmp, compress_to_fp16=False)  # the default would round weights to fp16
+        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+        os.replace(tmp, xml)
+        log.info("converted face network to OpenVINO IR %s in %.1f s", xml.name, time.monotonic() - started)
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)
+        self._request.infer({0: x})
+        out = self._request.get_output_tensor(0).data[0].transpose(1, 2, 0)
+        return np.clip(out, 0.0, 1.0).astype(np.float32, copy=True)
+
+
+@dataclass
+class FaceRestorer:
+    """One loaded face network: crop (512x512x3 float32 [0,1]) -> restored crop, deterministic."""
+
+    model_id: str
+    info: BackendInfo
+    runner: TorchFaceRunner | OpenVinoFaceRunner
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        return self.runner(crop)
+
+
+def load_face_restorer(model_id: str, engine: EngineConfig, fidelity: float = 0.5) -> FaceRestorer:
+    """Load `model_id` through pipeline.weights (spandrel) onto the chosen face backend."""
+    from pipeline.weights import load_model_with_key
+
+    descriptor, weights_key = load_model_with_key(model_id, Path(engine.weights_dir), Path(engine.cache_dir))
+    arch = descriptor.architecture.id
+    module = _network_module(descriptor, arch, fidelity)
+    info = choose_face_backend(engine)
+    if info.backend == "openvino":
+        key = f"{arch}-{weights_key[:32]}" + (f"-w{fidelity:.3f}" if arch == "CodeFormer" else "")
+        try:
+            return FaceRestorer(model_id, info, OpenVinoFaceRunner(module, info, engine, key))
+        except Exception as error:  # conversion of an architecture OpenVINO cannot express
+            if engine.backend == "openvino":
+                raise BackendUnavailableError(f"{model_id} cannot run on openvino: {error}") from error
+            log.warning("%s on openvino failed (%s); using torch instead", model_id, error)
+            reason = f"{info.reason}; openvino failed for {model_id}, torch {info.precision} instead"
+            info = BackendInfo("torch", "cpu", info.precision, reason)
+    return FaceRestorer(model_id, info, TorchFaceRunner(module, info, engine))

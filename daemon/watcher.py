@@ -1,0 +1,487 @@
+"""Intake: turn files that appear in the inbox into jobs, once each, only when they are complete.
+
+Three sources feed ONE set of pending files (so a file seen by several is still queued once):
+  - watchdog events (native inotify Observer, or PollingObserver on network shares, where inotify sees
+    nothing another SMB/NFS client writes);
+  - a startup scan (files already present produce no events);
+  - a periodic full rescan (events can be lost: inotify queue overflow, a watcher restart, a remount).
+
+A pending file becomes a job when its size AND mtime have not changed for stability_seconds; then it is
+hashed and handed to JobStore.add, whose identity rules make a second row for the same file version
+impossible. Versions already recorded (size, mtime) are remembered, so rescans and touches do not hash
+unchanged files again.
+
+The watcher itself is watched: a dead observer thread, an unreachable inbox (share gone, EIO) or an
+inotify limit (ENOSPC/EMFILE) is reported in health and recovered from (restart, or fall back to
+polling), followed by a full rescan that finds what was missed without queuing anything twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from stat import S_ISREG
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from daemon import fsinfo
+from daemon.health import HealthState
+from daemon.settings import Settings
+from daemon.store import AddResult, JobStore
+
+log = logging.getLogger(__name__)
+
+# Files and folders that operating systems, NAS boxes and sync tools drop next to real photos.
+JUNK_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
+JUNK_DIR_NAMES = frozenset({"@eadir", "__macosx", "#recycle", "$recycle.bin", "#snapshot", "@recycle"})
+JUNK_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download", ".swp", "~")
+INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
+
+ObserverFactory = Callable[[str, str, float], BaseObserver]  # (mode, inbox, poll_seconds) -> observer
+
+
+def is_junk(relative_path: str) -> bool:
+    """True for names to ignore: dotfiles and dot-folders (.DS_Store, ._x, .stfolder/), NAS/OS folders
+    (@eaDir/, __MACOSX/), Thumbs.db, desktop.ini, and unfinished downloads (*.part, *.crdownload, *.tmp)."""
+    parts = PurePosixPath(relative_path).parts
+    if not parts:
+        return True
+    for folder in parts[:-1]:
+        if folder.startswith(".") or folder.lower() in JUNK_DIR_NAMES:
+            return True
+    name = parts[-1]
+    lower = name.lower()
+    return name.startswith(".") or lower in JUNK_FILE_NAMES or lower.endswith(JUNK_SUFFIXES)
+
+
+def is_junk_dir(name: str) -> bool:
+    return name.startswith(".") or name.lower() in JUNK_DIR_NAMES
+
+
+def default_observer(mode: str, inbox: str, poll_seconds: float) -> BaseObserver:
+    if mode == "polling":
+        return PollingObserver(timeout=poll_seconds)
+    return Observer()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class _Pending:
+    size: int
+    mtime: float
+    stable_since: float  # monotonic time the (size, mtime) pair was first seen
+
+
+class _EventRelay(FileSystemEventHandler):
+    """Runs on the observer thread: only hands paths over, never touches disk or the DB."""
+
+    def __init__(self, events: queue.SimpleQueue[tuple[bool, str]]) -> None:
+        self._events = events
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("deleted", "opened", "closed_no_write"):
+            return
+        path = event.dest_path if event.event_type == "moved" else event.src_path
+        if path:
+            self._events.put((event.is_directory, os.fsdecode(path)))
+
+
+def choose_mode(settings: Settings) -> tuple[str, str]:
+    """(mode, reason) for the configured watch_mode; auto polls on network filesystems."""
+    where = fsinfo.describe(settings.inbox)
+    if settings.watch_mode == "native":
+        return "native", f"watch_mode=native (inbox on {where})"
+    if settings.watch_mode == "polling":
+        return "polling", f"watch_mode=polling, every {settings.poll_seconds:g} s (inbox on {where})"
+    if fsinfo.is_network_filesystem(settings.inbox):
+        return "polling", (
+            f"inbox is on a network filesystem ({where}): inotify cannot see files other machines "
+            f"write, so it is polled every {settings.poll_seconds:g} s"
+        )
+    return "native", f"inbox is on a local filesystem ({where}): inotify events"
+
+
+class Intake:
+    """Owns the observer and the pending set; runs on its own thread. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        health: HealthState,
+        on_job: Callable[[AddResult], None] | None = None,
+        observer_factory: ObserverFactory = default_observer,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.health = health
+        self.on_job = on_job
+        self._observer_factory = observer_factory
+        self._inbox = Path(settings.inbox)
+        self._events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
+        self._pending: dict[str, _Pending] = {}
+        self._recorded: dict[str, tuple[int, float]] = {}
+        self._observer: BaseObserver | None = None
+        self._mode, self._mode_reason = "native", ""
+        self._forced_polling_reason: str | None = None
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._rescan_requested = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inbox_ok = True
+        self._root_identity: tuple[int, int] | None = None
+        self.scans = 0  # full scans done (tests and benchmarks wait on it)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._recorded = dict(self.store.inbox_versions())
+        self._mode, self._mode_reason = choose_mode(self.settings)
+        log.info("intake: %s mode (%s)", self._mode, self._mode_reason)
+        self.health.update(
+            watch_mode=self._mode,
+            watch_mode_reason=self._mode_reason,
+            inbox_filesystem=fsinfo.describe(self._inbox),
+        )
+        self._root_identity = _identity(self._inbox)
+        self._start_observer()
+        self._scan("startup")
+        self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._stop_observer()
+        self.health.update(watcher_alive=False, watcher_error="stopped")
+
+    def pause(self, reason: str) -> None:
+        if not self._paused.is_set():
+            log.warning("intake paused: %s", reason)
+        self._paused.set()
+        self.health.pause_intake(reason)
+
+    def resume(self) -> None:
+        if self._paused.is_set():
+            log.info("intake resumed")
+        self._paused.clear()
+        self.health.resume_intake()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def request_rescan(self) -> None:
+        self._rescan_requested.set()
+
+    @property
+    def observer(self) -> BaseObserver | None:
+        return self._observer
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def _tick_seconds(self) -> float:
+        return max(0.05, min(0.5, self.settings.stability_seconds / 4))
+
+    def _run(self) -> None:
+        next_rescan = time.monotonic() + self.settings.rescan_seconds
+        next_check = time.monotonic() + self.settings.poll_seconds
+        while not self._stop.is_set():
+            try:
+                self._drain_events()
+                self._check_pending()
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + min(self.settings.poll_seconds, 5.0)
+                    self._check_watcher()
+                if now >= next_rescan or self._rescan_requested.is_set():
+                    self._rescan_requested.clear()
+                    next_rescan = now + self.settings.rescan_seconds
+                    self._scan("rescan")
+            except Exception:  # the intake must never die silently: log, report, keep going
+                log.exception("intake loop error")
+                self.health.update(watcher_error="intake loop error (see log); retrying")
+            self._stop.wait(self._tick_seconds())
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                is_dir, path = self._events.get_nowait()
+            except queue.Empty:
+                return
+            relative = self._relative(path)
+            if relative is None:
+                continue
+            if is_dir:
+                if not is_junk(relative + "/x"):  # a folder moved in: inotify may report only the folder
+                    self._walk(Path(path), relative)
+            else:
+                self._notice(relative)
+
+    def _relative(self, path: str) -> str | None:
+        try:
+            relative = Path(path).relative_to(self._inbox)
+        except ValueError:
+            return None
+        text = relative.as_posix()
+        return None if text in ("", ".") else text
+
+    def _notice(self, relative: str, stat: os.stat_result | None = None) -> None:
+        """A file may be new or changed: add it to the pending set unless it is junk or known."""
+        if relative in self._pending or is_junk(relative):
+            return
+        if stat is None:
+            try:
+                stat = os.stat(self._inbox / relative)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                log.warning("intake: cannot stat %s: %s", relative, exc)
+                return
+        if not _is_regular(stat):
+            return
+        if self._recorded.get(relative) == (stat.st_size, stat.st_mtime):
+            return
+        self._pending[relative] = _Pending(stat.st_size, stat.st_mtime, time.monotonic())
+
+    def _check_pending(self) -> None:
+        now = time.monotonic()
+        for relative, pending in list(self._pending.items()):
+            path = self._inbox / relative
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                del self._pending[relative]  # deleted (or renamed) before it was stable: no job
+                continue
+            except OSError as exc:
+                log.warning("intake: cannot stat %s, will retry at the next scan: %s", relative, exc)
+                del self._pending[relative]
+                continue
+            if (stat.st_size, stat.st_mtime) != (pending.size, pending.mtime):
+                self._pending[relative] = _Pending(stat.st_size, stat.st_mtime, now)
+                continue
+            if now - pending.stable_since < self.settings.stability_seconds or self._paused.is_set():
+                continue
+            self._record(relative, path, pending)
+        self.health.update(pending_files=len(self._pending))
+
+    def _record(self, relative: str, path: Path, pending: _Pending) -> None:
+        try:
+            digest = sha256_file(path)
+            after = os.stat(path)
+        except FileNotFoundError:
+            del self._pending[relative]
+            return
+        except OSError as exc:
+            log.warning("intake: cannot read %s, will retry at the next scan: %s", relative, exc)
+            del self._pending[relative]
+            return
+        if (after.st_size, after.st_mtime) != (pending.size, pending.mtime):  # changed while hashing
+            self._pending[relative] = _Pending(after.st_size, after.st_mtime, time.monotonic())
+            return
+        preset = self._preset_for(relative)
+        options = dataclasses.asdict(self.settings.restore_options(preset))
+        result = self.store.add(
+            relative,
+            digest,
+            pending.size,
+            pending.mtime,
+            preset=preset,
+            options=options,
+            duplicate_content=self.settings.duplicate_content,
+        )
+        del self._pending[relative]
+        self._recorded[relative] = (pending.size, pending.mtime)
+        if result.created:
+            log.info("intake: job %d %s (%s)", result.job.id, relative, result.job.state)
+            if self.on_job is not None:
+                self.on_job(result)
+
+    def _preset_for(self, relative: str) -> str | None:
+        parts = PurePosixPath(relative).parts
+        if len(parts) > 1 and parts[0] in self.settings.presets:
+            return parts[0]
+        return None
+
+    # -- scans ----------------------------------------------------------------------------------------
+
+    def _scan(self, why: str) -> None:
+        """Walk the whole inbox; an error on the inbox itself marks it unreachable."""
+        try:
+            os.stat(self._inbox)
+            if not self._inbox.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self._inbox))
+            seen: set[str] = set()
+            self._walk(self._inbox, "", seen)
+        except OSError as exc:
+            self._inbox_unreachable(exc)
+            return
+        # Forget recorded versions of files that are gone, so a later re-drop is looked at again.
+        for relative in [r for r in self._recorded if r not in seen]:
+            del self._recorded[relative]
+        self.scans += 1
+        self.health.update(
+            last_scan_at=datetime.now(UTC).isoformat(timespec="seconds"), pending_files=len(self._pending)
+        )
+        if not self._inbox_ok:
+            self._inbox_back()
+        log.debug("intake: %s scan done, %d pending", why, len(self._pending))
+
+    def _walk(self, folder: Path, relative: str, seen: set[str] | None = None) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            if folder == self._inbox:
+                raise
+            log.warning("intake: cannot list %s: %s", folder, exc)
+            return
+        for entry in entries:
+            child = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if not is_junk_dir(entry.name):
+                        self._walk(Path(entry.path), child, seen)
+                    continue
+                stat = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                log.warning("intake: cannot stat %s: %s", child, exc)
+                continue
+            if seen is not None:
+                seen.add(child)
+            self._notice(child, stat)
+
+    # -- watching the watcher -------------------------------------------------------------------------
+
+    def _start_observer(self) -> None:
+        mode = "polling" if self._forced_polling_reason else self._mode
+        try:
+            observer = self._observer_factory(mode, str(self._inbox), self.settings.poll_seconds)
+            observer.schedule(_EventRelay(self._events), str(self._inbox), recursive=True)
+            observer.start()
+        except OSError as exc:
+            if mode == "native" and exc.errno in INOTIFY_LIMIT_ERRNOS:
+                self._fall_back_to_polling(exc)
+                return self._start_observer()
+            self._observer = None
+            self.health.update(watcher_alive=False, watcher_error=f"cannot watch the inbox: {exc}")
+            log.error("intake: cannot watch %s: %s", self._inbox, exc)
+            return None
+        self._observer = observer
+        self.health.update(watcher_alive=True, watcher_error=self._forced_polling_reason, watch_mode=mode)
+        return None
+
+    def _fall_back_to_polling(self, exc: OSError) -> None:
+        limit = "inotify watch limit (fs.inotify.max_user_watches)"
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            limit = "inotify instance/file limit (fs.inotify.max_user_instances or open files)"
+        self._forced_polling_reason = (
+            f"{limit} reached ({os.strerror(exc.errno or 0)}): polling the inbox every "
+            f"{self.settings.poll_seconds:g} s instead; raise the limit and restart to use inotify"
+        )
+        self._mode, self._mode_reason = "polling", self._forced_polling_reason
+        log.warning("intake: %s", self._forced_polling_reason)
+        self.health.update(watch_mode="polling", watch_mode_reason=self._forced_polling_reason)
+
+    def _stop_observer(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        try:
+            observer.stop()
+            if observer.is_alive():
+                observer.join(timeout=5)
+        except Exception:  # a broken observer may fail to stop; it is replaced either way
+            log.debug("intake: observer stop failed", exc_info=True)
+
+    def observer_alive(self) -> bool:
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        return all(emitter.is_alive() for emitter in observer.emitters)
+
+    def _check_watcher(self) -> None:
+        try:
+            os.stat(self._inbox)
+            if not self._inbox.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self._inbox))
+        except OSError as exc:
+            self._inbox_unreachable(exc)
+            return
+        if not self._inbox_ok:
+            self._scan("inbox back")
+            return
+        identity = _identity(self._inbox)
+        if identity != self._root_identity:
+            # A share remounted over (or under) the inbox: the old watches see the wrong folder.
+            self._root_identity = identity
+            self._restart_watcher("the inbox folder was remounted or replaced")
+            return
+        if not self.observer_alive():
+            self._restart_watcher("the folder watcher thread stopped")
+
+    def _restart_watcher(self, why: str) -> None:
+        log.warning("intake: %s; restarting it and rescanning", why)
+        self.health.update(watcher_alive=False, watcher_error=why)
+        self._stop_observer()
+        self._start_observer()
+        self.health.update(watcher_restarts=self.health.get("watcher_restarts") + 1)
+        self._scan("watcher restart")  # catches files created while no one was watching
+
+    def _inbox_unreachable(self, exc: OSError) -> None:
+        if self._inbox_ok:
+            log.error("intake: inbox %s unreachable: %s", self._inbox, exc)
+        self._inbox_ok = False
+        self.health.update(
+            inbox_reachable=False,
+            inbox_error=f"{exc.strerror or exc} ({self._inbox})",
+            watcher_alive=False,
+            watcher_error="waiting for the inbox to come back",
+        )
+
+    def _inbox_back(self) -> None:
+        log.info("intake: inbox %s reachable again", self._inbox)
+        self._inbox_ok = True
+        self._root_identity = _identity(self._inbox)
+        self.health.update(inbox_reachable=True, inbox_error=None)
+        # The old observer watched inodes that may be gone (remount): start a fresh one.
+        self._stop_observer()
+        self._start_observer()
+        self.health.update(watcher_restarts=self.health.get("watcher_restarts") + 1)
+        self._scan("after inbox came back")
+
+
+def _is_regular(stat: os.stat_result) -> bool:
+    return S_ISREG(stat.st_mode)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino

@@ -1,0 +1,53 @@
+"""Cheap, test-only worker processors (selected with the `processor` setting / RESTORER_PROCESSOR).
+
+They replace only the pipeline stage; the daemon around them (store, watcher, worker process, publish)
+is the real one. What they do depends on the input's bytes, so a test controls them by what it drops:
+
+  b"CRASH..."   the worker process dies (os._exit) - a poison file
+  b"HANG..."    the worker stops responding
+  b"SLOW<s>..." takes <s> seconds (e.g. SLOW2.0), reporting progress every 0.1 s
+  b"BAD..."     raises CorruptImageError (a bad input)
+  anything else is returned unchanged, as the same format (extension of the input's magic or ".bin")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from daemon.settings import Settings
+from daemon.worker import Processed
+from pipeline.types import CorruptImageError, ProgressCallback, RestoreOptions
+
+
+class CopyProcessor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
+        return {"backend": "copy", "device": "cpu", "precision": "none", "reason": "test processor"}
+
+    def process(self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None) -> Processed:
+        if data.startswith(b"CRASH"):
+            os._exit(17)
+        if data.startswith(b"HANG"):
+            time.sleep(3600)
+        if data.startswith(b"BAD"):
+            raise CorruptImageError("the image data stops after 3 bytes (truncated file)")
+        if data.startswith(b"SLOW"):
+            seconds = float(data[4:].split(b"|")[0])
+            steps = max(1, int(seconds / 0.1))
+            for step in range(steps):
+                time.sleep(seconds / steps)
+                if on_progress is not None:
+                    on_progress("upscale", step + 1, steps)
+        fmt = "png" if data.startswith(b"\x89PNG") else "jpg" if data.startswith(b"\xff\xd8") else "bin"
+        return Processed(data, fmt, {"backend": "copy", "device": "cpu", "seconds": 0.0})
+
+    def extension(self, fmt: str) -> str:
+        return f".{fmt}"
+
+
+def copy(settings: Settings) -> CopyProcessor:
+    return CopyProcessor(settings)

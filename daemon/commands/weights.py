@@ -1,14 +1,56 @@
-"""`restorer weights` (placeholder until its issue lands)."""
+"""`restorer weights`: which models are usable here, where their weights come from, and what to do.
+
+States: available (a user file in the weights folder), converted (embedded ncnn weights already converted
+into the state directory's cache), embedded (converted automatically on first use), missing (the user must
+add the official file; the line says which and where it comes from). Nothing is downloaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("weights", help="(not implemented yet)")
+    parser = sub.add_parser(
+        "weights",
+        help="list models: available / converted / missing, source, license, what to do",
+        description="Precedence: defaults < --config FILE < RESTORER_* environment < these flags.",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    parser.add_argument("--weights-dir", type=Path, default=None, help="folder with user weight files")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="state folder (its cache/ holds conversions)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("restorer weights: not implemented yet")
+    from daemon.settings import Settings
+    from pipeline.weights import model_statuses
+
+    settings = Settings.load(args.config, weights_dir=args.weights_dir, state_dir=args.state_dir)
+    statuses = model_statuses(settings.weights_dir, settings.cache_dir)
+    if args.json:
+        print(json.dumps([status.to_dict() for status in statuses], indent=2))
+        return 0
+    print(f"weights folder: {settings.weights_dir}    conversion cache: {settings.cache_dir / 'weights'}")
+    header = ("MODEL", "PURPOSE", "STATE", "SOURCE", "LICENSE")
+    rows = [(s.spec.id, s.spec.purpose, s.state, s.source, s.spec.license) for s in statuses]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    print(_line(header, widths))
+    for row, status in zip(rows, statuses, strict=True):
+        print(_line(row, widths))
+        if status.action:
+            print(f"    -> {status.action}")
+    default = next(s for s in statuses if s.spec.id == settings.model)
+    if default.state == "missing":
+        print(f"\nthe configured model {settings.model} is missing: restores will fail until it is added")
+        return 1
+    return 0
+
+
+def _line(cells: tuple[str, ...], widths: list[int]) -> str:
+    return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()

@@ -3,6 +3,7 @@ arithmetic, and tiny end-to-end `restorer eval` / `restorer bench` runs on the r
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from PIL import Image as PILImage
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from pipeline.evaluation import costs, degrade, metrics
+from pipeline.evaluation import bench, costs, degrade, evaluate, metrics
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +271,91 @@ def test_price_list_without_required_fields_is_refused(tmp_path: Path) -> None:
 def test_missing_price_list_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(costs.PriceListError, match="cannot read price list"):
         costs.load_prices(tmp_path / "nope.toml")
+
+
+# --- Evaluation run (restorer stand-in: a bicubic upscale, so no model is needed) ------------------------
+
+
+def _bicubic_restorer(lr: np.ndarray) -> evaluate.Restored:
+    return evaluate.Restored(
+        pixels=evaluate.bicubic_baseline(lr, 4), seconds=0.01, engine="bicubic stand-in, cpu"
+    )
+
+
+def test_evaluate_writes_table_csv_crops_and_matches_direct_metrics(
+    tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    images = [("astronaut.png", astronaut[:128, :96]), ("camera.png", skimage.data.camera()[:64, :64])]
+    run = evaluate.evaluate_images(images, "realistic-x4", _bicubic_restorer, tmp_path, base_seed=5)
+    first = run.results[0]
+    sample = degrade.degrade(astronaut[:128, :96], "realistic-x4", 5, "astronaut.png")
+    expected = metrics.psnr_y(sample.hr, evaluate.bicubic_baseline(sample.lr, 4), 4)
+    assert first.psnr_y == pytest.approx(expected)
+    assert first.psnr_y == pytest.approx(first.bicubic_psnr_y)  # the stand-in IS bicubic
+    table = (tmp_path / "results.md").read_text()
+    assert "| astronaut.png | 24x32 -> 96x128 |" in table
+    assert "**mean**" in table and "LPIPS: not available offline" in table
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [row["image"] for row in rows] == ["astronaut.png", "camera.png"]
+    assert rows[0]["seed"] == str(sample.seed) and "jpeg_quality=" in rows[0]["params"]
+    crop = np.asarray(PILImage.open(tmp_path / "crops" / "astronaut.png"))
+    # input | bicubic | restored | original: square crops of min(160, 128, 96) px under a 16 px label bar
+    assert crop.shape == (16 + 96, 4 * 96 + 3 * 4, 3)
+    assert (tmp_path / "inputs" / "camera.png").is_file() and (tmp_path / "outputs" / "camera.png").is_file()
+
+
+def test_evaluate_with_no_degradation_reports_only_the_seed_measure(
+    tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    run = evaluate.evaluate_images([("a.png", astronaut[:32, :32])], "none", _bicubic_restorer, tmp_path)
+    assert run.results[0].psnr_y is None
+    assert run.results[0].consistency.psnr > 40  # PIL vs OpenCV bicubic: close, not identical
+    assert "PSNR-Y ours" not in (tmp_path / "results.md").read_text()
+
+
+def test_evaluate_refuses_a_restorer_that_returns_the_wrong_size(
+    tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    def wrong(lr: np.ndarray) -> evaluate.Restored:
+        return evaluate.Restored(pixels=evaluate.bicubic_baseline(lr, 2), seconds=0.0, engine="x")
+
+    with pytest.raises(ValueError, match="expected 64x64"):
+        evaluate.evaluate_images([("a.png", astronaut[:64, :64])], "bicubic-x4", wrong, tmp_path)
+
+
+def test_detail_window_finds_the_textured_region() -> None:
+    image = np.full((100, 100, 3), 128, dtype=np.uint8)
+    image[60:90, 10:40] = np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    top, left, edge = evaluate.detail_window(image, 30)
+    assert (top, left, edge) == (60, 10, 30)
+
+
+# --- Bench helpers --------------------------------------------------------------------------------------
+
+
+def test_bench_sizes_accept_groups_and_explicit_sizes() -> None:
+    assert bench.parse_sizes("seed") == [(546, 729), (364, 358), (320, 320)]
+    assert bench.parse_sizes("32x16,sweep,32x16")[:2] == [(32, 16), (64, 64)]
+    with pytest.raises(ValueError, match="not WxH"):
+        bench.parse_sizes("8x8")
+
+
+def test_flop_count_of_the_real_networks_matches_the_published_cost() -> None:
+    weights, cache = Path("weights"), Path("var/state/cache")
+    # RealESRGAN_x4plus: 17.93 M MAC per input pixel; SRVGGNetCompact (animevideov3): 1.24 MFLOP.
+    assert bench.flops_per_input_pixel("RealESRGAN_x4plus", weights, cache) == pytest.approx(
+        35.85e6, rel=1e-3
+    )
+    assert bench.flops_per_input_pixel("realesr-animevideov3", weights, cache) == pytest.approx(
+        1.24e6, rel=1e-2
+    )
+
+
+def test_cpu_peak_is_cores_times_flops_per_cycle_times_clock() -> None:
+    peaks = bench.cpu_peaks(ghz=2.0)
+    cores = int(peaks.formula.split(" cores")[0])
+    per_cycle = int(peaks.formula.split(" x ")[1].split(" ")[0])
+    assert peaks.fp32_gflops == pytest.approx(cores * per_cycle * 2.0)
+    assert peaks.description.startswith("cpu: ")
+    if peaks.bf16_gflops is not None:
+        assert peaks.bf16_gflops == pytest.approx(2 * peaks.fp32_gflops)

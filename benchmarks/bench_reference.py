@@ -115,6 +115,7 @@ def ref_worker(job: dict) -> dict:
         scale=4, model_path=job["weights"], model=network, tile=0, tile_pad=10, pre_pad=0, half=False,
         device=torch.device("cpu"),
     )  # fmt: skip
+    upsampler.enhance(np.zeros((32, 32, 3), np.uint8), outscale=4)  # warm, as ours is: same footing
     load_s = time.perf_counter() - began
     began = time.perf_counter()
     image = cv2.imread(job["input"], cv2.IMREAD_UNCHANGED)

@@ -1,0 +1,554 @@
+"""Reading and writing images without losing anything on the way.
+
+Reading (`load_image`) checks, in this order, so that no input can crash or hang the pipeline:
+  empty -> magic bytes (not an image / unsupported format) -> header only: dimensions (absurd, then the
+  decompression-bomb pixel limit, BEFORE any pixel is decoded) -> structural truncation (JPEG without an
+  end-of-image marker after its scan, PNG without IEND) -> a full decode with Pillow's
+  LOAD_TRUNCATED_IMAGES forced off, so a half-loaded file is refused instead of being padded with grey.
+
+What is kept: 16-bit depth (PNG/TIFF, decoded with OpenCV/tifffile because Pillow reduces 16-bit colour
+to 8 bits), grayscale, alpha, the ICC profile and EXIF. EXIF orientation is applied to the pixels (all
+8 cases) and reset to 1, so the output is upright everywhere. What is converted, each with a note in
+Image.notes: palette -> RGB(A), 1-bit -> 8-bit gray, CMYK -> RGB (through its ICC profile when it has
+one, which is then dropped because it describes CMYK), 32-bit int / float gray -> 16-bit, animated
+GIF/WebP and multi-page TIFF -> first frame.
+
+Writing (`encode_image`) produces PNG, JPEG, WebP or TIFF bytes with ICC and EXIF (GPS optionally
+removed). Output format "same" keeps the input's format except HEIC -> JPEG (Pillow has no HEIC writer we
+can rely on, and JPEG opens everywhere; PNG when there is alpha) and GIF/BMP -> PNG (GIF's 256 colours
+would destroy the upscaled picture; BMP is uncompressed and 16x larger after a 4x upscale).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageCms, ImageFile, UnidentifiedImageError
+
+from pipeline.types import (
+    AbsurdDimensionsError,
+    CorruptImageError,
+    DecompressionBombError,
+    EmptyFileError,
+    Image,
+    NotAnImageError,
+    UnsupportedFormatError,
+)
+
+# Output formats and the extension written for each; input-only formats map to their usual extension.
+FORMAT_EXTENSIONS: dict[str, str] = {
+    "jpg": ".jpg",
+    "png": ".png",
+    "webp": ".webp",
+    "tiff": ".tif",
+    "heic": ".heic",
+    "bmp": ".bmp",
+    "gif": ".gif",
+}
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff")
+# File name extensions a folder scan treats as images (the content is still checked on load).
+INPUT_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".gif"}
+)
+
+MAX_SIDE = 100_000  # pixels; beyond this no real photo exists, only crafted headers
+MAX_ASPECT = 1_000  # a 1x2000 "image" is a broken or hostile header, not a photo
+_ORIENTATION = 0x0112
+_GPS_IFD = 0x8825
+_EXIF_IFD = 0x8769
+# IFD0 tags that describe the photo (kept from TIFF inputs, whose IFD0 otherwise holds strip offsets).
+_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
+
+_PIL_FORMATS = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "TIFF": "tiff",
+    "BMP": "bmp",
+    "DIB": "bmp",
+    "HEIF": "heic",
+    "GIF": "gif",
+}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_UNSUPPORTED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"8BPS", 0, "Photoshop PSD"),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
+    (b"\xff\x0a", 0, "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", 0, "JPEG XL"),
+    (b"v/1\x01", 0, "OpenEXR"),
+    (b"#?RADIANCE", 0, "Radiance HDR"),
+    (b"qoif", 0, "QOI"),
+    (b"DDS ", 0, "DirectDraw Surface"),
+    (b"\x00\x00\x01\x00", 0, "Windows icon"),
+    (b"%PDF", 0, "PDF"),
+    (b"<svg", 0, "SVG"),
+    (b"avif", 8, "AVIF"),
+    (b"avis", 8, "AVIF"),
+)
+SUPPORTED_NAMES = "JPEG, PNG, WebP, TIFF, BMP, HEIC/HEIF or GIF"
+
+
+def load_image(source: Path | bytes, max_pixels: int = 200_000_000) -> Image:
+    """Decode a file (path or bytes) into an upright Image; raises BadImageError subclasses."""
+    data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+    if not data:
+        raise EmptyFileError("empty file (0 bytes)")
+    kind = _sniff(data)
+    if kind == "heic":
+        _register_heif()
+    with _strict_pillow():
+        try:
+            picture = PILImage.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise CorruptImageError(f"damaged {kind.upper()} header: the file cannot be read") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+            raise CorruptImageError(f"damaged {kind.upper()} header: {_reason(error)}") from None
+        _check_dimensions(picture.size, max_pixels)
+        actual = _PIL_FORMATS.get(picture.format or "")
+        if actual is None:
+            raise UnsupportedFormatError(f"{picture.format} files are not supported; use {SUPPORTED_NAMES}")
+        _check_structure(data, actual)
+        return _decode(picture, data, actual)
+
+
+def _sniff(data: bytes) -> str:
+    """The format from magic bytes; raises NotAnImageError / UnsupportedFormatError."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "heic"
+    for magic, offset, name in _UNSUPPORTED_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            raise UnsupportedFormatError(f"{name} files are not supported; use {SUPPORTED_NAMES}")
+    raise NotAnImageError(f"not an image: the content is none of {SUPPORTED_NAMES}")
+
+
+def _register_heif() -> None:
+    import pillow_heif  # only where a HEIC file shows up
+
+    pillow_heif.register_heif_opener()
+
+
+@contextmanager
+def _strict_pillow() -> Iterator[None]:
+    """Decode fully or fail: truncated data is an error, and the pixel limit is ours, checked first.
+
+    Pillow's own bomb check (a warning, then an error at 2x its 89 MP default) would refuse images our
+    configurable limit allows, so it is switched off while we open; our check runs on the header."""
+    saved_truncated, saved_limit = ImageFile.LOAD_TRUNCATED_IMAGES, PILImage.MAX_IMAGE_PIXELS
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    PILImage.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's format quirks are handled below, not printed
+            yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
+        PILImage.MAX_IMAGE_PIXELS = saved_limit
+
+
+def _check_dimensions(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise AbsurdDimensionsError(f"absurd dimensions {width}x{height}: the image has no pixels")
+    if max(width, height) > MAX_SIDE:
+        raise AbsurdDimensionsError(f"absurd dimensions {width}x{height}: a side exceeds {MAX_SIDE} pixels")
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise AbsurdDimensionsError(f"absurd dimensions {width}x{height}: aspect ratio above {MAX_ASPECT}:1")
+    if width * height > max_pixels:
+        raise DecompressionBombError(
+            f"{width}x{height} is {width * height / 1e6:.0f} megapixels, above the limit of "
+            f"{max_pixels / 1e6:.0f} (max_input_megapixels)"
+        )
+
+
+def _check_structure(data: bytes, kind: str) -> None:
+    """Catch the truncations a decoder might paper over."""
+    if kind == "jpg" and not _jpeg_has_end(data):
+        raise CorruptImageError("truncated JPEG: the image data ends before its end-of-image marker")
+    if kind == "png" and data.rfind(b"IEND") < 0:
+        raise CorruptImageError("truncated PNG: the file ends before its IEND chunk")
+
+
+def _jpeg_has_end(data: bytes) -> bool:
+    """Walk the marker segments to the first scan, then look for EOI after it (skipping any EXIF
+    thumbnail, which is a whole JPEG with its own EOI inside APP1)."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            return data.find(b"\xff\xd9", position + 2 + length) >= 0
+        position += 2 + length
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:160]
+
+
+def _decode(picture: PILImage.Image, data: bytes, kind: str) -> Image:
+    notes: list[str] = []
+    frames = int(getattr(picture, "n_frames", 1) or 1)
+    if frames > 1:
+        what = "page" if kind == "tiff" else "frame"
+        notes.append(f"{kind.upper()}: first {what} of {frames} used")
+    original_mode = picture.mode
+    icc = picture.info.get("icc_profile") or None
+    exif = _read_exif(picture, kind)
+    try:
+        picture.load()
+        pixels = _sixteen_bit_colour(picture, data, kind)
+        if pixels is None:
+            pixels, icc = _pixels_from_pillow(picture, icc, notes)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as error:
+        raise CorruptImageError(f"corrupt or truncated {kind.upper()} data: {_reason(error)}") from None
+    orientation = int(exif.get(_ORIENTATION, 1) or 1) if exif is not None else 1
+    pixels = np.ascontiguousarray(apply_orientation(pixels, orientation))
+    if orientation not in (1, 0) and 1 <= orientation <= 8:
+        notes.append(f"EXIF orientation {orientation} applied; output written upright")
+    return Image(
+        pixels=pixels,
+        source_format=kind,
+        icc_profile=icc,
+        exif=_exif_bytes(exif, strip_gps=False),
+        notes=notes,
+        original_mode=original_mode,
+    )
+
+
+def _read_exif(picture: PILImage.Image, kind: str) -> PILImage.Exif | None:
+    try:
+        exif = picture.getexif()
+    except Exception:  # a damaged EXIF block must not cost the picture; it is simply not carried
+        return None
+    if kind == "tiff":
+        exif = _descriptive_tiff_tags(exif)
+    return exif if len(exif) else None
+
+
+def _descriptive_tiff_tags(tiff_tags: PILImage.Exif) -> PILImage.Exif:
+    """A TIFF's IFD0 is its container (strip offsets, compression): keep only what describes the photo."""
+    kept = PILImage.Exif()
+    for tag in (*_DESCRIPTIVE_TAGS, _ORIENTATION):
+        if tag in tiff_tags:
+            kept[tag] = tiff_tags[tag]
+    return kept
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip HxW[xC] pixels as EXIF orientation 1-8 says (same result as ImageOps.exif_transpose)."""
+    transforms = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    transform = transforms.get(orientation)
+    return pixels if transform is None else transform(pixels)
+
+
+def _sixteen_bit_colour(picture: PILImage.Image, data: bytes, kind: str) -> np.ndarray | None:
+    """16-bit RGB(A) that Pillow would silently reduce to 8 bits: decode it with OpenCV / tifffile."""
+    if kind == "png" and data[24] == 16 and data[25] in (2, 4, 6):  # IHDR bit depth, colour type
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if decoded is None or decoded.dtype != np.uint16:
+            raise CorruptImageError("corrupt 16-bit PNG data")
+        return _from_bgr(decoded)
+    if kind == "tiff" and picture.mode in ("RGB", "RGBA", "RGBX"):
+        bits = picture.tag_v2.get(258) if hasattr(picture, "tag_v2") else None  # BitsPerSample
+        if bits and max(bits if isinstance(bits, tuple) else (bits,)) == 16:
+            return _tiff_sixteen_bit(data)
+    return None
+
+
+def _from_bgr(decoded: np.ndarray) -> np.ndarray:
+    if decoded.ndim == 2:
+        return decoded
+    if decoded.shape[2] == 4:
+        return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def _tiff_sixteen_bit(data: bytes) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+        array = tiff.pages[0].asarray()
+    if array.dtype != np.uint16 or array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise CorruptImageError(f"unexpected 16-bit TIFF layout {array.shape} {array.dtype}")
+    return array
+
+
+def _pixels_from_pillow(
+    picture: PILImage.Image, icc: bytes | None, notes: list[str]
+) -> tuple[np.ndarray, bytes | None]:
+    mode = picture.mode
+    has_key_colour = "transparency" in picture.info
+    if mode == "1":
+        notes.append("1-bit image converted to 8-bit grayscale")
+        return np.asarray(picture.convert("L")), icc
+    if mode in ("P", "PA"):
+        target = "RGBA" if mode == "PA" or has_key_colour else "RGB"
+        notes.append(f"palette image converted to {target}")
+        return np.asarray(picture.convert(target)), icc
+    if mode in ("L", "RGB") and has_key_colour:
+        notes.append("transparent key colour converted to an alpha channel")
+        return _replicate_gray(np.asarray(picture.convert("RGBA" if mode == "RGB" else "LA"))), icc
+    if mode == "L":
+        return np.asarray(picture), icc
+    if mode in ("LA", "La"):
+        return _replicate_gray(np.asarray(picture.convert("LA"))), icc
+    if mode in ("RGB", "RGBA"):
+        return np.asarray(picture), icc
+    if mode in ("RGBX", "RGBa", "YCbCr", "LAB", "HSV"):
+        target = "RGBA" if mode == "RGBa" else "RGB"
+        return np.asarray(picture.convert(target)), icc
+    if mode == "CMYK":
+        return _cmyk_to_rgb(picture, icc, notes), None
+    if mode.startswith("I;16"):
+        return np.asarray(picture).astype(np.uint16), icc
+    if mode in ("I", "F"):
+        return _wide_gray_to_16(np.asarray(picture), notes), icc
+    raise UnsupportedFormatError(f"pixel mode {mode} is not supported")
+
+
+def _replicate_gray(gray_alpha: np.ndarray) -> np.ndarray:
+    """H x W x 2 (or 4) -> H x W x 4 RGBA with the gray copied to R, G and B."""
+    if gray_alpha.shape[2] == 4:
+        return gray_alpha
+    gray, alpha = gray_alpha[:, :, 0], gray_alpha[:, :, 1]
+    return np.dstack([gray, gray, gray, alpha])
+
+
+def _cmyk_to_rgb(picture: PILImage.Image, icc: bytes | None, notes: list[str]) -> np.ndarray:
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(
+                picture, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+            )
+            if converted is not None:
+                notes.append("CMYK converted to sRGB through its ICC profile")
+                return np.asarray(converted)
+        except (ImageCms.PyCMSError, OSError):
+            pass
+    notes.append("CMYK converted to RGB (no usable ICC profile; colours approximate)")
+    return np.asarray(picture.convert("RGB"))
+
+
+def _wide_gray_to_16(values: np.ndarray, notes: list[str]) -> np.ndarray:
+    if values.dtype.kind == "f":
+        peak = float(np.nanmax(values)) if values.size else 0.0
+        scaled = values * 65535.0 if peak <= 1.0 else values
+        notes.append("floating-point grayscale converted to 16-bit")
+        return np.clip(np.nan_to_num(scaled) + 0.5, 0, 65535).astype(np.uint16)
+    if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+        notes.append("32-bit grayscale clipped to 16-bit")
+    return np.clip(values, 0, 65535).astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def output_format_for(image: Image, requested: str) -> str:
+    """The format to write: `requested` unless "same", which maps the input format to a writable one."""
+    if requested != "same":
+        if requested not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {requested!r}; use same, {', '.join(OUTPUT_FORMATS)}")
+        return requested
+    source = image.source_format
+    if source == "heic":
+        return "png" if image.channels == 4 else "jpg"
+    if source in ("gif", "bmp"):
+        return "png"
+    if source in OUTPUT_FORMATS:
+        return source
+    return "png"
+
+
+def format_notes(image: Image, fmt: str) -> list[str]:
+    """What writing `image` as `fmt` changes, in words (for the report)."""
+    notes = []
+    if fmt in ("jpg", "webp") and image.bit_depth == 16:
+        notes.append(f"{fmt.upper()} holds 8 bits per channel: 16-bit output reduced to 8-bit")
+    if fmt == "jpg" and image.channels == 4:
+        notes.append("JPEG has no alpha: transparent areas flattened onto white")
+    if image.source_format == "heic" and fmt != "heic":
+        notes.append(f"HEIC input written as {fmt.upper()} (no portable HEIC writer; opens everywhere)")
+    if image.source_format in ("gif", "bmp") and fmt == "png":
+        notes.append(f"{image.source_format.upper()} input written as PNG (lossless, keeps every colour)")
+    return notes
+
+
+def encode_image(image: Image, fmt: str, quality: int = 95, strip_gps: bool = False) -> bytes:
+    """PNG / JPEG / WebP / TIFF bytes of `image` with its ICC profile and EXIF (orientation 1)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"cannot write format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    exif = _exif_bytes(_parse_exif(image.exif), strip_gps=strip_gps)
+    pixels = _as_output_pixels(image, fmt)
+    icc = image.icc_profile
+    if pixels.dtype == np.uint16 and (pixels.ndim == 3):
+        if fmt == "png":
+            return _png16_colour(pixels, icc, exif)
+        return _tiff16_colour(pixels, icc, exif)
+    picture = _to_pillow(pixels, image.original_mode)
+    options: dict[str, object] = {}
+    if icc:
+        options["icc_profile"] = icc
+    if exif:
+        options["exif"] = exif
+    if fmt == "jpg":
+        options.update(quality=quality, subsampling=0 if quality >= 90 else 2)
+        fmt_name = "JPEG"
+    elif fmt == "webp":
+        options.update(quality=quality, method=4)
+        fmt_name = "WEBP"
+    elif fmt == "tiff":
+        options.update(compression="tiff_adobe_deflate")
+        fmt_name = "TIFF"
+    else:
+        options.update(compress_level=6)
+        fmt_name = "PNG"
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt_name, **options)
+    return buffer.getvalue()
+
+
+def _as_output_pixels(image: Image, fmt: str) -> np.ndarray:
+    pixels = image.pixels
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if fmt in ("jpg", "webp") and pixels.dtype == np.uint16:
+        pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if fmt == "jpg" and pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = _flatten_on_white(pixels)
+    return pixels
+
+
+def _flatten_on_white(rgba: np.ndarray) -> np.ndarray:
+    peak = float(np.iinfo(rgba.dtype).max)
+    alpha = rgba[:, :, 3:4].astype(np.float32) / peak
+    flat = rgba[:, :, :3].astype(np.float32) * alpha + peak * (1.0 - alpha)
+    return np.clip(flat + 0.5, 0, peak).astype(rgba.dtype)
+
+
+def _to_pillow(pixels: np.ndarray, original_mode: str) -> PILImage.Image:
+    if pixels.ndim == 2:
+        if pixels.dtype == np.uint16:
+            return _gray16(pixels)
+        return PILImage.fromarray(pixels, mode="L")
+    if pixels.shape[2] == 4 and original_mode in ("LA", "La"):
+        gray = pixels[:, :, :3].mean(axis=2).round().astype(np.uint8)
+        return PILImage.fromarray(np.dstack([gray, pixels[:, :, 3]]), mode="LA")
+    return PILImage.fromarray(pixels, mode="RGBA" if pixels.shape[2] == 4 else "RGB")
+
+
+def _gray16(pixels: np.ndarray) -> PILImage.Image:
+    return PILImage.frombytes("I;16", (pixels.shape[1], pixels.shape[0]), pixels.astype("<u2").tobytes())
+
+
+def _parse_exif(raw: bytes | None) -> PILImage.Exif | None:
+    if not raw:
+        return None
+    exif = PILImage.Exif()
+    try:
+        exif.load(raw)
+    except Exception:  # unreadable EXIF is dropped, never fatal
+        return None
+    return exif
+
+
+def _exif_bytes(exif: PILImage.Exif | None, strip_gps: bool) -> bytes | None:
+    """Serialise with orientation 1 (pixels are upright) and, when asked, without the GPS IFD."""
+    if exif is None or not len(exif):
+        return None
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1
+    if strip_gps and _GPS_IFD in exif:
+        del exif[_GPS_IFD]
+    try:
+        return exif.tobytes()
+    except Exception:  # a tag Pillow cannot re-serialise: keep the picture, drop the block
+        return None
+
+
+def _png16_colour(pixels: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
+    """16-bit RGB(A) PNG via OpenCV, with iCCP and eXIf chunks added after IHDR."""
+    code = cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, code), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise ValueError("OpenCV could not encode the 16-bit PNG")
+    data = encoded.tobytes()
+    chunks = b""
+    if icc:
+        chunks += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        chunks += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
+    ihdr_end = 8 + 4 + 4 + 13 + 4
+    return data[:ihdr_end] + chunks + data[ihdr_end:]
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+def _tiff16_colour(pixels: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
+    """16-bit RGB(A) TIFF via tifffile with the ICC profile and the descriptive EXIF tags of IFD0."""
+    import tifffile
+
+    extratags: list[tuple[int, str, int, object, bool]] = []
+    if icc:
+        extratags.append((34675, "B", len(icc), icc, True))
+    parsed = _parse_exif(exif)
+    if parsed is not None:
+        for tag in _DESCRIPTIVE_TAGS:
+            value = parsed.get(tag)
+            if isinstance(value, str) and value:
+                extratags.append((tag, "s", 0, value, True))
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        pixels,
+        photometric="rgb",
+        extrasamples=("unassalpha",) if pixels.shape[2] == 4 else None,
+        compression="zlib",
+        extratags=extratags,
+        metadata=None,
+    )
+    return buffer.getvalue()

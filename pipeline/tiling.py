@@ -1,0 +1,295 @@
+"""Seam-free tiled super-resolution, pure numpy: the network is a plain callable.
+
+How the image is cut (per axis, the same on both):
+- Every tile handed to the network has ONE fixed shape per image (OpenVINO compiles once per shape).
+  Its edge is `tile` input pixels, context included; an image edge shorter than that is one tile of the
+  image's own length (exactly whole-image inference), reflect-padded only up to the network's size
+  multiple (`upscaler.size_multiple`, e.g. 2 or 4 for x2/x1 models that pixel-unshuffle).
+- Tile windows stay inside the image: a border tile sees the real image border, exactly as whole-image
+  inference does, so no reflection artefact appears at the image edge. Only interior sides need context.
+- Neighbouring windows overlap by at least 2 * pad. On an interior side the first `pad - blend/2` output
+  pixels are discarded and the next `blend` pixels cross-fade linearly into the neighbour, so every pixel
+  kept has at least `pad - blend/2` pixels of real image context around it.
+
+Output memory: the result is written straight into the final dtype (uint8/uint16). Blending happens in a
+float32 buffer that holds one row of tiles (plus the overlap carried to the next row), never the whole
+image, so a 4000x3000 -> 16000x12000 upscale needs the 576 MB output plus a strip of a few hundred MB.
+
+Out of memory: a batch that fails is retried one tile at a time; a single tile that fails is itself
+upscaled by this same tiler with half the tile edge (and every later tile goes straight to the smaller
+size). The image never fails for it unless a 16x16 tile does not fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.types import DeviceOutOfMemoryError, ProgressCallback
+
+DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/performance.md)
+DEFAULT_BLEND = 16  # cross-fade width inside the context, input pixels
+MIN_TILE = 16
+
+
+class TileUpscaler(Protocol):
+    """What the tiler needs from a backend (pipeline.backends' Upscaler satisfies it)."""
+
+    scale: int
+    batch_size: int
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class TiledResult:
+    pixels: np.ndarray  # H*s x W*s x 3 (or x 1 squeezed to HxW when gray=True), out_dtype
+    tiles: int  # windows the image was cut into (before any out-of-memory split)
+    tile_shape: tuple[int, int]  # (height, width) of the input tile handed to the network
+    oom_splits: int  # tiles that had to be split because the device ran out of memory
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Tile windows along one axis and their normalised blend weights in output pixels."""
+
+    starts: list[int]  # window start, input pixels
+    length: int  # window length, input pixels (the fixed tile edge along this axis)
+    padded_size: int  # image size along this axis after reflect-padding to at least `length`
+    weights: list[np.ndarray]  # per window, float32 of length length*scale, sums to 1 over windows
+
+
+def plan_axis(size: int, tile: int, pad: int, blend: int, scale: int, align: int = 1) -> _Axis:
+    """Place windows of a fixed length along an axis of `size` pixels and compute their blend weights.
+
+    align: the network's size multiple; a short axis is reflect-padded up to it."""
+    if size <= tile:
+        length = max(size, min(tile, _round_up(size, align)))
+        ramps = [np.ones(length * scale, np.float32)]
+        return _Axis([0], length, max(size, length), ramps)
+    pad = min(pad, (tile - 1) // 2 - 1)
+    blend = max(0, min(blend, pad))
+    stride = tile - 2 * pad
+    count = math.ceil((size - tile) / stride) + 1
+    starts = [round(i * (size - tile) / (count - 1)) for i in range(count)]
+    raw = [_window_weights(s, tile, size, pad, blend, scale) for s in starts]
+    total = np.zeros(size * scale, np.float64)
+    for start, weight in zip(starts, raw, strict=True):
+        total[start * scale : (start + tile) * scale] += weight
+    normalised = [
+        (weight / total[s * scale : (s + tile) * scale]).astype(np.float32)
+        for s, weight in zip(starts, raw, strict=True)
+    ]
+    return _Axis(starts, tile, size, normalised)
+
+
+def _window_weights(start: int, tile: int, size: int, pad: int, blend: int, scale: int) -> np.ndarray:
+    """1 in the trusted middle, 0 in the discarded context, a linear ramp across `blend` in between."""
+    x = (np.arange(tile * scale, dtype=np.float64) + 0.5) / scale  # output pixel centres in input px
+    weight = np.ones_like(x)
+    centre_left, centre_right = pad, tile - pad  # cross-fade centred pad pixels in from the edge
+    half = blend / 2
+    if start > 0:
+        weight = np.minimum(weight, _ramp(x - (centre_left - half), blend))
+    if start + tile < size:
+        weight = np.minimum(weight, _ramp((centre_right + half) - x, blend))
+    return weight
+
+
+def _ramp(distance: np.ndarray, width: float) -> np.ndarray:
+    if width <= 0:
+        return (distance >= 0).astype(np.float64)
+    return np.clip(distance / width, 0.0, 1.0)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _reflect_pad(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad bottom/right by reflection up to height x width (edge-repeat for 1-pixel axes)."""
+    extra_h, extra_w = height - rgb.shape[0], width - rgb.shape[1]
+    if extra_h == 0 and extra_w == 0:
+        return rgb
+    mode = "reflect" if min(rgb.shape[:2]) > 1 else "edge"
+    return np.pad(rgb, ((0, extra_h), (0, extra_w), (0, 0)), mode=mode)
+
+
+def to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """[0,1] float -> uint8/uint16 (rounded, clipped) or float32 (clipped)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.clip(values, 0.0, 1.0).astype(dtype)
+    peak = float(np.iinfo(dtype).max)
+    return np.clip(values * peak + 0.5, 0.0, peak).astype(dtype)
+
+
+class _Runner:
+    """Hands fixed-shape batches to the network; splits batches and tiles when the device runs out."""
+
+    def __init__(self, upscaler: TileUpscaler, pad: int, blend: int) -> None:
+        self.upscaler = upscaler
+        self.pad = pad
+        self.blend = blend
+        self.batch_size = max(1, int(getattr(upscaler, "batch_size", 1) or 1))
+        self.max_tile: int | None = None  # lowered after an out-of-memory error
+        self.oom_splits = 0
+
+    def run(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """tiles: HxWx3 float32 -> list of (H*s)x(W*s)x3 float32."""
+        if self.max_tile is not None and max(tiles[0].shape[:2]) > self.max_tile:
+            return [self._split(tile) for tile in tiles]
+        if len(tiles) > 1 and self.batch_size > 1:
+            try:
+                return self._call(tiles)
+            except DeviceOutOfMemoryError:
+                self.batch_size = max(1, len(tiles) // 2)
+                return [out for tile in tiles for out in self.run([tile])]
+        outputs = []
+        for tile in tiles:
+            try:
+                outputs.extend(self._call([tile]))
+            except DeviceOutOfMemoryError:
+                self.max_tile = max(tile.shape[:2]) // 2
+                outputs.append(self._split(tile))
+        return outputs
+
+    def _call(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
+        result = np.asarray(self.upscaler(batch), dtype=np.float32)
+        scale = self.upscaler.scale
+        expected = (len(tiles), 3, batch.shape[2] * scale, batch.shape[3] * scale)
+        if result.shape != expected:
+            raise ValueError(f"upscaler returned shape {result.shape}, expected {expected}")
+        return list(result.transpose(0, 2, 3, 1))
+
+    def _split(self, tile: np.ndarray) -> np.ndarray:
+        smaller = self.max_tile if self.max_tile is not None else max(tile.shape[:2]) // 2
+        if smaller < MIN_TILE:
+            raise DeviceOutOfMemoryError(
+                f"out of memory even for a {MIN_TILE}x{MIN_TILE} tile; free some device memory"
+            )
+        self.oom_splits += 1
+        pad = min(self.pad, max(2, (smaller - MIN_TILE // 2) // 2))
+        return _tiled_float(tile, self, smaller, pad, min(self.blend, pad))
+
+
+def _tiled_float(rgb: np.ndarray, runner: _Runner, tile: int, pad: int, blend: int) -> np.ndarray:
+    """Float32 whole-output variant, used only for a tile split after out-of-memory (small)."""
+    result = _tile_image(rgb, runner, tile, pad, blend, np.float32, None, gray=False)
+    return result.pixels
+
+
+def upscale_tiled(
+    rgb_float: np.ndarray,
+    upscaler: TileUpscaler,
+    tile: int,
+    pad: int = DEFAULT_PAD,
+    out_dtype: np.dtype | type = np.uint8,
+    on_progress: ProgressCallback | None = None,
+    *,
+    blend: int = DEFAULT_BLEND,
+    gray: bool = False,
+) -> TiledResult:
+    """Upscale an HxWx3 float32 [0,1] RGB image by upscaler.scale, tile by tile.
+
+    tile: input tile edge including context (the fixed network input shape), >= 16.
+    pad: context per interior side; blend: cross-fade width inside it (both input pixels).
+    gray: write the mean of the three output channels (HxW) - for alpha and grayscale images.
+    Progress: on_progress("upscale", tiles_done, total).
+    """
+    if rgb_float.ndim != 3 or rgb_float.shape[2] != 3:
+        raise ValueError(f"upscale_tiled expects HxWx3, got shape {rgb_float.shape}")
+    if tile < MIN_TILE:
+        raise ValueError(f"tile must be >= {MIN_TILE}, got {tile}")
+    runner = _Runner(upscaler, pad, blend)
+    return _tile_image(rgb_float, runner, tile, pad, blend, out_dtype, on_progress, gray)
+
+
+def _tile_image(
+    rgb: np.ndarray,
+    runner: _Runner,
+    tile: int,
+    pad: int,
+    blend: int,
+    out_dtype: np.dtype | type,
+    on_progress: ProgressCallback | None,
+    gray: bool,
+) -> TiledResult:
+    scale = int(runner.upscaler.scale)
+    height, width = rgb.shape[:2]
+    align = int(getattr(runner.upscaler, "size_multiple", 1) or 1)
+    rows = plan_axis(height, tile, pad, blend, scale, align)
+    cols = plan_axis(width, tile, pad, blend, scale, align)
+    source = _reflect_pad(rgb.astype(np.float32, copy=False), rows.padded_size, cols.padded_size)
+    out_h, out_w = height * scale, width * scale
+    channels = 1 if gray else 3
+    output = np.empty((out_h, out_w) if gray else (out_h, out_w, 3), dtype=out_dtype)
+    total = len(rows.starts) * len(cols.starts)
+    strip = _Strip(output, rows.length * scale, channels)
+    done = 0
+    if on_progress is not None:
+        on_progress("upscale", 0, total)
+    for row_index, y in enumerate(rows.starts):
+        columns = list(enumerate(cols.starts))
+        for first in range(0, len(columns), runner.batch_size):
+            group = columns[first : first + runner.batch_size]
+            outputs = runner.run([source[y : y + rows.length, x : x + cols.length] for _, x in group])
+            for (column, x), upscaled in zip(group, outputs, strict=True):
+                strip.add(upscaled, y * scale, x * scale, rows.weights[row_index], cols.weights[column])
+            done += len(group)
+            if on_progress is not None:
+                on_progress("upscale", done, total)
+        next_start = rows.starts[row_index + 1] * scale if row_index + 1 < len(rows.starts) else out_h
+        strip.flush_until(next_start)
+    return TiledResult(output, total, (rows.length, cols.length), runner.oom_splits)
+
+
+class _Strip:
+    """Float32 accumulator for the output rows still being blended; finished rows go to `output`.
+
+    Capacity is one window row (tile * scale output rows): blending never holds the whole image."""
+
+    def __init__(self, output: np.ndarray, capacity: int, channels: int) -> None:
+        self.output = output
+        self.channels = channels
+        self.width = output.shape[1]
+        self.top = 0  # output row held in self.rows[0]
+        self.rows = np.zeros((capacity, self.width, channels), np.float32)
+
+    def add(
+        self, upscaled: np.ndarray, y: int, x: int, row_weight: np.ndarray, col_weight: np.ndarray
+    ) -> None:
+        bottom = min(y + upscaled.shape[0], self.output.shape[0])
+        right = min(x + upscaled.shape[1], self.width)
+        h, w = bottom - y, right - x  # windows of short images reach past the image (reflected pixels)
+        weight = row_weight[:h, None] * col_weight[None, :w]
+        values = upscaled[:h, :w]
+        if self.channels == 1:
+            values = values.mean(axis=2, keepdims=True)
+        target = self.rows[y - self.top : bottom - self.top, x:right]
+        target += values * weight[:, :, None]
+
+    def flush_until(self, row: int) -> None:
+        """Rows above `row` get no more contributions: convert them and slide the rest up."""
+        count = row - self.top
+        if count <= 0:
+            return
+        finished = to_dtype(self.rows[:count], self.output.dtype)
+        self.output[self.top : row] = finished[:, :, 0] if self.channels == 1 else finished
+        keep = self.rows.shape[0] - count
+        if keep > 0:
+            self.rows[:keep] = self.rows[count:].copy()
+        self.rows[max(keep, 0) :] = 0.0
+        self.top = row
+
+
+def run_whole(rgb_float: np.ndarray, upscaler: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The whole image through the network in one call (float32 HxWx3 out): the reference tiling is
+    measured against. Never used by the pipeline itself."""
+    batch = np.ascontiguousarray(rgb_float.transpose(2, 0, 1)[None], dtype=np.float32)
+    return np.asarray(upscaler(batch), dtype=np.float32)[0].transpose(1, 2, 0)

@@ -17,7 +17,7 @@ from status_site.queries import Queries
 if TYPE_CHECKING:
     from daemon.health import HealthState
     from daemon.settings import Settings
-    from daemon.store import JobStore
+    from daemon.store import AddResult, JobStore
 
 T = TypeVar("T")
 
@@ -39,6 +39,8 @@ class SiteContext:
     queries: Queries = field(init=False)
     estimator: Estimator = field(init=False)
     previews: PreviewCache = field(default_factory=PreviewCache)
+    # Called (in a worker thread) for each job an upload created, as the watcher calls the service.
+    on_job: Callable[[AddResult], None] | None = None
 
     def __post_init__(self) -> None:
         self.queries = Queries(self.store.db_path)

@@ -8,6 +8,7 @@ page server mounts the same /api/v1 routes in-process, so the browser talks to o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -19,18 +20,26 @@ from status_site.page import create_site_app
 if TYPE_CHECKING:
     from daemon.health import HealthState
     from daemon.settings import Settings
-    from daemon.store import JobStore
+    from daemon.store import AddResult, JobStore
 
 log = logging.getLogger(__name__)
 
 
-async def start_servers(settings: Settings, store: JobStore, health: HealthState) -> list[web.AppRunner]:
+async def start_servers(
+    settings: Settings,
+    store: JobStore,
+    health: HealthState,
+    on_job: Callable[[AddResult], None] | None = None,
+) -> list[web.AppRunner]:
     """Bind the API on settings.api_port and the page on settings.site_port; return their runners.
+
+    on_job: what the watcher calls for a new row (the service wakes the worker with it); uploads call
+    it for the jobs they create. Without it the worker still finds them at its next poll.
 
     Port 0 picks a free port (`bound_port(runner)` says which). Stop with `await runner.cleanup()` on
     each runner; the last cleanup also stops the shared thread pool.
     """
-    ctx = SiteContext(settings=settings, store=store, health=health)
+    ctx = SiteContext(settings=settings, store=store, health=health, on_job=on_job)
     apps = [(create_api_app(ctx), settings.api_port), (create_site_app(ctx), settings.site_port)]
     apps[-1][0].on_cleanup.append(lambda _app: _shutdown(ctx))
     runners: list[web.AppRunner] = []

@@ -28,6 +28,7 @@ from aiohttp import BodyPartReader, web
 from PIL import Image as PILImage
 
 from daemon.publish import DiskFullError, publish_bytes
+from daemon.worker import dispose_original
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
@@ -232,7 +233,8 @@ def check_preset(preset: str | None, settings: Settings) -> str | None:
 
 
 def publish_and_record(ctx: SiteContext, data: bytes, name: str, preset: str | None) -> Job:
-    """Blocking: publish into the inbox, then record the job as the watcher would."""
+    """Blocking: publish into the inbox, record the job as the watcher would, then tell the service
+    (on_job wakes the worker; a skipped duplicate's original is disposed of by the configured rule)."""
     settings = ctx.settings
     dest_dir = settings.inbox / preset if preset else settings.inbox
     path = publish_bytes(data, dest_dir, name, settings.file_mode, settings.output_group)
@@ -248,6 +250,12 @@ def publish_and_record(ctx: SiteContext, data: bytes, name: str, preset: str | N
         options=options,
         duplicate_content=settings.duplicate_content,
     )
+    if not result.created:
+        return result.job
+    if ctx.on_job is not None:
+        ctx.on_job(result)
+    elif result.job.state == "cancelled":  # no service hook: apply the same originals rule ourselves
+        return dispose_original(settings, ctx.store, result.job, path)
     return result.job
 
 

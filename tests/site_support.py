@@ -171,6 +171,11 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
         async def stop() -> None:
             for runner in reversed(runners):
                 await runner.cleanup()
+            # Handlers of keep-alive connections the clients left open end with the loop.
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
@@ -180,9 +185,9 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
 
 
 def serve_available() -> bool:
-    """True once `restorer serve` is implemented (the daemon issue), False while it is a placeholder."""
+    """True once `restorer serve` and the pipeline it runs exist (False while they are being written)."""
     source = (REPO / "daemon" / "commands" / "serve.py").read_text()
-    return "not implemented yet" not in source
+    return "not implemented yet" not in source and (REPO / "pipeline" / "restorer.py").exists()
 
 
 @contextmanager

@@ -367,6 +367,21 @@ def test_upload_saves_into_the_inbox_and_answers_202_with_job_ids(quiet_site: Si
     assert again.headers["Location"] == f"/api/v1/jobs/{again.json()['jobs'][0]['id']}"
 
 
+def test_upload_of_content_already_restored_is_recorded_as_a_skipped_duplicate(quiet_site: Site) -> None:
+    data = jpeg_bytes(seed=11)
+    first = quiet_site.post("/api/v1/jobs", files=[("file", ("first.jpg", data, "image/jpeg"))]).json()[
+        "jobs"
+    ][0]
+    again = quiet_site.post("/api/v1/jobs", files=[("file", ("copy.jpg", data, "image/jpeg"))])
+    assert again.status_code == 202
+    job = again.json()["jobs"][0]
+    assert job["state"] == "cancelled"
+    assert f"same content as job {first['id']}" in job["note"]
+    # The duplicate's original follows the originals rule (archive by default), as the service does.
+    assert inbox_files(quiet_site) == ["first.jpg"]
+    assert (quiet_site.settings.archive_dir / "copy.jpg").read_bytes() == data
+
+
 def test_upload_with_a_preset_lands_in_the_preset_subfolder(quiet_site: Site) -> None:
     response = quiet_site.post(
         "/api/v1/jobs",

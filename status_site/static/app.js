@@ -117,6 +117,10 @@ function formatTime(iso) {
   return sameDay ? date.toLocaleTimeString() : date.toLocaleString();
 }
 
+function formatMegapixels(value) {
+  return value >= 10 ? value.toFixed(0) : value >= 0.1 ? value.toFixed(1) : value.toFixed(3);
+}
+
 function formatSize(size) {
   return size ? `${size[0]} × ${size[1]}` : "?";
 }
@@ -217,13 +221,15 @@ function renderHealth(health) {
   $("health-title").textContent = titles[status] || `Status: ${status}`;
   $("health-reasons").replaceChildren(...(health.reasons || []).map((reason) => el("li", { text: reason })));
   const facts = [];
-  const worker = health.worker || {};
-  const engine = health.backend || health.engine || worker;
-  if (engine.backend) facts.push(`engine ${engine.backend} on ${engine.device || "?"} (${engine.precision || "?"})`);
-  const watcher = health.watcher || {};
-  if (watcher.mode) facts.push(`watching ${watcher.mode}`);
-  const outbox = health.outbox || {};
-  if (outbox.free_bytes !== undefined && outbox.free_bytes !== null) facts.push(`outbox free ${formatBytes(outbox.free_bytes)}`);
+  if (health.worker_state) facts.push(`worker ${health.worker_state}`);
+  if (health.backend) facts.push(`engine ${health.backend} on ${health.device || "?"} (${health.precision || "?"})`);
+  if (health.watch_mode) facts.push(`inbox watched (${health.watch_mode})`);
+  if (typeof health.outbox_free_bytes === "number") facts.push(`outbox free ${formatBytes(health.outbox_free_bytes)}`);
+  const models = (health.models || []).filter((m) => m && (m.id || m.name));
+  if (models.length) {
+    const usable = models.filter((m) => m.available !== false && m.status !== "missing");
+    facts.push(`models available: ${usable.map((m) => m.id || m.name).join(", ") || "none"}`);
+  }
   $("health-facts").textContent = facts.join(" · ");
 }
 
@@ -462,13 +468,13 @@ function renderStats(stats) {
     table(
       "Last hours",
       ["hour", "images", "MP"],
-      hours.map((h) => el("tr", {}, el("td", { text: formatTime(h.hour) }), el("td", { class: "num", text: String(h.images) }), el("td", { class: "num", text: h.megapixels.toFixed(1) }))),
+      hours.map((h) => el("tr", {}, el("td", { text: formatTime(h.hour) }), el("td", { class: "num", text: String(h.images) }), el("td", { class: "num", text: formatMegapixels(h.megapixels) }))),
     ),
     table(
       "Last days",
       ["day", "done", "failed", "MP"],
       days.map((d) =>
-        el("tr", {}, el("td", { text: d.day }), el("td", { class: "num", text: String(d.done) }), el("td", { class: "num", text: String(d.failed) }), el("td", { class: "num", text: d.megapixels.toFixed(1) })),
+        el("tr", {}, el("td", { text: d.day }), el("td", { class: "num", text: String(d.done) }), el("td", { class: "num", text: String(d.failed) }), el("td", { class: "num", text: formatMegapixels(d.megapixels) })),
       ),
     ),
   );
@@ -666,7 +672,10 @@ function applyView() {
   $("after-clip").style.clipPath = `inset(0 0 0 ${clipLeft}px)`;
   $("divider").style.left = `${splitX}px`;
   $("slider").value = String(Math.round(view.split * 100));
-  for (const box of document.querySelectorAll(".face-box")) box.style.borderWidth = `${2 / view.zoom}px`;
+  for (const box of document.querySelectorAll(".face-box")) {
+    box.style.borderWidth = `${2 / view.zoom}px`;
+    box.firstChild.style.fontSize = `${12 / view.zoom}px`;
+  }
 }
 
 function fit() {

@@ -1,0 +1,164 @@
+"""The status page in a real browser: Debian's chromium driven by Playwright (never a downloaded browser).
+
+A user uploads a photo through the drop zone, watches it go through the queue to done, opens the
+quality inspector, drags the before/after divider and zooms; the page survives the daemon going away
+and coming back. Screenshots land in the test's tmp folder (and benchmarks/out/ for people to look at).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.site_support import REPO, Site, free_port, running_serve, running_site, serve_available
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = REPO / "benchmarks" / "out"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium missing (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_sync.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Site]:
+    """The whole daemon: restorer serve with a real worker process restoring on the CPU."""
+    if not serve_available():
+        pytest.skip("restorer serve is not implemented yet")
+    with running_serve(tmp_path) as site:
+        yield site
+
+
+def photo(path: Path) -> Path:
+    """A small real photo (scikit-image's astronaut, 48x48) so the restore takes seconds on a CPU."""
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).resize((48, 48), Image.Resampling.LANCZOS).save(path, "PNG")
+    return path
+
+
+def keep_screenshot(path: Path) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENSHOTS / path.name)
+
+
+def test_upload_watch_done_and_compare_in_the_inspector(browser: object, daemon: Site, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 960})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(daemon.page + "/")
+    page.wait_for_selector("#connection:has-text('Live')", timeout=20_000)
+    assert "Checking" not in page.inner_text("#health-title")
+
+    page.set_input_files("#file-input", str(photo(tmp_path / "astronaut portrait.png")))
+    page.wait_for_selector("#upload-status:has-text('Accepted 1 file')", timeout=20_000)
+
+    done_card = "#history li:has(.name:text-is('astronaut portrait.png')):has(.state-done)"
+    page.wait_for_selector(done_card, timeout=240_000)
+    page.wait_for_selector(f"{done_card} img", timeout=20_000)
+    assert page.inner_text("#failed-empty") and page.is_visible("#failed-empty")
+
+    page.click(f"{done_card} button.thumb")
+    page.wait_for_selector("#inspector[open]")
+    page.wait_for_selector("#inspector-loading", state="hidden", timeout=20_000)
+    facts = page.inner_text("#inspector-facts")
+    assert "48 × 48" in facts and "192 × 192" in facts, facts
+
+    # The input layer is scaled to the output's size: both layers have the same box.
+    sizes = page.evaluate(
+        "() => ['before-img', 'after-img'].map(id => { const r = document.getElementById(id)"
+        ".getBoundingClientRect(); return [Math.round(r.width), Math.round(r.height)]; })"
+    )
+    assert sizes[0] == sizes[1], sizes
+
+    grip = page.locator("#divider .grip").bounding_box()
+    assert grip is not None
+    page.mouse.move(grip["x"] + grip["width"] / 2, grip["y"] + grip["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(grip["x"] - 200, grip["y"] + grip["height"] / 2, steps=8)
+    page.mouse.up()
+    assert int(page.input_value("#slider")) < 40
+    clip = page.evaluate("() => document.getElementById('after-clip').style.clipPath")
+    assert clip.startswith("inset(")
+
+    page.click("#zoom-1to1")
+    transform = page.evaluate("() => document.getElementById('stage').style.transform")
+    assert "scale(1)" in transform, transform
+    shot = tmp_path / "inspector.png"
+    page.screenshot(path=str(shot))
+    keep_screenshot(shot)
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#inspector:not([open])")
+    main_shot = tmp_path / "status-page.png"
+    page.screenshot(path=str(main_shot), full_page=True)
+    keep_screenshot(main_shot)
+    assert errors == []
+
+
+def test_page_keeps_its_data_while_the_daemon_is_away_and_recovers(browser: object, tmp_path: Path) -> None:
+    ports = {"api_port": free_port(), "site_port": free_port()}
+    page = browser.new_page()  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    with running_site(tmp_path, **ports) as site:
+        site.insert_job(state="failed", input_path="scratched.jpg", error="corrupt JPEG data: premature end")
+        page.goto(site.page + "/")
+        page.wait_for_selector("#failed li:has-text('scratched.jpg')", timeout=20_000)
+    # The daemon is gone (restart, crash, Wi-Fi): the last data stays, the header says so and counts down.
+    page.wait_for_selector("#connection:has-text('Offline since')", timeout=30_000)
+    assert page.is_visible("#failed li:has-text('scratched.jpg')")
+    assert "stale" in (page.get_attribute("body", "class") or "")
+    assert page.is_visible("#connection button:has-text('Retry now')")
+    with running_site(tmp_path, **ports) as site:
+        site.insert_job(state="failed", input_path="second.jpg", error="not an image")
+        page.click("#connection button:has-text('Retry now')")
+        page.wait_for_selector("#connection:has-text('Live')", timeout=30_000)
+        page.wait_for_selector("#failed li:has-text('second.jpg')", timeout=20_000)
+    assert errors == []
+
+
+def test_lan_visitors_see_uploads_and_retry_disabled_with_a_hint(browser: object, tmp_path: Path) -> None:
+    from tests.site_support import lan_address
+
+    address = lan_address()
+    if address is None:
+        pytest.skip("no non-loopback address to visit the page from")
+    with running_site(tmp_path, bind="0.0.0.0") as site:
+        site.insert_job(state="failed", input_path="scan.tif", error="unsupported TIFF compression")
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(f"http://{address}:{site.ports[1]}/")  # type: ignore[attr-defined]
+        page.wait_for_selector("#failed li:has-text('scan.tif')", timeout=20_000)
+        page.wait_for_selector("#upload-hint:visible", timeout=20_000)
+        assert "RESTORER_API_TOKEN" in page.inner_text("#upload-hint")
+        assert page.get_attribute("#dropzone", "aria-disabled") == "true"
+        assert page.is_disabled("#failed li button:has-text('Retry')")
+        # Keyboard: Tab reaches the drop zone, and Enter on it does not open a file chooser when disabled.
+        page.focus("#dropzone")
+        page.keyboard.press("Enter")
+        assert page.locator("#upload-status").inner_text() == ""

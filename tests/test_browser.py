@@ -68,7 +68,9 @@ def keep_screenshot(path: Path) -> None:
     shutil.copy(path, SCREENSHOTS / path.name)
 
 
-def test_upload_watch_done_and_compare_in_the_inspector(browser: object, daemon: Site, tmp_path: Path) -> None:
+def test_upload_watch_done_and_compare_in_the_inspector(
+    browser: object, daemon: Site, tmp_path: Path
+) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 960})  # type: ignore[attr-defined]
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

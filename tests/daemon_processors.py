@@ -28,7 +28,9 @@ class CopyProcessor:
     def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
         return {"backend": "copy", "device": "cpu", "precision": "none", "reason": "test processor"}
 
-    def process(self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None) -> Processed:
+    def process(
+        self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+    ) -> Processed:
         if data.startswith(b"CRASH"):
             os._exit(17)
         if data.startswith(b"HANG"):

@@ -87,6 +87,13 @@ def plan_axis(size: int, tile: int, pad: int, blend: int, scale: int, align: int
     return _Axis(starts, tile, size, normalised)
 
 
+def tile_count(height: int, width: int, tile: int, pad: int, blend: int, scale: int, align: int = 1) -> int:
+    """How many windows upscale_tiled will cut an image into (for progress totals and estimates)."""
+    rows = plan_axis(height, tile, pad, blend, scale, align)
+    cols = plan_axis(width, tile, pad, blend, scale, align)
+    return len(rows.starts) * len(cols.starts)
+
+
 def _window_weights(start: int, tile: int, size: int, pad: int, blend: int, scale: int) -> np.ndarray:
     """1 in the trusted middle, 0 in the discarded context, a linear ramp across `blend` in between."""
     x = (np.arange(tile * scale, dtype=np.float64) + 0.5) / scale  # output pixel centres in input px

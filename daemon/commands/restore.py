@@ -1,14 +1,249 @@
-"""`restorer restore` (placeholder until its issue lands)."""
+"""`restorer restore INPUT... -o OUTDIR`: restore files and folders once, without the daemon.
+
+Folders are walked recursively and mirrored under OUTDIR; junk (dotfiles, ._*, .DS_Store, Thumbs.db,
+@eaDir, unfinished downloads) is skipped. One bad file never stops the batch: its error is printed and
+reported, and the exit status is 1 when any input failed. Outputs are written atomically (temp file +
+rename) and never overwrite an existing file ("photo (1).jpg" instead). A progress bar goes to stderr.
+
+Defaults come from the one settings model (daemon.settings.Settings: defaults < --config < RESTORER_*
+environment < flags).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("same", "png", "jpg", "webp", "tiff")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("restore", help="(not implemented yet)")
+    parser = sub.add_parser(
+        "restore",
+        help="restore image files or folders into OUTDIR (no daemon)",
+        description="Precedence: defaults < --config FILE < RESTORER_* environment < these flags.",
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    parser.add_argument("--no-face", dest="faces", action="store_const", const=False, default=None)
+    parser.add_argument("--format", dest="output_format", choices=FORMATS, default=None)
+    parser.add_argument("--scale", type=float, default=None, help="output scale, any S >= 1 (default 4)")
+    parser.add_argument("--max-output-megapixels", type=float, default=None)
+    parser.add_argument("--model", default=None, help="model id (see `restorer weights`)")
+    parser.add_argument("--denoise", dest="denoise_strength", type=float, default=None)
+    parser.add_argument("--backend", choices=("auto", "openvino", "torch"), default=None)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
+    parser.add_argument("--tile", type=int, default=None, help="cap the tile edge (input pixels)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
+    parser.add_argument("--strip-gps", dest="strip_gps", action="store_const", const=True, default=None)
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report")
+    parser.add_argument("--weights-dir", type=Path, default=None)
+    parser.add_argument("--state-dir", type=Path, default=None)
     parser.set_defaults(run=run)
 
 
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    out_dir: Path  # where its output goes (mirrors the folder structure under OUTDIR)
+
+
+def collect_jobs(inputs: list[Path], out_root: Path) -> tuple[list[Job], list[dict[str, Any]]]:
+    """Files as given; folders walked recursively (sorted, junk skipped). Missing inputs become errors."""
+    from daemon.watcher import is_junk, is_junk_dir
+    from pipeline.imageio import INPUT_EXTENSIONS
+
+    jobs: list[Job] = []
+    missing: list[dict[str, Any]] = []
+    for given in inputs:
+        if given.is_file():
+            jobs.append(Job(given, out_root))
+        elif given.is_dir():
+            for path in sorted(_walk(given, is_junk_dir)):
+                relative = path.relative_to(given)
+                if is_junk(relative.as_posix()) or path.suffix.lower() not in INPUT_EXTENSIONS:
+                    continue
+                jobs.append(Job(path, out_root / given.resolve().name / relative.parent))
+        else:
+            missing.append(_entry(str(given), error="no such file or folder"))
+    return jobs, missing
+
+
+def _walk(folder: Path, is_junk_dir: Any) -> list[Path]:
+    found = []
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            if not is_junk_dir(entry.name):
+                found.extend(_walk(entry, is_junk_dir))
+        elif entry.is_file():
+            found.append(entry)
+    return found
+
+
+def _entry(input_path: str, **fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "input": input_path,
+        "output": None,
+        "error": None,
+        "input_size": None,
+        "input_mode": None,
+        "output_size": None,
+        "output_mode": None,
+        "model": None,
+        "scale": None,
+        "backend": None,
+        "device": None,
+        "precision": None,
+        "tiles": 0,
+        "tile_size": None,
+        "seconds": 0.0,
+        "faces": [],
+        "notes": [],
+    }
+    entry.update(fields)
+    return entry
+
+
+class ProgressBar:
+    """One line on stderr: file i/n, name, stage and a bar for the current stage."""
+
+    def __init__(self, stream: TextIO, total_files: int) -> None:
+        self.stream = stream
+        self.total_files = total_files
+        self.index = 0
+        self.name = ""
+        self.interactive = stream.isatty()
+        self._last = ""
+
+    def start(self, index: int, name: str) -> None:
+        self.index, self.name = index, name
+        self.update("decode", 0, 1)
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        width = 24
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"[{self.index}/{self.total_files}] {self.name[:40]:<40} {stage:<13} [{bar}] {done}/{total}"
+        if line == self._last:
+            return
+        self._last = line
+        if self.interactive:
+            self.stream.write("\r" + line)
+        elif done in (0, total):  # logs and pipes: start and end of each stage only
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self, message: str) -> None:
+        clear = "\r\x1b[K" if self.interactive else ""  # replace the bar line on a terminal
+        self.stream.write(f"{clear}[{self.index}/{self.total_files}] {message}\n")
+        self.stream.flush()
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("restorer restore: not implemented yet")
+    from daemon.settings import Settings
+
+    try:
+        settings = Settings.load(
+            args.config,
+            weights_dir=args.weights_dir,
+            state_dir=args.state_dir,
+            backend=args.backend,
+            device=args.device,
+            precision=args.precision,
+            tile=args.tile,
+            threads=args.threads,
+            model=args.model,
+            scale=args.scale,
+            max_output_megapixels=args.max_output_megapixels,
+            denoise_strength=args.denoise_strength,
+            faces=args.faces,
+            output_format=args.output_format,
+            quality=args.quality,
+            strip_gps=args.strip_gps,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"restorer restore: invalid settings: {error}", file=sys.stderr)
+        return 2
+    jobs, entries = collect_jobs(list(args.inputs), args.output)
+    for entry in entries:
+        print(f"error: {entry['input']}: {entry['error']}", file=sys.stderr)
+    entries.extend(restore_all(jobs, settings, sys.stderr))
+    if args.report is not None:
+        _write_report(args.report, entries)
+    failed = sum(1 for entry in entries if entry["error"])
+    print(f"{len(entries) - failed} restored, {failed} failed", file=sys.stderr)
+    return 1 if failed or not entries else 0
+
+
+def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[dict[str, Any]]:
+    from pipeline.restorer import Restorer
+
+    restorer = Restorer(settings.engine_config())
+    options = settings.restore_options()
+    bar = ProgressBar(stream, len(jobs))
+    entries = []
+    for index, job in enumerate(jobs, start=1):
+        bar.start(index, job.source.name)
+        entry = restore_one(job, restorer, options, settings, bar)
+        ok = entry["error"] is None
+        bar.finish(f"{job.source} -> {entry['output']}" if ok else f"error: {job.source}: {entry['error']}")
+        entries.append(entry)
+    return entries
+
+
+def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: ProgressBar) -> dict[str, Any]:
+    """One file end to end; every expected failure becomes the entry's error, never an exception."""
+    from daemon.publish import publish_bytes
+    from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
+    from pipeline.types import DeviceOutOfMemoryError, RestoreError
+
+    started = time.perf_counter()
+    entry = _entry(str(job.source))
+    try:
+        image = load_image(job.source, max_pixels=int(settings.max_input_megapixels * 1e6))
+        bar.update("decode", 1, 1)
+        restored, report = restorer.restore(image, options, bar.update)
+        fmt = output_format_for(image, options.output_format)
+        restored.notes.extend(format_notes(restored, fmt))
+        bar.update("encode", 0, 1)
+        data = encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps)
+        name = job.source.stem + FORMAT_EXTENSIONS[fmt]
+        output = publish_bytes(data, job.out_dir, name, settings.file_mode, settings.output_group)
+        bar.update("encode", 1, 1)
+        report.input = str(job.source)
+        report.output = str(output)
+        report.notes = list(dict.fromkeys([*report.notes, *restored.notes]))
+        entry.update({key: value for key, value in report.to_dict().items() if key != "error"})
+    except (RestoreError, DeviceOutOfMemoryError, OSError, MemoryError) as error:
+        entry["error"] = _one_line(error)
+        log.debug("restore failed for %s", job.source, exc_info=True)
+    entry["seconds"] = round(time.perf_counter() - started, 3)
+    return entry
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    if isinstance(error, MemoryError):
+        return "out of memory"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _write_report(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(entries, indent=2) + "\n")
+    temp.replace(path)

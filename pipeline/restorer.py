@@ -1,0 +1,330 @@
+"""The pipeline's front door: an Image and RestoreOptions in, the restored Image and a RestoreReport out.
+
+    restorer = Restorer(engine)             # loads nothing yet
+    restorer.warm_up(options)               # load / compile the networks now (daemon: before READY)
+    image, report = restorer.restore(image, options, on_progress)
+
+Flow: pixels -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
+(detect + restore 512 crops on the input) -> tiled upscale by the network's scale, written in the final
+dtype -> alpha: a constant alpha is just filled in, any other alpha goes through the same network as
+3 replicated channels (as the reference does) -> resize to the requested scale (INTER_AREA down, Lanczos
+up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit).
+
+Upscalers are loaded once per (model, denoise strength) and kept; restore() keeps no per-image state on
+the object, so one Restorer serves a whole batch or a worker's lifetime.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, tile_count, upscale_tiled
+from pipeline.types import (
+    DeviceOutOfMemoryError,
+    EngineConfig,
+    Image,
+    ProgressCallback,
+    RestoreError,
+    RestoreOptions,
+    RestoreReport,
+)
+
+log = logging.getLogger(__name__)
+
+GRAY_ALPHA_MODES = ("LA", "La")  # stored as RGBA with R=G=B, written back as LA
+
+
+@dataclass
+class _Planes:
+    """The input split for the network: RGB float, optional alpha float, and how to put it back."""
+
+    rgb: np.ndarray  # HxWx3 float32 [0,1]
+    alpha: np.ndarray | None  # HxW float32 [0,1]
+    gray: bool  # the image is grayscale (L or LA): output goes back to one colour channel
+    dtype: np.dtype
+
+
+@dataclass
+class _StageClock:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, started: float) -> None:
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
+
+
+class Restorer:
+    def __init__(self, engine: EngineConfig, upscaler_loader: Callable[..., Any] | None = None) -> None:
+        """upscaler_loader(model_id, engine, denoise_strength) -> Upscaler; pipeline.backends' by default
+        (tests pass a small numpy network here)."""
+        self.engine = engine
+        self._loader = upscaler_loader
+        self._upscalers: dict[tuple[str, float | None], Any] = {}
+        self._face_stage: Any = None
+        self._face_unavailable: str | None = None
+
+    # -- loading --------------------------------------------------------------------------------------------
+
+    def upscaler(self, options: RestoreOptions) -> Any:
+        key = (options.model, options.denoise_strength)
+        if key not in self._upscalers:
+            loader = self._loader
+            if loader is None:
+                from pipeline.backends import load_upscaler
+
+                loader = load_upscaler
+            self._upscalers[key] = loader(options.model, self.engine, options.denoise_strength)
+        return self._upscalers[key]
+
+    def face_stage(self) -> Any:
+        """The face stage, or None (with the reason kept) when the faces package cannot be imported."""
+        if self._face_stage is None and self._face_unavailable is None:
+            try:
+                from pipeline.faces import FaceStage
+            except ImportError as error:
+                self._face_unavailable = f"face stage unavailable ({error}); faces not restored"
+                return None
+            self._face_stage = FaceStage(self.engine)
+        return self._face_stage
+
+    def warm_up(self, options: RestoreOptions) -> None:
+        """Load (and, for OpenVINO, compile at the suggested tile shape) everything `options` needs."""
+        upscaler = self.upscaler(options)
+        warm = getattr(upscaler, "warm_up", None)
+        if callable(warm):
+            warm()
+        if options.faces:
+            stage = self.face_stage()
+            if stage is not None:
+                stage.warm_up(options)
+
+    # -- one image ------------------------------------------------------------------------------------------
+
+    def restore(
+        self, image: Image, options: RestoreOptions, on_progress: ProgressCallback | None = None
+    ) -> tuple[Image, RestoreReport]:
+        started = time.perf_counter()
+        clock = _StageClock()
+        report = RestoreReport(
+            input_size=[image.width, image.height],
+            input_mode=mode_label(image.pixels, image.original_mode),
+            model=options.model,
+            notes=list(image.notes),
+        )
+        if not options.scale >= 1:
+            raise RestoreError(f"scale must be >= 1, got {options.scale}")
+        stage_started = time.perf_counter()
+        upscaler = self.upscaler(options)
+        clock.add("load", stage_started)
+        info = upscaler.info
+        report.backend, report.device, report.precision = info.backend, info.device, info.precision
+        report.backend_reason = info.reason
+
+        scale, size_note = output_scale(image.width, image.height, options)
+        if size_note:
+            report.notes.append(size_note)
+        out_w, out_h = round(image.width * scale), round(image.height * scale)
+        report.scale = round(scale, 4)
+
+        planes = split_planes(image)
+        prepared = self._prepare_faces(planes, options, on_progress, clock, report)
+        tile = self._tile_size(upscaler)
+        report.tile_size = tile
+        try:
+            colour, alpha = self._upscale(planes, upscaler, tile, on_progress, clock, report)
+        except DeviceOutOfMemoryError as error:
+            raise RestoreError(f"out of memory: {error}") from None
+
+        stage_started = time.perf_counter()
+        colour = resize_to(colour, out_w, out_h)
+        alpha = resize_to(alpha, out_w, out_h) if alpha is not None else None
+        if (out_w, out_h) != (colour.shape[1], colour.shape[0]) or scale != upscaler.scale:
+            clock.add("resize", stage_started)
+        if prepared is not None:
+            report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray)
+            report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
+            report.notes.extend(prepared.notes)
+        pixels = join_planes(colour, alpha, planes.gray)
+        output = Image(
+            pixels=pixels,
+            source_format=image.source_format,
+            icc_profile=image.icc_profile,
+            exif=image.exif,
+            notes=list(report.notes),
+            original_mode=image.original_mode,
+        )
+        report.output_size = [out_w, out_h]
+        report.output_mode = mode_label(pixels, image.original_mode)
+        report.stage_seconds.update(clock.seconds)
+        report.seconds = round(time.perf_counter() - started, 3)
+        return output, report
+
+    def _tile_size(self, upscaler: Any) -> int:
+        tile = int(upscaler.suggest_tile())
+        if self.engine.tile is not None:
+            tile = min(tile, int(self.engine.tile))
+        return max(16, tile)
+
+    def _prepare_faces(
+        self,
+        planes: _Planes,
+        options: RestoreOptions,
+        on_progress: ProgressCallback | None,
+        clock: _StageClock,
+        report: RestoreReport,
+    ) -> Any:
+        if not options.faces:
+            return None
+        stage = self.face_stage()
+        if stage is None:
+            report.notes.append(self._face_unavailable or "face stage unavailable")
+            return None
+        return stage.prepare(planes.rgb, options, on_progress)
+
+    def _paste_faces(self, colour: np.ndarray, prepared: Any, scale: float, gray: bool) -> list[Any]:
+        stage = self.face_stage()
+        if not prepared.faces or stage is None:
+            return []
+        if not gray:
+            return list(stage.paste(colour, prepared, scale))
+        rgb = np.repeat(colour[:, :, None], 3, axis=2)  # faces work in colour; the gray output gets the mean
+        reports = list(stage.paste(rgb, prepared, scale))
+        colour[:] = _mean_channels(rgb, colour.dtype)
+        return reports
+
+    def _upscale(
+        self,
+        planes: _Planes,
+        upscaler: Any,
+        tile: int,
+        on_progress: ProgressCallback | None,
+        clock: _StageClock,
+        report: RestoreReport,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        height, width = planes.rgb.shape[:2]
+        scale = int(upscaler.scale)
+        colour_tiles = tile_count(height, width, tile, DEFAULT_PAD, DEFAULT_BLEND, scale)
+        alpha_needs_network = planes.alpha is not None and not _is_constant(planes.alpha)
+        total = colour_tiles * (2 if alpha_needs_network else 1)
+
+        def colour_progress(stage: str, done: int, _total: int) -> None:
+            if on_progress is not None:
+                on_progress(stage, done, total)
+
+        def alpha_progress(stage: str, done: int, _total: int) -> None:
+            if on_progress is not None:
+                on_progress(stage, colour_tiles + done, total)
+
+        stage_started = time.perf_counter()
+        result = upscale_tiled(
+            planes.rgb, upscaler, tile, DEFAULT_PAD, planes.dtype, colour_progress, gray=planes.gray
+        )
+        clock.add("upscale", stage_started)
+        report.tiles = result.tiles
+        if result.oom_splits:
+            report.notes.append(f"device out of memory: {result.oom_splits} tile(s) split and retried")
+        if planes.alpha is None:
+            return result.pixels, None
+        stage_started = time.perf_counter()
+        if not alpha_needs_network:
+            level = to_final(np.array([planes.alpha.flat[0]]), planes.dtype)[0]
+            alpha = np.full((height * scale, width * scale), level, dtype=planes.dtype)
+            report.notes.append("alpha is constant: filled in without the network")
+        else:
+            alpha_rgb = np.repeat(planes.alpha[:, :, None], 3, axis=2)
+            alpha_result = upscale_tiled(
+                alpha_rgb, upscaler, tile, DEFAULT_PAD, planes.dtype, alpha_progress, gray=True
+            )
+            alpha = alpha_result.pixels
+            report.tiles += alpha_result.tiles
+            report.notes.append("alpha upscaled by the network (as 3 replicated channels)")
+        clock.add("upscale-alpha", stage_started)
+        return result.pixels, alpha
+
+
+# -- pure helpers (tested directly) ------------------------------------------------------------------------
+
+
+def mode_label(pixels: np.ndarray, original_mode: str = "") -> str:
+    """'RGB 8-bit', 'RGBA 16-bit', 'L 8-bit', 'LA 16-bit'."""
+    bits = 16 if pixels.dtype == np.uint16 else 8
+    channels = 1 if pixels.ndim == 2 else int(pixels.shape[2])
+    if channels == 1:
+        mode = "L"
+    elif channels == 4:
+        mode = "LA" if original_mode in GRAY_ALPHA_MODES else "RGBA"
+    else:
+        mode = "RGB"
+    return f"{mode} {bits}-bit"
+
+
+def output_scale(width: int, height: int, options: RestoreOptions) -> tuple[float, str | None]:
+    """The scale to apply after the max_output_megapixels cap, and a note when the cap lowered it."""
+    scale = float(options.scale)
+    cap = options.max_output_megapixels
+    if cap is None or width * height * scale * scale <= cap * 1e6:
+        return scale, None
+    capped = max(1.0, math.sqrt(cap * 1e6 / (width * height)))
+    capped = math.floor(capped * 1000) / 1000  # never round above the cap
+    note = (
+        f"scale lowered from {scale:g}x to {capped:g}x to stay under max_output_megapixels={cap:g} "
+        f"({round(width * capped)}x{round(height * capped)})"
+    )
+    if capped <= 1.0 and width * height > cap * 1e6:
+        note = f"input already exceeds max_output_megapixels={cap:g}: written at 1x"
+    return capped, note
+
+
+def split_planes(image: Image) -> _Planes:
+    pixels = image.pixels
+    peak = float(np.iinfo(pixels.dtype).max)
+    gray = pixels.ndim == 2 or (pixels.shape[2] == 4 and image.original_mode in GRAY_ALPHA_MODES)
+    if pixels.ndim == 2:
+        colour = np.repeat(pixels[:, :, None], 3, axis=2)
+        alpha = None
+    else:
+        colour = pixels[:, :, :3]
+        alpha = pixels[:, :, 3] if pixels.shape[2] == 4 else None
+    rgb = colour.astype(np.float32) / peak
+    alpha_float = alpha.astype(np.float32) / peak if alpha is not None else None
+    return _Planes(rgb=rgb, alpha=alpha_float, gray=gray, dtype=pixels.dtype)
+
+
+def join_planes(colour: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.ndarray:
+    """Back to the input's layout: HxW gray, HxWx3 RGB, or HxWx4 (gray+alpha is stored as RGBA)."""
+    if gray and alpha is None:
+        return colour
+    if gray:
+        colour = np.repeat(colour[:, :, None], 3, axis=2)
+    if alpha is None:
+        return colour
+    return np.dstack([colour, alpha])
+
+
+def resize_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """High-quality resize to exactly width x height: INTER_AREA when shrinking, Lanczos when enlarging."""
+    if pixels.shape[1] == width and pixels.shape[0] == height:
+        return pixels
+    shrinking = width * height < pixels.shape[1] * pixels.shape[0]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
+    return cv2.resize(pixels, (width, height), interpolation=interpolation)
+
+
+def to_final(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    peak = float(np.iinfo(dtype).max)
+    return np.clip(values * peak + 0.5, 0, peak).astype(dtype)
+
+
+def _is_constant(plane: np.ndarray) -> bool:
+    return bool(plane.min() == plane.max())
+
+
+def _mean_channels(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return np.clip(rgb.mean(axis=2) + 0.5, 0, np.iinfo(dtype).max).astype(dtype)

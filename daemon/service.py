@@ -129,7 +129,7 @@ class Service:
             log.error("status site unavailable (%s): serving no HTTP", exc)
             return []
         assert self.store is not None
-        return await start_servers(self.settings, self.store, self.health)
+        return await start_servers(self.settings, self.store, self.health, on_job=self._on_new_job)
 
     def _on_new_job(self, result: AddResult) -> None:
         """Intake thread: a new row. Wake the worker; a skipped duplicate's original is disposed now."""

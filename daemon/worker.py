@@ -118,9 +118,8 @@ class PipelineProcessor:
 
     def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
         self._restorer.warm_up(options)
-        info = getattr(self._restorer, "info", None)
-        if callable(info):
-            info = info()
+        # The backend's own account (backend, device, precision, reason) for health and the page.
+        info = getattr(self._restorer.upscaler(options), "info", None)
         if dataclasses.is_dataclass(info) and not isinstance(info, type):
             return dataclasses.asdict(info)
         return dict(info) if isinstance(info, dict) else {}

@@ -1,0 +1,264 @@
+"""One job through the worker, in-process, on real folders and a real store: publishing, originals,
+bad inputs, disk full, cancel, progress. The real pipeline decodes the bad inputs; a cheap copy stage
+stands in for the network except in the real-restore test."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from daemon.settings import Settings
+from daemon.store import Job, JobStore
+from daemon.worker import PipelineProcessor, Processed, Worker, load_processor
+from pipeline.types import ProgressCallback, RestoreOptions
+from tests.daemon_processors import CopyProcessor
+from tests.daemon_support import files_under, make_settings
+
+
+class DecodingCopy(CopyProcessor):
+    """The real decoder (pipeline.imageio.load_image, with the configured pixel limit), no network."""
+
+    def process(
+        self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+    ) -> Processed:
+        from pipeline.imageio import load_image
+
+        load_image(data, max_pixels=int(self.settings.max_input_megapixels * 1_000_000))
+        return super().process(data, options, on_progress)
+
+
+class Rig:
+    def __init__(self, root: Path, processor: Any = None, **overrides: Any) -> None:
+        self.settings: Settings = make_settings(root, **overrides)
+        self.inbox = Path(self.settings.inbox)
+        self.store = JobStore(self.settings.db_path)
+        self.messages: list[tuple[Any, ...]] = []
+        self.worker = Worker(
+            self.settings, self.store, processor or DecodingCopy(self.settings), self.messages.append
+        )
+
+    def drop(self, relative: str, data: bytes, preset: str | None = None) -> Job:
+        path = self.inbox / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        stat = path.stat()
+        options = dataclasses.asdict(self.settings.restore_options(preset))
+        digest = hashlib.sha256(data).hexdigest()
+        return self.store.add(
+            relative, digest, stat.st_size, stat.st_mtime, preset=preset, options=options
+        ).job
+
+    def run(self) -> Job:
+        job = self.worker.run_one()
+        assert job is not None
+        return job
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path)
+    yield r
+    r.store.close()
+
+
+def png_bytes(size: int = 16, seed: int = 0) -> bytes:
+    pixels = (np.random.default_rng(seed).random((size, size, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_output_published_at_mirrored_path_and_original_archived(rig: Rig) -> None:
+    rig.drop("holiday/2019/a.png", png_bytes())
+    job = rig.run()
+    assert job.state == "done" and job.output_path == "holiday/2019/a.png" and job.attempts == 1
+    assert job.original == "archived" and job.archived_path == "holiday/2019/a.png"
+    assert files_under(Path(rig.settings.outbox)) == ["holiday/2019/a.png"]
+    assert files_under(Path(rig.settings.archive_dir)) == ["holiday/2019/a.png"]
+    assert files_under(rig.inbox) == []
+    assert ("finished", job.id, "done", job.report) in rig.messages
+
+
+def test_originals_delete_and_keep(tmp_path: Path) -> None:
+    deleting = Rig(tmp_path / "d", originals="delete")
+    deleting.drop("a.png", png_bytes())
+    assert deleting.run().original == "deleted" and files_under(deleting.inbox) == []
+    keeping = Rig(tmp_path / "k", originals="keep")
+    keeping.drop("a.png", png_bytes())
+    job = keeping.run()
+    assert job.original == "inbox" and files_under(keeping.inbox) == ["a.png"]
+    # The kept original is a recorded version: seen again, it is not a new job.
+    stat = (keeping.inbox / "a.png").stat()
+    assert not keeping.store.add("a.png", job.content_sha256, stat.st_size, stat.st_mtime).created
+
+
+def test_failed_move_of_the_original_never_causes_reprocessing(rig: Rig) -> None:
+    archive = Path(rig.settings.archive_dir)
+    (archive / "sub").write_bytes(b"a file where the archive folder should be")
+    rig.drop("sub/a.png", png_bytes())
+    job = rig.run()
+    assert job.state == "done" and job.original == "inbox"
+    assert "could not archive the original" in job.note
+    stat = (rig.inbox / "sub" / "a.png").stat()
+    again = rig.store.add("sub/a.png", job.content_sha256, stat.st_size, stat.st_mtime)
+    assert not again.created and rig.worker.run_one() is None
+
+
+@pytest.mark.parametrize(
+    ("case", "data", "words"),
+    [
+        ("zero_byte_file", b"", "empty"),
+        ("wrong_magic_bytes", b"this is a text file, not a picture" * 4, "not"),
+        ("unsupported_type", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n" * 4, ""),
+        ("truncated_image", png_bytes(64)[:300], ""),
+    ],
+)
+def test_bad_input_goes_to_failed_with_reason(rig: Rig, case: str, data: bytes, words: str) -> None:
+    rig.drop(f"album/{case}.png", data)
+    job = rig.run()
+    assert job.state == "failed" and job.failure_kind == "bad-input" and job.attempts == 1
+    assert job.original == "failed_dir" and job.archived_path == f"album/{case}.png"
+    failed = Path(rig.settings.failed_dir) / "album"
+    assert sorted(p.name for p in failed.iterdir()) == [f"{case}.png", f"{case}.png.error.txt"]
+    text = (failed / f"{case}.png.error.txt").read_text()
+    assert "What was wrong:" in text and "What to do:" in text and words in text.lower()
+    assert files_under(Path(rig.settings.outbox)) == []
+    assert rig.worker.run_one() is None  # fails once, does not loop
+
+
+def test_decompression_bomb_goes_to_failed_with_reason(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, max_input_megapixels=0.001)  # 1,000 pixels: a 64x64 image is "too big"
+    rig.drop("bomb.png", png_bytes(64))
+    job = rig.run()
+    assert job.state == "failed" and job.failure_kind == "bad-input"
+    text = (Path(rig.settings.failed_dir) / "bomb.png.error.txt").read_text()
+    assert "max_input_megapixels" in text
+
+
+def test_truncated_image_reruns_only_when_the_file_changes(rig: Rig) -> None:
+    rig.drop("scan.png", png_bytes(64)[:300])
+    assert rig.run().state == "failed"
+    fixed = rig.drop("scan.png", png_bytes(64))
+    assert fixed.state == "queued" and rig.run().state == "done"
+
+
+def test_outbox_full_fails_cleanly_keeps_original_and_reports(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    outbox = Path(rig.settings.outbox)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(outbox)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        big = png_bytes(160)  # ~77 KB of noise: larger than the whole outbox
+        rig.drop("big.png", big)
+        job = rig.run()
+        assert job.state == "failed" and job.failure_kind == "disk-full"
+        assert "outbox is full" in job.error and "original is still in the inbox" in job.error
+        assert files_under(rig.inbox) == ["big.png"] and os.listdir(outbox) == []
+        assert any(m[0] == "disk_full" and m[2] == len(big) for m in rig.messages)
+    finally:
+        subprocess.run(["umount", "-l", str(outbox)])
+
+
+def test_input_changed_after_queueing_is_left_to_its_new_job(rig: Rig) -> None:
+    job = rig.drop("a.png", png_bytes(seed=1))
+    (rig.inbox / "a.png").write_bytes(png_bytes(seed=2))
+    result = rig.run()
+    assert result.id == job.id and result.state == "cancelled" and "changed" in result.note
+
+
+class _CancelDuringRun(CopyProcessor):
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        super().__init__(settings)
+        self.store = store
+
+    def process(
+        self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+    ) -> Processed:
+        assert on_progress is not None
+        on_progress("upscale", 1, 4)
+        self.store.cancel(1)  # someone presses Cancel on the page
+        on_progress("upscale", 4, 4)
+        raise AssertionError("the worker should have stopped the job")
+
+
+def test_cancel_of_a_running_job_stops_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.worker.processor = _CancelDuringRun(rig.settings, rig.store)
+    rig.drop("a.png", png_bytes())
+    job = rig.run()
+    assert job.state == "cancelled" and files_under(Path(rig.settings.outbox)) == []
+    assert files_under(rig.inbox) == ["a.png"]
+
+
+def test_progress_and_stage_are_written_to_the_store(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    seen: list[tuple[float, str | None]] = []
+
+    class Watching(CopyProcessor):
+        def process(
+            self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+        ) -> Processed:
+            assert on_progress is not None
+            for done in range(1, 5):
+                on_progress("upscale", done, 4)
+                job = rig.store.get(1)
+                seen.append((job.progress, job.stage))
+            return super().process(data, options, on_progress)
+
+    rig.worker.processor = Watching(rig.settings)
+    rig.drop("a.png", png_bytes())
+    rig.run()
+    assert seen[0][1] == "upscale" and 0.12 < seen[0][0] < 0.85
+    assert seen[-1][0] == pytest.approx(0.85)  # the last tile is always written, throttle or not
+
+
+def test_preset_options_reach_the_processor(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    received: list[RestoreOptions] = []
+
+    class Recording(CopyProcessor):
+        def process(
+            self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+        ) -> Processed:
+            received.append(options)
+            return super().process(data, options, on_progress)
+
+    rig.worker.processor = Recording(rig.settings)
+    rig.drop("no-faces/a.png", png_bytes(), preset="no-faces")
+    rig.run()
+    assert received[0].faces is False and received[0].scale == 4
+
+
+def test_processor_setting_selects_a_test_stage_and_defaults_to_the_real_pipeline(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, processor="tests.daemon_processors:copy")
+    assert isinstance(load_processor(settings), CopyProcessor)
+    assert isinstance(load_processor(make_settings(tmp_path)), PipelineProcessor)
+
+
+@pytest.mark.slow
+def test_real_restore_of_a_16px_image_with_realesr_animevideov3(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        model="realesr-animevideov3",
+        faces=False,
+        weights_dir=Path(__file__).resolve().parent.parent / "weights",
+    )
+    rig = Rig(tmp_path, PipelineProcessor(settings), model="realesr-animevideov3", faces=False)
+    info = rig.worker.processor.warm_up(settings.restore_options())
+    assert info["backend"] in ("openvino", "torch")
+    rig.drop("photos/tiny.png", png_bytes(16))
+    job = rig.run()
+    assert job.state == "done", job.error
+    with PILImage.open(Path(rig.settings.outbox) / "photos" / "tiny.png") as out:
+        assert out.size == (64, 64)
+    assert job.report["model"] == "realesr-animevideov3" and job.report["backend"] == info["backend"]

@@ -22,13 +22,14 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.backends.base import BackendInfo, available_cores
-from pipeline.types import BackendUnavailableError, EngineConfig
+from pipeline.types import BackendUnavailableError, EngineConfig, UnknownModelError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ def choose_face_model(requested: str, weights_dir: Path) -> tuple[str | None, st
         return None, missing_restoration_reason(weights_dir)
     from pipeline.models import get_spec
 
-    spec = get_spec(requested)  # UnknownModelError lists the known ids
+    try:
+        spec = get_spec(requested)
+    except UnknownModelError as error:  # its message lists the known ids
+        return None, f"face restoration unavailable: {error}"
     if spec.purpose != "face":
         return None, f"face restoration unavailable: {requested} is not a face model"
     if requested not in present:
@@ -187,7 +191,9 @@ class OpenVinoFaceRunner:
         shape = [1, 3, CROP, CROP]
         # A static input shape: StyleGAN's modulated convolutions have batch-dependent weight shapes that
         # OpenVINO's CPU plugin cannot run when left dynamic.
-        with torch.inference_mode(False), torch.no_grad():
+        # Tracing warns about Python control flow and torch.jit.trace's deprecation: noise for a fixed shape.
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             model = ov.convert_model(module, example_input=torch.zeros(shape), input=[shape])
         tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
         ov.save_model(model, tmp, compress_to_fp16=False)  # the default would round weights to fp16

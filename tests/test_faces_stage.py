@@ -1,0 +1,224 @@
+"""The face stage end to end: detect on the input, restore at 512, paste into the super-resolved output.
+
+The network is a randomly initialised GFPGAN of the official shape written as {'params_ema': ...} into a
+temporary weights folder, so it loads through the same code path (pipeline.weights -> spandrel) as a
+user's GFPGANv1.4.pth. It is built once per module: one face costs ~5-10 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from pipeline.backends.base import BackendInfo
+from pipeline.faces import FaceStage, PreparedFaces
+from pipeline.faces.align import rescale_source, warp_affine
+from pipeline.faces.restore import OpenVinoFaceRunner, _network_module
+from pipeline.types import EngineConfig, RestoreOptions
+from tests.faces_support import random_gfpgan, write_random_gfpgan
+
+
+def astronaut_face(size: int = 192) -> np.ndarray:
+    """A small input with one face of ~60 px (float32 RGB [0,1])."""
+    crop = skimage.data.astronaut()[0:300, 80:380]
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def super_resolve(rgb: np.ndarray, scale: int) -> np.ndarray:
+    """Stand-in for the SR output in its final dtype (the Restorer's tiled network does this for real)."""
+    h, w = rgb.shape[:2]
+    out = cv2.resize(rgb, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC)
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def mask_support(prepared: PreparedFaces, output_shape: tuple[int, ...], scale: float) -> np.ndarray:
+    """Union, in output pixels, of every restored face's blend mask (where paste may write)."""
+    support = np.zeros(output_shape[:2], bool)
+    for face in prepared.faces:
+        if face.mask is None:
+            continue
+        crop_to_output = cv2.invertAffineTransform(rescale_source(face.matrix, scale))
+        size = (output_shape[1], output_shape[0])
+        warped = warp_affine(face.mask, crop_to_output, size, interpolation=cv2.INTER_LINEAR)
+        support |= warped > 0
+    return support
+
+
+@pytest.fixture
+def empty_stage(tmp_path: Path) -> FaceStage:
+    (tmp_path / "weights").mkdir()
+    return FaceStage(EngineConfig(weights_dir=str(tmp_path / "weights"), cache_dir=str(tmp_path / "cache")))
+
+
+@pytest.fixture(scope="module")
+def gfpgan_stage(tmp_path_factory) -> FaceStage:
+    root = tmp_path_factory.mktemp("faces")
+    write_random_gfpgan(root / "weights")
+    # torch fp32: no one-off OpenVINO conversion (~100 s) inside the test suite; the OpenVINO runner is
+    # tested below on a small network.
+    engine = EngineConfig(
+        weights_dir=str(root / "weights"), cache_dir=str(root / "cache"), backend="torch", precision="fp32"
+    )
+    return FaceStage(engine)
+
+
+# -- without restoration weights (fast) --------------------------------------------------------------------
+
+
+def test_missing_weights_still_detects_and_says_which_file_to_add(empty_stage):
+    rgb = astronaut_face()
+    prepared = empty_stage.prepare(rgb, RestoreOptions())
+    output = super_resolve(rgb, 2)
+    before = output.copy()
+    reports = empty_stage.paste(output, prepared, 2.0)
+    assert len(reports) == 1
+    report = reports[0]
+    assert report.restored is False
+    assert report.reason.startswith("face restoration unavailable: add GFPGANv1.4.pth to")
+    assert "github.com/TencentARC/GFPGAN" in report.reason
+    assert np.array_equal(output, before)
+    # Box and landmarks are in OUTPUT pixels (2x the input's).
+    x0, y0, x1, y1 = report.box
+    assert 0 <= x0 < x1 <= 384 and 0 <= y0 < y1 <= 384 and x1 - x0 > 2 * 40
+    assert all(x0 - 10 <= x <= x1 + 10 and y0 - 10 <= y <= y1 + 10 for x, y in report.landmarks)
+    assert empty_stage.status()["restoration_available"] is False
+
+
+def test_no_face_option_skips_detection_too(empty_stage):
+    prepared = empty_stage.prepare(astronaut_face(), RestoreOptions(faces=False))
+    assert prepared.faces == [] and prepared.detector is None
+    assert empty_stage._detector is None  # the detector was never even loaded
+    assert empty_stage.paste(super_resolve(astronaut_face(), 2), prepared, 2.0) == []
+
+
+def test_photo_without_faces_reports_no_faces(empty_stage):
+    rgb = skimage.data.chelsea().astype(np.float32) / 255.0
+    prepared = empty_stage.prepare(rgb, RestoreOptions())
+    assert prepared.faces == [] and "faces-detect" in prepared.seconds
+    assert empty_stage.paste(super_resolve(rgb, 1), prepared, 1.0) == []
+
+
+def test_tiny_face_is_left_to_super_resolution_with_a_reason(empty_stage):
+    tiny = astronaut_face(40)  # the face is ~12 px
+    events: list[tuple[str, int, int]] = []
+    prepared = empty_stage.prepare(tiny, RestoreOptions(min_face_size=16), lambda *e: events.append(e))
+    assert len(prepared.faces) == 1
+    reason = prepared.faces[0].reason
+    assert "below min_face_size 16 px" in reason and "left to the super-resolution model" in reason
+    assert ("faces-detect", 1, 1) in events
+
+
+def test_unknown_or_opt_in_face_models_give_reasons_not_crashes(empty_stage, tmp_path):
+    rgb = astronaut_face()
+    unknown = empty_stage.prepare(rgb, RestoreOptions(face_model="GFPGANv9"))
+    assert "GFPGANv9" in unknown.faces[0].reason
+    codeformer = empty_stage.prepare(rgb, RestoreOptions(face_model="CodeFormer"))
+    assert "codeformer.pth" in codeformer.faces[0].reason  # non-commercial: only ever when asked for
+    (tmp_path / "weights" / "codeformer.pth").write_bytes(b"\0" * 64)
+    without_package = empty_stage.prepare(rgb, RestoreOptions(face_model="CodeFormer"))
+    try:
+        import spandrel_extra_arches  # noqa: F401
+    except ImportError:
+        assert "spandrel_extra_arches" in without_package.faces[0].reason
+    else:
+        assert without_package.faces[0].reason.startswith("face restoration unavailable")
+
+
+# -- determinism and backends on small networks -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gfpgan_wrapper_is_deterministic_although_stylegan_noise_is_random():
+    import torch
+
+    net = random_gfpgan(seed=1, narrow=0.125)  # the real architecture, ~50x cheaper
+    x = torch.rand(1, 3, 512, 512)
+    with torch.inference_mode():
+        random_a = net(x * 2 - 1, return_rgb=False)[0]
+        random_b = net(x * 2 - 1, return_rgb=False)[0]
+        assert not torch.equal(random_a, random_b)  # the reference's default: new noise every call
+        wrapped = _network_module(types.SimpleNamespace(model=net), "GFPGAN", 0.0)
+        first, second = wrapped(x), wrapped(x)
+    assert torch.equal(first, second)
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
+
+
+def test_openvino_face_runner_converts_once_and_matches_torch(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid()).eval()
+    engine = EngineConfig(cache_dir=str(tmp_path), threads=1)
+    info = BackendInfo("openvino", "cpu", "fp32", "test")
+    crop = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
+    out = OpenVinoFaceRunner(module, info, engine, "tiny")(crop)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(crop.transpose(2, 0, 1))[None])[0].numpy().transpose(1, 2, 0)
+    assert np.abs(out - expected).max() < 1e-4
+    (xml,) = (tmp_path / "openvino" / "ir").glob("face-tiny-*.xml")
+    stamp = xml.stat().st_mtime_ns
+    OpenVinoFaceRunner(module, info, engine, "tiny")  # a restarted worker reuses the IR
+    assert xml.stat().st_mtime_ns == stamp
+
+
+# -- with a full-size random GFPGAN (slow) -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_random_gfpgan_loads_like_the_real_file_restores_and_pastes(gfpgan_stage):
+    options = RestoreOptions()
+    restorer, reason = gfpgan_stage.restorer(options)
+    assert reason is None and restorer.model_id == "GFPGANv1.4"  # "auto" picked it from weights/
+    rgb = astronaut_face()
+    events: list[tuple[str, int, int]] = []
+    prepared = gfpgan_stage.prepare(rgb, options, lambda *e: events.append(e))
+    assert prepared.model == "GFPGANv1.4" and prepared.backend == "torch cpu fp32"
+    assert ("faces-restore", 1, 1) in events and prepared.seconds["faces-restore"] > 0
+    (face,) = prepared.faces
+    assert face.restored.shape == (512, 512, 3) and face.restored.dtype == np.float32
+
+    output = super_resolve(rgb, 4)
+    before = output.copy()
+    (report,) = gfpgan_stage.paste(output, prepared, 4.0)
+    assert report.restored is True and report.reason is None
+    changed = (output != before).any(axis=-1)
+    support = mask_support(prepared, output.shape, 4.0)
+    assert changed.sum() > 100 * 100  # the face really was replaced
+    assert not (changed & ~support).any()  # pixels outside the face mask: byte-identical
+    assert np.array_equal(output[~support], before[~support])
+
+    # face_strength 0 is the super-resolved face; the same prepared faces paste the same way twice.
+    unchanged = before.copy()
+    gfpgan_stage.paste(unchanged, PreparedFaces(prepared.faces, strength=0.0), 4.0)
+    assert np.array_equal(unchanged, before)
+    again = before.copy()
+    gfpgan_stage.paste(again, prepared, 4.0)
+    assert np.array_equal(again, output)
+    assert gfpgan_stage.status()["auto_face_model"] == "GFPGANv1.4"
+
+
+@pytest.mark.slow
+def test_several_faces_in_a_grayscale_photo_are_each_restored(gfpgan_stage):
+    # Grayscale goes through the face stage as RGB (as the Restorer converts it) and comes back gray.
+    astronaut = cv2.cvtColor(skimage.data.astronaut()[20:240, 130:350], cv2.COLOR_RGB2GRAY)
+    camera = skimage.data.camera()[80:300, 120:340]
+    gray = np.hstack([astronaut, camera])  # 440x220, two faces
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32) / 255.0
+    prepared = gfpgan_stage.prepare(rgb, RestoreOptions())
+    assert len(prepared.faces) == 2
+    output = super_resolve(rgb, 2)
+    before = output.copy()
+    reports = gfpgan_stage.paste(output, prepared, 2.0)
+    assert [r.restored for r in reports] == [True, True]
+    assert reports[0].box[2] < 440 < reports[1].box[0]  # left face, then right face, in output pixels
+    support = mask_support(prepared, output.shape, 2.0)
+    assert np.array_equal(output[~support], before[~support])
+    changed = (output != before).any(axis=-1)
+    assert changed[:, :440].sum() > 50 * 50 and changed[:, 440:].sum() > 50 * 50
+    back_to_gray = cv2.cvtColor(output, cv2.COLOR_RGB2GRAY)
+    assert back_to_gray.shape == (440, 880)

@@ -205,7 +205,7 @@ def running_serve(
             "RESTORER_SITE_PORT": str(site_port),
             "RESTORER_STABILITY_SECONDS": "0.2",
             "RESTORER_POLL_SECONDS": "0.5",
-            "RESTORER_MODEL": "realesr-general-x4v3",
+            "RESTORER_MODEL": "realesr-animevideov3",
             "RESTORER_FACES": "false",
             "RESTORER_THREADS": "1",
             "RESTORER_WEIGHTS_DIR": str(REPO / "weights"),

@@ -6,6 +6,7 @@ start_servers with a real JobStore and no worker, for tests that need a queue no
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 from collections.abc import Iterator
@@ -73,13 +74,23 @@ def done_report(width: int = 100, height: int = 50, seconds: float = 2.0, faces:
 
 
 def seed_done(site: Site, name: str, width: int = 32, height: int = 24, seconds: float = 2.0) -> int:
-    """A finished job with real input and output files in the inbox and outbox."""
-    (site.settings.inbox / name).write_bytes(png_bytes(width, height))
+    """A finished job with real input and output files in the inbox and outbox.
+
+    The row carries the input's real hash, size and mtime, so a running watcher knows the file and
+    leaves it alone (the store's identity rules), as it would after restoring it itself.
+    """
+    data = png_bytes(width, height)
+    source = site.settings.inbox / name
+    source.write_bytes(data)
+    stat = source.stat()
     out_name = f"{Path(name).stem}-restored.png"
     (site.settings.outbox / out_name).write_bytes(png_bytes(width * 4, height * 4, seed=1))
     now = datetime.now(UTC)
     return site.insert_job(
         input_path=name,
+        content_sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=stat.st_size,
+        mtime=stat.st_mtime,
         state="done",
         attempts=1,
         started_at=now - timedelta(seconds=seconds),

@@ -79,7 +79,7 @@ def test_upload_watch_done_and_compare_in_the_inspector(
     assert "Checking" not in page.inner_text("#health-title")
 
     page.set_input_files("#file-input", str(photo(tmp_path / "astronaut portrait.png")))
-    page.wait_for_selector("#upload-status:has-text('Accepted 1 file')", timeout=20_000)
+    page.wait_for_selector("#upload-status:has-text('Accepted 1 file: #')", timeout=20_000)
 
     done_card = "#history li:has(.name:text-is('astronaut portrait.png')):has(.state-done)"
     page.wait_for_selector(done_card, timeout=240_000)
@@ -109,14 +109,24 @@ def test_upload_watch_done_and_compare_in_the_inspector(
     clip = page.evaluate("() => document.getElementById('after-clip').style.clipPath")
     assert clip.startswith("inset(")
 
-    page.click("#zoom-1to1")
-    transform = page.evaluate("() => document.getElementById('stage').style.transform")
-    assert "scale(1)" in transform, transform
     shot = tmp_path / "inspector.png"
     page.screenshot(path=str(shot))
     keep_screenshot(shot)
+
+    # Zoom and pan move both layers together: they share one transformed stage.
+    page.click("#zoom-1to1")
+    transform = page.evaluate("() => document.getElementById('stage').style.transform")
+    assert "scale(1)" in transform, transform
+    page.focus("#viewport")
+    page.keyboard.press("+")
+    page.keyboard.press("ArrowLeft")
+    boxes = page.evaluate(
+        "() => ['before-img', 'after-img'].map(id => { const r = document.getElementById(id)"
+        ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height].map(Math.round); })"
+    )
+    assert boxes[0] == boxes[1] and boxes[0][2] > 192, boxes
     page.keyboard.press("Escape")
-    page.wait_for_selector("#inspector:not([open])")
+    page.wait_for_selector("#inspector", state="hidden")
     main_shot = tmp_path / "status-page.png"
     page.screenshot(path=str(main_shot), full_page=True)
     keep_screenshot(main_shot)

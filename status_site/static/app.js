@@ -118,6 +118,7 @@ function formatTime(iso) {
 }
 
 function formatMegapixels(value) {
+  if (!value) return "0";
   return value >= 10 ? value.toFixed(0) : value >= 0.1 ? value.toFixed(1) : value.toFixed(3);
 }
 
@@ -144,7 +145,7 @@ async function poll() {
   try {
     const now = Date.now();
     const wantCapabilities = !state.capabilities || state.failures > 0 || now - state.lastCapabilitiesAt > 30000;
-    const wantStats = state.failures > 0 || now - state.lastStatsAt > 15000;
+    const wantStats = state.failures > 0 || state.statsStale || now - state.lastStatsAt > 15000;
     const [health, live, failed, history, capabilities, stats] = await Promise.all([
       api("/health"),
       api("/jobs?state=processing,queued&order=queue&limit=100"),
@@ -163,8 +164,13 @@ async function poll() {
     }
     if (stats) {
       state.lastStatsAt = now;
+      state.statsStale = false;
       renderStats(stats);
     }
+    // A job started or finished since the last poll: the numbers below are out of date.
+    const activity = live.jobs.map((job) => `${job.id}:${job.state}`).join(",");
+    if (state.lastActivity !== undefined && activity !== state.lastActivity) state.statsStale = true;
+    state.lastActivity = activity;
     active = live.jobs.length > 0;
     state.failures = 0;
     state.offlineSince = null;
@@ -555,8 +561,8 @@ function upload(fileList) {
       body = null;
     }
     if (request.status === 202 && body) {
-      const ids = body.jobs.map((job) => (job.id === null ? job.name : `#${job.id}`)).join(", ");
-      status.textContent = `Accepted ${body.jobs.length} file(s): ${ids}.`;
+      const described = body.jobs.map((job) => `#${job.id} ${job.name}${job.state === "queued" ? "" : ` (${job.note || job.state})`}`);
+      status.textContent = `Accepted ${body.jobs.length} file${body.jobs.length === 1 ? "" : "s"}: ${described.join(", ")}.`;
       pollSoon();
     } else {
       fail((body && body.detail) || `HTTP ${request.status}`);

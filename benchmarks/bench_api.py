@@ -1,0 +1,251 @@
+"""API latency while the worker is busy, and status page load time.
+
+Starts `restorer serve` on free ports with scratch folders, drops photos in the inbox so the worker
+process restores (and saturates the CPU) for the whole measurement, then runs 50 concurrent pollers
+against GET /api/v1/jobs/{id} of the job being restored. Reports p50/p95/p99/max latency for:
+  - "paced": each poller asks every 0.5 s (jittered), like 50 open status pages at 4x their rate;
+  - "flood": each poller asks again as soon as it has the answer (server throughput bound).
+The same measurement runs first with the worker idle, so the effect of the busy worker is visible.
+Page load: Debian chromium (Playwright) opens the page; we time DOMContentLoaded, load and the moment
+the first live data is on screen.
+
+    .venv/bin/python benchmarks/bench_api.py [--seconds 20] [--pollers 50] [--json out.json]
+
+The pollers run in this process on the same machine: on a 2-core box they compete with the worker and
+the server for CPU, so the numbers are an upper bound on what a LAN client would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.site_support import folders, free_port  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(latencies_ms: list[float], errors: int, seconds: float) -> dict[str, Any]:
+    return {
+        "requests": len(latencies_ms),
+        "errors": errors,
+        "per_second": round(len(latencies_ms) / seconds, 1),
+        "p50_ms": round(percentile(latencies_ms, 50), 2),
+        "p95_ms": round(percentile(latencies_ms, 95), 2),
+        "p99_ms": round(percentile(latencies_ms, 99), 2),
+        "max_ms": round(max(latencies_ms), 2),
+        "mean_ms": round(statistics.fmean(latencies_ms), 2),
+    }
+
+
+async def poll(url: str, pollers: int, seconds: float, interval: float | None) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=pollers + 10)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def poller() -> None:
+            nonlocal errors
+            if interval:
+                await asyncio.sleep(random.uniform(0, interval))
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    async with session.get(url) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    ok = False
+                elapsed = time.perf_counter() - start
+                if ok:
+                    latencies.append(elapsed * 1000)
+                else:
+                    errors += 1
+                if interval:
+                    await asyncio.sleep(max(0.0, interval * random.uniform(0.8, 1.2) - elapsed))
+
+        await asyncio.gather(*(poller() for _ in range(pollers)))
+    return summary(latencies, errors, seconds)
+
+
+def busy_photo(path: Path, edge: int) -> None:
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).resize((edge, edge), Image.Resampling.LANCZOS).save(path, "PNG")
+
+
+def start_serve(tmp: Path, api_port: int, site_port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp).items()})
+    env.update(
+        {
+            "RESTORER_BIND": "127.0.0.1",
+            "RESTORER_API_PORT": str(api_port),
+            "RESTORER_SITE_PORT": str(site_port),
+            "RESTORER_STABILITY_SECONDS": "0.2",
+            "RESTORER_WEIGHTS_DIR": str(REPO / "weights"),
+            "RESTORER_FACES": "false",
+        }
+    )
+    for folder in folders(tmp).values():
+        folder.mkdir(parents=True, exist_ok=True)
+    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "serve"],
+        cwd=tmp,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def wait_until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = await check()
+        except (aiohttp.ClientError, TimeoutError):
+            value = None
+        if value:
+            return value
+        await asyncio.sleep(0.25)
+    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def get_json(url: str) -> Any:
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+        return await response.json() if response.status in (200, 503) else None
+
+
+def page_load(url: str, runs: int) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    results: list[dict[str, float]] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for _ in range(runs):
+                context = browser.new_context()
+                page = context.new_page()
+                start = time.perf_counter()
+                page.goto(url, wait_until="load")
+                page.wait_for_selector("#connection:has-text('Live')", timeout=30_000)
+                live_ms = (time.perf_counter() - start) * 1000
+                timing = page.evaluate(
+                    "() => { const t = performance.getEntriesByType('navigation')[0];"
+                    " return {dcl: t.domContentLoadedEventEnd, load: t.loadEventEnd}; }"
+                )
+                results.append(
+                    {"dom_content_loaded_ms": timing["dcl"], "load_ms": timing["load"], "live_ms": live_ms}
+                )
+                context.close()
+        finally:
+            browser.close()
+    return {key: round(statistics.median(r[key] for r in results), 1) for key in results[0]} | {"runs": runs}
+
+
+async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    api_port, site_port = free_port(), free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    process = start_serve(tmp, api_port, site_port)
+    report: dict[str, Any] = {"pollers": args.pollers, "seconds": args.seconds, "cpus": os.cpu_count()}
+    try:
+        await wait_until(lambda: get_json(api + "/api/v1/health"), 180, "restorer serve to answer")
+        await wait_until(
+            lambda: _status_is(api, ("ok", "degraded")), 300, "the worker to load its models (health ok)"
+        )
+        # Idle baseline: one finished tiny job to poll.
+        busy_photo(Path(folders(tmp)["inbox"]) / "idle.png", 32)
+        idle_job = await wait_until(lambda: _job_in(api, "done"), 300, "the warm-up job to finish")
+        idle_url = f"{api}/api/v1/jobs/{idle_job}"
+        report["idle_paced"] = await poll(idle_url, args.pollers, args.seconds, 0.5)
+        report["idle_flood"] = await poll(idle_url, args.pollers, args.seconds / 2, None)
+        report["page_load_idle"] = await asyncio.to_thread(page_load, f"http://127.0.0.1:{site_port}/", 3)
+        # Busy: photos big enough to keep the worker restoring through every measurement below.
+        for index in range(args.busy_images):
+            busy_photo(Path(folders(tmp)["inbox"]) / f"busy-{index}.png", args.busy_edge)
+        busy_job = await wait_until(lambda: _job_in(api, "processing"), 120, "the worker to start a big job")
+        busy_url = f"{api}/api/v1/jobs/{busy_job}"
+        report["busy_paced"] = await poll(busy_url, args.pollers, args.seconds, 0.5)
+        report["busy_flood"] = await poll(busy_url, args.pollers, args.seconds / 2, None)
+        report["page_load_busy"] = await asyncio.to_thread(page_load, f"http://127.0.0.1:{site_port}/", 3)
+        still = await get_json(busy_url)
+        report["worker_busy_throughout"] = still["state"] == "processing" or bool(
+            await _job_in(api, "processing")
+        )
+        report["busy_job_progress_at_end"] = still["progress"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return report
+
+
+async def _status_is(api: str, states: tuple[str, ...]) -> bool:
+    body = await get_json(api + "/api/v1/health")
+    return bool(body) and body["status"] in states
+
+
+async def _job_in(api: str, state: str) -> int | None:
+    body = await get_json(f"{api}/api/v1/jobs?state={state}&limit=1")
+    return body["jobs"][0]["id"] if body and body["jobs"] else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each paced measurement")
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument(
+        "--busy-edge", type=int, default=512, help="edge of the photos that keep the worker busy"
+    )
+    parser.add_argument("--busy-images", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        report = asyncio.run(measure(args, Path(tmp)))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Restorer: the restore flow and its report, with a small numpy network standing in for the backend
+(the real network runs in test_tiling's slow test and in test_cli_restore)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.restorer import Restorer, mode_label, output_scale, resize_to
+from pipeline.types import EngineConfig, FaceReport, Image, RestoreError, RestoreOptions
+from tests.fake_upscalers import ConvStackUpscaler, OutOfMemoryUpscaler
+
+NO_FACES = RestoreOptions(faces=False)
+
+
+@dataclass
+class CountingLoader:
+    """Upscaler loader that records each load, like pipeline.backends.load_upscaler but numpy-only."""
+
+    tile: int = 32
+    loads: list[tuple[str, float | None]] = field(default_factory=list)
+    made: list[ConvStackUpscaler] = field(default_factory=list)
+    out_of_memory_above: int | None = None
+
+    def __call__(self, model_id: str, engine: EngineConfig, denoise: float | None) -> ConvStackUpscaler:
+        self.loads.append((model_id, denoise))
+        if self.out_of_memory_above is not None:
+            network = OutOfMemoryUpscaler(
+                scale=4, layers=2, tile=self.tile, max_pixels=self.out_of_memory_above
+            )
+        else:
+            network = ConvStackUpscaler(scale=4, layers=2, tile=self.tile)
+        self.made.append(network)
+        return network
+
+
+def random_pixels(shape: tuple[int, ...], dtype: type = np.uint8, seed: int = 0) -> np.ndarray:
+    peak = np.iinfo(dtype).max
+    return np.random.default_rng(seed).integers(0, peak + 1, shape, dtype=dtype)
+
+
+def test_report_fills_every_field() -> None:
+    loader = CountingLoader()
+    restorer = Restorer(EngineConfig(), upscaler_loader=loader)
+    image = Image(
+        random_pixels((20, 30, 3)), source_format="jpg", notes=["from the decoder"], original_mode="RGB"
+    )
+    output, report = restorer.restore(image, NO_FACES)
+    assert output.pixels.shape == (80, 120, 3) and output.pixels.dtype == np.uint8
+    assert report.input_size == [30, 20] and report.output_size == [120, 80]
+    assert report.input_mode == report.output_mode == "RGB 8-bit"
+    assert report.model == "RealESRGAN_x4plus" and report.scale == 4.0
+    assert (report.backend, report.device, report.precision) == ("numpy", "cpu", "fp32")
+    assert report.backend_reason == "test network"
+    assert report.tiles == 1 and report.tile_size == 32
+    assert report.seconds > 0 and "upscale" in report.stage_seconds
+    assert "from the decoder" in report.notes and output.notes == report.notes
+    assert report.to_dict()["faces"] == []
+
+
+def test_upscalers_are_loaded_once_per_model_and_denoise() -> None:
+    loader = CountingLoader()
+    restorer = Restorer(EngineConfig(), upscaler_loader=loader)
+    image = Image(random_pixels((8, 8, 3)))
+    for options in (
+        NO_FACES,
+        NO_FACES,
+        NO_FACES.replace(model="other"),
+        NO_FACES.replace(denoise_strength=0.5),
+    ):
+        restorer.restore(image, options)
+    assert loader.loads == [("RealESRGAN_x4plus", None), ("other", None), ("RealESRGAN_x4plus", 0.5)]
+
+
+def test_warm_up_loads_before_the_first_image() -> None:
+    loader = CountingLoader()
+    restorer = Restorer(EngineConfig(), upscaler_loader=loader)
+    assert loader.loads == []
+    restorer.warm_up(NO_FACES)
+    assert loader.loads == [("RealESRGAN_x4plus", None)]
+    restorer.restore(Image(random_pixels((8, 8, 3))), NO_FACES)
+    assert len(loader.loads) == 1
+
+
+def test_tile_comes_from_the_upscaler_capped_by_config() -> None:
+    restorer = Restorer(EngineConfig(tile=24), upscaler_loader=CountingLoader(tile=64))
+    _, report = restorer.restore(Image(random_pixels((50, 50, 3))), NO_FACES)
+    assert report.tile_size == 24 and report.tiles > 1
+
+
+def test_16bit_rgba_stays_16bit_rgba_and_alpha_goes_through_the_network() -> None:
+    loader = CountingLoader()
+    pixels = random_pixels((12, 10, 4), np.uint16)
+    output, report = Restorer(EngineConfig(), upscaler_loader=loader).restore(Image(pixels), NO_FACES)
+    assert output.pixels.shape == (48, 40, 4) and output.pixels.dtype == np.uint16
+    assert report.input_mode == report.output_mode == "RGBA 16-bit"
+    assert len(loader.made[0].calls) == 2 and report.tiles == 2  # colour, then alpha as 3 channels
+    assert "alpha upscaled by the network (as 3 replicated channels)" in report.notes
+
+
+def test_constant_alpha_skips_the_network() -> None:
+    loader = CountingLoader()
+    pixels = random_pixels((12, 10, 4))
+    pixels[:, :, 3] = 255
+    output, report = Restorer(EngineConfig(), upscaler_loader=loader).restore(Image(pixels), NO_FACES)
+    assert len(loader.made[0].calls) == 1
+    assert (output.pixels[:, :, 3] == 255).all()
+    assert "alpha is constant: filled in without the network" in report.notes
+
+
+def test_gray_stays_gray() -> None:
+    output, report = Restorer(EngineConfig(), upscaler_loader=CountingLoader()).restore(
+        Image(random_pixels((9, 11)), original_mode="L"), NO_FACES
+    )
+    assert output.pixels.shape == (36, 44) and report.output_mode == "L 8-bit"
+
+
+def test_gray_with_alpha_stays_gray_with_alpha() -> None:
+    gray = random_pixels((9, 11))
+    pixels = np.dstack([gray, gray, gray, random_pixels((9, 11), seed=1)])
+    output, report = Restorer(EngineConfig(), upscaler_loader=CountingLoader()).restore(
+        Image(pixels, original_mode="LA"), NO_FACES
+    )
+    assert output.pixels.shape == (36, 44, 4) and report.output_mode == "LA 8-bit"
+    assert (output.pixels[:, :, 0] == output.pixels[:, :, 1]).all()
+
+
+@pytest.mark.parametrize(
+    ("scale", "size"), [(1.0, (10, 8)), (2.0, (20, 16)), (2.5, (25, 20)), (6.0, (60, 48))]
+)
+def test_any_output_scale_from_one_up(scale: float, size: tuple[int, int]) -> None:
+    options = NO_FACES.replace(scale=scale)
+    output, report = Restorer(EngineConfig(), upscaler_loader=CountingLoader()).restore(
+        Image(random_pixels((8, 10, 3))), options
+    )
+    assert (output.width, output.height) == size and report.output_size == list(size)
+    assert report.scale == scale
+
+
+def test_scale_below_one_is_refused() -> None:
+    with pytest.raises(RestoreError, match="scale must be >= 1"):
+        Restorer(EngineConfig(), upscaler_loader=CountingLoader()).restore(
+            Image(random_pixels((8, 8, 3))), NO_FACES.replace(scale=0.5)
+        )
+
+
+def test_max_output_megapixels_lowers_the_scale_and_says_so() -> None:
+    options = NO_FACES.replace(max_output_megapixels=0.01)  # 10,000 output pixels from a 40x25 input
+    output, report = Restorer(EngineConfig(), upscaler_loader=CountingLoader()).restore(
+        Image(random_pixels((25, 40, 3))), options
+    )
+    assert output.width * output.height <= 10_000 and report.scale < 4
+    assert any("scale lowered from 4x" in note for note in report.notes)
+
+
+def test_output_scale_helper() -> None:
+    assert output_scale(100, 100, RestoreOptions(scale=4)) == (4.0, None)
+    scale, note = output_scale(1000, 1000, RestoreOptions(scale=4, max_output_megapixels=4))
+    assert scale == 2.0 and note is not None
+    scale, note = output_scale(4000, 3000, RestoreOptions(scale=4, max_output_megapixels=1))
+    assert scale == 1.0 and note is not None and "already exceeds" in note
+
+
+def test_resize_uses_area_down_and_lanczos_up() -> None:
+    stripes = np.tile(np.array([0, 255], np.uint8), (8, 4))  # 8x8 alternating columns
+    down = resize_to(stripes, 4, 4)
+    assert np.abs(down.astype(int) - 128).max() <= 1  # INTER_AREA averages the pairs
+    up = resize_to(np.array([[0, 255]], np.uint8), 8, 4)
+    assert up.shape == (4, 8) and up.dtype == np.uint8
+
+
+def test_out_of_memory_never_fails_the_image() -> None:
+    loader = CountingLoader(tile=64, out_of_memory_above=32 * 32)
+    output, report = Restorer(EngineConfig(), upscaler_loader=loader).restore(
+        Image(random_pixels((60, 60, 3))), NO_FACES
+    )
+    assert output.pixels.shape == (240, 240, 3)
+    assert any("split and retried" in note for note in report.notes)
+
+
+def test_mode_labels() -> None:
+    assert mode_label(np.zeros((2, 2), np.uint16)) == "L 16-bit"
+    assert mode_label(np.zeros((2, 2, 4), np.uint8), "LA") == "LA 8-bit"
+    assert mode_label(np.zeros((2, 2, 4), np.uint8), "RGBA") == "RGBA 8-bit"
+
+
+class RecordingFaceStage:
+    """Stands in for pipeline.faces.FaceStage to check what the Restorer hands it and when."""
+
+    def __init__(self) -> None:
+        self.prepared_with: np.ndarray | None = None
+        self.pasted_into: np.ndarray | None = None
+        self.scale: float | None = None
+
+    def prepare(self, rgb: np.ndarray, options: RestoreOptions, on_progress: Any = None) -> Any:
+        self.prepared_with = rgb.copy()
+
+        @dataclass
+        class Prepared:
+            faces: list[int] = field(default_factory=lambda: [1])
+            seconds: dict[str, float] = field(default_factory=lambda: {"faces-detect": 0.01})
+            notes: list[str] = field(default_factory=list)
+
+        return Prepared()
+
+    def paste(self, output: np.ndarray, prepared: Any, scale: float) -> list[FaceReport]:
+        self.pasted_into, self.scale = output.copy(), scale
+        output[:4, :4] = output.max()  # a visible in-place change
+        return [FaceReport(box=[0, 0, 4, 4], score=0.99, landmarks=[[1.0, 1.0]] * 5, restored=True)]
+
+    def warm_up(self, options: RestoreOptions) -> None:
+        pass
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_faces_prepare_on_float_input_and_paste_into_the_final_output(gray: bool) -> None:
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    stage = RecordingFaceStage()
+    restorer._face_stage = stage
+    pixels = random_pixels((10, 12) if gray else (10, 12, 3))
+    output, report = restorer.restore(Image(pixels), RestoreOptions(scale=2))
+    assert stage.prepared_with is not None and stage.prepared_with.shape == (10, 12, 3)
+    assert stage.prepared_with.dtype == np.float32 and stage.prepared_with.max() <= 1.0
+    assert stage.pasted_into is not None and stage.pasted_into.shape == (20, 24, 3)
+    assert stage.pasted_into.dtype == np.uint8 and stage.scale == 2.0
+    assert output.pixels.ndim == (2 if gray else 3)
+    assert (output.pixels[:4, :4] == output.pixels.max()).all()  # the paste reached the output
+    assert len(report.faces) == 1 and report.faces[0].restored
+    assert report.stage_seconds["faces-detect"] == 0.01
+
+
+@pytest.mark.slow
+def test_faces_with_the_real_face_stage_find_the_astronaut() -> None:
+    from skimage import data
+
+    crop = data.astronaut()[0:200, 120:320]  # her face, ~90 px
+    restorer = Restorer(EngineConfig(weights_dir="/nonexistent"), upscaler_loader=CountingLoader(tile=256))
+    output, report = restorer.restore(Image(crop), RestoreOptions(scale=1))
+    assert output.pixels.shape == crop.shape
+    assert len(report.faces) == 1
+    face = report.faces[0]
+    assert 60 < (face.box[0] + face.box[2]) / 2 < 150 and face.score > 0.9  # crop coordinates
+    assert not face.restored and face.reason  # no face weights here: detected, kept, and said why

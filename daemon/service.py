@@ -222,10 +222,13 @@ class Service:
             self._pause_for_disk(f"the outbox is full ({message[3]}); waiting for free space")
 
     def worker_healthy(self) -> bool:
+        """What WATCHDOG=1 vouches for: a live worker that has loaded its models and heart-beats.
+        While a crashed or hung worker is being replaced, pings stop; if the replacement takes
+        longer than WatchdogSec, systemd restarts the whole service."""
         if self._process is None or not self._process.is_alive():
             return False
         if self.health.get("worker_state") == "loading models":
-            return True
+            return not self.health.get("ready")  # first start: READY=1 itself waits for the models
         age = self.health.heartbeat_age()
         return age is None or age < self.settings.hang_seconds
 
@@ -337,6 +340,7 @@ class Service:
                 self._check_disk()
             if watchdog is not None and now - self._last_watchdog >= watchdog / 3 and self.worker_healthy():
                 self._last_watchdog = now
+                log.debug("watchdog ping (worker %s)", self.health.get("worker_state"))
                 sdnotify.notify("WATCHDOG=1")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), SUPERVISE_SECONDS)

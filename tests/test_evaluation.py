@@ -4,6 +4,7 @@ arithmetic, and tiny end-to-end `restorer eval` / `restorer bench` runs on the r
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -359,3 +360,75 @@ def test_cpu_peak_is_cores_times_flops_per_cycle_times_clock() -> None:
     assert peaks.description.startswith("cpu: ")
     if peaks.bf16_gflops is not None:
         assert peaks.bf16_gflops == pytest.approx(2 * peaks.fp32_gflops)
+
+
+# --- The commands, end to end on the real cheap model (realesr-animevideov3), tiny images -------------
+
+
+@pytest.fixture()
+def tiny_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private state dir, so the embedded weights are converted and compiled into the test's cache."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("RESTORER_STATE_DIR", str(state))
+    return state
+
+
+@pytest.mark.slow
+def test_restorer_eval_command_end_to_end_on_tiny_photos(
+    tmp_path: Path, tiny_state: Path, astronaut: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import main
+
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    PILImage.fromarray(astronaut[40:72, 200:232]).save(hr_dir / "face.png")
+    PILImage.fromarray(skimage.data.camera()[100:132, 200:224]).save(hr_dir / "camera.png")
+    (hr_dir / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "eval"
+    args = [
+        "--degradation",
+        "realistic-x4",
+        "--out",
+        str(out),
+        "--model",
+        "realesr-animevideov3",
+        "--seed",
+        "3",
+    ]
+    code = main(["eval", str(hr_dir), *args])
+    assert code == 1  # broken.jpg was skipped and said so
+    captured = capsys.readouterr()
+    assert "skipped broken.jpg" in captured.err
+    assert "| camera.png | 6x8 -> 24x32 |" in captured.out
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [row["image"] for row in rows] == ["camera.png", "face.png"]
+    for row in rows:
+        assert 10 < float(row["psnr_y"]) < 60 and 0 < float(row["ssim_y"]) <= 1
+        assert "realesr-animevideov3" in row["engine"]
+    assert (out / "crops" / "face.png").is_file()
+
+
+@pytest.mark.slow
+def test_restorer_bench_command_end_to_end_on_a_tiny_size(
+    tmp_path: Path, tiny_state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import main
+
+    prices = tmp_path / "prices.toml"
+    row = '[[price]]\nname = "{}"\nmatch = {}\nusd_per_hour = {}\nsource = "test"\ndate = "2026"\n'
+    prices.write_text(row.format("this box", '["cpu:"]', 0.36) + row.format("a gpu", '["gpu:", "T4"]', 0.59))
+    out = tmp_path / "bench"
+    args = ["--sizes", "24x16", "--model", "realesr-animevideov3", "--prices", str(prices), "--out", str(out)]
+    code = main(["bench", *args])
+    report = capsys.readouterr().out
+    assert code == 0, report
+    data = json.loads((out / "bench.json").read_text())
+    stages = {m["spec"]["stage"]: m for m in data["measurements"]}
+    assert set(stages) == {"sr", "faces", "pipeline"}
+    for measurement in stages.values():
+        assert measurement["error"] is None
+        assert measurement["median_s"] > 0 and measurement["peak_rss_mb"] > 50
+    assert data["flops_per_input_pixel"] == pytest.approx(1.24e6, rel=1e-2)
+    assert "| sr | 24x16 |" in report and "| pipeline | 24x16 |" in report
+    assert "| a gpu | 0.5900 | - | not measured | not measured | not measured |" in report
+    assert "| this box | 0.3600 | pipeline 24x16 |" in report

@@ -270,7 +270,7 @@ def _faces_runner(engine: Any, rgb: np.ndarray, options: Any, result: dict[str, 
     stage = FaceStage(engine)
     rgb_float = rgb.astype(np.float32) / 255.0
     upscaled = cv2.resize(rgb, (rgb.shape[1] * 4, rgb.shape[0] * 4), interpolation=cv2.INTER_CUBIC)
-    stage.prepare(rgb_float[:16, :16], options)  # loads detector (and restorer weights when present)
+    stage.warm_up(options)  # loads the detector (and the face network when its weights are present)
     result["notes"] = [f"face stage status: {json.dumps(stage.status(), default=str)}"]
 
     def run_faces() -> None:

@@ -17,10 +17,18 @@ import skimage.data
 
 from pipeline.backends.base import BackendInfo
 from pipeline.faces import FaceStage, PreparedFaces
-from pipeline.faces.align import rescale_source, warp_affine
+from pipeline.faces.align import (
+    destination_footprint,
+    invert,
+    rescale_source,
+    similarity_to_template,
+    warp_affine,
+)
 from pipeline.faces.restore import OpenVinoFaceRunner, _network_module
-from pipeline.types import EngineConfig, RestoreOptions
+from pipeline.restorer import Restorer
+from pipeline.types import EngineConfig, FaceReport, Image, RestoreOptions
 from tests.faces_support import random_gfpgan, write_random_gfpgan
+from tests.fake_upscalers import ConvStackUpscaler
 
 
 def astronaut_face(size: int = 192) -> np.ndarray:
@@ -202,23 +210,53 @@ def test_random_gfpgan_loads_like_the_real_file_restores_and_pastes(gfpgan_stage
     assert gfpgan_stage.status()["auto_face_model"] == "GFPGANv1.4"
 
 
+# -- through the Restorer (grayscale and RGBA keep their mode; SR-only pixels outside faces) --------------
+
+
+def restorer_for(stage: FaceStage) -> Restorer:
+    restorer = Restorer(stage._engine, upscaler_loader=lambda *_: ConvStackUpscaler(scale=2, layers=1))
+    restorer._face_stage = stage  # share the already loaded random GFPGAN
+    return restorer
+
+
+def crop_footprints(reports: list[FaceReport], shape: tuple[int, ...]) -> np.ndarray:
+    """Every pixel the 512 crop of a reported face covers in the output (a superset of its mask)."""
+    covered = np.zeros(shape[:2], bool)
+    for report in reports:
+        matrix = similarity_to_template(np.array(report.landmarks))
+        x0, y0, x1, y1 = destination_footprint(invert(matrix), (512, 512))
+        covered[max(int(y0), 0) : int(np.ceil(y1)) + 1, max(int(x0), 0) : int(np.ceil(x1)) + 1] = True
+    return covered
+
+
 @pytest.mark.slow
-def test_several_faces_in_a_grayscale_photo_are_each_restored(gfpgan_stage):
-    # Grayscale goes through the face stage as RGB (as the Restorer converts it) and comes back gray.
+def test_several_faces_in_a_grayscale_photo_are_restored_and_it_stays_gray(gfpgan_stage):
     astronaut = cv2.cvtColor(skimage.data.astronaut()[20:240, 130:350], cv2.COLOR_RGB2GRAY)
     camera = skimage.data.camera()[80:300, 120:340]
-    gray = np.hstack([astronaut, camera])  # 440x220, two faces
-    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32) / 255.0
-    prepared = gfpgan_stage.prepare(rgb, RestoreOptions())
-    assert len(prepared.faces) == 2
-    output = super_resolve(rgb, 2)
-    before = output.copy()
-    reports = gfpgan_stage.paste(output, prepared, 2.0)
-    assert [r.restored for r in reports] == [True, True]
-    assert reports[0].box[2] < 440 < reports[1].box[0]  # left face, then right face, in output pixels
-    support = mask_support(prepared, output.shape, 2.0)
-    assert np.array_equal(output[~support], before[~support])
-    changed = (output != before).any(axis=-1)
+    image = Image(pixels=np.hstack([astronaut, camera]), original_mode="L")  # 440x220, two faces
+    restorer = restorer_for(gfpgan_stage)
+    sr_only, _ = restorer.restore(image, RestoreOptions(scale=2, faces=False))
+    output, report = restorer.restore(image, RestoreOptions(scale=2))
+    assert output.pixels.shape == (440, 880) and output.pixels.dtype == np.uint8
+    assert [f.restored for f in report.faces] == [True, True]
+    assert report.faces[0].box[2] < 440 < report.faces[1].box[0]  # left face, right face, output pixels
+    assert report.stage_seconds["faces-restore"] > 0 and "faces-detect" in report.stage_seconds
+    changed = output.pixels != sr_only.pixels
     assert changed[:, :440].sum() > 50 * 50 and changed[:, 440:].sum() > 50 * 50
-    back_to_gray = cv2.cvtColor(output, cv2.COLOR_RGB2GRAY)
-    assert back_to_gray.shape == (440, 880)
+    assert not (changed & ~crop_footprints(report.faces, output.pixels.shape)).any()
+
+
+@pytest.mark.slow
+def test_rgba_photo_keeps_its_alpha_and_gets_its_face_restored(gfpgan_stage):
+    rgb = np.clip(np.rint(astronaut_face() * 255), 0, 255).astype(np.uint8)
+    alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
+    image = Image(pixels=np.dstack([rgb, alpha]), original_mode="RGBA")
+    restorer = restorer_for(gfpgan_stage)
+    sr_only, _ = restorer.restore(image, RestoreOptions(scale=2, faces=False))
+    output, report = restorer.restore(image, RestoreOptions(scale=2))
+    assert output.pixels.shape == (384, 384, 4)
+    assert np.array_equal(output.pixels[..., 3], sr_only.pixels[..., 3])  # faces never touch alpha
+    assert [f.restored for f in report.faces] == [True]
+    changed = (output.pixels != sr_only.pixels).any(axis=-1)
+    assert changed.sum() > 60 * 60
+    assert not (changed & ~crop_footprints(report.faces, output.pixels.shape)).any()

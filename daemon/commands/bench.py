@@ -129,7 +129,8 @@ def _report(
         bench.bench_markdown(measurements, peaks, flops),
         "",
         "s/image: median wall time of the restore call(s), model already loaded (load s: loading and "
-        "compiling, once per process). GFLOP/s: the SR network's FLOP for the input / s/image. Peak RSS: "
+        "compiling, once per process; inputs up to 320x320 get one untimed first call before). "
+        "GFLOP/s: the SR network's FLOP for the input / s/image. Peak RSS: "
         "the whole worker process (one per row).",
         "",
         "Cost per image (measured seconds x price; machines that did not run this benchmark are "

@@ -1,0 +1,128 @@
+"""The one settings model: TOML file < RESTORER_* environment < flags, validated with clear messages."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from daemon.commands.serve import settings_from_args
+from daemon.settings import DEFAULT_PRESETS, Settings
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+ISSUE_ENV_NAMES = {
+    "RESTORER_INBOX": ("inbox", "/data/in", Path("/data/in")),
+    "RESTORER_OUTBOX": ("outbox", "/data/out", Path("/data/out")),
+    "RESTORER_FAILED_DIR": ("failed_dir", "/data/failed", Path("/data/failed")),
+    "RESTORER_ARCHIVE_DIR": ("archive_dir", "/data/archive", Path("/data/archive")),
+    "RESTORER_STATE_DIR": ("state_dir", "/var/lib/x", Path("/var/lib/x")),
+    "RESTORER_API_PORT": ("api_port", "9001", 9001),
+    "RESTORER_SITE_PORT": ("site_port", "9091", 9091),
+    "RESTORER_BIND": ("bind", "127.0.0.1", "127.0.0.1"),
+    "RESTORER_STABILITY_SECONDS": ("stability_seconds", "12.5", 12.5),
+    "RESTORER_WATCH_MODE": ("watch_mode", "polling", "polling"),
+    "RESTORER_POLL_SECONDS": ("poll_seconds", "30", 30.0),
+    "RESTORER_ORIGINALS": ("originals", "keep", "keep"),
+    "RESTORER_MAX_ATTEMPTS": ("max_attempts", "7", 7),
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RESTORER_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_a_lan_service_on_8001_and_8091() -> None:
+    settings = Settings.load()
+    assert (settings.bind, settings.api_port, settings.site_port) == ("0.0.0.0", 8001, 8091)
+    assert settings.watch_mode == "auto" and settings.originals == "archive"
+
+
+@pytest.mark.parametrize("env_name", sorted(ISSUE_ENV_NAMES))
+def test_environment_names_from_the_issue(env_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    field, raw, expected = ISSUE_ENV_NAMES[env_name]
+    monkeypatch.setenv(env_name, raw)
+    assert getattr(Settings.load(), field) == expected
+
+
+def test_precedence_toml_then_environment_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text('max_attempts = 4\npoll_seconds = 9\nwatch_mode = "native"\n')
+    assert Settings.load(config).max_attempts == 4
+    monkeypatch.setenv("RESTORER_MAX_ATTEMPTS", "5")
+    monkeypatch.setenv("RESTORER_POLL_SECONDS", "8")
+    settings = Settings.load(config, max_attempts=6)
+    assert (settings.max_attempts, settings.poll_seconds, settings.watch_mode) == (6, 8.0, "native")
+
+
+def test_serve_flags_override_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.cli import build_parser
+
+    config = tmp_path / "r.toml"
+    config.write_text('originals = "delete"\napi_port = 1234\n')
+    monkeypatch.setenv("RESTORER_API_PORT", "2345")
+    args = build_parser().parse_args(["serve", "--config", str(config), "--watch-mode", "polling"])
+    settings = settings_from_args(args)
+    assert (settings.originals, settings.api_port, settings.watch_mode) == ("delete", 2345, "polling")
+    args = build_parser().parse_args(["serve", "--config", str(config), "--api-port", "3456"])
+    assert settings_from_args(args).api_port == 3456
+
+
+def test_example_config_documents_every_key_and_loads() -> None:
+    example = CONFIG / "restorer.example.toml"
+    text = example.read_text()
+    for name in Settings.model_fields:
+        if name == "presets":
+            assert "[presets." in text
+            continue
+        assert re.search(rf"^#? ?{name} = ", text, re.MULTILINE), f"{name} is not documented in {example}"
+    settings = Settings.load(example)
+    assert settings.presets == DEFAULT_PRESETS and settings.processor is None
+
+
+def test_local_config_used_by_make_run_loads() -> None:
+    settings = Settings.load(CONFIG / "local.toml")
+    assert settings.inbox == Path("var/inbox") and settings.bind == "0.0.0.0"
+
+
+def test_presets_from_the_config_apply_to_their_subfolder(tmp_path: Path) -> None:
+    config = tmp_path / "r.toml"
+    config.write_text('[presets.bw-scans]\nscale = 2\nfaces = false\noutput_format = "png"\n')
+    settings = Settings.load(config)
+    options = settings.restore_options("bw-scans")
+    assert (options.scale, options.faces, options.output_format) == (2, False, "png")
+    with pytest.raises(KeyError, match="unknown preset"):
+        settings.restore_options("nope")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"inbox": "/x", "outbox": "/x/out"}, "must be separate folders"),
+        ({"output_file_mode": "rw-r--r--"}, "must be octal"),
+        ({"watch_mode": "inotify"}, "auto"),
+        ({"max_attempts": 0}, "greater than or equal to 1"),
+        ({"api_port": 70000}, "less than or equal to 65535"),
+    ],
+)
+def test_invalid_settings_fail_with_clear_messages(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings.load(**values)
+
+
+def test_missing_config_file_is_named() -> None:
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.toml"):
+        Settings.load("/nowhere.toml")
+
+
+def test_settings_survive_the_trip_to_the_worker_process() -> None:
+    settings = Settings.load(inbox="/a", outbox="/b", presets={"x": {"scale": 3}}, api_token="secret")
+    again = Settings.model_validate_json(settings.model_dump_json(exclude={"api_token"}))
+    assert again.inbox == Path("/a") and again.presets["x"].scale == 3 and again.api_token is None

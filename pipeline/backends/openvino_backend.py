@@ -42,7 +42,7 @@ class OpenVinoUpscaler:
         self.scale: int = int(descriptor.scale)
         self.info = info
         self._arch: str = descriptor.architecture.id
-        self._multiple: int = int(descriptor.size_requirements.multiple_of)
+        self.size_multiple: int = int(descriptor.size_requirements.multiple_of)  # read by the tiler
         self._module = descriptor.model.eval()
         self._tile_cap = engine.tile
         self._key = f"{self._arch}-{weights_key[:40]}"
@@ -105,11 +105,24 @@ class OpenVinoUpscaler:
         return request
 
     def prepare(self, shape: tuple[int, ...]) -> None:
-        """Convert/compile for one input shape now (warm-up), so the first image does not pay for it."""
+        """Convert/compile for one input shape now, so the first image does not pay for it."""
         self._request(tuple(int(v) for v in shape))
 
+    def warm_up(self) -> None:
+        """Compile for the tile shape the tiler will send for images larger than one tile."""
+        tile = self.suggest_tile()
+        self.prepare((self.batch_size, 3, tile, tile))
+
+    def runtime_properties(self, shape: tuple[int, ...]) -> dict[str, str]:
+        """What the compiled model for `shape` actually runs with (precision, threads), as OpenVINO says."""
+        compiled = self._request(tuple(int(v) for v in shape)).get_compiled_model()
+        names = ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS")
+        values = {name: compiled.get_property(name) for name in names}
+        # Precision comes back as an openvino.Type ("f32", "bf16" by its type name).
+        return {name: getattr(v, "get_type_name", lambda v=v: str(v))() for name, v in values.items()}
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self._multiple)
+        padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self.size_multiple)
         request = self._request(tuple(int(v) for v in padded.shape))
         try:
             request.infer({0: padded})

@@ -32,7 +32,7 @@ class TorchUpscaler:
         self.scale: int = int(descriptor.scale)
         self.info = info
         self._arch: str = descriptor.architecture.id
-        self._multiple: int = int(descriptor.size_requirements.multiple_of)
+        self.size_multiple: int = int(descriptor.size_requirements.multiple_of)  # read by the tiler
         self._tile_cap = engine.tile
         self._device = torch.device(info.device)
         if self._device.type == "cpu":
@@ -59,6 +59,11 @@ class TorchUpscaler:
             return 1  # on CPU one tile already uses every core
         return batch_for_memory(self._free_bytes(), self._per_pixel(), self.suggest_tile())
 
+    def warm_up(self) -> None:
+        """One tiny forward pass: loads kernels (and on CUDA initialises the context) before the first job."""
+        size = 16 * self.size_multiple
+        self(np.zeros((1, 3, size, size), np.float32))
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES.get(self.info.precision)
         if dtype is None:
@@ -66,7 +71,7 @@ class TorchUpscaler:
         return torch.autocast(self._device.type, dtype=dtype)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self._multiple)
+        padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self.size_multiple)
         try:
             with torch.inference_mode(), self._autocast():
                 x = torch.from_numpy(padded).to(self._device, non_blocking=True)

@@ -158,7 +158,7 @@ def test_real_model_tiled_matches_whole_image_on_a_real_photo(tmp_path_factory) 
 
     from pipeline.backends import load_upscaler
 
-    cache = str(tmp_path_factory.getbasetemp() / "real-model-cache")
+    cache = str(tmp_path_factory.getbasetemp() / "restorer-state" / "cache")  # shared with the CLI tests
     image = data.astronaut()[60:188, 160:288].astype(np.float32) / 255  # 128x128: face, hair, background
     reference = load_upscaler(
         "RealESRGAN_x4plus", EngineConfig(cache_dir=cache, backend="torch", precision="fp32")

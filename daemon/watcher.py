@@ -95,8 +95,9 @@ class _Pending:
 class _EventRelay(FileSystemEventHandler):
     """Runs on the observer thread: only hands paths over, never touches disk or the DB."""
 
-    def __init__(self, events: queue.SimpleQueue[tuple[bool, str]]) -> None:
+    def __init__(self, events: queue.SimpleQueue[tuple[bool, str]], wake: threading.Event) -> None:
         self._events = events
+        self._wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("deleted", "opened", "closed_no_write"):
@@ -104,6 +105,7 @@ class _EventRelay(FileSystemEventHandler):
         path = event.dest_path if event.event_type == "moved" else event.src_path
         if path:
             self._events.put((event.is_directory, os.fsdecode(path)))
+            self._wake.set()
 
 
 def choose_mode(settings: Settings) -> tuple[str, str]:
@@ -145,6 +147,7 @@ class Intake:
         self._mode, self._mode_reason = "native", ""
         self._forced_polling_reason: str | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by the observer thread on every event, and by stop()
         self._paused = threading.Event()
         self._rescan_requested = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,6 +174,7 @@ class Intake:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._stop_observer()
@@ -198,6 +202,7 @@ class Intake:
 
     def request_rescan(self) -> None:
         self._rescan_requested.set()
+        self._wake.set()
 
     @property
     def observer(self) -> BaseObserver | None:
@@ -207,6 +212,17 @@ class Intake:
 
     def _tick_seconds(self) -> float:
         return max(0.05, min(0.5, self.settings.stability_seconds / 4))
+
+    def _wait(self) -> None:
+        """Sleep until an event arrives, the next pending file is due to be stable, or a tick passes
+        (the tick bounds how late a change between two looks is noticed)."""
+        timeout = self._tick_seconds()
+        if self._pending and not self._paused.is_set():
+            now = time.monotonic()
+            due = min(p.stable_since for p in self._pending.values()) + self.settings.stability_seconds
+            timeout = min(timeout, max(0.005, due - now))
+        self._wake.wait(timeout)
+        self._wake.clear()
 
     def _run(self) -> None:
         next_rescan = time.monotonic() + self.settings.rescan_seconds
@@ -226,7 +242,7 @@ class Intake:
             except Exception:  # the intake must never die silently: log, report, keep going
                 log.exception("intake loop error")
                 self.health.update(watcher_error="intake loop error (see log); retrying")
-            self._stop.wait(self._tick_seconds())
+            self._wait()
 
     def _drain_events(self) -> None:
         while True:
@@ -381,7 +397,7 @@ class Intake:
         mode = "polling" if self._forced_polling_reason else self._mode
         try:
             observer = self._observer_factory(mode, str(self._inbox), self.settings.poll_seconds)
-            observer.schedule(_EventRelay(self._events), str(self._inbox), recursive=True)
+            observer.schedule(_EventRelay(self._events, self._wake), str(self._inbox), recursive=True)
             observer.start()
         except OSError as exc:
             if mode == "native" and exc.errno in INOTIFY_LIMIT_ERRNOS:

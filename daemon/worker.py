@@ -19,6 +19,7 @@ Worker -> service messages: ("ready", engine_info) | ("fatal", message) | ("beat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -223,7 +224,15 @@ def locate_input(settings: Settings, job: Job) -> Path | None:
 def dispose_original(settings: Settings, store: JobStore, job: Job, source: Path) -> Job:
     """archive / delete / keep, after the output is published. Failures are noted, never retried."""
     relative = PurePosixPath(job.input_path)
-    if settings.originals == "keep" or source != Path(settings.inbox) / job.input_path:
+    from_failed_dir = job.original == "failed_dir" and source != Path(settings.inbox) / job.input_path
+    if from_failed_dir:
+        # A retried failed job worked: its error note is obsolete, and the original is handled like
+        # any other (for "keep" it stays in the failed folder, where it already is).
+        with contextlib.suppress(OSError):
+            source.with_name(source.name + ".error.txt").unlink()
+    elif source != Path(settings.inbox) / job.input_path:
+        return job  # a retried done job, run from the archive: the original is already archived
+    if settings.originals == "keep":
         return job
     try:
         if settings.originals == "delete":

@@ -262,3 +262,18 @@ def test_real_restore_of_a_16px_image_with_realesr_animevideov3(tmp_path: Path) 
     with PILImage.open(Path(rig.settings.outbox) / "photos" / "tiny.png") as out:
         assert out.size == (64, 64)
     assert job.report["model"] == "realesr-animevideov3" and job.report["backend"] == info["backend"]
+
+
+def test_retried_failed_job_runs_from_the_failed_folder_and_cleans_up(rig: Rig) -> None:
+    rig.drop("sub/flaky.png", png_bytes()[:300])
+    failed = rig.run()
+    assert failed.state == "failed" and failed.original == "failed_dir"
+    # The user replaces nothing but asks to retry (e.g. after fixing a decoder); here: fix the file.
+    (Path(rig.settings.failed_dir) / "sub" / "flaky.png").write_bytes(png_bytes())
+    rig.store.retry(failed.id)
+    rig.store.add_note(failed.id, "retried")
+    job = rig.run()
+    assert job.id == failed.id and job.state == "done" and job.original == "archived"
+    assert files_under(Path(rig.settings.failed_dir)) == []
+    assert files_under(Path(rig.settings.archive_dir)) == ["sub/flaky.png"]
+    assert files_under(Path(rig.settings.outbox)) == ["sub/flaky.png"]

@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.imageio import format_notes, output_format_for
 from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, tile_count, upscale_tiled
 from pipeline.types import (
     DeviceOutOfMemoryError,
@@ -160,6 +161,8 @@ class Restorer:
             notes=list(report.notes),
             original_mode=image.original_mode,
         )
+        output.notes.extend(format_notes(output, output_format_for(output, options.output_format)))
+        report.notes = list(output.notes)
         report.output_size = [out_w, out_h]
         report.output_mode = mode_label(pixels, image.original_mode)
         report.stage_seconds.update(clock.seconds)

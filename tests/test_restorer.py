@@ -244,3 +244,20 @@ def test_faces_with_the_real_face_stage_find_the_astronaut() -> None:
     face = report.faces[0]
     assert 60 < (face.box[0] + face.box[2]) / 2 < 150 and face.score > 0.9  # crop coordinates
     assert not face.restored and face.reason  # no face weights here: detected, kept, and said why
+
+
+@pytest.mark.parametrize(
+    ("source", "requested", "expected"),
+    [
+        ("heic", "same", "HEIC input written as JPG"),
+        ("gif", "same", "GIF input written as PNG"),
+        ("png", "jpg", "JPEG has no alpha"),
+    ],
+)
+def test_report_says_what_the_output_format_changes(source: str, requested: str, expected: str) -> None:
+    pixels = random_pixels((8, 8, 4 if source == "png" else 3))
+    options = NO_FACES.replace(output_format=requested)
+    _, report = Restorer(EngineConfig(), upscaler_loader=CountingLoader()).restore(
+        Image(pixels, source_format=source), options
+    )
+    assert any(note.startswith(expected) for note in report.notes), report.notes

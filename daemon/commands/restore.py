@@ -205,7 +205,7 @@ def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[dict[str
 def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: ProgressBar) -> dict[str, Any]:
     """One file end to end; every expected failure becomes the entry's error, never an exception."""
     from daemon.publish import publish_bytes
-    from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
+    from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, load_image, output_format_for
     from pipeline.types import DeviceOutOfMemoryError, RestoreError
 
     started = time.perf_counter()
@@ -215,7 +215,6 @@ def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: Progr
         bar.update("decode", 1, 1)
         restored, report = restorer.restore(image, options, bar.update)
         fmt = output_format_for(image, options.output_format)
-        restored.notes.extend(format_notes(restored, fmt))
         bar.update("encode", 0, 1)
         data = encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps)
         name = job.source.stem + FORMAT_EXTENSIONS[fmt]
@@ -223,7 +222,6 @@ def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: Progr
         bar.update("encode", 1, 1)
         report.input = str(job.source)
         report.output = str(output)
-        report.notes = list(dict.fromkeys([*report.notes, *restored.notes]))
         entry.update({key: value for key, value in report.to_dict().items() if key != "error"})
     except (RestoreError, DeviceOutOfMemoryError, OSError, MemoryError) as error:
         entry["error"] = _one_line(error)

@@ -295,8 +295,9 @@ def split_planes(image: Image) -> _Planes:
     else:
         colour = pixels[:, :, :3]
         alpha = pixels[:, :, 3] if pixels.shape[2] == 4 else None
-    rgb = colour.astype(np.float32) / peak
-    alpha_float = alpha.astype(np.float32) / peak if alpha is not None else None
+    rgb = colour.astype(np.float32)
+    rgb *= 1.0 / peak  # in place: one float copy of the input, not two
+    alpha_float = alpha.astype(np.float32) * np.float32(1.0 / peak) if alpha is not None else None
     return _Planes(rgb=rgb, alpha=alpha_float, gray=gray, dtype=pixels.dtype)
 
 

@@ -34,6 +34,7 @@ from pipeline.types import DeviceOutOfMemoryError, ProgressCallback
 DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/performance.md)
 DEFAULT_BLEND = 16  # cross-fade width inside the context, input pixels
 MIN_TILE = 16
+_FLUSH_ROWS = 64  # output rows converted to the final dtype at a time
 
 
 class TileUpscaler(Protocol):
@@ -286,8 +287,11 @@ class _Strip:
         count = row - self.top
         if count <= 0:
             return
-        finished = to_dtype(self.rows[:count], self.output.dtype)
-        self.output[self.top : row] = finished[:, :, 0] if self.channels == 1 else finished
+        for first in range(0, count, _FLUSH_ROWS):  # in slices: the float temporaries stay small
+            last = min(count, first + _FLUSH_ROWS)
+            finished = to_dtype(self.rows[first:last], self.output.dtype)
+            target = self.output[self.top + first : self.top + last]
+            target[:] = finished[:, :, 0] if self.channels == 1 else finished
         keep = self.rows.shape[0] - count
         if keep > 0:
             self.rows[:keep] = self.rows[count:].copy()

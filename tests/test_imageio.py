@@ -340,7 +340,7 @@ def test_unsupported_format_is_named(data: bytes, name: str) -> None:
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.parametrize("pil_format", ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"])
+@pytest.mark.parametrize("pil_format", ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF"])
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
 def test_truncated_file_is_a_corrupt_image_error(pil_format: str, keep: float) -> None:
     rng = np.random.default_rng(0)

@@ -7,6 +7,7 @@ JSON. Every route is documented in openapi.py, and a test validates real respons
 from __future__ import annotations
 
 import json
+import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
@@ -193,9 +194,10 @@ async def list_jobs(request: web.Request) -> web.Response:
         }
 
     try:
-        return json_response(await ctx.run(work))
+        body = await ctx.responses.get("list?" + request.rel_url.query_string, lambda: ctx.run(work))
     except QueryError as exc:
         raise bad_request(str(exc)) from None
+    return json_response(body)
 
 
 def _parse_ids(raw: str | None) -> list[int] | None:
@@ -212,13 +214,17 @@ def _parse_ids(raw: str | None) -> list[int] | None:
 
 async def get_job(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    return json_response(await ctx.run(_job_detail, ctx, _job_id(request)))
+    job_id = _job_id(request)
+    return json_response(await ctx.responses.get(f"job/{job_id}", lambda: ctx.run(_job_detail, ctx, job_id)))
 
 
 async def create_jobs(request: web.Request) -> web.Response:
     require_write(request)
     ctx = context_of(request)
-    accepted = await uploads.handle_upload(request, ctx)
+    try:
+        accepted = await uploads.handle_upload(request, ctx)
+    finally:
+        ctx.responses.clear()
     ids = [item.job.id for item in accepted]
     location = (
         f"{API_PREFIX}/jobs/{ids[0]}" if len(ids) == 1 else f"{API_PREFIX}/jobs?ids={','.join(map(str, ids))}"
@@ -259,7 +265,10 @@ async def _operate(request: web.Request, action: str) -> web.Response:
         detail["changed"] = changed
         return detail
 
-    return json_response(await ctx.run(work))
+    try:
+        return json_response(await ctx.run(work))
+    finally:
+        ctx.responses.clear()
 
 
 async def get_input(request: web.Request) -> web.StreamResponse:
@@ -283,19 +292,20 @@ async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
     cache = {"Cache-Control": "private, max-age=60", "ETag": etag}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=cache)
-    download_name = found.path.name.replace('"', "")
+    download_name = urllib.parse.quote(found.path.name, safe="")
     if max_edge is None or await ctx.run(fits_without_resize, found.path, max_edge):
         response = web.FileResponse(found.path, headers=cache)
         response.content_type = found.content_type
         if max_edge is None:
-            response.headers["Content-Disposition"] = f'inline; filename="{download_name}"'
+            response.headers["Content-Disposition"] = f"inline; filename*=UTF-8''{download_name}"
         return response
     key = (str(found.path), found.mtime_ns, found.size_bytes, max_edge)
     preview = ctx.previews.get(key)
     if preview is None:
         max_pixels = int(ctx.settings.max_input_megapixels * 1e6 * 16)  # outputs are up to 16x the input
         try:
-            preview = await ctx.run(make_preview, found.path, max_edge, max_pixels)
+            async with ctx.preview_slots:  # bounds the memory of decoding several big images at once
+                preview = await ctx.run(make_preview, found.path, max_edge, max_pixels)
         except (OSError, ValueError) as exc:
             raise Problem(
                 422,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from status_site.cache import ResponseCache
 from status_site.eta import Estimator
 from status_site.files import PreviewCache
 from status_site.queries import Queries
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from daemon.store import AddResult, JobStore
 
 T = TypeVar("T")
+PREVIEW_SLOTS = 2  # previews decoded at once (a 4x output of a 12 MP photo is ~600 MB decoded)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class SiteContext:
     previews: PreviewCache = field(default_factory=PreviewCache)
     # Called (in a worker thread) for each job an upload created, as the watcher calls the service.
     on_job: Callable[[AddResult], None] | None = None
+    preview_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PREVIEW_SLOTS))
+    responses: ResponseCache = field(default_factory=ResponseCache)
 
     def __post_init__(self) -> None:
         self.queries = Queries(self.store.db_path)

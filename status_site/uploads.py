@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 CHUNK = 256 * 1024
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 MAX_ASPECT = 100  # width/height beyond 100:1 is not a photo
+FULL_DECODE_MAX_PIXELS = 40_000_000  # above this only JPEGs (decoded at 1/8 size) are fully checked
 FORMAT_EXTENSIONS = {
     "JPEG": ".jpg",
     "PNG": ".png",
@@ -197,8 +198,11 @@ def validate_image(data: bytes, name: str, max_pixels: int) -> str:
             )
     try:
         # verify() checks structure (PNG chunk CRCs, a missing end); a decode catches truncated data.
+        # Huge images only get verify(): decoding them here would cost the worker's memory and CPU.
         with PILImage.open(io.BytesIO(data)) as image:
             image.verify()
+        if width * height > FULL_DECODE_MAX_PIXELS and image.format != "JPEG":
+            return extension
         with PILImage.open(io.BytesIO(data)) as image:
             if image.format == "JPEG":
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))

@@ -46,7 +46,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 @pytest.fixture
-def quiet_site(tmp_path: Path) -> Iterator[Site]:
+def quiet_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    # These tests change the database behind the API's back and read at once: no response cache.
+    monkeypatch.setattr("status_site.cache.RESPONSE_TTL_SECONDS", 0.0)
     with running_site(tmp_path) as running:
         yield running
 
@@ -320,6 +322,25 @@ def test_job_detail_shows_files_faces_report_and_times(site: Site) -> None:
     assert job["queue_position"] is None
     assert job["finished_at"] is not None
     assert not Path(job["input"]["path"]).is_absolute()
+
+
+def test_pollers_share_a_short_lived_answer_and_writes_clear_it(tmp_path: Path) -> None:
+    with running_site(tmp_path) as site:
+        store = site.store  # type: ignore[attr-defined]
+        job_id = store.add("a.png", "a" * 64, 10, 1.0).job.id
+        store.claim_next()
+        first = site.get(f"/api/v1/jobs/{job_id}").json()
+        store.update_progress(job_id, 0.5, "upscale")  # the worker, behind the API's back
+        assert site.get(f"/api/v1/jobs/{job_id}").json()["progress"] == first["progress"] == 0.0
+        site.wait_for(
+            lambda: site.get(f"/api/v1/jobs/{job_id}").json()["progress"] == 0.5,
+            5,
+            "the cached answer to expire",
+        )
+        other = store.add("b.png", "b" * 64, 10, 1.0).job.id
+        assert site.get(f"/api/v1/jobs/{other}").json()["state"] == "queued"
+        assert site.post(f"/api/v1/jobs/{other}/cancel").json()["state"] == "cancelled"
+        assert site.get(f"/api/v1/jobs/{other}").json()["state"] == "cancelled"  # not the cached "queued"
 
 
 # -- retry / cancel ----------------------------------------------------------------------------------

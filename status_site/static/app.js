@@ -408,9 +408,16 @@ function renderHistory(history) {
   $("history-empty").hidden = history.jobs.length > 0;
   syncList($("history"), history.jobs, (job) => {
     const done = job.state === "done";
-    const source = done ? "output" : "input";
-    const img = el("img", { alt: "", loading: "lazy", src: `${API}/jobs/${job.id}/${source}?max=${THUMB_MAX}` });
-    img.addEventListener("error", () => img.replaceWith(el("span", { class: "muted", text: "no preview" })));
+    // Thumbnails come from the (smaller, cheaper to decode) input; the output if the input is gone.
+    const img = el("img", { alt: "", loading: "lazy", src: `${API}/jobs/${job.id}/input?max=${THUMB_MAX}` });
+    img.addEventListener("error", () => {
+      if (done && !img.dataset.triedOutput) {
+        img.dataset.triedOutput = "1";
+        img.src = `${API}/jobs/${job.id}/output?max=${THUMB_MAX}`;
+      } else {
+        img.replaceWith(el("span", { class: "muted", text: "no preview" }));
+      }
+    });
     const thumb = el(
       "button",
       {

@@ -30,7 +30,7 @@ from daemon.publish import free_bytes, remove_stale_temp_files, resolve_group
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore, StoreError
 from daemon.watcher import Intake
-from daemon.worker import dispose_original, move_to_failed, spawn_context, worker_main
+from daemon.worker import CRASH_ADVICE, dispose_original, move_to_failed, spawn_context, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Service:
                 interrupted.requeued,
             )
         for job in interrupted.failed:
-            move_to_failed(settings, self.store, job, job.error or "crashed", "See the error above.")
+            move_to_failed(settings, self.store, job, job.error or "the worker crashed", CRASH_ADVICE)
         self._ready = loop.create_future()
         self._start_worker()
         info = await self._ready
@@ -123,13 +123,14 @@ class Service:
         log.info("ready: inbox %s -> outbox %s", settings.inbox, settings.outbox)
 
     async def _start_servers(self) -> list[Any]:
-        try:
-            from status_site.server import start_servers
-        except ImportError as exc:  # the site is a separate package in the tree; say if it is missing
-            log.error("status site unavailable (%s): serving no HTTP", exc)
-            return []
+        from status_site.server import start_servers
+
         assert self.store is not None
-        return await start_servers(self.settings, self.store, self.health, on_job=self._on_new_job)
+        try:
+            return await start_servers(self.settings, self.store, self.health, on_job=self._on_new_job)
+        except OSError as exc:  # port taken, address not on this machine, ...
+            where = f"{self.settings.bind}:{self.settings.api_port}/{self.settings.site_port}"
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
     def _on_new_job(self, result: AddResult) -> None:
         """Intake thread: a new row. Wake the worker; a skipped duplicate's original is disposed now."""
@@ -268,7 +269,7 @@ class Service:
         result = self.store.requeue_interrupted(self.settings.max_attempts)
         for job in result.failed:
             log.error("job %d failed after %d attempts", job.id, job.attempts)
-            move_to_failed(self.settings, self.store, job, job.error or why, "See above.")
+            move_to_failed(self.settings, self.store, job, job.error or why, CRASH_ADVICE)
         if result.requeued:
             log.info("requeued job(s) %s after the worker stopped", result.requeued)
         if job_id is None:

@@ -83,6 +83,12 @@ ADVICE: dict[type[BaseException], str] = {
     ),
     AbsurdDimensionsError: "The image has a zero or absurd width/height. Re-save or crop it, then try again.",
 }
+CRASH_ADVICE = (
+    "The restorer process stopped every time it worked on this file, so the file was set aside. It may be "
+    "damaged in a way the decoder does not catch, or too large for this machine's memory: try a re-saved "
+    "or smaller copy in the inbox. Once the cause is fixed, `restorer jobs retry <id>` (or Retry on the "
+    "status page) runs it again."
+)
 GENERIC_ADVICE = (
     "Check that the file opens in an image viewer. To try again, run `restorer jobs retry {job_id}` or use "
     "Retry on the status page; a corrected file dropped into the inbox is picked up on its own."

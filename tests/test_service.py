@@ -176,6 +176,8 @@ def test_kill_9_of_the_whole_service_mid_job_then_restart(root: Path, serves: li
     serve.kill_all()
     assert files_under(root / "outbox") == []  # nothing partial, nothing published
     assert job_states(root) == ["processing", "queued", "queued", "queued"]
+    # What a crash in the middle of publishing leaves behind (hidden temp files) is cleaned at start.
+    (root / "outbox" / ".restorer-tmp-0123456789abcdef").write_bytes(b"half an image")
     start(serves, root)
     wait_for(lambda: job_states(root) == ["done"] * 4, timeout=60)
     first = jobs(root)[0]
@@ -183,6 +185,23 @@ def test_kill_9_of_the_whole_service_mid_job_then_restart(root: Path, serves: li
     assert files_under(root / "outbox") == ["long.bin", "queued0.bin", "queued1.bin", "queued2.bin"]
     assert (root / "outbox" / "long.bin").read_bytes().startswith(b"SLOW2.0|")
     assert files_under(root / "inbox") == []
+    assert not (root / "outbox" / ".restorer-tmp-0123456789abcdef").exists()
+
+
+def test_kill_9_of_the_main_process_takes_the_worker_with_it(root: Path, serves: list[ServeProcess]) -> None:
+    serve = start(serves, root)
+    worker_pid = serve.health()["worker_pid"]
+    os.kill(serve.proc.pid, 9)
+    serve.proc.wait(10)
+    # No orphan worker may keep writing while a new service starts (PR_SET_PDEATHSIG).
+    wait_for(lambda: not Path(f"/proc/{worker_pid}").exists() or _zombie(worker_pid), timeout=10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_sigterm_mid_job_finishes_the_current_image_within_grace(
@@ -305,6 +324,16 @@ def test_invalid_settings_are_refused_with_a_clear_message(root: Path) -> None:
         env={**os.environ, "RESTORER_STATE_DIR": str(root / "state")},
     )
     assert result.returncode == 2 and "must be separate folders" in result.stderr
+
+
+def test_port_in_use_is_a_clear_startup_error(root: Path, serves: list[ServeProcess]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        serve = ServeProcess(root, None, "--api-port", str(taken.getsockname()[1]))
+        serves.append(serve)
+        assert serve.proc.wait(60) == 1
+    assert "cannot start: cannot listen on 127.0.0.1" in serve.output()
 
 
 @pytest.mark.slow

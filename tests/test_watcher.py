@@ -353,3 +353,20 @@ def test_burst_of_1000_files_is_recorded_exactly_once(tmp_path: Path) -> None:
     paths = h.paths()
     assert len(paths) == 1000 and len(set(paths)) == 1000
     h.stop()
+
+
+def test_health_reports_degraded_when_the_watcher_cannot_run(tmp_path: Path) -> None:
+    def broken(mode: str, inbox: str, poll_seconds: float) -> BaseObserver:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    h = Harness(tmp_path, "native")
+    h.start(observer_factory=broken)
+    snapshot = h.health.snapshot()
+    assert snapshot["status"] == "degraded" and not snapshot["watcher_alive"]
+    assert any("folder watcher is not running" in r and "Permission denied" in r for r in snapshot["reasons"])
+    # The rescan still finds files, so nothing is lost while the watcher is down.
+    assert h.intake is not None
+    (h.inbox / "found-by-rescan.jpg").write_bytes(b"x")
+    h.intake.request_rescan()
+    wait_for(lambda: h.paths() == ["found-by-rescan.jpg"])
+    h.stop()

@@ -277,3 +277,25 @@ def test_retried_failed_job_runs_from_the_failed_folder_and_cleans_up(rig: Rig) 
     assert files_under(Path(rig.settings.failed_dir)) == []
     assert files_under(Path(rig.settings.archive_dir)) == ["sub/flaky.png"]
     assert files_under(Path(rig.settings.outbox)) == ["sub/flaky.png"]
+
+
+def test_awkward_names_are_published_under_their_own_names(rig: Rig) -> None:
+    import unicodedata
+
+    names = [
+        "with spaces .png",
+        unicodedata.normalize("NFC", "café.png"),
+        unicodedata.normalize("NFD", "café.png"),
+        "Case.png",
+        "case.png",
+        "é" * 125 + "a.png",
+        "a/same.png",
+        "b/same.png",
+    ]
+    for n, name in enumerate(names):
+        rig.drop(name, png_bytes(seed=n))
+    while rig.worker.run_one() is not None:
+        pass
+    assert {j.state for j in rig.store.list(limit=20).jobs} == {"done"}
+    assert files_under(Path(rig.settings.outbox)) == sorted(names)
+    assert files_under(Path(rig.settings.archive_dir)) == sorted(names)

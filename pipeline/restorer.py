@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from pipeline.imageio import format_notes, output_format_for
-from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, tile_count, upscale_tiled
+from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, as_float, tile_count, upscale_tiled
 from pipeline.types import (
     DeviceOutOfMemoryError,
     EngineConfig,
@@ -47,8 +47,8 @@ GRAY_ALPHA_MODES = ("LA", "La")  # stored as RGBA with R=G=B, written back as LA
 class _Planes:
     """The input split for the network: RGB float, optional alpha float, and how to put it back."""
 
-    rgb: np.ndarray  # HxWx3 float32 [0,1]
-    alpha: np.ndarray | None  # HxW float32 [0,1]
+    rgb: np.ndarray  # HxWx3 in the input dtype (a view for RGB(A); gray is replicated)
+    alpha: np.ndarray | None  # HxW in the input dtype (a view)
     gray: bool  # the image is grayscale (L or LA): output goes back to one colour channel
     dtype: np.dtype
 
@@ -189,7 +189,7 @@ class Restorer:
         if stage is None:
             report.notes.append(self._face_unavailable or "face stage unavailable")
             return None
-        return stage.prepare(planes.rgb, options, on_progress)
+        return stage.prepare(as_float(planes.rgb), options, on_progress)  # float copy freed right after
 
     def _paste_faces(self, colour: np.ndarray, prepared: Any, scale: float, gray: bool) -> list[Any]:
         stage = self.face_stage()
@@ -237,8 +237,7 @@ class Restorer:
             return result.pixels, None
         stage_started = time.perf_counter()
         if not alpha_needs_network:
-            level = to_final(np.array([planes.alpha.flat[0]]), planes.dtype)[0]
-            alpha = np.full((height * scale, width * scale), level, dtype=planes.dtype)
+            alpha = np.full((height * scale, width * scale), planes.alpha.flat[0], dtype=planes.dtype)
             report.notes.append("alpha is constant: filled in without the network")
         else:
             alpha_rgb = np.repeat(planes.alpha[:, :, None], 3, axis=2)
@@ -287,7 +286,6 @@ def output_scale(width: int, height: int, options: RestoreOptions) -> tuple[floa
 
 def split_planes(image: Image) -> _Planes:
     pixels = image.pixels
-    peak = float(np.iinfo(pixels.dtype).max)
     gray = pixels.ndim == 2 or (pixels.shape[2] == 4 and image.original_mode in GRAY_ALPHA_MODES)
     if pixels.ndim == 2:
         colour = np.repeat(pixels[:, :, None], 3, axis=2)
@@ -295,10 +293,8 @@ def split_planes(image: Image) -> _Planes:
     else:
         colour = pixels[:, :, :3]
         alpha = pixels[:, :, 3] if pixels.shape[2] == 4 else None
-    rgb = colour.astype(np.float32)
-    rgb *= 1.0 / peak  # in place: one float copy of the input, not two
-    alpha_float = alpha.astype(np.float32) * np.float32(1.0 / peak) if alpha is not None else None
-    return _Planes(rgb=rgb, alpha=alpha_float, gray=gray, dtype=pixels.dtype)
+    # No float copy of the whole image: the tiler converts one window at a time.
+    return _Planes(rgb=colour, alpha=alpha, gray=gray, dtype=pixels.dtype)
 
 
 def join_planes(colour: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.ndarray:
@@ -319,11 +315,6 @@ def resize_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     shrinking = width * height < pixels.shape[1] * pixels.shape[0]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
     return cv2.resize(pixels, (width, height), interpolation=interpolation)
-
-
-def to_final(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    peak = float(np.iinfo(dtype).max)
-    return np.clip(values * peak + 0.5, 0, peak).astype(dtype)
 
 
 def _is_constant(plane: np.ndarray) -> bool:

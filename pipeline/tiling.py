@@ -127,6 +127,13 @@ def _reflect_pad(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(rgb, ((0, extra_h), (0, extra_w), (0, 0)), mode=mode)
 
 
+def as_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8/uint16 -> float32 in [0,1]; float input as float32."""
+    if pixels.dtype.kind == "u":
+        return pixels.astype(np.float32) * np.float32(1.0 / np.iinfo(pixels.dtype).max)
+    return pixels.astype(np.float32, copy=False)
+
+
 def to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     """[0,1] float -> uint8/uint16 (rounded, clipped) or float32 (clipped)."""
     dtype = np.dtype(dtype)
@@ -203,7 +210,10 @@ def upscale_tiled(
     blend: int = DEFAULT_BLEND,
     gray: bool = False,
 ) -> TiledResult:
-    """Upscale an HxWx3 float32 [0,1] RGB image by upscaler.scale, tile by tile.
+    """Upscale an HxWx3 RGB image by upscaler.scale, tile by tile.
+
+    rgb_float: float32 in [0,1], or uint8/uint16 (scaled by the dtype's maximum one window at a time, so
+    a large integer image is never copied whole into float).
 
     tile: input tile edge including context (the fixed network input shape), >= 16.
     pad: context per interior side; blend: cross-fade width inside it (both input pixels).
@@ -233,7 +243,7 @@ def _tile_image(
     align = int(getattr(runner.upscaler, "size_multiple", 1) or 1)
     rows = plan_axis(height, tile, pad, blend, scale, align)
     cols = plan_axis(width, tile, pad, blend, scale, align)
-    source = _reflect_pad(rgb.astype(np.float32, copy=False), rows.padded_size, cols.padded_size)
+    source = _reflect_pad(rgb, rows.padded_size, cols.padded_size)  # any dtype; windows become float
     out_h, out_w = height * scale, width * scale
     channels = 1 if gray else 3
     output = np.empty((out_h, out_w) if gray else (out_h, out_w, 3), dtype=out_dtype)
@@ -246,7 +256,8 @@ def _tile_image(
         columns = list(enumerate(cols.starts))
         for first in range(0, len(columns), runner.batch_size):
             group = columns[first : first + runner.batch_size]
-            outputs = runner.run([source[y : y + rows.length, x : x + cols.length] for _, x in group])
+            windows = [as_float(source[y : y + rows.length, x : x + cols.length]) for _, x in group]
+            outputs = runner.run(windows)
             for (column, x), upscaled in zip(group, outputs, strict=True):
                 strip.add(upscaled, y * scale, x * scale, rows.weights[row_index], cols.weights[column])
             done += len(group)

@@ -277,6 +277,20 @@ def test_openvino_ir_and_compiled_model_are_cached_on_disk_for_a_restart(tmp_pat
 
 @needs_embedded
 @needs_openvino
+def test_a_new_tile_shape_reuses_the_traced_network_instead_of_tracing_again(tmp_path):
+    upscaler = load_upscaler("realesr-animevideov3", engine_for(tmp_path, "openvino", "fp32"))
+    upscaler.prepare((1, 3, 16, 16))
+    dynamic = next(upscaler.ir_path((1, 3, 16, 16)).parent.glob("*-dynamic.xml"))
+    stamp = dynamic.stat().st_mtime_ns
+    reference = load_upscaler("realesr-animevideov3", engine_for(tmp_path, "torch", "fp32"))
+    x = photo(24)[:, :, :24, :20]
+    np.testing.assert_allclose(upscaler(x), reference(x), atol=1e-4)
+    assert upscaler.ir_path((1, 3, 24, 20)).is_file()
+    assert dynamic.stat().st_mtime_ns == stamp
+
+
+@needs_embedded
+@needs_openvino
 def test_openvino_warm_up_compiles_the_suggested_tile_shape(tmp_path):
     upscaler = load_upscaler("realesr-animevideov3", engine_for(tmp_path, "openvino", "fp32", tile=32))
     assert upscaler.suggest_tile() == 32

@@ -1,9 +1,10 @@
 """OpenVINO backend: the default on CPU (fastest measured engine here, ~90 % of the bf16 peak).
 
-The torch module is converted with openvino.convert_model once per (weights, input shape) and the IR is
-kept in <cache_dir>/openvino/ir; OpenVINO's own CACHE_DIR keeps the compiled blob, so a restarted worker
-neither converts nor recompiles. Precision and threads are pinned explicitly: OpenVINO would otherwise
-pick bf16 by itself on AMX / avx512_bf16 hosts, making output depend on the machine.
+The torch module is converted with openvino.convert_model once per weights (dynamic H/W) and a static IR
+per input shape is cut from it, both kept in <cache_dir>/openvino/ir keyed by the weights' sha256 (+ shape);
+OpenVINO's own CACHE_DIR keeps the compiled blob, so a restarted worker neither converts nor recompiles.
+Precision and threads are pinned explicitly: OpenVINO would otherwise pick bf16 by itself on AMX /
+avx512_bf16 hosts, making output depend on the machine.
 """
 
 from __future__ import annotations
@@ -65,31 +66,36 @@ class OpenVinoUpscaler:
     def ir_path(self, shape: tuple[int, ...]) -> Path:
         return self._ir_dir / f"{self._key}-{'x'.join(map(str, shape))}.xml"
 
-    def _ensure_ir(self, shape: tuple[int, ...]) -> Path:
-        xml = self.ir_path(shape)
+    def _dynamic_ir(self) -> Path:
+        """The network converted once per weights with free batch/height/width; tracing is the slow part
+        (10-70 s for RRDBNet here), so it happens once, not once per tile shape."""
+        xml = self._ir_dir / f"{self._key}-dynamic.xml"
         if xml.is_file() and xml.with_suffix(".bin").is_file():
             return xml
         import openvino as ov
         import torch
 
         started = time.monotonic()
-        xml.parent.mkdir(parents=True, exist_ok=True)
-        example = torch.zeros(shape)
+        example = torch.zeros((1, 3, 32, 32))
         with torch.no_grad(), warnings.catch_warnings():
             # torch.jit.trace is deprecated in favour of torch.export, but it is the path OpenVINO's
             # PyTorch frontend converts fastest and most completely; check_trace=False skips a second
             # full trace that only doubles the conversion time for these static, branch-free networks.
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(self._module, example, check_trace=False)
-            model = ov.convert_model(traced, example_input=example, input=[shape])
-        # Save under a temporary name, then rename .bin before .xml: the .xml's presence means complete.
-        tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
-        ov.save_model(model, tmp, compress_to_fp16=False)  # the default would round weights to fp16
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
-        log.info(
-            "converted %s for input %s to OpenVINO IR in %.1f s", self._key, shape, time.monotonic() - started
-        )
+            model = ov.convert_model(traced, example_input=example, input=[(-1, 3, -1, -1)])
+        _save_atomically(model, xml)
+        log.info("converted %s to OpenVINO IR in %.1f s", self._key, time.monotonic() - started)
+        return xml
+
+    def _ensure_ir(self, shape: tuple[int, ...]) -> Path:
+        """A static IR for one input shape (keyed by weights + shape), cut from the dynamic one."""
+        xml = self.ir_path(shape)
+        if xml.is_file() and xml.with_suffix(".bin").is_file():
+            return xml
+        model = self._core.read_model(str(self._dynamic_ir()))
+        model.reshape({model.input(0): list(shape)})
+        _save_atomically(model, xml)
         return xml
 
     def _request(self, shape: tuple[int, ...]):
@@ -134,3 +140,14 @@ class OpenVinoUpscaler:
             raise
         out = request.get_output_tensor(0).data
         return np.clip(out[:, :, : h * self.scale, : w * self.scale], 0.0, 1.0).astype(np.float32, copy=True)
+
+
+def _save_atomically(model, xml: Path) -> None:  # model: openvino.Model
+    """Save under a temporary name, then rename .bin before .xml: an .xml's presence means complete."""
+    import openvino as ov
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
+    ov.save_model(model, tmp, compress_to_fp16=False)  # the default would round weights to fp16
+    os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+    os.replace(tmp, xml)

@@ -37,6 +37,8 @@ class TorchUpscaler:
         self._device = torch.device(info.device)
         if self._device.type == "cpu":
             torch.set_num_threads(engine.threads or available_cores())
+        else:
+            torch.backends.cudnn.benchmark = True  # the tiler sends one fixed shape: tune kernels once
         # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
         self._model = descriptor.model.eval().to(self._device).to(memory_format=torch.channels_last)
         self.batch_size: int = self._plan_batch()

@@ -442,9 +442,12 @@ def encode_image(image: Image, fmt: str, quality: int = 95, strip_gps: bool = Fa
     exif = _exif_bytes(_parse_exif(image.exif), strip_gps=strip_gps)
     pixels = _as_output_pixels(image, fmt)
     icc = image.icc_profile
-    if pixels.dtype == np.uint16 and (pixels.ndim == 3):
-        if fmt == "png":
-            return _png16_colour(pixels, icc, exif)
+    gray_alpha = pixels.ndim == 3 and pixels.shape[2] == 4 and image.original_mode in ("LA", "La")
+    if fmt in ("jpg", "png") and not gray_alpha:
+        # OpenCV encodes straight from the array; Pillow would first copy RGB into 4-byte pixels (768 MB
+        # more for a 16000x12000 output).
+        return _encode_opencv(pixels, fmt, quality, icc, exif)
+    if pixels.dtype == np.uint16 and pixels.ndim == 3:
         return _tiff16_colour(pixels, icc, exif)
     picture = _to_pillow(pixels, image.original_mode)
     options: dict[str, object] = {}
@@ -527,13 +530,69 @@ def _exif_bytes(exif: PILImage.Exif | None, strip_gps: bool) -> bytes | None:
         return None
 
 
-def _png16_colour(pixels: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
-    """16-bit RGB(A) PNG via OpenCV, with iCCP and eXIf chunks added after IHDR."""
-    code = cv2.COLOR_RGBA2BGRA if pixels.shape[2] == 4 else cv2.COLOR_RGB2BGR
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, code), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+def _encode_opencv(
+    pixels: np.ndarray, fmt: str, quality: int, icc: bytes | None, exif: bytes | None
+) -> bytes:
+    """JPEG or PNG (8/16-bit, gray/RGB/RGBA) via OpenCV, then the ICC profile and EXIF spliced in."""
+    if fmt == "jpg":
+        sampling = (
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420
+        )
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling]
+    else:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
+    with _bgr_order(pixels) as bgr:
+        ok, encoded = cv2.imencode(".jpg" if fmt == "jpg" else ".png", bgr, params)
     if not ok:
-        raise ValueError("OpenCV could not encode the 16-bit PNG")
-    data = encoded.tobytes()
+        raise ValueError(f"OpenCV could not encode the {fmt.upper()} output")
+    if fmt == "jpg":
+        return _jpeg_with_metadata(encoded.tobytes(), icc, exif)
+    return _png_with_metadata(encoded.tobytes(), icc, exif)
+
+
+@contextmanager
+def _bgr_order(pixels: np.ndarray) -> Iterator[np.ndarray]:
+    """OpenCV wants BGR(A): swap R and B in place, a slice at a time, and swap back afterwards, so a
+    huge output is never copied; read-only arrays get a copy instead."""
+    if pixels.ndim == 2:
+        yield pixels
+        return
+    if not pixels.flags.writeable:
+        yield np.ascontiguousarray(pixels[:, :, [2, 1, 0, 3][: pixels.shape[2]]])
+        return
+    _swap_red_blue(pixels)
+    try:
+        yield pixels
+    finally:
+        _swap_red_blue(pixels)
+
+
+def _swap_red_blue(pixels: np.ndarray) -> None:
+    for first in range(0, pixels.shape[0], 256):
+        rows = pixels[first : first + 256]
+        rows[:, :, [0, 2]] = rows[:, :, [2, 0]]
+
+
+def _jpeg_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Insert APP1 (EXIF) and APP2 (ICC, split into 64 KB segments) after SOI and any APP0 (JFIF)."""
+    segments = b""
+    if exif:
+        payload = exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
+        if len(payload) <= 65533:  # larger EXIF cannot be stored in one JPEG segment; it is dropped
+            segments += b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    if icc:
+        pieces = [icc[i : i + 65519] for i in range(0, len(icc), 65519)]
+        for number, piece in enumerate(pieces, start=1):
+            payload = b"ICC_PROFILE\x00" + bytes([number, len(pieces)]) + piece
+            segments += b"\xff\xe2" + struct.pack(">H", len(payload) + 2) + payload
+    position = 2
+    if data[2:4] == b"\xff\xe0":
+        position = 4 + int.from_bytes(data[4:6], "big")
+    return data[:position] + segments + data[position:]
+
+
+def _png_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Add iCCP and eXIf chunks right after IHDR."""
     chunks = b""
     if icc:
         chunks += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))

@@ -417,3 +417,16 @@ def test_every_bad_input_message_is_one_line() -> None:
         with pytest.raises(BadImageError) as caught:
             load_image(data)
         assert "\n" not in str(caught.value) and str(caught.value)
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_encoding_leaves_the_pixels_untouched_and_keeps_rgb_order(fmt: str, channels: int) -> None:
+    pixels = np.zeros((16, 16, channels), np.uint8)
+    pixels[..., 0] = 250  # pure red: a swapped channel order would come back blue
+    if channels == 4:
+        pixels[..., 3] = 255
+    before = pixels.copy()
+    written = load_image(encode_image(Image(pixels, source_format=fmt), fmt))
+    np.testing.assert_array_equal(pixels, before)
+    assert written.pixels[8, 8, 0] > 240 and written.pixels[8, 8, 2] < 10

@@ -174,3 +174,40 @@ def test_lan_visitors_see_uploads_and_retry_disabled_with_a_hint(browser: object
         page.focus("#dropzone")
         page.keyboard.press("Enter")
         assert page.locator("#upload-status").inner_text() == ""
+
+
+def test_live_progress_queue_positions_and_keyboard_cancel_and_retry(browser: object, tmp_path: Path) -> None:
+    with running_site(tmp_path) as site:
+        store = site.store  # type: ignore[attr-defined]
+        running = store.add("wedding.jpg", "a" * 64, 10, 1.0).job.id
+        store.claim_next()
+        store.update_progress(running, 0.25, "upscale")
+        for name in ("first.jpg", "second.jpg"):
+            store.add(name, name[0] * 64, 10, 1.0)
+        failed = site.insert_job(
+            state="failed", input_path="torn.jpg", error="corrupt JPEG data: bad Huffman code"
+        )
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(site.page + "/")
+        page.wait_for_selector(
+            "#current:has-text('wedding.jpg'):has-text('Stage: upscale · 25%')", timeout=20_000
+        )
+        assert page.inner_text("#queue").split()[:2] == ["#1", "first.jpg"]
+        assert "#2" in page.inner_text("#queue") and "second.jpg" in page.inner_text("#queue")
+        assert "bad Huffman code" in page.inner_text("#failed")
+
+        # Live: the worker moves on, the page follows without a reload.
+        store.update_progress(running, 0.6, "upscale")
+        page.wait_for_selector("#current:has-text('60%')", timeout=20_000)
+
+        # Keyboard only: Tab to the current job's Cancel button, press Enter.
+        page.focus("#current button")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#current:has-text('Cancel requested')", timeout=20_000)
+        assert store.get(running).cancel_requested
+
+        page.focus(f"#failed li[data-id='{failed}'] button")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#queue:has-text('torn.jpg')", timeout=20_000)
+        assert store.get(failed).state == "queued"
+        page.wait_for_selector("#failed-empty:visible", timeout=20_000)

@@ -308,12 +308,17 @@ function renderLive(live) {
 function renderCurrent(processing) {
   const box = $("current");
   if (processing.length === 0) {
+    box.dataset.signature = "";
     if (!box.querySelector("p.muted")) box.replaceChildren(el("p", { class: "muted", text: "Nothing is being restored right now." }));
     return;
   }
   const job = processing[0];
   const percent = Math.round((job.progress || 0) * 100);
   const eta = job.eta_seconds !== null && job.eta_seconds !== undefined ? formatDuration(job.eta_seconds) : "estimating…";
+  const signature = [job.id, job.stage, percent, eta, job.cancel_requested, canWrite()].join("|");
+  if (box.dataset.signature === signature) return;
+  box.dataset.signature = signature;
+  const hadFocus = box.contains(document.activeElement);
   let thumb = box.querySelector("img");
   if (!thumb || thumb.dataset.id !== String(job.id)) {
     thumb = el("img", { alt: "", "data-id": job.id, src: `${API}/jobs/${job.id}/input?max=${THUMB_MAX}` });
@@ -328,8 +333,20 @@ function renderCurrent(processing) {
       el("div", { class: "muted", text: `Stage: ${job.stage || "starting"} · ${percent}% · time left ${eta}` }),
       el("progress", { max: 100, value: percent, "aria-label": `Progress of ${jobName(job)}` }),
       el("div", { class: "muted", text: `Started ${formatTime(job.started_at)} · attempt ${job.attempts || 1}` }),
+      job.cancel_requested
+        ? el("div", { class: "muted", text: "Cancel requested: the worker stops at the next step." })
+        : el("button", {
+            type: "button",
+            "data-write": "",
+            disabled: !canWrite(),
+            text: "Cancel",
+            "aria-label": `Cancel ${jobName(job)}`,
+            onclick: () => jobAction(job, "cancel"),
+          }),
     ),
   );
+  const button = box.querySelector("button");
+  if (hadFocus && button) button.focus();
 }
 
 // Replace a list's children only when the content changed, so focus and scroll survive each poll.
@@ -539,6 +556,19 @@ function upload(fileList) {
   if (!canWrite()) {
     status.className = "upload-status error";
     status.textContent = (state.capabilities && state.capabilities.write_hint) || "Uploads are not allowed from here.";
+    return;
+  }
+  // The server enforces these while streaming; checking first saves sending a file it will refuse.
+  const limits = state.capabilities;
+  if (limits && files.length > limits.upload_max_files) {
+    status.className = "upload-status error";
+    status.textContent = `Too many files: at most ${limits.upload_max_files} per upload.`;
+    return;
+  }
+  const tooBig = limits ? files.filter((file) => file.size > limits.upload_max_bytes) : [];
+  if (tooBig.length) {
+    status.className = "upload-status error";
+    status.textContent = `Too large (over ${formatBytes(limits.upload_max_bytes)}): ${tooBig.map((f) => f.name).join(", ")}.`;
     return;
   }
   const form = new FormData();

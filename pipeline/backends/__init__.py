@@ -5,7 +5,8 @@
 Choice (`backend auto|openvino|torch`, `device auto|cpu|cuda`, `precision auto|fp32|bf16|fp16`):
 - device auto: cuda when torch sees a GPU, else cpu;
 - backend auto: torch on cuda, openvino on cpu (torch when openvino is not importable);
-- precision auto: fp16 on cuda; bf16 on a CPU with avx512_bf16 or AMX, fp32 on other CPUs.
+- precision auto: fp16 on cuda; with openvino bf16 on a CPU with avx512_bf16 or AMX, f32 on other CPUs;
+  the torch CPU fallback stays fp32 (bf16 autocast when asked).
 Impossible combinations raise BackendUnavailableError with the reason; BackendInfo.reason says what auto
 picked and why, and ends up in every RestoreReport.
 """
@@ -90,6 +91,9 @@ def choose_backend(engine: EngineConfig, host: HostCapabilities) -> BackendInfo:
     if precision == "auto":
         if device == "cuda":
             precision = "fp16"
+        elif backend == "torch":
+            precision = "fp32"  # the torch CPU fallback stays exact; bf16 autocast only when asked
+            notes.append("torch cpu fallback keeps fp32")
         elif host.cpu_bf16_flag:
             precision = "bf16"
             notes.append(f"cpu with {host.cpu_bf16_flag}")

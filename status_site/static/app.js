@@ -90,7 +90,8 @@ function el(tag, props = {}, ...children) {
 
 function formatDuration(seconds) {
   if (seconds === null || seconds === undefined || !isFinite(seconds)) return "unknown";
-  seconds = Math.max(0, Math.round(seconds));
+  if (seconds < 10) return `${Math.max(0, seconds).toFixed(1)} s`;
+  seconds = Math.round(seconds);
   if (seconds < 60) return `${seconds} s`;
   const minutes = Math.floor(seconds / 60);
   if (minutes < 60) return `${minutes} min ${seconds % 60} s`;
@@ -663,6 +664,13 @@ async function openInspector(jobId) {
   after.onerror = failed("output");
   before.src = `${API}/jobs/${job.id}/input?max=${INSPECT_MAX}`;
   after.src = `${API}/jobs/${job.id}/output?max=${INSPECT_MAX}`;
+  // Never a silent spinner: say what is going on if the previews take long (big images, busy CPU).
+  clearTimeout(view.slowTimer);
+  view.slowTimer = setTimeout(() => {
+    if (view.job === job && view.loaded < 2 && !$("inspector-loading").hidden) {
+      $("inspector-loading").textContent = "Still loading: large images take a while to prepare. Close and retry if it stays.";
+    }
+  }, 15000);
   $("viewport").focus();
 }
 

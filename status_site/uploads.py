@@ -105,6 +105,8 @@ async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[S
         raise _too_large(f"the request is {length} bytes, more than {max_files} files of {max_bytes} bytes")
     files: list[SpooledFile] = []
     preset: str | None = None
+    spool_dir = settings.state_dir / "uploads"
+    spool_dir.mkdir(parents=True, exist_ok=True)
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -117,7 +119,7 @@ async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[S
                 continue
             if len(files) >= max_files:
                 raise _too_large(f"more than {max_files} files in one upload (upload_max_files)")
-            files.append(await _spool_part(part, max_bytes))
+            files.append(await _spool_part(part, max_bytes, spool_dir))
     except BaseException:
         for spooled in files:
             spooled.data.close()
@@ -143,9 +145,10 @@ async def _read_field(part: BodyPartReader) -> str:
     return raw.decode("utf-8", errors="replace").strip()
 
 
-async def _spool_part(part: BodyPartReader, max_bytes: int) -> SpooledFile:
+async def _spool_part(part: BodyPartReader, max_bytes: int, spool_dir: Path) -> SpooledFile:
     name = part.filename or "upload"
-    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 (closed by caller)
+    # Big parts roll over to an unnamed temp file in the state dir (local disk, not /tmp's RAM).
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=spool_dir)  # noqa: SIM115
     size = 0
     try:
         while chunk := await part.read_chunk(CHUNK):

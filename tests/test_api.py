@@ -7,6 +7,7 @@ start_servers with a real JobStore and no worker, for tests that need a queue no
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import socket
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 import requests
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi_spec
+from PIL import Image
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -399,6 +401,41 @@ def test_upload_saves_into_the_inbox_and_answers_202_with_job_ids(quiet_site: Si
     assert again.headers["Location"] == f"/api/v1/jobs/{again.json()['jobs'][0]['id']}"
 
 
+def encoded(fmt: str, mode: str = "RGB", **options: Any) -> bytes:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    image = Image.effect_noise((40, 30), 40).convert(mode)
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "mode"),
+    [
+        ("iphone.heic", "HEIF", "RGB"),
+        ("scan.tif", "TIFF", "RGB"),
+        ("film.png", "PNG", "I;16"),
+        ("logo.webp", "WEBP", "RGBA"),
+        ("old.gif", "GIF", "P"),
+        ("fax.bmp", "BMP", "L"),
+    ],
+)
+def test_upload_accepts_every_format_the_pipeline_reads_and_previews_it(
+    quiet_site: Site, name: str, fmt: str, mode: str
+) -> None:
+
+    response = quiet_site.post("/api/v1/jobs", files=[("file", (name, encoded(fmt, mode), "image/*"))])
+    assert response.status_code == 202, response.text
+    job = response.json()["jobs"][0]
+    assert job["input"]["path"] == name
+    preview = quiet_site.get(f"/api/v1/jobs/{job['id']}/input?max=20")
+    assert preview.status_code == 200
+    assert preview.headers["Content-Type"] in ("image/jpeg", "image/png")
+    assert max(Image.open(io.BytesIO(preview.content)).size) == 20
+
+
 def test_upload_of_content_already_restored_is_recorded_as_a_skipped_duplicate(quiet_site: Site) -> None:
     data = jpeg_bytes(seed=11)
     first = quiet_site.post("/api/v1/jobs", files=[("file", ("first.jpg", data, "image/jpeg"))]).json()[
@@ -590,9 +627,6 @@ def test_input_and_output_files_and_previews(site: Site) -> None:
     assert output.content == (site.settings.outbox / "files-restored.png").read_bytes()
     preview = site.get(f"/api/v1/jobs/{job_id}/output?max=64")
     assert preview.status_code == 200 and preview.headers["Content-Type"] == "image/jpeg"
-    import io
-
-    from PIL import Image
 
     assert max(Image.open(io.BytesIO(preview.content)).size) == 64
     etag = preview.headers["ETag"]

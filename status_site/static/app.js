@@ -232,10 +232,13 @@ function renderHealth(health) {
   if (health.backend) facts.push(`engine ${health.backend} on ${health.device || "?"} (${health.precision || "?"})`);
   if (health.watch_mode) facts.push(`inbox watched (${health.watch_mode})`);
   if (typeof health.outbox_free_bytes === "number") facts.push(`outbox free ${formatBytes(health.outbox_free_bytes)}`);
-  const models = (health.models || []).filter((m) => m && (m.id || m.name));
+  // health.models: the pipeline's ModelStatus.to_dict() list (id, purpose, state, action).
+  const models = (health.models || []).filter((m) => m && m.id);
   if (models.length) {
-    const usable = models.filter((m) => m.available !== false && m.status !== "missing");
-    facts.push(`models available: ${usable.map((m) => m.id || m.name).join(", ") || "none"}`);
+    const ready = (m) => m.state !== "missing";
+    const names = (list) => list.map((m) => m.id).join(", ") || "none";
+    facts.push(`models ready: ${names(models.filter((m) => m.purpose === "upscale" && ready(m)))}`);
+    facts.push(`face weights: ${names(models.filter((m) => m.purpose === "face" && ready(m)))}`);
   }
   $("health-facts").textContent = facts.join(" · ");
 }

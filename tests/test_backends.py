@@ -17,6 +17,7 @@ from pipeline.backends.base import (
     cap_tile,
     cpu_bf16_flag,
     cpu_flags,
+    is_out_of_memory,
     pad_to_multiple,
     tile_for_memory,
 )
@@ -333,3 +334,19 @@ def test_cuda_out_of_memory_becomes_device_out_of_memory_for_the_tiler(tmp_path)
     upscaler._model = ExhaustedDevice()
     with pytest.raises(DeviceOutOfMemoryError, match="1 tile"):
         upscaler(photo(16))
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+            True,
+        ),
+        (RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp: std::bad_alloc"), True),
+        (MemoryError(), True),
+        (RuntimeError("Expected 4D input, got 3D"), False),
+    ],
+)
+def test_allocation_failures_are_told_apart_from_real_errors(error, expected):
+    assert is_out_of_memory(error) is expected

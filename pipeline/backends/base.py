@@ -119,3 +119,20 @@ def pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, 
         mode = "reflect" if pad_h < h and pad_w < w else "edge"
         batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode=mode)
     return batch, h, w
+
+
+# How allocation failures read in torch (CPU allocator), OpenVINO (std::bad_alloc) and numpy.
+_OUT_OF_MEMORY_MARKERS = (
+    "can't allocate memory",
+    "cannot allocate memory",
+    "failed to allocate",
+    "not enough memory",
+    "out of memory",
+    "bad_alloc",
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocation failure, which the tiler answers by splitting the tile (not by failing)."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or any(marker in text for marker in _OUT_OF_MEMORY_MARKERS)

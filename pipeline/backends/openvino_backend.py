@@ -24,6 +24,7 @@ from pipeline.backends.base import (
     available_ram_bytes,
     bytes_per_input_pixel,
     cap_tile,
+    is_out_of_memory,
     pad_to_multiple,
     tile_for_memory,
 )
@@ -132,8 +133,8 @@ class OpenVinoUpscaler:
         request = self._request(tuple(int(v) for v in padded.shape))
         try:
             request.infer({0: padded})
-        except RuntimeError as error:
-            if "allocate" in str(error).lower() or "memory" in str(error).lower():
+        except (RuntimeError, MemoryError) as error:
+            if is_out_of_memory(error):
                 raise DeviceOutOfMemoryError(
                     f"{batch.shape[0]} tile(s) of {h}x{w} do not fit in RAM"
                 ) from None

@@ -17,6 +17,7 @@ from pipeline.backends.base import (
     batch_for_memory,
     bytes_per_input_pixel,
     cap_tile,
+    is_out_of_memory,
     pad_to_multiple,
     tile_for_memory,
 )
@@ -85,8 +86,8 @@ class TorchUpscaler:
             raise DeviceOutOfMemoryError(
                 f"{batch.shape[0]} tile(s) of {h}x{w} do not fit in GPU memory"
             ) from None
-        except RuntimeError as error:
-            if "can't allocate memory" in str(error) or "not enough memory" in str(error):
+        except (RuntimeError, MemoryError) as error:
+            if is_out_of_memory(error):
                 raise DeviceOutOfMemoryError(
                     f"{batch.shape[0]} tile(s) of {h}x{w} do not fit in RAM"
                 ) from None

@@ -286,7 +286,10 @@ def method_notes(run: EvalRun) -> list[str]:
         "enlargement, not restoring detail.",
     ]
     notes += [f"- {name}: {reason}." for name, reason in run.optional_metrics.items()]
-    notes.append("- s: seconds for the restore call (model already loaded).")
+    notes.append(
+        "- s: seconds of the restore call, model loaded; the first image of a size smaller than the tile "
+        "also pays for compiling that network shape (cached on disk afterwards)."
+    )
     return notes
 
 

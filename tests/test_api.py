@@ -10,6 +10,7 @@ import hashlib
 import io
 import re
 import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -696,3 +697,30 @@ def test_metrics_are_prometheus_text(quiet_site: Site) -> None:
     assert 'restorer_jobs{state="done"} 1' in lines
     assert 'restorer_health_status{status="ok"} 1' in lines
     assert "restorer_worker_alive 1" in lines
+
+
+def test_polls_are_answered_while_a_big_preview_is_being_decoded(quiet_site: Site) -> None:
+    """Image work runs in the thread pool: the event loop keeps answering while it decodes."""
+    import concurrent.futures
+
+    import numpy as np
+
+    noise = (np.random.default_rng(1).random((1800, 2400, 3)) * 255).astype("uint8")
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, "PNG", compress_level=1)
+    (quiet_site.settings.outbox / "big.png").write_bytes(out.getvalue())
+    job_id = quiet_site.insert_job(state="done", output_path="big.png", report=done_report(1000, 750))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        preview = pool.submit(
+            lambda: requests.get(f"{quiet_site.api}/api/v1/jobs/{job_id}/output?max=256", timeout=60)
+        )
+        answered_during = 0
+        while not preview.done():
+            response = requests.get(f"{quiet_site.api}/api/v1/health", timeout=10)
+            assert response.status_code == 200
+            if not preview.done():
+                answered_during += 1
+        took = time.monotonic() - started
+        assert preview.result().status_code == 200
+    assert answered_during >= 3, f"only {answered_during} health answers during a {took:.2f} s preview"

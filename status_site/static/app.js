@@ -502,7 +502,7 @@ function renderStats(stats) {
     table(
       "Last hours",
       ["hour", "images", "MP"],
-      hours.map((h) => el("tr", {}, el("td", { text: formatTime(h.hour) }), el("td", { class: "num", text: String(h.images) }), el("td", { class: "num", text: formatMegapixels(h.megapixels) }))),
+      hours.map((h) => el("tr", {}, el("td", { text: new Date(h.hour).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) }), el("td", { class: "num", text: String(h.images) }), el("td", { class: "num", text: formatMegapixels(h.megapixels) }))),
     ),
     table(
       "Last days",

@@ -147,7 +147,7 @@ async function poll() {
     const now = Date.now();
     const wantCapabilities = !state.capabilities || state.failures > 0 || now - state.lastCapabilitiesAt > 30000;
     const wantStats = state.failures > 0 || state.statsStale || now - state.lastStatsAt > 15000;
-    const [health, live, failed, history, capabilities, stats] = await Promise.all([
+    const results = await Promise.allSettled([
       api("/health"),
       api("/jobs?state=processing,queued&order=queue&limit=100"),
       api("/jobs?state=failed&limit=20"),
@@ -155,24 +155,32 @@ async function poll() {
       wantCapabilities ? api("/capabilities") : Promise.resolve(null),
       wantStats ? api("/stats") : Promise.resolve(null),
     ]);
-    renderHealth(health);
-    renderLive(live);
-    renderFailed(failed);
-    renderHistory(history);
+    const [health, live, failed, history, capabilities, stats] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
+    // Health answers unless the daemon is unreachable; without it we are offline. Any other part that
+    // failed keeps its last content and is named in the header.
+    if (results[0].status === "rejected") throw results[0].reason;
+    const problems = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
+    state.partialError = problems.length ? problems[0] : null;
+    safely(renderHealth, health);
+    if (live) safely(renderLive, live);
+    if (failed) safely(renderFailed, failed);
+    if (history) safely(renderHistory, history);
     if (capabilities) {
       state.lastCapabilitiesAt = now;
-      renderCapabilities(capabilities);
+      safely(renderCapabilities, capabilities);
     }
     if (stats) {
       state.lastStatsAt = now;
       state.statsStale = false;
-      renderStats(stats);
+      safely(renderStats, stats);
     }
-    // A job started or finished since the last poll: the numbers below are out of date.
-    const activity = live.jobs.map((job) => `${job.id}:${job.state}`).join(",");
-    if (state.lastActivity !== undefined && activity !== state.lastActivity) state.statsStale = true;
-    state.lastActivity = activity;
-    active = live.jobs.length > 0;
+    if (live) {
+      // A job started or finished since the last poll: the numbers below are out of date.
+      const activity = live.jobs.map((job) => `${job.id}:${job.state}`).join(",");
+      if (state.lastActivity !== undefined && activity !== state.lastActivity) state.statsStale = true;
+      state.lastActivity = activity;
+      active = live.jobs.length > 0;
+    }
     state.failures = 0;
     state.offlineSince = null;
     state.lastOk = new Date();
@@ -194,6 +202,16 @@ async function poll() {
   renderConnection();
 }
 
+// A bug in one section must not stop the polling loop or blank the others.
+function safely(render, data) {
+  try {
+    render(data);
+  } catch (err) {
+    console.error(`rendering failed in ${render.name}:`, err);
+    state.partialError = `could not show ${render.name.replace("render", "").toLowerCase()}`;
+  }
+}
+
 function pollSoon() {
   schedule(50);
 }
@@ -202,7 +220,8 @@ function renderConnection() {
   const box = $("connection");
   box.replaceChildren();
   if (state.failures === 0) {
-    box.textContent = `Live · updated ${state.lastOk ? state.lastOk.toLocaleTimeString() : ""}`;
+    const partial = state.partialError ? ` (some parts not updated: ${state.partialError})` : "";
+    box.textContent = `Live · updated ${state.lastOk ? state.lastOk.toLocaleTimeString() : ""}${partial}`;
     return;
   }
   const seconds = Math.max(0, Math.ceil((state.nextPollAt - Date.now()) / 1000));

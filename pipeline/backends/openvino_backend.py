@@ -14,6 +14,7 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from pipeline.backends.base import (
 )
 from pipeline.types import DeviceOutOfMemoryError, EngineConfig
 
+if TYPE_CHECKING:
+    from spandrel import ImageModelDescriptor
+
 log = logging.getLogger(__name__)
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -38,7 +42,9 @@ OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 class OpenVinoUpscaler:
     batch_size: int = 1  # one tile already keeps every core busy
 
-    def __init__(self, descriptor, info: BackendInfo, engine: EngineConfig, weights_key: str) -> None:
+    def __init__(
+        self, descriptor: ImageModelDescriptor, info: BackendInfo, engine: EngineConfig, weights_key: str
+    ) -> None:
         import openvino as ov
 
         self.scale: int = int(descriptor.scale)

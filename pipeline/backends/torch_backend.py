@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,13 +24,16 @@ from pipeline.backends.base import (
 )
 from pipeline.types import DeviceOutOfMemoryError, EngineConfig
 
+if TYPE_CHECKING:
+    from spandrel import ImageModelDescriptor
+
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchUpscaler:
-    def __init__(self, descriptor, info: BackendInfo, engine: EngineConfig) -> None:  # spandrel descriptor
+    def __init__(self, descriptor: ImageModelDescriptor, info: BackendInfo, engine: EngineConfig) -> None:
         self.scale: int = int(descriptor.scale)
         self.info = info
         self._arch: str = descriptor.architecture.id

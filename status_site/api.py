@@ -9,14 +9,22 @@ from __future__ import annotations
 import json
 import urllib.parse
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
 from daemon.store import STATES, Job, JobNotFoundError
 from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
-from status_site.files import Which, fits_without_resize, locate, make_preview, parse_max
+from status_site.files import (
+    JobFile,
+    Which,
+    fits_without_resize,
+    locate,
+    make_preview,
+    open_checked,
+    parse_max,
+)
 from status_site.guards import require_write, write_access
 from status_site.middleware import MIDDLEWARES
 from status_site.openapi import openapi_document
@@ -28,6 +36,7 @@ VERSION = "1"
 DEFAULT_LIMIT = 50
 QUEUE_SNAPSHOT = 1000  # queue rows read to place active jobs of a listing
 MAX_IDS = 100
+FILE_CHUNK = 256 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -292,30 +301,58 @@ async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
     cache = {"Cache-Control": "private, max-age=60", "ETag": etag}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=cache)
-    download_name = urllib.parse.quote(found.path.name, safe="")
-    if max_edge is None or await ctx.run(fits_without_resize, found.path, max_edge):
-        response = web.FileResponse(found.path, headers=cache)
-        response.content_type = found.content_type
-        if max_edge is None:
-            response.headers["Content-Disposition"] = f"inline; filename*=UTF-8''{download_name}"
-        return response
-    key = (str(found.path), found.mtime_ns, found.size_bytes, max_edge)
-    preview = ctx.previews.get(key)
-    if preview is None:
-        max_pixels = int(ctx.settings.max_input_megapixels * 1e6 * 16)  # outputs are up to 16x the input
-        try:
-            async with ctx.preview_slots:  # bounds the memory of decoding several big images at once
-                preview = await ctx.run(make_preview, found.path, max_edge, max_pixels)
-        except (OSError, ValueError) as exc:
-            raise Problem(
-                422,
-                "preview-failed",
-                "Preview failed",
-                f"the {which} of job {job_id} could not be read as an image ({exc})",
-            ) from None
-        ctx.previews.put(key, preview)
+    handle = await ctx.run(open_checked, found)
+    try:
+        if max_edge is None or await ctx.run(fits_without_resize, handle, max_edge):
+            await ctx.run(handle.seek, 0)
+            return await _stream_file(request, ctx, handle, found, cache, download=max_edge is None)
+        key = (str(found.path), found.mtime_ns, found.size_bytes, max_edge)
+        preview = ctx.previews.get(key)
+        if preview is None:
+            max_pixels = int(ctx.settings.max_input_megapixels * 1e6 * 16)  # outputs are up to 16x the input
+            try:
+                async with ctx.preview_slots:  # bounds the memory of decoding several big images at once
+                    preview = await ctx.run(make_preview, handle, max_edge, max_pixels)
+            except (OSError, ValueError) as exc:
+                raise Problem(
+                    422,
+                    "preview-failed",
+                    "Preview failed",
+                    f"the {which} of job {job_id} could not be read as an image ({exc})",
+                ) from None
+            ctx.previews.put(key, preview)
+    finally:
+        handle.close()
     body, content_type = preview
     return web.Response(body=body, content_type=content_type, headers=cache)
+
+
+async def _stream_file(
+    request: web.Request,
+    ctx: SiteContext,
+    handle: BinaryIO,
+    found: JobFile,
+    headers: dict[str, str],
+    download: bool,
+) -> web.StreamResponse:
+    """Send the already opened (and checked) file in chunks read in the thread pool."""
+    response = web.StreamResponse(headers=headers)
+    response.content_type = found.content_type
+    response.content_length = found.size_bytes
+    if download:
+        name = urllib.parse.quote(found.path.name, safe="")
+        response.headers["Content-Disposition"] = f"inline; filename*=UTF-8''{name}"
+    await response.prepare(request)
+    if request.method != "HEAD":
+        sent = 0
+        while sent < found.size_bytes:
+            chunk = await ctx.run(handle.read, min(FILE_CHUNK, found.size_bytes - sent))
+            if not chunk:
+                break  # the file shrank while we sent it; the client sees a short body
+            await response.write(chunk)
+            sent += len(chunk)
+    await response.write_eof()
+    return response
 
 
 async def get_stats(request: web.Request) -> web.Response:

@@ -14,7 +14,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from stat import S_ISREG
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from PIL import Image as PILImage
 from PIL import ImageOps
@@ -138,7 +139,31 @@ def parse_max(raw: str | None) -> int | None:
     return value
 
 
-def make_preview(path: Path, max_edge: int, max_pixels: int) -> tuple[bytes, str]:
+def open_checked(found: JobFile) -> BinaryIO:
+    """Open the located file without following a symlink, then check that the opened file is still
+    the one inside its folder: a file swapped for a symlink after `locate` is refused, not served."""
+    try:
+        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise Problem(
+            404, "file-not-available", "File not available", f"{found.path.name} changed or vanished just now"
+        ) from None
+    handle = os.fdopen(fd, "rb")
+    try:
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists("/proc/self/fd") else found.path
+        stat = os.fstat(fd)
+        inside = opened.is_relative_to(found.folder) and opened != found.folder
+        if not inside or not S_ISREG(stat.st_mode):
+            raise Problem(
+                403, "outside-folder", "File outside its folder", "the file changed into something else"
+            )
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def make_preview(path: Path | BinaryIO, max_edge: int, max_pixels: int) -> tuple[bytes, str]:
     """The image scaled to fit max_edge x max_edge, as JPEG (PNG when it has transparency).
 
     Blocking and CPU-bound: run it in a thread. `draft` lets JPEG decode at 1/2..1/8 size directly.
@@ -170,7 +195,7 @@ def make_preview(path: Path, max_edge: int, max_pixels: int) -> tuple[bytes, str
         return out.getvalue(), "image/jpeg"
 
 
-def fits_without_resize(path: Path, max_edge: int) -> bool:
+def fits_without_resize(path: Path | BinaryIO, max_edge: int) -> bool:
     """True when the file is already small enough and in a format browsers show (serve it as is)."""
     with PILImage.open(path) as image:
         orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "WEBP", "PNG") else 1

@@ -106,3 +106,18 @@ def test_static_files_are_served_by_exact_name_only(site: Site) -> None:
     for name in ("APP.JS", "app.js.bak", "__init__.py", ".gitignore"):
         response = site.get(f"/static/{name}", port="page")
         assert response.status_code == 404, name
+
+
+def test_a_file_swapped_for_a_symlink_after_the_check_is_not_opened(site: Site, secret: Path) -> None:
+    """Between the path check and the open, a share user replaces the photo with a symlink out."""
+    from status_site.files import locate, open_checked
+    from status_site.problems import Problem
+
+    (site.settings.inbox / "swap.png").write_bytes(png_bytes())
+    job_id = site.insert_job(state="done", input_path="swap.png")
+    found = locate(site.store.get(job_id), "input", site.settings)  # type: ignore[attr-defined]
+    (site.settings.inbox / "swap.png").unlink()
+    (site.settings.inbox / "swap.png").symlink_to(secret)
+    with pytest.raises(Problem) as refused:
+        open_checked(found)
+    assert refused.value.status in (403, 404)

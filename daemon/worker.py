@@ -337,7 +337,8 @@ class Worker:
             return failed
         relative = published.relative_to(self.settings.outbox).as_posix()
         note = None if published.name == name else f"output renamed to {published.name}: name was taken"
-        done = self.store.finish(job.id, relative, len(processed.data), processed.report, note=note)
+        report = {**processed.report, "input": job.input_path, "output": relative}
+        done = self.store.finish(job.id, relative, len(processed.data), report, note=note)
         log.info("job %d: done -> %s", job.id, relative)
         return dispose_original(self.settings, self.store, done, source)
 

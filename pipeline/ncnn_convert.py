@@ -130,7 +130,7 @@ def read_weights(layers: list[NcnnLayer], data: bytes) -> _Tensors:
         if layer.type == "Convolution":
             tensors.items.append(("conv", _read_conv(layer, reader)))
         elif layer.type == "PReLU":
-            count = int(layer.params.get(0, 1))  # type: ignore[arg-type]
+            count = _int_param(layer, 0, 1)
             tensors.items.append(("prelu", [torch.from_numpy(reader.raw_fp32(count))]))
         else:
             raise NcnnConversionError(f"unsupported ncnn layer type {layer.type} ({layer.name})")
@@ -139,20 +139,28 @@ def read_weights(layers: list[NcnnLayer], data: bytes) -> _Tensors:
     return tensors
 
 
+def _int_param(layer: NcnnLayer, key: int, default: int | None = None) -> int:
+    value = layer.params.get(key, default)
+    if not isinstance(value, int | float):
+        raise NcnnConversionError(f"{layer.name}: parameter {key} is missing or not a number")
+    return int(value)
+
+
 def _read_conv(layer: NcnnLayer, reader: _BinReader) -> list[torch.Tensor]:
-    p = layer.params
-    if int(p.get(7, 1)) != 1:  # type: ignore[arg-type]
+    if _int_param(layer, 7, 1) != 1:
         raise NcnnConversionError(f"grouped convolution {layer.name} is not supported")
-    out_ch = int(p[0])  # type: ignore[arg-type]
-    kw = int(p.get(1, 0))  # type: ignore[arg-type]
-    kh = int(p.get(11, kw))  # type: ignore[arg-type]
-    size = int(p[6])  # type: ignore[arg-type]
+    out_ch = _int_param(layer, 0)
+    kw = _int_param(layer, 1, 0)
+    kh = _int_param(layer, 11, kw)
+    size = _int_param(layer, 6)
+    if out_ch * kh * kw <= 0:
+        raise NcnnConversionError(f"{layer.name}: empty convolution ({out_ch} outputs, {kh}x{kw} kernel)")
     in_ch = size // (out_ch * kh * kw)
     if in_ch * out_ch * kh * kw != size:
         raise NcnnConversionError(f"{layer.name}: weight size {size} does not factor as Cout*Cin*kh*kw")
     weight = torch.from_numpy(reader.tagged(size).reshape(out_ch, in_ch, kh, kw))
     result = [weight]
-    if int(p.get(5, 0)):  # type: ignore[arg-type]
+    if _int_param(layer, 5, 0):
         result.append(torch.from_numpy(reader.raw_fp32(out_ch)))
     return result
 

@@ -104,6 +104,16 @@ def test_no_face_option_skips_detection_too(empty_stage):
     assert empty_stage.paste(super_resolve(astronaut_face(), 2), prepared, 2.0) == []
 
 
+def test_missing_detector_package_is_a_note_not_a_crash(empty_stage, monkeypatch):
+    def no_facenet(*_args: object) -> None:
+        raise ImportError("No module named 'facenet_pytorch'")
+
+    monkeypatch.setattr("pipeline.faces.stage.create_detector", no_facenet)
+    prepared = empty_stage.prepare(astronaut_face(), RestoreOptions())
+    assert prepared.faces == []
+    assert "face detection unavailable" in prepared.notes[0] and "facenet-pytorch" in prepared.notes[0]
+
+
 def test_photo_without_faces_reports_no_faces(empty_stage):
     rgb = skimage.data.chelsea().astype(np.float32) / 255.0
     prepared = empty_stage.prepare(rgb, RestoreOptions())

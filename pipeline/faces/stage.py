@@ -120,7 +120,13 @@ class FaceStage:
             return prepared
         started = time.perf_counter()
         _progress(on_progress, "faces-detect", 0, 1)
-        detector = self.detector()
+        try:
+            detector = self.detector()
+        except ImportError as error:  # facenet-pytorch missing from this install: SR still runs
+            prepared.notes.append(
+                f"face detection unavailable ({error}); install facenet-pytorch==2.6.0 with --no-deps"
+            )
+            return prepared
         prepared.detector = detector.name
         detected = detect_faces(detector, rgb)
         prepared.seconds["faces-detect"] = time.perf_counter() - started

@@ -298,3 +298,12 @@ def test_weights_command_prints_each_model_state_source_license_and_action(dirs,
     )
     listing = json.loads(capsys.readouterr().out)
     assert {entry["id"] for entry in listing} == set(REGISTRY)
+
+
+def test_weights_command_fails_when_the_configured_model_is_missing(dirs, capsys, monkeypatch):
+    weights_dir, cache_dir = dirs
+    monkeypatch.setenv("RESTORER_MODEL", "RealESRGAN_x2plus")
+    assert cli_main(["weights", "--weights-dir", str(weights_dir), "--state-dir", str(cache_dir.parent)]) == 1
+    out = capsys.readouterr().out
+    assert "the configured model RealESRGAN_x2plus is missing" in out
+    assert "-> put RealESRGAN_x2plus.pth into" in out

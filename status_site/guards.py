@@ -34,6 +34,15 @@ def is_loopback(remote: str | None) -> bool:
     return address.is_loopback
 
 
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
+def proxied(request: web.Request) -> bool:
+    """A reverse proxy on this host connects from loopback on behalf of LAN or internet clients: a
+    request it forwarded is not a loopback client, whatever request.remote says."""
+    return any(name in request.headers for name in PROXY_HEADERS)
+
+
 def presented_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
@@ -50,7 +59,7 @@ def write_access(request: web.Request) -> WriteAccess:
         )
         hint = None if ok else "Uploads and retries need the API token (the daemon's RESTORER_API_TOKEN)."
         return WriteAccess(allowed=ok, token_required=True, hint=hint)
-    if is_loopback(request.remote):
+    if is_loopback(request.remote) and not proxied(request):
         return WriteAccess(allowed=True, token_required=False, hint=None)
     return WriteAccess(
         allowed=False,
@@ -79,5 +88,6 @@ def require_write(request: web.Request) -> None:
         "loopback-only",
         "Writes allowed from the server only",
         f"no API token is configured, so POST endpoints accept loopback clients only (you are "
-        f"{request.remote}); set RESTORER_API_TOKEN to allow writes from the LAN",
+        f"{request.remote}{', through a proxy' if proxied(request) else ''}); set RESTORER_API_TOKEN to "
+        "allow writes from the LAN",
     )

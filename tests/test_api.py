@@ -576,6 +576,20 @@ def test_without_a_token_lan_clients_may_read_but_not_write(tmp_path: Path) -> N
         assert site.post(f"/api/v1/jobs/{failed}/retry").status_code == 200
 
 
+def test_without_a_token_requests_through_a_local_reverse_proxy_may_not_write(quiet_site: Site) -> None:
+    failed = quiet_site.insert_job(state="failed", error="corrupt")
+    for header in (
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"Forwarded": "for=192.0.2.60"},
+        {"X-Real-IP": "10.0.0.7"},
+    ):
+        refused = quiet_site.post(f"/api/v1/jobs/{failed}/retry", headers=header)
+        assert refused.status_code == 403, header
+        assert "through a proxy" in refused.json()["detail"]
+        assert quiet_site.get("/api/v1/capabilities", headers=header).json()["can_write"] is False
+    assert quiet_site.post(f"/api/v1/jobs/{failed}/retry").status_code == 200
+
+
 def test_with_a_token_every_host_must_send_it(tmp_path: Path) -> None:
     with running_site(tmp_path, api_token="s3cret-token") as site:
         failed = site.insert_job(state="failed", error="corrupt")

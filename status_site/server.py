@@ -48,7 +48,15 @@ async def start_servers(
             runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, settings.bind, port).start()
+            try:
+                await web.TCPSite(runner, settings.bind, port).start()
+            except OSError as exc:
+                setting = "api_port" if app[APP_NAME] == "api" else "site_port"
+                raise OSError(
+                    exc.errno,
+                    f"cannot listen on {settings.bind}:{port} for the {app[APP_NAME]} ({exc.strerror}); "
+                    f"is another restorer running? Change RESTORER_{setting.upper()} or bind",
+                ) from exc
             log.info("%s listening on %s:%d", app[APP_NAME], settings.bind, bound_port(runner))
     except BaseException:
         for runner in reversed(runners):

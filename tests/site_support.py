@@ -156,7 +156,14 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="site-loop", daemon=True)
     thread.start()
-    runners = asyncio.run_coroutine_threadsafe(start_servers(settings, store, health), loop).result(30)
+    try:
+        runners = asyncio.run_coroutine_threadsafe(start_servers(settings, store, health), loop).result(30)
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        store.close()
+        raise
     host = "127.0.0.1" if settings.bind in ("0.0.0.0", "127.0.0.1") else settings.bind
     api_port, page_port = bound_port(runners[0]), bound_port(runners[1])
     site = Site(api=f"http://{host}:{api_port}", page=f"http://{host}:{page_port}", settings=settings)

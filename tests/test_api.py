@@ -738,3 +738,17 @@ def test_polls_are_answered_while_a_big_preview_is_being_decoded(quiet_site: Sit
         took = time.monotonic() - started
         assert preview.result().status_code == 200
     assert answered_during >= 3, f"only {answered_during} health answers during a {took:.2f} s preview"
+
+
+def test_a_port_in_use_is_reported_in_words(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (
+            pytest.raises(
+                OSError, match=rf"cannot listen on 127.0.0.1:{port} for the page .*RESTORER_SITE_PORT"
+            ),
+            running_site(tmp_path, site_port=port),
+        ):
+            pass

@@ -52,7 +52,6 @@ class OpenVinoUpscaler:
         self._arch: str = descriptor.architecture.id
         self.size_multiple: int = int(descriptor.size_requirements.multiple_of)  # read by the tiler
         self._module = descriptor.model.eval()
-        self._tile_cap = engine.tile
         self._key = f"{self._arch}-{weights_key[:40]}"
         root = Path(engine.cache_dir) / "openvino"
         self._ir_dir = root / "ir"
@@ -65,10 +64,15 @@ class OpenVinoUpscaler:
             "PERFORMANCE_HINT": "LATENCY",
         }
         self._requests: dict[tuple[int, ...], object] = {}
+        # Planned once: following the free RAM of the moment would change the tile shape between images,
+        # and every new shape costs a compilation.
+        per_pixel = bytes_per_input_pixel(self._arch, info.precision)
+        self._tile: int = tile_for_memory(
+            available_ram_bytes(), per_pixel, cap_tile(CPU_TILE_MAX, engine.tile)
+        )
 
     def suggest_tile(self) -> int:
-        per_pixel = bytes_per_input_pixel(self._arch, self.info.precision)
-        return tile_for_memory(available_ram_bytes(), per_pixel, cap_tile(CPU_TILE_MAX, self._tile_cap))
+        return self._tile
 
     def ir_path(self, shape: tuple[int, ...]) -> Path:
         return self._ir_dir / f"{self._key}-{'x'.join(map(str, shape))}.xml"

@@ -46,6 +46,9 @@ class TorchUpscaler:
             torch.backends.cudnn.benchmark = True  # the tiler sends one fixed shape: tune kernels once
         # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
         self._model = descriptor.model.eval().to(self._device).to(memory_format=torch.channels_last)
+        # Planned once, after the weights are on the device: a tile edge that followed the free memory of
+        # the moment would change shape between images (new cuDNN tuning / compilation each time).
+        self._tile: int = self._plan_tile()
         self.batch_size: int = self._plan_batch()
 
     def _free_bytes(self) -> int:
@@ -58,13 +61,16 @@ class TorchUpscaler:
         return bytes_per_input_pixel(self._arch, self.info.precision)
 
     def suggest_tile(self) -> int:
+        return self._tile
+
+    def _plan_tile(self) -> int:
         limit = GPU_TILE_MAX if self._device.type == "cuda" else CPU_TILE_MAX
         return tile_for_memory(self._free_bytes(), self._per_pixel(), cap_tile(limit, self._tile_cap))
 
     def _plan_batch(self) -> int:
         if self._device.type != "cuda":
             return 1  # on CPU one tile already uses every core
-        return batch_for_memory(self._free_bytes(), self._per_pixel(), self.suggest_tile())
+        return batch_for_memory(self._free_bytes(), self._per_pixel(), self._tile)
 
     def warm_up(self) -> None:
         """One tiny forward pass: loads kernels (and on CUDA initialises the context) before the first job."""

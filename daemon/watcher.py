@@ -95,17 +95,24 @@ class _Pending:
 class _EventRelay(FileSystemEventHandler):
     """Runs on the observer thread: only hands paths over, never touches disk or the DB."""
 
-    def __init__(self, events: queue.SimpleQueue[tuple[bool, str]], wake: threading.Event) -> None:
+    def __init__(self, events: queue.SimpleQueue[tuple[str, str]], wake: threading.Event) -> None:
         self._events = events
         self._wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("deleted", "opened", "closed_no_write"):
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.event_type in ("deleted", "moved") and not event.is_directory:
+            # Gone from this name (archived, deleted, renamed): a later file here is looked at afresh.
+            self._events.put(("gone", os.fsdecode(event.src_path)))
+            if event.event_type == "deleted":
+                return
+        if event.event_type == "deleted":
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
         if path:
-            self._events.put((event.is_directory, os.fsdecode(path)))
-            self._wake.set()
+            self._events.put(("dir" if event.is_directory else "file", os.fsdecode(path)))
+        self._wake.set()
 
 
 def choose_mode(settings: Settings) -> tuple[str, str]:
@@ -140,7 +147,7 @@ class Intake:
         self.on_job = on_job
         self._observer_factory = observer_factory
         self._inbox = Path(settings.inbox)
-        self._events: queue.SimpleQueue[tuple[bool, str]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._pending: dict[str, _Pending] = {}
         self._recorded: dict[str, tuple[int, float]] = {}
         self._observer: BaseObserver | None = None
@@ -247,13 +254,15 @@ class Intake:
     def _drain_events(self) -> None:
         while True:
             try:
-                is_dir, path = self._events.get_nowait()
+                kind, path = self._events.get_nowait()
             except queue.Empty:
                 return
             relative = self._relative(path)
             if relative is None:
                 continue
-            if is_dir:
+            if kind == "gone":
+                self._recorded.pop(relative, None)
+            elif kind == "dir":
                 if not is_junk(relative + "/x"):  # a folder moved in: inotify may report only the folder
                     self._walk(Path(path), relative)
             else:

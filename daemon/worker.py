@@ -295,7 +295,10 @@ class Worker:
     def _run(self, job: Job) -> Job:
         source = locate_input(self.settings, job)
         if source is None:
-            return self.store.mark_cancelled(job.id, "the input file disappeared before it was restored")
+            # Deleted by someone, or the share is away (remount). Marking the original gone (not just
+            # cancelling) means the same file showing up again is looked at as a new drop, not ignored.
+            self.store.mark_cancelled(job.id, "the input file disappeared before it was restored")
+            return self.store.set_original(job.id, "deleted")
         data = source.read_bytes()
         if source == Path(self.settings.inbox) / job.input_path and (
             hashlib.sha256(data).hexdigest() != job.content_sha256

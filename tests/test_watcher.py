@@ -370,3 +370,22 @@ def test_health_reports_degraded_when_the_watcher_cannot_run(tmp_path: Path) -> 
     h.intake.request_rescan()
     wait_for(lambda: h.paths() == ["found-by-rescan.jpg"])
     h.stop()
+
+
+def test_same_file_dropped_again_after_it_was_archived_is_looked_at_again(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "native", duplicate_content="process")
+    h.start()
+    photo = h.inbox / "again.jpg"
+    photo.write_bytes(b"the same photo twice")
+    os.utime(photo, (1_000_000, 1_000_000))
+    wait_for(lambda: h.paths() == ["again.jpg"])
+    job = h.store.get(1)
+    h.store.set_original(job.id, "archived", "again.jpg")  # what the worker records after moving it
+    (tmp_path / "archive" / "again.jpg").write_bytes(photo.read_bytes())
+    photo.unlink()
+    time.sleep(0.3)
+    photo.write_bytes(b"the same photo twice")  # e.g. `cp -p` again: same size and mtime
+    os.utime(photo, (1_000_000, 1_000_000))
+    wait_for(lambda: h.paths() == ["again.jpg", "again.jpg"])
+    assert h.store.get(2).note == "same content as job 1 (again.jpg)"
+    h.stop()

@@ -299,3 +299,15 @@ def test_awkward_names_are_published_under_their_own_names(rig: Rig) -> None:
     assert {j.state for j in rig.store.list(limit=20).jobs} == {"done"}
     assert files_under(Path(rig.settings.outbox)) == sorted(names)
     assert files_under(Path(rig.settings.archive_dir)) == sorted(names)
+
+
+def test_input_gone_during_a_share_outage_is_processed_when_it_returns(rig: Rig, tmp_path: Path) -> None:
+    job = rig.drop("a.png", png_bytes())
+    os.rename(rig.inbox / "a.png", tmp_path / "away.png")  # the share drops before the job runs
+    gone = rig.run()
+    assert gone.state == "cancelled" and gone.original == "deleted" and "disappeared" in gone.note
+    os.rename(tmp_path / "away.png", rig.inbox / "a.png")  # ... and comes back with the same file
+    stat = (rig.inbox / "a.png").stat()
+    again = rig.store.add("a.png", job.content_sha256, stat.st_size, stat.st_mtime)
+    assert again.created and again.job.state == "queued"
+    assert rig.run().state == "done"

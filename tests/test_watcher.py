@@ -389,3 +389,29 @@ def test_same_file_dropped_again_after_it_was_archived_is_looked_at_again(tmp_pa
     wait_for(lambda: h.paths() == ["again.jpg", "again.jpg"])
     assert h.store.get(2).note == "same content as job 1 (again.jpg)"
     h.stop()
+
+
+def test_network_filesystem_detection_reads_mountinfo(tmp_path: Path) -> None:
+    from daemon import fsinfo
+
+    for folder in ["photos/inbox", "my share/inbox", "remote/inbox", "photos-local/inbox", "state"]:
+        (tmp_path / folder).mkdir(parents=True)
+    t = str(tmp_path).replace(" ", "\\040")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        f"50 22 0:60 / {t}/photos rw - autofs systemd-1 rw\n"
+        f"51 50 0:61 / {t}/photos rw - nfs4 nas:/volume1/photos rw\n"  # automount: the share on top
+        f"52 22 0:62 / {t}/my\\040share rw - cifs //nas/my\\040share rw\n"
+        f"53 22 0:63 / {t}/remote rw - fuse.sshfs me@host: rw\n"
+        f"54 22 0:64 / {t}/photos-local rw - xfs /dev/sdb1 rw\n"
+    )
+    for folder, fs_type in {
+        "photos/inbox": "nfs4",
+        "my share/inbox": "cifs",
+        "remote/inbox": "fuse.sshfs",
+    }.items():
+        mount = fsinfo.mount_of(tmp_path / folder, mountinfo)
+        assert mount is not None and mount.fs_type == fs_type and mount.is_network, folder
+    for folder in ["photos-local/inbox", "state"]:
+        assert not fsinfo.is_network_filesystem(tmp_path / folder, mountinfo), folder

@@ -191,7 +191,8 @@ def make_preview(path: Path | BinaryIO, max_edge: int, max_pixels: int) -> tuple
         if has_alpha:
             converted.save(out, "PNG", optimize=False, compress_level=3)
             return out.getvalue(), "image/png"
-        converted.save(out, "JPEG", quality=88, optimize=False)
+        # Big previews serve the inspector's close-up views: keep compression artefacts out of them.
+        converted.save(out, "JPEG", quality=95 if max_edge >= 2048 else 85, optimize=False)
         return out.getvalue(), "image/jpeg"
 
 

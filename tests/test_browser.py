@@ -211,3 +211,39 @@ def test_live_progress_queue_positions_and_keyboard_cancel_and_retry(browser: ob
         page.wait_for_selector("#queue:has-text('torn.jpg')", timeout=20_000)
         assert store.get(failed).state == "queued"
         page.wait_for_selector("#failed-empty:visible", timeout=20_000)
+
+
+def test_one_to_one_shows_the_outputs_own_pixels_beyond_the_preview_size(
+    browser: object, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    with running_site(tmp_path) as site:
+        ids = {}
+        for name, width in (("panorama.png", 5000), ("huge.png", 9000)):
+            Image.new("RGB", (width // 4, 40), "gray").save(site.settings.inbox / name)
+            Image.new("RGB", (width, 160), "white").save(site.settings.outbox / name)
+            report = {
+                "input_size": [width // 4, 40],
+                "output_size": [width, 160],
+                "model": "m",
+                "seconds": 1.0,
+            }
+            ids[name] = site.insert_job(state="done", input_path=name, output_path=name, report=report)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
+        page.goto(site.page + "/")
+        page.click(f"#history li[data-id='{ids['panorama.png']}'] button.thumb")
+        page.wait_for_selector("#inspector-loading", state="hidden", timeout=20_000)
+        assert page.evaluate("() => document.getElementById('after-img').naturalWidth") == 4096
+        page.click("#zoom-1to1")
+        page.wait_for_function(
+            "() => document.getElementById('after-img').naturalWidth === 5000", timeout=20_000
+        )
+        page.keyboard.press("Escape")
+
+        page.click(f"#history li[data-id='{ids['huge.png']}'] button.thumb")
+        page.wait_for_selector("#inspector-loading", state="hidden", timeout=20_000)
+        page.click("#zoom-1to1")
+        note = page.locator("#inspector-note")
+        assert "9000 × 160" in note.inner_text()
+        assert note.locator("a").get_attribute("href") == f"/api/v1/jobs/{ids['huge.png']}/output"

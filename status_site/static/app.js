@@ -13,6 +13,7 @@ const MAX_BACKOFF_MS = 30000;
 const HISTORY_PAGE = 24;
 const THUMB_MAX = 320;
 const INSPECT_MAX = 4096;
+const FULL_MAX = 8192; // the API's largest preview; bigger outputs open in a tab for 1:1
 
 const state = {
   capabilities: null,
@@ -646,6 +647,7 @@ async function openInspector(jobId) {
   $("inspector-loading").hidden = false;
   $("before-img").removeAttribute("src");
   $("after-img").removeAttribute("src");
+  $("inspector-note").hidden = true;
   if (!dialog.open) dialog.showModal();
   let job;
   try {
@@ -776,6 +778,30 @@ function zoomAt(factor, cx, cy) {
 function oneToOne() {
   // One output pixel per device pixel, centred on the middle of the viewport.
   zoomAt(1 / window.devicePixelRatio / view.zoom);
+  loadFullResolution();
+}
+
+// The inspector opens on previews at most INSPECT_MAX px; true 1:1 needs the output's own pixels.
+function loadFullResolution() {
+  const after = $("after-img");
+  const note = $("inspector-note");
+  if (!view.job || !after.naturalWidth || after.naturalWidth >= view.width) return;
+  const fullUrl = `${API}/jobs/${view.job.id}/output`;
+  if (Math.max(view.width, view.height) <= FULL_MAX) {
+    note.replaceChildren(`Loading the full ${view.width} × ${view.height} output for a true 1:1 view…`);
+    note.hidden = false;
+    after.onload = () => {
+      note.hidden = true;
+    };
+    after.src = `${fullUrl}?max=${FULL_MAX}`;
+    return;
+  }
+  const scale = (view.width / after.naturalWidth).toFixed(1);
+  note.replaceChildren(
+    `The output is ${view.width} × ${view.height}: this view shows a ${after.naturalWidth} px preview scaled ×${scale}. `,
+    el("a", { href: fullUrl, target: "_blank", rel: "noopener", text: "Open the full-size output" }),
+  );
+  note.hidden = false;
 }
 
 function setupInspector() {

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 from aiohttp import web
 
-from daemon.store import STATES, Job, JobNotFoundError
+from daemon.store import Job, JobNotFoundError
 from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
 from status_site.files import (
@@ -404,4 +404,4 @@ def create_api_app(ctx: SiteContext) -> web.Application:
     return app
 
 
-__all__ = ["API_PREFIX", "STATES", "add_api_routes", "create_api_app", "job_json"]
+__all__ = ["API_PREFIX", "add_api_routes", "create_api_app", "job_json"]

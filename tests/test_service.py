@@ -109,6 +109,24 @@ def test_sd_notify_reaches_an_abstract_socket() -> None:
     assert sdnotify.watchdog_seconds({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}) is None
 
 
+def test_health_is_down_while_starting_or_without_worker_and_degraded_for_intake_problems() -> None:
+    from daemon.health import HealthState
+
+    health = HealthState()
+    assert health.snapshot()["status"] == "down"  # starting up
+    health.update(ready=True, worker_alive=True, watcher_alive=True, worker_state="idle")
+    assert health.snapshot()["status"] == "ok" and health.snapshot()["reasons"] == []
+    health.update(inbox_reachable=False, inbox_error="Input/output error (/srv/photos/inbox)")
+    snapshot = health.snapshot()
+    assert snapshot["status"] == "degraded"
+    assert snapshot["reasons"] == ["the inbox is unreachable: Input/output error (/srv/photos/inbox)"]
+    health.update(
+        inbox_reachable=True, worker_alive=False, worker_error="the worker process exited (code -9)"
+    )
+    snapshot = health.snapshot()
+    assert snapshot["status"] == "down" and "exited (code -9)" in snapshot["reasons"][0]
+
+
 def test_ready_only_after_db_open_interrupted_jobs_requeued_and_ports_bound(
     root: Path, serves: list[ServeProcess]
 ) -> None:

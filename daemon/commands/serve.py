@@ -15,7 +15,9 @@ VALUE_FLAGS: dict[str, type] = {
     "api_port": int,
     "site_port": int,
     "poll_seconds": float,
+    "rescan_seconds": float,
     "stability_seconds": float,
+    "hang_seconds": float,
     "max_attempts": int,
     "stop_grace_seconds": float,
     "model": str,
@@ -25,11 +27,17 @@ CHOICE_FLAGS: dict[str, list[str]] = {
     "originals": ["archive", "delete", "keep"],
     "backend": ["auto", "openvino", "torch"],
     "device": ["auto", "cpu", "cuda"],
+    "precision": ["auto", "fp32", "bf16", "fp16"],
+    "duplicate_content": ["skip", "process"],
 }
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _help(name: str) -> str:
+    return f"overrides `{name}` (env RESTORER_{name.upper()})"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, help="TOML settings file (see config/restorer.example.toml)")
     for name in PATH_FLAGS:
-        parser.add_argument(_flag(name), dest=name, type=Path)
+        parser.add_argument(_flag(name), dest=name, type=Path, metavar="DIR", help=_help(name))
     for name, kind in VALUE_FLAGS.items():
-        parser.add_argument(_flag(name), dest=name, type=kind)
+        parser.add_argument(
+            _flag(name), dest=name, type=kind, metavar=kind.__name__.upper(), help=_help(name)
+        )
     for name, choices in CHOICE_FLAGS.items():
-        parser.add_argument(_flag(name), dest=name, choices=choices)
+        parser.add_argument(_flag(name), dest=name, choices=choices, help=_help(name))
     parser.set_defaults(run=run)
 
 

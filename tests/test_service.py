@@ -344,6 +344,21 @@ def test_invalid_settings_are_refused_with_a_clear_message(root: Path) -> None:
     assert result.returncode == 2 and "must be separate folders" in result.stderr
 
 
+def test_polling_mode_end_to_end_with_a_skipped_duplicate(root: Path, serves: list[ServeProcess]) -> None:
+    serve = start(serves, root, "--watch-mode", "polling")
+    health = serve.health()
+    assert health["watch_mode"] == "polling" and "watch_mode=polling" in health["watch_mode_reason"]
+    (root / "inbox" / "a.jpg").write_bytes(b"one photo")
+    wait_for(lambda: job_states(root) == ["done"])
+    (root / "inbox" / "copy of a.jpg").write_bytes(b"one photo")
+    wait_for(lambda: len(jobs(root)) == 2)
+    skipped = wait_for(lambda: (j := jobs(root)[1]).original == "archived" and j)
+    assert skipped.state == "cancelled" and skipped.note.startswith("skipped: same content as job 1")
+    assert files_under(root / "outbox") == ["a.bin"] and files_under(root / "inbox") == []
+    assert files_under(root / "archive") == ["a.jpg", "copy of a.jpg"]
+    assert serve.terminate() == 0
+
+
 def test_port_in_use_is_a_clear_startup_error(root: Path, serves: list[ServeProcess]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

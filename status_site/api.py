@@ -357,7 +357,7 @@ async def _stream_file(
 
 async def get_stats(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    return json_response(await ctx.run(ctx.queries.stats))
+    return json_response(await ctx.responses.get("stats", lambda: ctx.run(ctx.queries.stats)))
 
 
 async def get_openapi(request: web.Request) -> web.Response:

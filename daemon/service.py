@@ -333,12 +333,14 @@ class Service:
     async def run_until_stopped(self) -> None:
         watchdog = sdnotify.watchdog_seconds()
         next_disk = 0.0
+        disk_check: asyncio.Future[None] | None = None
         while not self._stopping.is_set():
             await self._supervise_worker()
             now = time.monotonic()
-            if now >= next_disk:
+            if now >= next_disk and (disk_check is None or disk_check.done()):
+                # Off the loop: statvfs on a hung NFS hard mount would otherwise freeze the API too.
                 next_disk = now + DISK_CHECK_SECONDS
-                self._check_disk()
+                disk_check = asyncio.get_running_loop().run_in_executor(None, self._check_disk)
             if watchdog is not None and now - self._last_watchdog >= watchdog / 3 and self.worker_healthy():
                 self._last_watchdog = now
                 log.debug("watchdog ping (worker %s)", self.health.get("worker_state"))

@@ -415,3 +415,19 @@ def test_network_filesystem_detection_reads_mountinfo(tmp_path: Path) -> None:
         assert mount is not None and mount.fs_type == fs_type and mount.is_network, folder
     for folder in ["photos-local/inbox", "state"]:
         assert not fsinfo.is_network_filesystem(tmp_path / folder, mountinfo), folder
+
+
+def test_events_lost_to_inotify_overflow_or_a_blind_share_are_caught_by_the_periodic_rescan(
+    tmp_path: Path,
+) -> None:
+    from watchdog.observers.polling import PollingObserver
+
+    def blind(mode: str, inbox: str, poll_seconds: float) -> BaseObserver:
+        return PollingObserver(timeout=3600)  # alive, but reports nothing (like IN_Q_OVERFLOW drops)
+
+    h = Harness(tmp_path, "native", rescan_seconds=1.0)
+    intake = h.start(observer_factory=blind)
+    (h.inbox / "missed-by-events.jpg").write_bytes(b"only a rescan finds me")
+    wait_for(lambda: h.paths() == ["missed-by-events.jpg"], timeout=10)
+    assert intake.scans >= 2 and intake.observer_alive()
+    h.stop()

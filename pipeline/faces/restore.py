@@ -95,7 +95,9 @@ def _network_module(descriptor, arch: str, fidelity: float):  # -> torch.nn.Modu
             if arch == "GFPGAN":
                 y = self.net(signed, return_rgb=False, randomize_noise=False)[0]
             elif arch == "CodeFormer":
-                y = self.net(signed, w=fidelity, adain=True)[0]
+                # spandrel_extra_arches' CodeFormer.forward(x, weight=0.5, **kwargs): AdaIN always on; any
+                # other keyword (the reference's `w`) would be swallowed silently.
+                y = self.net(signed, weight=fidelity)[0]
             else:  # RestoreFormer: spandrel's own call_fn does the same normalisation
                 y = self.net(signed)[0]
             return ((y + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -77,7 +77,10 @@ def test_x4plus_uses_official_rrdbnet_key_names():
     assert "body.23.rdb1.conv1.weight" not in keys
 
 
-@pytest.mark.parametrize(("name", "arch", "params"), CASES)
+@pytest.mark.parametrize(
+    ("name", "arch", "params"),
+    [pytest.param(*CASES[0], marks=pytest.mark.slow, id="x4plus"), *CASES[1:]],
+)
 def test_converted_output_equals_ncnn_output_within_one_level_on_a_real_photo(name, arch, params):
     x = photo_crop(32)
     expected = ncnn_forward(name, x)

@@ -150,6 +150,41 @@ def test_unknown_or_opt_in_face_models_give_reasons_not_crashes(empty_stage, tmp
 # -- determinism and backends on small networks -----------------------------------------------------------
 
 
+class RecordingFaceNet:
+    """Stands in for a spandrel face network: records how it is called, returns its input."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float, dict[str, object]]] = []
+
+    def eval(self) -> RecordingFaceNet:
+        return self
+
+    def __call__(self, x, **kwargs):
+        self.calls.append((float(x.min()), float(x.max()), kwargs))
+        return (x, None)
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected_kwargs"),
+    [
+        ("GFPGAN", {"return_rgb": False, "randomize_noise": False}),
+        ("CodeFormer", {"weight": 0.7}),  # spandrel_extra_arches' name for CodeFormer's fidelity
+        ("RestoreFormer", {}),
+    ],
+)
+def test_face_networks_get_signed_input_and_their_own_keywords(arch, expected_kwargs):
+    import torch
+
+    net = RecordingFaceNet()
+    wrapped = _network_module(types.SimpleNamespace(model=net), arch, 0.7)
+    x = torch.linspace(0, 1, 3 * 8 * 8).reshape(1, 3, 8, 8)
+    y = wrapped(x)
+    (low, high, kwargs) = net.calls[0]
+    assert (low, high) == (-1.0, 1.0)  # the [-1, 1] pitfall: never the [0, 1] image itself
+    assert kwargs == expected_kwargs
+    assert torch.allclose(y, x, atol=1e-6)  # and mapped back to [0, 1]
+
+
 @pytest.mark.slow
 def test_gfpgan_wrapper_is_deterministic_although_stylegan_noise_is_random():
     import torch

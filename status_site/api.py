@@ -296,15 +296,15 @@ async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
     job = await ctx.run(ctx.store.get, job_id)
     if job is None:
         raise not_found(f"no job with id {job_id}")
-    found = await ctx.run(locate, job, which, ctx.settings)
+    found = await ctx.run_file(locate, job, which, ctx.settings)
     etag = found.etag if max_edge is None else f'"{found.etag.strip(chr(34))}-{max_edge}"'
     cache = {"Cache-Control": "private, max-age=60", "ETag": etag}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=cache)
-    handle = await ctx.run(open_checked, found)
+    handle = await ctx.run_file(open_checked, found)
     try:
-        if max_edge is None or await ctx.run(fits_without_resize, handle, max_edge):
-            await ctx.run(handle.seek, 0)
+        if max_edge is None or await ctx.run_file(fits_without_resize, handle, max_edge):
+            await ctx.run_file(handle.seek, 0)
             return await _stream_file(request, ctx, handle, found, cache, download=max_edge is None)
         key = (str(found.path), found.mtime_ns, found.size_bytes, max_edge)
         preview = ctx.previews.get(key)
@@ -312,7 +312,7 @@ async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
             max_pixels = int(ctx.settings.max_input_megapixels * 1e6 * 16)  # outputs are up to 16x the input
             try:
                 async with ctx.preview_slots:  # bounds the memory of decoding several big images at once
-                    preview = await ctx.run(make_preview, handle, max_edge, max_pixels)
+                    preview = await ctx.run_file(make_preview, handle, max_edge, max_pixels)
             except (OSError, ValueError) as exc:
                 raise Problem(
                     422,
@@ -322,7 +322,7 @@ async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
                 ) from None
             ctx.previews.put(key, preview)
     finally:
-        handle.close()
+        await ctx.run_file(handle.close)
     body, content_type = preview
     return web.Response(body=body, content_type=content_type, headers=cache)
 
@@ -346,7 +346,7 @@ async def _stream_file(
     if request.method != "HEAD":
         sent = 0
         while sent < found.size_bytes:
-            chunk = await ctx.run(handle.read, min(FILE_CHUNK, found.size_bytes - sent))
+            chunk = await ctx.run_file(handle.read, min(FILE_CHUNK, found.size_bytes - sent))
             if not chunk:
                 break  # the file shrank while we sent it; the client sees a short body
             await response.write(chunk)

@@ -28,15 +28,20 @@ PREVIEW_SLOTS = 2  # previews decoded at once (a 4x output of a 12 MP photo is ~
 class SiteContext:
     """Shared by the API app and the page app of one `start_servers` call.
 
-    Store queries and image work run in `executor`: SQLite may wait on a writer's lock (busy_timeout) and
-    previews decode whole images, and neither may stall the event loop that answers every poll.
+    Nothing blocking runs on the event loop that answers every poll. Store queries run in `executor`
+    (SQLite may wait on a writer's lock); anything touching the inbox, outbox or archive (stat, open,
+    preview decoding) runs in `file_executor`, so a hung network share stalls file requests only, while
+    health, job JSON and the page keep answering.
     """
 
     settings: Settings
     store: JobStore
     health: HealthState
     executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-site")
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-db")
+    )
+    file_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-files")
     )
     queries: Queries = field(init=False)
     estimator: Estimator = field(init=False)
@@ -48,10 +53,19 @@ class SiteContext:
 
     def __post_init__(self) -> None:
         self.queries = Queries(self.store.db_path)
-        self.estimator = Estimator(self.queries, self.settings)
+        self.estimator = Estimator(self.queries, self.settings, self.file_executor)
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """Store work, in the database pool."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, func, *args)
+
+    async def run_file(self, func: Callable[..., T], *args: Any) -> T:
+        """File system and image work, in the file pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.file_executor, func, *args)
+
+    def shutdown(self) -> None:
+        for pool in (self.executor, self.file_executor):
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 CONTEXT = web.AppKey("status_site_context", SiteContext)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import CancelledError, Executor, Future, TimeoutError
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,15 +31,23 @@ if TYPE_CHECKING:
 HEADER_CACHE_SIZE = 4096
 HEADERS_READ_PER_CALL = 200  # beyond this many queued jobs, the rest count at the mean size
 RATE_TTL_SECONDS = 5.0
+HEADER_WAIT_SECONDS = 0.5
 
 
 class MegapixelCache:
-    """Input megapixels by file version (path, size, mtime); thread-safe, bounded."""
+    """Input megapixels by file version (path, size, mtime); thread-safe, bounded.
 
-    def __init__(self, size: int = HEADER_CACHE_SIZE) -> None:
+    Headers are read in the file pool and waited for at most HEADER_WAIT_SECONDS: on a slow or hung
+    share the estimate goes on with the mean size rather than holding up the answer, and a header
+    still being read is never asked for twice.
+    """
+
+    def __init__(self, file_executor: Executor, size: int = HEADER_CACHE_SIZE) -> None:
+        self._file_executor = file_executor
         self._size = size
         self._lock = threading.Lock()
         self._items: OrderedDict[tuple[str, int, float], float | None] = OrderedDict()
+        self._reading: dict[tuple[str, int, float], Future[float | None]] = {}
 
     def megapixels(self, job: Job, settings: Settings) -> float | None:
         if job.report and job.report.get("input_size"):
@@ -49,12 +58,24 @@ class MegapixelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = _read_header_megapixels(job, settings)
+            reading = self._reading.get(key)
+            if reading is None:
+                reading = self._file_executor.submit(_read_header_megapixels, job, settings)
+                self._reading[key] = reading
+                reading.add_done_callback(lambda done: self._store(key, done))
+        try:
+            return reading.result(timeout=HEADER_WAIT_SECONDS)
+        except (TimeoutError, CancelledError):
+            return None
+
+    def _store(self, key: tuple[str, int, float], done: Future[float | None]) -> None:
         with self._lock:
-            self._items[key] = value
+            self._reading.pop(key, None)
+            if done.cancelled() or done.exception() is not None:
+                return
+            self._items[key] = done.result()
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-        return value
 
 
 def _read_header_megapixels(job: Job, settings: Settings) -> float | None:
@@ -67,10 +88,10 @@ def _read_header_megapixels(job: Job, settings: Settings) -> float | None:
 
 
 class Estimator:
-    def __init__(self, queries: Queries, settings: Settings) -> None:
+    def __init__(self, queries: Queries, settings: Settings, file_executor: Executor) -> None:
         self.queries = queries
         self.settings = settings
-        self.cache = MegapixelCache()
+        self.cache = MegapixelCache(file_executor)
         self._rate_lock = threading.Lock()
         self._rate: tuple[float, float | None, float] | None = None  # (when, rate, mean megapixels)
 

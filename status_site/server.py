@@ -66,7 +66,7 @@ async def start_servers(
 
 
 async def _shutdown(ctx: SiteContext) -> None:
-    ctx.executor.shutdown(wait=False, cancel_futures=True)
+    ctx.shutdown()
 
 
 def bound_port(runner: web.AppRunner) -> int:

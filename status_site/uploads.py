@@ -273,13 +273,13 @@ async def handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepted
         max_pixels = int(ctx.settings.max_input_megapixels * 1e6)
         checked: list[tuple[SpooledFile, bytes, str]] = []
         for spooled in files:
-            data = await ctx.run(spooled.data.read)
-            extension = await ctx.run(validate_image, data, spooled.name, max_pixels)
+            data = await ctx.run_file(spooled.data.read)
+            extension = await ctx.run_file(validate_image, data, spooled.name, max_pixels)
             checked.append((spooled, data, final_name(spooled, extension)))
         accepted: list[Accepted] = []
         for spooled, data, name in checked:
             try:
-                job = await ctx.run(publish_and_record, ctx, data, name, preset)
+                job = await ctx.run_file(publish_and_record, ctx, data, name, preset)
             except DiskFullError as exc:
                 raise Problem(
                     507,

@@ -752,3 +752,43 @@ def test_a_port_in_use_is_reported_in_words(tmp_path: Path) -> None:
             running_site(tmp_path, site_port=port),
         ):
             pass
+
+
+def test_a_hung_share_stalls_file_requests_only(quiet_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An NFS hard mount that stops answering blocks stat/open forever: job JSON and health go on."""
+    import concurrent.futures
+    import threading
+
+    import status_site.api
+    import status_site.eta
+
+    release = threading.Event()
+    real_locate = status_site.api.locate
+
+    def hung_locate(*args: Any) -> Any:
+        release.wait(30)
+        return real_locate(*args)
+
+    monkeypatch.setattr(status_site.api, "locate", hung_locate)
+    monkeypatch.setattr(status_site.eta, "locate", hung_locate)
+    now = datetime.now(UTC)
+    quiet_site.insert_job(state="done", started_at=now, finished_at=now, report=done_report(1000, 1000, 10.0))
+    queued = quiet_site.store.add("on-the-share.jpg", "q" * 64, 10, 1.0).job.id  # type: ignore[attr-defined]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        stuck = [
+            pool.submit(requests.get, f"{quiet_site.api}/api/v1/jobs/{queued}/input", timeout=60)
+            for _ in range(6)
+        ]
+        try:
+            time.sleep(0.3)
+            started = time.monotonic()
+            detail = quiet_site.get(f"/api/v1/jobs/{queued}")
+            assert detail.status_code == 200
+            assert detail.json()["eta_seconds"] == pytest.approx(10.0, abs=0.5)  # the mean size stands in
+            assert quiet_site.get("/api/v1/health").status_code == 200
+            assert quiet_site.get("/", port="page").status_code == 200
+            assert time.monotonic() - started < 5.0
+            assert not any(future.done() for future in stuck)
+        finally:
+            release.set()
+        assert all(future.result().status_code == 404 for future in stuck)  # the file was never there

@@ -8,6 +8,7 @@ weights/; facexlib is imported lazily and its own downloader is never called.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 # Small inputs are enlarged before detection so that a face of a few pixels becomes one MTCNN finds
 # (its smallest window is 12 px); large inputs are used as they are.
 DETECT_TARGET_EDGE = 640
@@ -24,6 +27,9 @@ MAX_DETECT_UPSAMPLE = 4.0
 MIN_SCORE = 0.95  # 0.91 was a false positive (astronaut at 128 px); real faces score > 0.99
 DUPLICATE_IOU = 0.4
 RETINAFACE_WEIGHTS = "detection_Resnet50_Final.pth"
+RETINAFACE_SOURCE = (
+    "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"
+)
 
 
 @dataclass(frozen=True)
@@ -93,11 +99,13 @@ class RetinaFaceDetector:
 
     name = "RetinaFace (facexlib)"
 
-    def __init__(self, weights_path: Path, device: str = "cpu") -> None:
+    def __init__(self, weights_path: Path) -> None:
         import torch
         from facexlib.detection.retinaface import RetinaFace
 
-        network = RetinaFace(network_name="resnet50", half=False, device=torch.device(device))
+        # facexlib picks its device itself (cuda when available); its own loader would download weights,
+        # so the state dict is read from the user's file here.
+        network = RetinaFace(network_name="resnet50", half=False)
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         network.load_state_dict(state, strict=True)
@@ -120,7 +128,8 @@ class RetinaFaceDetector:
 def retinaface_unavailable_reason(weights_dir: Path) -> str | None:
     """Why the optional RetinaFace detector cannot be used here (None when it can)."""
     if not (weights_dir / RETINAFACE_WEIGHTS).is_file():
-        return f"RetinaFace not used: {RETINAFACE_WEIGHTS} is not in {weights_dir}/"
+        missing = f"{RETINAFACE_WEIGHTS} is not in {weights_dir}/ ({RETINAFACE_SOURCE})"
+        return f"RetinaFace (optional) not used: {missing}"
     try:
         import facexlib.detection.retinaface  # noqa: F401
     except ImportError:
@@ -132,8 +141,12 @@ def create_detector(weights_dir: Path, device: str = "cpu") -> tuple[FaceDetecto
     """The best detector available offline, and one line saying why it was chosen."""
     reason = retinaface_unavailable_reason(weights_dir)
     if reason is None:
-        detector = RetinaFaceDetector(weights_dir / RETINAFACE_WEIGHTS, device)
-        return detector, f"{RETINAFACE_WEIGHTS} found in {weights_dir}/"
+        try:
+            detector = RetinaFaceDetector(weights_dir / RETINAFACE_WEIGHTS)
+            return detector, f"{RETINAFACE_WEIGHTS} found in {weights_dir}/"
+        except Exception as error:  # an optional extra must never cost the face stage: say why, use MTCNN
+            log.warning("RetinaFace could not be loaded: %s", error)
+            reason = f"RetinaFace not used: {RETINAFACE_WEIGHTS} could not be loaded ({error})"
     return MtcnnDetector(device), f"{reason}; MTCNN weights ship inside facenet-pytorch"
 
 

@@ -247,3 +247,28 @@ def test_one_to_one_shows_the_outputs_own_pixels_beyond_the_preview_size(
         note = page.locator("#inspector-note")
         assert "9000 × 160" in note.inner_text()
         assert note.locator("a").get_attribute("href") == f"/api/v1/jobs/{ids['huge.png']}/output"
+
+
+def test_dropping_photos_on_the_drop_zone_uploads_them(browser: object, tmp_path: Path) -> None:
+    with running_site(tmp_path) as site:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(site.page + "/")
+        page.wait_for_selector("#connection:has-text('Live')", timeout=20_000)
+        photo(tmp_path / "dropped.png")
+        data = list((tmp_path / "dropped.png").read_bytes())
+        page.evaluate(
+            """(bytes) => {
+                const transfer = new DataTransfer();
+                const file = new File([new Uint8Array(bytes)], "dropped photo.png", {type: "image/png"});
+                transfer.items.add(file);
+                const zone = document.getElementById("dropzone");
+                zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true}));
+                zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+            }""",
+            data,
+        )
+        page.wait_for_selector(
+            "#upload-status:has-text('Accepted 1 file: #1 dropped photo.png')", timeout=20_000
+        )
+        page.wait_for_selector("#queue li:has-text('dropped photo.png')", timeout=20_000)
+        assert (site.settings.inbox / "dropped photo.png").read_bytes() == bytes(data)

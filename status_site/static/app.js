@@ -559,6 +559,12 @@ function setupUpload() {
     zone.classList.remove("over");
     upload(event.dataTransfer.files);
   });
+  // A photo dropped next to the zone must not make the browser navigate away to the file.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    if (!zone.contains(event.target) && event.dataTransfer && event.dataTransfer.files.length) upload(event.dataTransfer.files);
+  });
   input.addEventListener("change", () => {
     upload(input.files);
     input.value = "";

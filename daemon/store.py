@@ -220,7 +220,7 @@ def _make_engine(db_path: Path) -> Engine:
         f"sqlite:///{db_path}",
         poolclass=QueuePool,
         pool_size=4,
-        max_overflow=8,
+        max_overflow=16,  # the site's thread pools, the intake, the service: never wait for a connection
         connect_args={"check_same_thread": False},
     )
 

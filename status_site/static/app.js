@@ -12,6 +12,7 @@ const IDLE_INTERVAL_MS = 5000;
 const MAX_BACKOFF_MS = 30000;
 const HISTORY_PAGE = 24;
 const THUMB_MAX = 320;
+const OUTPUT_THUMB_MAX_PIXELS = 24e6; // bigger outputs get their thumbnail from the input
 const INSPECT_MAX = 4096;
 const FULL_MAX = 8192; // the API's largest preview; bigger outputs open in a tab for 1:1
 
@@ -449,15 +450,15 @@ function renderHistory(history) {
   $("history-empty").hidden = history.jobs.length > 0;
   syncList($("history"), history.jobs, (job) => {
     const done = job.state === "done";
-    // Thumbnails come from the (smaller, cheaper to decode) input; the output if the input is gone.
-    const img = el("img", { alt: "", loading: "lazy", src: `${API}/jobs/${job.id}/input?max=${THUMB_MAX}` });
+    // A done job shows its result; a huge output (slow to decode for a thumbnail) shows its input.
+    const outSize = job.report && job.report.output_size;
+    const fromOutput = done && outSize && outSize[0] * outSize[1] <= OUTPUT_THUMB_MAX_PIXELS;
+    const sources = fromOutput ? ["output", "input"] : done ? ["input", "output"] : ["input"];
+    const img = el("img", { alt: "", loading: "lazy", src: `${API}/jobs/${job.id}/${sources.shift()}?max=${THUMB_MAX}` });
     img.addEventListener("error", () => {
-      if (done && !img.dataset.triedOutput) {
-        img.dataset.triedOutput = "1";
-        img.src = `${API}/jobs/${job.id}/output?max=${THUMB_MAX}`;
-      } else {
-        img.replaceWith(el("span", { class: "muted", text: "no preview" }));
-      }
+      const next = sources.shift();
+      if (next) img.src = `${API}/jobs/${job.id}/${next}?max=${THUMB_MAX}`;
+      else img.replaceWith(el("span", { class: "muted", text: "no preview" }));
     });
     const thumb = el(
       "button",
@@ -747,7 +748,7 @@ function applyView() {
   stage.style.width = w;
   stage.style.height = h;
   stage.style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.zoom})`;
-  stage.classList.toggle("pixelated", view.zoom * window.devicePixelRatio >= 2);
+  stage.classList.toggle("pixelated", view.zoom * window.devicePixelRatio >= 4);
   const splitX = view.split * viewport.clientWidth;
   const clipLeft = Math.max(0, (splitX - view.x) / view.zoom);
   $("after-clip").style.clipPath = `inset(0 0 0 ${clipLeft}px)`;

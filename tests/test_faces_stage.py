@@ -94,7 +94,10 @@ def test_missing_weights_still_detects_and_says_which_file_to_add(empty_stage):
     x0, y0, x1, y1 = report.box
     assert 0 <= x0 < x1 <= 384 and 0 <= y0 < y1 <= 384 and x1 - x0 > 2 * 40
     assert all(x0 - 10 <= x <= x1 + 10 and y0 - 10 <= y <= y1 + 10 for x, y in report.landmarks)
-    assert empty_stage.status()["restoration_available"] is False
+    status = empty_stage.status()
+    assert status["restoration_available"] is False and status["face_models_available"] == []
+    assert status["reason"].startswith("face restoration unavailable: add GFPGANv1.4.pth")
+    assert status["detector"].startswith("MTCNN") and "RetinaFace" in status["detector_note"]
 
 
 def test_no_face_option_skips_detection_too(empty_stage):
@@ -232,6 +235,7 @@ def test_random_gfpgan_loads_like_the_real_file_restores_and_pastes(gfpgan_stage
     prepared = gfpgan_stage.prepare(rgb, options, lambda *e: events.append(e))
     assert prepared.model == "GFPGANv1.4" and prepared.backend == "torch cpu fp32"
     assert ("faces-restore", 1, 1) in events and prepared.seconds["faces-restore"] > 0
+    assert prepared.seconds["faces-load"] > 0  # the network load is not counted as restore time
     (face,) = prepared.faces
     assert face.restored.shape == (512, 512, 3) and face.restored.dtype == np.float32
 

@@ -59,12 +59,17 @@ class PreparedFaces:
     model: str | None = None  # face model used, None when none ran
     backend: str | None = None  # e.g. "openvino cpu bf16"
     detector: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)  # "faces-detect", "faces-restore", "faces-paste"
+    # "faces-load" (detector/network, first image only), "faces-detect", "faces-restore", "faces-paste"
+    seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
+
+
+def _add_seconds(prepared: PreparedFaces, stage: str, started: float) -> None:
+    prepared.seconds[stage] = prepared.seconds.get(stage, 0.0) + time.perf_counter() - started
 
 
 def _progress(on_progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
@@ -118,8 +123,8 @@ class FaceStage:
         prepared = PreparedFaces(strength=float(np.clip(options.face_strength, 0.0, 1.0)))
         if not options.faces:
             return prepared
-        started = time.perf_counter()
         _progress(on_progress, "faces-detect", 0, 1)
+        started = time.perf_counter()
         try:
             detector = self.detector()
         except ImportError as error:  # facenet-pytorch missing from this install: SR still runs
@@ -127,6 +132,8 @@ class FaceStage:
                 f"face detection unavailable ({error}); install facenet-pytorch==2.6.0 with --no-deps"
             )
             return prepared
+        _add_seconds(prepared, "faces-load", started)  # ~0 once warm_up() has run
+        started = time.perf_counter()
         prepared.detector = detector.name
         detected = detect_faces(detector, rgb)
         prepared.seconds["faces-detect"] = time.perf_counter() - started
@@ -143,7 +150,10 @@ class FaceStage:
                 "left to the super-resolution model"
             )
         todo = [f for f in prepared.faces if f.reason is None]
+        loading = time.perf_counter()
         restorer, reason = self.restorer(options) if todo else (None, None)
+        _add_seconds(prepared, "faces-load", loading)
+        started += time.perf_counter() - loading  # restore time without the one-off model load
         if restorer is None:
             for face in todo:
                 face.reason = reason
@@ -216,9 +226,14 @@ class FaceStage:
         except RestoreError as error:
             backend_text = f"unavailable: {error}"
         _, missing = choose_face_model("auto", self._weights_dir)
+        if self._detector is not None:  # loaded: say what actually runs (RetinaFace may have fallen back)
+            detector, note = self._detector.name, self._detector_reason
+        else:
+            detector = "RetinaFace (facexlib)" if retina is None else "MTCNN (facenet-pytorch)"
+            note = retina
         return {
-            "detector": "RetinaFace (facexlib)" if retina is None else "MTCNN (facenet-pytorch)",
-            "detector_note": retina,
+            "detector": detector,
+            "detector_note": note,
             "face_models_available": present,
             "auto_face_model": auto,
             "restoration_available": auto is not None,

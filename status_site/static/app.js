@@ -24,7 +24,7 @@ const state = {
   offlineSince: null,
   nextPollAt: 0,
   timer: null,
-  countdown: null,
+  again: false,
   lastOk: null,
   polling: false,
   lastStatsAt: 0,
@@ -142,8 +142,12 @@ function schedule(delayMs) {
 }
 
 async function poll() {
-  if (state.polling) return;
+  if (state.polling) {
+    state.again = true; // asked for fresh data while a poll is in flight: poll again right after it
+    return;
+  }
   state.polling = true;
+  state.again = false;
   let active = false;
   try {
     const now = Date.now();
@@ -197,9 +201,11 @@ async function poll() {
   }
   const delay = state.failures
     ? Math.min(MAX_BACKOFF_MS, ACTIVE_INTERVAL_MS * 2 ** (state.failures - 1)) * (0.85 + Math.random() * 0.3)
-    : active
-      ? ACTIVE_INTERVAL_MS
-      : IDLE_INTERVAL_MS;
+    : state.again
+      ? 50
+      : active
+        ? ACTIVE_INTERVAL_MS
+        : IDLE_INTERVAL_MS;
   schedule(delay);
   renderConnection();
 }
@@ -303,7 +309,9 @@ function renderLive(live) {
   const processing = live.jobs.filter((job) => job.state === "processing");
   const queued = live.jobs.filter((job) => job.state === "queued");
   renderCurrent(processing);
-  $("queue-count").textContent = live.total_queued !== undefined ? `(${live.total_queued})` : `(${queued.length})`;
+  // The listing holds the first 100; beyond that the count comes from the (slower) stats.
+  const total = live.next && state.counts ? Math.max(state.counts.queued, queued.length) : queued.length;
+  $("queue-count").textContent = `(${total}${live.next && !state.counts ? "+" : ""})`;
   $("queue-empty").hidden = queued.length > 0;
   syncList($("queue"), queued, (job) => {
     const eta = job.eta_seconds !== null && job.eta_seconds !== undefined ? `done in about ${formatDuration(job.eta_seconds)}` : "";
@@ -501,6 +509,7 @@ function historyChanged() {
 function renderStats(stats) {
   const box = $("stats");
   const counts = stats.counts || {};
+  state.counts = counts;
   const countRows = Object.entries(counts).map(([name, count]) => el("tr", {}, el("td", { text: name }), el("td", { class: "num", text: String(count) })));
   const rate = stats.seconds_per_megapixel;
   const hours = (stats.per_hour || []).slice(-6);

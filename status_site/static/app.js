@@ -399,9 +399,12 @@ function syncList(list, jobs, render) {
 async function jobAction(job, action) {
   const status = $("upload-status");
   try {
-    await api(`/jobs/${job.id}/${action}`, { method: "POST" });
+    const after = await api(`/jobs/${job.id}/${action}`, { method: "POST" });
     status.className = "upload-status";
-    status.textContent = action === "retry" ? `${jobName(job)} is queued again.` : `${jobName(job)} was cancelled.`;
+    if (!after.changed) status.textContent = `${jobName(job)} is ${after.state} already.`;
+    else if (action === "retry") status.textContent = `${jobName(job)} is queued again.`;
+    else if (after.cancel_requested) status.textContent = `${jobName(job)}: cancel requested, the worker stops it.`;
+    else status.textContent = `${jobName(job)} was cancelled.`;
   } catch (err) {
     status.className = "upload-status error";
     status.textContent = `Could not ${action} ${jobName(job)}: ${err.message}`;

@@ -165,3 +165,22 @@ def test_colour_match_removes_a_tone_shift_but_keeps_detail():
     matched = match_colour(restored, underneath, np.ones((CROP_SIZE, CROP_SIZE), np.float32))
     assert np.abs(matched.mean(axis=(0, 1)) - 0.5).max() < 0.01
     assert np.corrcoef((matched - 0.5).ravel(), detail.ravel())[0, 1] > 0.95
+
+
+def test_overlapping_faces_blend_smoothly_and_leave_the_rest_alone():
+    output = np.full((1024, 1024, 3), 128, np.uint8)  # a 2x output of a 512 input, flat so edges show
+    before = output.copy()
+    shift = np.array([45.0, 10.0])  # a neighbour's face, half overlapping the first
+    written = np.zeros((1024, 1024), bool)
+    for landmarks, value in ((ASTRONAUT_LANDMARKS, 1.0), (ASTRONAUT_LANDMARKS + shift, 0.0)):
+        matrix = similarity_to_template(landmarks)
+        face = np.full((CROP_SIZE, CROP_SIZE, 3), value, np.float32)
+        mask = face_mask_for(matrix, (512, 512))
+        region = paste_face(output, face, mask, rescale_source(matrix, 2), colour_match=False)
+        written |= region.full_mask(1024, 1024)
+    assert np.array_equal(output[~written], before[~written])
+    first_eye, second_eye = ASTRONAUT_LANDMARKS[0] * 2, (ASTRONAUT_LANDMARKS[0] + shift) * 2
+    assert output[round(first_eye[1]) - 80, round(first_eye[0]) - 80, 0] > 200  # only the first face there
+    assert output[round(second_eye[1]), round(second_eye[0]), 0] < 10  # the later face lies on top
+    row = output[round(second_eye[1]), :, 0].astype(int)
+    assert np.abs(np.diff(row)).max() <= 12  # white to black over ~40 px: no hard edge where masks cross

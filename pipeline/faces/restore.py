@@ -34,7 +34,6 @@ from pipeline.types import BackendUnavailableError, EngineConfig, UnknownModelEr
 log = logging.getLogger(__name__)
 
 AUTO_ORDER = ("GFPGANv1.4", "GFPGANv1.3", "RestoreFormer")
-EXPLICIT_ONLY = ("CodeFormer",)
 CROP = 512
 # Measured on the 2-core avx512_bf16 CPU with a 512 face (see docs/performance.md, "## Faces").
 FACE_CPU_AUTO = ("openvino", "bf16")

@@ -165,3 +165,29 @@ def test_x4plus_end_to_end_through_the_console_script(tmp_path: Path, state_dir:
     assert entry["backend"] == "openvino" and entry["tiles"] == 1 and isinstance(entry["faces"], list)
     assert PILImage.open(tmp_path / "out" / "astronaut.jpg").size == (128, 128)
     assert "[1/1]" in finished.stderr
+
+
+def test_an_unexpected_error_costs_one_file_not_the_batch(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.imageio
+
+    write_photo(tmp_path / "in" / "a.png")
+    write_photo(tmp_path / "in" / "b.png", seed=1)
+    real_encode = pipeline.imageio.encode_image
+    calls: list[int] = []
+
+    def encode_failing_once(*args: object, **kwargs: object) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("simulated encoder bug")
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.imageio, "encode_image", encode_failing_once)
+    report_path = tmp_path / "r.json"
+    code = restore(
+        [str(tmp_path / "in"), "-o", str(tmp_path / "out"), *FAST, "--report", str(report_path)], state_dir
+    )
+    assert code == 1
+    entries = json.loads(report_path.read_text())
+    assert [e["error"] for e in entries] == ["internal error: ValueError: simulated encoder bug", None]

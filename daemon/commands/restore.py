@@ -226,6 +226,9 @@ def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: Progr
     except (RestoreError, DeviceOutOfMemoryError, OSError, MemoryError) as error:
         entry["error"] = _one_line(error)
         log.debug("restore failed for %s", job.source, exc_info=True)
+    except Exception as error:  # a bug must cost this file, not the batch; the traceback goes to the log
+        log.exception("unexpected error while restoring %s", job.source)
+        entry["error"] = f"internal error: {type(error).__name__}: {_one_line(error)}"
     entry["seconds"] = round(time.perf_counter() - started, 3)
     return entry
 

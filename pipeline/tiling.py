@@ -35,6 +35,9 @@ DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/
 DEFAULT_BLEND = 16  # cross-fade width inside the context, input pixels
 MIN_TILE = 16
 _FLUSH_ROWS = 64  # output rows converted to the final dtype at a time
+# Fixed-point one for 8-bit outputs: 16 below 65535, so even 32 overlapping contributions (9 is the most a
+# pixel gets), each rounded up by at most 1/2, cannot overflow uint16.
+_FIXED_ONE = 65519
 
 
 class TileUpscaler(Protocol):
@@ -269,16 +272,21 @@ def _tile_image(
 
 
 class _Strip:
-    """Float32 accumulator for the output rows still being blended; finished rows go to `output`.
+    """Accumulator for the output rows still being blended; finished rows go to `output`.
 
-    Capacity is one window row (tile * scale output rows): blending never holds the whole image."""
+    Capacity is one window row (tile * scale output rows): blending never holds the whole image. For an
+    8-bit output the sums are kept in 16-bit fixed point (1/65519 steps, 256x finer than the output's
+    levels, half the memory of float32: 98 MB instead of 196 MB for a 16000 px wide output); 16-bit and
+    float outputs accumulate in float32."""
 
     def __init__(self, output: np.ndarray, capacity: int, channels: int) -> None:
         self.output = output
         self.channels = channels
         self.width = output.shape[1]
         self.top = 0  # output row held in self.rows[0]
-        self.rows = np.zeros((capacity, self.width, channels), np.float32)
+        self.fixed_point = output.dtype == np.uint8
+        dtype = np.uint16 if self.fixed_point else np.float32
+        self.rows = np.zeros((capacity, self.width, channels), dtype)
 
     def add(
         self, upscaled: np.ndarray, y: int, x: int, row_weight: np.ndarray, col_weight: np.ndarray
@@ -291,7 +299,11 @@ class _Strip:
         if self.channels == 1:
             values = values.mean(axis=2, keepdims=True)
         target = self.rows[y - self.top : bottom - self.top, x:right]
-        target += values * weight[:, :, None]
+        if self.fixed_point:
+            share = np.clip(values, 0.0, 1.0) * weight[:, :, None]
+            target += np.rint(share * _FIXED_ONE).astype(np.uint16)
+        else:
+            target += values * weight[:, :, None]
 
     def flush_until(self, row: int) -> None:
         """Rows above `row` get no more contributions: convert them and slide the rest up."""
@@ -300,13 +312,16 @@ class _Strip:
             return
         for first in range(0, count, _FLUSH_ROWS):  # in slices: the float temporaries stay small
             last = min(count, first + _FLUSH_ROWS)
-            finished = to_dtype(self.rows[first:last], self.output.dtype)
+            block = self.rows[first:last]
+            if self.fixed_point:
+                block = block.astype(np.float32) * np.float32(1.0 / _FIXED_ONE)
+            finished = to_dtype(block, self.output.dtype)
             target = self.output[self.top + first : self.top + last]
             target[:] = finished[:, :, 0] if self.channels == 1 else finished
         keep = self.rows.shape[0] - count
         if keep > 0:
             self.rows[:keep] = self.rows[count:].copy()
-        self.rows[max(keep, 0) :] = 0.0
+        self.rows[max(keep, 0) :] = 0
         self.top = row
 
 

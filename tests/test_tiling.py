@@ -95,7 +95,8 @@ def test_output_is_written_in_the_final_dtype(dtype: type) -> None:
     assert result.pixels.dtype == dtype
     peak = np.iinfo(dtype).max
     expected = np.clip(run_whole(image, network) * peak + 0.5, 0, peak).astype(dtype)
-    assert np.abs(result.pixels.astype(np.int64) - expected).max() <= 1
+    off = np.abs(result.pixels.astype(np.int64) - expected)
+    assert off.max() <= 1 and (off > 0).mean() < 0.01  # 8-bit blends in fixed point: rare 1-level rounding
 
 
 def test_gray_output_is_the_channel_mean() -> None:

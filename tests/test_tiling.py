@@ -183,3 +183,13 @@ def _seam_mask(size: int, tile: int, pad: int, scale: int) -> np.ndarray:
         joined[start * scale : start * scale + weight.size] |= (weight > 1e-6) & (weight < 1 - 1e-6)
     assert joined.any()
     return joined[:, None] | joined[None, :]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_input_is_converted_one_window_at_a_time(dtype: type) -> None:
+    peak = np.iinfo(dtype).max
+    pixels = np.random.default_rng(5).integers(0, peak + 1, (45, 38, 3), dtype=dtype)
+    network = ConvStackUpscaler(scale=2, layers=2)
+    from_integers = upscale_tiled(pixels, network, 24, 6, np.float32, blend=4)
+    from_floats = upscale_tiled(pixels.astype(np.float32) / peak, network, 24, 6, np.float32, blend=4)
+    np.testing.assert_allclose(from_integers.pixels, from_floats.pixels, atol=1e-6)

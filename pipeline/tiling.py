@@ -7,9 +7,9 @@ How the image is cut (per axis, the same on both):
   multiple (`upscaler.size_multiple`, e.g. 2 or 4 for x2/x1 models that pixel-unshuffle).
 - Tile windows stay inside the image: a border tile sees the real image border, exactly as whole-image
   inference does, so no reflection artefact appears at the image edge. Only interior sides need context.
-- Neighbouring windows overlap by at least 2 * pad. On an interior side the first `pad - blend/2` output
-  pixels are discarded and the next `blend` pixels cross-fade linearly into the neighbour, so every pixel
-  kept has at least `pad - blend/2` pixels of real image context around it.
+- Neighbouring windows overlap by at least 2 * pad (windows are spread evenly, so usually by more). The
+  two cross-fade linearly over `blend` pixels centred on the middle of their overlap, so every pixel kept
+  has at least `pad - blend/2` pixels of real image context around it, and typically more.
 
 Output memory: the result is written straight into the final dtype (uint8/uint16). Blending happens in a
 float32 buffer that holds one row of tiles (plus the overlap carried to the next row), never the whole
@@ -22,6 +22,7 @@ size). The image never fails for it unless a 16x16 tile does not fit.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,7 +81,21 @@ def plan_axis(size: int, tile: int, pad: int, blend: int, scale: int, align: int
     stride = tile - 2 * pad
     count = math.ceil((size - tile) / stride) + 1
     starts = [round(i * (size - tile) / (count - 1)) for i in range(count)]
-    raw = [_window_weights(s, tile, size, pad, blend, scale) for s in starts]
+    # Cross-fade in the MIDDLE of each actual overlap: windows are spread evenly, so overlaps are usually
+    # wider than the guaranteed 2 * pad and every kept pixel gets all of that extra context for free.
+    middles = [(starts[i + 1] + starts[i] + tile) / 2 for i in range(count - 1)]
+    blend = min(blend, min(b - a for a, b in itertools.pairwise(starts)))
+    raw = [
+        _window_weights(
+            start,
+            tile,
+            middles[i - 1] if i > 0 else None,
+            middles[i] if i < count - 1 else None,
+            blend,
+            scale,
+        )
+        for i, start in enumerate(starts)
+    ]
     total = np.zeros(size * scale, np.float64)
     for start, weight in zip(starts, raw, strict=True):
         total[start * scale : (start + tile) * scale] += weight
@@ -98,16 +113,18 @@ def tile_count(height: int, width: int, tile: int, pad: int, blend: int, scale: 
     return len(rows.starts) * len(cols.starts)
 
 
-def _window_weights(start: int, tile: int, size: int, pad: int, blend: int, scale: int) -> np.ndarray:
-    """1 in the trusted middle, 0 in the discarded context, a linear ramp across `blend` in between."""
-    x = (np.arange(tile * scale, dtype=np.float64) + 0.5) / scale  # output pixel centres in input px
+def _window_weights(
+    start: int, tile: int, left: float | None, right: float | None, blend: int, scale: int
+) -> np.ndarray:
+    """1 in the kept middle, 0 beyond the cross-fades, linear ramps of width `blend` centred on the
+    overlap middles `left` / `right` (image coordinates; None at the image border)."""
+    x = start + (np.arange(tile * scale, dtype=np.float64) + 0.5) / scale  # output pixel centres, input px
     weight = np.ones_like(x)
-    centre_left, centre_right = pad, tile - pad  # cross-fade centred pad pixels in from the edge
     half = blend / 2
-    if start > 0:
-        weight = np.minimum(weight, _ramp(x - (centre_left - half), blend))
-    if start + tile < size:
-        weight = np.minimum(weight, _ramp((centre_right + half) - x, blend))
+    if left is not None:
+        weight = np.minimum(weight, _ramp(x - (left - half), blend))
+    if right is not None:
+        weight = np.minimum(weight, _ramp((right + half) - x, blend))
     return weight
 
 

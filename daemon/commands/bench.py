@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
                 repeats=args.repeats,
                 image=str(args.image) if args.image else None,
             )
-            print(f"measuring {stage} {width}x{height} ...", file=sys.stderr, flush=True)
-            measurements.append(bench.measure(spec))
+            print(f"measuring {stage} {width}x{height} ... ", end="", file=sys.stderr, flush=True)
+            result = bench.measure(spec)
+            print(result.error or f"{result.median_s:.2f} s", file=sys.stderr, flush=True)
+            measurements.append(result)
     bench.fill_hardware(measurements, peaks)
 
     report = _report(settings.model, flops, peaks, measurements, prices)

@@ -59,10 +59,13 @@ class MegapixelCache:
                 self._items.move_to_end(key)
                 return self._items[key]
             reading = self._reading.get(key)
+            started = reading is None
             if reading is None:
                 reading = self._file_executor.submit(_read_header_megapixels, job, settings)
                 self._reading[key] = reading
-                reading.add_done_callback(lambda done: self._store(key, done))
+        if started:
+            # Outside the lock: a read that already finished runs the callback right here.
+            reading.add_done_callback(lambda done: self._store(key, done))
         try:
             return reading.result(timeout=HEADER_WAIT_SECONDS)
         except (TimeoutError, CancelledError):

@@ -286,6 +286,7 @@ def test_eta_comes_from_mean_seconds_per_input_megapixel_of_done_jobs(
     quiet_site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("status_site.eta.RATE_TTL_SECONDS", 0.0)  # the server runs in this process
+    monkeypatch.setattr("status_site.eta.HEADER_WAIT_SECONDS", 30.0)  # a loaded CI box is slow to stat
     store = quiet_site.store  # type: ignore[attr-defined]
     # No done jobs yet: nothing to estimate from.
     (quiet_site.settings.inbox / "wait.png").write_bytes(png_bytes(1000, 500))
@@ -327,7 +328,10 @@ def test_job_detail_shows_files_faces_report_and_times(site: Site) -> None:
     assert not Path(job["input"]["path"]).is_absolute()
 
 
-def test_pollers_share_a_short_lived_answer_and_writes_clear_it(tmp_path: Path) -> None:
+def test_pollers_share_a_short_lived_answer_and_writes_clear_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("status_site.cache.RESPONSE_TTL_SECONDS", 2.0)  # long enough for a loaded CI box
     with running_site(tmp_path) as site:
         store = site.store  # type: ignore[attr-defined]
         job_id = store.add("a.png", "a" * 64, 10, 1.0).job.id

@@ -1,0 +1,81 @@
+"""ETA inputs: header reads for queued jobs, cached per file version, never blocking the answer."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from daemon.store import JobStore
+from status_site.eta import MegapixelCache
+from tests.site_support import make_settings
+
+
+class InlineExecutor(Executor):
+    """Runs each task at once in the caller's thread: its future is done before submit returns."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls += 1
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_a_header_read_that_finishes_before_its_callback_is_added_does_not_deadlock(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    settings.inbox.mkdir(parents=True)
+    Image.new("RGB", (1000, 500)).save(settings.inbox / "a.png")
+    store = JobStore(settings.db_path)
+    job = store.add("a.png", "a" * 64, 10, 1.0).job
+    executor = InlineExecutor()
+    cache = MegapixelCache(executor)
+    result: list[float | None] = []
+    worker = threading.Thread(target=lambda: result.append(cache.megapixels(job, settings)))
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "megapixels() deadlocked on its own lock"
+    assert result == [0.5]
+    assert cache.megapixels(job, settings) == 0.5
+    assert executor.calls == 1  # the second answer came from the cache
+    store.close()
+
+
+def test_a_header_that_does_not_arrive_in_time_gives_none_and_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path)
+    store = JobStore(settings.db_path)
+    job = store.add("slow.png", "s" * 64, 10, 1.0).job
+    release = threading.Event()
+
+    class StuckExecutor(Executor):
+        submitted = 0
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            StuckExecutor.submitted += 1
+            future: Future[Any] = Future()
+            threading.Thread(target=lambda: (release.wait(10), future.set_result(2.0))).start()
+            return future
+
+    monkeypatch.setattr("status_site.eta.HEADER_WAIT_SECONDS", 0.05)
+    try:
+        cache = MegapixelCache(StuckExecutor())
+        assert cache.megapixels(job, settings) is None
+        assert cache.megapixels(job, settings) is None
+        assert StuckExecutor.submitted == 1  # still reading: not asked again
+        release.set()
+        for _ in range(100):
+            if cache.megapixels(job, settings) == 2.0:
+                break
+            threading.Event().wait(0.02)
+        assert cache.megapixels(job, settings) == 2.0
+    finally:
+        release.set()
+        store.close()

@@ -273,6 +273,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                 "input": str(path),
                 "output": str(args.out / f"{stem}.{kind}.png"),
                 "weights": str(weights),
+                "pixels": _pixels(stem),
             }
             for kind in ("ours", "ref")
         }

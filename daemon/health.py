@@ -100,6 +100,8 @@ class HealthState:
             precision=info.get("precision"),
             backend_reason=info.get("reason"),
         )
+        if "models" in info:  # only the warm-up account carries them; job reports do not
+            self.update(models=info["models"])
 
     def reasons(self) -> tuple[str, list[str]]:
         with self._lock:

@@ -122,14 +122,22 @@ class PipelineProcessor:
 
         self._restorer = Restorer(settings.engine_config())
         self._max_pixels = int(settings.max_input_megapixels * 1_000_000)
+        self._weights_dir = settings.weights_dir
+        self._cache_dir = settings.cache_dir
 
     def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
         self._restorer.warm_up(options)
         # The backend's own account (backend, device, precision, reason) for health and the page.
+        from pipeline.weights import model_statuses
+
         info = getattr(self._restorer.upscaler(options), "info", None)
         if dataclasses.is_dataclass(info) and not isinstance(info, type):
-            return dataclasses.asdict(info)
-        return dict(info) if isinstance(info, dict) else {}
+            engine = dataclasses.asdict(info)
+        else:
+            engine = dict(info) if isinstance(info, dict) else {}
+        # Which models and face weights exist, for health and the page (status_site never imports torch).
+        engine["models"] = [status.to_dict() for status in model_statuses(self._weights_dir, self._cache_dir)]
+        return engine
 
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None

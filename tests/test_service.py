@@ -388,6 +388,9 @@ def test_real_restore_end_to_end_through_restorer_serve(root: Path, serves: list
     assert job.report["model"] == "realesr-animevideov3" and job.report["output_size"] == [64, 64]
     health = serve.health()
     assert health["status"] == "ok" and health["backend"] in ("openvino", "torch")
+    models = {model["id"]: model for model in health["models"]}  # the worker's warm-up account
+    assert models["realesr-animevideov3"]["state"] == "converted"
+    assert models["GFPGANv1.4"]["state"] == "missing" and "GFPGANv1.4.pth" in models["GFPGANv1.4"]["action"]
     assert serve.terminate() == 0
 
 

@@ -63,6 +63,7 @@ STAGE_SPANS: dict[str, tuple[float, float]] = {
     "encode": (0.95, 1.0),
 }
 PROGRESS_WRITE_SECONDS = 0.5  # throttle: at most two progress writes per second (stage changes always)
+WORKER_NICENESS = 10  # the worker yields the CPU to the HTTP servers and the watcher
 
 ADVICE: dict[type[BaseException], str] = {
     EmptyFileError: "The file is empty (0 bytes); the copy probably failed. Copy it into the inbox again.",
@@ -391,6 +392,9 @@ def worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s worker: %(message)s")
     settings = Settings.model_validate_json(settings_json)
+    # Below the service's priority: status answers stay fast while restoration saturates the CPU
+    # (benchmarks/bench_api.py: busy p99 halves). With the CPU otherwise idle it costs nothing.
+    os.nice(WORKER_NICENESS)
 
     def send(message: tuple[Any, ...]) -> None:
         conn.send(message)

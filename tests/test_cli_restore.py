@@ -137,6 +137,14 @@ def test_invalid_settings_are_refused_with_exit_2(tmp_path: Path, state_dir: Pat
     assert restore([str(photo), "-o", str(tmp_path / "out"), *FAST, "--scale", "0.5"], state_dir) == 2
 
 
+def test_face_flags_reach_the_settings_and_are_validated(tmp_path: Path, state_dir: Path) -> None:
+    photo = write_photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    assert restore([str(photo), "-o", str(out), *FAST, "--face-strength", "1.5"], state_dir) == 2
+    args = [str(photo), "-o", str(out), *FAST, "--face-model", "GFPGANv1.3", "--face-strength", "0.5"]
+    assert restore(args, state_dir) == 0 and (out / "p.png").is_file()
+
+
 @pytest.mark.slow
 def test_x4plus_end_to_end_through_the_console_script(tmp_path: Path, state_dir: Path) -> None:
     """The default model, faces on, the installed `restorer` script, in its own process."""

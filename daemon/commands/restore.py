@@ -35,6 +35,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
     parser.add_argument("--no-face", dest="faces", action="store_const", const=False, default=None)
+    parser.add_argument(
+        "--face-model",
+        default=None,
+        help="auto, GFPGANv1.4, GFPGANv1.3, RestoreFormer or CodeFormer (opt-in)",
+    )
+    parser.add_argument(
+        "--face-strength", type=float, default=None, help="0..1 blend of restored and upscaled face"
+    )
     parser.add_argument("--format", dest="output_format", choices=FORMATS, default=None)
     parser.add_argument("--scale", type=float, default=None, help="output scale, any S >= 1 (default 4)")
     parser.add_argument("--max-output-megapixels", type=float, default=None)
@@ -168,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             max_output_megapixels=args.max_output_megapixels,
             denoise_strength=args.denoise_strength,
             faces=args.faces,
+            face_model=args.face_model,
+            face_strength=args.face_strength,
             output_format=args.output_format,
             quality=args.quality,
             strip_gps=args.strip_gps,

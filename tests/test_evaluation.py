@@ -341,8 +341,8 @@ def test_bench_sizes_accept_groups_and_explicit_sizes() -> None:
         bench.parse_sizes("8x8")
 
 
-def test_flop_count_of_the_real_networks_matches_the_published_cost() -> None:
-    weights, cache = Path("weights"), Path("var/state/cache")
+def test_flop_count_of_the_real_networks_matches_the_published_cost(tmp_path: Path) -> None:
+    weights, cache = tmp_path / "weights", tmp_path / "cache"  # embedded weights, converted here
     # RealESRGAN_x4plus: 17.93 M MAC per input pixel; SRVGGNetCompact (animevideov3): 1.24 MFLOP.
     assert bench.flops_per_input_pixel("RealESRGAN_x4plus", weights, cache) == pytest.approx(
         35.85e6, rel=1e-3

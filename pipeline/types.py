@@ -156,7 +156,8 @@ class RestoreOptions:
 class FaceReport:
     box: list[float]  # x0, y0, x1, y1 in OUTPUT pixel coordinates
     score: float
-    landmarks: list[list[float]]  # 5 points (left eye, right eye, nose, mouth left, mouth right), output coords
+    # 5 points (left eye, right eye, nose, mouth left, mouth right) in output coordinates
+    landmarks: list[list[float]]
     restored: bool
     reason: str | None = None  # why not restored, in words
 

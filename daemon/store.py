@@ -264,14 +264,15 @@ def migrate(engine: Engine, upto: int | None = None) -> int:
         return max(version, target)
 
 
-_JOB_COLUMNS = (
+# Every column of a Job, in one place, so every query (the store's and status_site's) builds the same Job.
+JOB_COLUMNS = (
     "id, input_path, content_sha256, size_bytes, mtime, preset, options, state, priority, attempts, "
     "detected_at, started_at, finished_at, heartbeat_at, progress, stage, output_path, output_size_bytes, "
     "archived_path, original, error, failure_kind, report, note, cancel_requested"
 )
 
 
-def _job(row: Any) -> Job:
+def job_from_row(row: Any) -> Job:
     m = row._mapping
     return Job(
         id=m["id"],
@@ -351,23 +352,23 @@ class JobStore:
         with self._write() as conn:
             same_file = conn.execute(
                 text(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE input_path = :p AND content_sha256 = :h "
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE input_path = :p AND content_sha256 = :h "
                     "AND original = 'inbox' ORDER BY id DESC LIMIT 1"
                 ),
                 {"p": input_path, "h": content_sha256},
             ).first()
             if same_file is not None:
-                return AddResult(_job(same_file), created=False)
+                return AddResult(job_from_row(same_file), created=False)
             twin = conn.execute(
                 text(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE content_sha256 = :h "
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE content_sha256 = :h "
                     "AND state IN ('queued', 'processing', 'done') ORDER BY id LIMIT 1"
                 ),
                 {"h": content_sha256},
             ).first()
             state, note, finished = "queued", None, None
             if twin is not None:
-                twin_job = _job(twin)
+                twin_job = job_from_row(twin)
                 where = f"job {twin_job.id} ({twin_job.input_path})"
                 if duplicate_content == "skip":
                     state, note, finished = "cancelled", f"skipped: same content as {where}", now
@@ -378,7 +379,7 @@ class JobStore:
                     "INSERT INTO jobs (input_path, content_sha256, size_bytes, mtime, preset, options, "
                     "state, priority, detected_at, finished_at, note) VALUES (:p, :h, :s, :m, :preset, "
                     ":options, :state, :priority, :detected, :finished, :note) "
-                    "ON CONFLICT DO NOTHING RETURNING " + _JOB_COLUMNS
+                    "ON CONFLICT DO NOTHING RETURNING " + JOB_COLUMNS
                 ),
                 {
                     "p": input_path,
@@ -397,13 +398,17 @@ class JobStore:
             if result is None:  # the same version raced in from another process
                 existing = conn.execute(
                     text(
-                        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE input_path = :p AND content_sha256 = :h "
+                        f"SELECT {JOB_COLUMNS} FROM jobs WHERE input_path = :p AND content_sha256 = :h "
                         "AND size_bytes = :s AND mtime = :m AND original = 'inbox'"
                     ),
                     {"p": input_path, "h": content_sha256, "s": size_bytes, "m": mtime},
                 ).one()
-                return AddResult(_job(existing), created=False)
-            return AddResult(_job(result), created=True, duplicate_of=None if twin is None else _job(twin).id)
+                return AddResult(job_from_row(existing), created=False)
+            return AddResult(
+                job_from_row(result),
+                created=True,
+                duplicate_of=None if twin is None else job_from_row(twin).id,
+            )
 
     def inbox_versions(self) -> dict[str, tuple[int, float]]:
         """input_path -> (size, mtime) of the newest recorded version still in the inbox, so a rescan
@@ -426,11 +431,11 @@ class JobStore:
                     "heartbeat_at = :now, finished_at = NULL, progress = 0, stage = 'starting', "
                     "error = NULL, failure_kind = NULL WHERE id = (SELECT id FROM jobs WHERE "
                     "state = 'queued' ORDER BY priority DESC, id LIMIT 1) AND state = 'queued' "
-                    "RETURNING " + _JOB_COLUMNS
+                    "RETURNING " + JOB_COLUMNS
                 ),
                 {"now": now},
             ).first()
-        return None if row is None else _job(row)
+        return None if row is None else job_from_row(row)
 
     def heartbeat(self, job_id: int) -> None:
         with self._write() as conn:
@@ -470,7 +475,7 @@ class JobStore:
                     "UPDATE jobs SET state = 'done', progress = 1, stage = NULL, finished_at = :now, "
                     "output_path = :out, output_size_bytes = :size, report = :report, error = NULL, "
                     "failure_kind = NULL, note = COALESCE(:note, note) WHERE id = :id "
-                    "RETURNING " + _JOB_COLUMNS
+                    "RETURNING " + JOB_COLUMNS
                 ),
                 {
                     "now": _to_text(utcnow()),
@@ -495,7 +500,7 @@ class JobStore:
                 text(
                     "UPDATE jobs SET state = 'failed', stage = NULL, finished_at = :now, error = :error, "
                     "failure_kind = :kind, report = COALESCE(:report, report) WHERE id = :id "
-                    "RETURNING " + _JOB_COLUMNS
+                    "RETURNING " + JOB_COLUMNS
                 ),
                 {
                     "now": _to_text(utcnow()),
@@ -513,7 +518,7 @@ class JobStore:
             row = conn.execute(
                 text(
                     "UPDATE jobs SET state = 'cancelled', stage = NULL, finished_at = :now, "
-                    "cancel_requested = 0, note = :note WHERE id = :id RETURNING " + _JOB_COLUMNS
+                    "cancel_requested = 0, note = :note WHERE id = :id RETURNING " + JOB_COLUMNS
                 ),
                 {"now": _to_text(utcnow()), "note": note, "id": job_id},
             ).first()
@@ -528,7 +533,7 @@ class JobStore:
                 text(
                     "UPDATE jobs SET original = :place, archived_path = COALESCE(:archived, archived_path), "
                     "note = CASE WHEN :note IS NULL THEN note WHEN note IS NULL THEN :note "
-                    "ELSE note || '; ' || :note END WHERE id = :id RETURNING " + _JOB_COLUMNS
+                    "ELSE note || '; ' || :note END WHERE id = :id RETURNING " + JOB_COLUMNS
                 ),
                 {"place": place, "archived": archived_path, "note": note, "id": job_id},
             ).first()
@@ -539,7 +544,7 @@ class JobStore:
             row = conn.execute(
                 text(
                     "UPDATE jobs SET note = CASE WHEN note IS NULL THEN :note ELSE note || '; ' || :note END "
-                    "WHERE id = :id RETURNING " + _JOB_COLUMNS
+                    "WHERE id = :id RETURNING " + JOB_COLUMNS
                 ),
                 {"note": note, "id": job_id},
             ).first()
@@ -552,11 +557,11 @@ class JobStore:
                 text(
                     "UPDATE jobs SET state = 'queued', progress = 0, stage = NULL, started_at = NULL, "
                     "attempts = CASE WHEN :refund THEN MAX(attempts - 1, 0) ELSE attempts END "
-                    "WHERE id = :id AND state = 'processing' RETURNING " + _JOB_COLUMNS
+                    "WHERE id = :id AND state = 'processing' RETURNING " + JOB_COLUMNS
                 ),
                 {"refund": int(refund_attempt), "id": job_id},
             ).first()
-        return self.get_or_raise(job_id) if row is None else _job(row)
+        return self.get_or_raise(job_id) if row is None else job_from_row(row)
 
     def requeue_interrupted(self, max_attempts: int, job_id: int | None = None) -> RequeueResult:
         """Jobs left `processing` by a dead worker (all of them at start, or one after a crash):
@@ -579,7 +584,7 @@ class JobStore:
                     "' times while restoring this file (crash, hang or out of memory); it is given up "
                     "after ' || :max || ' attempts. Check the file opens in an image viewer, then run "
                     "restorer jobs retry ' || id || ' to try again' "
-                    "WHERE state = 'processing' AND attempts >= :max" + scope + " RETURNING " + _JOB_COLUMNS
+                    "WHERE state = 'processing' AND attempts >= :max" + scope + " RETURNING " + JOB_COLUMNS
                 ),
                 params,
             ).all()
@@ -590,7 +595,9 @@ class JobStore:
                 ),
                 params,
             ).all()
-        return RequeueResult(requeued=sorted(r[0] for r in requeued), failed=[_job(r) for r in failed])
+        return RequeueResult(
+            requeued=sorted(r[0] for r in requeued), failed=[job_from_row(r) for r in failed]
+        )
 
     def requeue_failed(self, kind: FailureKind, note: str) -> list[int]:
         """Failed jobs of one kind back to queued (e.g. disk-full ones once space returned)."""
@@ -615,11 +622,11 @@ class JobStore:
                     "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL, failure_kind = NULL, "
                     "progress = 0, stage = NULL, started_at = NULL, finished_at = NULL, "
                     "cancel_requested = 0 WHERE id = :id AND state IN ('failed', 'cancelled', 'done') "
-                    "RETURNING " + _JOB_COLUMNS
+                    "RETURNING " + JOB_COLUMNS
                 ),
                 {"id": job_id},
             ).first()
-        return self.get_or_raise(job_id) if row is None else _job(row)
+        return self.get_or_raise(job_id) if row is None else job_from_row(row)
 
     def cancel(self, job_id: int) -> Job:
         """queued -> cancelled; processing -> cancel requested (the worker stops it); else unchanged."""
@@ -630,16 +637,16 @@ class JobStore:
                     "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END, "
                     "finished_at = CASE state WHEN 'queued' THEN :now ELSE finished_at END, "
                     "cancel_requested = CASE state WHEN 'processing' THEN 1 ELSE cancel_requested END "
-                    "WHERE id = :id AND state IN ('queued', 'processing') RETURNING " + _JOB_COLUMNS
+                    "WHERE id = :id AND state IN ('queued', 'processing') RETURNING " + JOB_COLUMNS
                 ),
                 {"id": job_id, "now": now},
             ).first()
-        return self.get_or_raise(job_id) if row is None else _job(row)
+        return self.get_or_raise(job_id) if row is None else job_from_row(row)
 
     def set_priority(self, job_id: int, priority: int) -> Job:
         with self._write() as conn:
             row = conn.execute(
-                text("UPDATE jobs SET priority = :p WHERE id = :id RETURNING " + _JOB_COLUMNS),
+                text("UPDATE jobs SET priority = :p WHERE id = :id RETURNING " + JOB_COLUMNS),
                 {"p": priority, "id": job_id},
             ).first()
         return self._found(row, job_id)
@@ -648,10 +655,8 @@ class JobStore:
 
     def get(self, job_id: int) -> Job | None:
         with self._read() as conn:
-            row = conn.execute(
-                text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": job_id}
-            ).first()
-        return None if row is None else _job(row)
+            row = conn.execute(text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": job_id}).first()
+        return None if row is None else job_from_row(row)
 
     def get_or_raise(self, job_id: int) -> Job:
         job = self.get(job_id)
@@ -662,7 +667,7 @@ class JobStore:
     def _found(self, row: Any, job_id: int) -> Job:
         if row is None:
             raise JobNotFoundError(f"no job with id {job_id}")
-        return _job(row)
+        return job_from_row(row)
 
     def list(
         self,
@@ -689,10 +694,10 @@ class JobStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._read() as conn:
             rows = conn.execute(
-                text(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id {order.upper()} LIMIT :limit"),
+                text(f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id {order.upper()} LIMIT :limit"),
                 params,
             ).all()
-        jobs = [_job(r) for r in rows[: params["limit"] - 1]]
+        jobs = [job_from_row(r) for r in rows[: params["limit"] - 1]]
         more = len(rows) > len(jobs)
         return JobPage(jobs=jobs, next_cursor=jobs[-1].id if more and jobs else None)
 
@@ -701,12 +706,12 @@ class JobStore:
         with self._read() as conn:
             rows = conn.execute(
                 text(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
                     "ORDER BY priority DESC, id LIMIT :limit"
                 ),
                 {"limit": limit},
             ).all()
-        return [_job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         with self._read() as conn:
@@ -750,14 +755,14 @@ class JobStore:
                 text("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND finished_at >= :t"), {"t": hour_ago}
             ).scalar_one()
             running = conn.execute(
-                text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'processing' ORDER BY id LIMIT 1")
+                text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' ORDER BY id LIMIT 1")
             ).first()
         durations = [
             (_to_datetime(f) - _to_datetime(s)).total_seconds()  # type: ignore[operator]
             for s, f in recent_rows
         ]
         average = sum(durations) / len(durations) if durations else None
-        running_job = None if running is None else _job(running)
+        running_job = None if running is None else job_from_row(running)
         eta = None
         if average is not None:
             remaining_current = 0.0 if running_job is None else average * (1.0 - running_job.progress)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.store import _JOB_COLUMNS, STATES, Job, _job
+from daemon.store import JOB_COLUMNS, STATES, Job, job_from_row
 
 Order = Literal["newest", "oldest", "queue"]
 ORDERS: tuple[str, ...] = ("newest", "oldest", "queue")
@@ -60,7 +60,7 @@ class Queries:
     def _jobs(self, sql: str, params: dict[str, Any]) -> list[Job]:
         with self._connect() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [_job(_RowView(row)) for row in rows]
+        return [job_from_row(_RowView(row)) for row in rows]
 
     # -- listing -------------------------------------------------------------------------------------
 
@@ -95,7 +95,7 @@ class Queries:
                 clauses.append("id < :cid" if order == "newest" else "id > :cid")
                 params["cid"] = _parse_id_cursor(cursor)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        jobs = self._jobs(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY {sort} LIMIT :limit", params)
+        jobs = self._jobs(f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY {sort} LIMIT :limit", params)
         more = len(jobs) > limit
         jobs = jobs[:limit]
         next_cursor = None
@@ -113,16 +113,16 @@ class Queries:
         """One read transaction: the job, its queue position (0 running, 1 next, None not waiting) and
         the jobs that run before it, itself included (at most max_ahead + 1, running ones first)."""
         with self._connect() as conn:
-            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
+            row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
             if row is None:
                 return None, None, []
-            job = _job(_RowView(row))
+            job = job_from_row(_RowView(row))
             if job.state == "processing":
                 rows = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND id <= :id ORDER BY id",
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' AND id <= :id ORDER BY id",
                     {"id": job_id},
                 ).fetchall()
-                return job, 0, [_job(_RowView(r)) for r in rows]
+                return job, 0, [job_from_row(_RowView(r)) for r in rows]
             if job.state != "queued":
                 return job, None, []
             ahead_where = "state = 'queued' AND (priority > :p OR (priority = :p AND id < :id))"
@@ -130,11 +130,11 @@ class Queries:
                 f"SELECT COUNT(*) FROM jobs WHERE {ahead_where}", {"p": job.priority, "id": job_id}
             ).fetchone()[0]
             rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'processing' OR ({ahead_where}) "
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' OR ({ahead_where}) "
                 f"ORDER BY {_QUEUE_RANK_SQL}, priority DESC, id LIMIT :n",
                 {"p": job.priority, "id": job_id, "n": max_ahead},
             ).fetchall()
-        return job, int(ahead) + 1, [*(_job(_RowView(r)) for r in rows), job]
+        return job, int(ahead) + 1, [*(job_from_row(_RowView(r)) for r in rows), job]
 
     # -- throughput ----------------------------------------------------------------------------------
 

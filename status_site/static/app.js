@@ -265,7 +265,9 @@ function renderHealth(health) {
     const ready = (m) => m.state !== "missing";
     const names = (list) => list.map((m) => m.id).join(", ") || "none";
     facts.push(`models ready: ${names(models.filter((m) => m.purpose === "upscale" && ready(m)))}`);
-    facts.push(`face weights: ${names(models.filter((m) => m.purpose === "face" && ready(m)))}`);
+    const faces = models.filter((m) => m.purpose === "face" && ready(m));
+    // Faces are still detected without weights; say which file turns restoration on.
+    facts.push(faces.length ? `face weights: ${names(faces)}` : "face weights: none (add GFPGANv1.4.pth to weights/)");
   }
   $("health-facts").textContent = facts.join(" · ");
 }

@@ -328,15 +328,20 @@ function renderLive(live) {
         el("br"),
         el("span", { class: "muted", text: `${formatBytes(job.input && job.input.size_bytes)} · ${eta || "waiting"}` }),
       ),
-      el("button", {
-        type: "button",
-        "data-write": "",
-        disabled: !canWrite(),
-        text: "Cancel",
-        "aria-label": `Cancel ${jobName(job)}`,
-        onclick: () => jobAction(job, "cancel"),
-      }),
+      jobButton(job, "Cancel", "cancel"),
     );
+  });
+}
+
+// A write action on one job (disabled for visitors who may not write; data-write lets capabilities re-enable it).
+function jobButton(job, label, action) {
+  return el("button", {
+    type: "button",
+    "data-write": "",
+    disabled: !canWrite(),
+    text: label,
+    "aria-label": `${label} ${jobName(job)}`,
+    onclick: () => jobAction(job, action),
   });
 }
 
@@ -370,14 +375,7 @@ function renderCurrent(processing) {
       el("div", { class: "muted", text: `Started ${formatTime(job.started_at)} · attempt ${job.attempts || 1}` }),
       job.cancel_requested
         ? el("div", { class: "muted", text: "Cancel requested: the worker stops at the next step." })
-        : el("button", {
-            type: "button",
-            "data-write": "",
-            disabled: !canWrite(),
-            text: "Cancel",
-            "aria-label": `Cancel ${jobName(job)}`,
-            onclick: () => jobAction(job, "cancel"),
-          }),
+        : jobButton(job, "Cancel", "cancel"),
     ),
   );
   const button = box.querySelector("button");
@@ -432,14 +430,7 @@ function renderFailed(failed) {
         el("br"),
         el("span", { class: "muted", text: `${job.attempts} attempt(s) · ${formatTime(job.finished_at)}` }),
       ),
-      el("button", {
-        type: "button",
-        "data-write": "",
-        disabled: !canWrite(),
-        text: "Retry",
-        "aria-label": `Retry ${jobName(job)}`,
-        onclick: () => jobAction(job, "retry"),
-      }),
+      jobButton(job, "Retry", "retry"),
     ),
   );
 }

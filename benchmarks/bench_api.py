@@ -36,17 +36,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.site_support import folders, free_port  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from tests.site_support import CHROMIUM, CHROMIUM_ARGS, folders, free_port  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -166,7 +156,7 @@ def page_load(url: str, runs: int) -> dict[str, Any]:
 
     results: list[dict[str, float]] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             for _ in range(runs):
                 context = browser.new_context()

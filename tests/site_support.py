@@ -34,6 +34,16 @@ from daemon.settings import Settings
 from daemon.store import JobStore
 
 REPO = Path(__file__).resolve().parent.parent
+# Debian's chromium, driven by Playwright (never a downloaded browser); flags keep it off the network.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:

@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.site_support import REPO, Site, free_port, running_serve, running_site, serve_available
+from tests.site_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    Site,
+    free_port,
+    running_serve,
+    running_site,
+    serve_available,
+)
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SCREENSHOTS = REPO / "benchmarks" / "out"
 
 pytestmark = [

@@ -123,7 +123,7 @@ def start_serve(tmp: Path, api_port: int, site_port: int) -> subprocess.Popen[by
         folder.mkdir(parents=True, exist_ok=True)
     log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "serve"],
+        [sys.executable, "-m", "app.cli", "serve"],
         cwd=tmp,
         env=env,
         stdout=log,

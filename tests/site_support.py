@@ -232,7 +232,7 @@ def running_serve(
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "serve"],
+            [sys.executable, "-m", "app.cli", "serve"],
             cwd=tmp,
             env=env,
             stdout=log,

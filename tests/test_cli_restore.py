@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from daemon.cli import main
+from app.cli import main
 
 FAST = ["--model", "realesr-animevideov3", "--no-face"]
 

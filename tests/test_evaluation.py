@@ -377,7 +377,7 @@ def tiny_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_restorer_eval_command_end_to_end_on_tiny_photos(
     tmp_path: Path, tiny_state: Path, astronaut: np.ndarray, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from daemon.cli import main
+    from app.cli import main
 
     hr_dir = tmp_path / "hr"
     hr_dir.mkdir()
@@ -412,7 +412,7 @@ def test_restorer_eval_command_end_to_end_on_tiny_photos(
 def test_restorer_bench_command_end_to_end_on_a_tiny_size(
     tmp_path: Path, tiny_state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from daemon.cli import main
+    from app.cli import main
 
     prices = tmp_path / "prices.toml"
     row = '[[price]]\nname = "{}"\nmatch = {}\nusd_per_hour = {}\nsource = "test"\ndate = "2026"\n'

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
 from daemon import sdnotify
-from daemon.cli import main
 from daemon.store import JobStore
 from tests.daemon_support import RESTORER, ServeProcess, files_under, wait_for
 

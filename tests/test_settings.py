@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.commands.serve import settings_from_args
+from app.commands.serve import settings_from_args
 from daemon.settings import DEFAULT_PRESETS, Settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -63,7 +63,7 @@ def test_precedence_toml_then_environment_then_flags(tmp_path: Path, monkeypatch
 
 
 def test_serve_flags_override_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon.cli import build_parser
+    from app.cli import build_parser
 
     config = tmp_path / "r.toml"
     config.write_text('originals = "delete"\napi_port = 1234\n')

@@ -10,7 +10,7 @@ import pytest
 import torch
 from spandrel.architectures.Compact import Compact as SRVGGNetCompact
 
-from daemon.cli import main as cli_main
+from app.cli import main as cli_main
 from pipeline.models import REGISTRY, get_spec
 from pipeline.types import UnknownModelError, WeightsMissingError
 from pipeline.weights import (

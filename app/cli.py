@@ -1,4 +1,4 @@
-"""`restorer`: the one console script. Each subcommand lives in daemon/commands/<name>.py and exposes
+"""`restorer`: the one console script. Each subcommand lives in app/commands/<name>.py and exposes
 `add_parser(subparsers)` and `run(args) -> int`. Heavy imports (torch, openvino) happen inside `run`,
 so `restorer --help` and `restorer jobs list` stay instant."""
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"daemon.commands.{name}")
+        module = importlib.import_module(f"app.commands.{name}")
         module.add_parser(sub)
     return parser
 

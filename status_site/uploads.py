@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import re
 import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass
@@ -27,6 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 from PIL import Image as PILImage
 
+from daemon import names
 from daemon.publish import DiskFullError, publish_bytes
 from daemon.worker import dispose_original
 from status_site.problems import Problem
@@ -51,7 +50,7 @@ FORMAT_EXTENSIONS = {
     "MPO": ".jpg",  # multi-picture JPEG from some cameras
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
-_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+UPLOAD_NAME_MAX_BYTES = 200
 
 try:
     import pillow_heif
@@ -76,18 +75,11 @@ class Accepted:
 
 
 def safe_file_name(raw: str | None) -> str:
-    """A client's file name made safe for the inbox: no folders, no control characters, no leading
-    dot (the watcher ignores dotfiles), NFC, within 255 bytes; empty names become 'upload'."""
-    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = unicodedata.normalize("NFC", name)
-    name = _UNSAFE_CHARS.sub("_", name).strip().lstrip(".").strip()
-    if not name or name in {".", ".."}:
-        name = "upload"
-    stem, suffix = os.path.splitext(name)
-    while len(name.encode()) > 200:
-        stem = stem[:-1]
-        name = stem + suffix
-    return name
+    """A client's file name made safe for the inbox (daemon.names' rules), within 200 bytes so that
+    a " (12)" suffix or an output extension still fits in 255; NFC (as macOS browsers may send NFD);
+    empty names become 'upload'."""
+    name = unicodedata.normalize("NFC", raw or "")
+    return names.safe_file_name(name, fallback="upload", max_bytes=UPLOAD_NAME_MAX_BYTES)
 
 
 async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[SpooledFile], str | None]:

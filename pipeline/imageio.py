@@ -40,6 +40,7 @@ from pipeline.types import (
     DecompressionBombError,
     EmptyFileError,
     Image,
+    ImageInfo,
     NotAnImageError,
     UnsupportedFormatError,
 )
@@ -60,9 +61,11 @@ INPUT_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".gif"}
 )
 
+DEFAULT_MAX_PIXELS = 200_000_000  # load_image's limit when the caller sets none (settings set their own)
 MAX_SIDE = 100_000  # pixels; beyond this no real photo exists, only crafted headers
 MAX_ASPECT = 1_000  # a 1x2000 "image" is a broken or hostile header, not a photo
 _ORIENTATION = 0x0112
+_TRANSPOSING = (5, 6, 7, 8)  # orientations that swap width and height
 _GPS_IFD = 0x8825
 _EXIF_IFD = 0x8769
 # IFD0 tags that describe the photo (kept from TIFF inputs, whose IFD0 otherwise holds strip offsets).
@@ -99,9 +102,28 @@ _UNSUPPORTED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
 SUPPORTED_NAMES = "JPEG, PNG, WebP, TIFF, BMP, HEIC/HEIF or GIF"
 
 
-def load_image(source: Path | bytes, max_pixels: int = 200_000_000) -> Image:
+def load_image(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
     """Decode a file (path or bytes) into an upright Image; raises BadImageError subclasses."""
     data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+    with _opened(data, max_pixels) as (picture, kind):
+        return _decode(picture, data, kind)
+
+
+def probe(data: bytes, max_pixels: int) -> ImageInfo:
+    """Format, upright size and mode from the header alone, with exactly load_image's checks and errors
+    (everything before the pixel decode: magic bytes, dimensions, pixel limit, structural truncation).
+
+    What only a full decode finds (damage inside the compressed pixel data) is left to load_image."""
+    with _opened(bytes(data), max_pixels) as (picture, kind):
+        width, height = _stored_size(picture, kind)
+        if _orientation(picture, kind) in _TRANSPOSING:
+            width, height = height, width
+        return ImageInfo(format=kind, width=width, height=height, mode=picture.mode)
+
+
+@contextmanager
+def _opened(data: bytes, max_pixels: int) -> Iterator[tuple[PILImage.Image, str]]:
+    """The checks load_image and probe share, in order, yielding the opened (not decoded) picture."""
     if not data:
         raise EmptyFileError("empty file (0 bytes)")
     kind = _sniff(data)
@@ -114,12 +136,15 @@ def load_image(source: Path | bytes, max_pixels: int = 200_000_000) -> Image:
             raise CorruptImageError(f"damaged {kind.upper()} header: the file cannot be read") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
             raise CorruptImageError(f"damaged {kind.upper()} header: {_reason(error)}") from None
-        _check_dimensions(picture.size, max_pixels)
-        actual = _PIL_FORMATS.get(picture.format or "")
-        if actual is None:
-            raise UnsupportedFormatError(f"{picture.format} files are not supported; use {SUPPORTED_NAMES}")
-        _check_structure(data, actual)
-        return _decode(picture, data, actual)
+        with picture:
+            _check_dimensions(picture.size, max_pixels)
+            actual = _PIL_FORMATS.get(picture.format or "")
+            if actual is None:
+                raise UnsupportedFormatError(
+                    f"{picture.format} files are not supported; use {SUPPORTED_NAMES}"
+                )
+            _check_structure(data, actual)
+            yield picture, actual
 
 
 def _sniff(data: bytes) -> str:
@@ -247,17 +272,22 @@ def _decode(picture: PILImage.Image, data: bytes, kind: str) -> Image:
     original_mode = picture.mode
     icc = picture.info.get("icc_profile") or None
     exif = _read_exif(picture, kind)
+    orientation = _orientation(picture, kind)  # before load(): Pillow may consume a TIFF's tag there
     try:
         picture.load()
         pixels = _sixteen_bit_colour(picture, data, kind)
+        upright = False  # tifffile / OpenCV return the pixels as stored
         if pixels is None:
             pixels, icc = _pixels_from_pillow(picture, icc, notes)
+            upright = _pillow_applied_orientation(picture, kind, orientation)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as error:
         raise CorruptImageError(f"corrupt or truncated {kind.upper()} data: {_reason(error)}") from None
-    orientation = int(exif.get(_ORIENTATION, 1) or 1) if exif is not None else 1
-    pixels = np.ascontiguousarray(apply_orientation(pixels, orientation))
-    if orientation not in (1, 0) and 1 <= orientation <= 8:
-        notes.append(f"EXIF orientation {orientation} applied; output written upright")
+    if not upright:
+        pixels = apply_orientation(pixels, orientation)
+    pixels = np.ascontiguousarray(pixels)
+    if orientation != 1:
+        source = "TIFF" if kind == "tiff" else "EXIF"
+        notes.append(f"{source} orientation {orientation} applied; output written upright")
     return Image(
         pixels=pixels,
         source_format=kind,
@@ -266,6 +296,37 @@ def _decode(picture: PILImage.Image, data: bytes, kind: str) -> Image:
         notes=notes,
         original_mode=original_mode,
     )
+
+
+def _orientation(picture: PILImage.Image, kind: str) -> int:
+    """The file's orientation, 1-8 (1 when absent or invalid): a TIFF's own tag in its first IFD, the
+    EXIF block for the other formats. Read before the pixels are loaded."""
+    try:
+        if kind == "tiff":
+            value = getattr(picture, "tag_v2", {}).get(_ORIENTATION, 1)
+        else:
+            value = picture.getexif().get(_ORIENTATION, 1)
+        orientation = int(value or 1)
+    except Exception:  # a damaged EXIF block must not cost the picture: upright as stored
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _pillow_applied_orientation(picture: PILImage.Image, kind: str, orientation: int) -> bool:
+    """Whether Pillow already turned the loaded pixels upright. Recent Pillow does so for TIFF (only) in
+    load() and then drops the tag from tag_v2; older versions leave both alone. Checking the tag keeps
+    orientation applied exactly once with either."""
+    if kind != "tiff" or orientation == 1:
+        return False
+    return _ORIENTATION not in getattr(picture, "tag_v2", {})
+
+
+def _stored_size(picture: PILImage.Image, kind: str) -> tuple[int, int]:
+    """Width and height as stored in the file (Pillow reports a rotated TIFF's size already swapped)."""
+    tags = getattr(picture, "tag_v2", None)
+    if kind == "tiff" and tags is not None and 256 in tags and 257 in tags:
+        return int(tags[256]), int(tags[257])  # ImageWidth, ImageLength
+    return picture.size
 
 
 def _read_exif(picture: PILImage.Image, kind: str) -> PILImage.Exif | None:

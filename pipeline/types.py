@@ -33,8 +33,9 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OutputFormat = Literal["same", "png", "jpg", "webp", "tiff"]
 
-# on_progress(stage, done, total): stage is "decode", "faces-detect", "upscale", "faces-restore",
-# "encode"; done/total count tiles (upscale) or faces, 0/1 -> 1/1 for single-step stages.
+# on_progress(stage, done, total): stage is one of pipeline.progress.STAGE_WEIGHTS, reported in that
+# order ("decode", "faces-detect", "faces-restore", "upscale", "encode"; a stage with nothing to do may
+# be skipped); done/total count tiles (upscale) or faces, 0/1 -> 1/1 for single-step stages.
 ProgressCallback = Callable[[str, int, int], None]
 
 
@@ -119,6 +120,17 @@ class Image:
 
 
 @dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says (pipeline.probe): format ("jpg", "png", ...: a key of FORMAT_EXTENSIONS),
+    upright size (orientation applied, as load_image would return it) and the PIL mode as stored."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """How to run networks on this machine. Chosen once per process; models are loaded once."""
 
@@ -188,3 +200,14 @@ class RestoreReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RestoredFile:
+    """One restored file (pipeline.restore_bytes): encoded bytes ready to publish, their format and the
+    extension to name them with, and the image's report."""
+
+    data: bytes
+    format: str  # "png", "jpg", "webp" or "tiff"
+    extension: str  # ".png", ".jpg", ".webp", ".tif"
+    report: RestoreReport

@@ -430,3 +430,86 @@ def test_encoding_leaves_the_pixels_untouched_and_keeps_rgb_order(fmt: str, chan
     written = load_image(encode_image(Image(pixels, source_format=fmt), fmt))
     np.testing.assert_array_equal(pixels, before)
     assert written.pixels[8, 8, 0] > 240 and written.pixels[8, 8, 2] < 10
+
+
+# -- orientation in every format that carries it, checked on pixels --------------------------------------
+
+BLOCK = 16  # JPEG's 8x8/16x16 blocks stay flat, so lossy formats keep each block's colour
+BLOCK_COLOURS = {
+    "A": (230, 20, 20),
+    "B": (20, 200, 20),
+    "C": (20, 20, 230),
+    "D": (230, 230, 20),
+    "E": (20, 220, 220),
+    "F": (220, 20, 220),
+}
+# The stored picture is 3 blocks wide and 2 high:  A B C / D E F. Where its blocks end up once the
+# orientation is applied, written out by hand from the TIFF/EXIF definition (row 0 / column 0 sides).
+UPRIGHT_BLOCKS = {
+    1: ["ABC", "DEF"],  # top-left
+    2: ["CBA", "FED"],  # top-right: mirrored left-right
+    3: ["FED", "CBA"],  # bottom-right: rotated 180
+    4: ["DEF", "ABC"],  # bottom-left: mirrored top-bottom
+    5: ["AD", "BE", "CF"],  # left-top: transposed
+    6: ["DA", "EB", "FC"],  # right-top: rotated 90 clockwise to view
+    7: ["FC", "EB", "DA"],  # right-bottom: transverse
+    8: ["CF", "BE", "AD"],  # left-bottom: rotated 90 counter-clockwise to view
+}
+
+
+def blocks(rows: list[str], depth: type = np.uint8) -> np.ndarray:
+    """An image made of flat BLOCK x BLOCK squares in the given colour layout."""
+    scale = 257 if depth == np.uint16 else 1
+    picture = np.zeros((len(rows) * BLOCK, len(rows[0]) * BLOCK, 3), depth)
+    for r, row in enumerate(rows):
+        for c, name in enumerate(row):
+            colour = np.array(BLOCK_COLOURS[name], np.uint32) * scale
+            picture[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = colour
+    return picture
+
+
+def oriented_file(kind: str, orientation: int) -> bytes:
+    """The stored picture A B C / D E F in `kind`, with the orientation in the tag that format uses."""
+    stored = blocks(UPRIGHT_BLOCKS[1])
+    exif = exif_with(t0112=orientation)
+    if kind == "jpeg":
+        return pil_bytes(PILImage.fromarray(stored), "JPEG", exif=exif.tobytes(), quality=95)
+    if kind == "png":
+        return pil_bytes(PILImage.fromarray(stored), "PNG", exif=exif.tobytes())
+    if kind == "webp":
+        return pil_bytes(PILImage.fromarray(stored), "WEBP", exif=exif.tobytes(), lossless=True)
+    if kind in ("tiff", "tiff-deflate"):  # the tag in the TIFF's own IFD0, not an EXIF block
+        compression = "tiff_adobe_deflate" if kind == "tiff-deflate" else None
+        return pil_bytes(PILImage.fromarray(stored), "TIFF", exif=exif, compression=compression)
+    buffer = io.BytesIO()  # 16-bit RGB TIFF, which Pillow cannot decode without losing 8 bits
+    tifffile.imwrite(
+        buffer,
+        blocks(UPRIGHT_BLOCKS[1], np.uint16),
+        photometric="rgb",
+        extratags=[(0x0112, "H", 1, orientation, True)],
+    )
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["jpeg", "png", "webp", "tiff", "tiff-deflate", "tiff-16bit"])
+def test_every_orientation_is_applied_to_the_pixels(kind: str, orientation: int) -> None:
+    data = oriented_file(kind, orientation)
+    stored = PILImage.open(io.BytesIO(data))
+    tag = stored.tag_v2.get(0x0112) if kind.startswith("tiff") else stored.getexif().get(0x0112)
+    assert tag == orientation  # the file really carries it
+    image = load_image(data)
+    depth = np.uint16 if kind == "tiff-16bit" else np.uint8
+    expected = blocks(UPRIGHT_BLOCKS[orientation], depth)
+    assert image.pixels.shape == expected.shape and image.pixels.dtype == depth
+    if kind == "jpeg":  # lossy: compare the middle of each block (edges ring), within a few levels
+        inner = slice(4, BLOCK - 4)
+        for by in range(0, expected.shape[0], BLOCK):
+            for bx in range(0, expected.shape[1], BLOCK):
+                got = image.pixels[by : by + BLOCK, bx : bx + BLOCK][inner, inner].reshape(-1, 3).mean(axis=0)
+                np.testing.assert_allclose(got, expected[by, bx], atol=8)
+    else:
+        np.testing.assert_array_equal(image.pixels, expected)
+    assert (orientation != 1) == any("orientation" in note for note in image.notes)
+    written = PILImage.open(io.BytesIO(encode_image(image, "tiff" if kind.startswith("tiff") else "png")))
+    assert written.getexif().get(0x0112, 1) == 1 and written.size == (image.width, image.height)

@@ -41,6 +41,7 @@ from daemon.names import safe_file_name, safe_relative_path
 from daemon.publish import DiskFullError, move_file, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
+from pipeline import stage_spans
 from pipeline.types import (
     AbsurdDimensionsError,
     BadImageError,
@@ -56,14 +57,8 @@ from pipeline.types import (
 
 log = logging.getLogger(__name__)
 
-# Where each pipeline stage sits on the job's 0..1 progress bar.
-STAGE_SPANS: dict[str, tuple[float, float]] = {
-    "decode": (0.0, 0.05),
-    "faces-detect": (0.05, 0.12),
-    "upscale": (0.12, 0.85),
-    "faces-restore": (0.85, 0.95),
-    "encode": (0.95, 1.0),
-}
+# Where each pipeline stage sits on the job's 0..1 progress bar: the pipeline owns the stages and their order.
+STAGE_SPANS: dict[str, tuple[float, float]] = stage_spans()
 PROGRESS_WRITE_SECONDS = 0.5  # throttle: at most two progress writes per second (stage changes always)
 WORKER_NICENESS = 10  # the worker yields the CPU to the HTTP servers and the watcher
 
@@ -145,17 +140,12 @@ class PipelineProcessor:
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
     ) -> Processed:
-        from pipeline.imageio import encode_image, load_image, output_format_for
+        from pipeline import restore_bytes
 
-        image = load_image(data, max_pixels=self._max_pixels)
-        restored, report = self._restorer.restore(image, options, on_progress)
-        fmt = output_format_for(image, options.output_format)
-        if on_progress is not None:
-            on_progress("encode", 0, 1)
-        encoded = encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps)
-        if on_progress is not None:
-            on_progress("encode", 1, 1)
-        return Processed(encoded, fmt, report.to_dict())
+        restored = restore_bytes(
+            self._restorer, data, options, max_pixels=self._max_pixels, on_progress=on_progress
+        )
+        return Processed(restored.data, restored.format, restored.report.to_dict())
 
     def extension(self, fmt: str) -> str:
         from pipeline.imageio import FORMAT_EXTENSIONS

@@ -26,13 +26,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.imageio import format_notes, output_format_for
+from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
 from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, as_float, tile_count, upscale_tiled
 from pipeline.types import (
     DeviceOutOfMemoryError,
     EngineConfig,
     Image,
     ProgressCallback,
+    RestoredFile,
     RestoreError,
     RestoreOptions,
     RestoreReport,
@@ -249,6 +250,32 @@ class Restorer:
             report.notes.append("alpha upscaled by the network (as 3 replicated channels)")
         clock.add("upscale-alpha", stage_started)
         return result.pixels, alpha
+
+
+def restore_bytes(
+    restorer: Restorer,
+    data: bytes,
+    options: RestoreOptions,
+    *,
+    max_pixels: int,
+    on_progress: ProgressCallback | None = None,
+) -> RestoredFile:
+    """One file end to end: decode -> restore -> encode, the path the daemon, `restorer restore`, bench
+    and the Ray actor all take. Raises BadImageError subclasses for bad input, RestoreError otherwise."""
+    _report_progress(on_progress, "decode", 0, 1)
+    image = load_image(data, max_pixels=max_pixels)
+    _report_progress(on_progress, "decode", 1, 1)
+    restored, report = restorer.restore(image, options, on_progress)
+    fmt = output_format_for(image, options.output_format)
+    _report_progress(on_progress, "encode", 0, 1)
+    encoded = encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps)
+    _report_progress(on_progress, "encode", 1, 1)
+    return RestoredFile(data=encoded, format=fmt, extension=FORMAT_EXTENSIONS[fmt], report=report)
+
+
+def _report_progress(on_progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
+    if on_progress is not None:
+        on_progress(stage, done, total)
 
 
 # -- pure helpers (tested directly) ------------------------------------------------------------------------

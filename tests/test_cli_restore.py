@@ -178,11 +178,11 @@ def test_x4plus_end_to_end_through_the_console_script(tmp_path: Path, state_dir:
 def test_an_unexpected_error_costs_one_file_not_the_batch(
     tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.imageio
+    import pipeline.restorer
 
     write_photo(tmp_path / "in" / "a.png")
     write_photo(tmp_path / "in" / "b.png", seed=1)
-    real_encode = pipeline.imageio.encode_image
+    real_encode = pipeline.restorer.encode_image  # what restore_bytes calls
     calls: list[int] = []
 
     def encode_failing_once(*args: object, **kwargs: object) -> bytes:
@@ -191,7 +191,7 @@ def test_an_unexpected_error_costs_one_file_not_the_batch(
             raise ValueError("simulated encoder bug")
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.imageio, "encode_image", encode_failing_once)
+    monkeypatch.setattr(pipeline.restorer, "encode_image", encode_failing_once)
     report_path = tmp_path / "r.json"
     code = restore(
         [str(tmp_path / "in"), "-o", str(tmp_path / "out"), *FAST, "--report", str(report_path)], state_dir

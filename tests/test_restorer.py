@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,3 +263,133 @@ def test_report_says_what_the_output_format_changes(source: str, requested: str,
         Image(pixels, source_format=source), options
     )
     assert any(note.startswith(expected) for note in report.notes), report.notes
+
+
+# -- restore_bytes: the one per-file path, and the progress it reports -------------------------------------
+
+
+def encoded_file(pixels: np.ndarray, fmt: str) -> bytes:
+    from PIL import Image as PILImage
+
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("pil_format", "requested", "fmt", "extension"),
+    [
+        ("PNG", "same", "png", ".png"),
+        ("JPEG", "same", "jpg", ".jpg"),
+        ("GIF", "same", "png", ".png"),
+        ("PNG", "tiff", "tiff", ".tif"),
+        ("TIFF", "webp", "webp", ".webp"),
+    ],
+)
+def test_restore_bytes_decodes_restores_and_encodes(
+    pil_format: str, requested: str, fmt: str, extension: str
+) -> None:
+    from PIL import Image as PILImage
+
+    from pipeline import load_image, restore_bytes
+
+    data = encoded_file(random_pixels((12, 20, 3)), pil_format)
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    result = restore_bytes(restorer, data, NO_FACES.replace(output_format=requested), max_pixels=10_000)
+    assert (result.format, result.extension) == (fmt, extension)
+    assert result.report.input_size == [20, 12] and result.report.output_size == [80, 48]
+    written = load_image(result.data)
+    assert written.source_format == fmt and (written.width, written.height) == (80, 48)
+    assert PILImage.open(io.BytesIO(result.data)).size == (80, 48)
+
+
+def test_restore_bytes_refuses_bad_input_with_the_load_errors() -> None:
+    from pipeline import CorruptImageError, DecompressionBombError, restore_bytes
+
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    data = encoded_file(random_pixels((12, 20, 3)), "PNG")
+    with pytest.raises(DecompressionBombError):
+        restore_bytes(restorer, data, NO_FACES, max_pixels=239)
+    with pytest.raises(CorruptImageError):
+        restore_bytes(restorer, data[: len(data) // 2], NO_FACES, max_pixels=10_000)
+    assert restorer._upscalers == {}  # refused before any network was loaded
+
+
+class ProgressFaceStage(RecordingFaceStage):
+    """Reports progress as pipeline.faces.FaceStage does: detection, then one step per face restored."""
+
+    def prepare(self, rgb: np.ndarray, options: RestoreOptions, on_progress: Any = None) -> Any:
+        for stage, done, total in [("faces-detect", 0, 1), ("faces-detect", 1, 1)] + [
+            ("faces-restore", face, 2) for face in range(3)
+        ]:
+            on_progress(stage, done, total)
+        return super().prepare(rgb, options, on_progress)
+
+
+def assert_progress_runs_forward(calls: list[tuple[str, int, int]]) -> None:
+    """Every stage is one the pipeline declares, stages come in its order, and the overall fraction
+    never goes down and ends at 1."""
+    from pipeline import STAGE_WEIGHTS, stage_spans
+
+    spans = stage_spans()
+    assert [stage for stage, _, _ in calls if stage not in STAGE_WEIGHTS] == []
+    order = list(STAGE_WEIGHTS)
+    positions = [order.index(stage) for stage, _, _ in calls]
+    assert positions == sorted(positions), calls
+    fractions = []
+    for stage, done, total in calls:
+        start, end = spans[stage]
+        fractions.append(start + (end - start) * (done / total if total else 1.0))
+    assert all(b >= a for a, b in itertools.pairwise(fractions)), list(zip(calls, fractions, strict=True))
+    assert fractions[-1] == 1.0
+
+
+def test_stage_weights_sum_to_one_and_spans_are_contiguous() -> None:
+    from pipeline import STAGE_WEIGHTS, stage_spans
+
+    assert sum(STAGE_WEIGHTS.values()) == pytest.approx(1.0)
+    spans = list(stage_spans().values())
+    assert spans[0][0] == 0.0 and spans[-1][1] == 1.0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    # The order the Restorer runs them in: faces are detected and restored on the input, then upscaled.
+    assert list(STAGE_WEIGHTS) == ["decode", "faces-detect", "faces-restore", "upscale", "encode"]
+
+
+def test_progress_of_a_photo_with_faces_and_alpha_never_goes_back() -> None:
+    from pipeline import restore_bytes
+
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader(tile=32))
+    restorer._face_stage = ProgressFaceStage()
+    rgba = random_pixels((40, 50, 4))  # several tiles, and an alpha plane that goes through the network
+    calls: list[tuple[str, int, int]] = []
+    result = restore_bytes(
+        restorer,
+        encoded_file(rgba, "PNG"),
+        RestoreOptions(),
+        max_pixels=10_000,
+        on_progress=lambda *call: calls.append(call),
+    )
+    assert "alpha upscaled by the network (as 3 replicated channels)" in result.report.notes
+    stages = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert stages == ["decode", "faces-detect", "faces-restore", "upscale", "encode"]
+    assert_progress_runs_forward(calls)
+
+
+@pytest.mark.slow
+def test_progress_with_the_real_face_stage_and_no_face_weights_runs_forward(tmp_path) -> None:
+    from skimage import data
+
+    from pipeline import restore_bytes
+
+    crop = data.astronaut()[0:200, 120:320]  # her face, ~90 px: detected, not restored (no weights)
+    restorer = Restorer(EngineConfig(weights_dir=str(tmp_path)), upscaler_loader=CountingLoader(tile=128))
+    calls: list[tuple[str, int, int]] = []
+    result = restore_bytes(
+        restorer,
+        encoded_file(crop, "PNG"),
+        RestoreOptions(scale=1),
+        max_pixels=10**6,
+        on_progress=lambda *call: calls.append(call),
+    )
+    assert len(result.report.faces) == 1 and not result.report.faces[0].restored
+    assert_progress_runs_forward(calls)

@@ -215,21 +215,17 @@ def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[dict[str
 def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: ProgressBar) -> dict[str, Any]:
     """One file end to end; every expected failure becomes the entry's error, never an exception."""
     from daemon.publish import publish_bytes
-    from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, load_image, output_format_for
-    from pipeline.types import DeviceOutOfMemoryError, RestoreError
+    from pipeline import DeviceOutOfMemoryError, RestoreError, restore_bytes
 
     started = time.perf_counter()
     entry = _entry(str(job.source))
     try:
-        image = load_image(job.source, max_pixels=int(settings.max_input_megapixels * 1e6))
-        bar.update("decode", 1, 1)
-        restored, report = restorer.restore(image, options, bar.update)
-        fmt = output_format_for(image, options.output_format)
-        bar.update("encode", 0, 1)
-        data = encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps)
-        name = job.source.stem + FORMAT_EXTENSIONS[fmt]
-        output = publish_bytes(data, job.out_dir, name, settings.file_mode, settings.output_group)
-        bar.update("encode", 1, 1)
+        data = job.source.read_bytes()
+        max_pixels = int(settings.max_input_megapixels * 1e6)
+        restored = restore_bytes(restorer, data, options, max_pixels=max_pixels, on_progress=bar.update)
+        name = job.source.stem + restored.extension
+        output = publish_bytes(restored.data, job.out_dir, name, settings.file_mode, settings.output_group)
+        report = restored.report
         report.input = str(job.source)
         report.output = str(output)
         entry.update({key: value for key, value in report.to_dict().items() if key != "error"})

@@ -4,8 +4,8 @@ that of one process doing one job (model loaded, image restored) and nothing els
 Stages:
     sr        Restorer.restore with faces off: the super-resolution stage (tiling, network, assembly)
     faces     FaceStage.prepare + paste on the same input (detection, restoration when face weights exist)
-    pipeline  end to end: JPEG bytes -> load_image -> Restorer.restore (default options, faces on)
-              -> encode_image JPEG
+    pipeline  end to end: JPEG bytes -> restore_bytes (decode, Restorer.restore with default options,
+              faces on, encode as JPEG): the path the daemon's worker takes
 
 Seconds exclude model loading and compilation (reported separately as load_s; the worker warms up
 first; inputs up to 320x320 also get one untimed first call, reported as first_call_s). GFLOP/s counts
@@ -243,8 +243,8 @@ def _worker(spec: BenchSpec) -> dict[str, Any]:
 
 
 def _restore_runner(engine: Any, image: Any, options: Any, spec: BenchSpec, result: dict[str, Any]) -> Any:
-    from pipeline.imageio import encode_image, load_image
-    from pipeline.restorer import Restorer
+    from pipeline.imageio import DEFAULT_MAX_PIXELS, encode_image
+    from pipeline.restorer import Restorer, restore_bytes
 
     restorer = Restorer(engine)
     restorer.warm_up(options)
@@ -264,9 +264,7 @@ def _restore_runner(engine: Any, image: Any, options: Any, spec: BenchSpec, resu
         record(restorer.restore(image, options)[1])
 
     def run_pipeline() -> None:
-        output, report = restorer.restore(load_image(encoded), options)
-        encode_image(output, "jpg", quality=95)
-        record(report)
+        record(restore_bytes(restorer, encoded, options, max_pixels=DEFAULT_MAX_PIXELS).report)
 
     return run_sr if spec.stage == "sr" else run_pipeline
 

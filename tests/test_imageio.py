@@ -3,6 +3,7 @@ every class of bad input becomes a typed error with a one-line message. All file
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -51,6 +52,7 @@ def pil_bytes(picture: PILImage.Image, fmt: str, **options: object) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache  # one profile: lcms stamps the creation time, so two calls can differ by a second
 def srgb_icc() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 

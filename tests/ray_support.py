@@ -1,0 +1,209 @@
+"""A real local Ray cluster for tests and benchmarks: a head (and optionally more nodes) as child processes.
+
+Each node is `ray start --block` in its own session, with a fresh temp dir and free ports, so it never
+meets another cluster on this machine and is stopped by killing its own process group (never
+`ray stop`, which kills every Ray process on the machine). PR_SET_PDEATHSIG takes a node down with the
+test process even if the test process is killed. After stop(), nothing that names our temp dir runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY = Path(sys.executable).parent / "ray"
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # offline and private: no usage report
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",  # allows a second node on this machine (127.0.0.1 only)
+    "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: SIGKILL when the test process dies.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _node_ports() -> list[str]:
+    """Every port a node opens, chosen free now, so clusters never collide with each other."""
+    low = free_port()
+    flags = {
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--metrics-export-port": free_port(),
+    }
+    args = [f"{flag}={port}" for flag, port in flags.items()]
+    # Worker processes need a range; a window above a free port is free in practice on a test box.
+    return [*args, f"--min-worker-port={low}", f"--max-worker-port={min(65000, low + 200)}"]
+
+
+@dataclass
+class RayNode:
+    proc: subprocess.Popen[bytes]
+    temp_dir: Path
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        """Every live process of this node: its session (raylet, GCS, agents, workers) plus anything
+        naming its temp dir. Ray renames its processes (`ray::...`), so the session is what finds them."""
+        return sorted(set(pids_in_session(self.proc.pid)) | set(pids_naming(self.temp_dir)))
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node (by pid, never `ray stop`) and reap the leader."""
+        for _ in range(3):  # a dying raylet may still be starting a worker: look again
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            if not self.pids():
+                return
+            time.sleep(0.2)
+
+
+@dataclass
+class RayCluster:
+    """`address` is host:port, as `ray start --address` and the daemon's ray_address take it."""
+
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rt", dir="/tmp")))
+    port: int = field(default_factory=free_port)
+    nodes: list[RayNode] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def head(self) -> RayNode:
+        return self.nodes[0]
+
+    def start_head(self, num_cpus: int = 2, resources: str | None = None) -> RayNode:
+        args = ["--head", f"--port={self.port}", "--include-dashboard=false"]
+        args.append("--node-ip-address=127.0.0.1")
+        node = self._start("head", [*args, f"--num-cpus={num_cpus}"], resources)
+        if self.nodes:
+            self.nodes[0] = node  # a restarted head replaces the old one
+        else:
+            self.nodes.append(node)
+        self.wait_for_nodes(1)
+        return node
+
+    def add_node(self, num_cpus: int = 2, resources: str | None = None) -> RayNode:
+        args = [f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}"]
+        node = self._start(f"node{len(self.nodes)}", args, resources)
+        self.nodes.append(node)
+        self.wait_for_nodes(sum(1 for n in self.nodes if n.alive()))
+        return node
+
+    def _start(self, name: str, args: list[str], resources: str | None) -> RayNode:
+        # A short temp dir: Ray's socket paths must fit in 107 bytes.
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        log_path = self.root / f"{name}-{time.monotonic_ns()}.log"
+        extra = [f"--resources={resources}"] if resources else []
+        command = [str(RAY), "start", "--block", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [*command, *args, *_node_ports(), *extra],
+                env={**os.environ, **RAY_ENV},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # only a prctl between fork and exec: no locks taken
+            )
+        return RayNode(proc, temp_dir, log_path)
+
+    def wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
+        """Until `ray status` (a read-only query) lists `count` live nodes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if not node.alive():
+                    raise RuntimeError(f"a Ray node exited:\n{node.log_path.read_text()[-3000:]}")
+            if self.live_nodes() >= count:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"Ray cluster at {self.address} did not reach {count} node(s)")
+
+    def live_nodes(self) -> int:
+        result = subprocess.run(
+            [str(RAY), "status", f"--address={self.address}"],
+            env={**os.environ, **RAY_ENV},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            return 0
+        active = result.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        return sum(1 for line in active.splitlines() if line.strip().startswith("1 node_"))
+
+    def kill_head(self) -> None:
+        self.head.kill()
+
+    def pids(self) -> list[int]:
+        return sorted({pid for node in self.nodes for pid in node.pids()} | set(pids_naming(self.root)))
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.kill()
+        for pid in pids_naming(self.root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _stat_fields(pid_dir: Path) -> list[str]:
+    return (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def pids_in_session(session: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is `session`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(entry)
+        except (OSError, IndexError):
+            continue
+        if fields[3] == str(session) and fields[0] != "Z":  # state, ppid, pgrp, session
+            found.append(int(entry.name))
+    return found
+
+
+def pids_naming(text: Path | str) -> list[int]:
+    """Live processes whose command line mentions `text` (our temp dir), excluding zombies."""
+    needle = str(text).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes() and _stat_fields(entry)[0] != "Z":
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found

@@ -1,9 +1,9 @@
 """A real local Ray cluster for tests and benchmarks: a head (and optionally more nodes) as child processes.
 
-Each node is `ray start --block` in its own session, with a fresh temp dir and free ports, so it never
-meets another cluster on this machine and is stopped by killing its own process group (never
-`ray stop`, which kills every Ray process on the machine). PR_SET_PDEATHSIG takes a node down with the
-test process even if the test process is killed. After stop(), nothing that names our temp dir runs.
+Each node is `ray start --block` (through tests/ray_node.py: loopback only) in its own session, with a
+fresh temp dir and free ports, so it never meets another cluster on this machine. It is stopped by
+SIGKILL of every process in its session, by pid (never `ray stop`, which kills every Ray process on the
+machine). PR_SET_PDEATHSIG takes a node's `ray start` down with the test process if that is killed.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RAY = Path(sys.executable).parent / "ray"
+REPO = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"  # read-only queries (`ray status`)
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # offline and private: no usage report
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",  # allows a second node on this machine (127.0.0.1 only)
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray process stays on 127.0.0.1 (see ray_node.py)
     "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster
 }
 
@@ -123,11 +124,11 @@ class RayCluster:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
         log_path = self.root / f"{name}-{time.monotonic_ns()}.log"
         extra = [f"--resources={resources}"] if resources else []
-        command = [str(RAY), "start", "--block", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+        command = [sys.executable, "-m", "tests.ray_node", "start", "--block", f"--temp-dir={temp_dir}"]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [*command, *args, *_node_ports(), *extra],
-                env={**os.environ, **RAY_ENV},
+                env={**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO)},  # actors import daemon/
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

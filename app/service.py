@@ -123,7 +123,7 @@ class Service:
         log.info("ready: inbox %s -> outbox %s", settings.inbox, settings.outbox)
 
     async def _start_servers(self) -> list[Any]:
-        from status_site.server import start_servers
+        from status_site import start_servers
 
         assert self.store is not None
         try:

@@ -1,0 +1,54 @@
+"""The daemon: state and lifecycle. It owns the settings, the SQLite job store and its read model, the
+inbox watcher, the worker process, the publish protocol and the health snapshot; it runs the pipeline
+but knows nothing of HTTP.
+
+The names below are its public surface: status_site imports only these (an import-linter contract in
+pyproject.toml checks it). The modules behind them are the daemon's own business:
+
+    settings.py    Settings: the one settings model (TOML < RESTORER_* environment < flags)
+    store.py       JobStore: the jobs table's schema, migrations and every write
+    readmodel.py   ReadModel: every read (queue order and positions, listings, stats), read-only
+    watcher.py     the intake: inbox events and scans -> stable files -> jobs
+    worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original
+    publish.py     temp file + fsync + rename into a folder, never overwriting
+    health.py      HealthState: the ok / degraded / down snapshot the API and page show
+    fsinfo.py, sdnotify.py   mount types (network shares) and systemd notifications
+
+The composition root (app/) wires these together and may reach behind this surface.
+"""
+
+from daemon.health import HealthState
+from daemon.publish import DiskFullError, publish_bytes
+from daemon.readmodel import (
+    STATES,
+    Job,
+    JobNotFoundError,
+    JobPage,
+    JobQueryError,
+    QueuePlace,
+    Rate,
+    ReadModel,
+    StoreError,
+    queue_positions,
+)
+from daemon.settings import Settings
+from daemon.store import AddResult, JobStore
+
+__all__ = [
+    "STATES",
+    "AddResult",
+    "DiskFullError",
+    "HealthState",
+    "Job",
+    "JobNotFoundError",
+    "JobPage",
+    "JobQueryError",
+    "JobStore",
+    "QueuePlace",
+    "Rate",
+    "ReadModel",
+    "Settings",
+    "StoreError",
+    "publish_bytes",
+    "queue_positions",
+]

@@ -1,5 +1,6 @@
 """The job store: one SQLite file in the state directory, shared by the service, the worker process,
-the HTTP servers and `restorer jobs`.
+the HTTP servers and `restorer jobs`. This module holds the schema and every write; every read (queue
+order, positions, listings, stats) lives in daemon/readmodel.py, which JobStore extends.
 
 SQLite runs in WAL mode with a busy timeout, so readers never block the writer and a writer waits
 instead of failing with "database is locked". Every write transaction starts with BEGIN IMMEDIATE: a
@@ -17,9 +18,9 @@ often it is scanned, restarted or touched. Rules applied by `add`:
   job N", with "process" it is queued with the note "same content as job N";
 - same name with new content: a new job.
 
-Jobs run in arrival order (id), a higher priority first. `attempts` counts the times a worker picked the
-job up; a worker that dies mid-job leaves it `processing`, and `requeue_interrupted` puts it back to
-`queued` (or fails it once it reached max_attempts).
+Jobs run in arrival order (id), a higher priority first (readmodel.CLAIM_ORDER). `attempts` counts
+the times a worker picked the job up; a worker that dies mid-job leaves it `processing`, and
+`requeue_interrupted` puts it back to `queued` (or fails it once it reached max_attempts).
 
 The schema is created on first start and upgraded in place: `schema_version` holds the number of
 migrations applied, MIGRATIONS lists them in order.
@@ -31,30 +32,32 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.pool import QueuePool
 
 from daemon import fsinfo
-
-JobState = Literal["queued", "processing", "done", "failed", "cancelled"]
-STATES: tuple[str, ...] = ("queued", "processing", "done", "failed", "cancelled")
-ACTIVE_STATES: tuple[str, ...] = ("queued", "processing")
+from daemon.readmodel import (
+    BUSY_TIMEOUT_MS,
+    CLAIM_ORDER,
+    JOB_COLUMNS,
+    Job,
+    ReadModel,
+    StoreError,
+    configure_connections,
+    job_from_row,
+    to_text,
+    utcnow,
+)
 
 # Where the original input is now. Only 'inbox' rows take part in the "same file" identity.
 OriginalPlace = Literal["inbox", "archived", "deleted", "failed_dir"]
 
 # Why a job failed, so the service can act on a class of failures (e.g. requeue "disk-full" ones).
 FailureKind = Literal["bad-input", "crash", "disk-full", "error"]
-
-BUSY_TIMEOUT_MS = 30_000
-
-
-class StoreError(Exception):
-    """The job store cannot be used; str(e) says why in one line."""
 
 
 class StateOnNetworkFilesystemError(StoreError):
@@ -63,68 +66,6 @@ class StateOnNetworkFilesystemError(StoreError):
 
 class SchemaTooNewError(StoreError):
     pass
-
-
-class JobNotFoundError(StoreError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "job not found"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _to_text(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _to_datetime(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    input_path: str
-    content_sha256: str
-    size_bytes: int
-    mtime: float
-    preset: str | None
-    options: dict[str, Any]
-    state: str
-    priority: int
-    attempts: int
-    detected_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    heartbeat_at: datetime | None
-    progress: float
-    stage: str | None
-    output_path: str | None
-    output_size_bytes: int | None
-    archived_path: str | None
-    original: str
-    error: str | None
-    failure_kind: str | None
-    report: dict[str, Any] | None
-    note: str | None
-    cancel_requested: bool
-
-    @property
-    def seconds(self) -> float | None:
-        """Wall time of the last run, if it finished."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: datetimes as ISO 8601 UTC strings."""
-        data: dict[str, Any] = {}
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            data[name] = _to_text(value) if isinstance(value, datetime) else value
-        data["seconds"] = self.seconds
-        return data
 
 
 @dataclass(frozen=True)
@@ -138,12 +79,6 @@ class AddResult:
 class RequeueResult:
     requeued: list[int] = field(default_factory=list)
     failed: list[Job] = field(default_factory=list)  # reached max_attempts: the caller moves the input
-
-
-@dataclass(frozen=True)
-class JobPage:
-    jobs: list[Job]
-    next_cursor: int | None  # pass back as `cursor` for the next page; None at the end
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -209,8 +144,47 @@ def _migration_2_originals_and_notes(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX jobs_content ON jobs (content_sha256)")
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1_jobs, _migration_2_originals_and_notes]
+def _migration_3_throughput_columns(conn: Connection) -> None:
+    # A finished job's input megapixels and work seconds as columns (the stats and ETAs read them
+    # instead of the report JSON), filled in for the jobs already done, and an index that answers the
+    # per-hour, per-day and total sums without reading the rows.
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN input_megapixels REAL")
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN work_seconds REAL")
+    done = conn.exec_driver_sql(
+        "SELECT id, report, (julianday(finished_at) - julianday(started_at)) * 86400.0 FROM jobs "
+        "WHERE state = 'done' AND report IS NOT NULL"
+    ).all()
+    for job_id, report, wall_seconds in done:
+        megapixels, seconds = throughput_numbers(json.loads(report))
+        conn.exec_driver_sql(
+            "UPDATE jobs SET input_megapixels = ?, work_seconds = ? WHERE id = ?",
+            (megapixels, seconds if seconds is not None else wall_seconds, job_id),
+        )
+    conn.exec_driver_sql(
+        "CREATE INDEX jobs_throughput ON jobs "
+        "(state, finished_at, input_megapixels, work_seconds, output_size_bytes)"
+    )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _migration_1_jobs,
+    _migration_2_originals_and_notes,
+    _migration_3_throughput_columns,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def throughput_numbers(report: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """(input megapixels, work seconds) of a finished job from its report; None where it does not say.
+
+    Work seconds are the pipeline's own clock (report["seconds"]); without one, the caller uses the
+    wall time between start and finish.
+    """
+    report = report or {}
+    size = report.get("input_size") or []
+    megapixels = size[0] * size[1] / 1e6 if len(size) >= 2 else None
+    seconds = report.get("seconds") or None  # 0 means "not measured"
+    return megapixels, None if seconds is None else float(seconds)
 
 
 def _make_engine(db_path: Path) -> Engine:
@@ -223,23 +197,14 @@ def _make_engine(db_path: Path) -> Engine:
         max_overflow=16,  # the site's thread pools, the intake, the service: never wait for a connection
         connect_args={"check_same_thread": False},
     )
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see below)
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is crash-safe in WAL mode; a power cut may lose the last commits, and the inbox (the
-        # source of truth) still holds those files, so the next scan records them again.
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
+    # NORMAL is crash-safe in WAL mode; a power cut may lose the last commits, and the inbox (the
+    # source of truth) still holds those files, so the next scan records them again.
+    pragmas = (
+        f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = NORMAL",
+    )
+    configure_connections(engine, pragmas)
     return engine
 
 
@@ -264,72 +229,29 @@ def migrate(engine: Engine, upto: int | None = None) -> int:
         return max(version, target)
 
 
-# Every column of a Job, in one place, so every query (the store's and status_site's) builds the same Job.
-JOB_COLUMNS = (
-    "id, input_path, content_sha256, size_bytes, mtime, preset, options, state, priority, attempts, "
-    "detected_at, started_at, finished_at, heartbeat_at, progress, stage, output_path, output_size_bytes, "
-    "archived_path, original, error, failure_kind, report, note, cancel_requested"
-)
-
-
-def job_from_row(row: Any) -> Job:
-    m = row._mapping
-    return Job(
-        id=m["id"],
-        input_path=m["input_path"],
-        content_sha256=m["content_sha256"],
-        size_bytes=m["size_bytes"],
-        mtime=m["mtime"],
-        preset=m["preset"],
-        options=json.loads(m["options"] or "{}"),
-        state=m["state"],
-        priority=m["priority"],
-        attempts=m["attempts"],
-        detected_at=_to_datetime(m["detected_at"]),
-        started_at=_to_datetime(m["started_at"]),
-        finished_at=_to_datetime(m["finished_at"]),
-        heartbeat_at=_to_datetime(m["heartbeat_at"]),
-        progress=m["progress"],
-        stage=m["stage"],
-        output_path=m["output_path"],
-        output_size_bytes=m["output_size_bytes"],
-        archived_path=m["archived_path"],
-        original=m["original"],
-        error=m["error"],
-        failure_kind=m["failure_kind"],
-        report=None if m["report"] is None else json.loads(m["report"]),
-        note=m["note"],
-        cancel_requested=bool(m["cancel_requested"]),
-    )
-
-
-class JobStore:
-    """All access to the jobs table. Safe to use from several threads and processes at once."""
+class JobStore(ReadModel):
+    """The jobs table: every read of the ReadModel, plus the writes. Safe to use from several threads
+    and processes at once."""
 
     def __init__(self, db_path: Path | str, *, mountinfo_file: Path | None = None) -> None:
-        self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        mount = fsinfo.mount_of(self.db_path.parent, mountinfo_file)
+        db_path = Path(db_path)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        mount = fsinfo.mount_of(db_path.parent, mountinfo_file)
         if mount is not None and mount.is_network:
             raise StateOnNetworkFilesystemError(
-                f"the job database {self.db_path} would be on a network filesystem ({mount.fs_type} at "
+                f"the job database {db_path} would be on a network filesystem ({mount.fs_type} at "
                 f"{mount.mount_point}); SQLite's WAL needs a local disk: set RESTORER_STATE_DIR to a "
                 "local folder (the inbox and outbox may stay on the share)"
             )
-        self._engine = _make_engine(self.db_path)
+        super().__init__(db_path)
         self.schema_version = migrate(self._engine)
 
-    def close(self) -> None:
-        self._engine.dispose()
+    def _open_engine(self) -> Engine:
+        return _make_engine(self.db_path)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._engine.execution_options(immediate=True).begin() as conn:
-            yield conn
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
             yield conn
 
     # -- intake --------------------------------------------------------------------------------------
@@ -390,8 +312,8 @@ class JobStore:
                     "options": json.dumps(options or {}),
                     "state": state,
                     "priority": priority,
-                    "detected": _to_text(detected_at or now),
-                    "finished": _to_text(finished),
+                    "detected": to_text(detected_at or now),
+                    "finished": to_text(finished),
                     "note": note,
                 },
             ).first()
@@ -423,26 +345,19 @@ class JobStore:
 
     def claim_next(self) -> Job | None:
         """Atomically move the next queued job (priority, then arrival) to processing; attempts+1."""
-        now = _to_text(utcnow())
+        now = to_text(utcnow())
         with self._write() as conn:
             row = conn.execute(
                 text(
                     "UPDATE jobs SET state = 'processing', attempts = attempts + 1, started_at = :now, "
                     "heartbeat_at = :now, finished_at = NULL, progress = 0, stage = 'starting', "
                     "error = NULL, failure_kind = NULL WHERE id = (SELECT id FROM jobs WHERE "
-                    "state = 'queued' ORDER BY priority DESC, id LIMIT 1) AND state = 'queued' "
+                    f"state = 'queued' ORDER BY {CLAIM_ORDER} LIMIT 1) AND state = 'queued' "
                     "RETURNING " + JOB_COLUMNS
                 ),
                 {"now": now},
             ).first()
         return None if row is None else job_from_row(row)
-
-    def heartbeat(self, job_id: int) -> None:
-        with self._write() as conn:
-            conn.execute(
-                text("UPDATE jobs SET heartbeat_at = :now WHERE id = :id"),
-                {"now": _to_text(utcnow()), "id": job_id},
-            )
 
     def update_progress(self, job_id: int, progress: float, stage: str | None) -> bool:
         """Record progress (and a heartbeat); returns True if a cancel was requested meanwhile."""
@@ -455,7 +370,7 @@ class JobStore:
                 {
                     "progress": min(max(progress, 0.0), 1.0),
                     "stage": stage,
-                    "now": _to_text(utcnow()),
+                    "now": to_text(utcnow()),
                     "id": job_id,
                 },
             ).first()
@@ -469,24 +384,24 @@ class JobStore:
         report: dict[str, Any] | None,
         note: str | None = None,
     ) -> Job:
-        with self._write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET state = 'done', progress = 1, stage = NULL, finished_at = :now, "
-                    "output_path = :out, output_size_bytes = :size, report = :report, error = NULL, "
-                    "failure_kind = NULL, note = COALESCE(:note, note) WHERE id = :id "
-                    "RETURNING " + JOB_COLUMNS
-                ),
-                {
-                    "now": _to_text(utcnow()),
-                    "out": output_path,
-                    "size": output_size_bytes,
-                    "report": None if report is None else json.dumps(report),
-                    "note": note,
-                    "id": job_id,
-                },
-            ).first()
-        return self._found(row, job_id)
+        """Done: the output is published. Its throughput numbers are kept as columns for the stats."""
+        megapixels, seconds = throughput_numbers(report)
+        return self._update(
+            job_id,
+            "state = 'done', progress = 1, stage = NULL, finished_at = :now, output_path = :out, "
+            "output_size_bytes = :size, report = :report, error = NULL, failure_kind = NULL, "
+            "note = COALESCE(:note, note), input_megapixels = :megapixels, "
+            "work_seconds = COALESCE(:seconds, (julianday(:now) - julianday(started_at)) * 86400.0)",
+            {
+                "now": to_text(utcnow()),
+                "out": output_path,
+                "size": output_size_bytes,
+                "report": _json_or_none(report),
+                "note": note,
+                "megapixels": megapixels,
+                "seconds": seconds,
+            },
+        )
 
     def fail(
         self,
@@ -495,79 +410,49 @@ class JobStore:
         kind: FailureKind = "error",
         report: dict[str, Any] | None = None,
     ) -> Job:
-        with self._write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET state = 'failed', stage = NULL, finished_at = :now, error = :error, "
-                    "failure_kind = :kind, report = COALESCE(:report, report) WHERE id = :id "
-                    "RETURNING " + JOB_COLUMNS
-                ),
-                {
-                    "now": _to_text(utcnow()),
-                    "error": error,
-                    "kind": kind,
-                    "report": None if report is None else json.dumps(report),
-                    "id": job_id,
-                },
-            ).first()
-        return self._found(row, job_id)
+        return self._update(
+            job_id,
+            "state = 'failed', stage = NULL, finished_at = :now, error = :error, failure_kind = :kind, "
+            "report = COALESCE(:report, report)",
+            {"now": to_text(utcnow()), "error": error, "kind": kind, "report": _json_or_none(report)},
+        )
 
     def mark_cancelled(self, job_id: int, note: str) -> Job:
         """The worker stopped a running job because a cancel was requested (or its input vanished)."""
-        with self._write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET state = 'cancelled', stage = NULL, finished_at = :now, "
-                    "cancel_requested = 0, note = :note WHERE id = :id RETURNING " + JOB_COLUMNS
-                ),
-                {"now": _to_text(utcnow()), "note": note, "id": job_id},
-            ).first()
-        return self._found(row, job_id)
+        return self._update(
+            job_id,
+            "state = 'cancelled', stage = NULL, finished_at = :now, cancel_requested = 0, note = :note",
+            {"now": to_text(utcnow()), "note": note},
+        )
 
     def set_original(
         self, job_id: int, place: OriginalPlace, archived_path: str | None = None, note: str | None = None
     ) -> Job:
         """Record where the original went (archived/deleted/failed_dir); a note if the move failed."""
-        with self._write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET original = :place, archived_path = COALESCE(:archived, archived_path), "
-                    "note = CASE WHEN :note IS NULL THEN note WHEN note IS NULL THEN :note "
-                    "ELSE note || '; ' || :note END WHERE id = :id RETURNING " + JOB_COLUMNS
-                ),
-                {"place": place, "archived": archived_path, "note": note, "id": job_id},
-            ).first()
-        return self._found(row, job_id)
+        return self._update(
+            job_id,
+            f"original = :place, archived_path = COALESCE(:archived, archived_path), {_APPEND_NOTE}",
+            {"place": place, "archived": archived_path, "note": note},
+        )
 
     def add_note(self, job_id: int, note: str) -> Job:
-        with self._write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET note = CASE WHEN note IS NULL THEN :note ELSE note || '; ' || :note END "
-                    "WHERE id = :id RETURNING " + JOB_COLUMNS
-                ),
-                {"note": note, "id": job_id},
-            ).first()
-        return self._found(row, job_id)
+        return self._update(job_id, _APPEND_NOTE, {"note": note})
 
     def requeue(self, job_id: int, *, refund_attempt: bool) -> Job:
         """Back to queued, e.g. on a graceful stop (refund_attempt: the interruption was not its fault)."""
-        with self._write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET state = 'queued', progress = 0, stage = NULL, started_at = NULL, "
-                    "attempts = CASE WHEN :refund THEN MAX(attempts - 1, 0) ELSE attempts END "
-                    "WHERE id = :id AND state = 'processing' RETURNING " + JOB_COLUMNS
-                ),
-                {"refund": int(refund_attempt), "id": job_id},
-            ).first()
-        return self.get_or_raise(job_id) if row is None else job_from_row(row)
+        return self._update(
+            job_id,
+            "state = 'queued', progress = 0, stage = NULL, started_at = NULL, "
+            "attempts = CASE WHEN :refund THEN MAX(attempts - 1, 0) ELSE attempts END",
+            {"refund": int(refund_attempt)},
+            only_if="state = 'processing'",
+        )
 
     def requeue_interrupted(self, max_attempts: int, job_id: int | None = None) -> RequeueResult:
         """Jobs left `processing` by a dead worker (all of them at start, or one after a crash):
         back to queued, or failed once they used max_attempts."""
         scope = "" if job_id is None else " AND id = :id"
-        params: dict[str, Any] = {"max": max_attempts, "id": job_id, "now": _to_text(utcnow())}
+        params: dict[str, Any] = {"max": max_attempts, "id": job_id, "now": to_text(utcnow())}
         with self._write() as conn:
             # A cancel requested while the worker died is honoured rather than run again.
             conn.execute(
@@ -605,8 +490,8 @@ class JobStore:
             rows = conn.execute(
                 text(
                     "UPDATE jobs SET state = 'queued', error = NULL, failure_kind = NULL, progress = 0, "
-                    "finished_at = NULL, note = CASE WHEN note IS NULL THEN :note ELSE note || '; ' || :note "
-                    "END WHERE state = 'failed' AND failure_kind = :kind AND original = 'inbox' RETURNING id"
+                    f"finished_at = NULL, {_APPEND_NOTE} "
+                    "WHERE state = 'failed' AND failure_kind = :kind AND original = 'inbox' RETURNING id"
                 ),
                 {"kind": kind, "note": note},
             ).all()
@@ -616,162 +501,41 @@ class JobStore:
 
     def retry(self, job_id: int) -> Job:
         """failed/cancelled/done -> queued with a fresh attempt count; queued/processing unchanged."""
-        with self._write() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE jobs SET state = 'queued', attempts = 0, error = NULL, failure_kind = NULL, "
-                    "progress = 0, stage = NULL, started_at = NULL, finished_at = NULL, "
-                    "cancel_requested = 0 WHERE id = :id AND state IN ('failed', 'cancelled', 'done') "
-                    "RETURNING " + JOB_COLUMNS
-                ),
-                {"id": job_id},
-            ).first()
-        return self.get_or_raise(job_id) if row is None else job_from_row(row)
+        return self._update(
+            job_id,
+            "state = 'queued', attempts = 0, error = NULL, failure_kind = NULL, progress = 0, stage = NULL, "
+            "started_at = NULL, finished_at = NULL, cancel_requested = 0",
+            {},
+            only_if="state IN ('failed', 'cancelled', 'done')",
+        )
 
     def cancel(self, job_id: int) -> Job:
         """queued -> cancelled; processing -> cancel requested (the worker stops it); else unchanged."""
-        now = _to_text(utcnow())
+        return self._update(
+            job_id,
+            "state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END, "
+            "finished_at = CASE state WHEN 'queued' THEN :now ELSE finished_at END, "
+            "cancel_requested = CASE state WHEN 'processing' THEN 1 ELSE cancel_requested END",
+            {"now": to_text(utcnow())},
+            only_if="state IN ('queued', 'processing')",
+        )
+
+    def _update(self, job_id: int, assignments: str, params: dict[str, Any], only_if: str = "1") -> Job:
+        """UPDATE one job and return it as it is now. When `only_if` (a condition on its state) does
+        not hold, the job is returned unchanged: that is what makes the operator actions idempotent."""
         with self._write() as conn:
             row = conn.execute(
-                text(
-                    "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'cancelled' ELSE state END, "
-                    "finished_at = CASE state WHEN 'queued' THEN :now ELSE finished_at END, "
-                    "cancel_requested = CASE state WHEN 'processing' THEN 1 ELSE cancel_requested END "
-                    "WHERE id = :id AND state IN ('queued', 'processing') RETURNING " + JOB_COLUMNS
-                ),
-                {"id": job_id, "now": now},
+                text(f"UPDATE jobs SET {assignments} WHERE id = :id AND {only_if} RETURNING {JOB_COLUMNS}"),
+                {**params, "id": job_id},
             ).first()
         return self.get_or_raise(job_id) if row is None else job_from_row(row)
 
-    def set_priority(self, job_id: int, priority: int) -> Job:
-        with self._write() as conn:
-            row = conn.execute(
-                text("UPDATE jobs SET priority = :p WHERE id = :id RETURNING " + JOB_COLUMNS),
-                {"p": priority, "id": job_id},
-            ).first()
-        return self._found(row, job_id)
 
-    # -- reads ---------------------------------------------------------------------------------------
+# Appends :note to a job's note ("; " between notes); a NULL :note leaves it as it is.
+_APPEND_NOTE = (
+    "note = CASE WHEN :note IS NULL THEN note WHEN note IS NULL THEN :note ELSE note || '; ' || :note END"
+)
 
-    def get(self, job_id: int) -> Job | None:
-        with self._read() as conn:
-            row = conn.execute(text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": job_id}).first()
-        return None if row is None else job_from_row(row)
 
-    def get_or_raise(self, job_id: int) -> Job:
-        job = self.get(job_id)
-        if job is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
-        return job
-
-    def _found(self, row: Any, job_id: int) -> Job:
-        if row is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
-        return job_from_row(row)
-
-    def list(
-        self,
-        state: str | list[str] | None = None,
-        limit: int = 50,
-        cursor: int | None = None,
-        order: Literal["asc", "desc"] = "desc",
-    ) -> JobPage:
-        """A page of jobs by id (newest first by default); `cursor` is the previous page's next_cursor."""
-        states = [state] if isinstance(state, str) else list(state or [])
-        unknown = [s for s in states if s not in STATES]
-        if unknown:
-            raise ValueError(f"unknown job state {unknown[0]!r}; known: {', '.join(STATES)}")
-        if order not in ("asc", "desc"):
-            raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
-        clauses, params = [], {"limit": max(1, min(limit, 1000)) + 1}
-        if states:
-            names = [f":s{i}" for i in range(len(states))]
-            clauses.append(f"state IN ({', '.join(names)})")
-            params.update({f"s{i}": s for i, s in enumerate(states)})
-        if cursor is not None:
-            clauses.append("id < :cursor" if order == "desc" else "id > :cursor")
-            params["cursor"] = cursor
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._read() as conn:
-            rows = conn.execute(
-                text(f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY id {order.upper()} LIMIT :limit"),
-                params,
-            ).all()
-        jobs = [job_from_row(r) for r in rows[: params["limit"] - 1]]
-        more = len(rows) > len(jobs)
-        return JobPage(jobs=jobs, next_cursor=jobs[-1].id if more and jobs else None)
-
-    def queued_in_order(self, limit: int = 100) -> list[Job]:
-        """The queue as the worker will take it."""
-        with self._read() as conn:
-            rows = conn.execute(
-                text(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
-                    "ORDER BY priority DESC, id LIMIT :limit"
-                ),
-                {"limit": limit},
-            ).all()
-        return [job_from_row(r) for r in rows]
-
-    def counts(self) -> dict[str, int]:
-        with self._read() as conn:
-            rows = conn.execute(text("SELECT state, COUNT(*) FROM jobs GROUP BY state")).all()
-        counts = dict.fromkeys(STATES, 0)
-        counts.update({state: n for state, n in rows})
-        return counts
-
-    def queue_position(self, job_id: int) -> int | None:
-        """1 = next to run; 0 = running now; None = not waiting (done, failed, cancelled, unknown)."""
-        with self._read() as conn:
-            row = conn.execute(
-                text("SELECT state, priority FROM jobs WHERE id = :id"), {"id": job_id}
-            ).first()
-            if row is None or row[0] not in ACTIVE_STATES:
-                return None
-            if row[0] == "processing":
-                return 0
-            ahead = conn.execute(
-                text(
-                    "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND "
-                    "(priority > :p OR (priority = :p AND id < :id))"
-                ),
-                {"p": row[1], "id": job_id},
-            ).scalar_one()
-        return int(ahead) + 1
-
-    def stats(self, recent: int = 20) -> dict[str, Any]:
-        """Counts, recent throughput and a queue ETA for the page and the API."""
-        counts = self.counts()
-        hour_ago = _to_text(utcnow() - timedelta(hours=1))
-        with self._read() as conn:
-            recent_rows = conn.execute(
-                text(
-                    "SELECT started_at, finished_at FROM jobs WHERE state = 'done' "
-                    "AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY id DESC LIMIT :n"
-                ),
-                {"n": recent},
-            ).all()
-            done_last_hour = conn.execute(
-                text("SELECT COUNT(*) FROM jobs WHERE state = 'done' AND finished_at >= :t"), {"t": hour_ago}
-            ).scalar_one()
-            running = conn.execute(
-                text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'processing' ORDER BY id LIMIT 1")
-            ).first()
-        durations = [
-            (_to_datetime(f) - _to_datetime(s)).total_seconds()  # type: ignore[operator]
-            for s, f in recent_rows
-        ]
-        average = sum(durations) / len(durations) if durations else None
-        running_job = None if running is None else job_from_row(running)
-        eta = None
-        if average is not None:
-            remaining_current = 0.0 if running_job is None else average * (1.0 - running_job.progress)
-            eta = counts["queued"] * average + remaining_current
-        return {
-            "counts": counts,
-            "total": sum(counts.values()),
-            "done_last_hour": int(done_last_hour),
-            "average_seconds": average,
-            "queue_eta_seconds": eta,
-            "running_job_id": None if running_job is None else running_job.id,
-        }
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value)

@@ -1,11 +1,13 @@
 """The status page (site_port, 8091) and the JSON API (api_port, 8001) of `restorer serve`.
 
-It serves what the job store says; it never imports torch or the pipeline's models.
+It reads and presents what the daemon's job store says, through the daemon's public surface only
+(`daemon.ReadModel` for every read); it never imports torch or the pipeline. Its own public surface is
+`start_servers` and `bound_port`; the modules behind it:
 
     server.py      start_servers(settings, store, health, on_job=None): both aiohttp apps, one thread pool
     api.py         /api/v1 handlers (+ /metrics), mounted on both ports
     page.py        the page server: three static files by exact name, plus the /api/v1 routes
-    queries.py     read-only SQL the store does not offer (queue order paging, stats per hour/day)
+    context.py     what every handler needs: settings, the store (writes), the read model, thread pools
     eta.py         queue ETAs from the mean seconds per input megapixel of done jobs
     files.py       a job's input/output looked up from its record, checked inside its folder; previews
     uploads.py     multipart uploads: limits while streaming, validation, publish into the inbox
@@ -14,3 +16,7 @@ It serves what the job store says; it never imports torch or the pipeline's mode
     cache.py       a quarter-second single-flight cache for the polled endpoints
     metrics.py     Prometheus text;  openapi.py: the OpenAPI 3.1 document
 """
+
+from status_site.server import bound_port, start_servers
+
+__all__ = ["bound_port", "start_servers"]

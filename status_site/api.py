@@ -1,7 +1,8 @@
 """The JSON API under /api/v1 (plus /metrics on the API port).
 
-Handlers are thin: parse the request, ask the store or the read-only queries in the thread pool, shape
-JSON. Every route is documented in openapi.py, and a test validates real responses against it.
+Handlers are thin: parse the request, ask the daemon's read model (or, for writes, the store) in the
+thread pool, shape JSON. Every route is documented in openapi.py, and a test validates real responses
+against it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, BinaryIO
 
 from aiohttp import web
 
-from daemon.store import Job, JobNotFoundError
+from daemon import Job, JobNotFoundError, JobQueryError, queue_positions
 from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
 from status_site.files import (
@@ -29,11 +30,11 @@ from status_site.guards import require_write, write_access
 from status_site.middleware import MIDDLEWARES
 from status_site.openapi import openapi_document
 from status_site.problems import Problem, bad_request, not_found
-from status_site.queries import MAX_LIMIT, QueryError
 
 API_PREFIX = "/api/v1"
 VERSION = "1"
 DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
 QUEUE_SNAPSHOT = 1000  # queue rows read to place active jobs of a listing
 MAX_IDS = 100
 FILE_CHUNK = 256 * 1024
@@ -102,30 +103,26 @@ def _place_in_queue(ctx: SiteContext, jobs: list[Job]) -> dict[int, tuple[int | 
     """Queue position and ETA for every active job of a listing (blocking: thread pool)."""
     if not any(job.state in ("queued", "processing") for job in jobs):
         return {}
-    queue = ctx.queries.queue(QUEUE_SNAPSHOT)
+    queue = ctx.reads.queue(QUEUE_SNAPSHOT)
     etas = ctx.estimator.estimate(queue)
-    placed: dict[int, tuple[int | None, float | None]] = {}
-    position = 0
-    for job in queue:
-        if job.state == "queued":
-            position += 1
-        placed[job.id] = (0 if job.state == "processing" else position, etas.get(job.id))
+    positions = queue_positions(queue)
+    placed = {job_id: (position, etas.get(job_id)) for job_id, position in positions.items()}
     for job in jobs:
         if job.state in ("queued", "processing") and job.id not in placed:
-            placed[job.id] = (ctx.store.queue_position(job.id), None)
+            placed[job.id] = (ctx.reads.queue_position(job.id), None)
     return placed
 
 
 def _job_detail(ctx: SiteContext, job_id: int) -> dict[str, Any]:
     """One job with its queue position and ETA (blocking: thread pool)."""
-    job, position, ahead = ctx.queries.job_with_queue(job_id, QUEUE_SNAPSHOT)
-    if job is None:
+    place = ctx.reads.job_with_queue(job_id, QUEUE_SNAPSHOT)
+    if place.job is None:
         raise not_found(f"no job with id {job_id}")
     eta = None
-    if position is not None and ahead:
-        extra = max(0, position - sum(1 for j in ahead if j.state == "queued"))
-        eta = ctx.estimator.estimate(ahead, extra_ahead=extra).get(job.id)
-    return job_json(job, position, eta)
+    if place.position is not None and place.ahead:
+        extra = max(0, place.position - sum(1 for j in place.ahead if j.state == "queued"))
+        eta = ctx.estimator.estimate(place.ahead, extra_ahead=extra).get(job_id)
+    return job_json(place.job, place.position, eta)
 
 
 # -- handlers ----------------------------------------------------------------------------------------
@@ -186,15 +183,17 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit = int(raw_limit)
     except ValueError:
         raise bad_request(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw_limit!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise bad_request(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     ids = _parse_ids(query.get("ids"))
 
     def work() -> dict[str, Any]:
         if ids is not None:
-            found = [job for job in (ctx.store.get(i) for i in ids) if job is not None]
+            found = [job for job in (ctx.reads.get(i) for i in ids) if job is not None]
             jobs = [job for job in found if not states or job.state in states]
             next_cursor = None
         else:
-            page = ctx.queries.list_jobs(states, limit, query.get("cursor"), order)  # type: ignore[arg-type]
+            page = ctx.reads.list(states, limit, query.get("cursor"), order)  # type: ignore[arg-type]
             jobs, next_cursor = page.jobs, page.next_cursor
         placed = _place_in_queue(ctx, jobs)
         return {
@@ -204,7 +203,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
     try:
         body = await ctx.responses.get("list?" + request.rel_url.query_string, lambda: ctx.run(work))
-    except QueryError as exc:
+    except JobQueryError as exc:
         raise bad_request(str(exc)) from None
     return json_response(body)
 
@@ -265,7 +264,7 @@ async def _operate(request: web.Request, action: str) -> web.Response:
 
     def work() -> dict[str, Any]:
         try:
-            before = ctx.store.get_or_raise(job_id)
+            before = ctx.reads.get_or_raise(job_id)
             after = ctx.store.retry(job_id) if action == "retry" else ctx.store.cancel(job_id)
         except JobNotFoundError:
             raise not_found(f"no job with id {job_id}") from None
@@ -293,7 +292,7 @@ async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
     ctx = context_of(request)
     job_id = _job_id(request)
     max_edge = parse_max(request.rel_url.query.get("max"))
-    job = await ctx.run(ctx.store.get, job_id)
+    job = await ctx.run(ctx.reads.get, job_id)
     if job is None:
         raise not_found(f"no job with id {job_id}")
     found = await ctx.run_file(locate, job, which, ctx.settings)
@@ -357,7 +356,7 @@ async def _stream_file(
 
 async def get_stats(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    return json_response(await ctx.responses.get("stats", lambda: ctx.run(ctx.queries.stats)))
+    return json_response(await ctx.responses.get("stats", lambda: ctx.run(ctx.reads.stats)))
 
 
 async def get_openapi(request: web.Request) -> web.Response:

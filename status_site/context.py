@@ -10,15 +10,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from daemon import ReadModel
 from status_site.cache import ResponseCache
 from status_site.eta import Estimator
 from status_site.files import PreviewCache
-from status_site.queries import Queries
 
 if TYPE_CHECKING:
-    from daemon.health import HealthState
-    from daemon.settings import Settings
-    from daemon.store import AddResult, JobStore
+    from daemon import AddResult, HealthState, JobStore, Settings
 
 T = TypeVar("T")
 PREVIEW_SLOTS = 2  # previews decoded at once (a 4x output of a 12 MP photo is ~600 MB decoded)
@@ -28,6 +26,7 @@ PREVIEW_SLOTS = 2  # previews decoded at once (a 4x output of a 12 MP photo is ~
 class SiteContext:
     """Shared by the API app and the page app of one `start_servers` call.
 
+    `store` takes the few writes (uploads, retry, cancel); everything read goes through `reads`.
     Nothing blocking runs on the event loop that answers every poll. Store queries run in `executor`
     (SQLite may wait on a writer's lock); anything touching the inbox, outbox or archive (stat, open,
     preview decoding) runs in `file_executor`, so a hung network share stalls file requests only, while
@@ -43,7 +42,7 @@ class SiteContext:
     file_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="status-files")
     )
-    queries: Queries = field(init=False)
+    reads: ReadModel = field(init=False)  # read-only: every query the pages and the API ask
     estimator: Estimator = field(init=False)
     previews: PreviewCache = field(default_factory=PreviewCache)
     # Called (in a worker thread) for each job an upload created, as the watcher calls the service.
@@ -52,8 +51,8 @@ class SiteContext:
     responses: ResponseCache = field(default_factory=ResponseCache)
 
     def __post_init__(self) -> None:
-        self.queries = Queries(self.store.db_path)
-        self.estimator = Estimator(self.queries, self.settings, self.file_executor)
+        self.reads = ReadModel(self.store.db_path)
+        self.estimator = Estimator(self.reads, self.settings, self.file_executor)
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """Store work, in the database pool."""
@@ -66,6 +65,7 @@ class SiteContext:
     def shutdown(self) -> None:
         for pool in (self.executor, self.file_executor):
             pool.shutdown(wait=False, cancel_futures=True)
+        self.reads.close()
 
 
 CONTEXT = web.AppKey("status_site_context", SiteContext)

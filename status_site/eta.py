@@ -1,8 +1,8 @@
 """Queue positions and ETAs.
 
-The rate is the mean seconds per input megapixel of recent done jobs (queries.seconds_per_megapixel).
-A waiting job's input size comes from its file's header (PIL reads only the header, no pixels), cached
-by file version; jobs whose header cannot be read count as the mean size of recent jobs.
+The rate is the mean seconds per input megapixel of recent done jobs (ReadModel.rate). A waiting job's
+input size comes from its file's header (PIL reads only the header, no pixels), cached by file
+version; jobs whose header cannot be read count as the mean size of recent jobs.
 
 eta(job) = what is left of the running job + the work of every job ahead + its own work.
 The running job's remainder uses its measured speed once it has made progress, else the rate.
@@ -24,9 +24,7 @@ from status_site.files import locate
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
-    from daemon.store import Job
-    from status_site.queries import Queries
+    from daemon import Job, ReadModel, Settings
 
 HEADER_CACHE_SIZE = 4096
 HEADERS_READ_PER_CALL = 200  # beyond this many queued jobs, the rest count at the mean size
@@ -50,9 +48,8 @@ class MegapixelCache:
         self._reading: dict[tuple[str, int, float], Future[float | None]] = {}
 
     def megapixels(self, job: Job, settings: Settings) -> float | None:
-        if job.report and job.report.get("input_size"):
-            width, height = job.report["input_size"][:2]
-            return width * height / 1e6
+        if job.input_megapixels:  # a retried job that finished before: its size is on record
+            return job.input_megapixels
         key = (job.input_path, job.size_bytes, job.mtime)
         with self._lock:
             if key in self._items:
@@ -91,8 +88,8 @@ def _read_header_megapixels(job: Job, settings: Settings) -> float | None:
 
 
 class Estimator:
-    def __init__(self, queries: Queries, settings: Settings, file_executor: Executor) -> None:
-        self.queries = queries
+    def __init__(self, reads: ReadModel, settings: Settings, file_executor: Executor) -> None:
+        self.reads = reads
         self.settings = settings
         self.cache = MegapixelCache(file_executor)
         self._rate_lock = threading.Lock()
@@ -104,8 +101,8 @@ class Estimator:
             cached = self._rate
         if cached is not None and time.monotonic() - cached[0] < RATE_TTL_SECONDS:
             return cached[1], cached[2]
-        rate = self.queries.seconds_per_megapixel()
-        mean_mp = self.queries.mean_input_megapixels() or 1.0
+        measured = self.reads.rate()
+        rate, mean_mp = measured.seconds_per_megapixel, measured.mean_input_megapixels or 1.0
         with self._rate_lock:
             self._rate = (time.monotonic(), rate, mean_mp)
         return rate, mean_mp

@@ -23,8 +23,7 @@ from PIL import ImageOps
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
-    from daemon.store import Job
+    from daemon import Job, Settings
 
 Which = Literal["input", "output"]
 PREVIEW_MIN, PREVIEW_MAX = 16, 8192

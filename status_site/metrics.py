@@ -1,7 +1,7 @@
 """GET /metrics in the Prometheus text exposition format (version 0.0.4).
 
-Everything is read from the store and the health snapshot at scrape time. Totals derived from the job
-table are gauges, not counters: a retried job leaves `done`, so they can go down.
+Everything is read from the daemon's read model and the health snapshot at scrape time. Totals
+derived from the job table are gauges, not counters: a retried job leaves `done`, so they can go down.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def _number(value: float) -> str:
 
 def render(ctx: SiteContext, now: datetime) -> str:
     """Blocking (store queries): call it in the thread pool."""
-    stats = ctx.queries.stats(now=now, hours=1, days=1)
+    stats = ctx.reads.stats(now=now, hours=1, days=1)
     health: dict[str, Any] = ctx.health.snapshot()
-    queue = ctx.queries.queue(1)
+    queue = ctx.reads.queue(1)
     running = queue[0] if queue and queue[0].state == "processing" else None
     out = _Writer()
     out.metric(

@@ -1,6 +1,6 @@
 """The two HTTP servers of `restorer serve`: the JSON API (api_port) and the status page (site_port).
 
-Both run on the daemon's main event loop; the pipeline runs in a separate worker process, and store
+Both run on the daemon's main event loop; the pipeline runs in a separate worker process, and read
 queries and image previews run in a small thread pool, so a poll is never queued behind real work. The
 page server mounts the same /api/v1 routes in-process, so the browser talks to one origin (page.py).
 """
@@ -18,9 +18,7 @@ from status_site.context import APP_NAME, SiteContext
 from status_site.page import create_site_app
 
 if TYPE_CHECKING:
-    from daemon.health import HealthState
-    from daemon.settings import Settings
-    from daemon.store import AddResult, JobStore
+    from daemon import AddResult, HealthState, JobStore, Settings
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,12 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 from PIL import Image as PILImage
 
-from daemon import names
-from daemon.publish import DiskFullError, publish_bytes
+from daemon import DiskFullError, names, publish_bytes
 from daemon.worker import dispose_original
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
-    from daemon.store import Job
+    from daemon import Job, Settings
     from status_site.context import SiteContext
 
 CHUNK = 256 * 1024

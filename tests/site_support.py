@@ -31,7 +31,7 @@ from PIL import Image
 
 from daemon.health import HealthState
 from daemon.settings import Settings
-from daemon.store import JobStore
+from daemon.store import JobStore, throughput_numbers
 
 REPO = Path(__file__).resolve().parent.parent
 # Debian's chromium, driven by Playwright (never a downloaded browser); flags keep it off the network.
@@ -117,6 +117,8 @@ class Site:
             "original": "inbox",
         }
         row.update(fields)
+        if row["state"] == "done" and "input_megapixels" not in row:
+            row["input_megapixels"], row["work_seconds"] = self._throughput(row)
         for key in ("report", "options"):
             if isinstance(row.get(key), dict):
                 row[key] = json.dumps(row[key])
@@ -128,6 +130,15 @@ class Site:
         with sqlite3.connect(self.db_path, timeout=30) as conn:
             cursor = conn.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", row)
             return int(cursor.lastrowid or 0)
+
+    @staticmethod
+    def _throughput(row: dict[str, Any]) -> tuple[float | None, float | None]:
+        """The numbers JobStore.finish records for a done job: from its report, else its wall time."""
+        megapixels, seconds = throughput_numbers(row.get("report"))
+        started, finished = row.get("started_at"), row.get("finished_at")
+        if seconds is None and isinstance(started, datetime) and isinstance(finished, datetime):
+            seconds = (finished - started).total_seconds()
+        return megapixels, seconds
 
     def get(self, path: str, port: str = "api", **kwargs: Any) -> requests.Response:
         return self.http.get(self.url(port, path), timeout=30, **kwargs)
@@ -199,12 +210,6 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
         thread.join(10)
         loop.close()
         store.close()
-
-
-def serve_available() -> bool:
-    """True once `restorer serve` and the pipeline it runs exist (False while they are being written)."""
-    source = (REPO / "app" / "commands" / "serve.py").read_text()
-    return "not implemented yet" not in source and (REPO / "pipeline" / "restorer.py").exists()
 
 
 @contextmanager

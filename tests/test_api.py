@@ -31,7 +31,6 @@ from tests.site_support import (
     png_bytes,
     running_serve,
     running_site,
-    serve_available,
 )
 
 PROBLEM = "application/problem+json"
@@ -40,12 +39,8 @@ PROBLEM = "application/problem+json"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("site")
-    if serve_available():
-        with running_serve(tmp) as running:
-            yield running
-    else:
-        with running_site(tmp) as running:
-            yield running
+    with running_serve(tmp) as running:
+        yield running
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from tests.site_support import (
     free_port,
     running_serve,
     running_site,
-    serve_available,
 )
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -48,8 +47,6 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Site]:
     """The whole daemon: restorer serve with a real worker process restoring on the CPU."""
-    if not serve_available():
-        pytest.skip("restorer serve is not implemented yet")
     with running_serve(tmp_path) as site:
         yield site
 

@@ -1,4 +1,5 @@
-"""The job store on a real SQLite file: identity rules, queue order, crash requeue, schema upgrades."""
+"""The job store and its read model on a real SQLite file: identity rules, queue order, crash requeue,
+schema upgrades, throughput numbers, read-only reads."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon import JobNotFoundError, JobQueryError, ReadModel
 from daemon.store import (
     SCHEMA_VERSION,
-    JobNotFoundError,
     JobStore,
     SchemaTooNewError,
     StateOnNetworkFilesystemError,
@@ -51,7 +52,7 @@ def test_schema_upgraded_in_place_from_version_1(tmp_path: Path) -> None:
     engine.dispose()
     store = JobStore(db)
     assert store.schema_version == SCHEMA_VERSION
-    jobs = store.list(order="asc").jobs
+    jobs = store.list(order="oldest").jobs
     assert [j.input_path for j in jobs] == ["old.jpg", "old.jpg"]
     assert jobs[0].original == "inbox" and jobs[1].original == "deleted"
     # The upgraded DB enforces the identity rule.
@@ -153,8 +154,8 @@ def test_concurrent_processes_adding_the_same_files_create_one_row_each(tmp_path
 
 
 def test_jobs_are_claimed_in_arrival_order_and_priority_reorders(store: JobStore) -> None:
-    ids = [store.add(f"{n}.jpg", str(n), 1, 1.0).job.id for n in range(4)]
-    store.set_priority(ids[2], 5)
+    ids = [store.add(f"{n}.jpg", str(n), 1, 1.0, priority=5 if n == 2 else 0).job.id for n in range(4)]
+    assert [job.id for job in store.queue(10)] == [ids[2], ids[0], ids[1], ids[3]]
     assert store.queue_position(ids[2]) == 1
     assert store.queue_position(ids[0]) == 2
     order = []
@@ -164,7 +165,7 @@ def test_jobs_are_claimed_in_arrival_order_and_priority_reorders(store: JobStore
         assert store.queue_position(job.id) == 0
         store.finish(job.id, f"{job.id}.png", 1, {"seconds": 0.1})
     assert order == [ids[2], ids[0], ids[1], ids[3]]
-    assert store.stats()["counts"]["done"] == 4
+    assert store.counts()["done"] == 4
 
 
 def test_interrupted_job_requeued_then_failed_at_max_attempts(store: JobStore) -> None:
@@ -211,15 +212,17 @@ def test_list_pages_with_cursor_and_filters_by_state(store: JobStore) -> None:
         store.add(f"{n}.jpg", str(n), 1, 1.0)
     store.cancel(2)
     first = store.list(limit=2)
-    assert [j.id for j in first.jobs] == [5, 4] and first.next_cursor == 4
+    assert [j.id for j in first.jobs] == [5, 4] and first.next_cursor == "4"
     second = store.list(limit=2, cursor=first.next_cursor)
     assert [j.id for j in second.jobs] == [3, 2]
     last = store.list(limit=2, cursor=second.next_cursor)
     assert [j.id for j in last.jobs] == [1] and last.next_cursor is None
     assert [j.id for j in store.list(state="cancelled").jobs] == [2]
-    assert [j.id for j in store.list(state=["queued"], order="asc", limit=2).jobs] == [1, 3]
-    with pytest.raises(ValueError, match="unknown job state"):
+    assert [j.id for j in store.list(state=["queued"], order="oldest", limit=2).jobs] == [1, 3]
+    with pytest.raises(JobQueryError, match="unknown state 'bogus'"):
         store.list(state="bogus")
+    with pytest.raises(JobQueryError, match="not one this API returned"):
+        store.list(cursor="x")
 
 
 def test_job_to_dict_is_json_ready(store: JobStore) -> None:
@@ -261,3 +264,78 @@ def test_api_reads_during_writes_never_hit_database_is_locked(store: JobStore) -
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_queue_order_pages_with_the_running_job_first(store: JobStore) -> None:
+    ids = [store.add(f"{n}.jpg", str(n), 1, 1.0, priority=1 if n == 3 else 0).job.id for n in range(5)]
+    running = store.claim_next()  # the priority-1 job
+    assert running is not None and running.id == ids[3]
+    seen, cursor = [], None
+    while True:
+        page = store.list(["queued", "processing"], limit=2, cursor=cursor, order="queue")
+        seen += [job.id for job in page.jobs]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [ids[3], ids[0], ids[1], ids[2], ids[4]]
+    place = store.job_with_queue(ids[2], max_ahead=10)
+    assert place.position == 3 and [job.id for job in place.ahead] == [ids[3], ids[0], ids[1], ids[2]]
+    assert store.queue_position(ids[3]) == 0 and store.queue_position(999) is None
+
+
+def test_finish_records_input_megapixels_and_work_seconds(store: JobStore) -> None:
+    timed = store.add("a.jpg", "a", 1, 1.0).job
+    store.claim_next()
+    done = store.finish(timed.id, "a.png", 10, {"input_size": [2000, 1000], "seconds": 7.5})
+    assert (done.input_megapixels, done.work_seconds) == (2.0, 7.5)
+    # A report without its own clock: the wall time between start and finish stands in.
+    untimed = store.add("b.jpg", "b", 1, 1.0).job
+    store.claim_next()
+    done = store.finish(untimed.id, "b.png", 10, {"input_size": [1000, 1000], "seconds": 0.0})
+    assert done.input_megapixels == 1.0
+    assert done.work_seconds == pytest.approx(done.seconds, abs=0.01)
+    rate = store.rate()
+    assert rate.mean_input_megapixels == pytest.approx(1.5)
+    assert rate.seconds_per_megapixel == pytest.approx((7.5 + done.work_seconds) / 3.0)
+
+
+def test_upgrade_fills_the_throughput_columns_of_done_jobs_from_their_reports(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    engine = _make_engine(db)
+    assert migrate(engine, upto=2) == 2
+    engine.dispose()
+    rows = [
+        ("timed.jpg", "done", '{"input_size": [4000, 3000], "seconds": 12.0}', "00:00:00", "00:00:20"),
+        ("untimed.jpg", "done", '{"input_size": [1000, 500]}', "00:00:00", "00:00:04"),
+        ("failed.jpg", "failed", '{"input_size": [10, 10], "seconds": 1.0}', "00:00:00", "00:00:01"),
+    ]
+    with sqlite3.connect(db) as conn:
+        for name, state, report, started, finished in rows:
+            conn.execute(
+                "INSERT INTO jobs (input_path, content_sha256, size_bytes, mtime, detected_at, state, "
+                "report, started_at, finished_at) "
+                "VALUES (?, ?, 3, 1.0, '2026-01-01T00:00:00+00:00', ?, ?, ?, ?)",
+                (name, name, state, report, f"2026-01-01T{started}+00:00", f"2026-01-01T{finished}+00:00"),
+            )
+    store = JobStore(db)
+    jobs = {job.input_path: job for job in store.list().jobs}
+    assert (jobs["timed.jpg"].input_megapixels, jobs["timed.jpg"].work_seconds) == (12.0, 12.0)
+    assert jobs["untimed.jpg"].input_megapixels == 0.5
+    assert jobs["untimed.jpg"].work_seconds == pytest.approx(4.0, abs=0.01)
+    assert jobs["failed.jpg"].input_megapixels is None  # only done jobs count in the stats
+    assert store.stats()["done_total"] == {"images": 2, "megapixels": 12.5, "busy_seconds": 16.0}
+    store.close()
+
+
+def test_the_read_model_cannot_write(store: JobStore) -> None:
+    job = store.add("a.jpg", "a", 1, 1.0).job
+    reads = ReadModel(store.db_path)
+    try:
+        assert reads.get_or_raise(job.id).input_path == "a.jpg"
+        with pytest.raises(Exception, match=r"readonly|read-only"), reads._read() as conn:
+            conn.exec_driver_sql("DELETE FROM jobs")
+        assert reads.counts()["queued"] == 1
+        with pytest.raises(JobNotFoundError):
+            reads.get_or_raise(999)
+    finally:
+        reads.close()

@@ -68,7 +68,7 @@ def _show(job: Any, position: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.store import JobNotFoundError
+    from daemon import JobNotFoundError
 
     store = _store(args)
     try:

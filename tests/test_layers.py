@@ -1,0 +1,45 @@
+"""The package layers hold: import-linter's contracts (pyproject.toml) and a torch-free daemon and site.
+
+app -> status_site -> daemon -> pipeline, nothing upward; status_site uses only daemon's public
+surface; the daemon and the status site import without torch (the service and the page start in
+a second, and a machine without a GPU stack can still run them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_import_contracts_are_kept() -> None:
+    result = _python(
+        "import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(no_cache=True, no_logo=True))"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout, result.stdout
+
+
+def test_every_daemon_and_status_site_module_imports_without_torch() -> None:
+    result = _python(
+        "import importlib, pkgutil, sys\n"
+        "for package in ('daemon', 'status_site'):\n"
+        "    root = importlib.import_module(package)\n"
+        "    for module in pkgutil.walk_packages(root.__path__, package + '.'):\n"
+        "        importlib.import_module(module.name)\n"
+        "        assert 'torch' not in sys.modules, module.name + ' imported torch'\n"
+        "print(len([m for m in sys.modules if m.split('.')[0] in ('daemon', 'status_site')]))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 20  # every module was really imported

@@ -269,3 +269,99 @@ def test_dropping_photos_on_the_drop_zone_uploads_them(browser: object, tmp_path
         )
         page.wait_for_selector("#queue li:has-text('dropped photo.png')", timeout=20_000)
         assert (site.settings.inbox / "dropped photo.png").read_bytes() == bytes(data)
+
+
+def _panel_numbers(page: object) -> dict[str, object]:
+    """What the Throughput panel shows: its tables (the screen-reader view) and its SVG bars."""
+    return page.evaluate(  # type: ignore[attr-defined]
+        """() => {
+            const rows = (selector) => Array.from(document.querySelectorAll(selector + ' tbody tr'))
+                .map((tr) => Array.from(tr.cells).map((td) => td.textContent));
+            const bars = (selector, kind) => Array.from(
+                document.querySelectorAll(`${selector} svg rect.${kind}`),
+            ).map((rect) => [Number(rect.dataset.value), Number(rect.getAttribute('height'))]);
+            return {
+                counts: Object.fromEntries(rows('#stats > div > table').map(([s, n]) => [s, Number(n)])),
+                hours: rows('#chart-hours table').map((cells) => Number(cells[1])),
+                days: rows('#chart-days table').map((c) => [c[0], Number(c[1]), Number(c[2])]),
+                hourBars: bars('#chart-hours', 'bar-done'),
+                dayDone: bars('#chart-days', 'bar-done'),
+                dayFailed: bars('#chart-days', 'bar-failed'),
+                svgHidden: document.querySelector('#chart-hours svg').getAttribute('aria-hidden'),
+                tableHidden: getComputedStyle(document.querySelector('#chart-hours table')).clipPath,
+            };
+        }"""
+    )
+
+
+def test_throughput_panel_agrees_with_the_api_within_one_refresh_and_charts_hours_and_days(
+    browser: object, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    with running_site(tmp_path) as site:
+        store = site.store  # type: ignore[attr-defined]
+        report = {"input_size": [1000, 500], "seconds": 2.0}
+        for hours_ago, count in ((2, 3), (5, 1)):
+            for _ in range(count):
+                finished = now - timedelta(hours=hours_ago)
+                site.insert_job(
+                    state="done",
+                    started_at=finished - timedelta(seconds=2),
+                    finished_at=finished,
+                    report=report,
+                )
+        three_days_ago = now - timedelta(days=3)
+        for state in ("done", "done", "failed"):
+            site.insert_job(state=state, started_at=three_days_ago, finished_at=three_days_ago, report=report)
+        waiting = [store.add(f"live{n}.jpg", f"{n}" * 64, 10, 1.0).job.id for n in range(3)]
+        store.claim_next()
+        store.update_progress(waiting[0], 0.5, "upscale")
+
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(site.page + "/")
+        page.wait_for_selector("#current:has-text('live0.jpg')", timeout=20_000)
+        page.wait_for_function(
+            "() => document.querySelector('#stats > div > table') !== null", timeout=20_000
+        )
+        shown = _panel_numbers(page)
+        assert (shown["counts"]["processing"], shown["counts"]["queued"]) == (1, 2), shown["counts"]
+
+        # The worker finishes every job (the store's real finish, as the worker calls it).
+        for job_id in waiting:
+            if job_id != waiting[0]:
+                assert store.claim_next().id == job_id
+            store.finish(job_id, f"{job_id}.png", 1000, report)
+        page.wait_for_selector("#queue-empty:visible", timeout=20_000)
+        page.wait_for_selector("#current:has-text('Nothing is being restored')", timeout=20_000)
+        # Within one refresh: the first stats answer fetched after the queue emptied matches the API.
+        seen = page.get_attribute("#stats", "data-generated-at")
+        page.wait_for_function(
+            "(seen) => document.getElementById('stats').dataset.generatedAt !== seen",
+            arg=seen,
+            timeout=20_000,
+        )
+        shown = _panel_numbers(page)
+        api = site.get("/api/v1/stats").json()
+        assert shown["counts"] == api["counts"]
+        assert api["counts"] == {"queued": 0, "processing": 0, "done": 9, "failed": 1, "cancelled": 0}
+        assert shown["hours"] == [hour["images"] for hour in api["per_hour"]] and len(shown["hours"]) == 24
+        assert shown["days"] == [[day["day"], day["done"], day["failed"]] for day in api["per_day"]]
+        assert len(shown["days"]) == 30
+
+        # One bar per hour and day with jobs; bar heights in proportion, the tallest at full height.
+        assert [value for value, _ in shown["hourBars"]] == [n for n in shown["hours"] if n]
+        tallest = max(height for _, height in shown["hourBars"])
+        for value, height in shown["hourBars"]:
+            assert height == pytest.approx(tallest * value / max(shown["hours"]), rel=1e-3)
+        assert [value for value, _ in shown["dayDone"]] == [day[1] for day in shown["days"] if day[1]]
+        assert [value for value, _ in shown["dayFailed"]] == [1]
+        assert shown["svgHidden"] == "true" and shown["tableHidden"] == "inset(50%)"
+
+        shot = tmp_path / "throughput-panel.png"
+        page.locator("section:has(#stats)").screenshot(path=str(shot))
+        keep_screenshot(shot)
+        assert errors == []

@@ -27,7 +27,6 @@ const state = {
   again: false,
   lastOk: null,
   polling: false,
-  lastStatsAt: 0,
   lastCapabilitiesAt: 0,
 };
 
@@ -152,14 +151,14 @@ async function poll() {
   try {
     const now = Date.now();
     const wantCapabilities = !state.capabilities || state.failures > 0 || now - state.lastCapabilitiesAt > 30000;
-    const wantStats = state.failures > 0 || state.statsStale || now - state.lastStatsAt > 15000;
     const results = await Promise.allSettled([
       api("/health"),
       api("/jobs?state=processing,queued&order=queue&limit=100"),
       api("/jobs?state=failed&limit=20"),
       loadHistory(),
       wantCapabilities ? api("/capabilities") : Promise.resolve(null),
-      wantStats ? api("/stats") : Promise.resolve(null),
+      // Every poll: the Throughput panel must agree with the queue above it (one cached query server-side).
+      api("/stats"),
     ]);
     const [health, live, failed, history, capabilities, stats] = results.map((r) => (r.status === "fulfilled" ? r.value : null));
     // Health answers unless the daemon is unreachable; without it we are offline. Any other part that
@@ -175,18 +174,8 @@ async function poll() {
       state.lastCapabilitiesAt = now;
       safely(renderCapabilities, capabilities);
     }
-    if (stats) {
-      state.lastStatsAt = now;
-      state.statsStale = false;
-      safely(renderStats, stats);
-    }
-    if (live) {
-      // A job started or finished since the last poll: the numbers below are out of date.
-      const activity = live.jobs.map((job) => `${job.id}:${job.state}`).join(",");
-      if (state.lastActivity !== undefined && activity !== state.lastActivity) state.statsStale = true;
-      state.lastActivity = activity;
-      active = live.jobs.length > 0;
-    }
+    if (stats) safely(renderStats, stats);
+    if (live) active = live.jobs.length > 0;
     state.failures = 0;
     state.offlineSince = null;
     state.lastOk = new Date();
@@ -502,40 +491,102 @@ function historyChanged() {
 
 // ---------- Stats ----------
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+const CHART = { width: 480, height: 120, top: 16, bottom: 18 };
+
+function svg(tag, attributes = {}, text = null) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+function hourLabel(hour) {
+  return new Date(hour.hour).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function dayLabel(day) {
+  return new Date(`${day.day}T00:00:00`).toLocaleDateString([], { month: "short", day: "numeric" });
+}
+
+// A small bar chart drawn as inline SVG: one bar per bucket, the series stacked, the tallest bar's
+// total written above the chart. Screen readers get the table next to it instead (the SVG is hidden).
+function barChart(buckets, series, label) {
+  const { width, height, top, bottom } = CHART;
+  const totals = buckets.map((bucket) => series.reduce((sum, one) => sum + (bucket[one.key] || 0), 0));
+  const max = Math.max(1, ...totals);
+  const step = width / Math.max(1, buckets.length);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", "aria-hidden": "true", focusable: "false" });
+  chart.append(svg("line", { x1: 0, x2: width, y1: height - bottom, y2: height - bottom, class: "axis" }));
+  buckets.forEach((bucket, index) => {
+    let base = height - bottom;
+    for (const one of series) {
+      const value = bucket[one.key] || 0;
+      if (!value) continue;
+      const barHeight = (value / max) * (height - top - bottom);
+      base -= barHeight;
+      const bar = svg("rect", { x: index * step + step * 0.1, y: base, width: step * 0.8, height: barHeight, class: `bar ${one.className}`, "data-value": value });
+      bar.append(svg("title", {}, `${label(bucket)}: ${value} ${one.name}`));
+      chart.append(bar);
+    }
+  });
+  chart.append(svg("text", { x: 0, y: 11, class: "chart-max" }, `max ${Math.max(...totals, 0)}`));
+  chart.append(svg("text", { x: 0, y: height - 4 }, buckets.length ? label(buckets[0]) : ""));
+  chart.append(svg("text", { x: width, y: height - 4, "text-anchor": "end" }, buckets.length ? label(buckets[buckets.length - 1]) : ""));
+  return chart;
+}
+
+function statsTable(caption, head, rows, className = "") {
+  return el(
+    "table",
+    { class: className },
+    el("caption", { class: "muted", text: caption }),
+    el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i ? "num" : "", text: h })))),
+    el("tbody", {}, ...rows.map((cells) => el("tr", {}, ...cells.map((cell, i) => el("td", { class: i ? "num" : "", text: String(cell) }))))),
+  );
+}
+
+function chartFigure(id, caption, chart, legend, table) {
+  return el("figure", { class: "chart-figure", id }, el("figcaption", { text: caption }), chart, legend, table);
+}
+
+function legend(series) {
+  return el("p", { class: "legend muted", "aria-hidden": "true" }, ...series.map((one) => el("span", { class: `key ${one.className}`, text: one.name })));
+}
+
 function renderStats(stats) {
-  const box = $("stats");
   const counts = stats.counts || {};
   state.counts = counts;
-  const countRows = Object.entries(counts).map(([name, count]) => el("tr", {}, el("td", { text: name }), el("td", { class: "num", text: String(count) })));
   const rate = stats.seconds_per_megapixel;
-  const hours = (stats.per_hour || []).slice(-6);
-  const days = (stats.per_day || []).slice(-7);
-  const table = (caption, head, rows) =>
-    el(
-      "table",
-      {},
-      el("caption", { class: "muted", text: caption }),
-      el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i ? "num" : "", text: h })))),
-      el("tbody", {}, ...rows),
-    );
+  const hours = stats.per_hour || [];
+  const days = stats.per_day || [];
+  const hourSeries = [{ key: "images", className: "bar-done", name: "images" }];
+  const daySeries = [
+    { key: "done", className: "bar-done", name: "done" },
+    { key: "failed", className: "bar-failed", name: "failed" },
+  ];
+  const box = $("stats");
+  box.dataset.generatedAt = stats.generated_at || "";
   box.replaceChildren(
     el(
       "div",
       {},
-      table("Jobs by state", ["state", "jobs"], countRows),
+      statsTable("Jobs by state", ["state", "jobs"], Object.entries(counts)),
       el("p", { class: "muted", text: rate ? `${rate.toFixed(1)} s per input megapixel (mean of done jobs)` : "No finished jobs to time yet." }),
     ),
-    table(
-      "Last hours",
-      ["hour", "images", "MP"],
-      hours.map((h) => el("tr", {}, el("td", { text: new Date(h.hour).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) }), el("td", { class: "num", text: String(h.images) }), el("td", { class: "num", text: formatMegapixels(h.megapixels) }))),
+    chartFigure(
+      "chart-hours",
+      `Images finished per hour, last ${hours.length} hours`,
+      barChart(hours, hourSeries, hourLabel),
+      legend(hourSeries),
+      statsTable("Images finished per hour", ["hour", "images", "MP"], hours.map((h) => [hourLabel(h), h.images, formatMegapixels(h.megapixels)]), "visually-hidden"),
     ),
-    table(
-      "Last days",
-      ["day", "done", "failed", "MP"],
-      days.map((d) =>
-        el("tr", {}, el("td", { text: d.day }), el("td", { class: "num", text: String(d.done) }), el("td", { class: "num", text: String(d.failed) }), el("td", { class: "num", text: formatMegapixels(d.megapixels) })),
-      ),
+    chartFigure(
+      "chart-days",
+      `Jobs finished per day, last ${days.length} days`,
+      barChart(days, daySeries, dayLabel),
+      legend(daySeries),
+      statsTable("Jobs finished per day", ["day", "done", "failed", "MP"], days.map((d) => [d.day, d.done, d.failed, formatMegapixels(d.megapixels)]), "visually-hidden"),
     ),
   );
 }

@@ -1,0 +1,99 @@
+# Neural Image Restore: one Dockerfile, two flavours.
+#
+#   docker build -t neural-image-restore:cpu .                          # CPU (OpenVINO), the default
+#   docker build -t neural-image-restore:cuda --build-arg FLAVOUR=cuda .  # NVIDIA GPU (PyTorch CUDA)
+#
+# cpu:  torch comes from PyTorch's CPU-only index (no CUDA libraries in the image).
+# cuda: torch comes from PyPI, whose Linux wheels carry their own CUDA libraries: the host needs only the
+#       NVIDIA driver and the container toolkit, not a CUDA base image.
+# TORCH_INDEX overrides the torch index of either flavour (a mirror). Behind a TLS-intercepting proxy, pass
+# its CA bundle as a build secret; it is only mounted while pip runs, never stored in a layer:
+#   docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt .
+# Versions: keep TORCH/TORCHVISION/FACENET in step with pyproject.toml and the Makefile (a test checks).
+
+ARG BASE_IMAGE=debian:bookworm-slim
+
+# --- runtime base: Debian's Python 3.11, tini (init: reaps the worker's children, forwards SIGTERM) and
+# tzdata (TZ). Nothing to compile: every Python dependency is a wheel.
+FROM ${BASE_IMAGE} AS base
+# Debian drops superseded package versions from its mirrors, so exact apt pins would break every rebuild;
+# the base image tag pins the release instead.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 tini tzdata \
+ && rm -rf /var/lib/apt/lists/*
+ENV LANG=C.UTF-8 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+# --- builder: a venv with everything installed; pip and the wheel downloads stay in this stage.
+FROM base AS builder
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+ARG FLAVOUR=cpu
+ARG TORCH_INDEX=""
+ARG TORCH=2.14.1
+ARG TORCHVISION=0.29.1
+ARG FACENET=2.6.0
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_DEFAULT_TIMEOUT=180
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+SHELL ["/bin/sh", "-eu", "-c"]
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
+    case "${FLAVOUR}" in \
+      cpu) index="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" ;; \
+      cuda) index="${TORCH_INDEX:-https://pypi.org/simple}" ;; \
+      *) echo "FLAVOUR must be cpu or cuda, not ${FLAVOUR}" >&2; exit 1 ;; \
+    esac; \
+    /opt/venv/bin/pip install --index-url "${index}" "torch==${TORCH}" "torchvision==${TORCHVISION}"
+COPY pyproject.toml README.md ./
+COPY pipeline ./pipeline
+COPY daemon ./daemon
+COPY status_site ./status_site
+COPY app ./app
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
+    /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip install --no-deps "facenet-pytorch==${FACENET}" \
+ && /opt/venv/bin/python -m pipeline.embedded \
+ && /opt/venv/bin/python -m pip uninstall -y -q pip
+
+# --- the image: the venv, a non-root user, the folders; no compilers, no pip, no package lists.
+FROM base
+ARG FLAVOUR=cpu
+LABEL org.opencontainers.image.title="neural-image-restore" \
+      org.opencontainers.image.description="Watch-folder photo restoration daemon (${FLAVOUR})" \
+      org.opencontainers.image.licenses="BSD-3-Clause"
+COPY --from=builder /opt/venv /opt/venv
+# uid/gid 1000 by default; compose runs it as PUID:PGID. The state folder is world-writable (sticky) so a
+# named volume, which copies this folder's mode, works for any PUID; the photo folders come from the host.
+RUN groupadd --gid 1000 restorer \
+ && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /var/lib/restorer --shell /usr/sbin/nologin restorer \
+ && install -d -m 1777 /var/lib/restorer \
+ && install -d -o restorer -g restorer /data/inbox /data/outbox /data/failed /data/archive /weights
+ENV PATH=/opt/venv/bin:${PATH} \
+    HOME=/var/lib/restorer \
+    RESTORER_INBOX=/data/inbox \
+    RESTORER_OUTBOX=/data/outbox \
+    RESTORER_FAILED_DIR=/data/failed \
+    RESTORER_ARCHIVE_DIR=/data/archive \
+    RESTORER_STATE_DIR=/var/lib/restorer \
+    RESTORER_WEIGHTS_DIR=/weights
+USER 1000:1000
+WORKDIR /var/lib/restorer
+EXPOSE 8091 8001
+# SIGTERM: the daemon stops intake and lets the current image finish for stop_grace_seconds (60 by
+# default); give it more than that (compose: stop_grace_period 90s; docker stop -t 90).
+STOPSIGNAL SIGTERM
+# Healthy once the worker has loaded its model and both ports answer (503 while starting). The first
+# start converts the embedded weights and compiles for this CPU: minutes, hence the long start period;
+# both land in the state volume, so later starts take seconds.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=15m --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/api/v1/health' % os.environ.get('RESTORER_API_PORT', '8001'), timeout=8)"]
+ENTRYPOINT ["/usr/bin/tini", "--", "restorer"]
+CMD ["serve"]

@@ -1,0 +1,390 @@
+"""`make docker-test`: build the cpu image and run it with compose the way a NAS user does.
+
+Not part of `make test`: it needs root and a container engine, and the build downloads torch. Steps:
+1. dockerd: use the running one, or start one and, at the end, stop it and put the host's network back
+   (ip_forward and bridge sysctls, iptables rules, the docker0 bridge), whatever happened in between;
+2. the base image: when the Dockerfile's base is missing and cannot be pulled, build a stand-in under the
+   same tag with debootstrap + `docker import` (the Dockerfile stays the one users build);
+3. build the cpu image; pip in the build sees the host's CA bundle as a BuildKit secret, never in a layer;
+4. `compose up` on temp folders owned by PUID:PGID, ports published on loopback only;
+5. wait for health, drop a real photo into the inbox, wait for the output, check its owner is PUID:PGID;
+6. restart the container: healthy again (time measured) and the job history is still there;
+7. SIGTERM mid-job: the container stops in time with exit code 0, nothing half-written is in the outbox,
+   the interrupted job is queued again and finishes after the next start.
+Prints one JSON summary (image size, time to healthy, time to first output) on success.
+
+Environment: DOCKER (client, default `docker`), COMPOSE (default `docker compose`, else a v2
+`docker-compose`), TORCH_INDEX (build argument, e.g. a mirror), DEBIAN_MIRROR (for the stand-in base).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+Completed = subprocess.CompletedProcess[str]
+
+ROOT = Path(__file__).resolve().parent.parent
+TAG = "neural-image-restore:cpu"
+PUID, PGID = 4321, 4321  # not the image's default 1000, so ownership really comes from compose
+DOCKER = shlex.split(os.environ.get("DOCKER", "docker"))
+CA_BUNDLE = Path(os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt"))
+SYSCTLS = [
+    "/proc/sys/net/ipv4/ip_forward",
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+]
+
+
+def log(message: str) -> None:
+    print(f"[docker-test {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(cmd: list[str], *, check: bool = True, capture: bool = False, **kw: Any) -> Completed:
+    return subprocess.run(cmd, check=check, text=True, capture_output=capture, **kw)
+
+
+def docker(*args: str, check: bool = True, capture: bool = True) -> Completed:
+    return run([*DOCKER, *args], check=check, capture=capture)
+
+
+# --- the host's network settings, which starting dockerd changes ----------------------------------------
+
+
+class HostNetwork:
+    """What dockerd touches when it starts: sysctls, iptables tables and the docker0 bridge."""
+
+    def __init__(self) -> None:
+        self.sysctls = {path: Path(path).read_text() for path in SYSCTLS if Path(path).exists()}
+        self.rules = {tool: self._save(tool) for tool in ("iptables", "ip6tables")}
+        self.links = self._links()
+
+    @staticmethod
+    def _save(tool: str) -> str:
+        if shutil.which(f"{tool}-save") is None:
+            return ""
+        return run([f"{tool}-save"], capture=True, check=False).stdout
+
+    @staticmethod
+    def _links() -> set[str]:
+        return set(os.listdir("/sys/class/net"))
+
+    def restore(self) -> None:
+        for tool, saved in self.rules.items():
+            if shutil.which(f"{tool}-save") is None:
+                continue
+            now = self._save(tool)
+            saved_tables = set(re.findall(r"^\*(\w+)", saved, flags=re.MULTILINE))
+            for table in set(re.findall(r"^\*(\w+)", now, flags=re.MULTILINE)) - saved_tables:
+                # A table that did not exist before: empty it and open its built-in chains again.
+                run([tool, "-t", table, "-F"], check=False)
+                run([tool, "-t", table, "-X"], check=False)
+                for chain in re.findall(r"^:(\w+) (?:DROP|ACCEPT)", _table(now, table), flags=re.MULTILINE):
+                    run([tool, "-t", table, "-P", chain, "ACCEPT"], check=False)
+            if saved.strip():
+                run([f"{tool}-restore"], input=saved, check=False)
+        for link in self._links() - self.links:
+            run(["ip", "link", "delete", link], check=False)
+        for path, value in self.sysctls.items():
+            Path(path).write_text(value)
+
+    def differences(self) -> list[str]:
+        after = HostNetwork()
+        diffs = [p for p, v in self.sysctls.items() if after.sysctls.get(p) != v]
+        diffs += [t for t in self.rules if _rules(after.rules[t]) != _rules(self.rules[t])]
+        diffs += sorted(after.links ^ self.links)
+        return diffs
+
+
+def _table(dump: str, table: str) -> str:
+    match = re.search(rf"^\*{table}$(.*?)^COMMIT$", dump, flags=re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else ""
+
+
+def _rules(dump: str) -> list[str]:
+    """A dump without comments and counters, for comparing."""
+    return [re.sub(r"\[\d+:\d+\]", "", line) for line in dump.splitlines() if not line.startswith("#")]
+
+
+@contextlib.contextmanager
+def dockerd_running(work: Path) -> Iterator[None]:
+    if docker("info", check=False).returncode == 0:
+        log("using the running dockerd")
+        yield
+        return
+    network = HostNetwork()
+    log("starting dockerd (the host's network settings are restored afterwards)")
+    output = (work / "dockerd.log").open("w")
+    process = subprocess.Popen(["dockerd"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while docker("info", check=False).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not start; see {work / 'dockerd.log'}")
+            time.sleep(1)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        network.restore()
+        left = network.differences()
+        log("host network restored" if not left else f"host network NOT fully restored: {left}")
+
+
+# --- images ------------------------------------------------------------------------------------------------
+
+
+def base_image() -> str:
+    match = re.search(r"^ARG BASE_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    assert match, "Dockerfile has no ARG BASE_IMAGE"
+    return match.group(1)
+
+
+def ensure_base_image(work: Path) -> None:
+    image = base_image()
+    if docker("image", "inspect", image, check=False).returncode == 0:
+        return
+    if docker("pull", image, check=False).returncode == 0:
+        return
+    suite = re.search(r"debian:(\w+)", image)
+    if suite is None or shutil.which("debootstrap") is None:
+        raise RuntimeError(f"{image} cannot be pulled; a stand-in needs a debian:SUITE tag and debootstrap")
+    log(f"{image} cannot be pulled: building a stand-in with debootstrap + docker import")
+    rootfs = work / "rootfs"
+    mirror = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    run(["debootstrap", "--variant=minbase", suite.group(1), str(rootfs), mirror], capture=True)
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        for path in (rootfs / junk).glob("*"):
+            if path.is_file():
+                path.unlink()
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    run([*DOCKER, "import", "-c", 'CMD ["bash"]', "-", image], stdin=tar.stdout, capture=True)
+    tar.wait()
+    shutil.rmtree(rootfs)
+
+
+def build_image() -> float:
+    command = [*DOCKER, "build", "--progress=plain", "-t", TAG, "--build-arg", "FLAVOUR=cpu"]
+    if CA_BUNDLE.is_file():
+        command += ["--secret", f"id=pip_cert,src={CA_BUNDLE}"]
+    if os.environ.get("TORCH_INDEX"):
+        command += ["--build-arg", f"TORCH_INDEX={os.environ['TORCH_INDEX']}"]
+    log("building " + " ".join(command[len(DOCKER) :]))
+    started = time.monotonic()
+    run([*command, str(ROOT)], env={**os.environ, "DOCKER_BUILDKIT": "1"})
+    return time.monotonic() - started
+
+
+# --- compose -----------------------------------------------------------------------------------------------
+
+
+def compose_command() -> list[str]:
+    if os.environ.get("COMPOSE"):
+        return shlex.split(os.environ["COMPOSE"])
+    if docker("compose", "version", check=False).returncode == 0:
+        return [*DOCKER, "compose"]
+    standalone = shutil.which("docker-compose", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if standalone and "v2." in run([standalone, "version"], capture=True, check=False).stdout:
+        return [standalone]
+    raise RuntimeError("no Compose v2: install the docker compose plugin, or set COMPOSE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Stack:
+    """The project's compose.yaml plus a test override, on temp folders."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.photos = work / "photos"
+        self.site_port, self.api_port = free_port(), free_port()
+        for name in ("inbox", "outbox", "failed", "archive"):
+            (self.photos / name).mkdir(parents=True)
+        (work / "weights").mkdir()
+        for path in [self.photos, *self.photos.iterdir(), work / "weights"]:
+            os.chown(path, PUID, PGID)
+        override = work / "compose.test.yaml"
+        # Ports on loopback only (!override replaces the list instead of adding to it); short waits;
+        # a short stop grace so SIGTERM interrupts the running image and the requeue path is exercised.
+        override.write_text(
+            "services:\n"
+            "  restorer:\n"
+            "    pull_policy: never\n"
+            "    ports: !override\n"
+            f'      - "127.0.0.1:{self.site_port}:8091"\n'
+            f'      - "127.0.0.1:{self.api_port}:8001"\n'
+            "    environment:\n"
+            '      RESTORER_STABILITY_SECONDS: "1"\n'
+            '      RESTORER_POLL_SECONDS: "1"\n'
+            '      RESTORER_STOP_GRACE_SECONDS: "2"\n'
+        )
+        self.files = ["-f", str(ROOT / "compose.yaml"), "-f", str(override)]
+        self.project = f"restorer-docker-test-{os.getpid()}"
+        self.env = {
+            **os.environ,
+            "PHOTOS_DIR": str(self.photos),
+            "WEIGHTS_DIR": str(work / "weights"),
+            "PUID": str(PUID),
+            "PGID": str(PGID),
+            "TZ": "Europe/Berlin",
+        }
+        self.compose = compose_command()
+
+    def __call__(self, *args: str, capture: bool = False) -> Completed:
+        command = [*self.compose, "-p", self.project, "--project-directory", str(ROOT), *self.files, *args]
+        return run(command, env=self.env, capture=capture)
+
+    def api(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.api_port}/api/v1/{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+
+    def wait_healthy(self, timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            try:
+                if self.api("health").get("status") in ("ok", "degraded"):
+                    return time.monotonic() - started
+            except OSError:
+                pass  # not listening yet, or 503 while the worker loads
+            time.sleep(2)
+        raise TimeoutError(f"not healthy after {timeout:.0f} s:\n{self.logs()}")
+
+    def container(self) -> str:
+        return self("ps", "-q", "restorer", capture=True).stdout.strip()
+
+    def logs(self) -> str:
+        return self("logs", "--no-color", "--tail", "60", capture=True).stdout
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.api("jobs?limit=100")["jobs"]
+
+    def wait_job(self, name: str, states: set[str], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for job in self.jobs():
+                if job["name"] == name and job["state"] in states:
+                    return job
+            time.sleep(1)
+        raise TimeoutError(f"{name} not {states} after {timeout:.0f} s:\n{self.logs()}")
+
+
+def drop_photo(inbox: Path, name: str, size: int) -> None:
+    """A real photo (skimage's astronaut, a test dependency), written under a dot name and renamed in,
+    as a careful copy tool does; owned by PUID like files a share user drops."""
+    from PIL import Image
+    from skimage import data
+
+    picture = Image.fromarray(data.astronaut()).resize((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=92)
+    temp = inbox / f".{name}.part"
+    temp.write_bytes(buffer.getvalue())
+    os.chown(temp, PUID, PGID)
+    temp.rename(inbox / name)
+
+
+def check_outbox_complete(outbox: Path) -> list[str]:
+    """Every file in the outbox is a complete image; no temp or partial file is left."""
+    from PIL import Image
+
+    names = []
+    for path in sorted(p for p in outbox.rglob("*") if p.is_file()):
+        assert not path.name.startswith("."), f"temp file left in the outbox: {path.name}"
+        with Image.open(path) as image:
+            image.load()  # raises on a truncated file
+        names.append(path.name)
+    return names
+
+
+def smoke(stack: Stack) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    stack("up", "-d", "--no-build")
+    result["first_start_healthy_s"] = round(stack.wait_healthy(timeout=1800), 1)
+    log(f"healthy after {result['first_start_healthy_s']} s (first start: converts weights, compiles)")
+
+    drop_photo(stack.photos / "inbox", "first.jpg", 256)
+    dropped = time.monotonic()
+    job = stack.wait_job("first.jpg", {"done", "failed"}, timeout=900)
+    assert job["state"] == "done", job
+    result["first_output_s"] = round(time.monotonic() - dropped, 1)
+    output = stack.photos / "outbox" / "first.jpg"
+    info = output.stat()
+    assert (info.st_uid, info.st_gid) == (PUID, PGID), (info.st_uid, info.st_gid)
+    log(f"first output after {result['first_output_s']} s, owner {info.st_uid}:{info.st_gid}")
+
+    stack("restart")
+    result["restart_healthy_s"] = round(stack.wait_healthy(timeout=600), 1)
+    history = {j["name"]: j["state"] for j in stack.jobs()}
+    assert history.get("first.jpg") == "done", history
+    log(f"restarted: healthy after {result['restart_healthy_s']} s, history kept: {history}")
+
+    drop_photo(stack.photos / "inbox", "second.jpg", 512)
+    stack.wait_job("second.jpg", {"processing"}, timeout=300)
+    time.sleep(3)  # well inside the 4x restore of a 512x512 photo on a CPU
+    container = stack.container()
+    stopped = time.monotonic()
+    stack("stop")  # SIGTERM, then the daemon's grace, then compose's stop_grace_period
+    result["stop_s"] = round(time.monotonic() - stopped, 1)
+    state = json.loads(docker("inspect", container).stdout)[0]["State"]
+    assert state["ExitCode"] == 0, state
+    names = check_outbox_complete(stack.photos / "outbox")
+    assert "second.jpg" not in names, "stopped mid-job, yet an output exists"
+    log(f"SIGTERM mid-job: exit 0 after {result['stop_s']} s, outbox holds only complete files: {names}")
+
+    stack("start")
+    stack.wait_healthy(timeout=600)
+    job = stack.wait_job("second.jpg", {"done", "failed"}, timeout=900)
+    assert job["state"] == "done" and job["attempts"] >= 1, job
+    check_outbox_complete(stack.photos / "outbox")
+    log(f"the interrupted job was queued again and finished (attempts {job['attempts']})")
+    result["total_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("make docker-test needs root (it may start dockerd)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="restorer-docker-test-") as tmp:
+        work = Path(tmp)
+        with dockerd_running(work):
+            ensure_base_image(work)
+            build_seconds = build_image()
+            size = int(docker("image", "inspect", "-f", "{{.Size}}", TAG).stdout)
+            stack = Stack(work)
+            try:
+                result = smoke(stack)
+            finally:
+                stack("down", "-v", "--timeout", "90")
+        summary = {"image": TAG, "image_size_mb": round(size / 1e6), "build_s": round(build_seconds)}
+        summary |= result
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

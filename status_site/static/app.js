@@ -255,8 +255,9 @@ function renderHealth(health) {
     const names = (list) => list.map((m) => m.id).join(", ") || "none";
     facts.push(`models ready: ${names(models.filter((m) => m.purpose === "upscale" && ready(m)))}`);
     const faces = models.filter((m) => m.purpose === "face" && ready(m));
-    // Faces are still detected without weights; say which file turns restoration on.
-    facts.push(faces.length ? `face weights: ${names(faces)}` : "face weights: none (add GFPGANv1.4.pth to weights/)");
+    // Faces are still detected without weights; say which command (or file) turns restoration on.
+    const noFaces = "face weights: none (run `restorer weights fetch GFPGANv1.4`, or add GFPGANv1.4.pth to weights/)";
+    facts.push(faces.length ? `face weights: ${names(faces)}` : noFaces);
   }
   $("health-facts").textContent = facts.join(" · ");
 }

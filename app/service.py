@@ -128,6 +128,8 @@ class Service:
         assert self.store is not None
         try:
             return await start_servers(self.settings, self.store, self.health, on_job=self._on_new_job)
+        except ValueError as exc:  # settings that contradict each other (protect_reads without a token)
+            raise StartupError(str(exc)) from None
         except OSError as exc:  # port taken, address not on this machine, ...
             where = f"{self.settings.bind}:{self.settings.api_port}/{self.settings.site_port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None

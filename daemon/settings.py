@@ -6,6 +6,7 @@ config/restorer.example.toml documents every key.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +49,26 @@ DEFAULT_PRESETS: dict[str, Preset] = {
 }
 
 
+MIN_TOKEN_CHARS = 16
+CREDENTIAL_TOKEN = "api_token"
+
+
+class CredentialSource(PydanticBaseSettingsSource):
+    """systemd's LoadCredential=api_token:FILE: the token is read from $CREDENTIALS_DIRECTORY/api_token,
+    so it never sits in the unit, the environment (visible in /proc) or a world-readable TOML file.
+    Below the environment and flags, above the TOML file."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        folder = os.environ.get("CREDENTIALS_DIRECTORY")
+        path = Path(folder) / CREDENTIAL_TOKEN if folder else None
+        if path is None or not path.is_file():
+            return {}
+        return {"api_token": path.read_text(encoding="utf-8").strip()}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESTORER_", extra="forbid", validate_default=True)
 
@@ -63,7 +84,13 @@ class Settings(BaseSettings):
     bind: str = "0.0.0.0"
     api_port: int = Field(default=8001, ge=0, le=65535)
     site_port: int = Field(default=8091, ge=0, le=65535)
-    api_token: SecretStr | None = None  # with none, POST endpoints accept loopback clients only
+    # With none, POST endpoints accept loopback clients only. At least 16 characters. Under systemd it
+    # may come from LoadCredential= (the file $CREDENTIALS_DIRECTORY/api_token), see systemd/README.md.
+    api_token: SecretStr | None = None
+    protect_reads: bool = False  # every read (page data, thumbnails, files, API) needs api_token too
+    # Host names the servers answer to besides IP literals, localhost and this machine's own names
+    # (anything else gets 421: DNS rebinding protection). "*" turns the check off.
+    allowed_hosts: list[str] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=list)
     upload_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0)  # per file
     upload_max_files: int = Field(default=50, gt=0)  # per request
@@ -113,6 +140,18 @@ class Settings(BaseSettings):
 
     presets: dict[str, Preset] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
 
+    @field_validator("api_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty RESTORER_API_TOKEN= (an unset compose variable) must not make an empty header valid.
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"api_token must be at least {MIN_TOKEN_CHARS} characters, got "
+                f"{len(value.get_secret_value())} (an empty RESTORER_API_TOKEN= counts); leave it unset "
+                "to accept writes from this machine only, or set a long random one (openssl rand -hex 24)"
+            )
+        return value
+
     @field_validator("output_file_mode")
     @classmethod
     def _octal_mode(cls, value: str) -> str:
@@ -153,7 +192,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            CredentialSource(settings_cls),
+        ]
         # Before the first load() the class attribute is pydantic's private-attribute placeholder.
         if isinstance(cls._toml_file, Path):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))

@@ -26,7 +26,7 @@ from status_site.files import (
     open_checked,
     parse_max,
 )
-from status_site.guards import require_write, write_access
+from status_site.guards import require_write, token_valid, write_access
 from status_site.middleware import MIDDLEWARES
 from status_site.openapi import openapi_document
 from status_site.problems import Problem, bad_request, not_found
@@ -159,6 +159,8 @@ async def get_capabilities(request: web.Request) -> web.Response:
     return json_response(
         {
             "api_version": VERSION,
+            "reads_require_token": ctx.settings.protect_reads,
+            "signed_in": token_valid(request),
             "can_write": access.allowed,
             "token_required": access.token_required,
             "write_hint": access.hint,

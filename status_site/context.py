@@ -49,6 +49,8 @@ class SiteContext:
     on_job: Callable[[AddResult], None] | None = None
     preview_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PREVIEW_SLOTS))
     responses: ResponseCache = field(default_factory=ResponseCache)
+    # Host names requests may carry besides IP literals and localhost (guards.check_host).
+    host_names: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.reads = ReadModel(self.store.db_path)

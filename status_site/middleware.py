@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from status_site.context import context_of
+from status_site.guards import check_host, require_read
 from status_site.problems import Problem, problem_response
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HTTP_TITLES = {
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
+    421: ("unknown-host", "Unknown host name"),
     413: ("too-large", "Request too large"),
 }
 
@@ -90,4 +92,13 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
     return response
 
 
-MIDDLEWARES = [security_headers_middleware, cors_middleware, problem_middleware]
+@web.middleware
+async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host allow-list on every request, then the token on reads when protect_reads is on (guards.py)."""
+    check_host(request, context_of(request).host_names)
+    require_read(request)
+    return await handler(request)
+
+
+# Outermost first: the guard runs inside the problem middleware, so its refusals are problem+json.
+MIDDLEWARES = [security_headers_middleware, cors_middleware, problem_middleware, guard_middleware]

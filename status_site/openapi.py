@@ -82,9 +82,13 @@ SCHEMAS: dict[str, Any] = {
             "upload_max_bytes",
             "upload_max_files",
             "presets",
+            "reads_require_token",
+            "signed_in",
         ],
         "properties": {
             "api_version": _STR,
+            "reads_require_token": {"type": "boolean", "description": "protect_reads: reads need the token"},
+            "signed_in": {"type": "boolean", "description": "this request carried the valid API token"},
             "can_write": {"type": "boolean", "description": "POST endpoints accept this client"},
             "token_required": _BOOL,
             "write_hint": _nullable({"type": "string", "description": "one line for the page"}),
@@ -285,7 +289,10 @@ _IMAGE = {
 }
 _WRITE_ERRORS = {
     "401": _problem("an API token is configured and was not sent or is wrong"),
-    "403": _problem("no API token is configured and the client is not on the loopback interface"),
+    "403": _problem(
+        "no API token is configured and the client is not on the loopback interface, or a browser sent "
+        "the request from another site (Origin / Sec-Fetch-Site)"
+    ),
 }
 
 
@@ -307,6 +314,7 @@ def _file_operation(which: str) -> dict[str, Any]:
             "200": _IMAGE,
             "304": {"description": "not modified (If-None-Match matched the ETag)"},
             "400": _problem("bad max value"),
+            "422": _problem("not an image, or more pixels than a preview may decode"),
             "403": _problem("the stored path resolves outside its folder (symlink or traversal)"),
             "404": _problem("no such job, or its file is not available"),
         },
@@ -331,13 +339,27 @@ def _action(name: str, summary: str) -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
+    document = _document()
+    # The guards answer every operation: a foreign Host (DNS rebinding) and, under protect_reads, reads
+    # without the token.
+    unauthorised = _problem("protect_reads is on and no valid token was sent")
+    unknown_host = _problem("the Host header names no host of this server")
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["responses"].setdefault("401", unauthorised)
+            operation["responses"].setdefault("421", unknown_host)
+    return document
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Neural Image Restore API",
             "version": "1",
             "description": (
-                "Watch-folder photo restoration daemon. Reads are open on the LAN. POST endpoints need "
+                "Watch-folder photo restoration daemon. Reads are open on the LAN unless protect_reads is "
+                "on (then they need the token too). POST endpoints need "
                 "the API token when RESTORER_API_TOKEN is set, otherwise they accept loopback clients "
                 "only. Errors are application/problem+json (RFC 9457). The status page server mounts "
                 "the same /api/v1 routes, so both ports answer them."

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from status_site.api import create_api_app
 from status_site.context import APP_NAME, SiteContext
+from status_site.guards import own_host_names
 from status_site.page import create_site_app
 
 if TYPE_CHECKING:
@@ -37,7 +38,10 @@ async def start_servers(
     Port 0 picks a free port (`bound_port(runner)` says which). Stop with `await runner.cleanup()` on
     each runner; the last cleanup also stops the shared thread pool.
     """
+    if settings.protect_reads and settings.api_token is None:
+        raise ValueError("protect_reads needs api_token: set RESTORER_API_TOKEN (or LoadCredential)")
     ctx = SiteContext(settings=settings, store=store, health=health, on_job=on_job)
+    ctx.host_names = own_host_names() | {name.lower().rstrip(".") for name in settings.allowed_hosts}
     apps = [(create_api_app(ctx), settings.api_port), (create_site_app(ctx), settings.site_port)]
     apps[-1][0].on_cleanup.append(lambda _app: _shutdown(ctx))
     runners: list[web.AppRunner] = []

@@ -590,18 +590,19 @@ def test_without_a_token_requests_through_a_local_reverse_proxy_may_not_write(qu
 
 
 def test_with_a_token_every_host_must_send_it(tmp_path: Path) -> None:
-    with running_site(tmp_path, api_token="s3cret-token") as site:
+    token = "s3cret-token-0123456789"
+    with running_site(tmp_path, api_token=token) as site:
         failed = site.insert_job(state="failed", error="corrupt")
         capabilities = site.get("/api/v1/capabilities").json()
         assert capabilities["token_required"] is True and capabilities["can_write"] is False
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Token": "s3cret-tokeN"}):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Token": "s3cret-token-012345678X"}):
             refused = site.post(f"/api/v1/jobs/{failed}/retry", headers=headers)
             assert refused.status_code == 401, headers
             assert refused.headers["WWW-Authenticate"].startswith("Bearer")
             assert refused.headers["Content-Type"].startswith(PROBLEM)
-        assert site.post(f"/api/v1/jobs/{failed}/retry", headers={"Authorization": "Bearer s3cret-token"}).ok
-        assert site.post(f"/api/v1/jobs/{failed}/cancel", headers={"X-API-Token": "s3cret-token"}).ok
-        authorised = site.get("/api/v1/capabilities", headers={"Authorization": "Bearer s3cret-token"}).json()
+        assert site.post(f"/api/v1/jobs/{failed}/retry", headers={"Authorization": f"Bearer {token}"}).ok
+        assert site.post(f"/api/v1/jobs/{failed}/cancel", headers={"X-API-Token": token}).ok
+        authorised = site.get("/api/v1/capabilities", headers={"Authorization": f"Bearer {token}"}).json()
         assert authorised["can_write"] is True
         assert site.get("/api/v1/jobs").status_code == 200  # reads stay open
 

@@ -365,3 +365,39 @@ def test_throughput_panel_agrees_with_the_api_within_one_refresh_and_charts_hour
         page.locator("section:has(#stats)").screenshot(path=str(shot))
         keep_screenshot(shot)
         assert errors == []
+
+
+def test_signing_in_to_a_private_server_shows_its_photos(browser: object, tmp_path: Path) -> None:
+    """protect_reads: the page asks for the token once per tab, keeps it out of every URL, and fetches
+    thumbnails with the token header (blob URLs)."""
+    from tests.site_support import png_bytes
+
+    token = "family-photos-token-0123456789"
+    with running_site(tmp_path, api_token=token, protect_reads=True) as site:
+        (site.settings.inbox / "beach.png").write_bytes(png_bytes(40, 30))
+        (site.settings.outbox / "beach.png").write_bytes(png_bytes(160, 120, seed=1))
+        report = {"input_size": [40, 30], "output_size": [160, 120], "model": "m", "seconds": 1.0}
+        job = site.insert_job(state="done", input_path="beach.png", output_path="beach.png", report=report)
+        page = browser.new_page()  # type: ignore[attr-defined]
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        page.goto(site.page + "/")
+        page.wait_for_selector("#signin[open]", timeout=20_000)
+        assert page.locator("#history li").count() == 0
+        page.keyboard.press("Escape")  # the prompt cannot be dismissed
+        assert page.is_visible("#signin")
+        page.fill("#signin-token", "wrong-token-0123456789")
+        page.click("#signin button[type=submit]")
+        page.wait_for_selector("#signin-error:has-text('not right')", timeout=20_000)
+        page.fill("#signin-token", token)
+        page.click("#signin button[type=submit]")
+        page.wait_for_selector("#signin", state="hidden", timeout=20_000)
+        thumb = f"#history li[data-id='{job}'] img"
+        loaded = "(sel) => { const img = document.querySelector(sel); return !!img && img.naturalWidth > 0; }"
+        page.wait_for_function(loaded, arg=thumb, timeout=20_000)
+        assert (page.get_attribute(thumb, "src") or "").startswith("blob:")
+        assert page.evaluate("() => sessionStorage.getItem('restorer-token')") == token
+        page.reload()  # the same tab keeps the token: no second prompt
+        page.wait_for_function(loaded, arg=thumb, timeout=20_000)
+        assert not page.is_visible("#signin")
+        assert urls and not any(token in url for url in urls)

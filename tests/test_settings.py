@@ -123,6 +123,7 @@ def test_missing_config_file_is_named() -> None:
 
 
 def test_settings_survive_the_trip_to_the_worker_process() -> None:
-    settings = Settings.load(inbox="/a", outbox="/b", presets={"x": {"scale": 3}}, api_token="secret")
+    token = "secret-0123456789abcdef"
+    settings = Settings.load(inbox="/a", outbox="/b", presets={"x": {"scale": 3}}, api_token=token)
     again = Settings.model_validate_json(settings.model_dump_json(exclude={"api_token"}))
     assert again.inbox == Path("/a") and again.presets["x"].scale == 3 and again.api_token is None

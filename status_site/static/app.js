@@ -44,9 +44,7 @@ class HttpError extends Error {
 async function api(path, options = {}) {
   const controller = new AbortController();
   const timeout = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
-  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
-  const token = tokenValue();
-  if (token) headers["Authorization"] = "Bearer " + token;
+  const headers = Object.assign({ Accept: "application/json" }, authHeaders(), options.headers || {});
   try {
     const response = await fetch(API + path, Object.assign({}, options, { headers, signal: controller.signal, cache: "no-store" }));
     const text = await response.text();
@@ -73,6 +71,79 @@ async function api(path, options = {}) {
 function tokenValue() {
   const box = $("token");
   return box && box.value ? box.value.trim() : sessionStorage.getItem("restorer-token") || "";
+}
+
+function authHeaders() {
+  const token = tokenValue();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+// ---------- Sign-in (protect_reads) ----------
+// The token lives in sessionStorage (this tab only) and travels in the Authorization header: never in a
+// URL, so it stays out of the history, the Referer and every access log.
+
+function readsNeedToken() {
+  return !!(state.capabilities && state.capabilities.reads_require_token);
+}
+
+// With open reads an image is a plain src; with protect_reads it is fetched with the token header and
+// shown from a blob URL (revoked once decoded). A failed fetch fires the image's own error handlers.
+function showImage(img, url) {
+  if (!readsNeedToken()) {
+    img.src = url;
+    return;
+  }
+  fetch(url, { headers: authHeaders() })
+    .then((response) => {
+      if (!response.ok) throw new HttpError(response.status, `HTTP ${response.status}`);
+      return response.blob();
+    })
+    .then((blob) => {
+      const blobUrl = URL.createObjectURL(blob);
+      img.addEventListener("load", () => URL.revokeObjectURL(blobUrl), { once: true });
+      img.src = blobUrl;
+    })
+    .catch(() => img.dispatchEvent(new Event("error")));
+}
+
+function showSignIn(message) {
+  const dialog = $("signin");
+  $("signin-error").textContent = message || "";
+  if (!dialog.open) {
+    dialog.showModal();
+    $("signin-token").focus();
+  }
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const token = $("signin-token").value.trim();
+  sessionStorage.setItem("restorer-token", token);
+  $("token").value = token;
+  let capabilities;
+  try {
+    capabilities = await api("/capabilities");
+  } catch (err) {
+    $("signin-error").textContent = `Could not check the token: ${err.message}`;
+    return;
+  }
+  if (!capabilities.signed_in) {
+    sessionStorage.removeItem("restorer-token");
+    $("token").value = "";
+    $("signin-error").textContent = "That token is not right: use the daemon's RESTORER_API_TOKEN.";
+    return;
+  }
+  $("signin-token").value = "";
+  $("signin").close();
+  renderCapabilities(capabilities);
+  for (const id of ["queue", "failed", "history", "current"]) $(id).dataset.signature = "";
+  pollSoon();
+}
+
+function setupSignIn() {
+  $("signin-form").addEventListener("submit", signIn);
+  // Escape must not dismiss the prompt: nothing behind it can load without the token.
+  $("signin").addEventListener("cancel", (event) => event.preventDefault());
 }
 
 // ---------- Formatting ----------
@@ -165,15 +236,20 @@ async function poll() {
     // failed keeps its last content and is named in the header.
     if (results[0].status === "rejected") throw results[0].reason;
     const problems = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
+    // protect_reads: a read refused for want of the token asks for it (once, in a dialog).
+    if (results.some((r) => r.status === "rejected" && r.reason.status === 401)) {
+      showSignIn(tokenValue() ? "The saved token was not accepted; enter it again." : "");
+    }
     state.partialError = problems.length ? problems[0] : null;
     safely(renderHealth, health);
-    if (live) safely(renderLive, live);
-    if (failed) safely(renderFailed, failed);
-    if (history) safely(renderHistory, history);
+    // First: whether reads need the token decides how the thumbnails below are fetched.
     if (capabilities) {
       state.lastCapabilitiesAt = now;
       safely(renderCapabilities, capabilities);
     }
+    if (live) safely(renderLive, live);
+    if (failed) safely(renderFailed, failed);
+    if (history) safely(renderHistory, history);
     if (stats) safely(renderStats, stats);
     if (live) active = live.jobs.length > 0;
     state.failures = 0;
@@ -351,8 +427,9 @@ function renderCurrent(processing) {
   const hadFocus = box.contains(document.activeElement);
   let thumb = box.querySelector("img");
   if (!thumb || thumb.dataset.id !== String(job.id)) {
-    thumb = el("img", { alt: "", "data-id": job.id, src: `${API}/jobs/${job.id}/input?max=${THUMB_MAX}` });
+    thumb = el("img", { alt: "", "data-id": job.id });
     thumb.addEventListener("error", () => (thumb.style.visibility = "hidden"));
+    showImage(thumb, `${API}/jobs/${job.id}/input?max=${THUMB_MAX}`);
   }
   box.replaceChildren(
     thumb,
@@ -448,12 +525,13 @@ function renderHistory(history) {
     const outSize = job.report && job.report.output_size;
     const fromOutput = done && outSize && outSize[0] * outSize[1] <= OUTPUT_THUMB_MAX_PIXELS;
     const sources = fromOutput ? ["output", "input"] : done ? ["input", "output"] : ["input"];
-    const img = el("img", { alt: "", loading: "lazy", src: `${API}/jobs/${job.id}/${sources.shift()}?max=${THUMB_MAX}` });
+    const img = el("img", { alt: "", loading: "lazy" });
     img.addEventListener("error", () => {
       const next = sources.shift();
-      if (next) img.src = `${API}/jobs/${job.id}/${next}?max=${THUMB_MAX}`;
+      if (next) showImage(img, `${API}/jobs/${job.id}/${next}?max=${THUMB_MAX}`);
       else img.replaceWith(el("span", { class: "muted", text: "no preview" }));
     });
+    showImage(img, `${API}/jobs/${job.id}/${sources.shift()}?max=${THUMB_MAX}`);
     const thumb = el(
       "button",
       {
@@ -750,8 +828,8 @@ async function openInspector(jobId) {
   after.onload = loaded;
   before.onerror = failed("input");
   after.onerror = failed("output");
-  before.src = `${API}/jobs/${job.id}/input?max=${INSPECT_MAX}`;
-  after.src = `${API}/jobs/${job.id}/output?max=${INSPECT_MAX}`;
+  showImage(before, `${API}/jobs/${job.id}/input?max=${INSPECT_MAX}`);
+  showImage(after, `${API}/jobs/${job.id}/output?max=${INSPECT_MAX}`);
   // Never a silent spinner: say what is going on if the previews take long (big images, busy CPU).
   clearTimeout(view.slowTimer);
   view.slowTimer = setTimeout(() => {
@@ -857,15 +935,26 @@ function loadFullResolution() {
     after.onload = () => {
       note.hidden = true;
     };
-    after.src = `${fullUrl}?max=${FULL_MAX}`;
+    showImage(after, `${fullUrl}?max=${FULL_MAX}`);
     return;
   }
   const scale = (view.width / after.naturalWidth).toFixed(1);
   note.replaceChildren(
     `The output is ${view.width} × ${view.height}: this view shows a ${after.naturalWidth} px preview scaled ×${scale}. `,
-    el("a", { href: fullUrl, target: "_blank", rel: "noopener", text: "Open the full-size output" }),
+    el("a", { href: fullUrl, target: "_blank", rel: "noopener", text: "Open the full-size output", onclick: openProtected }),
   );
   note.hidden = false;
+}
+
+// A link to a file opens a new tab without our header: under protect_reads open a blob of it instead.
+function openProtected(event) {
+  if (!readsNeedToken()) return;
+  event.preventDefault();
+  const tab = window.open("", "_blank");
+  fetch(event.currentTarget.href, { headers: authHeaders() })
+    .then((response) => (response.ok ? response.blob() : Promise.reject(new Error(`HTTP ${response.status}`))))
+    .then((blob) => (tab.location.href = URL.createObjectURL(blob)))
+    .catch(() => tab && tab.close());
 }
 
 function setupInspector() {
@@ -947,6 +1036,7 @@ function setupInspector() {
 // ---------- Start ----------
 
 function start() {
+  setupSignIn();
   setupUpload();
   setupInspector();
   $("history-filter").addEventListener("change", historyChanged);

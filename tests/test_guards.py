@@ -1,0 +1,161 @@
+"""Who may do what (status_site/guards.py) against real servers on loopback: the token's minimum
+length at startup, Origin / Sec-Fetch-Site on writes, the Host allow-list (DNS rebinding) and
+protect_reads. LAN clients (a non-loopback peer) are in test_lan_clients.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from daemon.settings import Settings
+from tests.site_support import REPO, Site, folders, png_bytes, running_site
+
+PROBLEM = "application/problem+json"
+TOKEN = "family-photos-token-0123456789"
+
+
+@pytest.mark.parametrize("token", ["", "short-token"])
+def test_an_empty_or_short_token_stops_restorer_serve_with_a_clear_error(tmp_path: Path, token: str) -> None:
+    env = {**os.environ, "RESTORER_API_TOKEN": token, "PYTHONPATH": str(REPO)}
+    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp_path).items()})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--api-port",
+            "0",
+            "--site-port",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "api_token must be at least 16 characters" in result.stderr
+    assert f"got {len(token)}" in result.stderr
+
+
+def test_the_token_can_come_from_a_systemd_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "api_token").write_text(TOKEN + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    monkeypatch.delenv("RESTORER_API_TOKEN", raising=False)
+    settings = Settings.load(None)
+    assert settings.api_token is not None and settings.api_token.get_secret_value() == TOKEN
+    monkeypatch.setenv("RESTORER_API_TOKEN", "from-the-environment-0123")  # the environment wins
+    assert Settings.load(None).api_token.get_secret_value() == "from-the-environment-0123"  # type: ignore[union-attr]
+
+
+def _retry(site: Site, port: str, job_id: int, headers: dict[str, str]) -> requests.Response:
+    return site.post(f"/api/v1/jobs/{job_id}/retry", port=port, headers=headers)
+
+
+@pytest.mark.parametrize("port", ["api", "page"])
+def test_writes_from_another_site_are_refused(tmp_path: Path, port: str) -> None:
+    """No token: loopback may write, but a web page open on the server must not write through it."""
+    with running_site(tmp_path) as site:
+        own = site.api if port == "api" else site.page
+        failed = site.insert_job(state="failed", error="corrupt")
+        for headers in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "null"},
+            {"Origin": own.replace("127.0.0.1", "localhost")},  # another origin, same machine
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site"},
+        ):
+            refused = _retry(site, port, failed, headers)
+            assert refused.status_code == 403, headers
+            assert refused.headers["Content-Type"].startswith(PROBLEM)
+            assert refused.json()["type"].endswith("cross-origin-write")
+        upload = site.post(
+            "/api/v1/jobs",
+            port=port,
+            headers={"Origin": "http://evil.example"},
+            files=[("file", ("x.png", png_bytes(), "image/png"))],
+        )
+        assert upload.status_code == 403
+        assert not any(site.settings.inbox.iterdir())
+        assert site.store.get(failed).state == "failed"  # type: ignore[attr-defined]
+        for headers in ({"Origin": own}, {"Sec-Fetch-Site": "same-origin"}, {}):
+            assert _retry(site, port, failed, headers).status_code == 200, headers
+
+
+def test_an_origin_listed_in_cors_origins_may_write(tmp_path: Path) -> None:
+    with running_site(tmp_path, cors_origins=["http://nas.local:8080"]) as site:
+        failed = site.insert_job(state="failed", error="corrupt")
+        assert _retry(site, "api", failed, {"Origin": "http://nas.local:8080"}).status_code == 200
+        assert _retry(site, "api", failed, {"Origin": "http://evil.example"}).status_code == 403
+
+
+def test_a_foreign_host_name_is_refused_on_every_path(tmp_path: Path) -> None:
+    """DNS rebinding: evil.example resolves to this machine, the browser sends Host: evil.example."""
+    with running_site(tmp_path, allowed_hosts=["photos.example.org"]) as site:
+        api_port, page_port = site.ports  # type: ignore[attr-defined]
+        for port, path in (
+            ("api", "/api/v1/jobs"),
+            ("page", "/"),
+            ("page", "/api/v1/jobs"),
+            ("api", "/metrics"),
+        ):
+            number = api_port if port == "api" else page_port
+            refused = site.get(path, port=port, headers={"Host": f"evil.example:{number}"})
+            assert refused.status_code == 421, (port, path)
+            assert refused.headers["Content-Type"].startswith(PROBLEM)
+            assert "allowed_hosts" in refused.json()["detail"]
+            for host in (
+                f"localhost:{number}",
+                f"127.0.0.1:{number}",
+                f"[::1]:{number}",
+                "photos.example.org",
+            ):
+                assert site.get(path, port=port, headers={"Host": host}).status_code == 200, host
+
+
+def test_protect_reads_needs_the_token_for_every_read_but_the_page_shell(tmp_path: Path) -> None:
+    with running_site(tmp_path, api_token=TOKEN, protect_reads=True) as site:
+        (site.settings.inbox / "private.png").write_bytes(png_bytes())
+        job = site.insert_job(state="done", input_path="private.png")
+        protected = [
+            ("api", "/api/v1/jobs"),
+            ("page", "/api/v1/jobs"),
+            ("api", f"/api/v1/jobs/{job}"),
+            ("api", f"/api/v1/jobs/{job}/input"),
+            ("page", f"/api/v1/jobs/{job}/input?max=64"),
+            ("api", "/api/v1/stats"),
+            ("api", "/metrics"),
+        ]
+        for port, path in protected:
+            refused = site.get(path, port=port)
+            assert refused.status_code == 401, path
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert refused.headers["Content-Type"].startswith(PROBLEM)
+            wrong = site.get(path, port=port, headers={"Authorization": "Bearer wrong-token-0123456789"})
+            assert wrong.status_code == 401, path
+            assert site.get(path, port=port, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        for path in ("/", "/static/app.js", "/api/v1/capabilities", "/api/v1/health"):
+            assert site.get(path, port="page").status_code == 200, path
+        capabilities = site.get("/api/v1/capabilities").json()
+        assert capabilities["reads_require_token"] is True and capabilities["signed_in"] is False
+        signed = site.get("/api/v1/capabilities", headers={"X-API-Token": TOKEN}).json()
+        assert signed["signed_in"] is True and signed["can_write"] is True
+
+
+def test_protect_reads_without_a_token_is_refused_at_startup(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ValueError, match="protect_reads needs api_token"),
+        running_site(tmp_path, protect_reads=True),
+    ):
+        pass

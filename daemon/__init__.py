@@ -10,6 +10,7 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     readmodel.py   ReadModel: every read (queue order and positions, listings, stats), read-only
     watcher.py     the intake: inbox events and scans -> stable files -> jobs
     worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original
+    names.py       the file-name rules for every name the daemon creates (safe_file_name)
     publish.py     temp file + fsync + rename into a folder, never overwriting
     health.py      HealthState: the ok / degraded / down snapshot the API and page show
     fsinfo.py, sdnotify.py   mount types (network shares) and systemd notifications
@@ -18,6 +19,7 @@ The composition root (app/) wires these together and may reach behind this surfa
 """
 
 from daemon.health import HealthState
+from daemon.names import safe_file_name
 from daemon.publish import DiskFullError, publish_bytes
 from daemon.readmodel import (
     STATES,
@@ -51,4 +53,5 @@ __all__ = [
     "StoreError",
     "publish_bytes",
     "queue_positions",
+    "safe_file_name",
 ]

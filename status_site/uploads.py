@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 from PIL import Image as PILImage
 
-from daemon import DiskFullError, names, publish_bytes
+from daemon import DiskFullError, publish_bytes, safe_file_name
 from daemon.worker import dispose_original
 from status_site.problems import Problem
 
@@ -72,12 +72,12 @@ class Accepted:
     job: Job
 
 
-def safe_file_name(raw: str | None) -> str:
+def upload_name(raw: str | None) -> str:
     """A client's file name made safe for the inbox (daemon.names' rules), within 200 bytes so that
     a " (12)" suffix or an output extension still fits in 255; NFC (as macOS browsers may send NFD);
     empty names become 'upload'."""
     name = unicodedata.normalize("NFC", raw or "")
-    return names.safe_file_name(name, fallback="upload", max_bytes=UPLOAD_NAME_MAX_BYTES)
+    return safe_file_name(name, fallback="upload", max_bytes=UPLOAD_NAME_MAX_BYTES)
 
 
 async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[SpooledFile], str | None]:
@@ -155,7 +155,7 @@ async def _spool_part(part: BodyPartReader, max_bytes: int, spool_dir: Path) -> 
         spool.close()
         raise Problem(422, "empty-file", "Empty file", f"{name!r} is empty (0 bytes)", file=name)
     spool.seek(0)
-    return SpooledFile(name=name, safe_name=safe_file_name(name), data=spool, size=size)
+    return SpooledFile(name=name, safe_name=upload_name(name), data=spool, size=size)
 
 
 def _too_large(detail: str) -> Problem:
@@ -213,7 +213,7 @@ def final_name(spooled: SpooledFile, extension: str) -> str:
     """Keep the client's name; give it the image's extension when it has none we recognise."""
     if Path(spooled.safe_name).suffix.lower() in IMAGE_SUFFIXES:
         return spooled.safe_name
-    return safe_file_name(spooled.safe_name + extension)
+    return upload_name(spooled.safe_name + extension)
 
 
 def check_preset(preset: str | None, settings: Settings) -> str | None:

@@ -19,17 +19,20 @@ from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
 from status_site.files import (
     JobFile,
+    NeedsOwnProcess,
     Which,
     fits_without_resize,
     locate,
     make_preview,
+    make_preview_in_child,
     open_checked,
     parse_max,
+    preview_pixel_limit,
 )
 from status_site.guards import require_write, token_valid, write_access
 from status_site.middleware import MIDDLEWARES
 from status_site.openapi import openapi_document
-from status_site.problems import Problem, bad_request, not_found
+from status_site.problems import bad_request, not_found
 
 API_PREFIX = "/api/v1"
 VERSION = "1"
@@ -310,22 +313,24 @@ async def _serve_file(request: web.Request, which: Which) -> web.StreamResponse:
         key = (str(found.path), found.mtime_ns, found.size_bytes, max_edge)
         preview = ctx.previews.get(key)
         if preview is None:
-            max_pixels = int(ctx.settings.max_input_megapixels * 1e6 * 16)  # outputs are up to 16x the input
-            try:
-                async with ctx.preview_slots:  # bounds the memory of decoding several big images at once
-                    preview = await ctx.run_file(make_preview, handle, max_edge, max_pixels)
-            except (OSError, ValueError) as exc:
-                raise Problem(
-                    422,
-                    "preview-failed",
-                    "Preview failed",
-                    f"the {which} of job {job_id} could not be read as an image ({exc})",
-                ) from None
+            preview = await _make_preview(ctx, handle, which, max_edge)
             ctx.previews.put(key, preview)
     finally:
         await ctx.run_file(handle.close)
     body, content_type = preview
     return web.Response(body=body, content_type=content_type, headers=cache)
+
+
+async def _make_preview(ctx: SiteContext, handle: BinaryIO, which: Which, max_edge: int) -> tuple[bytes, str]:
+    """Small decodes in the file pool (two at a time); big ones in a child process, one at a time."""
+    max_pixels = preview_pixel_limit(which, ctx.settings)
+    try:
+        async with ctx.preview_slots:
+            return await ctx.run_file(make_preview, handle, max_edge, max_pixels)
+    except NeedsOwnProcess:
+        pass
+    async with ctx.child_preview_slot:
+        return await ctx.run_file(make_preview_in_child, handle, max_edge, max_pixels)
 
 
 async def _stream_file(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from daemon import AddResult, HealthState, JobStore, Settings
 
 T = TypeVar("T")
-PREVIEW_SLOTS = 2  # previews decoded at once (a 4x output of a 12 MP photo is ~600 MB decoded)
+PREVIEW_SLOTS = 2  # small previews decoded at once in the daemon (each at most files.IN_PROCESS_MAX_PIXELS)
 
 
 @dataclass
@@ -48,6 +48,8 @@ class SiteContext:
     # Called (in a worker thread) for each job an upload created, as the watcher calls the service.
     on_job: Callable[[AddResult], None] | None = None
     preview_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PREVIEW_SLOTS))
+    # Big previews: one child process at a time (each may need up to a few GB while it decodes).
+    child_preview_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     responses: ResponseCache = field(default_factory=ResponseCache)
     # Host names requests may carry besides IP literals and localhost (guards.check_host).
     host_names: frozenset[str] = frozenset()

@@ -3,13 +3,19 @@
 A request only ever names a job id. The file is looked up from the job record, joined to the folder it
 must live in, resolved (following symlinks) and refused unless it still lies inside that folder, so a
 stored path with `..`, an absolute path or a symlink pointing elsewhere never reaches `open`.
-Previews decode and resize in the caller's thread pool (they are CPU work), never on the event loop.
+Previews decode and resize in the caller's thread pool (they are CPU work), never on the event loop,
+after a header check against the pipeline's pixel limit; big decodes run in a child process with a
+memory limit (preview_child.py), so a preview never grows the daemon by more than ~50 MB.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import struct
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,7 +24,7 @@ from stat import S_ISREG
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from PIL import Image as PILImage
-from PIL import ImageOps
+from PIL import ImageFile
 
 from status_site.problems import Problem
 
@@ -27,6 +33,12 @@ if TYPE_CHECKING:
 
 Which = Literal["input", "output"]
 PREVIEW_MIN, PREVIEW_MAX = 16, 8192
+# ?max= snaps down to one of these (the page asks for 320, 4096 and 8192).
+PREVIEW_SIZES = (16, 32, 64, 128, 256, 320, 512, 1024, 2048, 4096, 8192)
+PREVIEW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO", "HEIF")
+# Decoded in the daemon (thread pool, two at a time): ~48 MB as 8-bit RGB. Bigger: a child process.
+IN_PROCESS_MAX_PIXELS = 16_000_000
+CHILD_SECONDS = 120
 # Formats every browser shows; anything else (TIFF, HEIC, BMP, 16-bit PNG...) is converted for previews.
 BROWSER_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 CONTENT_TYPES = {
@@ -122,6 +134,8 @@ def _refused(job: Job, which: Which) -> Problem:
 
 
 def parse_max(raw: str | None) -> int | None:
+    """`?max=N` snapped down to one of PREVIEW_SIZES: distinct values cannot multiply the previews
+    made and cached, and the preview is still at most N pixels wide and high."""
     if raw is None or raw == "":
         return None
     try:
@@ -135,7 +149,7 @@ def parse_max(raw: str | None) -> int | None:
             "Bad preview size",
             f"max must be a whole number of pixels from {PREVIEW_MIN} to {PREVIEW_MAX}, got {raw!r}",
         )
-    return value
+    return max(size for size in PREVIEW_SIZES if size <= value)
 
 
 def open_checked(found: JobFile) -> BinaryIO:
@@ -162,49 +176,165 @@ def open_checked(found: JobFile) -> BinaryIO:
     return handle
 
 
-def make_preview(path: Path | BinaryIO, max_edge: int, max_pixels: int) -> tuple[bytes, str]:
+class NeedsOwnProcess(Exception):
+    """The preview would decode more than IN_PROCESS_MAX_PIXELS here: make it in a child process."""
+
+
+def open_header(handle: BinaryIO) -> ImageFile.ImageFile:
+    """Parse the header with the Pillow plugin of one of PREVIEW_FORMATS; nothing is decoded yet.
+
+    Not PIL.Image.open: its bomb check (a warning above 89 MP, an error above 179 MP) is not our limit
+    (max_input_megapixels), and switching it off means changing Pillow's MAX_IMAGE_PIXELS for every
+    thread of the daemon. The formats are the ones we restore, so no exotic decoder ever runs here.
+    """
+    PILImage.init()
+    handle.seek(0)
+    prefix = handle.read(16)
+    for name in PREVIEW_FORMATS:
+        factory, accept = PILImage.OPEN.get(name, (None, None))
+        if factory is None or (accept is not None and accept(prefix) is not True):
+            continue
+        handle.seek(0)
+        try:
+            return factory(handle, "")
+        except (SyntaxError, IndexError, TypeError, ValueError, EOFError, OSError, struct.error):
+            continue
+    raise Problem(
+        422,
+        "not-an-image",
+        "Not an image",
+        "the file is not an image this service previews (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC)",
+    )
+
+
+def preview_pixel_limit(which: Which, settings: Settings) -> int:
+    """The pipeline's own limit: what it accepts as input, and what it may write as output."""
+    if which == "input":
+        return int(settings.max_input_megapixels * 1e6)
+    if settings.max_output_megapixels is not None:
+        return int(settings.max_output_megapixels * 1e6)
+    return int(settings.max_input_megapixels * 1e6 * 16)  # a 4x model makes 16x the pixels
+
+
+def check_pixels(image: PILImage.Image, max_pixels: int) -> None:
+    """Refuse, from the header alone, an image the pipeline would refuse too."""
+    if image.width * image.height > max_pixels:
+        raise Problem(
+            422,
+            "image-too-large",
+            "Image too large to preview",
+            f"{image.width}x{image.height} is {image.width * image.height / 1e6:.0f} megapixels, more than "
+            f"the {max_pixels / 1e6:.0f} megapixel limit (max_input_megapixels)",
+        )
+
+
+def make_preview(
+    handle: BinaryIO, max_edge: int, max_pixels: int, in_process_max_pixels: int = IN_PROCESS_MAX_PIXELS
+) -> tuple[bytes, str]:
     """The image scaled to fit max_edge x max_edge, as JPEG (PNG when it has transparency).
 
-    Blocking and CPU-bound: run it in a thread. `draft` lets JPEG decode at 1/2..1/8 size directly.
+    Blocking and CPU-bound: run it in a thread. The header is checked against max_pixels first; JPEG
+    decodes at 1/2..1/8 size directly (draft). Raises NeedsOwnProcess when what would be decoded is more
+    than in_process_max_pixels, so big decodes never grow the daemon process (preview_child.py).
     """
-    PILImage.MAX_IMAGE_PIXELS = None  # we check the pixel count ourselves, below
-    with PILImage.open(path) as image:
-        if image.width * image.height > max_pixels:
-            raise Problem(
-                422,
-                "image-too-large",
-                "Image too large to preview",
-                f"{image.width}x{image.height} is more than the {max_pixels} pixel limit for previews",
-            )
-        if image.format == "JPEG":
+    with open_header(handle) as image:
+        check_pixels(image, max_pixels)
+        if image.format in ("JPEG", "MPO"):
             image.draft("RGB", (max_edge, max_edge))
-        image.seek(0)
-        oriented = ImageOps.exif_transpose(image)
-        has_alpha = oriented.mode in ("RGBA", "LA", "PA") or "transparency" in oriented.info
-        if oriented.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grayscale: scale to 8 bits (PIL's convert would clip at 255).
-            oriented = oriented.point(lambda v: v / 256).convert("L")
-        converted = oriented.convert("RGBA" if has_alpha else "RGB")
-        converted.thumbnail((max_edge, max_edge), PILImage.Resampling.LANCZOS, reducing_gap=3.0)
-        out = io.BytesIO()
-        if has_alpha:
-            converted.save(out, "PNG", optimize=False, compress_level=3)
-            return out.getvalue(), "image/png"
-        # Big previews serve the inspector's close-up views: keep compression artefacts out of them.
-        converted.save(out, "JPEG", quality=95 if max_edge >= 2048 else 85, optimize=False)
-        return out.getvalue(), "image/jpeg"
+        if image.width * image.height > in_process_max_pixels:
+            raise NeedsOwnProcess()
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise Problem(
+                422, "preview-failed", "Preview failed", f"the image could not be decoded ({exc})"
+            ) from None
+        return _render(image, max_edge)
 
 
-def fits_without_resize(path: Path | BinaryIO, max_edge: int) -> bool:
-    """True when the file is already small enough and in a format browsers show (serve it as is)."""
-    with PILImage.open(path) as image:
-        orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "WEBP", "PNG") else 1
-        return (
-            image.format in BROWSER_FORMATS
-            and image.mode in ("RGB", "RGBA", "L", "LA", "P")
-            and max(image.size) <= max_edge
-            and orientation == 1
+_ORIENTATION_TRANSPOSE = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA")
+
+
+def _render(image: ImageFile.ImageFile, max_edge: int) -> tuple[bytes, str]:
+    orientation = header_orientation(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    # Shrink by a whole factor first (cheap, no full-size copies), then orient, convert and filter.
+    factor = max(image.width, image.height) // (2 * max_edge)
+    small = image.reduce(factor) if factor >= 2 and image.mode in _REDUCIBLE_MODES else image
+    if orientation in _ORIENTATION_TRANSPOSE:
+        small = small.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    if small.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale to 8 bits (PIL's convert would clip at 255).
+        small = small.point(lambda v: v / 256).convert("L")
+    converted = small.convert("RGBA" if has_alpha else "RGB")
+    converted.thumbnail((max_edge, max_edge), PILImage.Resampling.LANCZOS, reducing_gap=3.0)
+    out = io.BytesIO()
+    if has_alpha:
+        converted.save(out, "PNG", optimize=False, compress_level=3)
+        return out.getvalue(), "image/png"
+    # Big previews serve the inspector's close-up views: keep compression artefacts out of them.
+    converted.save(out, "JPEG", quality=95 if max_edge >= 2048 else 85, optimize=False)
+    return out.getvalue(), "image/jpeg"
+
+
+def make_preview_in_child(handle: BinaryIO, max_edge: int, max_pixels: int) -> tuple[bytes, str]:
+    """make_preview in a short-lived child process with a memory limit (preview_child.py): a big
+    decode costs the child's memory, never the daemon's, and is gone when the child exits."""
+    handle.seek(0)
+    command = [sys.executable, "-m", "status_site.preview_child", str(max_edge), str(max_pixels)]
+    try:
+        result = subprocess.run(
+            command, stdin=handle, capture_output=True, timeout=CHILD_SECONDS, check=False
         )
+    except subprocess.TimeoutExpired:
+        raise Problem(
+            422, "preview-failed", "Preview failed", f"making the preview took more than {CHILD_SECONDS} s"
+        ) from None
+    if result.returncode == 0:
+        content_type, _, body = result.stdout.partition(b"\n")
+        return body, content_type.decode("ascii")
+    try:
+        refusal = json.loads(result.stderr.decode("utf-8", errors="replace").strip().splitlines()[-1])
+        raise Problem(refusal["status"], refusal["slug"], refusal["title"], refusal["detail"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise Problem(
+            422,
+            "preview-failed",
+            "Preview failed",
+            f"the preview process failed (exit {result.returncode}): the image needs more memory than "
+            "a preview may use, or is damaged",
+        ) from None
+
+
+def fits_without_resize(handle: BinaryIO, max_edge: int) -> bool:
+    """True when the file is already small enough and in a format browsers show (serve it as is)."""
+    with open_header(handle) as image:
+        if image.format not in BROWSER_FORMATS or image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+            return False
+        return max(image.size) <= max_edge and header_orientation(image) == 1
+
+
+def header_orientation(image: ImageFile.ImageFile) -> int:
+    """EXIF orientation without decoding: Pillow's PNG getexif() decodes the whole image to look for an
+    eXIf chunk after the pixels (a 900 MP bomb allocated 3 GB that way), so PNG reads only what its
+    header held."""
+    if image.format == "PNG":
+        raw = image.info.get("exif")
+        if not raw:
+            return 1
+        exif = PILImage.Exif()
+        exif.load(raw)
+        return int(exif.get(0x0112, 1))
+    return int(image.getexif().get(0x0112, 1))
 
 
 class PreviewCache:

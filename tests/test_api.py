@@ -430,10 +430,10 @@ def test_upload_accepts_every_format_the_pipeline_reads_and_previews_it(
     assert response.status_code == 202, response.text
     job = response.json()["jobs"][0]
     assert job["input"]["path"] == name
-    preview = quiet_site.get(f"/api/v1/jobs/{job['id']}/input?max=20")
+    preview = quiet_site.get(f"/api/v1/jobs/{job['id']}/input?max=32")
     assert preview.status_code == 200
     assert preview.headers["Content-Type"] in ("image/jpeg", "image/png")
-    assert max(Image.open(io.BytesIO(preview.content)).size) == 20
+    assert max(Image.open(io.BytesIO(preview.content)).size) == 32
 
 
 def test_upload_of_content_already_restored_is_recorded_as_a_skipped_duplicate(quiet_site: Site) -> None:

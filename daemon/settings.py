@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pipeline.types import EngineConfig, RestoreOptions
+from pipeline.types import Backend, Device, EngineConfig, OutputFormat, Precision, RestoreOptions
 
 
 class Preset(BaseModel):
@@ -33,7 +33,7 @@ class Preset(BaseModel):
     faces: bool | None = None
     face_model: str | None = None
     face_strength: float | None = Field(default=None, ge=0, le=1)
-    output_format: Literal["same", "png", "jpg", "webp", "tiff"] | None = None
+    output_format: OutputFormat | None = None
     quality: int | None = Field(default=None, ge=1, le=100)
     strip_gps: bool | None = None
 
@@ -73,72 +73,109 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESTORER_", extra="forbid", validate_default=True)
 
     # Folders. The state dir holds the SQLite DB and caches and must be on local disk.
-    inbox: Path = Path("var/inbox")
-    outbox: Path = Path("var/outbox")
-    failed_dir: Path = Path("var/failed")
-    archive_dir: Path = Path("var/archive")
-    state_dir: Path = Path("var/state")
-    weights_dir: Path = Path("weights")
+    inbox: Path = Field(Path("var/inbox"), description="folder watched for new photos (a NAS share works)")
+    outbox: Path = Field(Path("var/outbox"), description="folder the restored photos are published to")
+    failed_dir: Path = Field(
+        Path("var/failed"), description="where inputs that cannot be restored go, with a reason"
+    )
+    archive_dir: Path = Field(
+        Path("var/archive"), description="where originals go after restoring (originals=archive)"
+    )
+    state_dir: Path = Field(Path("var/state"), description="local folder for the job database and caches")
+    weights_dir: Path = Field(Path("weights"), description="folder with user-supplied model weight files")
 
     # Network. A LAN service: binds every interface by default.
-    bind: str = "0.0.0.0"
-    api_port: int = Field(default=8001, ge=0, le=65535)
-    site_port: int = Field(default=8091, ge=0, le=65535)
-    # With none, POST endpoints accept loopback clients only. At least 16 characters. Under systemd it
-    # may come from LoadCredential= (the file $CREDENTIALS_DIRECTORY/api_token), see systemd/README.md.
-    api_token: SecretStr | None = None
-    protect_reads: bool = False  # every read (page data, thumbnails, files, API) needs api_token too
-    # Host names the servers answer to besides IP literals, localhost and this machine's own names
-    # (anything else gets 421: DNS rebinding protection). "*" turns the check off.
-    allowed_hosts: list[str] = Field(default_factory=list)
-    cors_origins: list[str] = Field(default_factory=list)
-    upload_max_bytes: int = Field(default=200 * 1024 * 1024, gt=0)  # per file
-    upload_max_files: int = Field(default=50, gt=0)  # per request
+    bind: str = Field("0.0.0.0", description="address the status page and the API listen on")
+    api_port: int = Field(8001, description="port of the JSON API (0: any free port)", ge=0, le=65535)
+    site_port: int = Field(8091, description="port of the status page (0: any free port)", ge=0, le=65535)
+    # At least 16 characters. Under systemd it may come from LoadCredential= (the file
+    # $CREDENTIALS_DIRECTORY/api_token), see systemd/README.md.
+    api_token: SecretStr | None = Field(
+        None, description="token for uploads, retry and cancel (without: loopback only)"
+    )
+    protect_reads: bool = Field(
+        False, description="every read (page data, thumbnails, files, API) needs api_token too"
+    )
+    # "*" turns the check off.
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names the servers answer to besides IP literals, localhost and this machine's "
+        "own names (anything else gets 421: DNS rebinding protection)",
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API")
+    upload_max_bytes: int = Field(200 * 1024 * 1024, description="largest upload per file, in bytes", gt=0)
+    upload_max_files: int = Field(50, description="most files per upload request", gt=0)
 
     # Intake.
-    watch_mode: Literal["auto", "native", "polling"] = "auto"
-    poll_seconds: float = Field(default=5.0, gt=0)
-    rescan_seconds: float = Field(default=300.0, gt=0)
-    stability_seconds: float = Field(default=5.0, ge=0)
-    duplicate_content: Literal["skip", "process"] = "skip"
-    min_free_mb: int = Field(default=500, ge=0)  # intake pauses below this free space in the outbox
+    watch_mode: Literal["auto", "native", "polling"] = Field(
+        "auto", description="how the inbox is watched (auto: polling on network shares)"
+    )
+    poll_seconds: float = Field(5.0, description="seconds between inbox polls in polling mode", gt=0)
+    rescan_seconds: float = Field(
+        300.0, description="seconds between full inbox rescans (catches missed events)", gt=0
+    )
+    stability_seconds: float = Field(
+        5.0, description="a file must keep its size and mtime this long to be queued", ge=0
+    )
+    duplicate_content: Literal["skip", "process"] = Field(
+        "skip", description="what to do with a file whose content was restored before"
+    )
+    min_free_mb: int = Field(
+        500, description="intake pauses below this much free space in the outbox (MB)", ge=0
+    )
 
     # Jobs and worker.
-    max_attempts: int = Field(default=3, ge=1)
-    originals: Literal["archive", "delete", "keep"] = "archive"
-    heartbeat_seconds: float = Field(default=5.0, gt=0)
-    hang_seconds: float = Field(default=600.0, gt=0)  # no heartbeat for this long: the worker is restarted
-    stop_grace_seconds: float = Field(default=60.0, ge=0)  # on SIGTERM, time to finish the current image
+    max_attempts: int = Field(3, description="a job that crashed the worker this often is failed", ge=1)
+    originals: Literal["archive", "delete", "keep"] = Field(
+        "archive", description="what happens to an original once restored"
+    )
+    heartbeat_seconds: float = Field(5.0, description="how often the worker reports it is alive", gt=0)
+    hang_seconds: float = Field(600.0, description="a worker silent this long is restarted", gt=0)
+    stop_grace_seconds: float = Field(
+        60.0, description="on SIGTERM, time the current image gets to finish", ge=0
+    )
     # TEST-ONLY: "module:factory" replacing the real pipeline in the worker (factory(settings) returns a
     # daemon.worker.Processor). Lets tests measure the daemon's own throughput with a cheap stage.
     # Leave unset in production: `restorer serve` then always runs pipeline.restorer.Restorer.
-    processor: str | None = None
+    processor: str | None = Field(
+        None, description="TEST-ONLY: module:factory replacing the pipeline in the worker"
+    )
 
     # Output files.
-    output_file_mode: str = "0664"
-    output_group: str | None = None
-    max_input_megapixels: float = Field(default=200.0, gt=0)  # decompression-bomb limit
+    output_file_mode: str = Field("0664", description="octal permissions of published outputs")
+    output_group: str | None = Field(None, description="group given to published outputs")
+    max_input_megapixels: float = Field(
+        200.0, description="larger inputs are refused (decompression bombs)", gt=0
+    )
 
     # Engine (one per worker process).
-    backend: Literal["auto", "openvino", "torch"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    tile: int | None = Field(default=None, ge=16)
-    threads: int | None = Field(default=None, ge=1)
+    backend: Backend = Field("auto", description="inference engine (auto: torch on CUDA, else OpenVINO)")
+    device: Device = Field("auto", description="where the engine runs")
+    precision: Precision = Field(
+        "auto", description="number format (auto: bf16/fp16 where the hardware has it)"
+    )
+    tile: int | None = Field(
+        None, description="cap the tile edge in input pixels (default: the engine's choice)", ge=16
+    )
+    threads: int | None = Field(None, description="CPU threads for the engine (default: all cores)", ge=1)
 
     # Default restore options (a preset overrides some of them).
-    model: str = "RealESRGAN_x4plus"
-    scale: float = Field(default=4.0, ge=1)
-    max_output_megapixels: float | None = Field(default=None, gt=0)
-    denoise_strength: float | None = Field(default=None, ge=0, le=1)
-    faces: bool = True
-    face_model: str = "auto"
-    face_strength: float = Field(default=1.0, ge=0, le=1)
-    output_format: Literal["same", "png", "jpg", "webp", "tiff"] = "same"
-    quality: int = Field(default=95, ge=1, le=100)
-    strip_gps: bool = False
+    model: str = Field("RealESRGAN_x4plus", description="super-resolution model id (see `restorer weights`)")
+    scale: float = Field(4.0, description="output scale, any S >= 1", ge=1)
+    max_output_megapixels: float | None = Field(None, description="cap the output size in megapixels", gt=0)
+    denoise_strength: float | None = Field(None, description="0..1, for models that take it", ge=0, le=1)
+    faces: bool = Field(True, description="restore faces (GFPGAN) when face weights are installed")
+    face_model: str = Field(
+        "auto", description="auto, GFPGANv1.4, GFPGANv1.3, RestoreFormer or CodeFormer (opt-in)"
+    )
+    face_strength: float = Field(1.0, description="0..1 blend of restored and upscaled face", ge=0, le=1)
+    output_format: OutputFormat = Field("same", description="output file format (same: the input's)")
+    quality: int = Field(95, description="JPEG/WebP quality 1-100", ge=1, le=100)
+    strip_gps: bool = Field(False, description="remove GPS position from the output's metadata")
 
-    presets: dict[str, Preset] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
+    presets: dict[str, Preset] = Field(
+        default_factory=lambda: dict(DEFAULT_PRESETS), description="named partial restore options"
+    )
 
     @field_validator("api_token")
     @classmethod

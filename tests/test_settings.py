@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_origin
 
 import pytest
 from pydantic import ValidationError
@@ -127,3 +128,54 @@ def test_settings_survive_the_trip_to_the_worker_process() -> None:
     settings = Settings.load(inbox="/a", outbox="/b", presets={"x": {"scale": 3}}, api_token=token)
     again = Settings.model_validate_json(settings.model_dump_json(exclude={"api_token"}))
     assert again.inbox == Path("/a") and again.presets["x"].scale == 3 and again.api_token is None
+
+
+def test_every_setting_has_a_description_for_its_flag_help() -> None:
+    undocumented = [name for name, field in Settings.model_fields.items() if not field.description]
+    assert undocumented == []
+
+
+def test_flags_are_made_from_settings_fields_with_types_choices_and_help() -> None:
+    import argparse
+
+    from app.flags import add_settings_flags, settings_from_args
+
+    # Secrets and lists or tables come from the file or the environment; every other field can be a flag.
+    fields = Settings.model_fields
+    structured = {name for name, field in fields.items() if get_origin(field.annotation) in (list, dict)}
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser, [name for name in fields if name not in {"api_token", *structured}])
+    backend = next(a for a in parser._actions if a.dest == "backend")
+    assert backend.choices == ("auto", "openvino", "torch")
+    assert backend.help.startswith(Settings.model_fields["backend"].description)
+    args = parser.parse_args(
+        ["--tile", "64", "--scale", "2.5", "--inbox", "/in", "--no-faces", "--strip-gps"]
+    )
+    assert (args.tile, args.scale, args.inbox, args.faces, args.strip_gps) == (
+        64,
+        2.5,
+        Path("/in"),
+        False,
+        True,
+    )
+    assert args.model is None and args.config is None  # not given: the file or environment decides
+    settings = settings_from_args(args)
+    assert (settings.tile, settings.faces, settings.model) == (64, False, "RealESRGAN_x4plus")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backend", "cuda"])
+
+
+def test_restore_keeps_its_older_flag_spellings() -> None:
+    from app.cli import build_parser
+    from app.flags import settings_from_args
+
+    args = build_parser().parse_args(
+        ["restore", "x.png", "-o", "out", "--no-face", "--format", "png", "--denoise", "0.5", "--tile", "32"]
+    )
+    settings = settings_from_args(args)
+    assert (settings.faces, settings.output_format, settings.denoise_strength, settings.tile) == (
+        False,
+        "png",
+        0.5,
+        32,
+    )

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.flags import ENGINE_FIELDS, add_settings_flags, settings_from_args
+
 if TYPE_CHECKING:
     from pipeline.evaluation.bench import CpuPeaks, Measurement
     from pipeline.evaluation.costs import Price
@@ -35,16 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", type=Path, default=None, help="photo to crop to each size")
     parser.add_argument("--cpu-ghz", type=float, default=None, help="CPU clock under load for the peak")
     parser.add_argument("--out", type=Path, default=None, help="also write bench.md and bench.json here")
-    parser.add_argument("--model", default=None, help="SR model id (default: settings' model)")
-    parser.add_argument("--backend", choices=["auto", "openvino", "torch"], default=None)
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
-    parser.add_argument("--tile", type=int, default=None, help="cap the tile edge (input pixels)")
-    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    add_settings_flags(parser, ENGINE_FIELDS)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.settings import Settings
     from pipeline.evaluation import bench, costs
     from pipeline.types import RestoreError
 
@@ -58,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         print("restorer bench: --repeats must be at least 1", file=sys.stderr)
         return 2
-    settings = Settings.load(
-        args.config, model=args.model, backend=args.backend, precision=args.precision, tile=args.tile
-    )
+    settings = settings_from_args(args)
     engine = settings.engine_config()
     peaks = bench.cpu_peaks(args.cpu_ghz or bench.DEFAULT_CPU_GHZ)
     try:

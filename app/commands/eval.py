@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.flags import ENGINE_FIELDS, add_settings_flags, settings_from_args
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -36,16 +38,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
     parser.add_argument("--faces", action="store_true", help="run face restoration too (default off)")
     parser.add_argument("--out", type=Path, default=Path("eval-results"), help="output folder")
-    parser.add_argument("--model", default=None, help="SR model id (default: settings' model)")
-    parser.add_argument("--backend", choices=["auto", "openvino", "torch"], default=None)
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
-    parser.add_argument("--tile", type=int, default=None, help="cap the tile edge (input pixels)")
-    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
+    add_settings_flags(parser, ENGINE_FIELDS)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.settings import Settings
     from pipeline.evaluation.degrade import get_degradation
     from pipeline.evaluation.evaluate import Restored, evaluate_images
     from pipeline.restorer import Restorer
@@ -59,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"restorer eval: {error}", file=sys.stderr)
         return 2
-    settings = Settings.load(
-        args.config, model=args.model, backend=args.backend, precision=args.precision, tile=args.tile
-    )
+    settings = settings_from_args(args)
     # The output must land exactly on the original's grid: network scale, no cap, lossless output.
     options = settings.restore_options().replace(
         faces=args.faces, scale=float(spec.scale), max_output_megapixels=None, output_format="png"

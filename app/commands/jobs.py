@@ -9,18 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
+
+from app.flags import add_settings_flags, settings_from_args
+from daemon import STATES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("jobs", help="list, inspect, retry or cancel jobs")
-    parser.add_argument("--config", type=Path, help="TOML settings file (to find the state directory)")
-    parser.add_argument("--state-dir", type=Path, help="folder holding jobs.sqlite3")
+    add_settings_flags(parser, ("state_dir",))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="newest jobs first")
-    listing.add_argument("--state", choices=["queued", "processing", "done", "failed", "cancelled"])
+    listing.add_argument("--state", choices=STATES)
     listing.add_argument("--limit", type=int, default=50)
     for name, text in (("show", "one job in full"), ("retry", "queue again"), ("cancel", "cancel")):
         action = actions.add_parser(name, help=text)
@@ -29,10 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _store(args: argparse.Namespace):  # -> JobStore
-    from daemon.settings import Settings
-    from daemon.store import JobStore
+    from daemon import JobStore
 
-    settings = Settings.load(args.config, state_dir=args.state_dir)
+    settings = settings_from_args(args)
     if not settings.db_path.exists():
         raise SystemExit(
             f"no job database at {settings.db_path} (has `restorer serve` run with this config?)"

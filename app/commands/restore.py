@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from app.flags import add_settings_flags, settings_from_args
+
 log = logging.getLogger(__name__)
 
-FORMATS = ("same", "png", "jpg", "webp", "tiff")
+# The settings `restorer restore` takes as flags (--no-face, --format, --denoise: old spellings kept).
+RESTORE_FIELDS = (
+    *("model", "scale", "max_output_megapixels", "denoise_strength", "output_format", "quality", "strip_gps"),
+    *("faces", "face_model", "face_strength"),
+    *("backend", "device", "precision", "tile", "threads", "weights_dir", "state_dir"),
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,31 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
-    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
-    parser.add_argument("--no-face", dest="faces", action="store_const", const=False, default=None)
-    parser.add_argument(
-        "--face-model",
-        default=None,
-        help="auto, GFPGANv1.4, GFPGANv1.3, RestoreFormer or CodeFormer (opt-in)",
-    )
-    parser.add_argument(
-        "--face-strength", type=float, default=None, help="0..1 blend of restored and upscaled face"
-    )
-    parser.add_argument("--format", dest="output_format", choices=FORMATS, default=None)
-    parser.add_argument("--scale", type=float, default=None, help="output scale, any S >= 1 (default 4)")
-    parser.add_argument("--max-output-megapixels", type=float, default=None)
-    parser.add_argument("--model", default=None, help="model id (see `restorer weights`)")
-    parser.add_argument("--denoise", dest="denoise_strength", type=float, default=None)
-    parser.add_argument("--backend", choices=("auto", "openvino", "torch"), default=None)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None)
-    parser.add_argument("--tile", type=int, default=None, help="cap the tile edge (input pixels)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality 1-100")
-    parser.add_argument("--strip-gps", dest="strip_gps", action="store_const", const=True, default=None)
     parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report")
-    parser.add_argument("--weights-dir", type=Path, default=None)
-    parser.add_argument("--state-dir", type=Path, default=None)
+    add_settings_flags(parser, RESTORE_FIELDS)
     parser.set_defaults(run=run)
 
 
@@ -159,29 +143,8 @@ class ProgressBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.settings import Settings
-
     try:
-        settings = Settings.load(
-            args.config,
-            weights_dir=args.weights_dir,
-            state_dir=args.state_dir,
-            backend=args.backend,
-            device=args.device,
-            precision=args.precision,
-            tile=args.tile,
-            threads=args.threads,
-            model=args.model,
-            scale=args.scale,
-            max_output_megapixels=args.max_output_megapixels,
-            denoise_strength=args.denoise_strength,
-            faces=args.faces,
-            face_model=args.face_model,
-            face_strength=args.face_strength,
-            output_format=args.output_format,
-            quality=args.quality,
-            strip_gps=args.strip_gps,
-        )
+        settings = settings_from_args(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"restorer restore: invalid settings: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from app.flags import add_settings_flags, settings_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="list models: available / converted / missing, source, license, what to do",
         description="Precedence: defaults < --config FILE < RESTORER_* environment < these flags.",
     )
-    parser.add_argument("--config", type=Path, default=None, help="TOML settings file")
-    parser.add_argument("--weights-dir", type=Path, default=None, help="folder with user weight files")
-    parser.add_argument(
-        "--state-dir", type=Path, default=None, help="state folder (its cache/ holds conversions)"
-    )
+    add_settings_flags(parser, ("weights_dir", "state_dir"))
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.set_defaults(run=run)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
@@ -35,8 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "cut connection, sha256 checked before the file appears under its real name.",
     )
     fetch.add_argument("names", nargs="+", metavar="NAME", help="model ids, as `restorer weights` lists them")
-    fetch.add_argument("--config", type=Path, default=None, help="TOML settings file")
-    fetch.add_argument("--weights-dir", type=Path, default=None, help="folder to write into")
+    add_settings_flags(fetch, ("weights_dir",))
     fetch.add_argument(
         "--mirror",
         default=None,
@@ -47,10 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.settings import Settings
     from pipeline.weights import model_statuses
 
-    settings = Settings.load(args.config, weights_dir=args.weights_dir, state_dir=args.state_dir)
+    settings = settings_from_args(args)
     statuses = model_statuses(settings.weights_dir, settings.cache_dir)
     if args.json:
         print(json.dumps([status.to_dict() for status in statuses], indent=2))
@@ -73,11 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
     from app.weights_fetch import FetchError, fetch
-    from daemon.settings import Settings
     from pipeline.models import get_spec
     from pipeline.types import UnknownModelError
 
-    settings = Settings.load(args.config, weights_dir=args.weights_dir)
+    settings = settings_from_args(args)
     try:
         specs = [get_spec(name) for name in args.names]
     except UnknownModelError as error:

@@ -1,0 +1,79 @@
+"""Command-line flags made from the one settings model (daemon.Settings).
+
+Each command lists the Settings fields it takes and calls `add_settings_flags(parser, FIELDS)`: every
+field becomes a flag named after it (`state_dir` -> `--state-dir`) with its type (a Literal gives
+choices; int, float, str, Path; a bool gives `--x` and `--no-x`) and its description as help, plus
+`--config FILE`. `settings_from_args(args)` then builds Settings with the same precedence everywhere:
+defaults < --config FILE < RESTORER_* environment < flags (a flag not given changes nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic.fields import FieldInfo
+
+from daemon import Settings
+
+# Spellings older than the generated ones; scripts use them, so they keep working.
+EXTRA_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "output_format": ("--format",),
+    "denoise_strength": ("--denoise",),
+    "faces": ("--no-face",),
+}
+# What commands that run the engine on their own (bench, eval) take.
+ENGINE_FIELDS = ("model", "backend", "precision", "tile")
+SCALAR_TYPES: dict[type, str] = {int: "N", float: "X", str: "TEXT", Path: "DIR"}  # type -> metavar
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
+    """Add `--config` and one flag per named Settings field; settings_from_args reads them back."""
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML settings file (see config/restorer.example.toml)"
+    )
+    for name in fields:
+        _add_field_flag(parser, name, Settings.model_fields[name])
+    parser.set_defaults(settings_fields=tuple(fields))
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from --config, the environment and the flags a command declared (unset ones: None)."""
+    flags = {name: getattr(args, name) for name in args.settings_fields}
+    return Settings.load(args.config, **flags)
+
+
+def _add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo) -> None:
+    kind = _without_none(field.annotation)
+    spellings = ["--" + name.replace("_", "-"), *EXTRA_SPELLINGS.get(name, ())]
+    help_text = f"{field.description} [RESTORER_{name.upper()}]"
+    if kind is bool:
+        _add_bool_flags(parser, name, spellings, help_text)
+    elif get_origin(kind) is Literal:
+        parser.add_argument(*spellings, dest=name, choices=get_args(kind), help=help_text)
+    elif kind in SCALAR_TYPES:
+        parser.add_argument(*spellings, dest=name, type=kind, metavar=SCALAR_TYPES[kind], help=help_text)
+    else:
+        raise TypeError(f"settings field {name} ({field.annotation}) has no command-line form")
+
+
+def _add_bool_flags(parser: argparse.ArgumentParser, name: str, spellings: list[str], help_text: str) -> None:
+    # Two flags on one dest, so "not given" stays None and the file or environment decides.
+    negative = [s for s in spellings if s.startswith("--no-")]
+    positive = [s for s in spellings if not s.startswith("--no-")]
+    negative.insert(0, "--no-" + positive[0].removeprefix("--"))
+    parser.add_argument(*positive, dest=name, action="store_const", const=True, help=help_text)
+    parser.add_argument(
+        *negative, dest=name, action="store_const", const=False, help=f"the opposite of {positive[0]}"
+    )
+
+
+def _without_none(annotation: Any) -> Any:
+    """`int | None` -> int; anything else unchanged."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        rest = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return rest[0] if len(rest) == 1 else annotation
+    return annotation

@@ -26,6 +26,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -366,6 +367,8 @@ def smoke(stack: Stack) -> dict[str, Any]:
 
 
 def main() -> int:
+    # A SIGTERM (a CI timeout, kill) unwinds like Ctrl-C: compose down, dockerd stopped, network restored.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     if os.geteuid() != 0:
         print("make docker-test needs root (it may start dockerd)", file=sys.stderr)
         return 2

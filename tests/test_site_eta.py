@@ -79,3 +79,33 @@ def test_a_header_that_does_not_arrive_in_time_gives_none_and_is_read_once(
     finally:
         release.set()
         store.close()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height and holds no pixels: enough for a header read."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_a_photo_above_pillows_own_bomb_limit_is_sized_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow's default refuses 200 MP in Image.open; our limit (max_input_megapixels) allows it, and
+    # the estimate reads the header without changing Pillow's process-wide setting.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
+    settings = make_settings(tmp_path)
+    settings.inbox.mkdir(parents=True)
+    (settings.inbox / "huge.png").write_bytes(_png_header_only(20_000, 10_000))
+    store = JobStore(settings.db_path)
+    job = store.add("huge.png", "h" * 64, 10, 1.0).job
+    try:
+        assert MegapixelCache(InlineExecutor()).megapixels(job, settings) == 200.0
+        assert Image.MAX_IMAGE_PIXELS == 89_478_485
+    finally:
+        store.close()

@@ -1,6 +1,6 @@
 """Command-line flags made from the one settings model (daemon.Settings).
 
-Each command lists the Settings fields it takes and calls `add_settings_flags(parser, FIELDS)`: every
+Each command lists the Settings fields it takes (`command_parser(sub, name, summary, FIELDS)`): every
 field becomes a flag named after it (`state_dir` -> `--state-dir`) with its type (a Literal gives
 choices; int, float, str, Path; a bool gives `--x` and `--no-x`) and its description as help, plus
 `--config FILE`. `settings_from_args(args)` then builds Settings with the same precedence everywhere:
@@ -28,6 +28,24 @@ EXTRA_SPELLINGS: dict[str, tuple[str, ...]] = {
 # What commands that run the engine on their own (bench, eval) take.
 ENGINE_FIELDS = ("model", "backend", "precision", "tile")
 SCALAR_TYPES: dict[type, str] = {int: "N", float: "X", str: "TEXT", Path: "DIR"}  # type -> metavar
+
+
+PRECEDENCE = "Precedence: defaults < --config FILE < RESTORER_* environment < these flags."
+
+
+def command_parser(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    fields: Sequence[str],
+    description: str = PRECEDENCE,
+) -> argparse.ArgumentParser:
+    """A subcommand's parser with the settings flags it takes (see add_settings_flags)."""
+    parser = sub.add_parser(
+        name, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_settings_flags(parser, fields)
+    return parser
 
 
 def add_settings_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:

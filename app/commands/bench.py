@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.flags import ENGINE_FIELDS, add_settings_flags, settings_from_args
+from app.flags import ENGINE_FIELDS, command_parser, settings_from_args
 
 if TYPE_CHECKING:
     from pipeline.evaluation.bench import CpuPeaks, Measurement
@@ -24,12 +24,8 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "bench",
-        help="time the SR stage, face stage and whole pipeline; cost per image from a price list",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    summary = "time the SR stage, face stage and whole pipeline; cost per image from a price list"
+    parser = command_parser(sub, "bench", summary, ENGINE_FIELDS, description=__doc__ or "")
     parser.add_argument("--sizes", default="sweep", help="sweep | seed | full | WxH,... (default sweep)")
     parser.add_argument("--stages", default="sr,faces,pipeline", help="comma list of sr, faces, pipeline")
     parser.add_argument("--prices", type=Path, default=None, help="price list TOML (default: built-in)")
@@ -37,7 +33,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", type=Path, default=None, help="photo to crop to each size")
     parser.add_argument("--cpu-ghz", type=float, default=None, help="CPU clock under load for the peak")
     parser.add_argument("--out", type=Path, default=None, help="also write bench.md and bench.json here")
-    add_settings_flags(parser, ENGINE_FIELDS)
     parser.set_defaults(run=run)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.flags import ENGINE_FIELDS, add_settings_flags, settings_from_args
+from app.flags import ENGINE_FIELDS, command_parser, settings_from_args
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,12 +23,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".h
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "eval",
-        help="measure restoration quality (PSNR-Y/SSIM-Y vs bicubic) on a folder of high-quality photos",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    summary = "measure restoration quality (PSNR-Y/SSIM-Y vs bicubic) on a folder of high-quality photos"
+    parser = command_parser(sub, "eval", summary, ENGINE_FIELDS, description=__doc__ or "")
     parser.add_argument("hr_dir", type=Path, metavar="HR_DIR", help="folder of high-quality photos")
     parser.add_argument(
         "--degradation",
@@ -38,7 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
     parser.add_argument("--faces", action="store_true", help="run face restoration too (default off)")
     parser.add_argument("--out", type=Path, default=Path("eval-results"), help="output folder")
-    add_settings_flags(parser, ENGINE_FIELDS)
     parser.set_defaults(run=run)
 
 

@@ -11,13 +11,12 @@ import json
 import sys
 from typing import Any
 
-from app.flags import add_settings_flags, settings_from_args
+from app.flags import command_parser, settings_from_args
 from daemon import STATES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("jobs", help="list, inspect, retry or cancel jobs")
-    add_settings_flags(parser, ("state_dir",))
+    parser = command_parser(sub, "jobs", "list, inspect, retry or cancel jobs", ("state_dir",))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="newest jobs first")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.flags import add_settings_flags, settings_from_args
+from app.flags import command_parser, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,12 @@ RESTORE_FIELDS = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "restore",
-        help="restore image files or folders into OUTDIR (no daemon)",
-        description="Precedence: defaults < --config FILE < RESTORER_* environment < these flags.",
+    parser = command_parser(
+        sub, "restore", "restore image files or folders into OUTDIR (no daemon)", RESTORE_FIELDS
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--report", type=Path, default=None, metavar="FILE", help="write a JSON report")
-    add_settings_flags(parser, RESTORE_FIELDS)
     parser.set_defaults(run=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from app.flags import add_settings_flags, settings_from_args
+from app.flags import command_parser, settings_from_args
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +20,8 @@ SERVE_FIELDS = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "serve",
-        help="run the watch-folder daemon (watcher, worker, status page and API)",
-        description="Precedence: defaults < --config FILE < RESTORER_* environment < these flags.",
-    )
-    add_settings_flags(parser, SERVE_FIELDS)
+    summary = "run the watch-folder daemon (watcher, worker, status page and API)"
+    parser = command_parser(sub, "serve", summary, SERVE_FIELDS)
     parser.set_defaults(run=run)
 
 

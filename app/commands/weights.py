@@ -12,27 +12,24 @@ import argparse
 import json
 import sys
 
-from app.flags import add_settings_flags, settings_from_args
+from app.flags import command_parser, settings_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "weights",
-        help="list models: available / converted / missing, source, license, what to do",
-        description="Precedence: defaults < --config FILE < RESTORER_* environment < these flags.",
-    )
-    add_settings_flags(parser, ("weights_dir", "state_dir"))
+    summary = "list models: available / converted / missing, source, license, what to do"
+    parser = command_parser(sub, "weights", summary, ("weights_dir", "state_dir"))
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.set_defaults(run=run)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
-    fetch = actions.add_parser(
+    fetch = command_parser(
+        actions,
         "fetch",
-        help="download official weight files (e.g. GFPGANv1.4) into the weights folder",
+        "download official weight files (e.g. GFPGANv1.4) into the weights folder",
+        ("weights_dir",),
         description="Download official weight files into the weights folder: progress, resume after a "
         "cut connection, sha256 checked before the file appears under its real name.",
     )
     fetch.add_argument("names", nargs="+", metavar="NAME", help="model ids, as `restorer weights` lists them")
-    add_settings_flags(fetch, ("weights_dir",))
     fetch.add_argument(
         "--mirror",
         default=None,

@@ -72,6 +72,9 @@ def _add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo
         _add_bool_flags(parser, name, spellings, help_text)
     elif get_origin(kind) is Literal:
         parser.add_argument(*spellings, dest=name, choices=get_args(kind), help=help_text)
+    elif _number_or_word(kind):  # e.g. `int | Literal["auto"]`: the settings model parses the text
+        words = "|".join(w for arg in get_args(kind) if get_origin(arg) is Literal for w in get_args(arg))
+        parser.add_argument(*spellings, dest=name, type=str, metavar=f"N|{words}", help=help_text)
     elif kind in SCALAR_TYPES:
         parser.add_argument(*spellings, dest=name, type=kind, metavar=SCALAR_TYPES[kind], help=help_text)
     else:
@@ -87,6 +90,13 @@ def _add_bool_flags(parser: argparse.ArgumentParser, name: str, spellings: list[
     parser.add_argument(
         *negative, dest=name, action="store_const", const=False, help=f"the opposite of {positive[0]}"
     )
+
+
+def _number_or_word(kind: Any) -> bool:
+    if get_origin(kind) not in (Union, types.UnionType):
+        return False
+    args = get_args(kind)
+    return int in args and all(arg is int or get_origin(arg) is Literal for arg in args)
 
 
 def _without_none(annotation: Any) -> Any:

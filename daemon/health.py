@@ -49,7 +49,12 @@ class _Health:
     worker_heartbeat_age_s: float | None = None
     worker_restarts: int = 0
     worker_error: str | None = None
-    current_job_id: int | None = None
+    current_job_id: int | None = None  # the first running job (one-worker clients); see `workers`
+    # The pool: executor "local" | "ray", one entry per slot (id, device, state, job_id, pid,
+    # heartbeat_age_s), and for Ray the cluster's state (state, address, nodes, actors, error).
+    executor: str = "local"
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    cluster: dict[str, Any] | None = None
     # Engine, as the worker reported it after warm-up.
     backend: str | None = None
     device: str | None = None
@@ -83,6 +88,11 @@ class HealthState:
         with self._lock:
             self._heartbeat = time.monotonic()
 
+    def worker_of(self, job_id: int) -> str | None:
+        """The slot running this job, if any (the API's job JSON names it)."""
+        with self._lock:
+            return next((w["id"] for w in self._state.workers if w.get("job_id") == job_id), None)
+
     def heartbeat_age(self) -> float | None:
         with self._lock:
             return None if self._heartbeat is None else time.monotonic() - self._heartbeat
@@ -112,6 +122,11 @@ class HealthState:
                 down.append("the service is stopping")
             elif not s.ready:
                 down.append(f"starting up (worker: {s.worker_state})")
+            elif s.cluster is not None and s.cluster.get("state") == "unreachable":
+                # The queue is kept and the Ray client reconnects with backoff: nothing is lost.
+                degraded.append(
+                    f"Ray cluster unreachable: {s.cluster.get('error') or s.cluster.get('address')}"
+                )
             elif not s.worker_alive:
                 down.append(f"the worker process is not running ({s.worker_error or s.worker_state})")
             if s.ready and not s.stopping:

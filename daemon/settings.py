@@ -141,6 +141,27 @@ class Settings(BaseSettings):
         None, description="TEST-ONLY: module:factory replacing the pipeline in the worker"
     )
 
+    # Executors: where jobs run. "local": `workers` worker processes on this machine ("auto": one per
+    # visible CUDA device, else 1). "ray": actors on a Ray cluster (`ray start --address` form, host:port);
+    # the daemon still owns the folders and the database and publishes every result itself.
+    executor: Literal["local", "ray"] = Field("local", description="where jobs run: local processes or Ray")
+    workers: int | Literal["auto"] = Field(
+        1, description="local worker processes; auto: one per visible CUDA device, else 1"
+    )
+    ray_address: str | None = Field(
+        None, description="the Ray head, host:port as `ray start --address` takes it"
+    )
+    ray_actors: int | Literal["auto"] = Field(
+        "auto", description="Ray actors; auto: one per GPU in the cluster, else one per node"
+    )
+    ray_num_cpus: float = Field(1.0, description="CPUs each Ray actor reserves", ge=0)
+    ray_num_gpus: float | None = Field(
+        None, description="GPUs each Ray actor reserves (unset: 1 when the cluster has GPUs)", ge=0
+    )
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources each Ray actor reserves (pins actors to nodes)"
+    )
+
     # Output files.
     output_file_mode: str = Field("0664", description="octal permissions of published outputs")
     output_group: str | None = Field(None, description="group given to published outputs")
@@ -199,6 +220,28 @@ class Settings(BaseSettings):
         if not 0 <= mode <= 0o777:
             raise ValueError(f"output_file_mode {value!r} is outside 0000..0777")
         return value
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("workers must be 1 or more, or 'auto'")
+        return value
+
+    @field_validator("ray_actors")
+    @classmethod
+    def _positive_actors(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("ray_actors must be 1 or more, or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _ray_needs_an_address(self) -> Settings:
+        if self.executor == "ray" and not self.ray_address:
+            raise ValueError(
+                "executor = 'ray' needs ray_address: the head's host:port, as `ray start --address` takes it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _distinct_folders(self) -> Settings:

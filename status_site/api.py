@@ -55,8 +55,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 # -- job representation ------------------------------------------------------------------------------
 
 
-def job_json(job: Job, position: int | None, eta: float | None) -> dict[str, Any]:
-    """A job as the API shows it; paths are relative to their folders, never absolute."""
+def job_json(job: Job, position: int | None, eta: float | None, worker: str | None = None) -> dict[str, Any]:
+    """A job as the API shows it; paths are relative to their folders, never absolute. `worker`: the
+    pool slot running it (health's `workers` says where that is)."""
     data = job.to_dict()
     report = job.report or None
     base = f"{API_PREFIX}/jobs/{job.id}"
@@ -72,6 +73,7 @@ def job_json(job: Job, position: int | None, eta: float | None) -> dict[str, Any
         "progress": round(float(job.progress or 0.0), 4),
         "queue_position": position,
         "eta_seconds": eta,
+        "worker": worker if job.state == "processing" else None,
         "attempts": job.attempts,
         "priority": job.priority,
         "preset": job.preset,
@@ -125,7 +127,7 @@ def _job_detail(ctx: SiteContext, job_id: int) -> dict[str, Any]:
     if place.position is not None and place.ahead:
         extra = max(0, place.position - sum(1 for j in place.ahead if j.state == "queued"))
         eta = ctx.estimator.estimate(place.ahead, extra_ahead=extra).get(job_id)
-    return job_json(place.job, place.position, eta)
+    return job_json(place.job, place.position, eta, ctx.health.worker_of(job_id))
 
 
 # -- handlers ----------------------------------------------------------------------------------------
@@ -202,7 +204,9 @@ async def list_jobs(request: web.Request) -> web.Response:
             jobs, next_cursor = page.jobs, page.next_cursor
         placed = _place_in_queue(ctx, jobs)
         return {
-            "jobs": [job_json(job, *placed.get(job.id, (None, None))) for job in jobs],
+            "jobs": [
+                job_json(job, *placed.get(job.id, (None, None)), ctx.health.worker_of(job.id)) for job in jobs
+            ],
             "next": next_cursor,
         }
 

@@ -63,6 +63,30 @@ SCHEMAS: dict[str, Any] = {
             "outbox_free_bytes": _nullable(_INT),
             "worker_alive": _BOOL,
             "worker_state": _STR,
+            "executor": {"enum": ["local", "ray"]},
+            "workers": {
+                "type": "array",
+                "description": "one entry per worker slot (a local process, or a Ray actor)",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "device", "state", "job_id"],
+                    "properties": {
+                        "id": _STR,
+                        "device": _STR,
+                        "state": _STR,
+                        "job_id": _nullable(_INT),
+                        "pid": _nullable(_INT),
+                        "heartbeat_age_s": _nullable(_NUM),
+                    },
+                },
+            },
+            "cluster": _nullable(
+                {
+                    "type": "object",
+                    "description": "executor ray: state (connected|unreachable), address, nodes, actors",
+                    "additionalProperties": True,
+                }
+            ),
             "backend": _nullable(_STR),
             "device": _nullable(_STR),
             "precision": _nullable(_STR),
@@ -177,6 +201,12 @@ SCHEMAS: dict[str, Any] = {
             ),
             "eta_seconds": _nullable(
                 {"type": "number", "minimum": 0, "description": "seconds until done; null when not estimable"}
+            ),
+            "worker": _nullable(
+                {
+                    "type": "string",
+                    "description": "the worker slot running it (health.workers); null when not running",
+                }
             ),
             "attempts": _INT,
             "priority": _INT,

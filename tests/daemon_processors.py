@@ -45,7 +45,9 @@ class CopyProcessor:
                 if on_progress is not None:
                     on_progress("upscale", step + 1, steps)
         fmt = "png" if data.startswith(b"\x89PNG") else "jpg" if data.startswith(b"\xff\xd8") else "bin"
-        return Processed(data, fmt, {"backend": "copy", "device": "cpu", "seconds": 0.0})
+        # Where it ran, so pool tests can see which worker process (and which GPU id) took the job.
+        where = {"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        return Processed(data, fmt, {"backend": "copy", "device": "cpu", "seconds": 0.0, **where})
 
     def extension(self, fmt: str) -> str:
         return f".{fmt}"

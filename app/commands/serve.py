@@ -16,6 +16,7 @@ SERVE_FIELDS = (
     *("watch_mode", "poll_seconds", "rescan_seconds", "stability_seconds", "duplicate_content"),
     *("max_attempts", "originals", "hang_seconds", "stop_grace_seconds"),
     *("model", "backend", "device", "precision"),
+    *("executor", "workers", "ray_address", "ray_actors"),
 )
 
 

@@ -320,7 +320,15 @@ function renderHealth(health) {
   $("health-title").textContent = titles[status] || `Status: ${status}`;
   $("health-reasons").replaceChildren(...(health.reasons || []).map((reason) => el("li", { text: reason })));
   const facts = [];
-  if (health.worker_state) facts.push(`worker ${health.worker_state}`);
+  // health.workers: one entry per worker slot (a local process or a Ray actor); health.cluster for Ray.
+  const workers = health.workers || [];
+  if (workers.length > 1 || health.executor === "ray") {
+    const states = workers.map((w) => `${w.id} ${w.state}${w.job_id ? ` (job ${w.job_id})` : ""} on ${w.device}`);
+    facts.push(`executor ${health.executor || "local"}: ${states.join(", ") || "no workers yet"}`);
+  } else if (health.worker_state) {
+    facts.push(`worker ${health.worker_state}`);
+  }
+  if (health.cluster) facts.push(`Ray cluster ${health.cluster.address || ""} ${health.cluster.state}${health.cluster.nodes ? `, ${health.cluster.nodes} node(s)` : ""}`);
   if (health.backend) facts.push(`engine ${health.backend} on ${health.device || "?"} (${health.precision || "?"})`);
   if (health.watch_mode) facts.push(`inbox watched (${health.watch_mode})`);
   if (typeof health.outbox_free_bytes === "number") facts.push(`outbox free ${formatBytes(health.outbox_free_bytes)}`);
@@ -411,6 +419,7 @@ function jobButton(job, label, action) {
   });
 }
 
+// Every running job (one per worker), each with the worker that runs it.
 function renderCurrent(processing) {
   const box = $("current");
   if (processing.length === 0) {
@@ -418,20 +427,30 @@ function renderCurrent(processing) {
     if (!box.querySelector("p.muted")) box.replaceChildren(el("p", { class: "muted", text: "Nothing is being restored right now." }));
     return;
   }
-  const job = processing[0];
-  const percent = Math.round((job.progress || 0) * 100);
-  const eta = job.eta_seconds !== null && job.eta_seconds !== undefined ? formatDuration(job.eta_seconds) : "estimating…";
-  const signature = [job.id, job.stage, percent, eta, job.cancel_requested, canWrite()].join("|");
+  const etaOf = (job) => (job.eta_seconds !== null && job.eta_seconds !== undefined ? formatDuration(job.eta_seconds) : "estimating…");
+  const signature = processing
+    .map((job) => [job.id, job.stage, Math.round((job.progress || 0) * 100), etaOf(job), job.cancel_requested, job.worker].join("|"))
+    .join(";") + String(canWrite());
   if (box.dataset.signature === signature) return;
   box.dataset.signature = signature;
-  const hadFocus = box.contains(document.activeElement);
-  let thumb = box.querySelector("img");
-  if (!thumb || thumb.dataset.id !== String(job.id)) {
+  const focusedId = box.contains(document.activeElement) && document.activeElement.closest("[data-id]")?.dataset.id;
+  const thumbs = new Map([...box.querySelectorAll("img[data-id]")].map((img) => [img.dataset.id, img]));
+  box.replaceChildren(...processing.map((job) => currentJob(job, etaOf(job), thumbs.get(String(job.id)))));
+  const button = focusedId && box.querySelector(`[data-id="${focusedId}"] button`);
+  if (button) button.focus();
+}
+
+function currentJob(job, eta, thumb) {
+  const percent = Math.round((job.progress || 0) * 100);
+  if (!thumb) {
     thumb = el("img", { alt: "", "data-id": job.id });
     thumb.addEventListener("error", () => (thumb.style.visibility = "hidden"));
     showImage(thumb, `${API}/jobs/${job.id}/input?max=${THUMB_MAX}`);
   }
-  box.replaceChildren(
+  const where = job.worker ? ` · worker ${job.worker}` : "";
+  return el(
+    "div",
+    { class: "current-job", "data-id": job.id },
     thumb,
     el(
       "div",
@@ -439,14 +458,12 @@ function renderCurrent(processing) {
       el("div", { class: "name", text: jobName(job) }),
       el("div", { class: "muted", text: `Stage: ${job.stage || "starting"} · ${percent}% · time left ${eta}` }),
       el("progress", { max: 100, value: percent, "aria-label": `Progress of ${jobName(job)}` }),
-      el("div", { class: "muted", text: `Started ${formatTime(job.started_at)} · attempt ${job.attempts || 1}` }),
+      el("div", { class: "muted", text: `Started ${formatTime(job.started_at)} · attempt ${job.attempts || 1}${where}` }),
       job.cancel_requested
         ? el("div", { class: "muted", text: "Cancel requested: the worker stops at the next step." })
         : jobButton(job, "Cancel", "cancel"),
     ),
   );
-  const button = box.querySelector("button");
-  if (hadFocus && button) button.focus();
 }
 
 // Replace a list's children only when the content changed, so focus and scroll survive each poll.

@@ -1,0 +1,143 @@
+"""The worker pool (daemon/workers.py): `workers = N` local worker processes under `restorer serve`.
+
+Real service, store, watcher, worker processes and HTTP servers; the pipeline stage is the copy test
+processor (tests/daemon_processors.py), whose SLOW<s> inputs hold a worker for <s> seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.settings import Settings
+from daemon.store import Job, JobStore
+from daemon.workers import visible_cuda_devices, worker_devices
+from tests.daemon_support import ServeProcess, files_under, wait_for
+
+
+def test_visible_cuda_devices_follow_cuda_visible_devices_else_the_driver(tmp_path: Path) -> None:
+    gpus = tmp_path / "gpus"
+    gpus.mkdir()
+    for bus in ("0000:01:00.0", "0000:02:00.0"):
+        (gpus / bus).mkdir()
+    assert visible_cuda_devices({}, gpus) == ["0", "1"]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "2,3,1"}, gpus) == ["2", "3", "1"]
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": ""}, gpus) == []
+    assert visible_cuda_devices({"CUDA_VISIBLE_DEVICES": "0,-1,1"}, gpus) == ["0"]  # CUDA stops at -1
+    assert visible_cuda_devices({}, tmp_path / "no-driver") == []
+
+
+def test_worker_devices_one_per_gpu_for_auto_else_round_robin_or_cpu() -> None:
+    gpus = {"CUDA_VISIBLE_DEVICES": "4,7"}
+    assert worker_devices(Settings(workers="auto"), gpus) == ["4", "7"]
+    assert worker_devices(Settings(workers=3), gpus) == ["4", "7", "4"]
+    assert worker_devices(Settings(workers="auto", device="cpu"), gpus) == [None]
+    assert worker_devices(Settings(workers="auto"), {"CUDA_VISIBLE_DEVICES": ""}) == [None]
+    assert worker_devices(Settings(workers=2), {"CUDA_VISIBLE_DEVICES": ""}) == [None, None]
+    with pytest.raises(ValueError, match="workers must be 1 or more"):
+        Settings(workers=0)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    for name in ("inbox", "outbox", "failed", "archive", "state"):
+        (tmp_path / name).mkdir()
+    yield tmp_path
+
+
+@pytest.fixture
+def serves() -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for serve in started:
+        serve.cleanup()
+
+
+def start(
+    serves: list[ServeProcess], root: Path, *extra: str, env: dict[str, str] | None = None
+) -> ServeProcess:
+    serve = ServeProcess(root, env, *extra)
+    serves.append(serve)
+    serve.wait_ready()
+    return serve
+
+
+def jobs(root: Path) -> list[Job]:
+    store = JobStore(root / "state" / "jobs.sqlite3")
+    try:
+        return store.list(limit=2000, order="asc").jobs
+    finally:
+        store.close()
+
+
+def api(serve: ServeProcess, path: str) -> Any:
+    url = f"http://127.0.0.1:{serve.api_port()}/api/v1{path}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def drop_in_order(root: Path, names: list[str], data: bytes) -> None:
+    """One file at a time, each after the previous became a job, so arrival order is the name order."""
+    for count, name in enumerate(names, start=1):
+        (root / "inbox" / name).write_bytes(data + name.encode())
+        wait_for(lambda count=count: len(jobs(root)) == count)
+
+
+def test_two_workers_run_two_jobs_at_once_and_claim_in_arrival_order(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    # CUDA_VISIBLE_DEVICES as on a two-GPU box: `auto` gives one worker per device, each seeing only its own.
+    serve = start(serves, root, "--workers", "auto", env={"CUDA_VISIBLE_DEVICES": "3,5"})
+    health = serve.health()
+    assert [(w["id"], w["device"], w["state"]) for w in health["workers"]] == [
+        ("w1", "cuda:3", "idle"),
+        ("w2", "cuda:5", "idle"),
+    ]
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    drop_in_order(root, names, b"SLOW1.5|")
+    running = wait_for(lambda: (r := api(serve, "/jobs?state=processing")["jobs"]) and len(r) == 2 and r)
+    assert sorted(job["worker"] for job in running) == ["w1", "w2"]  # each running job names its worker
+    wait_for(lambda: [j.state for j in jobs(root)] == ["done"] * 5, timeout=60)
+    done = jobs(root)
+    assert [
+        j.input_path for j in sorted(done, key=lambda j: j.started_at)
+    ] == names  # claimed in arrival order
+    assert all(j.attempts == 1 for j in done)
+    overlap = [a for a, b in itertools.pairwise(done) if b.started_at < a.finished_at]
+    assert overlap, "no two jobs ever ran at the same time"
+    pids = {j.report["pid"] for j in done}
+    assert len(pids) == 2 and pids == {w["pid"] for w in serve.health()["workers"]}
+    # Each worker process had its own device in its environment before it loaded anything.
+    assert {j.report["cuda_visible_devices"] for j in done} == {"3", "5"}
+    assert files_under(root / "outbox") == ["a.bin", "b.bin", "c.bin", "d.bin", "e.bin"]
+    assert serve.terminate() == 0
+
+
+def test_sigkill_of_one_worker_requeues_only_its_job(root: Path, serves: list[ServeProcess]) -> None:
+    serve = start(serves, root, "--workers", "2")
+    drop_in_order(root, ["first.jpg", "second.jpg"], b"SLOW3|")
+    workers = wait_for(
+        lambda: (ws := serve.health()["workers"]) and all(w["state"] == "busy" for w in ws) and ws
+    )
+    victim = next(w for w in workers if w["id"] == "w2")
+    survivor = next(w for w in workers if w["id"] == "w1")
+    wait_for(lambda: all(j.progress > 0 for j in jobs(root)))
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_for(lambda: [j.state for j in jobs(root)] == ["done", "done"], timeout=60)
+    by_id = {j.id: j for j in jobs(root)}
+    assert by_id[victim["job_id"]].attempts == 2  # the killed worker's job ran again
+    assert by_id[survivor["job_id"]].attempts == 1  # the other worker's job was never touched
+    assert files_under(root / "outbox") == ["first.bin", "second.bin"]
+    health = serve.health()
+    assert health["worker_restarts"] == 1 and health["status"] == "ok"
+    assert {w["id"] for w in health["workers"] if w["pid"] != victim["pid"]} == {"w1", "w2"}  # replaced
+    assert "w2 exited (code -9)" in serve.output()
+    assert serve.terminate() == 0

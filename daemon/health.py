@@ -140,6 +140,9 @@ class HealthState:
                     degraded.append(f"the outbox is not writable: {s.outbox_error}")
                 if s.intake_paused:
                     degraded.append(f"intake is paused: {s.intake_paused_reason}")
+                connected = s.cluster is not None and s.cluster.get("state") == "connected"
+                if connected and s.workers and all(w.get("state") == "waiting" for w in s.workers):
+                    degraded.append("no Ray node has room for a restore actor (check the nodes' resources)")
         if down:
             return "down", down + degraded
         return ("degraded", degraded) if degraded else ("ok", [])

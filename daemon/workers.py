@@ -109,7 +109,7 @@ class Slot:
     device: str  # "cpu", "cuda:0", or for Ray the actor's node
     state: str = "starting"  # starting | loading models | idle | busy | restarting | stopped | waiting
     job_id: int | None = None
-    pid: int | None = None
+    pid: int | None = None  # the worker process; for Ray the actor's process on the host in `device`
     beat: float | None = None  # time.monotonic() of its last sign of life
 
     def to_dict(self, now: float) -> dict[str, Any]:
@@ -141,6 +141,9 @@ class WorkerProcess:
     crashes_without_job: int = 0
     restart_at: float | None = None
     engine: dict[str, Any] = field(default_factory=dict)
+    # A local worker is ready once its models are loaded. The Ray client is ready as soon as it runs:
+    # the service must start (and keep its queue) while the cluster is away; its slots report later.
+    waits_for_ready: bool = True
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -187,7 +190,14 @@ class WorkerPool:
             from daemon.ray_executor import ray_client_main
 
             # The Ray client announces its slots (one per actor) once it knows the cluster.
-            return [WorkerProcess("ray-client", ray_client_main, {}, {})]
+            engine = {
+                "backend": "ray",
+                "device": "cluster",
+                "reason": f"Ray actors at {self.settings.ray_address}",
+            }
+            return [
+                WorkerProcess("ray-client", ray_client_main, {}, {}, engine=engine, waits_for_ready=False)
+            ]
         processes = []
         for index, device in enumerate(worker_devices(self.settings, environ), start=1):
             name = f"w{index}"
@@ -225,13 +235,14 @@ class WorkerPool:
         )
         process.start()
         child.close()
-        worker.process, worker.conn, worker.ready = process, parent, False
+        worker.process, worker.conn, worker.ready = process, parent, not worker.waits_for_ready
         worker.beat = time.monotonic()
         worker.error = None
         for slot in worker.slots.values():
             slot.state, slot.job_id, slot.pid, slot.beat = "loading models", None, process.pid, worker.beat
         asyncio.get_running_loop().add_reader(parent.fileno(), self._on_readable, worker)
         log.info("worker %s started (pid %d)", worker.name, process.pid)
+        self._maybe_started()
         self._publish()
 
     def _on_readable(self, worker: WorkerProcess) -> None:
@@ -258,15 +269,31 @@ class WorkerPool:
         kind = message[0]
         if kind == "slot":
             self._on_slot_message(worker, message[1], message[2], now)
-        elif kind == "slots":  # the Ray client's slots, as (id, device) pairs
-            worker.slots = {slot_id: Slot(slot_id, device) for slot_id, device in message[1]}
-            for slot in worker.slots.values():
-                slot.pid, slot.beat, slot.state = worker.process.pid, now, "idle"
+        elif kind == "slots":  # the Ray client's slots, as (id, device) pairs; known ones are kept
+            slots = {}
+            for slot_id, device in message[1]:
+                slots[slot_id] = worker.slots.get(slot_id) or Slot(slot_id, device, state="loading models")
+                slots[slot_id].pid, slots[slot_id].beat = worker.process.pid, now
+            worker.slots = slots
         elif kind == "cluster":
-            self.cluster = {"state": message[1], **message[2]}
+            self._on_cluster(worker, message[1], message[2])
         else:
             only = next(iter(worker.slots.values()), None)
             self._on_slot_message(worker, only.id if only else None, message, now)
+
+    def _on_cluster(self, worker: WorkerProcess, state: str, details: dict[str, Any]) -> None:
+        was = self.cluster.get("state") if self.cluster else None
+        if state == "connecting" and was == "unreachable":
+            return  # still unreachable until it actually connects: no flicker to "ok" on each retry
+        if state == "connected":
+            worker.crashes_without_job = 0
+            if was != "connected":
+                log.info(
+                    "Ray cluster at %s connected (%s node(s))", details.get("address"), details.get("nodes")
+                )
+        elif state == "unreachable" and was != "unreachable":
+            log.error("Ray cluster unreachable: %s", details.get("error"))
+        self.cluster = {"state": state, **details}
 
     def _on_slot_message(
         self, worker: WorkerProcess, slot_id: str | None, message: tuple[Any, ...], now: float
@@ -293,6 +320,9 @@ class WorkerPool:
                 self.health.set_engine({**report, "reason": report.get("backend_reason")})
         elif kind == "waiting" and slot is not None:  # a Ray slot without a live actor
             slot.state, slot.job_id = "waiting", None
+        elif kind == "placed" and slot is not None:  # a Ray slot's actor loaded its models on a node
+            slot.state, slot.device = "idle", str(message[1])
+            slot.pid = message[2].get("pid")  # the actor's process, on the host named in device
         elif kind == "disk_full":
             self.on_disk_full(int(message[2]), str(message[3]))
 
@@ -375,12 +405,18 @@ class WorkerPool:
         now = time.monotonic()
         for worker in self._processes:
             if not worker.alive():
+                if self._waiting_for_cluster(worker):
+                    continue  # a lost Ray head is not ours to fix by restarting: reconnecting with backoff
                 return False
             if not worker.ready:
                 return not self.health.get("ready")  # first start: READY=1 itself waits for the models
             if now - worker.beat >= self.settings.hang_seconds:
                 return False
         return True
+
+    def _waiting_for_cluster(self, worker: WorkerProcess) -> bool:
+        unreachable = self.cluster is not None and self.cluster.get("state") == "unreachable"
+        return not worker.waits_for_ready and unreachable and worker.restart_at is not None
 
     def slots(self) -> list[Slot]:
         return [slot for worker in self._processes for slot in worker.slots.values()]

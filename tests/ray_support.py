@@ -104,20 +104,34 @@ class RayCluster:
     def start_head(self, num_cpus: int = 2, resources: str | None = None) -> RayNode:
         args = ["--head", f"--port={self.port}", "--include-dashboard=false"]
         args.append("--node-ip-address=127.0.0.1")
-        node = self._start("head", [*args, f"--num-cpus={num_cpus}"], resources)
+        node = self._start_with_retries("head", [*args, f"--num-cpus={num_cpus}"], resources, 1)
         if self.nodes:
             self.nodes[0] = node  # a restarted head replaces the old one
         else:
             self.nodes.append(node)
-        self.wait_for_nodes(1)
         return node
 
     def add_node(self, num_cpus: int = 2, resources: str | None = None) -> RayNode:
         args = [f"--address={self.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}"]
-        node = self._start(f"node{len(self.nodes)}", args, resources)
+        expected = 1 + sum(1 for n in self.nodes if n.alive())
+        node = self._start_with_retries(f"node{len(self.nodes)}", args, resources, expected)
         self.nodes.append(node)
-        self.wait_for_nodes(sum(1 for n in self.nodes if n.alive()))
         return node
+
+    def _start_with_retries(
+        self, name: str, args: list[str], resources: str | None, expected: int
+    ) -> RayNode:
+        # Ray gives a starting raylet a fixed 30 s to register; on a loaded 2-core box that can run out.
+        for attempt in range(3):
+            node = self._start(name, args, resources)
+            try:
+                self.wait_for_nodes(expected, node)
+                return node
+            except (RuntimeError, TimeoutError):
+                node.kill()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _start(self, name: str, args: list[str], resources: str | None) -> RayNode:
         # A short temp dir: Ray's socket paths must fit in 107 bytes.
@@ -136,11 +150,11 @@ class RayCluster:
             )
         return RayNode(proc, temp_dir, log_path)
 
-    def wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
+    def wait_for_nodes(self, count: int, starting: RayNode | None = None, timeout: float = 90.0) -> None:
         """Until `ray status` (a read-only query) lists `count` live nodes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for node in self.nodes:
+            for node in [starting] if starting else self.nodes:
                 if not node.alive():
                     raise RuntimeError(f"a Ray node exited:\n{node.log_path.read_text()[-3000:]}")
             if self.live_nodes() >= count:

@@ -1,0 +1,153 @@
+"""executor = "ray" under `restorer serve`, on a real local Ray cluster (tests/ray_support.py).
+
+The daemon (store, watcher, publish, HTTP) is real; its Ray client runs in a supervised child process
+and each actor runs the copy test processor (tests/daemon_processors.py) on a Ray node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.store import Job, JobStore
+from tests.daemon_support import ServeProcess, files_under, wait_for
+from tests.ray_support import RAY_ENV, RayCluster
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    for name in ("inbox", "outbox", "failed", "archive", "state"):
+        (tmp_path / name).mkdir()
+    yield tmp_path
+
+
+@pytest.fixture
+def serves() -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for serve in started:
+        serve.cleanup()
+
+
+def serve_on(serves: list[ServeProcess], root: Path, cluster: RayCluster, **env: str) -> ServeProcess:
+    settings = {"RESTORER_RAY_NUM_CPUS": "0.5", **env}
+    serve = ServeProcess(root, {**RAY_ENV, **settings}, "--executor", "ray", "--ray-address", cluster.address)
+    serves.append(serve)
+    serve.wait_ready()
+    return serve
+
+
+def jobs(root: Path) -> list[Job]:
+    store = JobStore(root / "state" / "jobs.sqlite3")
+    try:
+        return store.list(limit=2000, order="asc").jobs
+    finally:
+        store.close()
+
+
+def api(serve: ServeProcess, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{serve.api_port()}/api/v1{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def health(serve: ServeProcess) -> dict[str, Any]:
+    """The health document, also when it answers 503 (status down)."""
+    try:
+        return serve.health()
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def placed_workers(serve: ServeProcess, count: int) -> list[dict[str, Any]]:
+    def placed() -> list[dict[str, Any]] | None:
+        workers = serve.health()["workers"]
+        return workers if len(workers) == count and all(w["state"] == "idle" for w in workers) else None
+
+    return wait_for(placed, timeout=90)
+
+
+def test_jobs_flow_through_ray_actors_on_two_nodes(
+    root: Path, serves: list[ServeProcess], ray_cluster: RayCluster
+) -> None:
+    serve = serve_on(serves, root, ray_cluster, RESTORER_RAY_ACTORS="2")
+    workers = placed_workers(serve, 2)
+    assert {w["id"] for w in workers} == {"r1", "r2"} and all(w["device"].startswith("ray ") for w in workers)
+    health = serve.health()
+    assert health["executor"] == "ray" and health["status"] == "ok"
+    assert health["cluster"]["state"] == "connected" and health["cluster"]["nodes"] == 2
+    for n in range(6):
+        (root / "inbox" / f"photo{n}.jpg").write_bytes(b"SLOW0.6|" + f"photo {n}".encode())
+    (root / "inbox" / "broken.jpg").write_bytes(b"BAD bytes")
+    running = wait_for(lambda: (r := api(serve, "/jobs?state=processing")["jobs"]) and r, timeout=60)
+    assert all(job["worker"] in ("r1", "r2") for job in running)
+    wait_for(lambda: sorted(j.state for j in jobs(root)) == ["done"] * 6 + ["failed"], timeout=90)
+    done = [j for j in jobs(root) if j.state == "done"]
+    assert all(j.attempts == 1 for j in done)
+    assert {j.report["pid"] for j in done} <= {w["pid"] for w in workers}  # actors' processes did the work
+    assert files_under(root / "outbox") == [f"photo{n}.bin" for n in range(6)]
+    assert (root / "outbox" / "photo3.bin").read_bytes() == b"SLOW0.6|photo 3"
+    broken = next(j for j in jobs(root) if j.state == "failed")
+    assert broken.failure_kind == "bad-input" and broken.error.startswith(
+        "the image data stops after 3 bytes"
+    )
+    assert files_under(root / "failed") == ["broken.jpg", "broken.jpg.error.txt"]
+    assert serve.terminate() == 0
+
+
+def test_sigkill_of_an_actor_mid_job_requeues_it_and_it_completes_exactly_once(
+    root: Path, serves: list[ServeProcess], ray_cluster: RayCluster
+) -> None:
+    serve = serve_on(serves, root, ray_cluster, RESTORER_RAY_ACTORS="1")
+    [worker] = placed_workers(serve, 1)
+    (root / "inbox" / "long.jpg").write_bytes(b"SLOW3|killed mid-job")
+    wait_for(lambda: (js := jobs(root)) and js[0].state == "processing" and js[0].progress > 0, timeout=60)
+    os.kill(worker["pid"], signal.SIGKILL)
+    wait_for(lambda: [j.state for j in jobs(root)] == ["done"], timeout=120)
+    job = jobs(root)[0]
+    assert job.attempts == 2 and "Actor" in (job.note or ""), job.note  # why attempt 1 failed
+    assert files_under(root / "outbox") == ["long.bin"]  # published exactly once
+    [replacement] = placed_workers(serve, 1)
+    assert replacement["pid"] != worker["pid"]  # the pool refilled
+    assert serve.health()["status"] == "ok"
+    assert serve.terminate() == 0
+
+
+def test_lost_head_degrades_health_keeps_the_queue_and_drains_it_once_the_head_returns(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    cluster = RayCluster()
+    try:
+        cluster.start_head(num_cpus=2)
+        serve = serve_on(serves, root, cluster, RESTORER_RAY_ACTORS="1", RESTORER_MAX_ATTEMPTS="5")
+        placed_workers(serve, 1)
+        (root / "inbox" / "running.jpg").write_bytes(b"SLOW2|running when the head dies")
+        wait_for(lambda: [j.state for j in jobs(root)] == ["processing"], timeout=60)
+        for n in range(3):
+            (root / "inbox" / f"queued{n}.jpg").write_bytes(f"waiting {n}".encode())
+        wait_for(lambda: len(jobs(root)) == 4)
+        cluster.kill_head()
+        degraded = wait_for(lambda: (h := health(serve))["status"] == "degraded" and h, timeout=90)
+        assert any(r.startswith("Ray cluster unreachable") for r in degraded["reasons"])
+        assert serve.proc.poll() is None  # the daemon stays up
+        assert files_under(root / "outbox") == []
+        assert sorted(j.state for j in jobs(root)) == ["queued"] * 4  # nothing lost, nothing failed
+        cluster.start_head(num_cpus=2)  # the same address again
+        wait_for(lambda: [j.state for j in jobs(root)] == ["done"] * 4, timeout=180)
+        assert files_under(root / "outbox") == ["queued0.bin", "queued1.bin", "queued2.bin", "running.bin"]
+        wait_for(lambda: health(serve)["status"] == "ok", timeout=30)
+        assert serve.terminate() == 0
+    finally:
+        for serve in serves:
+            serve.cleanup()
+        cluster.stop()
+        assert cluster.pids() == []

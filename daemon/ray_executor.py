@@ -230,6 +230,7 @@ class ActorSlot(threading.Thread):
             resources=resources.resources or None,
             max_concurrency=2,  # process() plus progress()/cancel() polls
             max_restarts=0,  # a dead actor is replaced here, after its job went back to the queue
+            scheduling_strategy="SPREAD",  # across boxes: one switched off costs as few actors as possible
         )
         actor = actor_class.remote(client.settings_json)
         while not client.stop.is_set():

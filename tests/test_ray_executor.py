@@ -50,7 +50,7 @@ def serve_on(serves: list[ServeProcess], root: Path, cluster: RayCluster, **env:
 def jobs(root: Path) -> list[Job]:
     store = JobStore(root / "state" / "jobs.sqlite3")
     try:
-        return store.list(limit=2000, order="asc").jobs
+        return store.list(limit=2000, order="oldest").jobs
     finally:
         store.close()
 

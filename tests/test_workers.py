@@ -73,7 +73,7 @@ def start(
 def jobs(root: Path) -> list[Job]:
     store = JobStore(root / "state" / "jobs.sqlite3")
     try:
-        return store.list(limit=2000, order="asc").jobs
+        return store.list(limit=2000, order="oldest").jobs
     finally:
         store.close()
 

@@ -39,6 +39,8 @@ from daemon.worker import CRASH_ADVICE, move_to_failed, spawn_context, worker_ma
 log = logging.getLogger(__name__)
 
 MAX_RESTART_DELAY = 30.0
+# Reconnecting to a lost Ray head is a TCP probe: cheap, so try more often than a crashing local worker.
+MAX_RECONNECT_DELAY = 10.0
 NVIDIA_GPUS_DIR = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver sees
 
 WorkerTarget = Callable[..., None]
@@ -377,7 +379,8 @@ class WorkerPool:
             delay = 0.0
         else:
             worker.crashes_without_job += 1  # dying without a job: back off (e.g. broken GPU driver)
-            delay = min(MAX_RESTART_DELAY, 2.0**worker.crashes_without_job)
+            cap = MAX_RESTART_DELAY if worker.waits_for_ready else MAX_RECONNECT_DELAY
+            delay = min(cap, 2.0**worker.crashes_without_job)
         worker.restart_at = time.monotonic() + delay
         self._fail_start(f"the worker could not start: {why}")
 

@@ -20,7 +20,7 @@ The composition root (app/) wires these together and may reach behind this surfa
 
 from daemon.health import HealthState
 from daemon.names import safe_file_name
-from daemon.publish import DiskFullError, publish_bytes
+from daemon.publish import DiskFullError, publish_bytes, publish_file
 from daemon.readmodel import (
     STATES,
     Job,
@@ -52,6 +52,7 @@ __all__ = [
     "Settings",
     "StoreError",
     "publish_bytes",
+    "publish_file",
     "queue_positions",
     "safe_file_name",
 ]

@@ -21,12 +21,14 @@ import grp
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from daemon.names import NAME_MAX_BYTES, safe_file_name, split_extension
 
 TEMP_PREFIX = ".restorer-tmp-"
+COPY_CHUNK = 1024 * 1024
 _NO_HARDLINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -146,16 +148,37 @@ def _link_no_overwrite(temp: Path, dest_dir: Path, name: str) -> Path:
 
 def publish_bytes(data: bytes, dest_dir: Path, name: str, mode: int, group: str | None) -> Path:
     """Atomically create dest_dir/name (or a free variant) holding `data`; return its path."""
+    return _publish(dest_dir, name, mode, group, len(data), lambda fd: _write_all(fd, data))
+
+
+def publish_file(source: BinaryIO, dest_dir: Path, name: str, mode: int, group: str | None) -> Path:
+    """publish_bytes for data too big to hold in memory (an upload spooled to disk), copied in chunks."""
+
+    def copy(fd: int) -> None:
+        source.seek(0)
+        while chunk := source.read(COPY_CHUNK):
+            _write_all(fd, chunk)
+
+    return _publish(dest_dir, name, mode, group, os.fstat(source.fileno()).st_size, copy)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _publish(
+    dest_dir: Path, name: str, mode: int, group: str | None, size: int, write: Callable[[int], None]
+) -> Path:
     gid = resolve_group(group)
     ensure_dir(dest_dir, mode, gid)
     temp = _temp_path(dest_dir)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write(fd)
             os.fsync(fd)
             os.fchmod(fd, mode)  # after writing: the umask never applies to fchmod
             if gid is not None:
@@ -168,7 +191,7 @@ def publish_bytes(data: bytes, dest_dir: Path, name: str, mode: int, group: str 
     except OSError as exc:
         _remove_quietly(temp)
         if exc.errno in _DISK_FULL:
-            raise _disk_full(exc, dest_dir, len(data)) from exc
+            raise _disk_full(exc, dest_dir, size) from exc
         raise
     except BaseException:
         _remove_quietly(temp)

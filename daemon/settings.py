@@ -105,6 +105,16 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API")
     upload_max_bytes: int = Field(200 * 1024 * 1024, description="largest upload per file, in bytes", gt=0)
     upload_max_files: int = Field(50, description="most files per upload request", gt=0)
+    http_idle_seconds: float = Field(
+        15.0,
+        description="a connection with no complete request header this long after connecting or after its "
+        "last answer is closed (idle keep-alive, slow 'slowloris' headers)",
+        gt=0,
+    )
+    http_max_connections: int = Field(512, description="open connections per port, in all", ge=1)
+    http_max_connections_per_client: int = Field(
+        64, description="open connections per port from one client address", ge=1
+    )
 
     # Intake.
     watch_mode: Literal["auto", "native", "polling"] = Field(

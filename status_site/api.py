@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -50,6 +51,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(
         text=json.dumps(data, default=str), status=status, content_type="application/json", headers=merged
     )
+
+
+async def _cached_json(ctx: SiteContext, key: str, work: Callable[[], Any]) -> web.Response:
+    """work() in the database pool, encoded there too, shared through the response cache."""
+    text = await ctx.responses.get(key, lambda: ctx.run(lambda: json.dumps(work(), default=str)))
+    return web.Response(text=text, content_type="application/json", headers=NO_STORE)
 
 
 # -- job representation ------------------------------------------------------------------------------
@@ -210,11 +217,12 @@ async def list_jobs(request: web.Request) -> web.Response:
             "next": next_cursor,
         }
 
+    # Keyed on the parsed parameters: other query strings for the same answer share one entry.
+    key = f"list:{order}:{','.join(sorted(set(states)))}:{limit}:{query.get('cursor')}:{ids}"
     try:
-        body = await ctx.responses.get("list?" + request.rel_url.query_string, lambda: ctx.run(work))
+        return await _cached_json(ctx, key, work)
     except JobQueryError as exc:
         raise bad_request(str(exc)) from None
-    return json_response(body)
 
 
 def _parse_ids(raw: str | None) -> list[int] | None:
@@ -232,7 +240,7 @@ def _parse_ids(raw: str | None) -> list[int] | None:
 async def get_job(request: web.Request) -> web.Response:
     ctx = context_of(request)
     job_id = _job_id(request)
-    return json_response(await ctx.responses.get(f"job/{job_id}", lambda: ctx.run(_job_detail, ctx, job_id)))
+    return await _cached_json(ctx, f"job/{job_id}", lambda: _job_detail(ctx, job_id))
 
 
 async def create_jobs(request: web.Request) -> web.Response:
@@ -367,7 +375,7 @@ async def _stream_file(
 
 async def get_stats(request: web.Request) -> web.Response:
     ctx = context_of(request)
-    return json_response(await ctx.responses.get("stats", lambda: ctx.run(ctx.reads.stats)))
+    return await _cached_json(ctx, "stats", ctx.reads.stats)
 
 
 async def get_openapi(request: web.Request) -> web.Response:

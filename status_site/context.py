@@ -14,6 +14,7 @@ from daemon import ReadModel
 from status_site.cache import ResponseCache
 from status_site.eta import Estimator
 from status_site.files import PreviewCache
+from status_site.uploads import UPLOAD_SLOTS
 
 if TYPE_CHECKING:
     from daemon import AddResult, HealthState, JobStore, Settings
@@ -51,6 +52,7 @@ class SiteContext:
     # Big previews: one child process at a time (each may need up to a few GB while it decodes).
     child_preview_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     responses: ResponseCache = field(default_factory=ResponseCache)
+    upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(UPLOAD_SLOTS))
     # Host names requests may carry besides IP literals and localhost (guards.check_host).
     host_names: frozenset[str] = frozenset()
 

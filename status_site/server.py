@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from status_site.api import create_api_app
+from status_site.connections import ConnectionGate, GatedTCPSite
 from status_site.context import APP_NAME, SiteContext
 from status_site.guards import own_host_names
 from status_site.page import create_site_app
@@ -47,11 +48,18 @@ async def start_servers(
     runners: list[web.AppRunner] = []
     try:
         for app, port in apps:
-            runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=2.0,
+                keepalive_timeout=settings.http_idle_seconds,  # also bounds slow headers (connections.py)
+            )
             await runner.setup()
             runners.append(runner)
+            gate = ConnectionGate(settings.http_max_connections, settings.http_max_connections_per_client)
             try:
-                await web.TCPSite(runner, settings.bind, port).start()
+                await GatedTCPSite(runner, settings.bind, port, gate).start()
             except OSError as exc:
                 setting = "api_port" if app[APP_NAME] == "api" else "site_port"
                 raise OSError(

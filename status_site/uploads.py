@@ -1,12 +1,16 @@
 """POST /api/v1/jobs: multipart upload of one or more images into the inbox.
 
 Order of events, so a refused upload leaves nothing behind in the inbox:
+0. admission: at most UPLOAD_SLOTS uploads at once (503 beyond, never a queue of held connections),
+   and only while the spool disk (the state dir's) has room for the request and min_free_mb besides.
 1. limits while streaming: the file count and each file's size are checked per chunk; the request is
-   refused (413) the moment one is exceeded. Parts are spooled to memory (large ones to a temp file in
-   the state dir, never the inbox).
-2. validation in a thread: the bytes must be an image we can read (PIL header, sane dimensions, the
-   decompression-bomb limit, and a full decode so truncated files are caught now, not in the worker).
-3. publish: each file goes into the inbox (or inbox/<preset>/) through daemon.publish.publish_bytes, the
+   refused (413) the moment one is exceeded; a client that sends nothing for UPLOAD_IDLE_SECONDS is
+   cut off (408). Every part streams to an unnamed temp file in the state dir (never RAM, never the
+   inbox), hashed on the way.
+2. validation in a thread, from the spooled file: an image we can read (header, sane dimensions, the
+   pipeline's pixel limit; verify(), and a decode of up to files.IN_PROCESS_MAX_PIXELS (JPEG at 1/8)
+   so truncated files are caught now, not in the worker).
+3. publish: each file goes into the inbox (or inbox/<preset>/) through daemon.publish.publish_file, the
    same temp-file + fsync + link protocol the worker uses for outputs; names never overwrite.
 4. record: each published file is added to the store right away (same identity rules as the watcher,
    so the watcher later recognises it as known), and the 202 answer carries the job ids.
@@ -14,19 +18,22 @@ Order of events, so a refused upload leaves nothing behind in the inbox:
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
-import io
+import os
 import tempfile
 import unicodedata
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from aiohttp import BodyPartReader, web
-from PIL import Image as PILImage
 
-from daemon import DiskFullError, publish_bytes, safe_file_name
+from daemon import DiskFullError, publish_file, safe_file_name
 from daemon.worker import dispose_original
+from status_site.files import IN_PROCESS_MAX_PIXELS, open_header
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
@@ -34,9 +41,10 @@ if TYPE_CHECKING:
     from status_site.context import SiteContext
 
 CHUNK = 256 * 1024
-SPOOL_IN_MEMORY = 8 * 1024 * 1024
 MAX_ASPECT = 100  # width/height beyond 100:1 is not a photo
-FULL_DECODE_MAX_PIXELS = 40_000_000  # above this only JPEGs (decoded at 1/8 size) are fully checked
+UPLOAD_SLOTS = 4  # uploads streaming at once; each holds a connection and a spool file
+UPLOAD_IDLE_SECONDS = 60.0  # a client that sends nothing for this long is cut off
+T = TypeVar("T")
 FORMAT_EXTENSIONS = {
     "JPEG": ".jpg",
     "PNG": ".png",
@@ -62,8 +70,9 @@ except ImportError:  # pragma: no cover
 class SpooledFile:
     name: str  # as sent by the client (display only)
     safe_name: str  # what we will call it in the inbox
-    data: IO[bytes]
+    data: IO[bytes]  # an unnamed temp file in the state dir
     size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,9 @@ def upload_name(raw: str | None) -> str:
     return safe_file_name(name, fallback="upload", max_bytes=UPLOAD_NAME_MAX_BYTES)
 
 
-async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[SpooledFile], str | None]:
-    """Stream the multipart body, enforcing count and size limits before anything is kept."""
+async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[SpooledFile], str | None]:
+    """Stream the multipart body to disk, enforcing count and size limits before anything is kept."""
+    settings = ctx.settings
     if not request.content_type.startswith("multipart/"):
         raise Problem(
             415,
@@ -93,13 +103,13 @@ async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[S
     length = request.content_length
     if length is not None and length > max_files * (max_bytes + 64 * 1024):
         raise _too_large(f"the request is {length} bytes, more than {max_files} files of {max_bytes} bytes")
+    spool_dir = settings.state_dir / "uploads"
+    await ctx.run_file(_check_spool_space, spool_dir, length or max_bytes, settings.min_free_mb)
     files: list[SpooledFile] = []
     preset: str | None = None
-    spool_dir = settings.state_dir / "uploads"
-    spool_dir.mkdir(parents=True, exist_ok=True)
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await _idle_limited(reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 raise Problem(
                     400, "bad-multipart", "Nested multipart", "nested multipart bodies are not accepted"
@@ -109,7 +119,7 @@ async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[S
                 continue
             if len(files) >= max_files:
                 raise _too_large(f"more than {max_files} files in one upload (upload_max_files)")
-            files.append(await _spool_part(part, max_bytes, spool_dir))
+            files.append(await _spool_part(part, ctx, max_bytes, spool_dir))
     except BaseException:
         for spooled in files:
             spooled.data.close()
@@ -117,6 +127,40 @@ async def read_uploads(request: web.Request, settings: Settings) -> tuple[list[S
     if not files:
         raise Problem(400, "no-files", "No files", "the upload held no file fields; send images as 'file'")
     return files, preset
+
+
+def _check_spool_space(spool_dir: Path, needed: int, reserve_mb: int) -> None:
+    """Refuse before reading when the state dir's disk cannot take the upload and keep its reserve
+    (the job database lives there too)."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stats = os.statvfs(spool_dir)
+    free = stats.f_bavail * stats.f_frsize
+    if free - needed < reserve_mb * 1024 * 1024:
+        raise Problem(
+            507,
+            "spool-full",
+            "No room for the upload",
+            f"the daemon's state disk has {free // (1024 * 1024)} MB free; this upload needs "
+            f"{needed // (1024 * 1024) + 1} MB plus the {reserve_mb} MB reserve (min_free_mb)",
+        )
+
+
+async def _idle_limited(step: Awaitable[T]) -> T:
+    """One read of the body; a client that sends nothing for UPLOAD_IDLE_SECONDS is cut off, and one
+    that hangs up mid-upload is an ordinary refusal (no traceback in the log)."""
+    try:
+        return await asyncio.wait_for(step, UPLOAD_IDLE_SECONDS)
+    except ConnectionError:
+        raise Problem(
+            400, "upload-interrupted", "Upload interrupted", "the client closed the connection"
+        ) from None
+    except TimeoutError:
+        raise Problem(
+            408,
+            "upload-stalled",
+            "Upload stalled",
+            f"the client sent nothing for {UPLOAD_IDLE_SECONDS:.0f} s; nothing was saved",
+        ) from None
 
 
 async def _read_field(part: BodyPartReader) -> str:
@@ -135,71 +179,81 @@ async def _read_field(part: BodyPartReader) -> str:
     return raw.decode("utf-8", errors="replace").strip()
 
 
-async def _spool_part(part: BodyPartReader, max_bytes: int, spool_dir: Path) -> SpooledFile:
+async def _spool_part(part: BodyPartReader, ctx: SiteContext, max_bytes: int, spool_dir: Path) -> SpooledFile:
     name = part.filename or "upload"
-    # Big parts roll over to an unnamed temp file in the state dir (local disk, not /tmp's RAM).
-    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=spool_dir)  # noqa: SIM115
+    # Unnamed (O_TMPFILE where the filesystem has it): a crash mid-upload leaves nothing to clean up.
+    spool: IO[bytes] = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+    digest = hashlib.sha256()
     size = 0
     try:
-        while chunk := await part.read_chunk(CHUNK):
+        while chunk := await _idle_limited(part.read_chunk(CHUNK)):
             size += len(chunk)
             if size > max_bytes:
                 raise _too_large(
                     f"{name!r} is larger than the {max_bytes} byte limit per file (upload_max_bytes)"
                 )
-            spool.write(chunk)
+            await ctx.run_file(_write_and_hash, spool, digest, chunk)
+    except OSError as exc:
+        spool.close()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise Problem(
+                507, "spool-full", "No room for the upload", f"the state disk filled up: {exc}"
+            ) from None
+        raise
     except BaseException:
         spool.close()
         raise
     if size == 0:
         spool.close()
         raise Problem(422, "empty-file", "Empty file", f"{name!r} is empty (0 bytes)", file=name)
-    spool.seek(0)
-    return SpooledFile(name=name, safe_name=upload_name(name), data=spool, size=size)
+    return SpooledFile(
+        name=name, safe_name=upload_name(name), data=spool, size=size, sha256=digest.hexdigest()
+    )
+
+
+def _write_and_hash(spool: IO[bytes], digest: Any, chunk: bytes) -> None:
+    spool.write(chunk)
+    digest.update(chunk)
 
 
 def _too_large(detail: str) -> Problem:
     return Problem(413, "upload-too-large", "Upload too large", detail)
 
 
-def validate_image(data: bytes, name: str, max_pixels: int) -> str:
-    """Check that `data` is a readable image within limits; return the extension its format uses.
+def validate_image(handle: BinaryIO, name: str, max_pixels: int) -> str:
+    """Check that the spooled file is a readable image within limits; return its format's extension.
 
-    Blocking and CPU-bound (a full decode catches truncated files): run it in a thread.
+    Blocking and CPU-bound: run it in a thread. Headers are read with files.open_header (the formats we
+    restore, no global Pillow setting touched); at most IN_PROCESS_MAX_PIXELS are ever decoded here.
     """
-    PILImage.MAX_IMAGE_PIXELS = None  # our own limit below, with a message in words
     try:
-        image = PILImage.open(io.BytesIO(data))
-    except PILImage.UnidentifiedImageError:
+        with open_header(handle) as image:
+            extension = FORMAT_EXTENSIONS.get(image.format or "")
+            width, height = image.size
+    except Problem:
         raise _bad(
             name, "is not an image this service can read (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC)"
         ) from None
-    except OSError as exc:
-        raise _bad(name, f"could not be opened as an image ({exc})") from None
-    with image:
-        extension = FORMAT_EXTENSIONS.get(image.format or "")
-        if extension is None:
-            raise _bad(name, f"is a {image.format} image, which this service does not restore")
-        width, height = image.size
-        if width < 1 or height < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
-            raise _bad(name, f"has absurd dimensions {width}x{height}")
-        if width * height > max_pixels:
-            raise _bad(
-                name,
-                f"has {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the "
-                f"{max_pixels / 1e6:.0f} megapixel limit (max_input_megapixels)",
-            )
+    if extension is None:
+        raise _bad(name, f"is a {image.format} image, which this service does not restore")
+    if width < 1 or height < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
+        raise _bad(name, f"has absurd dimensions {width}x{height}")
+    if width * height > max_pixels:
+        raise _bad(
+            name,
+            f"has {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the "
+            f"{max_pixels / 1e6:.0f} megapixel limit (max_input_megapixels)",
+        )
     try:
         # verify() checks structure (PNG chunk CRCs, a missing end); a decode catches truncated data.
-        # Huge images only get verify(): decoding them here would cost the worker's memory and CPU.
-        with PILImage.open(io.BytesIO(data)) as image:
+        # Huge images only get verify(): decoding them here would cost the daemon's memory.
+        with open_header(handle) as image:
             image.verify()
-        if width * height > FULL_DECODE_MAX_PIXELS and image.format != "JPEG":
-            return extension
-        with PILImage.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG":
+        with open_header(handle) as image:
+            if image.format in ("JPEG", "MPO"):
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            image.load()
+            if image.width * image.height <= IN_PROCESS_MAX_PIXELS:
+                image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _bad(name, f"is damaged or truncated ({exc})") from None
     return extension
@@ -229,18 +283,18 @@ def check_preset(preset: str | None, settings: Settings) -> str | None:
     return preset
 
 
-def publish_and_record(ctx: SiteContext, data: bytes, name: str, preset: str | None) -> Job:
+def publish_and_record(ctx: SiteContext, spooled: SpooledFile, name: str, preset: str | None) -> Job:
     """Blocking: publish into the inbox, record the job as the watcher would, then tell the service
     (on_job wakes the worker; a skipped duplicate's original is disposed of by the configured rule)."""
     settings = ctx.settings
     dest_dir = settings.inbox / preset if preset else settings.inbox
-    path = publish_bytes(data, dest_dir, name, settings.file_mode, settings.output_group)
+    path = publish_file(spooled.data, dest_dir, name, settings.file_mode, settings.output_group)
     stat = path.stat()
     relative = PurePosixPath(*path.relative_to(settings.inbox).parts).as_posix()
     options: dict[str, Any] = asdict(settings.restore_options(preset))
     result = ctx.store.add(
         relative,
-        hashlib.sha256(data).hexdigest(),
+        spooled.sha256,
         stat.st_size,
         stat.st_mtime,
         preset=preset,
@@ -257,19 +311,32 @@ def publish_and_record(ctx: SiteContext, data: bytes, name: str, preset: str | N
 
 
 async def handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepted]:
-    files, raw_preset = await read_uploads(request, ctx.settings)
+    if ctx.upload_slots.locked():
+        problem = Problem(
+            503,
+            "uploads-busy",
+            "Too many uploads at once",
+            f"{UPLOAD_SLOTS} uploads are already streaming; try again in a moment",
+        )
+        problem.headers["Retry-After"] = "10"
+        raise problem
+    async with ctx.upload_slots:
+        return await _handle_upload(request, ctx)
+
+
+async def _handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepted]:
+    files, raw_preset = await read_uploads(request, ctx)
     try:
         preset = check_preset(raw_preset, ctx.settings)
         max_pixels = int(ctx.settings.max_input_megapixels * 1e6)
-        checked: list[tuple[SpooledFile, bytes, str]] = []
+        checked: list[tuple[SpooledFile, str]] = []
         for spooled in files:
-            data = await ctx.run_file(spooled.data.read)
-            extension = await ctx.run_file(validate_image, data, spooled.name, max_pixels)
-            checked.append((spooled, data, final_name(spooled, extension)))
+            extension = await ctx.run_file(validate_image, spooled.data, spooled.name, max_pixels)
+            checked.append((spooled, final_name(spooled, extension)))
         accepted: list[Accepted] = []
-        for spooled, data, name in checked:
+        for spooled, name in checked:
             try:
-                job = await ctx.run_file(publish_and_record, ctx, data, name, preset)
+                job = await ctx.run_file(publish_and_record, ctx, spooled, name, preset)
             except DiskFullError as exc:
                 raise Problem(
                     507,

@@ -165,6 +165,7 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
 @contextmanager
 def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any) -> Iterator[Site]:
     """start_servers on a private event loop thread, with a real JobStore on tmp/state/jobs.sqlite3."""
+    from status_site.context import CONTEXT
     from status_site.server import bound_port, start_servers
 
     settings = make_settings(tmp, **overrides)
@@ -191,6 +192,7 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
     site.store = store  # type: ignore[attr-defined]
     site.health = health  # type: ignore[attr-defined]
     site.ports = (api_port, page_port)  # type: ignore[attr-defined]
+    site.context = runners[0].app[CONTEXT]  # type: ignore[attr-defined]
     try:
         yield site
     finally:

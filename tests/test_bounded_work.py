@@ -1,5 +1,6 @@
-"""Previews cost bounded work whatever file a share user drops: a real `restorer serve`, its peak
-memory (VmHWM of the daemon process) measured around pixel bombs and big images."""
+"""Every request costs bounded work: previews of pixel bombs and big images, uploads (streamed to
+disk), the response cache. A real `restorer serve`, its peak memory (VmHWM of the daemon process)
+measured around each."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from tests.site_support import Site, running_serve
+from status_site.cache import MAX_BYTES, ResponseCache
+from tests.site_support import Site, running_serve, running_site
 
 PROBLEM = "application/problem+json"
 
@@ -105,3 +108,47 @@ def test_max_snaps_to_a_few_sizes_and_a_non_image_is_a_4xx(daemon: Site) -> None
         assert answer.headers["Content-Type"].startswith(PROBLEM)
     assert daemon.get(f"/api/v1/jobs/{notes}/input").status_code == 200  # the file itself, as it is
     assert "Traceback" not in daemon.log_path.read_text()  # type: ignore[attr-defined]
+
+
+def test_an_upload_streams_to_disk_and_never_whole_into_memory(daemon: Site) -> None:
+    noise = (np.random.default_rng(3).random((4000, 5000, 3)) * 255).astype("uint8")  # 20 MP
+    out = io.BytesIO()
+    Image.fromarray(noise).save(out, "PNG", compress_level=0)
+    data = out.getvalue()
+    assert len(data) > 55_000_000
+    del noise, out
+    pid = daemon.process.pid  # type: ignore[attr-defined]
+    before = peak_rss_kib(pid)
+    response = daemon.post("/api/v1/jobs", files=[("file", ("scan.png", data, "image/png"))])
+    assert response.status_code == 202, response.text
+    grown_mib = (peak_rss_kib(pid) - before) / 1024
+    print(f"daemon peak RSS grew by {grown_mib:.1f} MiB for a {len(data) / 1e6:.0f} MB upload")
+    assert grown_mib < 30, f"the daemon's peak RSS grew by {grown_mib:.0f} MiB"
+
+
+def test_the_response_cache_is_keyed_on_parsed_parameters_and_bounded_in_bytes(tmp_path: Path) -> None:
+    with running_site(tmp_path) as site:
+        for n in range(3):
+            site.insert_job(state="done", input_path=f"p{n}.png")
+        cache = site.context.responses  # type: ignore[attr-defined]
+        for n in range(200):  # distinct query strings, one answer
+            junk = f"limit=500&state=done,failed&x{n}={n}" if n % 2 else f"state=failed,done&limit=500&y={n}"
+            assert site.get(f"/api/v1/jobs?{junk}").status_code == 200
+        assert len(cache) <= 2, len(cache)
+    small = ResponseCache(max_bytes=MAX_BYTES)
+
+    async def fill() -> None:
+        for n in range(64):
+            await small.get(f"k{n}", _answer(1024 * 1024))
+
+    import asyncio
+
+    asyncio.run(fill())
+    assert small.size_bytes <= MAX_BYTES and len(small) <= MAX_BYTES // (1024 * 1024)
+
+
+def _answer(size: int):  # type: ignore[no-untyped-def]
+    async def compute() -> str:
+        return "x" * size
+
+    return compute

@@ -22,12 +22,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pipeline.embedded
 	touch $(STAMP)
 
-# Browser tests use Debian's chromium; the unit test runs systemd-analyze. Installed only when missing.
+# Browser tests use Debian's chromium; the unit test runs systemd-analyze; LAN-client tests build a
+# network namespace with iproute2's `ip`. Installed only when missing.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v ip >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd >/dev/null; \
-	  else echo "install chromium and systemd (sudo apt-get install chromium systemd) for the full test suite"; fi; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd iproute2 >/dev/null; \
+	  else echo "install chromium, systemd and iproute2 (sudo apt-get install ...) for the full test suite"; fi; \
 	fi
 
 run: install

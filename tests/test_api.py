@@ -27,7 +27,6 @@ from referencing.jsonschema import DRAFT202012
 from tests.site_support import (
     Site,
     jpeg_bytes,
-    lan_address,
     png_bytes,
     running_serve,
     running_site,
@@ -547,32 +546,6 @@ def test_upload_that_is_not_multipart_is_refused(site: Site) -> None:
 
 
 # -- write guards and CORS ---------------------------------------------------------------------------
-
-
-def test_without_a_token_lan_clients_may_read_but_not_write(tmp_path: Path) -> None:
-    address = lan_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to act as a LAN client")
-    with running_site(tmp_path, bind="0.0.0.0") as site:
-        api_port, page_port = site.ports  # type: ignore[attr-defined]
-        failed = site.insert_job(state="failed", error="corrupt")
-        for port in (api_port, page_port):
-            lan = f"http://{address}:{port}"
-            assert requests.get(f"{lan}/api/v1/jobs", timeout=10).status_code == 200
-            capabilities = requests.get(f"{lan}/api/v1/capabilities", timeout=10).json()
-            assert capabilities["can_write"] is False
-            assert "RESTORER_API_TOKEN" in capabilities["write_hint"]
-            refused = requests.post(f"{lan}/api/v1/jobs/{failed}/retry", timeout=10)
-            assert refused.status_code == 403
-            assert refused.headers["Content-Type"].startswith(PROBLEM)
-            assert "loopback" in refused.json()["detail"]
-            upload = requests.post(
-                f"{lan}/api/v1/jobs", files=[("file", ("x.png", png_bytes(), "image/png"))], timeout=10
-            )
-            assert upload.status_code == 403
-        assert inbox_files(site) == []
-        assert site.get("/api/v1/capabilities").json()["can_write"] is True  # loopback may write
-        assert site.post(f"/api/v1/jobs/{failed}/retry").status_code == 200
 
 
 def test_without_a_token_requests_through_a_local_reverse_proxy_may_not_write(quiet_site: Site) -> None:

@@ -152,27 +152,6 @@ def test_page_keeps_its_data_while_the_daemon_is_away_and_recovers(browser: obje
     assert errors == []
 
 
-def test_lan_visitors_see_uploads_and_retry_disabled_with_a_hint(browser: object, tmp_path: Path) -> None:
-    from tests.site_support import lan_address
-
-    address = lan_address()
-    if address is None:
-        pytest.skip("no non-loopback address to visit the page from")
-    with running_site(tmp_path, bind="0.0.0.0") as site:
-        site.insert_job(state="failed", input_path="scan.tif", error="unsupported TIFF compression")
-        page = browser.new_page()  # type: ignore[attr-defined]
-        page.goto(f"http://{address}:{site.ports[1]}/")  # type: ignore[attr-defined]
-        page.wait_for_selector("#failed li:has-text('scan.tif')", timeout=20_000)
-        page.wait_for_selector("#upload-hint:visible", timeout=20_000)
-        assert "RESTORER_API_TOKEN" in page.inner_text("#upload-hint")
-        assert page.get_attribute("#dropzone", "aria-disabled") == "true"
-        assert page.is_disabled("#failed li button:has-text('Retry')")
-        # Keyboard: Tab reaches the drop zone, and Enter on it does not open a file chooser when disabled.
-        page.focus("#dropzone")
-        page.keyboard.press("Enter")
-        assert page.locator("#upload-status").inner_text() == ""
-
-
 def test_live_progress_queue_positions_and_keyboard_cancel_and_retry(browser: object, tmp_path: Path) -> None:
     with running_site(tmp_path) as site:
         store = site.store  # type: ignore[attr-defined]

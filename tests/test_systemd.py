@@ -3,6 +3,7 @@ for unknown keys, so any output is a failure), and keeps the properties the note
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,31 @@ def test_unit_keeps_the_gpu_visible_and_the_required_lifecycle() -> None:
     assert any("nvidia" in allowed for allowed in service["DeviceAllow"])
     # TimeoutStopSec must exceed the default stop grace (60 s) so the current image can finish.
     assert int(service["TimeoutStopSec"][0]) > 60
+
+
+def test_unit_exposure_is_at_most_3(tmp_path: Path) -> None:
+    """`systemd-analyze security` rates the unit itself (offline: no running systemd needed)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (`make test` installs it)")
+    copy = tmp_path / "restorer.service"
+    copy.write_text(UNIT.read_text().replace("/opt/restorer/.venv/bin/restorer", str(RESTORER)))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for restorer\.service: ([0-9.]+)", result.stdout)
+    assert match is not None, result.stdout + result.stderr
+    assert float(match.group(1)) <= 3.0, result.stdout
+
+
+def test_unit_limits_memory_system_calls_proc_and_core_dumps_and_loads_the_token_as_a_credential() -> None:
+    service = _service_section()
+    assert "MemoryHigh" in service and "MemoryMax" in service
+    assert service["SystemCallFilter"] == ["@system-service"]
+    assert service["ProtectProc"] == ["invisible"] and service["LimitCORE"] == ["0"]
+    assert service["LoadCredential"] == ["api_token:/etc/restorer/api_token"]
+    assert "AF_NETLINK" not in service["RestrictAddressFamilies"][0]
+    # The token never travels in the unit's environment.
+    assert not any("API_TOKEN" in line for line in service.get("Environment", []))

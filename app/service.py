@@ -26,11 +26,12 @@ from typing import Any
 
 from daemon import sdnotify
 from daemon.health import HealthState
+from daemon.originals import CRASH_ADVICE, move_to_failed
 from daemon.publish import free_bytes, remove_stale_temp_files, resolve_group
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore, StoreError
 from daemon.watcher import Intake
-from daemon.worker import CRASH_ADVICE, dispose_original, move_to_failed
+from daemon.worker import PipelineProcessor, ProcessorFactory
 from daemon.workers import PoolStartError, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,15 @@ class StartupError(Exception):
 
 
 class Service:
-    def __init__(self, settings: Settings, health: HealthState | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        health: HealthState | None = None,
+        processor_factory: ProcessorFactory = PipelineProcessor,
+    ) -> None:
+        """processor_factory: what the workers run per job (tests pass a cheap stand-in)."""
         self.settings = settings
+        self.processor_factory = processor_factory
         self.health = health or HealthState()
         self.store: JobStore | None = None
         self.intake: Intake | None = None
@@ -85,7 +93,13 @@ class Service:
             )
         for job in interrupted.failed:
             move_to_failed(settings, self.store, job, job.error or "the worker crashed", CRASH_ADVICE)
-        self.pool = WorkerPool(settings, self.store, self.health, on_disk_full=self._on_disk_full)
+        self.pool = WorkerPool(
+            settings,
+            self.store,
+            self.health,
+            on_disk_full=self._on_disk_full,
+            processor_factory=self.processor_factory,
+        )
         try:
             info = await self.pool.start()
         except PoolStartError as exc:
@@ -114,14 +128,10 @@ class Service:
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
     def _on_new_job(self, result: AddResult) -> None:
-        """Intake thread: a new row. Wake the worker; a skipped duplicate's original is disposed now."""
-        if result.job.state == "queued":
-            if self.pool is not None:
-                self.pool.wake()
-            return
-        assert self.store is not None
-        source = Path(self.settings.inbox) / result.job.input_path
-        dispose_original(self.settings, self.store, result.job, source)
+        """Intake or upload thread: a new row (enqueue_file already disposed of a skipped duplicate's
+        original); wake a worker if there is work."""
+        if result.job.state == "queued" and self.pool is not None:
+            self.pool.wake()
 
     # -- workers --------------------------------------------------------------------------------------
 
@@ -219,8 +229,8 @@ class Service:
         log.info("stopped")
 
 
-async def serve(settings: Settings) -> int:
-    service = Service(settings)
+async def serve(settings: Settings, processor_factory: ProcessorFactory = PipelineProcessor) -> int:
+    service = Service(settings, processor_factory=processor_factory)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_stop)

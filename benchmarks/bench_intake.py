@@ -164,7 +164,7 @@ def _fill_archive_and_db(root: Path, files: int) -> None:
     with sqlite3.connect(root / "state" / "jobs.sqlite3") as conn:
         conn.executemany(
             "INSERT INTO jobs (input_path, content_sha256, size_bytes, mtime, state, detected_at, "
-            "started_at, finished_at, output_path, original, archived_path) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "started_at, finished_at, output_path, original, original_path) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
 
@@ -196,7 +196,6 @@ def idle_cpu(mode: str, files: int, seconds: float, keep_in_inbox: bool = False)
                     "stability_seconds = 1.0",
                     f'originals = "{"keep" if keep_in_inbox else "archive"}"',
                     "min_free_mb = 0",
-                    'processor = "tests.daemon_processors:copy"',
                 ]
             )
             + "\n"

@@ -37,7 +37,7 @@ from daemon.settings import Settings  # noqa: E402
 from daemon.store import JobStore  # noqa: E402
 from daemon.worker import Worker  # noqa: E402
 from tests.daemon_processors import CopyProcessor  # noqa: E402
-from tests.daemon_support import ServeProcess, make_settings, wait_for  # noqa: E402
+from tests.daemon_support import COPY_PROCESSOR, ServeProcess, make_settings, wait_for  # noqa: E402
 from tests.ray_support import RAY_ENV, RayCluster  # noqa: E402
 
 SERVICE_SECONDS = 0.5
@@ -95,11 +95,11 @@ def bench_dispatch(cluster: RayCluster, repeats: int) -> list[str]:
         for label, megapixels in (("1 MP", 1), ("12 MP", 12)):
             data = b"\x89PNG" + os.urandom(megapixels * 3_000_000)  # 3 bytes a pixel, incompressible
             root = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
-            settings = make_settings(root, processor="tests.daemon_processors:copy", originals="delete")
+            settings = make_settings(root, originals="delete")
             actor = (
                 ray.remote(RestoreActor)
                 .options(num_cpus=0.5, max_concurrency=2)
-                .remote(settings.model_dump_json(exclude={"api_token"}))
+                .remote(settings.model_dump_json(exclude={"api_token"}), CopyProcessor)
             )
             ray.get(actor.ready.remote())
             local = _time_jobs(settings, CopyProcessor(settings), data, repeats)
@@ -118,8 +118,10 @@ def bench_dispatch(cluster: RayCluster, repeats: int) -> list[str]:
 # -- scaling and the real model through `restorer serve` -----------------------------------------------------
 
 
-def _run_serve(root: Path, env: dict[str, str], count: int, timeout: float) -> tuple[float, list[Any]]:
-    serve = ServeProcess(root, env)
+def _run_serve(
+    root: Path, env: dict[str, str], count: int, timeout: float, processor: str | None = COPY_PROCESSOR
+) -> tuple[float, list[Any]]:
+    serve = ServeProcess(root, env, processor=processor)
     try:
         serve.wait_ready(timeout=300)
         store_path = root / "state" / "jobs.sqlite3"
@@ -188,7 +190,6 @@ def bench_real(cluster: RayCluster, count: int) -> list[str]:
         "|---|---|---|---|---|",
     ]
     real = {
-        "RESTORER_PROCESSOR": "",
         "RESTORER_MODEL": "realesr-animevideov3",
         "RESTORER_FACES": "false",
         "RESTORER_WEIGHTS_DIR": str(REPO / "weights"),
@@ -209,7 +210,7 @@ def bench_real(cluster: RayCluster, count: int) -> list[str]:
         cache = REPO / "var" / "bench-ray-cache"
         cache.mkdir(parents=True, exist_ok=True)
         (root / "state" / "cache").symlink_to(cache)
-        seconds, jobs = _run_serve(root, {**real, **env}, count, timeout=900)
+        seconds, jobs = _run_serve(root, {**real, **env}, count, timeout=900, processor=None)
         rows.append(
             f"| {label} | {count} | {seconds:.1f} | {seconds / count:.2f} | {_published_once(root, jobs)} |"
         )

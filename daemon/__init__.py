@@ -9,6 +9,8 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     store.py       JobStore: the jobs table's schema, migrations and every write
     readmodel.py   ReadModel: every read (queue order and positions, listings, stats), read-only
     watcher.py     the intake: inbox events and scans -> stable files -> jobs
+    intake.py      enqueue_file: the one path from a complete file in the inbox to a job
+    originals.py   where a job's original is, disposal (archive/delete/keep), moves to failed/
     worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original
     names.py       the file-name rules for every name the daemon creates (safe_file_name)
     publish.py     temp file + fsync + rename into a folder, never overwriting
@@ -19,7 +21,11 @@ The composition root (app/) wires these together and may reach behind this surfa
 """
 
 from daemon.health import HealthState
+from daemon.intake import FileVersion, enqueue_file
 from daemon.names import safe_file_name
+from daemon.originals import Location as OriginalLocation
+from daemon.originals import absence_reason as original_absence_reason
+from daemon.originals import location as original_location
 from daemon.publish import DiskFullError, publish_bytes, publish_file
 from daemon.readmodel import (
     STATES,
@@ -40,17 +46,22 @@ __all__ = [
     "STATES",
     "AddResult",
     "DiskFullError",
+    "FileVersion",
     "HealthState",
     "Job",
     "JobNotFoundError",
     "JobPage",
     "JobQueryError",
     "JobStore",
+    "OriginalLocation",
     "QueuePlace",
     "Rate",
     "ReadModel",
     "Settings",
     "StoreError",
+    "enqueue_file",
+    "original_absence_reason",
+    "original_location",
     "publish_bytes",
     "publish_file",
     "queue_positions",

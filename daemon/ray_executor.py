@@ -37,9 +37,10 @@ from multiprocessing.synchronize import Event
 from typing import Any
 
 from daemon.logs import configure_logging
+from daemon.messages import Beat, ClusterState, Placed, SlotsAnnounced, Waiting, WorkerMessage
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import JobCancelled, Processed, Worker, load_processor
+from daemon.worker import JobCancelled, Processed, ProcessorFactory, Worker
 from pipeline.types import ProgressCallback, RestoreOptions
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,9 @@ class RestoreActor:
     """Holds one processor (models loaded once) and runs one image at a time. Threaded (two calls at
     once), so progress() and cancel() answer while process() runs."""
 
-    def __init__(self, settings_json: str) -> None:
+    def __init__(self, settings_json: str, processor_factory: ProcessorFactory) -> None:
         settings = Settings.model_validate_json(settings_json)
-        self._processor = load_processor(settings)
+        self._processor = processor_factory(settings)
         self._info = self._processor.warm_up(settings.restore_options())
         self._lock = threading.Lock()
         self._progress: tuple[int, str | None, int, int] = (0, None, 0, 0)
@@ -203,8 +204,8 @@ class ActorSlot(threading.Thread):
         self.slot_id = slot_id
         self.processor: ActorProcessor | None = None
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        self.client.send(("slot", self.slot_id, message))
+    def send(self, message: WorkerMessage) -> None:
+        self.client.send(message)
 
     def run(self) -> None:
         store = JobStore(self.client.settings.db_path)
@@ -213,7 +214,7 @@ class ActorSlot(threading.Thread):
                 if self.processor is None or self.processor.dead:
                     self.processor = self._new_actor()
                     continue
-                worker = Worker(self.client.settings, store, self.processor, self.send)
+                worker = Worker(self.client.settings, store, self.processor, self.send, self.slot_id)
                 self._work(worker)
         finally:
             store.close()
@@ -232,19 +233,19 @@ class ActorSlot(threading.Thread):
             max_restarts=0,  # a dead actor is replaced here, after its job went back to the queue
             scheduling_strategy="SPREAD",  # across boxes: one switched off costs as few actors as possible
         )
-        actor = actor_class.remote(client.settings_json)
+        actor = actor_class.remote(client.settings_json, client.processor_factory)
         while not client.stop.is_set():
             try:
                 info = ray.get(actor.ready.remote(), timeout=ACTOR_READY_SECONDS)
             except ray.exceptions.GetTimeoutError:
-                self.send(("waiting", "no node has room for this actor yet"))
+                self.send(Waiting(self.slot_id, "no node has room for this actor yet"))
                 continue
             except ray.exceptions.RayError as exc:
                 log.error("slot %s: the actor could not start: %s", self.slot_id, exc)
-                self.send(("waiting", f"the actor could not start: {type(exc).__name__}"))
+                self.send(Waiting(self.slot_id, f"the actor could not start: {type(exc).__name__}"))
                 client.stop.wait(ACTOR_RETRY_SECONDS)
                 return None
-            self.send(("placed", f"ray {info.get('host', '?')} ({resources.label()})", info))
+            self.send(Placed(self.slot_id, f"ray {info.get('host', '?')} ({resources.label()})", info))
             return ActorProcessor(actor, client.settings.hang_seconds)
         return None
 
@@ -253,7 +254,7 @@ class ActorSlot(threading.Thread):
         assert self.processor is not None
         while not client.stop.is_set() and not self.processor.dead:
             if client.paused.is_set() or worker.run_one() is None:
-                self.send(("beat", None))
+                self.send(Beat(self.slot_id, None))
                 client.wake.wait(client.settings.heartbeat_seconds)
                 client.wake.clear()
 
@@ -261,20 +262,29 @@ class ActorSlot(threading.Thread):
 class RayClient:
     """The Ray driver in this child process: connection, slots, and cluster reports."""
 
-    def __init__(self, settings_json: str, conn: Connection, stop: Event, wake: Event, paused: Event) -> None:
+    def __init__(
+        self,
+        settings_json: str,
+        processor_factory: ProcessorFactory,
+        conn: Connection,
+        stop: Event,
+        wake: Event,
+        paused: Event,
+    ) -> None:
         self.settings_json = settings_json
+        self.processor_factory = processor_factory
         self.settings = Settings.model_validate_json(settings_json)
         self.conn, self.stop, self.wake, self.paused = conn, stop, wake, paused
         self._send_lock = threading.Lock()
         self.slots: list[ActorSlot] = []
         self.resources = ActorResources(1.0, 0.0, {})
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: WorkerMessage) -> None:
         with self._send_lock:  # slot threads and the main thread share one pipe
             self.conn.send(message)
 
     def report(self, state: str, **details: Any) -> None:
-        self.send(("cluster", state, {"address": self.settings.ray_address, **details}))
+        self.send(ClusterState(state, {"address": self.settings.ray_address, **details}))
 
     def connect(self) -> None:
         address = str(self.settings.ray_address)
@@ -309,7 +319,7 @@ class RayClient:
         view = self.cluster_view()
         count, self.resources = actor_plan(self.settings, view["resources"], view["nodes"])
         self.slots = [ActorSlot(self, f"r{index}") for index in range(1, count + 1)]
-        self.send(("slots", [(slot.slot_id, f"ray ({self.resources.label()})") for slot in self.slots]))
+        self.send(SlotsAnnounced([(slot.slot_id, f"ray ({self.resources.label()})") for slot in self.slots]))
         for slot in self.slots:
             slot.start()
 
@@ -331,14 +341,22 @@ class RayClient:
 
 
 def ray_client_main(
-    settings_json: str, conn: Connection, stop: Event, wake: Event, paused: Event, log_level: int
+    settings_json: str,
+    processor_factory: ProcessorFactory,
+    conn: Connection,
+    stop: Event,
+    wake: Event,
+    paused: Event,
+    log_level: int,
+    name: str,
 ) -> None:
-    """Entry point of the Ray client process (same signature as daemon.worker.worker_main)."""
+    """Entry point of the Ray client process (the pool's common target signature, as
+    daemon.worker.worker_main; `name` is the process's, its slots are named per actor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service owns signals, as for the local worker
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(log_level, "%(asctime)s %(levelname)s ray-client: %(message)s")
     os.environ.update(DRIVER_ENV)
     try:
-        RayClient(settings_json, conn, stop, wake, paused).run()
+        RayClient(settings_json, processor_factory, conn, stop, wake, paused).run()
     finally:
         conn.close()

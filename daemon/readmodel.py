@@ -98,7 +98,7 @@ class Job:
     stage: str | None
     output_path: str | None
     output_size_bytes: int | None
-    archived_path: str | None
+    original_path: str | None  # where the original is now, inside the folder `original` names
     original: str
     error: str | None
     failure_kind: str | None
@@ -129,7 +129,7 @@ class Job:
 JOB_COLUMNS = (
     "id, input_path, content_sha256, size_bytes, mtime, preset, options, state, priority, attempts, "
     "detected_at, started_at, finished_at, heartbeat_at, progress, stage, output_path, output_size_bytes, "
-    "archived_path, original, error, failure_kind, report, note, cancel_requested, input_megapixels, "
+    "original_path, original, error, failure_kind, report, note, cancel_requested, input_megapixels, "
     "work_seconds"
 )
 _DATETIMES = ("detected_at", "started_at", "finished_at", "heartbeat_at")

@@ -144,12 +144,6 @@ class Settings(BaseSettings):
     stop_grace_seconds: float = Field(
         60.0, description="on SIGTERM, time the current image gets to finish", ge=0
     )
-    # TEST-ONLY: "module:factory" replacing the real pipeline in the worker (factory(settings) returns a
-    # daemon.worker.Processor). Lets tests measure the daemon's own throughput with a cheap stage.
-    # Leave unset in production: `restorer serve` then always runs pipeline.restorer.Restorer.
-    processor: str | None = Field(
-        None, description="TEST-ONLY: module:factory replacing the pipeline in the worker"
-    )
 
     # Executors: where jobs run. "local": `workers` worker processes on this machine ("auto": one per
     # visible CUDA device, else 1). "ray": actors on a Ray cluster (`ray start --address` form, host:port);

@@ -166,10 +166,16 @@ def _migration_3_throughput_columns(conn: Connection) -> None:
     )
 
 
+def _migration_4_original_path(conn: Connection) -> None:
+    # archived_path also held the failed-folder path: it is where the original is now, whatever the place.
+    conn.exec_driver_sql("ALTER TABLE jobs RENAME COLUMN archived_path TO original_path")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1_jobs,
     _migration_2_originals_and_notes,
     _migration_3_throughput_columns,
+    _migration_4_original_path,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -426,13 +432,13 @@ class JobStore(ReadModel):
         )
 
     def set_original(
-        self, job_id: int, place: OriginalPlace, archived_path: str | None = None, note: str | None = None
+        self, job_id: int, place: OriginalPlace, original_path: str | None = None, note: str | None = None
     ) -> Job:
         """Record where the original went (archived/deleted/failed_dir); a note if the move failed."""
         return self._update(
             job_id,
-            f"original = :place, archived_path = COALESCE(:archived, archived_path), {_APPEND_NOTE}",
-            {"place": place, "archived": archived_path, "note": note},
+            f"original = :place, original_path = COALESCE(:moved_to, original_path), {_APPEND_NOTE}",
+            {"place": place, "moved_to": original_path, "note": note},
         )
 
     def add_note(self, job_id: int, note: str) -> Job:

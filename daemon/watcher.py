@@ -6,10 +6,10 @@ Three sources feed ONE set of pending files (so a file seen by several is still 
   - a startup scan (files already present produce no events);
   - a periodic full rescan (events can be lost: inotify queue overflow, a watcher restart, a remount).
 
-A pending file becomes a job when its size AND mtime have not changed for stability_seconds; then it is
-hashed and handed to JobStore.add, whose identity rules make a second row for the same file version
-impossible. Versions already recorded (size, mtime) are remembered, so rescans and touches do not hash
-unchanged files again.
+A pending file becomes a job when its size AND mtime have not changed for stability_seconds (the
+StabilityTracker's rule); then it is hashed and handed to intake.enqueue_file, the one path from a file
+to a job, whose identity rules make a second row for the same file version impossible. Versions already
+recorded (size, mtime) are remembered, so rescans and touches do not hash unchanged files again.
 
 The watcher itself is watched: a dead observer thread, an unreachable inbox (share gone, EIO) or an
 inotify limit (ENOSPC/EMFILE) is reported in health and recovered from (restart, or fall back to
@@ -18,16 +18,13 @@ polling), followed by a full rescan that finds what was missed without queuing a
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import hashlib
 import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from stat import S_ISREG
@@ -39,7 +36,9 @@ from watchdog.observers.polling import PollingObserver
 
 from daemon import fsinfo
 from daemon.health import HealthState
+from daemon.intake import FileVersion, enqueue_file, sha256_file
 from daemon.settings import Settings
+from daemon.stability import StabilityTracker
 from daemon.store import AddResult, JobStore
 
 log = logging.getLogger(__name__)
@@ -75,21 +74,6 @@ def default_observer(mode: str, inbox: str, poll_seconds: float) -> BaseObserver
     if mode == "polling":
         return PollingObserver(timeout=poll_seconds)
     return Observer()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass
-class _Pending:
-    size: int
-    mtime: float
-    stable_since: float  # monotonic time the (size, mtime) pair was first seen
 
 
 class _EventRelay(FileSystemEventHandler):
@@ -148,7 +132,7 @@ class Intake:
         self._observer_factory = observer_factory
         self._inbox = Path(settings.inbox)
         self._events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
-        self._pending: dict[str, _Pending] = {}
+        self._pending = StabilityTracker(settings.stability_seconds)
         self._recorded: dict[str, tuple[int, float]] = {}
         self._observer: BaseObserver | None = None
         self._mode, self._mode_reason = "native", ""
@@ -200,10 +184,6 @@ class Intake:
         self.health.resume_intake()
 
     @property
-    def paused(self) -> bool:
-        return self._paused.is_set()
-
-    @property
     def mode(self) -> str:
         return self._mode
 
@@ -224,10 +204,9 @@ class Intake:
         """Sleep until an event arrives, the next pending file is due to be stable, or a tick passes
         (the tick bounds how late a change between two looks is noticed)."""
         timeout = self._tick_seconds()
-        if self._pending and not self._paused.is_set():
-            now = time.monotonic()
-            due = min(p.stable_since for p in self._pending.values()) + self.settings.stability_seconds
-            timeout = min(timeout, max(0.005, due - now))
+        due_in = self._pending.seconds_until_due()
+        if due_in is not None and not self._paused.is_set():
+            timeout = min(timeout, max(0.005, due_in))
         self._wake.wait(timeout)
         self._wake.clear()
 
@@ -292,66 +271,45 @@ class Intake:
             return
         if self._recorded.get(relative) == (stat.st_size, stat.st_mtime):
             return
-        self._pending[relative] = _Pending(stat.st_size, stat.st_mtime, time.monotonic())
+        self._pending.see(relative, stat.st_size, stat.st_mtime)
 
     def _check_pending(self) -> None:
-        now = time.monotonic()
-        for relative, pending in list(self._pending.items()):
-            path = self._inbox / relative
+        for relative in self._pending:
             try:
-                stat = os.stat(path)
+                stat = os.stat(self._inbox / relative)
             except FileNotFoundError:
-                del self._pending[relative]  # deleted (or renamed) before it was stable: no job
+                self._pending.forget(relative)  # deleted (or renamed) before it was stable: no job
                 continue
             except OSError as exc:
                 log.warning("intake: cannot stat %s, will retry at the next scan: %s", relative, exc)
-                del self._pending[relative]
+                self._pending.forget(relative)
                 continue
-            if (stat.st_size, stat.st_mtime) != (pending.size, pending.mtime):
-                self._pending[relative] = _Pending(stat.st_size, stat.st_mtime, now)
-                continue
-            if now - pending.stable_since < self.settings.stability_seconds or self._paused.is_set():
-                continue
-            self._record(relative, path, pending)
+            stable = self._pending.see(relative, stat.st_size, stat.st_mtime)
+            if stable and not self._paused.is_set():
+                self._record(relative, stat)
         self.health.update(pending_files=len(self._pending))
 
-    def _record(self, relative: str, path: Path, pending: _Pending) -> None:
+    def _record(self, relative: str, stable: os.stat_result) -> None:
+        path = self._inbox / relative
         try:
             digest = sha256_file(path)
             after = os.stat(path)
         except FileNotFoundError:
-            del self._pending[relative]
+            self._pending.forget(relative)
             return
         except OSError as exc:
             log.warning("intake: cannot read %s, will retry at the next scan: %s", relative, exc)
-            del self._pending[relative]
+            self._pending.forget(relative)
             return
-        if (after.st_size, after.st_mtime) != (pending.size, pending.mtime):  # changed while hashing
-            self._pending[relative] = _Pending(after.st_size, after.st_mtime, time.monotonic())
+        if (after.st_size, after.st_mtime) != (stable.st_size, stable.st_mtime):
+            self._pending.see(relative, after.st_size, after.st_mtime)  # changed while hashed: wait again
             return
-        preset = self._preset_for(relative)
-        options = dataclasses.asdict(self.settings.restore_options(preset))
-        result = self.store.add(
-            relative,
-            digest,
-            pending.size,
-            pending.mtime,
-            preset=preset,
-            options=options,
-            duplicate_content=self.settings.duplicate_content,
-        )
-        del self._pending[relative]
-        self._recorded[relative] = (pending.size, pending.mtime)
-        if result.created:
-            log.info("intake: job %d %s (%s)", result.job.id, relative, result.job.state)
-            if self.on_job is not None:
-                self.on_job(result)
-
-    def _preset_for(self, relative: str) -> str | None:
-        parts = PurePosixPath(relative).parts
-        if len(parts) > 1 and parts[0] in self.settings.presets:
-            return parts[0]
-        return None
+        version = FileVersion(digest, stable.st_size, stable.st_mtime)
+        result = enqueue_file(self.settings, self.store, relative, version)
+        self._pending.forget(relative)
+        self._recorded[relative] = (version.size, version.mtime)
+        if result.created and self.on_job is not None:
+            self.on_job(result)
 
     # -- scans ----------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 It runs in its own process (multiprocessing "spawn": no inherited threads, locks or SQLite handles), so
 a crash, a hang or a leak in the pipeline never takes the service, the watcher or the web page with it.
-The service supervises it through a Pipe (messages below) and restarts it when it dies or goes quiet.
+The service supervises it through a Pipe (daemon.messages) and restarts it when it dies or goes quiet.
 
 One job, step by step:
   claim (attempts+1) -> read the input once, check it is still the version that was queued -> restore
@@ -13,16 +13,17 @@ Bad input (pipeline BadImageError) fails at once: the file moves to failed_dir a
 with `<name>.error.txt` beside it. ENOSPC while publishing fails the job cleanly, keeps the original
 and tells the service, which pauses intake until space returns.
 
-Worker -> service messages: ("ready", engine_info) | ("fatal", message) | ("beat", job_id|None) |
-("busy", job_id) | ("finished", job_id, state, report|None) | ("disk_full", job_id, needed_bytes, message)
+The loop is a "slot": claim -> read the input -> Processor.process -> publish -> finish -> dispose.
+`Processor` is the seam between the job lifecycle and the work itself (PipelineProcessor runs the
+pipeline in this process; tests pass a cheap one; another executor may call a remote actor). The
+processor is chosen by whoever starts the slot (a constructor argument, a picklable factory for a
+worker process), never by a setting. Messages to the supervisor: daemon.messages.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import importlib
 import logging
 import multiprocessing
 import os
@@ -30,29 +31,24 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from daemon import originals
 from daemon.logs import configure_logging
+from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
 from daemon.names import safe_file_name, safe_relative_path
-from daemon.publish import DiskFullError, move_file, publish_bytes
+from daemon.publish import DiskFullError, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
 from pipeline import stage_spans
 from pipeline.types import (
-    AbsurdDimensionsError,
     BadImageError,
-    CorruptImageError,
-    DecompressionBombError,
-    EmptyFileError,
-    NotAnImageError,
     ProgressCallback,
     RestoreError,
     RestoreOptions,
-    UnsupportedFormatError,
 )
 
 log = logging.getLogger(__name__)
@@ -61,36 +57,6 @@ log = logging.getLogger(__name__)
 STAGE_SPANS: dict[str, tuple[float, float]] = stage_spans()
 PROGRESS_WRITE_SECONDS = 0.5  # throttle: at most two progress writes per second (stage changes always)
 WORKER_NICENESS = 10  # the worker yields the CPU to the HTTP servers and the watcher
-
-ADVICE: dict[type[BaseException], str] = {
-    EmptyFileError: "The file is empty (0 bytes); the copy probably failed. Copy it into the inbox again.",
-    NotAnImageError: (
-        "This is not a picture file. Only JPEG, PNG, WebP, TIFF, BMP, HEIC and GIF images can be restored."
-    ),
-    UnsupportedFormatError: (
-        "This image format cannot be read. Save it as JPEG, PNG or TIFF in an image editor and drop it in "
-        "the inbox again."
-    ),
-    CorruptImageError: (
-        "The file is damaged or was cut off while being copied. Copy it again from the original source "
-        "(or open and re-save it in an image editor), then drop it in the inbox again."
-    ),
-    DecompressionBombError: (
-        "The image has more pixels than this restorer accepts (max_input_megapixels). Shrink it, or raise "
-        "the limit in the configuration if the machine has the memory."
-    ),
-    AbsurdDimensionsError: "The image has a zero or absurd width/height. Re-save or crop it, then try again.",
-}
-CRASH_ADVICE = (
-    "The restorer process stopped every time it worked on this file, so the file was set aside. It may be "
-    "damaged in a way the decoder does not catch, or too large for this machine's memory: try a re-saved "
-    "or smaller copy in the inbox. Once the cause is fixed, `restorer jobs retry <id>` (or Retry on the "
-    "status page) runs it again."
-)
-GENERIC_ADVICE = (
-    "Check that the file opens in an image viewer. To try again, run `restorer jobs retry {job_id}` or use "
-    "Retry on the status page; a corrected file dropped into the inbox is picked up on its own."
-)
 
 
 @dataclass
@@ -153,14 +119,8 @@ class PipelineProcessor:
         return FORMAT_EXTENSIONS.get(fmt, f".{fmt}")
 
 
-def load_processor(settings: Settings) -> Processor:
-    """The real pipeline, unless the test-only `processor` setting names a factory ("module:function")."""
-    if not settings.processor:
-        return PipelineProcessor(settings)
-    module_name, _, attribute = settings.processor.partition(":")
-    factory: Callable[[Settings], Processor] = getattr(importlib.import_module(module_name), attribute)
-    log.warning("worker: using the test processor %s instead of the real pipeline", settings.processor)
-    return factory(settings)
+# What starts a slot passes one of these (a class or module-level function, so it pickles by name).
+ProcessorFactory = Callable[[Settings], Processor]
 
 
 class JobCancelled(Exception):
@@ -174,89 +134,6 @@ def restore_options_from(job: Job, settings: Settings) -> RestoreOptions:
     return settings.restore_options(job.preset if job.preset in settings.presets else None).replace(**stored)
 
 
-# -- files around a job (also used by the service for jobs that failed by crashing) -----------------------
-
-
-def error_text(job: Job, what: str, advice: str) -> str:
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        f"{PurePosixPath(job.input_path).name} could not be restored.\n\n"
-        f"What was wrong: {what}\n\n"
-        f"What to do: {advice}\n\n"
-        f"(job {job.id}, attempt {job.attempts}, {when})\n"
-    )
-
-
-def advice_for(exc: BaseException | None, job_id: int) -> str:
-    for error_type, advice in ADVICE.items():
-        if isinstance(exc, error_type):
-            return advice
-    return GENERIC_ADVICE.format(job_id=job_id)
-
-
-def move_to_failed(settings: Settings, store: JobStore, job: Job, what: str, advice: str) -> Job:
-    """Move the input to failed_dir at the same relative path, with <name>.error.txt beside it."""
-    relative = PurePosixPath(job.input_path)
-    source = locate_input(settings, job)
-    dest_dir = Path(settings.failed_dir) / relative.parent
-    mode, group = settings.file_mode, settings.output_group
-    try:
-        if source is not None:
-            moved = move_file(source, dest_dir, relative.name, None, group)
-            error_name = moved.name + ".error.txt"
-        else:
-            moved, error_name = None, relative.name + ".error.txt"
-        publish_bytes(error_text(job, what, advice).encode(), dest_dir, error_name, mode, group)
-    except OSError as exc:
-        log.error("job %d: could not move %s to the failed folder: %s", job.id, job.input_path, exc)
-        return store.add_note(job.id, f"could not move the input to the failed folder: {exc}")
-    if moved is None:
-        return store.get_or_raise(job.id)
-    failed_relative = moved.relative_to(settings.failed_dir).as_posix()
-    return store.set_original(job.id, "failed_dir", archived_path=failed_relative)
-
-
-def locate_input(settings: Settings, job: Job) -> Path | None:
-    """The input: in the inbox, or (for a retried job) where its original went."""
-    candidates = [Path(settings.inbox) / job.input_path]
-    if job.archived_path is not None:
-        base = settings.failed_dir if job.original == "failed_dir" else settings.archive_dir
-        candidates.append(Path(base) / job.archived_path)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def dispose_original(settings: Settings, store: JobStore, job: Job, source: Path) -> Job:
-    """archive / delete / keep, after the output is published. Failures are noted, never retried."""
-    relative = PurePosixPath(job.input_path)
-    from_failed_dir = job.original == "failed_dir" and source != Path(settings.inbox) / job.input_path
-    if from_failed_dir:
-        # A retried failed job worked: its error note is obsolete, and the original is handled like
-        # any other (for "keep" it stays in the failed folder, where it already is).
-        with contextlib.suppress(OSError):
-            source.with_name(source.name + ".error.txt").unlink()
-    elif source != Path(settings.inbox) / job.input_path:
-        return job  # a retried done job, run from the archive: the original is already archived
-    if settings.originals == "keep":
-        return job
-    try:
-        if settings.originals == "delete":
-            source.unlink()
-            return store.set_original(job.id, "deleted")
-        moved = move_file(source, Path(settings.archive_dir) / relative.parent, relative.name)
-    except FileNotFoundError:
-        return store.add_note(job.id, "the original had already been removed from the inbox")
-    except OSError as exc:
-        # The job is done; leaving the file in the inbox is safe (its version is recorded, so it is
-        # never processed again), so say what happened and move on.
-        log.error("job %d: could not %s the original %s: %s", job.id, settings.originals, source, exc)
-        return store.add_note(job.id, f"could not {settings.originals} the original: {exc.strerror or exc}")
-    archived = moved.relative_to(settings.archive_dir).as_posix()
-    return store.set_original(job.id, "archived", archived_path=archived)
-
-
 def output_name(input_path: str, extension: str) -> tuple[PurePosixPath, str]:
     # Inbox names are chosen by share users: the outbox gets them through the one set of name rules.
     relative = safe_relative_path(PurePosixPath(input_path))
@@ -267,44 +144,46 @@ def output_name(input_path: str, extension: str) -> tuple[PurePosixPath, str]:
 
 
 class Worker:
+    """One slot: runs queued jobs one at a time and reports to its supervisor through `send`."""
+
     def __init__(
         self,
         settings: Settings,
         store: JobStore,
         processor: Processor,
-        send: Callable[[tuple[Any, ...]], None],
+        send: Callable[[WorkerMessage], None],
+        slot: str = "w1",
     ) -> None:
         self.settings = settings
         self.store = store
         self.processor = processor
         self.send = send
+        self.slot = slot
 
     def run_one(self) -> Job | None:
         """Claim and run the next job; None if the queue is empty."""
         job = self.store.claim_next()
         if job is None:
             return None
-        self.send(("busy", job.id))
+        self.send(Busy(self.slot, job.id))
         log.info("job %d: %s (attempt %d)", job.id, job.input_path, job.attempts)
         try:
             final = self._run(job)
         except Exception as exc:  # anything unplanned: counts as an attempt, never loops forever
             log.exception("job %d: unexpected error", job.id)
             final = self._unexpected(job, exc)
-        self.send(("finished", final.id, final.state, final.report))
+        self.send(Finished(self.slot, final.id, final.state, final.report))
         return final
 
     def _run(self, job: Job) -> Job:
-        source = locate_input(self.settings, job)
-        if source is None:
+        source = originals.location(self.settings, job)
+        if source is None or not source.path.is_file():
             # Deleted by someone, or the share is away (remount). Marking the original gone (not just
             # cancelling) means the same file showing up again is looked at as a new drop, not ignored.
             self.store.mark_cancelled(job.id, "the input file disappeared before it was restored")
             return self.store.set_original(job.id, "deleted")
-        data = source.read_bytes()
-        if source == Path(self.settings.inbox) / job.input_path and (
-            hashlib.sha256(data).hexdigest() != job.content_sha256
-        ):
+        data = source.path.read_bytes()
+        if source.place == "inbox" and hashlib.sha256(data).hexdigest() != job.content_sha256:
             return self.store.mark_cancelled(
                 job.id, "the file changed before it was restored; the new version is queued as its own job"
             )
@@ -315,13 +194,14 @@ class Worker:
             return self.store.mark_cancelled(job.id, "cancelled while running")
         except BadImageError as exc:
             failed = self.store.fail(job.id, str(exc), kind="bad-input")
-            return move_to_failed(self.settings, self.store, failed, str(exc), advice_for(exc, job.id))
+            advice = originals.advice_for(exc, job.id)
+            return originals.move_to_failed(self.settings, self.store, failed, str(exc), advice)
         except RestoreError as exc:
             # Not the file's fault (weights missing, backend unavailable): keep the original in place.
             return self.store.fail(job.id, f"{exc} (the original is still in the inbox)", kind="error")
         return self._publish(job, source, processed)
 
-    def _publish(self, job: Job, source: Path, processed: Processed) -> Job:
+    def _publish(self, job: Job, source: originals.Location, processed: Processed) -> Job:
         folder, name = output_name(job.input_path, self.processor.extension(processed.format))
         try:
             published = publish_bytes(
@@ -338,14 +218,14 @@ class Worker:
                 f"{job.id}`)"
             )
             failed = self.store.fail(job.id, message, kind="disk-full", report=processed.report)
-            self.send(("disk_full", job.id, exc.needed_bytes, str(exc)))
+            self.send(DiskFull(self.slot, job.id, exc.needed_bytes, str(exc)))
             return failed
         relative = published.relative_to(self.settings.outbox).as_posix()
         note = None if published.name == name else f"output renamed to {published.name}: name was taken"
         report = {**processed.report, "input": job.input_path, "output": relative}
         done = self.store.finish(job.id, relative, len(processed.data), report, note=note)
         log.info("job %d: done -> %s", job.id, relative)
-        return dispose_original(self.settings, self.store, done, source)
+        return originals.dispose(self.settings, self.store, done, source)
 
     def _unexpected(self, job: Job, exc: Exception) -> Job:
         what = f"{type(exc).__name__}: {exc}"
@@ -353,9 +233,8 @@ class Worker:
             self.store.add_note(job.id, f"attempt {job.attempts} failed ({what}); retrying")
             return self.store.requeue(job.id, refund_attempt=False)
         failed = self.store.fail(job.id, f"failed {job.attempts} times, last: {what}", kind="error")
-        return move_to_failed(
-            self.settings, self.store, failed, failed.error or what, advice_for(None, job.id)
-        )
+        advice = originals.advice_for(None, job.id)
+        return originals.move_to_failed(self.settings, self.store, failed, failed.error or what, advice)
 
     def _progress(self, job_id: int) -> ProgressCallback:
         last = {"time": 0.0, "stage": ""}
@@ -368,7 +247,7 @@ class Worker:
             start, end = STAGE_SPANS.get(stage, (0.0, 1.0))
             fraction = done / total if total > 0 else 1.0
             cancel = self.store.update_progress(job_id, start + (end - start) * fraction, stage)
-            self.send(("beat", job_id))
+            self.send(Beat(self.slot, job_id))
             if cancel:
                 raise JobCancelled()
 
@@ -376,9 +255,17 @@ class Worker:
 
 
 def worker_main(
-    settings_json: str, conn: Connection, stop: Event, wake: Event, paused: Event, log_level: int
+    settings_json: str,
+    processor_factory: ProcessorFactory,
+    conn: Connection,
+    stop: Event,
+    wake: Event,
+    paused: Event,
+    log_level: int,
+    slot: str,
 ) -> None:
-    """Entry point of the worker process."""
+    """Entry point of a local worker process: the slot named `slot`, running `processor_factory(settings)`
+    (the pool's common target signature, daemon/workers.py)."""
     # The service owns signals: Ctrl-C reaches the whole process group, and systemd (KillMode=mixed)
     # sends SIGTERM to the service only; the service decides whether the current image may finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -388,28 +275,20 @@ def worker_main(
     # Below the service's priority: status answers stay fast while restoration saturates the CPU
     # (benchmarks/bench_api.py: busy p99 halves). With the CPU otherwise idle it costs nothing.
     os.nice(WORKER_NICENESS)
-
-    def send(message: tuple[Any, ...]) -> None:
-        conn.send(message)
-
+    send: Callable[[WorkerMessage], None] = conn.send
     try:
         store = JobStore(settings.db_path)
-        processor = load_processor(settings)
+        processor = processor_factory(settings)
         info = processor.warm_up(settings.restore_options())
     except (RestoreError, OSError, ImportError) as exc:
-        send(("fatal", f"{type(exc).__name__}: {exc}"))
+        send(Fatal(slot, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(2) from exc
-    send(("ready", info))
-    worker = Worker(settings, store, processor, send)
+    send(Ready(slot, info))
+    worker = Worker(settings, store, processor, send, slot)
     beat_every = settings.heartbeat_seconds
     while not stop.is_set():
-        if paused.is_set():
-            send(("beat", None))
-            wake.wait(beat_every)
-            wake.clear()
-            continue
-        if worker.run_one() is None:
-            send(("beat", None))
+        if paused.is_set() or worker.run_one() is None:
+            send(Beat(slot, None))
             wake.wait(beat_every)
             wake.clear()
     store.close()
@@ -418,7 +297,3 @@ def worker_main(
 
 def spawn_context() -> multiprocessing.context.SpawnContext:
     return multiprocessing.get_context("spawn")
-
-
-def process_title() -> str:
-    return f"restorer-worker[{os.getpid()}]"

@@ -12,9 +12,9 @@ one worker: a process that dies, or stays silent for hang_seconds while it holds
 restarted, and only ITS jobs go back to the queue (attempt counted; failed at max_attempts). A process
 that dies without a job is restarted with exponential backoff (a broken driver must not spin).
 
-Messages from a process are the worker's tuples (daemon/worker.py). The Ray client wraps each in
-("slot", slot_id, message) because one process speaks for several slots; it also sends
-("cluster", state, details) for health.
+Messages from a process are daemon.messages dataclasses; each slot message names its slot, so the Ray
+client's one process speaks for several slots. The Ray client also announces its slots
+(SlotsAnnounced) and reports its cluster (ClusterState) for health.
 """
 
 from __future__ import annotations
@@ -32,9 +32,24 @@ from pathlib import Path
 from typing import Any
 
 from daemon.health import HealthState
+from daemon.messages import (
+    Beat,
+    Busy,
+    ClusterState,
+    DiskFull,
+    Fatal,
+    Finished,
+    Placed,
+    Ready,
+    SlotMessage,
+    SlotsAnnounced,
+    Waiting,
+    WorkerMessage,
+)
+from daemon.originals import CRASH_ADVICE, move_to_failed
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import CRASH_ADVICE, move_to_failed, spawn_context, worker_main
+from daemon.worker import PipelineProcessor, ProcessorFactory, spawn_context, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +189,12 @@ class WorkerPool:
         health: HealthState,
         on_disk_full: Callable[[int, str], None],
         environ: Mapping[str, str] | None = None,
+        processor_factory: ProcessorFactory = PipelineProcessor,
     ) -> None:
+        """processor_factory: the per-job stage every worker process (or Ray actor) runs; only tests pass
+        another (it is handed to the child by reference, so it must be a module-level name)."""
         self.settings = settings
+        self.processor_factory = processor_factory
         self.store = store
         self.health = health
         self.on_disk_full = on_disk_full
@@ -227,11 +246,13 @@ class WorkerPool:
                 worker.target,
                 worker.env,
                 self.settings.model_dump_json(exclude={"api_token"}),
+                self.processor_factory,
                 child,
                 self._stop,
                 self._wake,
                 self._paused,
                 logging.getLogger().getEffectiveLevel(),
+                worker.name,
             ),
             daemon=True,
         )
@@ -264,24 +285,22 @@ class WorkerPool:
                 worker.conn.close()
             worker.conn = None
 
-    def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+    def _on_message(self, worker: WorkerProcess, message: WorkerMessage) -> None:
         now = time.monotonic()
         worker.beat = now
         self.health.worker_beat()
-        kind = message[0]
-        if kind == "slot":
-            self._on_slot_message(worker, message[1], message[2], now)
-        elif kind == "slots":  # the Ray client's slots, as (id, device) pairs; known ones are kept
-            slots = {}
-            for slot_id, device in message[1]:
-                slots[slot_id] = worker.slots.get(slot_id) or Slot(slot_id, device, state="loading models")
-                slots[slot_id].pid, slots[slot_id].beat = worker.process.pid, now
-            worker.slots = slots
-        elif kind == "cluster":
-            self._on_cluster(worker, message[1], message[2])
-        else:
-            only = next(iter(worker.slots.values()), None)
-            self._on_slot_message(worker, only.id if only else None, message, now)
+        match message:
+            case SlotsAnnounced(slots=announced):  # known slots are kept
+                slots = {}
+                for slot_id, device in announced:
+                    slot = worker.slots.get(slot_id) or Slot(slot_id, device, state="loading models")
+                    slot.pid, slot.beat = worker.process.pid, now
+                    slots[slot_id] = slot
+                worker.slots = slots
+            case ClusterState(state=state, details=details):
+                self._on_cluster(worker, state, details)
+            case _:
+                self._on_slot_message(worker, message, now)
 
     def _on_cluster(self, worker: WorkerProcess, state: str, details: dict[str, Any]) -> None:
         was = self.cluster.get("state") if self.cluster else None
@@ -297,36 +316,35 @@ class WorkerPool:
             log.error("Ray cluster unreachable: %s", details.get("error"))
         self.cluster = {"state": state, **details}
 
-    def _on_slot_message(
-        self, worker: WorkerProcess, slot_id: str | None, message: tuple[Any, ...], now: float
-    ) -> None:
-        kind = message[0]
-        slot = worker.slots.get(slot_id) if slot_id is not None else None
+    def _on_slot_message(self, worker: WorkerProcess, message: SlotMessage, now: float) -> None:
+        slot = worker.slots.get(message.slot)
         if slot is not None:
             slot.beat = now
-        if kind == "ready":
-            worker.ready, worker.crashes_without_job, worker.engine = True, 0, dict(message[1])
-            for each in worker.slots.values():
-                each.state = "idle"
-            self._maybe_started()
-        elif kind == "fatal":
-            log.error("worker %s could not start: %s", worker.name, message[1])
-            worker.error = str(message[1])
-            self._fail_start(f"the worker could not load the pipeline: {message[1]}")
-        elif kind == "busy" and slot is not None:
-            slot.state, slot.job_id = "busy", int(message[1])
-        elif kind == "finished" and slot is not None:
-            slot.state, slot.job_id = "idle", None
-            report = message[3] or {}
-            if report.get("backend"):
-                self.health.set_engine({**report, "reason": report.get("backend_reason")})
-        elif kind == "waiting" and slot is not None:  # a Ray slot without a live actor
-            slot.state, slot.job_id = "waiting", None
-        elif kind == "placed" and slot is not None:  # a Ray slot's actor loaded its models on a node
-            slot.state, slot.device = "idle", str(message[1])
-            slot.pid = message[2].get("pid")  # the actor's process, on the host named in device
-        elif kind == "disk_full":
-            self.on_disk_full(int(message[2]), str(message[3]))
+        match message:
+            case Ready(engine=engine):
+                worker.ready, worker.crashes_without_job, worker.engine = True, 0, dict(engine)
+                for each in worker.slots.values():
+                    each.state = "idle"
+                self._maybe_started()
+            case Fatal(message=why):
+                log.error("worker %s could not start: %s", worker.name, why)
+                worker.error = why
+                self._fail_start(f"the worker could not load the pipeline: {why}")
+            case Busy(job_id=job_id) if slot is not None:
+                slot.state, slot.job_id = "busy", job_id
+            case Finished(report=report) if slot is not None:
+                slot.state, slot.job_id = "idle", None
+                if report and report.get("backend"):
+                    self.health.set_engine({**report, "reason": report.get("backend_reason")})
+            case Waiting() if slot is not None:  # a Ray slot without a live actor
+                slot.state, slot.job_id = "waiting", None
+            case Placed(device=device, details=details) if slot is not None:  # its actor loaded its models
+                slot.state, slot.device = "idle", device
+                slot.pid = details.get("pid")  # the actor's process, on the host named in device
+            case DiskFull(needed_bytes=needed, message=why):
+                self.on_disk_full(needed, why)
+            case Beat():
+                pass
 
     def _maybe_started(self) -> None:
         if self._started is None or self._started.done():

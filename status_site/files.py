@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from PIL import Image as PILImage
 from PIL import ImageFile
 
+from daemon import original_absence_reason, original_location
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
@@ -84,16 +85,10 @@ def stored_location(job: Job, which: Which, settings: Settings) -> tuple[Path, s
         if not job.output_path:
             return f"job {job.id} has no output ({job.state})"
         return settings.outbox, job.output_path
-    original = getattr(job, "original", "inbox")
-    if original == "inbox":
-        return settings.inbox, job.input_path
-    if original == "archived" and job.archived_path:
-        return settings.archive_dir, job.archived_path
-    if original == "failed_dir" and job.archived_path:
-        return settings.failed_dir, job.archived_path
-    if original == "deleted":
-        return f"the original of job {job.id} was deleted after restoring (originals = delete)"
-    return f"job {job.id} does not record where its original is now"
+    found = original_location(settings, job)
+    if found is None:
+        return original_absence_reason(job)
+    return found.folder, found.relative
 
 
 def locate(job: Job, which: Which, settings: Settings) -> JobFile:

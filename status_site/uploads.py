@@ -12,8 +12,9 @@ Order of events, so a refused upload leaves nothing behind in the inbox:
    so truncated files are caught now, not in the worker).
 3. publish: each file goes into the inbox (or inbox/<preset>/) through daemon.publish.publish_file, the
    same temp-file + fsync + link protocol the worker uses for outputs; names never overwrite.
-4. record: each published file is added to the store right away (same identity rules as the watcher,
-   so the watcher later recognises it as known), and the 202 answer carries the job ids.
+4. record: each published file becomes a job right away through daemon.intake.enqueue_file, the one
+   path the watcher uses too (so the watcher later recognises it as known), and the 202 answer
+   carries the job ids.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ import os
 import tempfile
 import unicodedata
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from aiohttp import BodyPartReader, web
 
-from daemon import DiskFullError, publish_file, safe_file_name
-from daemon.worker import dispose_original
+from daemon import DiskFullError, FileVersion, enqueue_file, publish_file, safe_file_name
 from status_site.files import IN_PROCESS_MAX_PIXELS, open_header
 from status_site.problems import Problem
 
@@ -284,29 +284,17 @@ def check_preset(preset: str | None, settings: Settings) -> str | None:
 
 
 def publish_and_record(ctx: SiteContext, spooled: SpooledFile, name: str, preset: str | None) -> Job:
-    """Blocking: publish into the inbox, record the job as the watcher would, then tell the service
-    (on_job wakes the worker; a skipped duplicate's original is disposed of by the configured rule)."""
+    """Blocking: publish into the inbox (inbox/<preset>/ applies the preset, as for dropped files),
+    record the job the way the watcher does, then tell the service (on_job wakes the worker)."""
     settings = ctx.settings
     dest_dir = settings.inbox / preset if preset else settings.inbox
     path = publish_file(spooled.data, dest_dir, name, settings.file_mode, settings.output_group)
     stat = path.stat()
     relative = PurePosixPath(*path.relative_to(settings.inbox).parts).as_posix()
-    options: dict[str, Any] = asdict(settings.restore_options(preset))
-    result = ctx.store.add(
-        relative,
-        spooled.sha256,
-        stat.st_size,
-        stat.st_mtime,
-        preset=preset,
-        options=options,
-        duplicate_content=settings.duplicate_content,
-    )
-    if not result.created:
-        return result.job
-    if ctx.on_job is not None:
+    version = FileVersion(spooled.sha256, stat.st_size, stat.st_mtime)
+    result = enqueue_file(settings, ctx.store, relative, version)
+    if result.created and ctx.on_job is not None:
         ctx.on_job(result)
-    elif result.job.state == "cancelled":  # no service hook: apply the same originals rule ourselves
-        return dispose_original(settings, ctx.store, result.job, path)
     return result.job
 
 

@@ -1,4 +1,6 @@
-"""Cheap, test-only worker processors (selected with the `processor` setting / RESTORER_PROCESSOR).
+"""Cheap, test-only worker processors: passed to Worker/Service as the per-job stage, or to a real
+`restorer serve` through the tests-only launcher (`python -m tests.serve_with
+tests.daemon_processors:CopyProcessor serve ...`).
 
 They replace only the pipeline stage; the daemon around them (store, watcher, worker process, publish)
 is the real one. What they do depends on the input's bytes, so a test controls them by what it drops:
@@ -51,7 +53,3 @@ class CopyProcessor:
 
     def extension(self, fmt: str) -> str:
         return f".{fmt}"
-
-
-def copy(settings: Settings) -> CopyProcessor:
-    return CopyProcessor(settings)

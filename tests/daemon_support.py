@@ -17,6 +17,7 @@ from daemon.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 RESTORER = Path(sys.executable).parent / "restorer"
+COPY_PROCESSOR = "tests.daemon_processors:CopyProcessor"
 
 
 def make_settings(root: Path, **overrides: Any) -> Settings:
@@ -58,9 +59,18 @@ def files_under(root: Path) -> list[str]:
 
 
 class ServeProcess:
-    """`restorer serve` as a real child process, in its own process group (so kill -9 hits it all)."""
+    """`restorer serve` as a real child process, in its own process group (so kill -9 hits it all).
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None, *extra: str) -> None:
+    processor: the worker's per-job stage, through the tests-only launcher (tests/serve_with.py);
+    None runs the real pipeline through the installed `restorer` script."""
+
+    def __init__(
+        self,
+        root: Path,
+        env: dict[str, str] | None = None,
+        *extra: str,
+        processor: str | None = COPY_PROCESSOR,
+    ) -> None:
         self.root = root
         self.log_path = root / f"serve-{time.monotonic_ns()}.log"
         config = root / "restorer.toml"
@@ -80,15 +90,17 @@ class ServeProcess:
                         "poll_seconds = 0.2",
                         "heartbeat_seconds = 0.5",
                         "min_free_mb = 0",
-                        'processor = "tests.daemon_processors:copy"',
                     ]
                 )
                 + "\n"
             )
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        launcher = [str(RESTORER)]
+        if processor is not None:
+            launcher = [sys.executable, "-m", "tests.serve_with", processor]
         self.proc = subprocess.Popen(
-            [str(RESTORER), "-v", "serve", "--config", str(config), *extra],
+            [*launcher, "-v", "serve", "--config", str(config), *extra],
             cwd=root,
             env=full_env,
             stdout=self.log,

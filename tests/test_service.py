@@ -23,7 +23,7 @@ import pytest
 from app.cli import main
 from daemon import sdnotify
 from daemon.store import JobStore
-from tests.daemon_support import RESTORER, ServeProcess, files_under, wait_for
+from tests.daemon_support import COPY_PROCESSOR, RESTORER, ServeProcess, files_under, wait_for
 
 
 class NotifyListener:
@@ -78,9 +78,13 @@ def serves() -> Iterator[list[ServeProcess]]:
 
 
 def start(
-    serves: list[ServeProcess], root: Path, *extra: str, env: dict[str, str] | None = None
+    serves: list[ServeProcess],
+    root: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    processor: str | None = COPY_PROCESSOR,
 ) -> ServeProcess:
-    serve = ServeProcess(root, env, *extra)
+    serve = ServeProcess(root, env, *extra, processor=processor)
     serves.append(serve)
     serve.wait_ready()
     return serve
@@ -372,9 +376,9 @@ def test_port_in_use_is_a_clear_startup_error(root: Path, serves: list[ServeProc
 @pytest.mark.slow
 def test_real_restore_end_to_end_through_restorer_serve(root: Path, serves: list[ServeProcess]) -> None:
     weights = Path(__file__).resolve().parent.parent / "weights"
-    env = {"RESTORER_PROCESSOR": "", "RESTORER_MODEL": "realesr-animevideov3", "RESTORER_FACES": "false"}
+    env = {"RESTORER_MODEL": "realesr-animevideov3", "RESTORER_FACES": "false"}
     env["RESTORER_WEIGHTS_DIR"] = str(weights)
-    serve = start(serves, root, env=env)
+    serve = start(serves, root, env=env, processor=None)  # the installed `restorer`, the real pipeline
     from PIL import Image
 
     from tests.test_worker import png_bytes

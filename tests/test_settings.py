@@ -85,7 +85,7 @@ def test_example_config_documents_every_key_and_loads() -> None:
             continue
         assert re.search(rf"^#? ?{name} = ", text, re.MULTILINE), f"{name} is not documented in {example}"
     settings = Settings.load(example)
-    assert settings.presets == DEFAULT_PRESETS and settings.processor is None
+    assert settings.presets == DEFAULT_PRESETS
 
 
 def test_local_config_used_by_make_run_loads() -> None:

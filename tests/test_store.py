@@ -60,6 +60,28 @@ def test_schema_upgraded_in_place_from_version_1(tmp_path: Path) -> None:
     store.close()
 
 
+def test_upgrade_keeps_where_archived_and_failed_originals_are(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    engine = _make_engine(db)
+    assert migrate(engine, upto=2) == 2
+    with sqlite3.connect(db) as conn:  # version 2 named the column after one of its two uses
+        for path, place in (("a.jpg", "archived"), ("b.jpg", "failed_dir")):
+            conn.execute(
+                "INSERT INTO jobs (input_path, content_sha256, size_bytes, mtime, detected_at, state, "
+                "original, archived_path) VALUES (?, 'h' || ?, 3, 1.0, '2026-01-01T00:00:00+00:00', "
+                "'done', ?, ?)",
+                (path, path, place, f"moved/{path}"),
+            )
+    engine.dispose()
+    store = JobStore(db)
+    jobs = store.list(order="asc").jobs
+    assert [(j.original, j.original_path) for j in jobs] == [
+        ("archived", "moved/a.jpg"),
+        ("failed_dir", "moved/b.jpg"),
+    ]
+    store.close()
+
+
 def test_database_newer_than_code_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "jobs.sqlite3"
     JobStore(db).close()

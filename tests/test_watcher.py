@@ -140,6 +140,18 @@ def test_same_content_under_new_name_is_recognised(harness: Harness) -> None:
     assert job.state == "cancelled" and job.note.startswith("skipped: same content as job 1")
 
 
+def test_skipped_duplicate_is_archived_by_intake_itself(harness: Harness) -> None:
+    # enqueue_file applies the originals rule to a skipped copy: no service hook is needed for it.
+    harness.start()
+    (harness.inbox / "a.jpg").write_bytes(b"same bytes")
+    wait_for(lambda: harness.paths() == ["a.jpg"])
+    (harness.inbox / "copy.jpg").write_bytes(b"same bytes")
+    skipped = wait_for(lambda: (j := harness.store.get(2)) is not None and j.original == "archived" and j)
+    assert skipped.state == "cancelled" and skipped.original_path == "copy.jpg"
+    assert sorted(p.name for p in harness.inbox.iterdir()) == ["a.jpg"]
+    assert (harness.settings.archive_dir / "copy.jpg").read_bytes() == b"same bytes"
+
+
 def test_junk_is_ignored_but_photo_jpg_and_stfolder_jpg_are_accepted(harness: Harness) -> None:
     inbox = harness.inbox
     for junk in [".DS_Store", "._photo.jpg", "Thumbs.db", "desktop.ini", "a.part", "b.crdownload", "c.tmp"]:

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from pydantic import ValidationError
 
+from daemon.messages import DiskFull, Finished, WorkerMessage
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
-from daemon.worker import PipelineProcessor, Processed, Worker, load_processor
+from daemon.worker import PipelineProcessor, Processed, Worker
 from pipeline import stage_spans
 from pipeline.types import ProgressCallback, RestoreOptions
 from tests.daemon_processors import CopyProcessor
@@ -43,7 +45,7 @@ class Rig:
         self.settings: Settings = make_settings(root, **overrides)
         self.inbox = Path(self.settings.inbox)
         self.store = JobStore(self.settings.db_path)
-        self.messages: list[tuple[Any, ...]] = []
+        self.messages: list[WorkerMessage] = []
         self.worker = Worker(
             self.settings, self.store, processor or DecodingCopy(self.settings), self.messages.append
         )
@@ -83,11 +85,11 @@ def test_output_published_at_mirrored_path_and_original_archived(rig: Rig) -> No
     rig.drop("holiday/2019/a.png", png_bytes())
     job = rig.run()
     assert job.state == "done" and job.output_path == "holiday/2019/a.png" and job.attempts == 1
-    assert job.original == "archived" and job.archived_path == "holiday/2019/a.png"
+    assert job.original == "archived" and job.original_path == "holiday/2019/a.png"
     assert files_under(Path(rig.settings.outbox)) == ["holiday/2019/a.png"]
     assert files_under(Path(rig.settings.archive_dir)) == ["holiday/2019/a.png"]
     assert files_under(rig.inbox) == []
-    assert ("finished", job.id, "done", job.report) in rig.messages
+    assert Finished("w1", job.id, "done", job.report) in rig.messages
 
 
 def test_originals_delete_and_keep(tmp_path: Path) -> None:
@@ -128,7 +130,7 @@ def test_bad_input_goes_to_failed_with_reason(rig: Rig, case: str, data: bytes, 
     rig.drop(f"album/{case}.png", data)
     job = rig.run()
     assert job.state == "failed" and job.failure_kind == "bad-input" and job.attempts == 1
-    assert job.original == "failed_dir" and job.archived_path == f"album/{case}.png"
+    assert job.original == "failed_dir" and job.original_path == f"album/{case}.png"
     failed = Path(rig.settings.failed_dir) / "album"
     assert sorted(p.name for p in failed.iterdir()) == [f"{case}.png", f"{case}.png.error.txt"]
     text = (failed / f"{case}.png.error.txt").read_text()
@@ -165,7 +167,7 @@ def test_outbox_full_fails_cleanly_keeps_original_and_reports(tmp_path: Path) ->
         assert job.state == "failed" and job.failure_kind == "disk-full"
         assert "outbox is full" in job.error and "original is still in the inbox" in job.error
         assert files_under(rig.inbox) == ["big.png"] and os.listdir(outbox) == []
-        assert any(m[0] == "disk_full" and m[2] == len(big) for m in rig.messages)
+        assert any(isinstance(m, DiskFull) and m.needed_bytes == len(big) for m in rig.messages)
     finally:
         subprocess.run(["umount", "-l", str(outbox)])
 
@@ -241,10 +243,17 @@ def test_preset_options_reach_the_processor(tmp_path: Path) -> None:
     assert received[0].faces is False and received[0].scale == 4
 
 
-def test_processor_setting_selects_a_test_stage_and_defaults_to_the_real_pipeline(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, processor="tests.daemon_processors:copy")
-    assert isinstance(load_processor(settings), CopyProcessor)
-    assert isinstance(load_processor(make_settings(tmp_path)), PipelineProcessor)
+def test_no_setting_or_environment_variable_chooses_the_worker_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.service import Service
+
+    # The old test-only setting let an environment variable make the worker import any code.
+    monkeypatch.setenv("RESTORER_PROCESSOR", "tests.daemon_processors:CopyProcessor")
+    assert "processor" not in Settings.model_fields
+    assert Service(make_settings(tmp_path)).processor_factory is PipelineProcessor
+    with pytest.raises(ValidationError, match="processor"):
+        Settings.load(None, processor="tests.daemon_processors:CopyProcessor")
 
 
 @pytest.mark.slow

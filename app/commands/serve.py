@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from app.flags import command_parser, settings_from_args
+
+if TYPE_CHECKING:
+    from daemon.worker import ProcessorFactory
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, processor_factory: ProcessorFactory | None = None) -> int:
+    """processor_factory: the per-job stage (default: the real pipeline); only tests pass another."""
     import asyncio
 
     from pydantic import ValidationError
@@ -43,4 +48,6 @@ def run(args: argparse.Namespace) -> int:
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             log.error("invalid setting %s: %s", where, error["msg"])
         return 2
-    return asyncio.run(serve(settings))
+    if processor_factory is None:
+        return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, processor_factory))

@@ -74,7 +74,7 @@ def test_upgrade_keeps_where_archived_and_failed_originals_are(tmp_path: Path) -
             )
     engine.dispose()
     store = JobStore(db)
-    jobs = store.list(order="asc").jobs
+    jobs = store.list(order="oldest").jobs
     assert [(j.original, j.original_path) for j in jobs] == [
         ("archived", "moved/a.jpg"),
         ("failed_dir", "moved/b.jpg"),

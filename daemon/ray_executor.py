@@ -152,7 +152,14 @@ class ActorProcessor:
             done, _ = ray.wait([call], timeout=PROGRESS_POLL_SECONDS)
             if done:
                 return ray.get(call)
-            count, stage, step, total = ray.get(self.actor.progress.remote(), timeout=self.hang_seconds)
+            try:
+                count, stage, step, total = ray.get(self.actor.progress.remote(), timeout=self.hang_seconds)
+            except ray.exceptions.GetTimeoutError:
+                ray.kill(self.actor)  # not even its progress answers: its node is wedged
+                self.dead = True
+                raise ActorHung(
+                    f"the Ray actor did not answer for {self.hang_seconds:.0f} s and was killed"
+                ) from None
             if count != seen:
                 seen, changed_at = count, time.monotonic()
                 if on_progress is not None and stage is not None:

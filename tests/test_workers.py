@@ -141,3 +141,19 @@ def test_sigkill_of_one_worker_requeues_only_its_job(root: Path, serves: list[Se
     assert {w["id"] for w in health["workers"] if w["pid"] != victim["pid"]} == {"w1", "w2"}  # replaced
     assert "w2 exited (code -9)" in serve.output()
     assert serve.terminate() == 0
+
+
+def test_ray_actor_plan_one_per_gpu_else_one_per_node_and_explicit_counts() -> None:
+    from daemon.ray_executor import actor_plan
+
+    ray = {"executor": "ray", "ray_address": "nas:6379"}
+    count, each = actor_plan(Settings(**ray), {"GPU": 4.0, "CPU": 32.0}, alive_nodes=3)
+    assert (count, each.num_gpus, each.num_cpus) == (4, 1.0, 1.0)  # one per GPU, one GPU each
+    count, each = actor_plan(Settings(**ray), {"CPU": 16.0}, alive_nodes=2)
+    assert (count, each.num_gpus) == (2, 0.0)  # no GPUs: one CPU actor per node
+    count, each = actor_plan(
+        Settings(**ray, ray_actors=3, ray_num_cpus=4, ray_resources={"photos": 1}), {"CPU": 16.0}, 2
+    )
+    assert (count, each.num_cpus, each.resources, each.label()) == (3, 4.0, {"photos": 1.0}, "4 CPU")
+    with pytest.raises(ValueError, match="needs ray_address"):
+        Settings(executor="ray")

@@ -41,7 +41,7 @@ from tests.daemon_support import COPY_PROCESSOR, ServeProcess, make_settings, wa
 from tests.ray_support import RAY_ENV, RayCluster  # noqa: E402
 
 SERVICE_SECONDS = 0.5
-JOBS_PER_ACTOR = 6
+JOBS_PER_ACTOR = 10
 
 
 def machine() -> str:
@@ -65,7 +65,8 @@ def _add_job(settings: Settings, store: JobStore, name: str, data: bytes) -> Non
     path.write_bytes(data)
     stat = path.stat()
     options = dataclasses.asdict(settings.restore_options())
-    store.add(name, hashlib.sha256(data).hexdigest(), stat.st_size, stat.st_mtime, options=options)
+    digest = hashlib.sha256(data).hexdigest()
+    store.add(name, digest, stat.st_size, stat.st_mtime, options=options, duplicate_content="process")
 
 
 def _time_jobs(settings: Settings, processor: Any, data: bytes, repeats: int) -> float:
@@ -95,7 +96,7 @@ def bench_dispatch(cluster: RayCluster, repeats: int) -> list[str]:
         for label, megapixels in (("1 MP", 1), ("12 MP", 12)):
             data = b"\x89PNG" + os.urandom(megapixels * 3_000_000)  # 3 bytes a pixel, incompressible
             root = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
-            settings = make_settings(root, originals="delete")
+            settings = make_settings(root, originals="delete", duplicate_content="process")
             actor = (
                 ray.remote(RestoreActor)
                 .options(num_cpus=0.5, max_concurrency=2)
@@ -119,11 +120,21 @@ def bench_dispatch(cluster: RayCluster, repeats: int) -> list[str]:
 
 
 def _run_serve(
-    root: Path, env: dict[str, str], count: int, timeout: float, processor: str | None = COPY_PROCESSOR
+    root: Path,
+    env: dict[str, str],
+    files: dict[str, bytes],
+    workers: int,
+    timeout: float,
+    processor: str | None = COPY_PROCESSOR,
 ) -> tuple[float, list[Any]]:
+    """Start the daemon, wait until `workers` slots are idle (actors placed, models loaded), then drop
+    every file at once, so the span measures restoring, not starting actors one after another."""
     serve = ServeProcess(root, env, processor=processor)
     try:
         serve.wait_ready(timeout=300)
+        wait_for(lambda: sum(w["state"] == "idle" for w in serve.health()["workers"]) == workers, timeout=300)
+        for name, data in files.items():
+            (root / "inbox" / name).write_bytes(data)
         store_path = root / "state" / "jobs.sqlite3"
 
         def finished() -> list[Any] | None:
@@ -132,7 +143,7 @@ def _run_serve(
                 jobs = store.list(limit=5000, order="oldest").jobs
             finally:
                 store.close()
-            return jobs if len(jobs) == count and all(j.state == "done" for j in jobs) else None
+            return jobs if len(jobs) == len(files) and all(j.state == "done" for j in jobs) else None
 
         jobs = wait_for(finished, timeout=timeout, interval=0.5)
         assert serve.terminate() == 0
@@ -142,12 +153,10 @@ def _run_serve(
     return span.total_seconds(), jobs
 
 
-def _fresh_root(files: dict[str, bytes]) -> Path:
+def _fresh_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     for name in ("inbox", "outbox", "failed", "archive", "state"):
         (root / name).mkdir()
-    for name, data in files.items():
-        (root / "inbox" / name).write_bytes(data)  # all there before the start: the startup scan queues them
     return root
 
 
@@ -164,10 +173,10 @@ def bench_scaling(cluster: RayCluster) -> list[str]:
     for actors in (1, 2, 4, 8):
         count = actors * JOBS_PER_ACTOR
         files = {f"img{n:03d}.jpg": f"SLOW{SERVICE_SECONDS}|job {n}".encode() for n in range(count)}
-        root = _fresh_root(files)
+        root = _fresh_root()
         env = {**RAY_ENV, "RESTORER_EXECUTOR": "ray", "RESTORER_RAY_ADDRESS": cluster.address}
         env |= {"RESTORER_RAY_ACTORS": str(actors), "RESTORER_RAY_NUM_CPUS": "0.1"}
-        seconds, jobs = _run_serve(root, env, count, timeout=600)
+        seconds, jobs = _run_serve(root, env, files, actors, timeout=600)
         # Service-time bound: each actor runs one job at a time, so the ideal is actors / service time.
         rate, linear = count / seconds, actors / SERVICE_SECONDS
         once = _published_once(root, jobs)
@@ -181,7 +190,7 @@ def bench_scaling(cluster: RayCluster) -> list[str]:
 def _photos(count: int) -> dict[str, bytes]:
     from tests.test_worker import png_bytes
 
-    return {f"photo{n}.png": png_bytes(96, seed=n) for n in range(count)}
+    return {f"photo{n}.png": png_bytes(256, seed=n) for n in range(count)}
 
 
 def bench_real(cluster: RayCluster, count: int) -> list[str]:
@@ -205,12 +214,15 @@ def bench_real(cluster: RayCluster, count: int) -> list[str]:
         },
     }
     for label, env in runs.items():
-        root = _fresh_root(_photos(count))
+        root = _fresh_root()
         # Share the converted-model cache between runs so both measure restoring, not converting.
         cache = REPO / "var" / "bench-ray-cache"
         cache.mkdir(parents=True, exist_ok=True)
         (root / "state" / "cache").symlink_to(cache)
-        seconds, jobs = _run_serve(root, {**real, **env}, count, timeout=900, processor=None)
+        workers = 2 if "RESTORER_EXECUTOR" in env else 1
+        seconds, jobs = _run_serve(
+            root, {**real, **env}, _photos(count), workers, timeout=900, processor=None
+        )
         rows.append(
             f"| {label} | {count} | {seconds:.1f} | {seconds / count:.2f} | {_published_once(root, jobs)} |"
         )

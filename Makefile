@@ -49,8 +49,9 @@ SMOKE   := tests/test_embedded.py tests/test_weights.py tests/test_settings.py t
            tests/test_cli_restore.py
 check-pythons:
 	@found=0; failed=""; for py in $(CHECK_PYTHONS); do \
-	  command -v $$py >/dev/null || { echo "== $$py: not installed, skipped"; continue; }; \
-	  found=1; version=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  version=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || \
+	    { echo "== $$py: not installed, skipped"; continue; }; \
+	  found=1; \
 	  echo "== $$py ($$version): make install + smoke tests in .venv-$$version"; \
 	  if $(MAKE) --no-print-directory install PYTHON=$$py VENV=.venv-$$version && \
 	     .venv-$$version/bin/python -m pytest -q -p no:cacheprovider $(SMOKE); \

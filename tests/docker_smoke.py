@@ -253,9 +253,9 @@ class Stack:
         }
         self.compose = compose_command()
 
-    def __call__(self, *args: str, capture: bool = False) -> Completed:
+    def __call__(self, *args: str, capture: bool = False, check: bool = True) -> Completed:
         command = [*self.compose, "-p", self.project, "--project-directory", str(ROOT), *self.files, *args]
-        return run(command, env=self.env, capture=capture)
+        return run(command, env=self.env, capture=capture, check=check)
 
     def api(self, path: str) -> Any:
         url = f"http://127.0.0.1:{self.api_port}/api/v1/{path}"
@@ -320,6 +320,31 @@ def check_outbox_complete(outbox: Path) -> list[str]:
     return names
 
 
+def check_weights_fetch(stack: Stack) -> None:
+    """`restorer weights fetch` through `compose run`: a mirror container on the project's network serves a
+    GFPGANv1.4.pth that is not the official file; the command downloads it, refuses it (sha256) and leaves
+    nothing in the weights folder. (The real release host is not reachable from here.)"""
+    mirror_dir = stack.work / "mirror"
+    mirror_dir.mkdir()
+    (mirror_dir / "GFPGANv1.4.pth").write_bytes(os.urandom(300_000))
+    mirror = f"{stack.project}-mirror"
+    docker("run", "-d", "--rm", "--name", mirror, "--network", f"{stack.project}_default",
+           "-v", f"{mirror_dir}:/srv:ro", "--entrypoint", "python", TAG,
+           "-m", "http.server", "8000", "--directory", "/srv")  # fmt: skip
+    try:
+        time.sleep(3)  # the server binds in well under a second; no health check for a one-off
+        fetched = stack("run", "--rm", "--no-deps", "restorer", "weights", "fetch", "GFPGANv1.4",
+                        "--mirror", f"http://{mirror}:8000", capture=True, check=False)  # fmt: skip
+    finally:
+        docker("rm", "-f", mirror, check=False)
+    assert fetched.returncode == 1, fetched.stdout + fetched.stderr
+    assert "nothing was written" in fetched.stderr, fetched.stderr
+    assert list((stack.work / "weights").iterdir()) == []
+    listing = stack("run", "--rm", "--no-deps", "restorer", "weights", capture=True)
+    assert "GFPGANv1.4" in listing.stdout and "missing" in listing.stdout, listing.stdout
+    log("weights fetch via compose run: fetched from the mirror container, wrong sha256 refused, none kept")
+
+
 def smoke(stack: Stack) -> dict[str, Any]:
     result: dict[str, Any] = {}
     started = time.monotonic()
@@ -336,6 +361,8 @@ def smoke(stack: Stack) -> dict[str, Any]:
     info = output.stat()
     assert (info.st_uid, info.st_gid) == (PUID, PGID), (info.st_uid, info.st_gid)
     log(f"first output after {result['first_output_s']} s, owner {info.st_uid}:{info.st_gid}")
+
+    check_weights_fetch(stack)
 
     stack("restart")
     result["restart_healthy_s"] = round(stack.wait_healthy(timeout=600), 1)

@@ -96,6 +96,10 @@ class HostNetwork:
                 run([tool, "-t", table, "-X"], check=False)
                 for chain in re.findall(r"^:(\w+) (?:DROP|ACCEPT)", _table(now, table), flags=re.MULTILINE):
                     run([tool, "-t", table, "-P", chain, "ACCEPT"], check=False)
+                if shutil.which("nft") and "nf_tables" in run([tool, "--version"], capture=True).stdout:
+                    # iptables-nft leaves the emptied table behind; it was not there before.
+                    family = "ip" if tool == "iptables" else "ip6"
+                    run(["nft", "delete", "table", family, table], check=False, capture=True)
             if saved.strip():
                 run([f"{tool}-restore"], input=saved, check=False)
         for link in self._links() - self.links:
@@ -337,8 +341,9 @@ def check_weights_fetch(stack: Stack) -> None:
                         "--mirror", f"http://{mirror}:8000", capture=True, check=False)  # fmt: skip
     finally:
         docker("rm", "-f", mirror, check=False)
-    assert fetched.returncode == 1, fetched.stdout + fetched.stderr
-    assert "nothing was written" in fetched.stderr, fetched.stderr
+    # The command exits 1 here, but `compose run` does not pass every engine's exit code on (Compose v2.40
+    # with Docker 20.10 reports 0), so the message is what is checked.
+    assert "nothing was written" in fetched.stderr, fetched.stdout + fetched.stderr
     assert list((stack.work / "weights").iterdir()) == []
     listing = stack("run", "--rm", "--no-deps", "restorer", "weights", capture=True)
     assert "GFPGANv1.4" in listing.stdout and "missing" in listing.stdout, listing.stdout

@@ -414,17 +414,23 @@ def _rate(conn: Connection) -> Rate:
     return Rate(per_megapixel, None if mean is None else float(mean))
 
 
-def _per_hour(conn: Connection, start: datetime, hours: int) -> list[dict[str, Any]]:
-    """Done jobs per clock hour (UTC), oldest first, hours without any included."""
+def _bucket_sums(conn: Connection, prefix: int, sums: str, where: str, since: datetime) -> dict[str, tuple]:
+    """`sums` per time bucket (the first `prefix` characters of finished_at) of the jobs `where` holds,
+    finished from `since` on."""
     rows = conn.execute(
         text(
-            f"SELECT substr(finished_at, 1, {HOUR_PREFIX}) AS hour, COUNT(*), "
-            "COALESCE(SUM(input_megapixels), 0), COALESCE(SUM(work_seconds), 0) "
-            "FROM jobs WHERE state = 'done' AND finished_at >= :since GROUP BY hour"
+            f"SELECT substr(finished_at, 1, {prefix}) AS bucket, {sums} FROM jobs "
+            f"WHERE {where} AND finished_at >= :since GROUP BY bucket"
         ),
-        {"since": to_text(start)},
+        {"since": to_text(since)},
     )
-    found = {row[0]: tuple(row[1:]) for row in rows}
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _per_hour(conn: Connection, start: datetime, hours: int) -> list[dict[str, Any]]:
+    """Done jobs per clock hour (UTC), oldest first, hours without any included."""
+    sums = "COUNT(*), COALESCE(SUM(input_megapixels), 0), COALESCE(SUM(work_seconds), 0)"
+    found = _bucket_sums(conn, HOUR_PREFIX, sums, "state = 'done'", start)
     starts = [start + timedelta(hours=i) for i in range(hours)]
     return [_hour(hour, *found.get(to_text(hour)[:HOUR_PREFIX], (0, 0.0, 0.0))) for hour in starts]
 
@@ -440,17 +446,12 @@ def _hour(hour: datetime, images: int, megapixels: float, seconds: float) -> dic
 
 def _per_day(conn: Connection, start: datetime, days: int) -> list[dict[str, Any]]:
     """Done and failed jobs per day (UTC), oldest first, days without any included."""
-    rows = conn.execute(
-        text(
-            f"SELECT substr(finished_at, 1, {DAY_PREFIX}) AS day, "
-            "SUM(state = 'done'), SUM(state = 'failed'), "
-            "COALESCE(SUM(CASE WHEN state = 'done' THEN input_megapixels END), 0), "
-            "COALESCE(SUM(CASE WHEN state = 'done' THEN output_size_bytes END), 0) "
-            "FROM jobs WHERE state IN ('done', 'failed') AND finished_at >= :since GROUP BY day"
-        ),
-        {"since": to_text(start)},
+    sums = (
+        "SUM(state = 'done'), SUM(state = 'failed'), "
+        "COALESCE(SUM(CASE WHEN state = 'done' THEN input_megapixels END), 0), "
+        "COALESCE(SUM(CASE WHEN state = 'done' THEN output_size_bytes END), 0)"
     )
-    found = {row[0]: tuple(row[1:]) for row in rows}
+    found = _bucket_sums(conn, DAY_PREFIX, sums, "state IN ('done', 'failed')", start)
     keys = [(start + timedelta(days=i)).date().isoformat() for i in range(days)]
     return [_day(key, *found.get(key, (0, 0, 0.0, 0))) for key in keys]
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -273,6 +275,55 @@ def test_real_restore_of_a_16px_image_with_realesr_animevideov3(tmp_path: Path) 
     with PILImage.open(Path(rig.settings.outbox) / "photos" / "tiny.png") as out:
         assert out.size == (64, 64)
     assert job.report["model"] == "realesr-animevideov3" and job.report["backend"] == info["backend"]
+
+
+@pytest.mark.slow
+def test_a_job_with_faces_never_moves_backwards_and_its_eta_rises_only_by_the_stage_it_entered(
+    tmp_path: Path,
+) -> None:
+    """Real pipeline through the worker: embedded SR weights, a randomly initialised GFPGAN of the official
+    shape, a photo with a face. Faces are restored before the upscale; progress must follow that order."""
+    import cv2
+    import skimage
+
+    from tests.faces_support import write_random_gfpgan
+
+    write_random_gfpgan(tmp_path / "weights")
+    engine = {"backend": "torch", "precision": "fp32", "threads": 2}  # torch fp32: no OpenVINO compile
+    options = {"model": "realesr-animevideov3", "faces": True, "weights_dir": tmp_path / "weights"}
+    settings = make_settings(tmp_path, **engine, **options)
+    rig = Rig(tmp_path, PipelineProcessor(settings), **engine, **options)
+    rig.worker.processor.warm_up(settings.restore_options())
+    writes: list[tuple[float, float, str | None]] = []  # (seconds since claim, progress, stage)
+    record_progress = rig.store.update_progress
+
+    def recording(job_id: int, progress: float, stage: str | None) -> bool:
+        writes.append((time.monotonic() - claimed, progress, stage))
+        return record_progress(job_id, progress, stage)
+
+    rig.store.update_progress = recording  # type: ignore[method-assign]
+    photo = cv2.resize(skimage.data.astronaut()[0:300, 80:380], (160, 160), interpolation=cv2.INTER_AREA)
+    buffer = io.BytesIO()
+    PILImage.fromarray(photo).save(buffer, format="PNG")
+    rig.drop("family/astronaut.png", buffer.getvalue())
+    claimed = time.monotonic()
+    job = rig.run()
+    assert job.state == "done", job.error
+    assert job.report["faces"] and job.report["faces"][0]["restored"], job.report
+    stages = [stage for _, _, stage in writes]
+    assert stages.index("faces-restore") < stages.index("upscale") < stages.index("encode")
+    progress = [value for _, value, _ in writes]
+    assert progress == sorted(progress), writes  # never backwards
+    spans = stage_spans()
+    # The API's ETA for a running job: its measured pace, elapsed * (1 - p) / p. It may rise only as
+    # time passes without progress at that pace, plus the share of the stage just entered.
+    paced = [(at, value, stage) for at, value, stage in writes if value >= 0.05]
+    for (before_at, before, _), (at, now, stage) in itertools.pairwise(paced):
+        eta_before = before_at * (1 - before) / before
+        eta_now = at * (1 - now) / now
+        start, end = spans[stage or "decode"]
+        allowed = (at - before_at) * (1 - before) / before + (end - start) * before_at / before
+        assert eta_now <= eta_before + allowed + 1e-6, (stage, before, now, eta_before, eta_now)
 
 
 def test_retried_failed_job_runs_from_the_failed_folder_and_cleans_up(rig: Rig) -> None:

@@ -38,6 +38,7 @@ class _Health:
     pending_files: int = 0  # seen, waiting to be stable
     intake_paused: bool = False
     intake_paused_reason: str | None = None
+    too_deep_folders: list[str] = field(default_factory=list)  # skipped: nested beyond the depth limit
     # Output.
     outbox_writable: bool = True
     outbox_error: str | None = None
@@ -140,6 +141,11 @@ class HealthState:
                     degraded.append(f"the outbox is not writable: {s.outbox_error}")
                 if s.intake_paused:
                     degraded.append(f"intake is paused: {s.intake_paused_reason}")
+                if s.too_deep_folders:
+                    degraded.append(
+                        "inbox folders nested too deep are skipped (move their photos up): "
+                        + ", ".join(folder[:80] for folder in s.too_deep_folders[:3])
+                    )
                 connected = s.cluster is not None and s.cluster.get("state") == "connected"
                 if connected and s.workers and all(w.get("state") == "waiting" for w in s.workers):
                     degraded.append("no Ray node has room for a restore actor (check the nodes' resources)")

@@ -250,14 +250,23 @@ def _remove_quietly(path: Path) -> None:
 
 
 def remove_stale_temp_files(root: Path) -> int:
-    """Delete temp files a crash left under `root` (recursively); return how many."""
+    """Delete temp files a crash left under `root` (an explicit stack, never recursion: a share user's
+    1,000-deep folder must not stop the service from starting; symlinked folders are not entered)."""
     removed = 0
     if not root.is_dir():
         return 0
-    for folder, _dirs, files in os.walk(root):
-        for file_name in files:
-            if file_name.startswith(TEMP_PREFIX):
-                _remove_quietly(Path(folder) / file_name)
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.name.startswith(TEMP_PREFIX):
+                _remove_quietly(Path(entry.path))
                 removed += 1
     return removed
 

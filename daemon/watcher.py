@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from stat import S_ISREG
@@ -32,7 +32,7 @@ from stat import S_ISREG
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from daemon import fsinfo
 from daemon.health import HealthState
@@ -48,6 +48,9 @@ JUNK_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"
 JUNK_DIR_NAMES = frozenset({"@eadir", "__macosx", "#recycle", "$recycle.bin", "#snapshot", "@recycle"})
 JUNK_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download", ".swp", "~")
 INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
+# Folders nested deeper than this below the inbox are reported and skipped: no photo collection needs
+# more, and a hostile 1,000-deep tree must cost a log line, not the service (recursion, watches).
+MAX_FOLDER_DEPTH = 32
 
 ObserverFactory = Callable[[str, str, float], BaseObserver]  # (mode, inbox, poll_seconds) -> observer
 
@@ -72,8 +75,27 @@ def is_junk_dir(name: str) -> bool:
 
 def default_observer(mode: str, inbox: str, poll_seconds: float) -> BaseObserver:
     if mode == "polling":
-        return PollingObserver(timeout=poll_seconds)
+        # lstat: a symlink is an entry, never a way into another folder; listdir stops at the depth limit
+        # (watchdog's snapshot recurses, so a deeper tree would kill its thread).
+        return PollingObserverVFS(os.lstat, depth_limited_scandir(inbox), polling_interval=poll_seconds)
     return Observer()
+
+
+def folder_depth(relative: str) -> int:
+    """How deep a folder (posix, relative to the inbox) is: "" is 0, "a" is 1, "a/b" is 2."""
+    return 0 if not relative else relative.count("/") + 1
+
+
+def depth_limited_scandir(inbox: str) -> Callable[[str | None], Iterator[os.DirEntry[str]]]:
+    root = os.path.normpath(inbox)
+
+    def scandir(path: str | None) -> Iterator[os.DirEntry[str]]:
+        relative = os.path.relpath(os.path.normpath(path or "."), root)
+        if folder_depth("" if relative == "." else relative) >= MAX_FOLDER_DEPTH:
+            return iter(())
+        return os.scandir(path)
+
+    return scandir
 
 
 class _EventRelay(FileSystemEventHandler):
@@ -144,6 +166,7 @@ class Intake:
         self._thread: threading.Thread | None = None
         self._inbox_ok = True
         self._root_identity: tuple[int, int] | None = None
+        self._too_deep_folders: set[str] = set()
         self.scans = 0  # full scans done (tests and benchmarks wait on it)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -261,7 +284,7 @@ class Intake:
             return
         if stat is None:
             try:
-                stat = os.stat(self._inbox / relative)
+                stat = os.lstat(self._inbox / relative)
             except FileNotFoundError:
                 return
             except OSError as exc:
@@ -276,7 +299,7 @@ class Intake:
     def _check_pending(self) -> None:
         for relative in self._pending:
             try:
-                stat = os.stat(self._inbox / relative)
+                stat = os.lstat(self._inbox / relative)
             except FileNotFoundError:
                 self._pending.forget(relative)  # deleted (or renamed) before it was stable: no job
                 continue
@@ -293,7 +316,7 @@ class Intake:
         path = self._inbox / relative
         try:
             digest = sha256_file(path)
-            after = os.stat(path)
+            after = os.lstat(path)
         except FileNotFoundError:
             self._pending.forget(relative)
             return
@@ -336,27 +359,47 @@ class Intake:
         log.debug("intake: %s scan done, %d pending", why, len(self._pending))
 
     def _walk(self, folder: Path, relative: str, seen: set[str] | None = None) -> None:
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            if folder == self._inbox:
-                raise
-            log.warning("intake: cannot list %s: %s", folder, exc)
-            return
-        for entry in entries:
-            child = f"{relative}/{entry.name}" if relative else entry.name
+        """Notice every entry below `folder` (an explicit stack, never recursion; lstat, so a symlink is
+        an entry to report, not a way into another folder); folders past MAX_FOLDER_DEPTH are skipped."""
+        stack = [(folder, relative)]
+        while stack:
+            folder, relative = stack.pop()
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if not is_junk_dir(entry.name):
-                        self._walk(Path(entry.path), child, seen)
-                    continue
-                stat = entry.stat(follow_symlinks=True)
+                entries = list(os.scandir(folder))
             except OSError as exc:
-                log.warning("intake: cannot stat %s: %s", child, exc)
+                if folder == self._inbox:
+                    raise
+                log.warning("intake: cannot list %s: %s", folder, exc)
                 continue
-            if seen is not None:
-                seen.add(child)
-            self._notice(child, stat)
+            for entry in entries:
+                child = f"{relative}/{entry.name}" if relative else entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if is_junk_dir(entry.name):
+                            continue
+                        if folder_depth(child) > MAX_FOLDER_DEPTH:
+                            self._too_deep(child)
+                            continue
+                        stack.append((Path(entry.path), child))
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    log.warning("intake: cannot stat %s: %s", child, exc)
+                    continue
+                if seen is not None:
+                    seen.add(child)
+                self._notice(child, stat)
+
+    def _too_deep(self, relative: str) -> None:
+        if relative in self._too_deep_folders:
+            return
+        self._too_deep_folders.add(relative)
+        log.warning(
+            "intake: skipping %s: folders nested deeper than %d levels are not watched or scanned",
+            relative,
+            MAX_FOLDER_DEPTH,
+        )
+        self.health.update(too_deep_folders=sorted(self._too_deep_folders)[:10])
 
     # -- watching the watcher -------------------------------------------------------------------------
 
@@ -366,6 +409,19 @@ class Intake:
             observer = self._observer_factory(mode, str(self._inbox), self.settings.poll_seconds)
             observer.schedule(_EventRelay(self._events, self._wake), str(self._inbox), recursive=True)
             observer.start()
+        except RecursionError:
+            if mode != "native":
+                raise
+            # inotify's recursive watch walks the whole tree with recursion: a hostile depth kills it.
+            # Polling stops at MAX_FOLDER_DEPTH, so the rest of the inbox stays watched.
+            self._forced_polling_reason = (
+                f"the inbox holds folders nested deeper than {MAX_FOLDER_DEPTH} levels, which inotify "
+                f"cannot watch: polling every {self.settings.poll_seconds:g} s instead (remove them)"
+            )
+            self._mode, self._mode_reason = "polling", self._forced_polling_reason
+            log.warning("intake: %s", self._forced_polling_reason)
+            self.health.update(watch_mode="polling", watch_mode_reason=self._forced_polling_reason)
+            return self._start_observer()
         except OSError as exc:
             if mode == "native" and exc.errno in INOTIFY_LIMIT_ERRNOS:
                 self._fall_back_to_polling(exc)

@@ -6,6 +6,7 @@ test; the store, the watcher, the worker process, the publish protocol and the H
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -360,6 +361,64 @@ def test_polling_mode_end_to_end_with_a_skipped_duplicate(root: Path, serves: li
     assert skipped.state == "cancelled" and skipped.note.startswith("skipped: same content as job 1")
     assert files_under(root / "outbox") == ["a.bin"] and files_under(root / "inbox") == []
     assert files_under(root / "archive") == ["a.jpg", "copy of a.jpg"]
+    assert serve.terminate() == 0
+
+
+def _deep_tree(top: Path, depth: int) -> None:
+    """top/d/d/.../d (depth levels) with a photo at the bottom, built with openat: a plain path to the
+    bottom is longer than the helpers' recursion allows."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        photo = os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(photo, b"at the bottom")
+        os.close(photo)
+    finally:
+        os.close(fd)
+
+
+def _remove_deep_tree(top: Path) -> None:
+    """Undo _deep_tree bottom-up (shutil.rmtree, and so pytest's temp cleanup, recurse per level)."""
+    chain = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            while True:
+                chain.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=chain[-1]))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("deep.jpg", dir_fd=chain[-1])
+        while len(chain) > 1:
+            os.close(chain.pop())
+            os.rmdir("d", dir_fd=chain[-1])
+    finally:
+        for fd in chain:
+            os.close(fd)
+
+
+@pytest.fixture
+def deep_inbox(root: Path) -> Iterator[Path]:
+    _deep_tree(root / "inbox", 1100)
+    yield root / "inbox"
+    _remove_deep_tree(root / "inbox")
+
+
+@pytest.mark.parametrize("mode", ["native", "polling"])
+def test_a_1000_deep_folder_is_reported_and_skipped_and_the_daemon_starts(
+    root: Path, deep_inbox: Path, serves: list[ServeProcess], mode: str
+) -> None:
+    # 1,100 levels below the inbox: today a RecursionError in the startup scan, so a crash loop.
+    (root / "inbox" / "top.jpg").write_bytes(b"a photo at the top")
+    serve = start(serves, root, "--watch-mode", mode)
+    wait_for(lambda: job_states(root) == ["done"])
+    assert [j.input_path for j in jobs(root)] == ["top.jpg"]
+    health = wait_for(lambda: (h := serve.health())["too_deep_folders"] and h)
+    assert health["too_deep_folders"] == ["/".join(["d"] * 33)]
+    assert health["status"] == "degraded" and any("nested too deep" in r for r in health["reasons"])
+    (root / "inbox" / "later.jpg").write_bytes(b"still watched")
+    wait_for(lambda: job_states(root) == ["done", "done"])
     assert serve.terminate() == 0
 
 

@@ -13,9 +13,10 @@ to rows whose original is still in the inbox, makes a second row for the same fi
 often it is scanned, restarted or touched. Rules applied by `add`:
 
 - same path and same content, original still in the inbox (touched, rescanned, kept): not a new job;
-- same content under another name (or re-dropped after its original was moved away): recognised; with
-  duplicate_content="skip" a row is recorded as `cancelled` with the note "skipped: same content as
-  job N", with "process" it is queued with the note "same content as job N";
+- same content and the same options under another name (or re-dropped after its original was moved
+  away): recognised; with duplicate_content="skip" a row is recorded as `cancelled` with the note
+  "skipped: same content as job N", with "process" it is queued with the note "same content as job N"
+  (the same photo dropped into a preset folder asks for another result: a new job);
 - same name with new content: a new job.
 
 Jobs run in arrival order (id), a higher priority first (readmodel.CLAIM_ORDER). `attempts` counts
@@ -287,12 +288,14 @@ class JobStore(ReadModel):
             ).first()
             if same_file is not None:
                 return AddResult(job_from_row(same_file), created=False)
+            # A twin is the same content restored the same way: the same photo dropped into `2x/` asks for
+            # another result, so it is a job of its own.
             twin = conn.execute(
                 text(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE content_sha256 = :h "
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE content_sha256 = :h AND options = :options "
                     "AND state IN ('queued', 'processing', 'done') ORDER BY id LIMIT 1"
                 ),
-                {"h": content_sha256},
+                {"h": content_sha256, "options": json.dumps(options or {})},
             ).first()
             state, note, finished = "queued", None, None
             if twin is not None:

@@ -140,6 +140,19 @@ def test_same_content_under_new_name_is_recognised(harness: Harness) -> None:
     assert job.state == "cancelled" and job.note.startswith("skipped: same content as job 1")
 
 
+def test_the_same_photo_dropped_into_a_preset_folder_is_a_new_job(harness: Harness) -> None:
+    harness.start()
+    (harness.inbox / "a.jpg").write_bytes(b"one photo")
+    wait_for(lambda: harness.paths() == ["a.jpg"])
+    (harness.inbox / "2x").mkdir()
+    (harness.inbox / "2x" / "a.jpg").write_bytes(b"one photo")  # "and now at 2x, please"
+    (harness.inbox / "copy.jpg").write_bytes(b"one photo")  # the same request again: a duplicate
+    wait_for(lambda: len(harness.paths()) == 3)
+    jobs = {j.input_path: j for j in harness.store.list().jobs}
+    assert jobs["2x/a.jpg"].state == "queued" and jobs["2x/a.jpg"].options["scale"] == 2
+    assert jobs["copy.jpg"].state == "cancelled" and "same content as job 1" in jobs["copy.jpg"].note
+
+
 def test_skipped_duplicate_is_archived_by_intake_itself(harness: Harness) -> None:
     # enqueue_file applies the originals rule to a skipped copy: no service hook is needed for it.
     harness.start()

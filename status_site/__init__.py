@@ -10,10 +10,13 @@ It reads and presents what the daemon's job store says, through the daemon's pub
     context.py     what every handler needs: settings, the store (writes), the read model, thread pools
     eta.py         queue ETAs from the mean seconds per input megapixel of done jobs
     files.py       a job's input/output looked up from its record, checked inside its folder; previews
-    uploads.py     multipart uploads: limits while streaming, validation, publish into the inbox
-    guards.py      who may write (API token in constant time, else loopback only)
-    middleware.py  problem+json errors (RFC 9457), CORS (off unless configured), headers
-    cache.py       a quarter-second single-flight cache for the polled endpoints
+                   (header check against the pipeline's pixel limit; big ones via preview_child.py)
+    uploads.py     multipart uploads: streamed to disk with limits, validation, publish into the inbox
+    guards.py      Host allow-list, Origin checks on writes, the API token (writes; reads too with
+                   protect_reads), else loopback-only writes
+    connections.py idle/slow-header timeouts and the connection cap of both ports
+    middleware.py  problem+json errors (RFC 9457), CORS (off unless configured), headers, the guards
+    cache.py       a quarter-second single-flight cache for the polled endpoints, bounded in bytes
     metrics.py     Prometheus text;  openapi.py: the OpenAPI 3.1 document
 """
 

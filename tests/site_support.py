@@ -312,9 +312,13 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
 
 @contextmanager
 def running_serve(
-    tmp: Path, env_extra: dict[str, str] | None = None, timeout: float = 120.0
+    tmp: Path, env_extra: dict[str, str] | None = None, timeout: float = 120.0, processor: str | None = None
 ) -> Iterator[Site]:
-    """`restorer serve` as a subprocess on free ports, configured through RESTORER_* variables."""
+    """`restorer serve` as a subprocess on free ports, configured through RESTORER_* variables.
+
+    processor: "module:factory" of a cheap worker stage, run through the tests-only launcher
+    (tests/serve_with.py); None runs the real pipeline.
+    """
     api_port, site_port = free_port(), free_port()
     env = dict(os.environ)
     env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp).items()})
@@ -335,7 +339,7 @@ def running_serve(
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
+            [sys.executable, "-m", *(["tests.serve_with", processor] if processor else ["app.cli"]), "serve"],
             cwd=tmp,
             env=env,
             stdout=log,

@@ -48,7 +48,7 @@ def peak_rss_kib(pid: int) -> int:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The whole daemon with the test-only copy processor: no model to load, the HTTP side is real."""
     tmp = tmp_path_factory.mktemp("previews")
-    with running_serve(tmp, env_extra={"RESTORER_PROCESSOR": "tests.daemon_processors:copy"}) as site:
+    with running_serve(tmp, processor="tests.daemon_processors:CopyProcessor") as site:
         yield site
 
 
@@ -56,7 +56,7 @@ def archived(site: Site, name: str, data: bytes) -> int:
     """A done job whose original lies in archive/ (no watcher looks there)."""
     site.settings.archive_dir.mkdir(parents=True, exist_ok=True)
     (site.settings.archive_dir / name).write_bytes(data)
-    return site.insert_job(state="done", input_path=name, original="archived", archived_path=name)
+    return site.insert_job(state="done", input_path=name, original="archived", original_path=name)
 
 
 def test_a_pixel_bomb_preview_is_refused_from_its_header_without_growing_the_daemon(daemon: Site) -> None:

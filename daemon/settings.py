@@ -18,7 +18,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pipeline.types import Backend, Device, EngineConfig, OutputFormat, Precision, RestoreOptions
+from pipeline.types import (
+    DEFAULT_MODEL,
+    Backend,
+    Device,
+    EngineConfig,
+    OutputFormat,
+    Precision,
+    RestoreOptions,
+)
 
 
 class Preset(BaseModel):
@@ -185,7 +193,7 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, description="CPU threads for the engine (default: all cores)", ge=1)
 
     # Default restore options (a preset overrides some of them).
-    model: str = Field("RealESRGAN_x4plus", description="super-resolution model id (see `restorer weights`)")
+    model: str = Field(DEFAULT_MODEL, description="super-resolution model id (see `restorer weights`)")
     scale: float = Field(4.0, description="output scale, any S >= 1", ge=1)
     max_output_megapixels: float | None = Field(None, description="cap the output size in megapixels", gt=0)
     denoise_strength: float | None = Field(None, description="0..1, for models that take it", ge=0, le=1)

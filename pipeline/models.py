@@ -155,7 +155,6 @@ _SPECS = [
 ]
 
 REGISTRY: dict[str, ModelSpec] = {spec.id: spec for spec in _SPECS}
-DEFAULT_MODEL = "RealESRGAN_x4plus"
 
 
 def get_spec(model_id: str) -> ModelSpec:
@@ -165,10 +164,6 @@ def get_spec(model_id: str) -> ModelSpec:
     except KeyError:
         known = ", ".join(REGISTRY)
         raise UnknownModelError(f"unknown model {model_id!r}; known models: {known}") from None
-
-
-def upscale_models() -> list[ModelSpec]:
-    return [spec for spec in _SPECS if spec.purpose == "upscale"]
 
 
 def face_models() -> list[ModelSpec]:

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, as_float, tile_count, up
 from pipeline.types import (
     DeviceOutOfMemoryError,
     EngineConfig,
+    FaceReport,
     Image,
     ProgressCallback,
     RestoredFile,
@@ -39,7 +40,14 @@ from pipeline.types import (
     RestoreReport,
 )
 
+if TYPE_CHECKING:
+    from pipeline.backends.base import Upscaler
+    from pipeline.faces import FaceStage, PreparedFaces
+
 log = logging.getLogger(__name__)
+
+# (model id, engine, denoise strength) -> Upscaler; pipeline.backends.load_upscaler unless a test passes one.
+UpscalerLoader = Callable[[str, EngineConfig, "float | None"], "Upscaler"]
 
 GRAY_ALPHA_MODES = ("LA", "La")  # stored as RGBA with R=G=B, written back as LA
 
@@ -63,18 +71,18 @@ class _StageClock:
 
 
 class Restorer:
-    def __init__(self, engine: EngineConfig, upscaler_loader: Callable[..., Any] | None = None) -> None:
+    def __init__(self, engine: EngineConfig, upscaler_loader: UpscalerLoader | None = None) -> None:
         """upscaler_loader(model_id, engine, denoise_strength) -> Upscaler; pipeline.backends' by default
         (tests pass a small numpy network here)."""
         self.engine = engine
         self._loader = upscaler_loader
-        self._upscalers: dict[tuple[str, float | None], Any] = {}
-        self._face_stage: Any = None
+        self._upscalers: dict[tuple[str, float | None], Upscaler] = {}
+        self._face_stage: FaceStage | None = None
         self._face_unavailable: str | None = None
 
     # -- loading --------------------------------------------------------------------------------------------
 
-    def upscaler(self, options: RestoreOptions) -> Any:
+    def upscaler(self, options: RestoreOptions) -> Upscaler:
         key = (options.model, options.denoise_strength)
         if key not in self._upscalers:
             loader = self._loader
@@ -85,7 +93,7 @@ class Restorer:
             self._upscalers[key] = loader(options.model, self.engine, options.denoise_strength)
         return self._upscalers[key]
 
-    def face_stage(self) -> Any:
+    def face_stage(self) -> FaceStage | None:
         """The face stage, or None (with the reason kept) when the faces package cannot be imported."""
         if self._face_stage is None and self._face_unavailable is None:
             try:
@@ -98,10 +106,7 @@ class Restorer:
 
     def warm_up(self, options: RestoreOptions) -> None:
         """Load (and, for OpenVINO, compile at the suggested tile shape) everything `options` needs."""
-        upscaler = self.upscaler(options)
-        warm = getattr(upscaler, "warm_up", None)
-        if callable(warm):
-            warm()
+        self.upscaler(options).warm_up()
         if options.faces:
             stage = self.face_stage()
             if stage is not None:
@@ -170,7 +175,7 @@ class Restorer:
         report.seconds = round(time.perf_counter() - started, 3)
         return output, report
 
-    def _tile_size(self, upscaler: Any) -> int:
+    def _tile_size(self, upscaler: Upscaler) -> int:
         tile = int(upscaler.suggest_tile())
         if self.engine.tile is not None:
             tile = min(tile, int(self.engine.tile))
@@ -183,7 +188,7 @@ class Restorer:
         on_progress: ProgressCallback | None,
         clock: _StageClock,
         report: RestoreReport,
-    ) -> Any:
+    ) -> PreparedFaces | None:
         if not options.faces:
             return None
         stage = self.face_stage()
@@ -192,7 +197,9 @@ class Restorer:
             return None
         return stage.prepare(as_float(planes.rgb), options, on_progress)  # float copy freed right after
 
-    def _paste_faces(self, colour: np.ndarray, prepared: Any, scale: float, gray: bool) -> list[Any]:
+    def _paste_faces(
+        self, colour: np.ndarray, prepared: PreparedFaces, scale: float, gray: bool
+    ) -> list[FaceReport]:
         stage = self.face_stage()
         if not prepared.faces or stage is None:
             return []
@@ -206,7 +213,7 @@ class Restorer:
     def _upscale(
         self,
         planes: _Planes,
-        upscaler: Any,
+        upscaler: Upscaler,
         tile: int,
         on_progress: ProgressCallback | None,
         clock: _StageClock,

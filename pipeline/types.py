@@ -32,6 +32,7 @@ Backend = Literal["auto", "openvino", "torch"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OutputFormat = Literal["same", "png", "jpg", "webp", "tiff"]
+DEFAULT_MODEL = "RealESRGAN_x4plus"  # the one home of the default (settings and RestoreOptions use it)
 
 # on_progress(stage, done, total): stage is one of pipeline.progress.STAGE_WEIGHTS, reported in that
 # order ("decode", "faces-detect", "faces-restore", "upscale", "encode"; a stage with nothing to do may
@@ -147,7 +148,7 @@ class EngineConfig:
 class RestoreOptions:
     """What to do to one image. Presets in the daemon are partial overrides of these fields."""
 
-    model: str = "RealESRGAN_x4plus"
+    model: str = DEFAULT_MODEL
     scale: float = 4.0  # any value >= 1: the network's scale, then a high-quality resize
     max_output_megapixels: float | None = None  # lowers the scale (and says so) when exceeded
     denoise_strength: float | None = None  # 0..1, only for realesr-general-x4v3 (+ wdn weights)

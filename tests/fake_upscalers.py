@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.backends.base import BackendInfo
 from pipeline.types import DeviceOutOfMemoryError
 
 
@@ -22,12 +23,8 @@ def _conv3x3(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray
     return out + bias[None, :, None, None]
 
 
-@dataclass
-class BackendInfoStub:
-    backend: str = "numpy"
-    device: str = "cpu"
-    precision: str = "fp32"
-    reason: str = "test network"
+def numpy_backend() -> BackendInfo:
+    return BackendInfo(backend="numpy", device="cpu", precision="fp32", reason="test network")
 
 
 @dataclass
@@ -39,13 +36,18 @@ class ConvStackUpscaler:
     batch_size: int = 1
     tile: int = 64
     seed: int = 0
+    size_multiple: int = 1
     calls: list[tuple[int, ...]] = field(default_factory=list)
-    info: BackendInfoStub = field(default_factory=BackendInfoStub)
+    info: BackendInfo = field(default_factory=numpy_backend)
+    warmed: int = 0
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
         self.weights = [rng.normal(0, 0.25, (3, 3, 3, 3)).astype(np.float32) for _ in range(self.layers)]
         self.biases = [rng.normal(0, 0.05, 3).astype(np.float32) for _ in range(self.layers)]
+
+    def warm_up(self) -> None:
+        self.warmed += 1
 
     def suggest_tile(self) -> int:
         return self.tile

@@ -307,3 +307,12 @@ def test_weights_command_fails_when_the_configured_model_is_missing(dirs, capsys
     out = capsys.readouterr().out
     assert "the configured model RealESRGAN_x2plus is missing" in out
     assert "-> put RealESRGAN_x2plus.pth into" in out
+
+
+def test_the_default_model_has_one_home_and_is_registered() -> None:
+    from daemon.settings import Settings
+    from pipeline.models import REGISTRY
+    from pipeline.types import DEFAULT_MODEL, RestoreOptions
+
+    assert Settings().model == RestoreOptions().model == DEFAULT_MODEL
+    assert REGISTRY[DEFAULT_MODEL].purpose == "upscale" and REGISTRY[DEFAULT_MODEL].embedded is not None

@@ -40,13 +40,24 @@ class BackendInfo:
 
 @runtime_checkable
 class Upscaler(Protocol):
-    scale: int
-    info: BackendInfo
-    batch_size: int
+    """What the Restorer and the tiler need from a loaded super-resolution network."""
 
-    def suggest_tile(self) -> int: ...
+    scale: int  # the network's own factor (output = input x scale)
+    size_multiple: int  # input H and W must be multiples of this (the backend pads; the tiler aligns)
+    batch_size: int  # tiles per call
+    info: BackendInfo  # backend, device, precision and why: copied into every RestoreReport
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+    def warm_up(self) -> None:
+        """Load / compile what the first image would otherwise wait for."""
+        ...
+
+    def suggest_tile(self) -> int:
+        """The tile edge (input pixels, context included) this backend runs best within its memory."""
+        ...
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """N,3,H,W float32 RGB in [0,1] -> N,3,H*scale,W*scale in [0,1]."""
+        ...
 
 
 def bytes_per_input_pixel(arch: str, precision: str) -> int:

@@ -15,7 +15,6 @@ ncnn format, as far as we need it:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,11 +209,3 @@ def convert_ncnn(param_path: Path, bin_path: Path, arch: str) -> dict[str, dict[
     else:
         raise NcnnConversionError(f"no ncnn converter for architecture {arch}")
     return {"params_ema": state}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

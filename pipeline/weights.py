@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 from pipeline.embedded import DESCRIPTION as EMBEDDED_PACKAGE
 from pipeline.embedded import embedded_models_dir
+from pipeline.files import atomic_target, file_sha256, write_text_atomically
 from pipeline.models import REGISTRY, ModelSpec, get_spec
-from pipeline.ncnn_convert import convert_ncnn, file_sha256
 from pipeline.types import BackendUnavailableError, WeightsMissingError
 
 if TYPE_CHECKING:
+    import torch
     from spandrel import ModelDescriptor, ModelLoader
 
 log = logging.getLogger(__name__)
@@ -39,7 +36,7 @@ CONVERTER_VERSION = 1  # bump when the converter's output changes: old caches ar
 
 Source = Literal["user", "cache", "converted"]
 State = Literal["available", "converted", "embedded", "missing"]
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]
 EmbeddedDir = Path | Literal["auto"] | None  # "auto": pipeline.embedded's folder; tests pass their own
 
 
@@ -129,18 +126,13 @@ def _convert_into_cache(
 ) -> str:
     from safetensors.torch import save_file
 
+    from pipeline.ncnn_convert import convert_ncnn  # torch: only while converting
+
     data_path, record_path = _cache_paths(spec, cache_dir)
-    data_path.parent.mkdir(parents=True, exist_ok=True)
     state = convert_ncnn(files[0], files[1], spec.arch)["params_ema"]
-    # Write beside the target and rename: a crash mid-write never leaves a half file under the real name.
-    with tempfile.NamedTemporaryFile(dir=data_path.parent, suffix=".tmp", delete=False) as handle:
-        tmp_path = Path(handle.name)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path))
-        sha = file_sha256(tmp_path)
-        os.replace(tmp_path, data_path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with atomic_target(data_path) as temporary:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(temporary))
+        sha = file_sha256(temporary)
     record = {
         "model": spec.id,
         "sha256": sha,
@@ -148,9 +140,7 @@ def _convert_into_cache(
         "source_sha256": source_sha256,
         "converter_version": CONVERTER_VERSION,
     }
-    tmp_record = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
-    tmp_record.write_text(json.dumps(record, indent=2))
-    os.replace(tmp_record, record_path)
+    write_text_atomically(record_path, json.dumps(record, indent=2))
     log.info("converted embedded %s into %s (sha256 %s)", spec.id, data_path, sha[:12])
     return sha
 
@@ -166,8 +156,17 @@ def resolve_weights(
     model_id: str, weights_dir: Path, cache_dir: Path, *, embedded_dir: EmbeddedDir = "auto"
 ) -> ResolvedWeights:
     """Find the weight file for `model_id`: user file -> converted embedded ncnn -> WeightsMissingError."""
+    resolved = _resolve(model_id, Path(weights_dir), Path(cache_dir), embedded_dir, convert=True)
+    assert resolved is not None  # convert=True never leaves it unresolved
+    return resolved
+
+
+def _resolve(
+    model_id: str, weights_dir: Path, cache_dir: Path, embedded_dir: EmbeddedDir, *, convert: bool
+) -> ResolvedWeights | None:
+    """resolve_weights; with convert=False, None where the embedded weights still need converting (the
+    conversion imports torch, which callers that only look things up must not)."""
     spec = get_spec(model_id)
-    weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
     user = _user_file(spec, weights_dir)
     if user is not None:
         return ResolvedWeights(user, "user", spec, _sha256_memo(user))
@@ -179,10 +178,45 @@ def resolve_weights(
     cached = _valid_cache(spec, cache_dir, source_sha256)
     if cached is not None:
         return ResolvedWeights(data_path, "cache", spec, cached)
+    if not convert:
+        return None
     if data_path.exists():
         log.warning("cached conversion of %s is damaged or outdated: rebuilding %s", spec.id, data_path)
     sha = _convert_into_cache(spec, files, cache_dir, source_sha256)
     return ResolvedWeights(data_path, "converted", spec, sha)
+
+
+def weights_key(
+    model_id: str,
+    weights_dir: Path,
+    cache_dir: Path,
+    denoise_strength: float | None = None,
+    *,
+    embedded_dir: EmbeddedDir = "auto",
+) -> str | None:
+    """The key load_model_with_key returns, found without loading, converting or importing torch; None
+    while the embedded weights still need their one-time conversion."""
+    weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
+    resolved = _resolve(model_id, weights_dir, cache_dir, embedded_dir, convert=False)
+    companion_id = _denoise_companion(resolved.spec if resolved else get_spec(model_id), denoise_strength)
+    if resolved is None or companion_id is None:
+        return resolved.sha256 if resolved else None
+    companion = _resolve(companion_id, weights_dir, cache_dir, embedded_dir, convert=False)
+    return _dni_key(resolved, companion, denoise_strength) if companion else None
+
+
+def _denoise_companion(spec: ModelSpec, denoise_strength: float | None) -> str | None:
+    """The model interpolated with `spec` for this strength, or None when none is (strength 1 or None:
+    the model alone)."""
+    if denoise_strength is not None and not 0.0 <= denoise_strength <= 1.0:
+        raise ValueError(f"denoise_strength must be within 0..1, got {denoise_strength}")
+    if denoise_strength is None or denoise_strength >= 1.0:
+        return None
+    return spec.denoise_companion
+
+
+def _dni_key(resolved: ResolvedWeights, companion: ResolvedWeights, strength: float | None) -> str:
+    return f"{resolved.sha256[:16]}-{companion.sha256[:16]}-dni{strength:.4f}"
 
 
 def _loader(spec: ModelSpec) -> ModelLoader:
@@ -272,17 +306,13 @@ def load_model_with_key(
     spec = resolved.spec
     state = load_state_dict(resolved)
     key = resolved.sha256
-    if denoise_strength is not None and not 0.0 <= denoise_strength <= 1.0:
-        raise ValueError(f"denoise_strength must be within 0..1, got {denoise_strength}")
-    if denoise_strength is not None and denoise_strength < 1.0:
-        if spec.denoise_companion is None:
-            log.info("model %s has no denoise companion: denoise_strength ignored", spec.id)
-        else:
-            companion = resolve_weights(
-                spec.denoise_companion, weights_dir, cache_dir, embedded_dir=embedded_dir
-            )
-            state = interpolate(state, load_state_dict(companion), denoise_strength)
-            key = f"{resolved.sha256[:16]}-{companion.sha256[:16]}-dni{denoise_strength:.4f}"
+    companion_id = _denoise_companion(spec, denoise_strength)
+    if denoise_strength is not None and denoise_strength < 1.0 and companion_id is None:
+        log.info("model %s has no denoise companion: denoise_strength ignored", spec.id)
+    if companion_id is not None:
+        companion = resolve_weights(companion_id, weights_dir, cache_dir, embedded_dir=embedded_dir)
+        state = interpolate(state, load_state_dict(companion), float(denoise_strength or 0.0))
+        key = _dni_key(resolved, companion, denoise_strength)
     return descriptor_from_state_dict(spec, state, resolved.path), key
 
 

@@ -3,6 +3,9 @@ backend this machine can run (OpenVINO f32/bf16, torch CPU fp32/bf16) against to
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -350,3 +353,42 @@ def test_cuda_out_of_memory_becomes_device_out_of_memory_for_the_tiler(tmp_path)
 )
 def test_allocation_failures_are_told_apart_from_real_errors(error, expected):
     assert is_out_of_memory(error) is expected
+
+
+# --- loading without torch -------------------------------------------------------------------------------
+
+HEAVY = ("torch", "torchvision", "spandrel")
+_HEAVY_LOADED = f"sorted(m for m in {HEAVY!r} if m in sys.modules)"
+
+
+def run_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_host_without_nvidia_devices_is_cpu_only_without_importing_torch(tmp_path):
+    script = "import sys\nfrom pathlib import Path\nfrom pipeline.backends import host_capabilities\n"
+    script += f"host = host_capabilities(Path({str(tmp_path)!r}))\nprint(host.cuda, {_HEAVY_LOADED})"
+    assert run_python(script) == "False []"
+
+
+@needs_embedded
+@needs_openvino
+def test_openvino_loads_the_cached_ir_without_torch_after_converting_in_its_own_process(tmp_path):
+    engine = engine_for(tmp_path, "openvino", "fp32", threads=1)
+    settings = f"EngineConfig(weights_dir={engine.weights_dir!r}, cache_dir={engine.cache_dir!r}, "
+    settings += "backend='openvino', device='cpu', precision='fp32', threads=1)"
+    script = (
+        "import sys\nimport numpy as np\nfrom pipeline.backends import load_upscaler\n"
+        "from pipeline.types import EngineConfig\n"
+        f"upscaler = load_upscaler('realesr-animevideov3', {settings})\n"
+        "out = upscaler(np.zeros((1, 3, 16, 16), np.float32))\n"
+        f"print(out.shape, {_HEAVY_LOADED})"
+    )
+    assert run_python(script) == "(1, 3, 64, 64) []"  # cold: conversion ran in a converter process
+    ir = tmp_path / "cache" / "openvino" / "ir"
+    dynamic = {path: path.stat().st_mtime_ns for path in ir.glob("*-dynamic.*")}
+    assert sorted(path.suffix for path in dynamic) == [".bin", ".json", ".xml"]
+    assert run_python(script) == "(1, 3, 64, 64) []"  # warm: straight from the IR
+    assert {path: path.stat().st_mtime_ns for path in ir.glob("*-dynamic.*")} == dynamic

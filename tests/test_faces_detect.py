@@ -1,6 +1,9 @@
-"""Face detection on real photos that ship inside packages (skimage, matplotlib): MTCNN's own weights."""
+"""Face detection on real photos that ship inside packages (skimage, matplotlib): MTCNN's own weights, run
+through OpenVINO by pipeline/faces/mtcnn.py and checked against facenet-pytorch's own MTCNN."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import matplotlib.cbook
@@ -17,11 +20,75 @@ from pipeline.faces.detect import (
     drop_duplicates,
     retinaface_unavailable_reason,
 )
+from pipeline.faces.mtcnn import MtcnnOpenVinoDetector, area_resize, nms
 
 
 @pytest.fixture(scope="module")
-def detector() -> MtcnnDetector:
-    return MtcnnDetector()
+def mtcnn_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mtcnn-cache")
+
+
+@pytest.fixture(scope="module")
+def detector(mtcnn_cache: Path) -> MtcnnOpenVinoDetector:
+    return MtcnnOpenVinoDetector(mtcnn_cache, threads=2)  # converts the three nets once (own process)
+
+
+@pytest.fixture(scope="module")
+def reference() -> MtcnnDetector:
+    return MtcnnDetector()  # facenet-pytorch's MTCNN itself
+
+
+def photos() -> dict[str, np.ndarray]:
+    gray_camera = skimage.data.camera()
+    return {
+        "astronaut": skimage.data.astronaut(),
+        "camera": np.dstack([gray_camera] * 3),
+        "grace_hopper": grace_hopper(),
+        "chelsea": skimage.data.chelsea(),
+        "coffee": skimage.data.coffee(),
+    }
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera", "grace_hopper", "chelsea", "coffee"])
+def test_openvino_mtcnn_agrees_with_facenet_pytorch(detector, reference, name: str) -> None:
+    rgb = photos()[name]
+    ours = sorted(detector(rgb), key=lambda face: face.box)
+    theirs = sorted(reference(rgb), key=lambda face: face.box)
+    assert len(ours) == len(theirs) == (0 if name in ("chelsea", "coffee") else 1)
+    for mine, official in zip(ours, theirs, strict=True):
+        assert np.abs(np.subtract(mine.box, official.box)).max() < 0.5  # pixels
+        assert np.abs(mine.landmarks - official.landmarks).max() < 0.5
+        assert abs(mine.score - official.score) < 1e-3
+    # The pipeline's use (enlarged small inputs, score floor, de-duplication) agrees as well.
+    small = cv2.resize(rgb, (rgb.shape[1] // 3, rgb.shape[0] // 3), interpolation=cv2.INTER_AREA)
+    ours_small = detect_faces(detector, as_float_rgb(small))
+    theirs_small = detect_faces(reference, as_float_rgb(small))
+    assert len(ours_small) == len(theirs_small)
+    for mine, official in zip(ours_small, theirs_small, strict=True):
+        assert np.abs(mine.landmarks - official.landmarks).max() < 0.5
+
+
+def test_area_resize_is_torch_area_interpolation() -> None:
+    import torch
+
+    image = np.random.default_rng(0).random((37, 53, 3)) * 255
+    for size in [(12, 19), (24, 24), (48, 48), (80, 101)]:  # shrinking and enlarging, uneven ratios
+        expected = (
+            torch.nn.functional.interpolate(
+                torch.from_numpy(image.transpose(2, 0, 1))[None], size=size, mode="area"
+            )[0]
+            .numpy()
+            .transpose(1, 2, 0)
+        )
+        np.testing.assert_allclose(area_resize(image, *size), expected, atol=1e-9)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [2, 2, 6, 6]], float)
+    scores = np.array([0.8, 0.9, 0.7, 0.6])
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2, 3]  # box 0 overlaps box 1 by IoU 0.68
+    # Intersection over the smaller box: the small box inside box 1 goes too.
+    assert nms(boxes, scores, 0.7, by_smaller_area=True).tolist() == [1, 2]
 
 
 def as_float_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -97,7 +164,7 @@ def test_overlapping_detections_of_one_face_count_once():
     assert [f.score for f in kept] == [0.99, 0.98]
 
 
-def test_retinaface_is_optional_and_says_why_it_is_not_used(tmp_path):
+def test_retinaface_is_optional_and_says_why_it_is_not_used(tmp_path, mtcnn_cache):
     assert "detection_Resnet50_Final.pth is not in" in retinaface_unavailable_reason(tmp_path)
     (tmp_path / "detection_Resnet50_Final.pth").write_bytes(b"not really weights")
     reason = retinaface_unavailable_reason(tmp_path)
@@ -105,6 +172,6 @@ def test_retinaface_is_optional_and_says_why_it_is_not_used(tmp_path):
         import facexlib  # noqa: F401
     except ImportError:
         assert "facexlib is not installed" in reason
-    detector, why = create_detector(tmp_path) if reason else (None, "")
+    detector, why = create_detector(tmp_path, mtcnn_cache, 1) if reason else (None, "")
     if reason:
         assert detector.name.startswith("MTCNN") and "MTCNN weights ship inside facenet-pytorch" in why

@@ -24,7 +24,7 @@ from pipeline.faces.align import (
     similarity_to_template,
     warp_affine,
 )
-from pipeline.faces.restore import OpenVinoFaceRunner, _network_module
+from pipeline.faces.restore import OpenVinoFaceRunner, face_module
 from pipeline.restorer import Restorer
 from pipeline.types import EngineConfig, FaceReport, Image, RestoreOptions
 from tests.faces_support import random_gfpgan, write_random_gfpgan
@@ -57,10 +57,16 @@ def mask_support(prepared: PreparedFaces, output_shape: tuple[int, ...], scale: 
     return support
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module: the detector's networks are converted once, not per test."""
+    return tmp_path_factory.mktemp("faces-cache")
+
+
 @pytest.fixture
-def empty_stage(tmp_path: Path) -> FaceStage:
+def empty_stage(tmp_path: Path, shared_cache: Path) -> FaceStage:
     (tmp_path / "weights").mkdir()
-    return FaceStage(EngineConfig(weights_dir=str(tmp_path / "weights"), cache_dir=str(tmp_path / "cache")))
+    return FaceStage(EngineConfig(weights_dir=str(tmp_path / "weights"), cache_dir=str(shared_cache)))
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +185,7 @@ def test_face_networks_get_signed_input_and_their_own_keywords(arch, expected_kw
     import torch
 
     net = RecordingFaceNet()
-    wrapped = _network_module(types.SimpleNamespace(model=net), arch, 0.7)
+    wrapped = face_module(types.SimpleNamespace(model=net), arch, 0.7)
     x = torch.linspace(0, 1, 3 * 8 * 8).reshape(1, 3, 8, 8)
     y = wrapped(x)
     (low, high, kwargs) = net.calls[0]
@@ -198,28 +204,29 @@ def test_gfpgan_wrapper_is_deterministic_although_stylegan_noise_is_random():
         random_a = net(x * 2 - 1, return_rgb=False)[0]
         random_b = net(x * 2 - 1, return_rgb=False)[0]
         assert not torch.equal(random_a, random_b)  # the reference's default: new noise every call
-        wrapped = _network_module(types.SimpleNamespace(model=net), "GFPGAN", 0.0)
+        wrapped = face_module(types.SimpleNamespace(model=net), "GFPGAN", 0.0)
         first, second = wrapped(x), wrapped(x)
     assert torch.equal(first, second)
     assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
 
 
-def test_openvino_face_runner_converts_once_and_matches_torch(tmp_path):
+def test_openvino_face_runner_runs_the_saved_ir_like_torch(tmp_path):
     import torch
+
+    from pipeline.backends.ir import save_ir, torch_to_ov
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid()).eval()
+    xml = tmp_path / "openvino" / "ir" / "face-tiny.xml"
+    save_ir(torch_to_ov(module, [1, 3, 512, 512], [1, 3, 512, 512], trace=False), xml)
     engine = EngineConfig(cache_dir=str(tmp_path), threads=1)
     info = BackendInfo("openvino", "cpu", "fp32", "test")
     crop = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
-    out = OpenVinoFaceRunner(module, info, engine, "tiny")(crop)
+    out = OpenVinoFaceRunner(xml, info, engine)(crop)
     with torch.inference_mode():
         expected = module(torch.from_numpy(crop.transpose(2, 0, 1))[None])[0].numpy().transpose(1, 2, 0)
     assert np.abs(out - expected).max() < 1e-4
-    (xml,) = (tmp_path / "openvino" / "ir").glob("face-tiny-*.xml")
-    stamp = xml.stat().st_mtime_ns
-    OpenVinoFaceRunner(module, info, engine, "tiny")  # a restarted worker reuses the IR
-    assert xml.stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["face-tiny.bin", "face-tiny.xml"]  # no temp left
 
 
 # -- with a full-size random GFPGAN (slow) -----------------------------------------------------------------

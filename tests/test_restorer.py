@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,9 +83,16 @@ def test_warm_up_loads_before_the_first_image() -> None:
     restorer = Restorer(EngineConfig(), upscaler_loader=loader)
     assert loader.loads == []
     restorer.warm_up(NO_FACES)
-    assert loader.loads == [("RealESRGAN_x4plus", None)]
+    assert loader.loads == [("RealESRGAN_x4plus", None)] and loader.made[0].warmed == 1
     restorer.restore(Image(random_pixels((8, 8, 3))), NO_FACES)
     assert len(loader.loads) == 1
+
+
+def test_the_test_network_is_a_complete_upscaler() -> None:
+    from pipeline.backends.base import Upscaler
+
+    assert isinstance(ConvStackUpscaler(), Upscaler)
+    assert not isinstance(lambda batch: batch, Upscaler)  # a bare callable lacks scale, info, warm_up...
 
 
 def test_tile_comes_from_the_upscaler_capped_by_config() -> None:
@@ -234,12 +242,19 @@ def test_faces_prepare_on_float_input_and_paste_into_the_final_output(gray: bool
     assert report.stage_seconds["faces-detect"] == 0.01
 
 
+@pytest.fixture(scope="module")
+def detector_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The face detector's converted networks, shared by this module's tests."""
+    return str(tmp_path_factory.mktemp("detector-cache"))
+
+
 @pytest.mark.slow
-def test_faces_with_the_real_face_stage_find_the_astronaut() -> None:
+def test_faces_with_the_real_face_stage_find_the_astronaut(detector_cache: str) -> None:
     from skimage import data
 
     crop = data.astronaut()[0:200, 120:320]  # her face, ~90 px
-    restorer = Restorer(EngineConfig(weights_dir="/nonexistent"), upscaler_loader=CountingLoader(tile=256))
+    engine = EngineConfig(weights_dir="/nonexistent", cache_dir=detector_cache)
+    restorer = Restorer(engine, upscaler_loader=CountingLoader(tile=256))
     output, report = restorer.restore(Image(crop), RestoreOptions(scale=1))
     assert output.pixels.shape == crop.shape
     assert len(report.faces) == 1
@@ -376,13 +391,16 @@ def test_progress_of_a_photo_with_faces_and_alpha_never_goes_back() -> None:
 
 
 @pytest.mark.slow
-def test_progress_with_the_real_face_stage_and_no_face_weights_runs_forward(tmp_path) -> None:
+def test_progress_with_the_real_face_stage_and_no_face_weights_runs_forward(
+    tmp_path: Path, detector_cache: str
+) -> None:
     from skimage import data
 
     from pipeline import restore_bytes
 
     crop = data.astronaut()[0:200, 120:320]  # her face, ~90 px: detected, not restored (no weights)
-    restorer = Restorer(EngineConfig(weights_dir=str(tmp_path)), upscaler_loader=CountingLoader(tile=128))
+    engine = EngineConfig(weights_dir=str(tmp_path), cache_dir=detector_cache)
+    restorer = Restorer(engine, upscaler_loader=CountingLoader(tile=128))
     calls: list[tuple[str, int, int]] = []
     result = restore_bytes(
         restorer,

@@ -25,6 +25,7 @@ from pipeline.backends.base import (
     cpu_bf16_flag,
     cpu_flags,
 )
+from pipeline.backends.ir import Conversion, IrNetwork, convert_in_subprocess, ir_dir, read_network
 from pipeline.types import BackendUnavailableError, EngineConfig
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,23 @@ class HostCapabilities:
     cores: int
 
 
-def host_capabilities() -> HostCapabilities:
-    import torch
+NVIDIA_DEVICE_NODES = Path("/dev")  # CUDA needs the driver's /dev/nvidia0, /dev/nvidia1, ...
 
-    cuda = torch.cuda.is_available()
+
+def host_capabilities(dev: Path = NVIDIA_DEVICE_NODES) -> HostCapabilities:
+    """What this host can run. torch is asked about CUDA only where an NVIDIA device node exists: without
+    one CUDA cannot work, and a CPU worker then never imports torch just to learn that."""
+    cuda, cuda_name, cuda_bf16 = False, None, False
+    if any(dev.glob("nvidia[0-9]*")) and importlib.util.find_spec("torch") is not None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        cuda_name = torch.cuda.get_device_name(0) if cuda else None
+        cuda_bf16 = bool(cuda and torch.cuda.is_bf16_supported())
     return HostCapabilities(
         cuda=cuda,
-        cuda_name=torch.cuda.get_device_name(0) if cuda else None,
-        cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        cuda_name=cuda_name,
+        cuda_bf16=cuda_bf16,
         cpu_bf16_flag=cpu_bf16_flag(cpu_flags()),
         openvino=importlib.util.find_spec("openvino") is not None,
         cores=available_cores(),
@@ -124,17 +134,42 @@ def load_upscaler(
     host: HostCapabilities | None = None,
 ) -> Upscaler:
     """Load the model's weights (pipeline/weights.py) and wrap them in the chosen backend."""
-    from pipeline.weights import load_model_with_key
-
     info = choose_backend(engine, host or host_capabilities())
-    descriptor, weights_key = load_model_with_key(
-        model_id, Path(engine.weights_dir), Path(engine.cache_dir), denoise_strength
-    )
     log.info("model %s on %s (%s)", model_id, f"{info.backend}/{info.device}/{info.precision}", info.reason)
     if info.backend == "openvino":
         from pipeline.backends.openvino_backend import OpenVinoUpscaler
 
-        return OpenVinoUpscaler(descriptor, info, engine, weights_key)
+        return OpenVinoUpscaler(upscaler_ir(model_id, engine, denoise_strength), info, engine)
     from pipeline.backends.torch_backend import TorchUpscaler
+    from pipeline.weights import load_model
 
+    descriptor = load_model(model_id, Path(engine.weights_dir), Path(engine.cache_dir), denoise_strength)
     return TorchUpscaler(descriptor, info, engine)
+
+
+def upscaler_ir(model_id: str, engine: EngineConfig, denoise_strength: float | None = None) -> IrNetwork:
+    """The model's IR from the cache, converted first (in a separate process) when it is not there yet.
+
+    Named by the weights' sha256, so a replaced weights file gets its own IR; finding it imports no torch."""
+    from pipeline.weights import weights_key
+
+    weights_dir, cache_dir = Path(engine.weights_dir), Path(engine.cache_dir)
+    key = weights_key(model_id, weights_dir, cache_dir, denoise_strength)
+    network = read_network(upscaler_xml(model_id, cache_dir, key)) if key is not None else None
+    if network is not None:
+        return network
+    # Not converted yet (or the embedded weights not even unpacked): the converter process does both
+    # and names the IR by the same key.
+    job = Conversion("upscaler", model_id, str(weights_dir), str(cache_dir), denoise_strength)
+    convert_in_subprocess(job)
+    key = weights_key(model_id, weights_dir, cache_dir, denoise_strength)
+    network = read_network(upscaler_xml(model_id, cache_dir, key)) if key is not None else None
+    if network is None:
+        raise BackendUnavailableError(f"model {model_id}: the converter left no usable OpenVINO IR")
+    return network
+
+
+def upscaler_xml(model_id: str, cache_dir: Path, key: str) -> Path:
+    from pipeline.models import get_spec
+
+    return ir_dir(cache_dir) / f"{get_spec(model_id).arch}-{key[:40]}-dynamic.xml"

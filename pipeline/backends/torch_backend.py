@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+    """fp16/bf16 autocast on `device_type`, or nothing for fp32 (shared by the SR and face runners)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
+
+
 class TorchUpscaler:
     def __init__(self, descriptor: ImageModelDescriptor, info: BackendInfo, engine: EngineConfig) -> None:
         self.scale: int = int(descriptor.scale)
@@ -77,16 +85,10 @@ class TorchUpscaler:
         size = 16 * self.size_multiple
         self(np.zeros((1, 3, size, size), np.float32))
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = AUTOCAST_DTYPES.get(self.info.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self._device.type, dtype=dtype)
-
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self.size_multiple)
         try:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), autocast(self._device.type, self.info.precision):
                 x = torch.from_numpy(padded).to(self._device, non_blocking=True)
                 y = self._model(x.contiguous(memory_format=torch.channels_last))
                 y = y[:, :, : h * self.scale, : w * self.scale].float().clamp_(0.0, 1.0)

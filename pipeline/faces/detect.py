@@ -8,6 +8,7 @@ weights/; facexlib is imported lazily and its own downloader is never called.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator
@@ -137,8 +138,10 @@ def retinaface_unavailable_reason(weights_dir: Path) -> str | None:
     return None
 
 
-def create_detector(weights_dir: Path, device: str = "cpu") -> tuple[FaceDetector, str]:
-    """The best detector available offline, and one line saying why it was chosen."""
+def create_detector(weights_dir: Path, cache_dir: Path, threads: int) -> tuple[FaceDetector, str]:
+    """The best detector available offline, and one line saying why it was chosen: RetinaFace when the
+    user added its weights, else MTCNN: on OpenVINO (no torch at run time) when it is installed, else
+    facenet-pytorch's own."""
     reason = retinaface_unavailable_reason(weights_dir)
     if reason is None:
         try:
@@ -147,7 +150,12 @@ def create_detector(weights_dir: Path, device: str = "cpu") -> tuple[FaceDetecto
         except Exception as error:  # an optional extra must never cost the face stage: say why, use MTCNN
             log.warning("RetinaFace could not be loaded: %s", error)
             reason = f"RetinaFace not used: {RETINAFACE_WEIGHTS} could not be loaded ({error})"
-    return MtcnnDetector(device), f"{reason}; MTCNN weights ship inside facenet-pytorch"
+    why = f"{reason}; MTCNN weights ship inside facenet-pytorch"
+    if importlib.util.find_spec("openvino") is None:
+        return MtcnnDetector(), why
+    from pipeline.faces.mtcnn import MtcnnOpenVinoDetector
+
+    return MtcnnOpenVinoDetector(cache_dir, threads), why
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

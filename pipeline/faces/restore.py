@@ -18,18 +18,21 @@ fastest engine whose output stays within 40 dB of torch fp32 on a real face.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.backends.base import BackendInfo, available_cores
+from pipeline.backends.ir import Conversion, compile_ir, convert_in_subprocess, ir_dir, new_core, read_network
+from pipeline.models import get_spec
 from pipeline.types import BackendUnavailableError, EngineConfig, UnknownModelError
+
+if TYPE_CHECKING:
+    import torch
+    from spandrel import ModelDescriptor
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,9 @@ AUTO_ORDER = ("GFPGANv1.4", "GFPGANv1.3", "RestoreFormer")
 CROP = 512
 # Measured on the 2-core avx512_bf16 CPU with a 512 face (see docs/performance.md, "## Faces").
 FACE_CPU_AUTO = ("openvino", "bf16")
-OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 
 def missing_restoration_reason(weights_dir: Path) -> str:
-    from pipeline.models import get_spec
-
     spec = get_spec(AUTO_ORDER[0])
     return (
         f"face restoration unavailable: add {spec.filenames[0]} to {weights_dir}/ "
@@ -67,8 +67,6 @@ def choose_face_model(requested: str, weights_dir: Path) -> tuple[str | None, st
             if model_id in present:
                 return model_id, None
         return None, missing_restoration_reason(weights_dir)
-    from pipeline.models import get_spec
-
     try:
         spec = get_spec(requested)
     except UnknownModelError as error:  # its message lists the known ids
@@ -81,7 +79,8 @@ def choose_face_model(requested: str, weights_dir: Path) -> tuple[str | None, st
     return requested, None
 
 
-def _network_module(descriptor, arch: str, fidelity: float):  # -> torch.nn.Module, [0,1] -> [0,1]
+def face_module(descriptor: ModelDescriptor, arch: str, fidelity: float) -> torch.nn.Module:
+    """The face network as a module mapping a [0,1] crop to a [0,1] crop (what both backends run)."""
     import torch
 
     class FaceNetwork(torch.nn.Module):
@@ -125,7 +124,7 @@ def choose_face_backend(engine: EngineConfig) -> BackendInfo:
 
 
 class TorchFaceRunner:
-    def __init__(self, module, info: BackendInfo, engine: EngineConfig) -> None:
+    def __init__(self, module: torch.nn.Module, info: BackendInfo, engine: EngineConfig) -> None:
         import torch
 
         self.info = info
@@ -134,18 +133,12 @@ class TorchFaceRunner:
             torch.set_num_threads(engine.threads or available_cores())
         self._module = module.to(self._device)
 
-    def _autocast(self, precision: str) -> contextlib.AbstractContextManager:
-        import torch
-
-        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
-        if precision not in dtypes:
-            return contextlib.nullcontext()
-        return torch.autocast(self._device.type, dtype=dtypes[precision])
-
     def _run(self, crop: np.ndarray, precision: str) -> np.ndarray:
         import torch
 
-        with torch.inference_mode(), self._autocast(precision):
+        from pipeline.backends.torch_backend import autocast
+
+        with torch.inference_mode(), autocast(self._device.type, precision):
             x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(self._device)
             y = self._module(x).float()
         return y[0].permute(1, 2, 0).cpu().numpy()
@@ -160,47 +153,14 @@ class TorchFaceRunner:
 
 
 class OpenVinoFaceRunner:
-    """The wrapped network converted once to OpenVINO IR (kept in cache_dir) and compiled for 1x3x512x512."""
+    """The face network's IR (pipeline/backends/ir.py: converted once, in a separate process) compiled for
+    1x3x512x512 with pinned precision and threads. Imports no torch."""
 
-    def __init__(self, module, info: BackendInfo, engine: EngineConfig, key: str) -> None:
-        import openvino as ov
-
+    def __init__(self, xml: Path, info: BackendInfo, engine: EngineConfig) -> None:
         self.info = info
-        root = Path(engine.cache_dir) / "openvino"
-        xml = root / "ir" / f"face-{key}-1x3x{CROP}x{CROP}.xml"
-        if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
-            self._convert(module, xml)
-        core = ov.Core()
-        core.set_property({"CACHE_DIR": str(root / "compiled")})
-        config = {
-            # Pinned: OpenVINO would otherwise choose bf16 by itself on bf16-capable hosts.
-            "INFERENCE_PRECISION_HINT": OV_PRECISION[info.precision],
-            "INFERENCE_NUM_THREADS": engine.threads or available_cores(),
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        started = time.monotonic()
-        self._request = core.compile_model(str(xml), "CPU", config).create_infer_request()
-        log.info("compiled face network %s in %.1f s", xml.name, time.monotonic() - started)
-
-    @staticmethod
-    def _convert(module, xml: Path) -> None:
-        import openvino as ov
-        import torch
-
-        started = time.monotonic()
-        xml.parent.mkdir(parents=True, exist_ok=True)
-        shape = [1, 3, CROP, CROP]
-        # A static input shape: StyleGAN's modulated convolutions have batch-dependent weight shapes that
-        # OpenVINO's CPU plugin cannot run when left dynamic.
-        # Tracing warns about Python control flow and torch.jit.trace's deprecation: noise for a fixed shape.
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = ov.convert_model(module, example_input=torch.zeros(shape), input=[shape])
-        tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.xml")
-        ov.save_model(model, tmp, compress_to_fp16=False)  # the default would round weights to fp16
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
-        log.info("converted face network to OpenVINO IR %s in %.1f s", xml.name, time.monotonic() - started)
+        core = new_core(engine.cache_dir)
+        threads = engine.threads or available_cores()
+        self._request = compile_ir(core, xml, info.precision, threads).create_infer_request()
 
     def __call__(self, crop: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], dtype=np.float32)
@@ -222,21 +182,48 @@ class FaceRestorer:
 
 
 def load_face_restorer(model_id: str, engine: EngineConfig, fidelity: float = 0.5) -> FaceRestorer:
-    """Load `model_id` through pipeline.weights (spandrel) onto the chosen face backend."""
-    from pipeline.weights import load_model_with_key
-
-    descriptor, weights_key = load_model_with_key(model_id, Path(engine.weights_dir), Path(engine.cache_dir))
-    arch = descriptor.architecture.id
-    module = _network_module(descriptor, arch, fidelity)
+    """Load `model_id` onto the chosen face backend: OpenVINO from its cached IR (converted first, in a
+    separate process, when new), or torch through pipeline.weights (spandrel)."""
     info = choose_face_backend(engine)
+    fidelity = fidelity if get_spec(model_id).arch == "CodeFormer" else 0.0
     if info.backend == "openvino":
-        key = f"{arch}-{weights_key[:32]}" + (f"-w{fidelity:.3f}" if arch == "CodeFormer" else "")
         try:
-            return FaceRestorer(model_id, info, OpenVinoFaceRunner(module, info, engine, key))
-        except Exception as error:  # conversion of an architecture OpenVINO cannot express
+            return FaceRestorer(
+                model_id, info, OpenVinoFaceRunner(_face_ir(model_id, engine, fidelity), info, engine)
+            )
+        except (BackendUnavailableError, RuntimeError) as error:  # an architecture OpenVINO cannot express
             if engine.backend == "openvino":
                 raise BackendUnavailableError(f"{model_id} cannot run on openvino: {error}") from error
             log.warning("%s on openvino failed (%s); using torch instead", model_id, error)
             reason = f"{info.reason}; openvino failed for {model_id}, torch {info.precision} instead"
             info = BackendInfo("torch", "cpu", info.precision, reason)
+    from pipeline.weights import load_model
+
+    descriptor = load_model(model_id, Path(engine.weights_dir), Path(engine.cache_dir))
+    module = face_module(descriptor, descriptor.architecture.id, fidelity)
     return FaceRestorer(model_id, info, TorchFaceRunner(module, info, engine))
+
+
+def face_xml(model_id: str, cache_dir: Path, key: str, fidelity: float) -> Path:
+    """Where a face network's IR lives: named by architecture, weights sha256 (and CodeFormer's fidelity,
+    which is baked into the converted graph)."""
+    arch = get_spec(model_id).arch
+    suffix = f"-w{fidelity:.3f}" if arch == "CodeFormer" else ""
+    return ir_dir(cache_dir) / f"face-{arch}-{key[:32]}{suffix}-1x3x{CROP}x{CROP}.xml"
+
+
+def _face_ir(model_id: str, engine: EngineConfig, fidelity: float) -> Path:
+    from pipeline.weights import weights_key
+
+    weights_dir, cache_dir = Path(engine.weights_dir), Path(engine.cache_dir)
+    key = weights_key(model_id, weights_dir, cache_dir)
+    if key is None:  # face weights are never embedded: a user file or WeightsMissingError
+        raise BackendUnavailableError(f"{model_id}: no weights key")
+    xml = face_xml(model_id, cache_dir, key, fidelity)
+    if read_network(xml) is None:
+        convert_in_subprocess(
+            Conversion("face", model_id, str(weights_dir), str(cache_dir), fidelity=fidelity)
+        )
+    if read_network(xml) is None:
+        raise BackendUnavailableError(f"{model_id}: the converter left no usable OpenVINO IR at {xml.name}")
+    return xml

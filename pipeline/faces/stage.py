@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.backends.base import available_cores
 from pipeline.faces.align import align_face, rescale_source, similarity_to_template
 from pipeline.faces.detect import (
     DetectedFace,
@@ -91,7 +92,9 @@ class FaceStage:
 
     def detector(self) -> FaceDetector:
         if self._detector is None:
-            self._detector, self._detector_reason = create_detector(self._weights_dir)
+            threads = self._engine.threads or available_cores()
+            cache_dir = Path(self._engine.cache_dir)
+            self._detector, self._detector_reason = create_detector(self._weights_dir, cache_dir, threads)
         return self._detector
 
     def restorer(self, options: RestoreOptions) -> tuple[FaceRestorer | None, str | None]:
@@ -229,7 +232,7 @@ class FaceStage:
         if self._detector is not None:  # loaded: say what actually runs (RetinaFace may have fallen back)
             detector, note = self._detector.name, self._detector_reason
         else:
-            detector = "RetinaFace (facexlib)" if retina is None else "MTCNN (facenet-pytorch)"
+            detector = "RetinaFace (facexlib)" if retina is None else "MTCNN"
             note = retina
         return {
             "detector": detector,

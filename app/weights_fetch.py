@@ -21,7 +21,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from pipeline.models import ModelSpec
+from pipeline import ModelSpec
 
 CHUNK = 1 << 20
 ATTEMPTS = 4  # one download plus three resumes after a cut connection, within one run

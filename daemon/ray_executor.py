@@ -41,7 +41,7 @@ from daemon.messages import Beat, ClusterState, Placed, SlotsAnnounced, Waiting,
 from daemon.settings import Settings
 from daemon.store import JobStore
 from daemon.worker import JobCancelled, Processed, ProcessorFactory, Worker
-from pipeline.types import ProgressCallback, RestoreOptions
+from pipeline import ProgressCallback, RestoreOptions
 
 log = logging.getLogger(__name__)
 

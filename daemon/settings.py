@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pipeline.types import (
+from pipeline import (
     DEFAULT_MODEL,
     Backend,
     Device,

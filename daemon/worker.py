@@ -43,12 +43,12 @@ from daemon.names import safe_file_name, safe_relative_path
 from daemon.publish import DiskFullError, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
-from pipeline import stage_spans
-from pipeline.types import (
+from pipeline import (
     BadImageError,
     ProgressCallback,
     RestoreError,
     RestoreOptions,
+    stage_spans,
 )
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class PipelineProcessor:
     """The real pipeline: load_image -> Restorer.restore -> encode_image."""
 
     def __init__(self, settings: Settings) -> None:
-        from pipeline.restorer import Restorer  # heavy (torch/openvino): only in the worker process
+        from pipeline import Restorer
 
         self._restorer = Restorer(settings.engine_config())
         self._max_pixels = int(settings.max_input_megapixels * 1_000_000)
@@ -92,7 +92,7 @@ class PipelineProcessor:
     def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
         self._restorer.warm_up(options)
         # The backend's own account (backend, device, precision, reason) for health and the page.
-        from pipeline.weights import model_statuses
+        from pipeline import model_statuses
 
         info = getattr(self._restorer.upscaler(options), "info", None)
         if dataclasses.is_dataclass(info) and not isinstance(info, type):
@@ -114,7 +114,7 @@ class PipelineProcessor:
         return Processed(restored.data, restored.format, restored.report.to_dict())
 
     def extension(self, fmt: str) -> str:
-        from pipeline.imageio import FORMAT_EXTENSIONS
+        from pipeline import FORMAT_EXTENSIONS
 
         return FORMAT_EXTENSIONS.get(fmt, f".{fmt}")
 

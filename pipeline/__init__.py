@@ -1,73 +1,94 @@
 """Neural Image Restore pipeline: a library, image in -> image + report out.
 
-The public surface (everything else is private to the package):
+The public surface; daemon and app import only these names (an import-linter contract in pyproject.toml
+holds them to it), everything else is private to the package:
 
-    restore_bytes -> RestoredFile                                      one file: decode, restore, encode
-    STAGE_WEIGHTS, stage_spans                                         progress stages, in run order
-    probe -> ImageInfo                                                 header-only checks (load_image's)
-    load_image, encode_image, output_format_for, FORMAT_EXTENSIONS     image I/O (pipeline.imageio)
-    Restorer                                                           the restore flow (pipeline.restorer)
-    upscale_tiled                                                      seam-free tiling (pipeline.tiling)
-    Image, EngineConfig, RestoreOptions, RestoreReport, FaceReport,    data types and the error
-    ProgressCallback and the RestoreError hierarchy                    hierarchy (pipeline.types)
+    restore_bytes -> RestoredFile        one file: decode, restore, encode (worker, CLI, bench, Ray actor)
+    Restorer                             loads the networks once, then restores Images
+    STAGE_WEIGHTS, stage_spans           the progress stages in the order they run, for progress bars
+    probe -> ImageInfo                   header-only checks, exactly load_image's (uploads, intake)
+    load_image, Image                    decoding a file
+    FORMAT_EXTENSIONS, INPUT_EXTENSIONS  extensions written per format / read from folders
+    RestoreOptions, EngineConfig,        what to do and how to run it, the default model and the choices
+    DEFAULT_MODEL, Backend, Device,      settings offer
+    Precision, OutputFormat
+    ProgressCallback, RestoreReport      progress and the per-image account
+    RestoreError and its subclasses      what can go wrong, in words
+    model_statuses, ModelStatus,         the model registry and what is installed (`restorer weights`,
+    get_spec, ModelSpec                  the health page); works without torch
 
-Heavy modules (torch, openvino, the face networks) load only when a Restorer first needs them.
+pipeline.evaluation (quality metrics, degradations, `restorer bench`) is a separate toolkit with its own
+surface. Heavy modules (openvino, torch only where a conversion or the torch backend needs it, the face
+networks) load when a Restorer first needs them.
 """
 
-from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, load_image, output_format_for, probe
+from pipeline.imageio import FORMAT_EXTENSIONS, INPUT_EXTENSIONS, load_image, probe
+from pipeline.models import ModelSpec, get_spec
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
 from pipeline.restorer import Restorer, restore_bytes
-from pipeline.tiling import upscale_tiled
 from pipeline.types import (
+    DEFAULT_MODEL,
     AbsurdDimensionsError,
+    Backend,
     BackendUnavailableError,
     BadImageError,
     CorruptImageError,
     DecompressionBombError,
+    Device,
     DeviceOutOfMemoryError,
     EmptyFileError,
     EngineConfig,
-    FaceReport,
     Image,
     ImageInfo,
     NotAnImageError,
+    OutputFormat,
+    Precision,
     ProgressCallback,
     RestoredFile,
     RestoreError,
     RestoreOptions,
     RestoreReport,
+    UnknownModelError,
     UnsupportedFormatError,
     WeightsMissingError,
 )
+from pipeline.weights import ModelStatus, model_statuses
 
 __all__ = [
+    "DEFAULT_MODEL",
     "FORMAT_EXTENSIONS",
+    "INPUT_EXTENSIONS",
     "STAGE_WEIGHTS",
     "AbsurdDimensionsError",
+    "Backend",
     "BackendUnavailableError",
     "BadImageError",
     "CorruptImageError",
     "DecompressionBombError",
+    "Device",
     "DeviceOutOfMemoryError",
     "EmptyFileError",
     "EngineConfig",
-    "FaceReport",
     "Image",
     "ImageInfo",
+    "ModelSpec",
+    "ModelStatus",
     "NotAnImageError",
+    "OutputFormat",
+    "Precision",
     "ProgressCallback",
     "RestoreError",
     "RestoreOptions",
     "RestoreReport",
     "RestoredFile",
     "Restorer",
+    "UnknownModelError",
     "UnsupportedFormatError",
     "WeightsMissingError",
-    "encode_image",
+    "get_spec",
     "load_image",
-    "output_format_for",
+    "model_statuses",
     "probe",
     "restore_bytes",
     "stage_spans",
-    "upscale_tiled",
 ]

@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline import RestoreError
     from pipeline.evaluation import bench, costs
-    from pipeline.types import RestoreError
 
     try:
         sizes = bench.parse_sizes(args.sizes)

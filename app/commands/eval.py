@@ -38,10 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline import Image, RestoreError, Restorer
     from pipeline.evaluation.degrade import get_degradation
     from pipeline.evaluation.evaluate import Restored, evaluate_images
-    from pipeline.restorer import Restorer
-    from pipeline.types import Image, RestoreError
 
     if not args.hr_dir.is_dir():
         print(f"restorer eval: {args.hr_dir} is not a folder", file=sys.stderr)
@@ -85,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _photos(folder: Path, failures: list[str]) -> Iterator[tuple[str, np.ndarray]]:
     """(name, pixels) for every image file in the folder, sorted; unreadable ones recorded, not fatal."""
-    from pipeline.imageio import load_image
-    from pipeline.types import BadImageError
+    from pipeline import BadImageError, load_image
 
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         try:

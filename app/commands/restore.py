@@ -51,7 +51,7 @@ class Job:
 def collect_jobs(inputs: list[Path], out_root: Path) -> tuple[list[Job], list[dict[str, Any]]]:
     """Files as given; folders walked recursively (sorted, junk skipped). Missing inputs become errors."""
     from daemon.watcher import is_junk, is_junk_dir
-    from pipeline.imageio import INPUT_EXTENSIONS
+    from pipeline import INPUT_EXTENSIONS
 
     jobs: list[Job] = []
     missing: list[dict[str, Any]] = []
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[dict[str, Any]]:
-    from pipeline.restorer import Restorer
+    from pipeline import Restorer
 
     restorer = Restorer(settings.engine_config())
     options = settings.restore_options()

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.weights import model_statuses
+    from pipeline import model_statuses
 
     settings = settings_from_args(args)
     statuses = model_statuses(settings.weights_dir, settings.cache_dir)
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_fetch(args: argparse.Namespace) -> int:
     from app.weights_fetch import FetchError, fetch
-    from pipeline.models import get_spec
-    from pipeline.types import UnknownModelError
+    from pipeline import UnknownModelError, get_spec
 
     settings = settings_from_args(args)
     try:

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from daemon.publish import move_file, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
-from pipeline.types import (
+from pipeline import (
     AbsurdDimensionsError,
     CorruptImageError,
     DecompressionBombError,

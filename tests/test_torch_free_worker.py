@@ -59,7 +59,7 @@ def serve_and_restore(
     serves: list[ServeProcess], root: Path, env: dict[str, str], name: str, shift: int
 ) -> set[str]:
     """Start the service, restore one photo, return the libraries its worker has mapped."""
-    serve = ServeProcess(root, env)
+    serve = ServeProcess(root, env, processor=None)  # the installed `restorer`, the real pipeline
     serves.append(serve)
     serve.wait_ready(timeout=900)  # the cold start converts every network (separate processes)
     count = len(jobs(root))
@@ -84,7 +84,6 @@ def test_a_worker_restores_faces_and_all_from_a_warm_cache_without_torch(
         (tmp_path / folder).mkdir()
     write_random_gfpgan(tmp_path / "weights")
     env = {
-        "RESTORER_PROCESSOR": "",
         "RESTORER_MODEL": "realesr-animevideov3",
         "RESTORER_FACES": "true",
         "RESTORER_WEIGHTS_DIR": str(tmp_path / "weights"),

@@ -183,7 +183,9 @@ def detect_faces(detector: FaceDetector, rgb: np.ndarray, min_score: float = MIN
     """Faces in an HxWx3 float32 [0,1] image, in its own pixel coordinates, sorted left to right."""
     height, width = rgb.shape[:2]
     factor = detection_upsample(height, width)
-    image = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+    scaled = rgb * np.float32(255.0)  # one float temporary, rounded and clipped in place
+    image = np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
+    del scaled
     if factor > 1.0:
         size = (round(width * factor), round(height * factor))
         image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)

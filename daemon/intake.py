@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from daemon import originals
+from daemon.beneath import open_beneath
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore
 
@@ -30,12 +32,39 @@ class FileVersion:
     mtime: float
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+def read_version(inbox: Path, relative: str) -> FileVersion:
+    """Hash inbox/relative through a descriptor opened without following any link (NotAFileError for a
+    link, FIFO, socket or device); size and mtime are those of the file that was read."""
+    fd = open_beneath(inbox, relative)
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        digest = hashlib.sha256()
         while chunk := handle.read(1024 * 1024):
             digest.update(chunk)
-    return digest.hexdigest()
+    return FileVersion(digest.hexdigest(), status.st_size, status.st_mtime)
+
+
+def refuse_file(
+    settings: Settings, store: JobStore, relative: str, status: os.stat_result, what: str, advice: str
+) -> AddResult:
+    """Record an inbox entry intake will not read as a failed job with a reason, and set it aside (a link
+    or special file is removed, never followed). Its identity is the entry's own (no content is read)."""
+    entry = f"refused {relative} {status.st_dev} {status.st_ino} {status.st_size} {status.st_mtime_ns}"
+    preset = preset_for(settings, relative)
+    result = store.add(
+        relative,
+        hashlib.sha256(entry.encode()).hexdigest(),
+        status.st_size,
+        status.st_mtime,
+        preset=preset,
+        options=dataclasses.asdict(settings.restore_options(preset)),
+        refused=what,
+    )
+    if not result.created:
+        return result
+    log.warning("intake: job %d %s refused: %s", result.job.id, relative, what)
+    moved = originals.move_to_failed(settings, store, result.job, what, advice)
+    return dataclasses.replace(result, job=moved)
 
 
 def preset_for(settings: Settings, relative: str) -> str | None:

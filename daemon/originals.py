@@ -16,11 +16,15 @@ keeps the file from being processed again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from daemon.beneath import FileIdentity, NotAFileError, kind_of, lstat_beneath, read_regular
 from daemon.publish import move_file, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
@@ -66,6 +70,22 @@ GENERIC_ADVICE = (
 )
 
 
+LINK_ADVICE = (
+    "The restorer never follows links in the inbox (a link can point at any file on the server). Copy "
+    "the photo itself, not a link to it, into the inbox."
+)
+SPECIAL_FILE_ADVICE = (
+    "Only ordinary photo files can be restored. Copy the photo itself into the inbox; pipes, sockets and "
+    "devices are set aside and removed."
+)
+
+
+def not_a_file_texts(kind: str) -> tuple[str, str]:
+    """(what was wrong, what to do) for an inbox entry that is not a regular file."""
+    what = f"this is a {kind}, not a photo file"
+    return what, LINK_ADVICE if kind == "symbolic link" else SPECIAL_FILE_ADVICE
+
+
 @dataclass(frozen=True)
 class Location:
     """Where an original is: `relative` (posix) inside `folder`, the folder its `place` names."""
@@ -88,6 +108,43 @@ def location(settings: Settings, job: Job) -> Location | None:
     if job.original == "failed_dir" and job.original_path:
         return Location("failed_dir", Path(settings.failed_dir), job.original_path)
     return None
+
+
+@dataclass(frozen=True)
+class ReadOriginal:
+    """The bytes of an original and which file they came from, to check before it is disposed of."""
+
+    location: Location
+    data: bytes
+    identity: FileIdentity
+    sha256: str
+
+
+def read(location: Location) -> ReadOriginal:
+    """Read the original without following any link (NotAFileError for a link, FIFO, socket, device)."""
+    data, identity = read_regular(location.folder, location.relative)
+    return ReadOriginal(location, data, identity, hashlib.sha256(data).hexdigest())
+
+
+def still_the_one_read(read_before: ReadOriginal) -> bool:
+    """Is the file at the original's place still the one that was restored? Same device, inode, size and
+    mtime; if any differs (touched, copied over), the same content still counts."""
+    where = read_before.location
+    try:
+        now = FileIdentity.of(lstat_beneath(where.folder, where.relative))
+    except (OSError, NotAFileError):
+        return False
+    if now == read_before.identity:
+        return True
+    try:
+        return read(where).sha256 == read_before.sha256
+    except (OSError, NotAFileError):
+        return False
+
+
+def _replaced(read_before: ReadOriginal) -> bool:
+    """Another file now stands where the original was read (a vanished one is not "replaced")."""
+    return os.path.lexists(read_before.location.path) and not still_the_one_read(read_before)
 
 
 def absence_reason(job: Job) -> str:
@@ -125,16 +182,17 @@ def move_to_failed(settings: Settings, store: JobStore, job: Job, what: str, adv
     """Move the original to failed_dir at the same relative path, with <name>.error.txt beside it."""
     relative = PurePosixPath(job.input_path)
     found = location(settings, job)
-    source = found.path if found is not None and found.path.is_file() else None
+    source = _regular_or_removed(settings, store, job, found)
     dest_dir = Path(settings.failed_dir) / relative.parent
     mode, group = settings.file_mode, settings.output_group
     try:
         if source is not None:
-            moved = move_file(source, dest_dir, relative.name, None, group)
+            moved = move_file(source, dest_dir, relative.name, None, group, root=Path(settings.failed_dir))
             error_name = moved.name + ".error.txt"
         else:
             moved, error_name = None, relative.name + ".error.txt"
-        publish_bytes(error_text(job, what, advice).encode(), dest_dir, error_name, mode, group)
+        text = error_text(job, what, advice).encode()
+        publish_bytes(text, dest_dir, error_name, mode, group, root=Path(settings.failed_dir))
     except OSError as exc:
         log.error("job %d: could not move %s to the failed folder: %s", job.id, job.input_path, exc)
         return store.add_note(job.id, f"could not move the input to the failed folder: {exc}")
@@ -144,9 +202,34 @@ def move_to_failed(settings: Settings, store: JobStore, job: Job, what: str, adv
     return store.set_original(job.id, "failed_dir", original_path=failed_relative)
 
 
-def dispose(settings: Settings, store: JobStore, job: Job, source: Location) -> Job:
+def _regular_or_removed(settings: Settings, store: JobStore, job: Job, found: Location | None) -> Path | None:
+    """The original's path if it is a regular file to move; a link, FIFO, socket or device node is removed
+    instead (the entry itself, never what a link points at), so nothing it leads to reaches failed/."""
+    if found is None:
+        return None
+    try:
+        mode = lstat_beneath(found.folder, found.relative).st_mode
+    except (OSError, NotAFileError):
+        return None
+    if stat.S_ISREG(mode):
+        return found.path
+    with contextlib.suppress(OSError):
+        os.unlink(found.path)  # unlink never follows a link
+        store.set_original(job.id, "deleted", note=f"the {kind_of(mode)} was removed from the inbox")
+    return None
+
+
+def dispose(
+    settings: Settings, store: JobStore, job: Job, source: Location, read_before: ReadOriginal | None = None
+) -> Job:
     """archive / delete / keep the original read from `source`, once the output is published (or for a
-    skipped duplicate). Failures are noted on the job, never retried."""
+    skipped duplicate). Failures are noted on the job, never retried. With `read_before`, a file that was
+    replaced meanwhile (a scanner saving scan.jpg again) is left where it is: it is its own job."""
+    if read_before is not None and source.place == "inbox" and _replaced(read_before):
+        log.warning("job %d: %s was replaced while restoring; left for its own job", job.id, source.path)
+        return store.add_note(
+            job.id, "the original was replaced while it was restored; the new file stays for its own job"
+        )
     if source.place == "archived":
         return job  # a retried done job, run from the archive: the original is already archived
     if source.place == "failed_dir":
@@ -161,7 +244,8 @@ def dispose(settings: Settings, store: JobStore, job: Job, source: Location) -> 
         if settings.originals == "delete":
             source.path.unlink()
             return store.set_original(job.id, "deleted")
-        moved = move_file(source.path, Path(settings.archive_dir) / relative.parent, relative.name)
+        archive = Path(settings.archive_dir)
+        moved = move_file(source.path, archive / relative.parent, relative.name, root=archive)
     except FileNotFoundError:
         return store.add_note(job.id, "the original had already been removed from the inbox")
     except OSError as exc:

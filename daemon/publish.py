@@ -21,10 +21,12 @@ import grp
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from daemon.beneath import NotAFileError, ensure_folder_beneath, kind_of
 from daemon.names import NAME_MAX_BYTES, safe_file_name, split_extension
 
 TEMP_PREFIX = ".restorer-tmp-"
@@ -146,9 +148,14 @@ def _link_no_overwrite(temp: Path, dest_dir: Path, name: str) -> Path:
     raise AssertionError("unreachable")
 
 
-def publish_bytes(data: bytes, dest_dir: Path, name: str, mode: int, group: str | None) -> Path:
-    """Atomically create dest_dir/name (or a free variant) holding `data`; return its path."""
-    return _publish(dest_dir, name, mode, group, len(data), lambda fd: _write_all(fd, data))
+def publish_bytes(
+    data: bytes, dest_dir: Path, name: str, mode: int, group: str | None, *, root: Path | None = None
+) -> Path:
+    """Atomically create dest_dir/name (or a free variant) holding `data`; return its path.
+
+    root: the folder dest_dir lies in (outbox, failed, archive): no folder between them may be a
+    symlink (share users can plant one), so nothing is ever written outside root."""
+    return _publish(dest_dir, name, mode, group, len(data), lambda fd: _write_all(fd, data), root)
 
 
 def publish_file(source: BinaryIO, dest_dir: Path, name: str, mode: int, group: str | None) -> Path:
@@ -170,10 +177,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _publish(
-    dest_dir: Path, name: str, mode: int, group: str | None, size: int, write: Callable[[int], None]
+    dest_dir: Path,
+    name: str,
+    mode: int,
+    group: str | None,
+    size: int,
+    write: Callable[[int], None],
+    root: Path | None = None,
 ) -> Path:
     gid = resolve_group(group)
-    ensure_dir(dest_dir, mode, gid)
+    _ensure_dir_within(root, dest_dir, mode, gid)
     temp = _temp_path(dest_dir)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -198,16 +211,35 @@ def _publish(
         raise
 
 
+def _ensure_dir_within(root: Path | None, dest_dir: Path, mode: int | None, gid: int | None) -> None:
+    if root is None:
+        ensure_dir(dest_dir, mode, gid)
+        return
+    try:
+        ensure_folder_beneath(root, dest_dir, mode, gid)
+    except NotAFileError as exc:
+        raise PublishError(
+            exc.errno, f"refused to write into {dest_dir}: {exc.strerror} (a link planted in the share?)"
+        ) from None
+
+
 def move_file(
-    src: Path, dest_dir: Path, name: str, mode: int | None = None, group: str | None = None
+    src: Path,
+    dest_dir: Path,
+    name: str,
+    mode: int | None = None,
+    group: str | None = None,
+    *,
+    root: Path | None = None,
 ) -> Path:
-    """Move `src` to dest_dir/name (or a free variant) without overwriting; works across filesystems."""
+    """Move the regular file `src` to dest_dir/name (or a free variant) without overwriting; works across
+    filesystems. A symlink is never followed (the link itself would be moved; callers remove those)."""
     gid = resolve_group(group)
-    ensure_dir(dest_dir, mode, gid)
+    _ensure_dir_within(root, dest_dir, mode, gid)
     for candidate in candidate_names(name):
         final = dest_dir / candidate
         try:
-            os.link(src, final)
+            os.link(src, final, follow_symlinks=False)
         except FileExistsError:
             continue
         except OSError as exc:
@@ -224,11 +256,15 @@ def _copy_then_remove(src: Path, dest_dir: Path, name: str, mode: int | None, gr
     gid = resolve_group(group)
     temp = _temp_path(dest_dir)
     try:
-        with open(src, "rb") as source, open(temp, "xb") as target:
+        # O_NOFOLLOW + fstat: what is copied is the regular file itself, never what a link points at.
+        source_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(source_fd, "rb") as source, open(temp, "xb") as target:
+            if not stat.S_ISREG(os.fstat(source_fd).st_mode):
+                raise NotAFileError(str(src), kind_of(os.fstat(source_fd).st_mode))
             shutil.copyfileobj(source, target, 1024 * 1024)
             target.flush()
             os.fsync(target.fileno())
-        shutil.copystat(src, temp)
+        shutil.copystat(src, temp, follow_symlinks=False)
         if mode is not None:
             os.chmod(temp, mode)
         if gid is not None:

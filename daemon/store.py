@@ -275,8 +275,12 @@ class JobStore(ReadModel):
         priority: int = 0,
         duplicate_content: Literal["skip", "process"] = "skip",
         detected_at: datetime | None = None,
+        refused: str | None = None,
     ) -> AddResult:
-        """Record a stable file version as a job (see the module docstring for the rules)."""
+        """Record a stable file version as a job (see the module docstring for the rules).
+
+        refused: why intake refuses the entry (a link, a FIFO, a file too large...): the row is created
+        failed (bad-input) with that reason, so no worker can claim it first."""
         now = utcnow()
         with self._write() as conn:
             same_file = conn.execute(
@@ -290,14 +294,18 @@ class JobStore(ReadModel):
                 return AddResult(job_from_row(same_file), created=False)
             # A twin is the same content restored the same way: the same photo dropped into `2x/` asks for
             # another result, so it is a job of its own.
-            twin = conn.execute(
-                text(
-                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE content_sha256 = :h AND options = :options "
-                    "AND state IN ('queued', 'processing', 'done') ORDER BY id LIMIT 1"
-                ),
-                {"h": content_sha256, "options": json.dumps(options or {})},
-            ).first()
+            twin = None
+            if refused is None:
+                twin = conn.execute(
+                    text(
+                        f"SELECT {JOB_COLUMNS} FROM jobs WHERE content_sha256 = :h AND options = :options "
+                        "AND state IN ('queued', 'processing', 'done') ORDER BY id LIMIT 1"
+                    ),
+                    {"h": content_sha256, "options": json.dumps(options or {})},
+                ).first()
             state, note, finished = "queued", None, None
+            if refused is not None:
+                state, finished = "failed", now
             if twin is not None:
                 twin_job = job_from_row(twin)
                 where = f"job {twin_job.id} ({twin_job.input_path})"
@@ -308,8 +316,9 @@ class JobStore(ReadModel):
             result = conn.execute(
                 text(
                     "INSERT INTO jobs (input_path, content_sha256, size_bytes, mtime, preset, options, "
-                    "state, priority, detected_at, finished_at, note) VALUES (:p, :h, :s, :m, :preset, "
-                    ":options, :state, :priority, :detected, :finished, :note) "
+                    "state, priority, detected_at, finished_at, note, error, failure_kind) VALUES (:p, :h, "
+                    ":s, :m, :preset, :options, :state, :priority, :detected, :finished, :note, :error, "
+                    ":kind) "
                     "ON CONFLICT DO NOTHING RETURNING " + JOB_COLUMNS
                 ),
                 {
@@ -324,6 +333,8 @@ class JobStore(ReadModel):
                     "detected": to_text(detected_at or now),
                     "finished": to_text(finished),
                     "note": note,
+                    "error": refused,
+                    "kind": None if refused is None else "bad-input",
                 },
             ).first()
             if result is None:  # the same version raced in from another process

@@ -27,16 +27,17 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from daemon import fsinfo
+from daemon import fsinfo, originals
+from daemon.beneath import NotAFileError, kind_of
 from daemon.health import HealthState
-from daemon.intake import FileVersion, enqueue_file, sha256_file
+from daemon.intake import enqueue_file, read_version, refuse_file
 from daemon.settings import Settings
 from daemon.stability import StabilityTracker
 from daemon.store import AddResult, JobStore
@@ -290,7 +291,7 @@ class Intake:
             except OSError as exc:
                 log.warning("intake: cannot stat %s: %s", relative, exc)
                 return
-        if not _is_regular(stat):
+        if S_ISDIR(stat.st_mode):
             return
         if self._recorded.get(relative) == (stat.st_size, stat.st_mtime):
             return
@@ -313,10 +314,14 @@ class Intake:
         self.health.update(pending_files=len(self._pending))
 
     def _record(self, relative: str, stable: os.stat_result) -> None:
-        path = self._inbox / relative
+        if not S_ISREG(stable.st_mode):  # a link, FIFO, socket or device: refused, never opened
+            self._refuse(relative, stable, kind_of(stable.st_mode))
+            return
         try:
-            digest = sha256_file(path)
-            after = os.lstat(path)
+            version = read_version(self._inbox, relative)
+        except NotAFileError as exc:  # it turned into one since the look
+            self._refuse(relative, stable, exc.kind)
+            return
         except FileNotFoundError:
             self._pending.forget(relative)
             return
@@ -324,13 +329,21 @@ class Intake:
             log.warning("intake: cannot read %s, will retry at the next scan: %s", relative, exc)
             self._pending.forget(relative)
             return
-        if (after.st_size, after.st_mtime) != (stable.st_size, stable.st_mtime):
-            self._pending.see(relative, after.st_size, after.st_mtime)  # changed while hashed: wait again
+        if (version.size, version.mtime) != (stable.st_size, stable.st_mtime):
+            self._pending.see(relative, version.size, version.mtime)  # changed while hashed: wait again
             return
-        version = FileVersion(digest, stable.st_size, stable.st_mtime)
         result = enqueue_file(self.settings, self.store, relative, version)
+        self._done_with(relative, stable, result)
+
+    def _refuse(self, relative: str, stable: os.stat_result, kind: str) -> None:
+        what, advice = originals.not_a_file_texts(kind)
+        self._done_with(
+            relative, stable, refuse_file(self.settings, self.store, relative, stable, what, advice)
+        )
+
+    def _done_with(self, relative: str, stable: os.stat_result, result: AddResult) -> None:
         self._pending.forget(relative)
-        self._recorded[relative] = (version.size, version.mtime)
+        self._recorded[relative] = (stable.st_size, stable.st_mtime)
         if result.created and self.on_job is not None:
             self.on_job(result)
 
@@ -512,10 +525,6 @@ class Intake:
         self._start_observer()
         self.health.update(watcher_restarts=self.health.get("watcher_restarts") + 1)
         self._scan("after inbox came back")
-
-
-def _is_regular(stat: os.stat_result) -> bool:
-    return S_ISREG(stat.st_mode)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -23,7 +23,6 @@ worker process), never by a setting. Messages to the supervisor: daemon.messages
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -37,10 +36,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from daemon import originals
+from daemon.beneath import NotAFileError
 from daemon.logs import configure_logging
 from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
 from daemon.names import safe_file_name, safe_relative_path
-from daemon.publish import DiskFullError, publish_bytes
+from daemon.publish import DiskFullError, PublishError, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
 from pipeline import (
@@ -177,19 +177,26 @@ class Worker:
 
     def _run(self, job: Job) -> Job:
         source = originals.location(self.settings, job)
-        if source is None or not source.path.is_file():
+        try:
+            original = originals.read(source) if source is not None else None
+        except NotAFileError as exc:  # a link or special file took the photo's place: never followed
+            what, advice = originals.not_a_file_texts(exc.kind)
+            failed = self.store.fail(job.id, what, kind="bad-input")
+            return originals.move_to_failed(self.settings, self.store, failed, what, advice)
+        except FileNotFoundError:
+            original = None
+        if original is None:
             # Deleted by someone, or the share is away (remount). Marking the original gone (not just
             # cancelling) means the same file showing up again is looked at as a new drop, not ignored.
             self.store.mark_cancelled(job.id, "the input file disappeared before it was restored")
             return self.store.set_original(job.id, "deleted")
-        data = source.path.read_bytes()
-        if source.place == "inbox" and hashlib.sha256(data).hexdigest() != job.content_sha256:
+        if original.location.place == "inbox" and original.sha256 != job.content_sha256:
             return self.store.mark_cancelled(
                 job.id, "the file changed before it was restored; the new version is queued as its own job"
             )
         options = restore_options_from(job, self.settings)
         try:
-            processed = self.processor.process(data, options, self._progress(job.id))
+            processed = self.processor.process(original.data, options, self._progress(job.id))
         except JobCancelled:
             return self.store.mark_cancelled(job.id, "cancelled while running")
         except BadImageError as exc:
@@ -199,9 +206,9 @@ class Worker:
         except RestoreError as exc:
             # Not the file's fault (weights missing, backend unavailable): keep the original in place.
             return self.store.fail(job.id, f"{exc} (the original is still in the inbox)", kind="error")
-        return self._publish(job, source, processed)
+        return self._publish(job, original, processed)
 
-    def _publish(self, job: Job, source: originals.Location, processed: Processed) -> Job:
+    def _publish(self, job: Job, original: originals.ReadOriginal, processed: Processed) -> Job:
         folder, name = output_name(job.input_path, self.processor.extension(processed.format))
         try:
             published = publish_bytes(
@@ -210,6 +217,7 @@ class Worker:
                 name,
                 self.settings.file_mode,
                 self.settings.output_group,
+                root=Path(self.settings.outbox),
             )
         except DiskFullError as exc:
             message = (
@@ -220,12 +228,15 @@ class Worker:
             failed = self.store.fail(job.id, message, kind="disk-full", report=processed.report)
             self.send(DiskFull(self.slot, job.id, exc.needed_bytes, str(exc)))
             return failed
+        except PublishError as exc:  # e.g. a symlinked folder planted in the outbox: retrying cannot help
+            message = f"the output could not be published: {exc}. The original is still in the inbox"
+            return self.store.fail(job.id, message, kind="error", report=processed.report)
         relative = published.relative_to(self.settings.outbox).as_posix()
         note = None if published.name == name else f"output renamed to {published.name}: name was taken"
         report = {**processed.report, "input": job.input_path, "output": relative}
         done = self.store.finish(job.id, relative, len(processed.data), report, note=note)
         log.info("job %d: done -> %s", job.id, relative)
-        return originals.dispose(self.settings, self.store, done, source)
+        return originals.dispose(self.settings, self.store, done, original.location, original)
 
     def _unexpected(self, job: Job, exc: Exception) -> Job:
         what = f"{type(exc).__name__}: {exc}"

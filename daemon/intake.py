@@ -19,6 +19,7 @@ from daemon import originals
 from daemon.beneath import open_beneath
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore
+from pipeline import BadImageError, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,30 @@ def read_version(inbox: Path, relative: str) -> FileVersion:
         while chunk := handle.read(1024 * 1024):
             digest.update(chunk)
     return FileVersion(digest.hexdigest(), status.st_size, status.st_mtime)
+
+
+SNIFF_ABOVE_BYTES = 16 * 1024 * 1024  # smaller files go to the worker, whose decoder says the same words
+
+
+def refusal_before_reading(
+    settings: Settings, inbox: Path, relative: str, size: int
+) -> tuple[str, str] | None:
+    """(what was wrong, what to do) for a file intake must not read whole: larger than max_input_mb, or
+    a large file whose first bytes are no image type (a video). None: go ahead and hash it."""
+    limit = settings.max_input_mb * 1024 * 1024
+    if size > limit:
+        what = f"the file is {size / 1024**2:,.0f} MB, more than the {settings.max_input_mb} MB limit"
+        return what, originals.TOO_LARGE_ADVICE
+    if size <= SNIFF_ABOVE_BYTES:
+        return None
+    fd = open_beneath(inbox, relative)
+    with os.fdopen(fd, "rb") as handle:
+        head = handle.read(32)
+    try:
+        sniff_format(head)
+    except BadImageError as exc:
+        return str(exc), originals.advice_for(exc, 0)
+    return None
 
 
 def refuse_file(

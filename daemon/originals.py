@@ -80,6 +80,12 @@ SPECIAL_FILE_ADVICE = (
 )
 
 
+TOO_LARGE_ADVICE = (
+    "Photos are far smaller than this; it is probably a video or an archive. Only photos can be "
+    "restored. If it really is a photo, raise max_input_mb in the configuration and drop it in again."
+)
+
+
 def not_a_file_texts(kind: str) -> tuple[str, str]:
     """(what was wrong, what to do) for an inbox entry that is not a regular file."""
     what = f"this is a {kind}, not a photo file"
@@ -120,9 +126,10 @@ class ReadOriginal:
     sha256: str
 
 
-def read(location: Location) -> ReadOriginal:
-    """Read the original without following any link (NotAFileError for a link, FIFO, socket, device)."""
-    data, identity = read_regular(location.folder, location.relative)
+def read(location: Location, max_bytes: int | None = None) -> ReadOriginal:
+    """Read the original without following any link (NotAFileError for a link, FIFO, socket, device;
+    FileTooLargeError beyond max_bytes)."""
+    data, identity = read_regular(location.folder, location.relative, max_bytes)
     return ReadOriginal(location, data, identity, hashlib.sha256(data).hexdigest())
 
 

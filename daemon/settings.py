@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     max_input_megapixels: float = Field(
         200.0, description="larger inputs are refused (decompression bombs)", gt=0
     )
+    max_input_mb: int = Field(
+        1024, description="inbox files larger than this (MB) are refused unread (videos, disk images)", gt=0
+    )
 
     # Engine (one per worker process).
     backend: Backend = Field("auto", description="inference engine (auto: torch on CUDA, else OpenVINO)")

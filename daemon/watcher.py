@@ -37,7 +37,7 @@ from watchdog.observers.polling import PollingObserverVFS
 from daemon import fsinfo, originals
 from daemon.beneath import NotAFileError, kind_of
 from daemon.health import HealthState
-from daemon.intake import enqueue_file, read_version, refuse_file
+from daemon.intake import enqueue_file, read_version, refusal_before_reading, refuse_file
 from daemon.settings import Settings
 from daemon.stability import StabilityTracker
 from daemon.store import AddResult, JobStore
@@ -315,12 +315,16 @@ class Intake:
 
     def _record(self, relative: str, stable: os.stat_result) -> None:
         if not S_ISREG(stable.st_mode):  # a link, FIFO, socket or device: refused, never opened
-            self._refuse(relative, stable, kind_of(stable.st_mode))
+            self._refuse_entry(relative, stable, kind_of(stable.st_mode))
             return
         try:
+            refusal = refusal_before_reading(self.settings, self._inbox, relative, stable.st_size)
+            if refusal is not None:
+                self._refuse(relative, stable, *refusal)
+                return
             version = read_version(self._inbox, relative)
         except NotAFileError as exc:  # it turned into one since the look
-            self._refuse(relative, stable, exc.kind)
+            self._refuse_entry(relative, stable, exc.kind)
             return
         except FileNotFoundError:
             self._pending.forget(relative)
@@ -335,11 +339,12 @@ class Intake:
         result = enqueue_file(self.settings, self.store, relative, version)
         self._done_with(relative, stable, result)
 
-    def _refuse(self, relative: str, stable: os.stat_result, kind: str) -> None:
-        what, advice = originals.not_a_file_texts(kind)
-        self._done_with(
-            relative, stable, refuse_file(self.settings, self.store, relative, stable, what, advice)
-        )
+    def _refuse_entry(self, relative: str, stable: os.stat_result, kind: str) -> None:
+        self._refuse(relative, stable, *originals.not_a_file_texts(kind))
+
+    def _refuse(self, relative: str, stable: os.stat_result, what: str, advice: str) -> None:
+        result = refuse_file(self.settings, self.store, relative, stable, what, advice)
+        self._done_with(relative, stable, result)
 
     def _done_with(self, relative: str, stable: os.stat_result, result: AddResult) -> None:
         self._pending.forget(relative)

@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from daemon import originals
-from daemon.beneath import NotAFileError
+from daemon.beneath import FileTooLargeError, NotAFileError
 from daemon.logs import configure_logging
 from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
 from daemon.names import safe_file_name, safe_relative_path
@@ -178,11 +178,13 @@ class Worker:
     def _run(self, job: Job) -> Job:
         source = originals.location(self.settings, job)
         try:
-            original = originals.read(source) if source is not None else None
+            limit = self.settings.max_input_mb * 1024 * 1024
+            original = originals.read(source, limit) if source is not None else None
         except NotAFileError as exc:  # a link or special file took the photo's place: never followed
-            what, advice = originals.not_a_file_texts(exc.kind)
-            failed = self.store.fail(job.id, what, kind="bad-input")
-            return originals.move_to_failed(self.settings, self.store, failed, what, advice)
+            return self._refuse(job, *originals.not_a_file_texts(exc.kind))
+        except FileTooLargeError as exc:
+            what = f"the file is {exc.size / 1024**2:,.0f} MB, more than the {exc.limit // 1024**2} MB limit"
+            return self._refuse(job, what, originals.TOO_LARGE_ADVICE)
         except FileNotFoundError:
             original = None
         if original is None:
@@ -207,6 +209,10 @@ class Worker:
             # Not the file's fault (weights missing, backend unavailable): keep the original in place.
             return self.store.fail(job.id, f"{exc} (the original is still in the inbox)", kind="error")
         return self._publish(job, original, processed)
+
+    def _refuse(self, job: Job, what: str, advice: str) -> Job:
+        failed = self.store.fail(job.id, what, kind="bad-input")
+        return originals.move_to_failed(self.settings, self.store, failed, what, advice)
 
     def _publish(self, job: Job, original: originals.ReadOriginal, processed: Processed) -> Job:
         folder, name = output_name(job.input_path, self.processor.extension(processed.format))

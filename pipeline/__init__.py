@@ -7,6 +7,7 @@ holds them to it), everything else is private to the package:
     Restorer                             loads the networks once, then restores Images
     STAGE_WEIGHTS, stage_spans           the progress stages in the order they run, for progress bars
     probe -> ImageInfo                   header-only checks, exactly load_image's (uploads, intake)
+    sniff_format                         the format from a file's first bytes (intake, before reading)
     load_image, Image                    decoding a file
     FORMAT_EXTENSIONS, INPUT_EXTENSIONS  extensions written per format / read from folders
     RestoreOptions, EngineConfig,        what to do and how to run it, the default model and the choices
@@ -22,7 +23,7 @@ surface. Heavy modules (openvino, torch only where a conversion or the torch bac
 networks) load when a Restorer first needs them.
 """
 
-from pipeline.imageio import FORMAT_EXTENSIONS, INPUT_EXTENSIONS, load_image, probe
+from pipeline.imageio import FORMAT_EXTENSIONS, INPUT_EXTENSIONS, load_image, probe, sniff_format
 from pipeline.models import ModelSpec, get_spec
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
 from pipeline.restorer import Restorer, restore_bytes
@@ -90,5 +91,6 @@ __all__ = [
     "model_statuses",
     "probe",
     "restore_bytes",
+    "sniff_format",
     "stage_spans",
 ]

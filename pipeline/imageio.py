@@ -147,6 +147,13 @@ def _opened(data: bytes, max_pixels: int) -> Iterator[tuple[PILImage.Image, str]
             yield picture, actual
 
 
+def sniff_format(head: bytes) -> str:
+    """The format a file's first 32 bytes announce ("jpg", "png", ...); raises NotAnImageError or
+    UnsupportedFormatError with load_image's words. Lets a caller refuse a 20 GB video from its first
+    bytes instead of reading it whole."""
+    return _sniff(head)
+
+
 def _sniff(data: bytes) -> str:
     """The format from magic bytes; raises NotAnImageError / UnsupportedFormatError."""
     head = data[:32]

@@ -4,6 +4,7 @@ Each test failed on the code before the fix."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -17,6 +18,13 @@ import pytest
 from daemon.store import JobStore
 from tests.daemon_support import ServeProcess, files_under, wait_for
 
+FOLDERS = {
+    "inbox": "inbox",
+    "outbox": "outbox",
+    "failed_dir": "failed",
+    "archive_dir": "archive",
+    "state_dir": "state",
+}
 SECRET = b'api_token = "s3cret-token-of-the-server"\n'
 
 
@@ -89,7 +97,10 @@ def test_symlink_to_a_secret_with_failed_on_another_filesystem_leaks_nothing(
         (root / "inbox" / "holiday.jpg").symlink_to(secret)
         job = wait_for(lambda: (j := jobs(root).get("holiday.jpg")) is not None and j.state == "failed" and j)
         assert "symbolic link" in job.error and job.failure_kind == "bad-input"
-        reason = (root / "failed" / "holiday.jpg.error.txt").read_text()
+        reason = (
+            wait_for(lambda: (root / "failed" / "holiday.jpg.error.txt").is_file())
+            and (root / "failed" / "holiday.jpg.error.txt").read_text()
+        )
         assert "copy the photo itself, not a link" in reason.lower()
         # Not in failed/ (today: the EXDEV copy put the secret's bytes there), not in the outbox, not served.
         for folder in ("inbox", "outbox", "failed", "archive"):
@@ -115,7 +126,9 @@ def test_fifo_and_socket_in_the_inbox_are_refused_and_the_daemon_goes_on(
     listener.bind(str(root / "inbox" / "sock.jpg"))
     try:
         (root / "inbox" / "photo.jpg").write_bytes(b"a real photo")
-        wait_for(lambda: states(root) == {"pipe.jpg": "failed", "sock.jpg": "failed", "photo.jpg": "done"})
+        expected = {"pipe.jpg": "failed", "sock.jpg": "failed", "photo.jpg": "done"}
+        wait_for(lambda: states(root) == expected)
+        wait_for(lambda: len(files_under(root / "failed")) == 2)  # the reasons follow the failed rows
     finally:
         listener.close()
     found = jobs(root)
@@ -149,7 +162,8 @@ def test_a_scan_saved_again_mid_restore_is_not_lost(
     serve = start(serves, root, "--originals", originals)
     scan = root / "inbox" / "scan.jpg"
     scan.write_bytes(b"SLOW1.5|first scan")
-    wait_for(lambda: states(root) == {"scan.jpg": "processing"})
+    # Progress means the worker has read the first scan and is restoring it.
+    wait_for(lambda: (job := jobs(root).get("scan.jpg")) is not None and job.progress > 0)  # type: ignore[attr-defined]
     scan.write_bytes(b"second scan, saved over the first while it is restored")
     wait_for(lambda: job_states(root) == ["done", "done"], timeout=30)
     outputs = sorted((root / "outbox").iterdir())
@@ -164,4 +178,44 @@ def test_a_scan_saved_again_mid_restore_is_not_lost(
         assert [p.read_bytes() for p in (root / "archive").iterdir()] == [
             b"second scan, saved over the first while it is restored"
         ]
+    assert serve.terminate() == 0
+
+
+def test_an_oversized_file_and_a_large_video_are_refused_unread(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    (root / "restorer.toml").write_text(
+        "\n".join(
+            [
+                *(f'{name} = "{root / folder}"' for name, folder in FOLDERS.items()),
+                'bind = "127.0.0.1"',
+                "api_port = 0",
+                "site_port = 0",
+                "stability_seconds = 0.3",
+                "min_free_mb = 0",
+                "max_input_mb = 64",
+            ]
+        )
+        + "\n"
+    )
+    serve = start(serves, root)
+    with open(root / "inbox" / "huge.jpg", "wb") as huge:  # sparse: 80 MB without writing them
+        huge.truncate(80 * 1024 * 1024)
+    video = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * (20 * 1024 * 1024)  # an MP4 header, 20 MB
+    (root / "inbox" / "holiday.mp4.jpg").write_bytes(video)
+    (root / "inbox" / "photo.jpg").write_bytes(b"a real photo")
+    wait_for(lambda: states(root) == {"huge.jpg": "failed", "holiday.mp4.jpg": "failed", "photo.jpg": "done"})
+    wait_for(lambda: len(files_under(root / "failed")) == 4)  # the reasons follow the failed rows
+    found = jobs(root)
+    assert "more than the 64 MB limit" in found["huge.jpg"].error  # type: ignore[attr-defined]
+    assert "not an image" in found["holiday.mp4.jpg"].error  # type: ignore[attr-defined]
+    # Refused from its size and first bytes: the identity recorded is the entry's, not a content hash.
+    assert found["holiday.mp4.jpg"].content_sha256 != hashlib.sha256(video).hexdigest()  # type: ignore[attr-defined]
+    assert files_under(root / "failed") == [
+        "holiday.mp4.jpg",
+        "holiday.mp4.jpg.error.txt",
+        "huge.jpg",
+        "huge.jpg.error.txt",
+    ]
+    assert "max_input_mb" in (root / "failed" / "huge.jpg.error.txt").read_text()
     assert serve.terminate() == 0

@@ -368,9 +368,8 @@ class WorkerPool:
                     self._spawn(worker)
                 continue
             if not worker.process.is_alive():
-                self._gone(
-                    worker, f"the worker process {worker.name} exited (code {worker.process.exitcode})"
-                )
+                why = f"the worker process {worker.name} exited (code {worker.process.exitcode})"
+                await self._gone(worker, why)
                 continue
             age = now - worker.beat
             if worker.busy() and age > self.settings.hang_seconds:
@@ -378,10 +377,11 @@ class WorkerPool:
                 log.error("worker %s silent for %.0f s on job(s) %s: killing it", worker.name, age, jobs)
                 worker.process.kill()
                 await asyncio.get_running_loop().run_in_executor(None, worker.process.join, 10)
-                self._gone(worker, f"the worker hung for {age:.0f} s on job {jobs[0]} and was restarted")
+                why = f"the worker hung for {age:.0f} s on job {jobs[0]} and was restarted"
+                await self._gone(worker, why)
         self._publish()
 
-    def _gone(self, worker: WorkerProcess, why: str) -> None:
+    async def _gone(self, worker: WorkerProcess, why: str) -> None:
         self._on_readable(worker)  # read whatever it said before dying
         self._detach(worker)
         held = worker.jobs()
@@ -391,7 +391,9 @@ class WorkerPool:
         log.error("%s", why)
         for slot in worker.slots.values():
             slot.state, slot.job_id, slot.pid = "restarting", None, None
-        self._requeue(held + self._orphans(), why)
+        # In a thread: SQLite may wait on a writer and a crashed job's move to failed/ may cross
+        # filesystems; the event loop keeps answering the API and the page meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self._requeue_after, held, why)
         if held:
             worker.crashes_without_job = 0
             delay = 0.0
@@ -408,6 +410,9 @@ class WorkerPool:
         held = {job for worker in self._processes if worker.alive() for job in worker.jobs()}
         processing = self.store.list(state="processing", limit=1000).jobs
         return [job.id for job in processing if job.id not in held]
+
+    def _requeue_after(self, held: list[int], why: str) -> None:
+        self._requeue(held + self._orphans(), why)
 
     def _requeue(self, job_ids: list[int], why: str) -> None:
         for job_id in sorted(set(job_ids)):

@@ -172,11 +172,18 @@ def _migration_4_original_path(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE jobs RENAME COLUMN archived_path TO original_path")
 
 
+def _migration_5_publishing(conn: Connection) -> None:
+    # "sha256:size" of the output a worker is about to publish, written before the rename, so a re-run
+    # after a crash between publish and finish recognises its own output instead of publishing another.
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN publishing TEXT")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1_jobs,
     _migration_2_originals_and_notes,
     _migration_3_throughput_columns,
     _migration_4_original_path,
+    _migration_5_publishing,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -524,10 +531,23 @@ class JobStore(ReadModel):
         return self._update(
             job_id,
             "state = 'queued', attempts = 0, error = NULL, failure_kind = NULL, progress = 0, stage = NULL, "
-            "started_at = NULL, finished_at = NULL, cancel_requested = 0",
+            "started_at = NULL, finished_at = NULL, cancel_requested = 0, publishing = NULL",
             {},
             only_if="state IN ('failed', 'cancelled', 'done')",
         )
+
+    def note_publishing(self, job_id: int, fingerprint: str) -> None:
+        """Record the output about to be published ("sha256:size"), before it gets its name."""
+        with self._write() as conn:
+            conn.execute(
+                text("UPDATE jobs SET publishing = :f WHERE id = :id"), {"f": fingerprint, "id": job_id}
+            )
+
+    def publishing_of(self, job_id: int) -> str | None:
+        """The output a run of this job published or was publishing when it stopped (see note_publishing)."""
+        with self._read() as conn:
+            row = conn.execute(text("SELECT publishing FROM jobs WHERE id = :id"), {"id": job_id}).first()
+        return None if row is None else row[0]
 
     def cancel(self, job_id: int) -> Job:
         """queued -> cancelled; processing -> cancel requested (the worker stops it); else unchanged."""

@@ -23,6 +23,7 @@ worker process), never by a setting. Messages to the supervisor: daemon.messages
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -196,6 +197,13 @@ class Worker:
             return self.store.mark_cancelled(
                 job.id, "the file changed before it was restored; the new version is queued as its own job"
             )
+        own = self._published_before(job)
+        if own is not None:  # a crash came between publishing and recording it: never publish twice
+            note = "its output had been published before the worker stopped; recorded, not restored again"
+            done = self.store.finish(
+                job.id, own, (Path(self.settings.outbox) / own).stat().st_size, None, note
+            )
+            return originals.dispose(self.settings, self.store, done, original.location, original)
         options = restore_options_from(job, self.settings)
         try:
             processed = self.processor.process(original.data, options, self._progress(job.id))
@@ -214,8 +222,32 @@ class Worker:
         failed = self.store.fail(job.id, what, kind="bad-input")
         return originals.move_to_failed(self.settings, self.store, failed, what, advice)
 
+    def _published_before(self, job: Job) -> str | None:
+        """The outbox file (relative) an interrupted run of this job published, found by the fingerprint
+        recorded before its rename; None when there is none."""
+        fingerprint = self.store.publishing_of(job.id) if job.attempts > 1 else None
+        if fingerprint is None:
+            return None
+        digest, _, size = fingerprint.partition(":")
+        outbox = Path(self.settings.outbox)
+        folder = outbox / output_name(job.input_path, "")[0]
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return None
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size == int(
+                size
+            ):
+                with open(entry.path, "rb") as handle:
+                    if hashlib.file_digest(handle, "sha256").hexdigest() == digest:
+                        return Path(entry.path).relative_to(outbox).as_posix()
+        return None
+
     def _publish(self, job: Job, original: originals.ReadOriginal, processed: Processed) -> Job:
         folder, name = output_name(job.input_path, self.processor.extension(processed.format))
+        fingerprint = f"{hashlib.sha256(processed.data).hexdigest()}:{len(processed.data)}"
+        self.store.note_publishing(job.id, fingerprint)  # before the rename: a re-run recognises it
         try:
             published = publish_bytes(
                 processed.data,

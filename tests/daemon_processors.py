@@ -15,10 +15,14 @@ is the real one. What they do depends on the input's bytes, so a test controls t
 from __future__ import annotations
 
 import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
+from daemon import originals
 from daemon.settings import Settings
+from daemon.store import JobStore
 from daemon.worker import Processed
 from pipeline.types import CorruptImageError, ProgressCallback, RestoreOptions
 
@@ -53,3 +57,36 @@ class CopyProcessor:
 
     def extension(self, fmt: str) -> str:
         return f".{fmt}"
+
+
+class _KillOnce(CopyProcessor):
+    """Fault injection, test code only: the copy stage, plus a patch (in the worker process) that kills the
+    worker with SIGKILL the first time a job reaches `point`, as a power cut or the OOM killer would."""
+
+    point = ""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        marker = Path(settings.state_dir) / f"killed-at-{self.point}"
+        owner, name = (JobStore, "finish") if self.point == "finish" else (originals, "dispose")
+        real = getattr(owner, name)
+
+        def kill_the_first_time(*args: Any, **kwargs: Any) -> Any:
+            if not marker.exists():
+                marker.write_text("the worker was killed here once")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+
+        setattr(owner, name, kill_the_first_time)
+
+
+class KillBeforeFinish(_KillOnce):
+    """Killed after the output is published, before the job is recorded as done."""
+
+    point = "finish"
+
+
+class KillBeforeDispose(_KillOnce):
+    """Killed after the job is recorded as done, before its original is archived or deleted."""
+
+    point = "dispose"

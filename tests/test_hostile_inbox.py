@@ -219,3 +219,32 @@ def test_an_oversized_file_and_a_large_video_are_refused_unread(
     ]
     assert "max_input_mb" in (root / "failed" / "huge.jpg.error.txt").read_text()
     assert serve.terminate() == 0
+
+
+def test_kill_9_between_publish_and_finish_leaves_exactly_one_output(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    serve = ServeProcess(root, None, processor="tests.daemon_processors:KillBeforeFinish")
+    serves.append(serve)
+    serve.wait_ready()
+    (root / "inbox" / "a.jpg").write_bytes(b"a photo")
+    job = wait_for(lambda: (j := jobs(root).get("a.jpg")) is not None and j.state == "done" and j, timeout=60)
+    assert (root / "state" / "killed-at-finish").exists()  # the worker really died after publishing
+    assert job.attempts == 2 and "recorded, not restored again" in job.note  # type: ignore[attr-defined]
+    assert files_under(root / "outbox") == ["a.bin"]  # today: a second run publishes "a (1).bin"
+    assert files_under(root / "archive") == ["a.jpg"] and files_under(root / "inbox") == []
+    assert serve.terminate() == 0
+
+
+def test_kill_9_between_finish_and_dispose_loses_no_original(root: Path, serves: list[ServeProcess]) -> None:
+    serve = ServeProcess(root, None, processor="tests.daemon_processors:KillBeforeDispose")
+    serves.append(serve)
+    serve.wait_ready()
+    (root / "inbox" / "a.jpg").write_bytes(b"a photo")
+    wait_for(lambda: (root / "state" / "killed-at-dispose").exists(), timeout=60)
+    wait_for(lambda: get(serve, "/api/v1/health")[0] == 200, timeout=60)  # the worker came back
+    job = jobs(root)["a.jpg"]
+    assert job.state == "done" and job.attempts == 1  # type: ignore[attr-defined]
+    assert files_under(root / "outbox") == ["a.bin"]
+    assert files_under(root / "inbox") == ["a.jpg"]  # not disposed, not lost, never processed again
+    assert serve.terminate() == 0

@@ -64,7 +64,7 @@ def safe_file_name(raw: str | None, fallback: str = "file", max_bytes: int = NAM
     # Not NFC-normalised: a share may hold NFC and NFD names side by side, and outputs mirror them.
     name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(_replace_char(char) for char in name)
-    name = name.strip(" ").lstrip(".").rstrip(" .")
+    name = name.strip(" .")  # in any mix: ". 0" loses its dot and its space
     if not name:
         name = fallback
     if _is_reserved(name):

@@ -32,7 +32,15 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from aiohttp import BodyPartReader, web
 
-from daemon import DiskFullError, FileVersion, enqueue_file, publish_file, safe_file_name
+from daemon import (
+    IMAGE_MAX_ASPECT,
+    IMAGE_MAX_SIDE,
+    DiskFullError,
+    FileVersion,
+    enqueue_file,
+    publish_file,
+    safe_file_name,
+)
 from status_site.files import IN_PROCESS_MAX_PIXELS, open_header
 from status_site.problems import Problem
 
@@ -41,7 +49,6 @@ if TYPE_CHECKING:
     from status_site.context import SiteContext
 
 CHUNK = 256 * 1024
-MAX_ASPECT = 100  # width/height beyond 100:1 is not a photo
 UPLOAD_SLOTS = 4  # uploads streaming at once; each holds a connection and a spool file
 UPLOAD_IDLE_SECONDS = 60.0  # a client that sends nothing for this long is cut off
 T = TypeVar("T")
@@ -236,7 +243,12 @@ def validate_image(handle: BinaryIO, name: str, max_pixels: int) -> str:
         ) from None
     if extension is None:
         raise _bad(name, f"is a {image.format} image, which this service does not restore")
-    if width < 1 or height < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
+    if (
+        width < 1
+        or height < 1
+        or max(width, height) > IMAGE_MAX_SIDE
+        or max(width, height) / min(width, height) > IMAGE_MAX_ASPECT
+    ):
         raise _bad(name, f"has absurd dimensions {width}x{height}")
     if width * height > max_pixels:
         raise _bad(

@@ -24,6 +24,7 @@ from PIL import Image
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from tests.image_cases import IMAGE_CASES, ImageCase
 from tests.site_support import (
     Site,
     jpeg_bytes,
@@ -476,7 +477,7 @@ def test_upload_with_a_preset_lands_in_the_preset_subfolder(quiet_site: Site) ->
         ("truncated.jpg", jpeg_bytes(64, 64)[:400], "truncated"),
         ("truncated.png", png_bytes(64, 64)[:-30], "truncated"),
         ("document.pdf", b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "not an image"),
-        ("sliver.png", png_bytes(1000, 2), "absurd dimensions"),
+        ("sliver.png", png_bytes(2001, 1), "absurd dimensions"),
     ],
 )
 def test_upload_of_a_bad_file_is_refused_and_nothing_is_left_behind(
@@ -765,3 +766,18 @@ def test_a_hung_share_stalls_file_requests_only(quiet_site: Site, monkeypatch: p
         finally:
             release.set()
         assert all(future.result().status_code == 404 for future in stuck)  # the file was never there
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES, ids=[case.name for case in IMAGE_CASES])
+def test_uploads_accept_and_refuse_what_the_pipeline_does(case: ImageCase) -> None:
+    """One table (tests/image_cases.py) for the worker's load_image, probe and the upload check."""
+    from status_site.problems import Problem
+    from status_site.uploads import validate_image
+
+    try:
+        validate_image(io.BytesIO(case.data), case.name, case.max_pixels)
+    except Problem as refused:
+        assert case.error is not None, f"{case.name} refused: {refused.detail}"
+        assert refused.status == 422
+    else:
+        assert case.error is None, f"{case.name} accepted, the pipeline says {case.error.__name__}"

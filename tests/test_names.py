@@ -85,6 +85,8 @@ def test_every_component_of_an_output_path_is_safe(parts: list[str]) -> None:
         ("C:\\Users\\me\\scan.tif", "scan.tif"),
         ('a:b*c?"<>|.png', "a_b_c_____.png"),
         ("...", "file"),
+        (". 0", "0"),
+        (" . .x.jpg", "x.jpg"),
         ("trailing dots...", "trailing dots"),
         ("caf\u0065\u0301.jpg", "caf\u0065\u0301.jpg"),  # NFD kept: the share may hold both forms
     ],

@@ -151,3 +151,34 @@ def test_lost_head_degrades_health_keeps_the_queue_and_drains_it_once_the_head_r
             serve.cleanup()
         cluster.stop()
         assert cluster.pids() == []
+
+
+def test_a_box_switched_off_mid_job_requeues_it_and_a_box_that_joins_takes_it_over(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    # Actors may run only on "GPU boxes" (nodes with the `box` resource); the head has none.
+    cluster = RayCluster()
+    try:
+        cluster.start_head(num_cpus=2)
+        first_box = cluster.add_node(num_cpus=2, resources='{"box": 1}')
+        env = {"RESTORER_RAY_ACTORS": "1", "RESTORER_RAY_RESOURCES": '{"box": 1}'}
+        serve = serve_on(serves, root, cluster, **env)
+        placed_workers(serve, 1)
+        (root / "inbox" / "long.jpg").write_bytes(b"SLOW4|the box is switched off under it")
+        wait_for(
+            lambda: (js := jobs(root)) and js[0].state == "processing" and js[0].progress > 0, timeout=60
+        )
+        first_box.kill()  # the whole node at once: raylet, its workers, the actor
+        wait_for(lambda: (js := jobs(root)) and js[0].state == "queued" and js[0].attempts == 1, timeout=120)
+        waiting = wait_for(lambda: (ws := health(serve)["workers"]) and ws[0]["state"] == "waiting" and ws)
+        assert waiting[0]["job_id"] is None  # no box has room: the slot claims nothing
+        cluster.add_node(num_cpus=2, resources='{"box": 1}')  # another box joins
+        wait_for(lambda: [j.state for j in jobs(root)] == ["done"], timeout=180)
+        job = jobs(root)[0]
+        assert job.attempts == 2 and files_under(root / "outbox") == ["long.bin"]
+        assert serve.terminate() == 0
+    finally:
+        for serve in serves:
+            serve.cleanup()
+        cluster.stop()
+        assert cluster.pids() == []

@@ -258,7 +258,8 @@ def test_poison_file_stops_at_max_attempts_and_lands_in_failed(
     wait_for(lambda: job_states(root) == ["failed"], timeout=60)
     job = jobs(root)[0]
     assert job.attempts == 2 and job.failure_kind == "crash"
-    assert files_under(root / "failed") == ["poison.jpg", "poison.jpg.error.txt"]
+    # The row says failed first; the move to failed/ and the note's publish follow a moment later.
+    wait_for(lambda: files_under(root / "failed") == ["poison.jpg", "poison.jpg.error.txt"])
     reason = (root / "failed" / "poison.jpg.error.txt").read_text()
     assert "2 times" in reason and "restorer jobs retry" in reason
     (root / "inbox" / "fine.jpg").write_bytes(b"life goes on")

@@ -100,7 +100,9 @@ def test_jobs_flow_through_ray_actors_on_two_nodes(
     assert broken.failure_kind == "bad-input" and broken.error.startswith(
         "the image data stops after 3 bytes"
     )
-    assert files_under(root / "failed") == ["broken.jpg", "broken.jpg.error.txt"]
+    wait_for(
+        lambda: files_under(root / "failed") == ["broken.jpg", "broken.jpg.error.txt"]
+    )  # moved after the row
     assert serve.terminate() == 0
 
 

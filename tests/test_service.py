@@ -180,7 +180,9 @@ def test_watchdog_pings_only_while_the_worker_is_healthy_and_hung_worker_is_rest
         assert max(gaps) >= 0.5, gaps  # silent while the worker was dead or coming back
         job = jobs(root)[0]
         assert job.failure_kind == "crash" and "hang" in job.error
-        assert files_under(root / "failed") == ["hang.jpg", "hang.jpg.error.txt"]
+        wait_for(
+            lambda: files_under(root / "failed") == ["hang.jpg", "hang.jpg.error.txt"]
+        )  # moved after the row
         assert "restarted" in serve.output() or "hung" in serve.output()
         (root / "inbox" / "after.jpg").write_bytes(b"the new worker works")
         wait_for(lambda: job_states(root) == ["failed", "done"])

@@ -4,6 +4,8 @@ denoise interpolation (DNI) with user-supplied realesr-general files; the `resto
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,8 +313,19 @@ def test_weights_command_fails_when_the_configured_model_is_missing(dirs, capsys
 
 def test_the_default_model_has_one_home_and_is_registered() -> None:
     from daemon.settings import Settings
-    from pipeline.models import REGISTRY
     from pipeline.types import DEFAULT_MODEL, RestoreOptions
 
     assert Settings().model == RestoreOptions().model == DEFAULT_MODEL
     assert REGISTRY[DEFAULT_MODEL].purpose == "upscale" and REGISTRY[DEFAULT_MODEL].embedded is not None
+
+
+def test_restorer_weights_needs_no_torch(tmp_path: Path) -> None:
+    """The health page and `restorer weights` list models from a worker that never loads torch."""
+    code = (
+        "import sys\nfrom pipeline import model_statuses\n"
+        f"statuses = model_statuses({str(tmp_path / 'w')!r}, {str(tmp_path / 'c')!r})\n"
+        "print(len(statuses), sorted(m for m in ('torch', 'spandrel') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(" ", 1) == [str(len(REGISTRY)), "[]\n"]

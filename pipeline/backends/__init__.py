@@ -9,6 +9,10 @@ Choice (`backend auto|openvino|torch`, `device auto|cpu|cuda`, `precision auto|f
   the torch CPU fallback stays fp32 (bf16 autocast when asked).
 Impossible combinations raise BackendUnavailableError with the reason; BackendInfo.reason says what auto
 picked and why, and ends up in every RestoreReport.
+
+Loading: OpenVINO reads the network's IR from the cache (ir.py; converted once in a converter process when
+the weights are new), so an OpenVINO process never imports torch; the torch backend loads the weights
+through spandrel (pipeline/weights.py). torch is asked about CUDA only where an NVIDIA device node exists.
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ from daemon.settings import Settings
 from daemon.store import AddResult, JobStore
 
 # The pipeline's bounds on an image's shape: uploads refuse exactly what the worker would.
-from pipeline.imageio import MAX_ASPECT as IMAGE_MAX_ASPECT
-from pipeline.imageio import MAX_SIDE as IMAGE_MAX_SIDE
+from pipeline import MAX_ASPECT as IMAGE_MAX_ASPECT
+from pipeline import MAX_SIDE as IMAGE_MAX_SIDE
 
 __all__ = [
     "IMAGE_MAX_ASPECT",

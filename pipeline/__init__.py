@@ -6,7 +6,8 @@ holds them to it), everything else is private to the package:
     restore_bytes -> RestoredFile        one file: decode, restore, encode (worker, CLI, bench, Ray actor)
     Restorer                             loads the networks once, then restores Images
     STAGE_WEIGHTS, stage_spans           the progress stages in the order they run, for progress bars
-    probe -> ImageInfo                   header-only checks, exactly load_image's (uploads, intake)
+    probe -> ImageInfo                   header-only checks, exactly load_image's (uploads, intake);
+    MAX_SIDE, MAX_ASPECT                 the shape bounds those checks apply
     sniff_format                         the format from a file's first bytes (intake, before reading)
     load_image, Image                    decoding a file
     FORMAT_EXTENSIONS, INPUT_EXTENSIONS  extensions written per format / read from folders
@@ -23,7 +24,15 @@ surface. Heavy modules (openvino, torch only where a conversion or the torch bac
 networks) load when a Restorer first needs them.
 """
 
-from pipeline.imageio import FORMAT_EXTENSIONS, INPUT_EXTENSIONS, load_image, probe, sniff_format
+from pipeline.imageio import (
+    FORMAT_EXTENSIONS,
+    INPUT_EXTENSIONS,
+    MAX_ASPECT,
+    MAX_SIDE,
+    load_image,
+    probe,
+    sniff_format,
+)
 from pipeline.models import ModelSpec, get_spec
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
 from pipeline.restorer import Restorer, restore_bytes
@@ -59,6 +68,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "FORMAT_EXTENSIONS",
     "INPUT_EXTENSIONS",
+    "MAX_ASPECT",
+    "MAX_SIDE",
     "STAGE_WEIGHTS",
     "AbsurdDimensionsError",
     "Backend",

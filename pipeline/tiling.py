@@ -34,6 +34,8 @@ from pipeline.types import DeviceOutOfMemoryError, ProgressCallback
 
 DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/performance.md)
 DEFAULT_BLEND = 16  # cross-fade width inside the context, input pixels
+# The smallest tile edge anywhere: backends never suggest less (a smaller `tile` setting is raised to it),
+# the settings refuse less, and an out-of-memory split stops here.
 MIN_TILE = 16
 _FLUSH_ROWS = 64  # output rows converted to the final dtype at a time
 # Fixed-point one for 8-bit outputs: 16 below 65535, so even 32 overlapping contributions (9 is the most a
@@ -340,6 +342,44 @@ class _Strip:
             self.rows[:keep] = self.rows[count:].copy()
         self.rows[max(keep, 0) :] = 0
         self.top = row
+
+
+def run_local(
+    array: np.ndarray, network: Callable[[np.ndarray], np.ndarray], tile: int, context: int, scale: int
+) -> np.ndarray:
+    """Run a network whose receptive radius is at most `context` input pixels over an N x C x H x W
+    float32 array in windows of at most tile x tile, stitched with hard cuts: exactly the network's output
+    on the whole array (kept pixels see all of their receptive field; border windows see the array's own
+    border, as the whole-array call does). For cheap local stages such as RRDBNet's upsampler, whose
+    activations at 4x resolution would otherwise be the process's memory peak."""
+    height, width = array.shape[2], array.shape[3]
+    output: np.ndarray | None = None
+    for top, row_from, row_to in _cut_axis(height, tile, context):
+        for left, col_from, col_to in _cut_axis(width, tile, context):
+            window = np.ascontiguousarray(array[:, :, top : top + tile, left : left + tile])
+            result = network(window)
+            if output is None:
+                output = np.empty((*result.shape[:2], height * scale, width * scale), np.float32)
+            kept_rows = slice((row_from - top) * scale, (row_to - top) * scale)
+            kept_cols = slice((col_from - left) * scale, (col_to - left) * scale)
+            target_rows = slice(row_from * scale, row_to * scale)
+            target_cols = slice(col_from * scale, col_to * scale)
+            output[:, :, target_rows, target_cols] = result[:, :, kept_rows, kept_cols]
+    assert output is not None  # _cut_axis gives at least one window per axis
+    return output
+
+
+def _cut_axis(size: int, tile: int, context: int) -> list[tuple[int, int, int]]:
+    """(window start, first kept pixel, end of kept pixels) per window along one axis. Windows are spread
+    evenly and overlap by at least 2 * context; each keeps the part up to the middle of its overlaps."""
+    if size <= tile:
+        return [(0, 0, size)]
+    if tile <= 2 * context:
+        raise ValueError(f"tile {tile} leaves no kept pixels with {context} px context on each side")
+    count = math.ceil((size - tile) / (tile - 2 * context)) + 1
+    starts = [round(i * (size - tile) / (count - 1)) for i in range(count)]
+    cuts = [0, *[(b + a + tile) // 2 for a, b in itertools.pairwise(starts)], size]
+    return [(start, cuts[i], cuts[i + 1]) for i, start in enumerate(starts)]
 
 
 def run_whole(rgb_float: np.ndarray, upscaler: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

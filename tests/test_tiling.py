@@ -8,7 +8,15 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, plan_axis, run_whole, tile_count, upscale_tiled
+from pipeline.tiling import (
+    DEFAULT_BLEND,
+    DEFAULT_PAD,
+    plan_axis,
+    run_local,
+    run_whole,
+    tile_count,
+    upscale_tiled,
+)
 from pipeline.types import DeviceOutOfMemoryError, EngineConfig
 from tests.fake_upscalers import ConvStackUpscaler, OutOfMemoryUpscaler
 
@@ -193,3 +201,24 @@ def test_integer_input_is_converted_one_window_at_a_time(dtype: type) -> None:
     from_integers = upscale_tiled(pixels, network, 24, 6, np.float32, blend=4)
     from_floats = upscale_tiled(pixels.astype(np.float32) / peak, network, 24, 6, np.float32, blend=4)
     np.testing.assert_allclose(from_integers.pixels, from_floats.pixels, atol=1e-6)
+
+
+@pytest.mark.parametrize(("height", "width"), [(70, 53), (16, 16), (9, 40), (33, 97)])
+@pytest.mark.parametrize(("tile", "context"), [(16, 2), (24, 3), (20, 4)])
+def test_local_network_in_windows_equals_the_whole_array(
+    height: int, width: int, tile: int, context: int
+) -> None:
+    # receptive radius 2 <= context: hard cuts at the overlap middles are exact, no blending needed
+    network = ConvStackUpscaler(scale=4, layers=2)
+    array = noise_image(height, width, seed=7).transpose(2, 0, 1)[None]
+    result = run_local(array, network, tile, context, scale=4)
+    np.testing.assert_allclose(result, network(np.ascontiguousarray(array)), atol=1e-5)
+    assert {call[2:] for call in network.calls[:-1]} <= {(min(height, tile), min(width, tile))}
+
+
+def test_local_network_with_too_little_context_is_not_exact() -> None:
+    # the same cut with a radius-4 network: proves the equality above depends on the context
+    network = ConvStackUpscaler(scale=4, layers=4)
+    array = noise_image(60, 60, seed=7).transpose(2, 0, 1)[None]
+    result = run_local(array, network, 16, 1, scale=4)
+    assert np.abs(result - network(np.ascontiguousarray(array))).max() > 1e-3

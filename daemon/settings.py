@@ -27,6 +27,7 @@ from pipeline import (
     Precision,
     RestoreOptions,
 )
+from pipeline.tiling import MIN_TILE
 
 
 class Preset(BaseModel):
@@ -191,7 +192,7 @@ class Settings(BaseSettings):
         "auto", description="number format (auto: bf16/fp16 where the hardware has it)"
     )
     tile: int | None = Field(
-        None, description="cap the tile edge in input pixels (default: the engine's choice)", ge=16
+        None, description="cap the tile edge in input pixels (default: the engine's choice)", ge=MIN_TILE
     )
     threads: int | None = Field(None, description="CPU threads for the engine (default: all cores)", ge=1)
 

@@ -142,7 +142,7 @@ class Restorer:
 
         planes = split_planes(image)
         prepared = self._prepare_faces(planes, options, on_progress, clock, report)
-        tile = self._tile_size(upscaler)
+        tile = int(upscaler.suggest_tile())  # the backend owns the tile: memory, engine.tile, MIN_TILE
         report.tile_size = tile
         try:
             colour, alpha = self._upscale(planes, upscaler, tile, on_progress, clock, report)
@@ -174,12 +174,6 @@ class Restorer:
         report.stage_seconds.update(clock.seconds)
         report.seconds = round(time.perf_counter() - started, 3)
         return output, report
-
-    def _tile_size(self, upscaler: Upscaler) -> int:
-        tile = int(upscaler.suggest_tile())
-        if self.engine.tile is not None:
-            tile = min(tile, int(self.engine.tile))
-        return max(16, tile)
 
     def _prepare_faces(
         self,

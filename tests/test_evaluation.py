@@ -352,6 +352,19 @@ def test_flop_count_of_the_real_networks_matches_the_published_cost(tmp_path: Pa
     )
 
 
+def test_efficiency_is_useful_work_over_the_gemm_rate_in_the_same_time() -> None:
+    gemm = bench.GemmRate("bf16", threads=2, size=4096, gflops=1800.0)
+    # 256x256 x4plus (2.35 TFLOP) in 2.0 s = 1175 GFLOP/s of useful work
+    assert bench.efficiency(35.85e6, 256 * 256, 2.0, gemm) == pytest.approx(35.85e6 * 65536 / 2.0 / 1.8e12)
+    assert bench.gemm_dtype_for("bf16") == "bf16" and bench.gemm_dtype_for("fp32") == "fp32"
+    assert "bf16 GEMM 1800 GFLOP/s" in gemm.describe() and "2 threads" in gemm.describe()
+
+
+def test_gemm_rate_is_measured_in_a_process_of_its_own() -> None:
+    rate = bench.measure_gemm("fp32", threads=1, size=256)
+    assert rate.gflops > 0.1 and (rate.dtype, rate.threads, rate.size) == ("fp32", 1, 256)
+
+
 def test_cpu_peak_is_cores_times_flops_per_cycle_times_clock() -> None:
     peaks = bench.cpu_peaks(ghz=2.0)
     cores = int(peaks.formula.split(" cores")[0])
@@ -429,6 +442,14 @@ def test_restorer_bench_command_end_to_end_on_a_tiny_size(
         assert measurement["error"] is None
         assert measurement["median_s"] > 0 and measurement["peak_rss_mb"] > 50
     assert data["flops_per_input_pixel"] == pytest.approx(1.24e6, rel=1e-2)
+    assert data["gemm"]["gflops"] > 0 and data["gemm"]["size"] == 4096
+    assert f"GEMM {data['gemm']['gflops']:.0f} GFLOP/s" in report
+    assert "| stage | input | s/image | input MP/s | GFLOP/s | efficiency |" in report
+    sr = stages["sr"]
+    expected = bench.efficiency(
+        data["flops_per_input_pixel"], 24 * 16, sr["median_s"], bench.GemmRate(**data["gemm"])
+    )
+    assert f"| {expected:.2f} |" in report.split("| sr | 24x16 |")[1].splitlines()[0]
     assert "| sr | 24x16 |" in report and "| pipeline | 24x16 |" in report
     assert "| a gpu | 0.5900 | - | not measured | not measured | not measured |" in report
     assert "| this box | 0.3600 | pipeline 24x16 |" in report

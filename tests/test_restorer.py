@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.backends.base import cap_tile
 from pipeline.restorer import Restorer, mode_label, output_scale, resize_to
 from pipeline.types import EngineConfig, FaceReport, Image, RestoreError, RestoreOptions
 from tests.fake_upscalers import ConvStackUpscaler, OutOfMemoryUpscaler
@@ -30,12 +31,11 @@ class CountingLoader:
 
     def __call__(self, model_id: str, engine: EngineConfig, denoise: float | None) -> ConvStackUpscaler:
         self.loads.append((model_id, denoise))
+        tile = cap_tile(self.tile, engine.tile)  # as the real backends do: they own the tile
         if self.out_of_memory_above is not None:
-            network = OutOfMemoryUpscaler(
-                scale=4, layers=2, tile=self.tile, max_pixels=self.out_of_memory_above
-            )
+            network = OutOfMemoryUpscaler(scale=4, layers=2, tile=tile, max_pixels=self.out_of_memory_above)
         else:
-            network = ConvStackUpscaler(scale=4, layers=2, tile=self.tile)
+            network = ConvStackUpscaler(scale=4, layers=2, tile=tile)
         self.made.append(network)
         return network
 
@@ -99,6 +99,16 @@ def test_tile_comes_from_the_upscaler_capped_by_config() -> None:
     restorer = Restorer(EngineConfig(tile=24), upscaler_loader=CountingLoader(tile=64))
     _, report = restorer.restore(Image(random_pixels((50, 50, 3))), NO_FACES)
     assert report.tile_size == 24 and report.tiles > 1
+
+
+def test_the_backend_alone_owns_the_tile() -> None:
+    # A second cap in the restorer once made OpenVINO compile one tile shape at warm-up and use another.
+    def ignores_the_setting(model_id: str, engine: EngineConfig, denoise: float | None) -> ConvStackUpscaler:
+        return ConvStackUpscaler(scale=4, layers=2, tile=48)
+
+    restorer = Restorer(EngineConfig(tile=24), upscaler_loader=ignores_the_setting)
+    _, report = restorer.restore(Image(random_pixels((100, 100, 3))), NO_FACES)
+    assert report.tile_size == 48
 
 
 def test_16bit_rgba_stays_16bit_rgba_and_alpha_goes_through_the_network() -> None:

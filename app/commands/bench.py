@@ -1,6 +1,9 @@
-"""`restorer bench`: seconds per image, input MP/s, GFLOP/s against this CPU's peak and peak RSS for the
+"""`restorer bench`: seconds per image, input MP/s, GFLOP/s, efficiency and peak RSS for the
 super-resolution stage, the face stage and the whole pipeline; then what an image costs on the machines
 of a price list, from the measured seconds only (machines that did not run here: "not measured").
+
+Efficiency = the network's useful GFLOP/s / this machine's GEMM rate, measured here before and after the
+runs with the same threads (torch 4096x4096 matmul, bf16 where the CPU has bf16 dot products; printed).
 
 Sizes: `sweep` (64x64, 128x128, 256x256; the default, a few minutes on 2 cores), `seed` (the seed's
 546x729, 364x358, 320x320: RealESRGAN_x4plus needs ~1.5 min per 546x729 image per stage on 2 cores),
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING
 from app.flags import ENGINE_FIELDS, command_parser, settings_from_args
 
 if TYPE_CHECKING:
-    from pipeline.evaluation.bench import CpuPeaks, Measurement
+    from pipeline.evaluation.bench import CpuPeaks, GemmRate, Measurement
     from pipeline.evaluation.costs import Price
 
 
@@ -31,13 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--prices", type=Path, default=None, help="price list TOML (default: built-in)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
     parser.add_argument("--image", type=Path, default=None, help="photo to crop to each size")
-    parser.add_argument("--cpu-ghz", type=float, default=None, help="CPU clock under load for the peak")
     parser.add_argument("--out", type=Path, default=None, help="also write bench.md and bench.json here")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline import RestoreError
+    from pipeline.backends.base import available_cores
     from pipeline.evaluation import bench, costs
 
     try:
@@ -52,12 +56,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = settings_from_args(args)
     engine = settings.engine_config()
-    peaks = bench.cpu_peaks(args.cpu_ghz or bench.DEFAULT_CPU_GHZ)
+    peaks = bench.cpu_peaks()
     try:
         flops = bench.flops_per_input_pixel(settings.model, settings.weights_dir, settings.cache_dir)
     except RestoreError as error:
         print(f"restorer bench: {error}", file=sys.stderr)
         return 1
+    threads = engine.threads or available_cores()
+    gemm_dtype = "bf16" if peaks.bf16_gflops else "fp32"
+    print(
+        f"measuring the {gemm_dtype} GEMM rate ({threads} threads) ... ", end="", file=sys.stderr, flush=True
+    )
+    before = bench.measure_gemm(gemm_dtype, threads)
+    print(f"{before.gflops:.0f} GFLOP/s", file=sys.stderr, flush=True)
 
     measurements = []
     for width, height in sizes:
@@ -76,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
             print(result.error or f"{result.median_s:.2f} s", file=sys.stderr, flush=True)
             measurements.append(result)
     bench.fill_hardware(measurements, peaks)
-
-    report = _report(settings.model, flops, peaks, measurements, prices)
+    after = bench.measure_gemm(gemm_dtype, threads)
+    gemm = bench.GemmRate(gemm_dtype, threads, before.size, (before.gflops + after.gflops) / 2)
+    report = _report(settings.model, flops, peaks, gemm, (before, after), measurements, prices)
     print(report)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         data = {
             "model": settings.model,
             "flops_per_input_pixel": flops,
-            "peaks": asdict(peaks),
+            "gemm": asdict(gemm),
+            "gemm_before_after": [before.gflops, after.gflops],
+            "load_average": list(os.getloadavg()),
+            "hardware": peaks.description,
             "measurements": [m.to_dict() for m in measurements],
         }
         (args.out / "bench.json").write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
@@ -103,7 +118,13 @@ def _parse_stages(text: str) -> list[str]:
 
 
 def _report(
-    model: str, flops: float, peaks: CpuPeaks, measurements: list[Measurement], prices: list[Price]
+    model: str,
+    flops: float,
+    peaks: CpuPeaks,
+    gemm: GemmRate,
+    before_after: tuple[GemmRate, GemmRate],
+    measurements: list[Measurement],
+    prices: list[Price],
 ) -> str:
     from pipeline.evaluation import bench, costs
 
@@ -112,18 +133,20 @@ def _report(
         for m in measurements
         if m.error is None and m.spec.stage in ("pipeline", "sr")
     ]
-    bf16 = f"{peaks.bf16_gflops:.0f}" if peaks.bf16_gflops else "none (no bf16 instructions)"
+    before, after = before_after
+    load = os.getloadavg()
     lines = [
-        f"Hardware: {peaks.description}. Peak GFLOP/s: fp32 {peaks.fp32_gflops:.0f}, bf16 {bf16} "
-        f"({peaks.formula}).",
+        f"Hardware: {peaks.description}; load average {load[0]:.2f} (1 min) at the end.",
+        f"Yardstick: {gemm.describe()} = mean of {before.gflops:.0f} before and {after.gflops:.0f} after "
+        "the runs.",
         f"Model {model}: {flops / 1e6:.2f} MFLOP per input pixel (counted on the network's convolutions).",
         "",
-        bench.bench_markdown(measurements, peaks, flops),
+        bench.bench_markdown(measurements, {gemm.dtype: gemm}, flops),
         "",
         "s/image: median wall time of the restore call(s), model already loaded (load s: loading and "
         "compiling, once per process; inputs up to 320x320 get one untimed first call before). "
-        "GFLOP/s: the SR network's FLOP for the input / s/image. Peak RSS: "
-        "the whole worker process (one per row).",
+        "GFLOP/s: the SR network's FLOP for the input / s/image; efficiency: that / the GEMM rate above "
+        "(CPU rows whose precision matches it). Peak RSS: the whole worker process (one per row).",
         "",
         "Cost per image (measured seconds x price; machines that did not run this benchmark are "
         '"not measured", never estimated):',

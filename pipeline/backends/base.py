@@ -15,6 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pipeline.tiling import MIN_TILE
+
 # Peak working memory per INPUT pixel at fp32, measured/estimated per architecture (activations of the
 # widest layers at 4x resolution dominate). Half precision roughly halves it.
 BYTES_PER_INPUT_PIXEL = {"ESRGAN": 16 * 1024, "Compact": 4 * 1024}
@@ -24,7 +26,6 @@ DEFAULT_BYTES_PER_INPUT_PIXEL = 16 * 1024
 # keeps the context-padding overhead small (~25 % with 16 px context per side).
 CPU_TILE_MAX = 256
 GPU_TILE_MAX = 512
-TILE_MIN = 32
 TILE_MULTIPLE = 16  # x2plus needs even sizes; multiples of 16 are friendly to every kernel
 GPU_BATCH_MAX = 8
 MEMORY_FRACTION = 0.5  # leave half of what is free to the rest of the process and the OS
@@ -66,10 +67,10 @@ def bytes_per_input_pixel(arch: str, precision: str) -> int:
 
 
 def tile_for_memory(free_bytes: int, per_pixel: int, cap: int, batch: int = 1) -> int:
-    """Largest tile edge (multiple of 16, >= 32) whose `batch` tiles fit in a fraction of free memory."""
+    """Largest tile edge (multiple of 16, >= MIN_TILE) whose `batch` tiles fit in a fraction of free RAM."""
     budget = free_bytes * MEMORY_FRACTION / max(batch, 1)
     edge = int(math.sqrt(max(budget, 0) / per_pixel)) // TILE_MULTIPLE * TILE_MULTIPLE
-    return max(TILE_MIN, min(edge, cap // TILE_MULTIPLE * TILE_MULTIPLE))
+    return max(MIN_TILE, min(edge, cap // TILE_MULTIPLE * TILE_MULTIPLE))
 
 
 def batch_for_memory(free_bytes: int, per_pixel: int, tile: int, cap: int = GPU_BATCH_MAX) -> int:
@@ -79,9 +80,9 @@ def batch_for_memory(free_bytes: int, per_pixel: int, tile: int, cap: int = GPU_
 
 
 def cap_tile(limit: int, configured: int | None) -> int:
-    """The tile edge limit after the user's EngineConfig.tile cap."""
+    """The tile edge limit after the user's EngineConfig.tile cap (never below MIN_TILE)."""
     if configured is not None:
-        limit = min(limit, max(TILE_MIN, configured))
+        limit = min(limit, max(MIN_TILE, configured))
     return limit
 
 

@@ -1,34 +1,79 @@
-"""OpenVINO backend: the default on CPU (fastest measured engine here, ~90 % of the bf16 peak).
+"""OpenVINO backend: the default on CPU (fastest measured engine here, ~90 % of the bf16 GEMM rate).
 
 It starts from the network's dynamic IR (pipeline/backends/ir.py: converted once per weights, in a separate
-process; this module never imports torch) and cuts a static IR per input shape from it, kept in
-<cache_dir>/openvino/ir keyed by the weights' sha256 + shape; OpenVINO's own CACHE_DIR keeps the compiled
-blob, so a restarted worker neither converts nor recompiles. Precision and threads are pinned (ir.py).
+process; this module never imports torch). That one IR is the only file per network: every part of it is
+compiled ONCE with dynamic height and width, so an image of a new size costs no compilation, no file and no
+memory of its own (a dynamic model measured as fast as a static one of the same shape; docs/performance.md).
+OpenVINO's CACHE_DIR keeps one compiled blob per part, so a restarted worker neither converts nor
+recompiles. What the CPU plugin keeps per input shape (its primitive cache) is bounded by
+CPU_RUNTIME_CACHE_CAPACITY.
+
+RRDBNet (x4plus, anime_6B) runs in two parts cut from the same IR: the trunk at input resolution (92 % of
+the FLOPs) on the tiles the tiler sends, then the 4x upsampler over the trunk's features in small windows
+(pipeline.tiling.run_local, exact: its receptive radius is under 2 feature pixels). The upsampler's
+activations at 4x resolution are what made big tiles expensive; in small windows they are not, so the
+tile grows and fewer pixels are computed twice as context. Precision and threads are pinned (ir.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.backends.base import (
-    CPU_TILE_MAX,
     BackendInfo,
     available_cores,
     available_ram_bytes,
-    bytes_per_input_pixel,
     cap_tile,
     is_out_of_memory,
     pad_to_multiple,
     tile_for_memory,
 )
-from pipeline.backends.ir import IrNetwork, compile_config, new_core, save_ir
+from pipeline.backends.ir import IrNetwork, compile_config, new_core
+from pipeline.tiling import run_local
 from pipeline.types import DeviceOutOfMemoryError, EngineConfig
 
+if TYPE_CHECKING:
+    import openvino as ov
+
 log = logging.getLogger(__name__)
+
+# Primitives the CPU plugin keeps for the input shapes it has seen (its default is 5000): RRDBNet has ~350
+# convolutions, so this holds a few shapes' worth; an image of an unseen size rebuilds its primitives
+# (a fraction of a second), and memory stays flat however many sizes arrive.
+RUNTIME_CACHE_CAPACITY = 1024
+
+
+@dataclass(frozen=True)
+class NetworkLayout:
+    """How a network is run: whole, or trunk + upsampler (RRDBNet) with the tile sizes measured for it.
+
+    tile_max: largest input tile edge (context included) the tiler gets on CPU.
+    bytes_per_pixel: peak working memory per input tile pixel (the tile is lowered when RAM is short).
+    upsampler_tile / upsampler_context: the upsampler's windows over the features (feature pixels)."""
+
+    split: bool
+    tile_max: int
+    bytes_per_pixel: int
+    upsampler_tile: int = 0
+    upsampler_context: int = 0
+
+
+WHOLE = NetworkLayout(split=False, tile_max=256, bytes_per_pixel=16 * 1024)
+# RRDBNet without pixel-unshuffle (x4plus, anime_6B). Trunk tile and upsampler window: docs/performance.md.
+RRDB_SPLIT = NetworkLayout(
+    split=True, tile_max=512, bytes_per_pixel=2 * 1024, upsampler_tile=128, upsampler_context=4
+)
+
+
+def layout_for(arch: str, size_multiple: int) -> NetworkLayout:
+    """x2plus (pixel-unshuffle, size multiple 2) crops inside its upsampler, so it stays whole."""
+    return RRDB_SPLIT if arch == "ESRGAN" and size_multiple == 1 else WHOLE
 
 
 class OpenVinoUpscaler:
@@ -41,73 +86,169 @@ class OpenVinoUpscaler:
         self.size_multiple: int = network.size_multiple  # read by the tiler
         self._dynamic_xml = network.xml
         self._key = network.xml.stem.removesuffix("-dynamic")
-        self._ir_dir = network.xml.parent
+        _remove_per_shape_leftovers(network.xml.parent)
         self.threads = engine.threads or available_cores()
         self._core = new_core(engine.cache_dir)
-        self._config = compile_config(info.precision, self.threads)
-        self._requests: dict[tuple[int, ...], object] = {}
-        # Planned once: following the free RAM of the moment would change the tile shape between images,
-        # and every new shape costs a compilation.
-        per_pixel = bytes_per_input_pixel(self._arch, info.precision)
+        self._config = {
+            **compile_config(info.precision, self.threads),
+            "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
+        }
+        self.layout = layout_for(self._arch, self.size_multiple)
+        self._requests: dict[str, Any] = {}  # part name -> InferRequest of its dynamic compiled model
+        # Planned once: following the free RAM of the moment would change the tile between images.
         self._tile: int = tile_for_memory(
-            available_ram_bytes(), per_pixel, cap_tile(CPU_TILE_MAX, engine.tile)
+            available_ram_bytes(), self.layout.bytes_per_pixel, cap_tile(self.layout.tile_max, engine.tile)
         )
 
     def suggest_tile(self) -> int:
         return self._tile
 
-    def ir_path(self, shape: tuple[int, ...]) -> Path:
-        return self._ir_dir / f"{self._key}-{'x'.join(map(str, shape))}.xml"
+    def dynamic_ir(self) -> Path:
+        """The network's one IR (free batch, height and width), converted once per weights by ir.py."""
+        return self._dynamic_xml
 
-    def _ensure_ir(self, shape: tuple[int, ...]) -> Path:
-        """A static IR for one input shape (keyed by weights + shape), cut from the dynamic one."""
-        xml = self.ir_path(shape)
-        if xml.is_file() and xml.with_suffix(".bin").is_file():
-            return xml
-        model = self._core.read_model(str(self._dynamic_xml))
-        model.reshape({model.input(0): list(shape)})
-        save_ir(model, xml)
-        return xml
+    def _parts(self) -> dict[str, ov.Model]:
+        network = self._core.read_model(str(self.dynamic_ir()))
+        if not self.layout.split:
+            return {"network": network}
+        trunk, upsampler = split_at_upsampler(network, self._core.read_model(str(self.dynamic_ir())))
+        return {"trunk": trunk, "upsampler": upsampler}
 
-    def _request(self, shape: tuple[int, ...]):
-        request = self._requests.get(shape)
-        if request is None:
+    def _request(self, part: str) -> Any:
+        if not self._requests:
             started = time.monotonic()
-            compiled = self._core.compile_model(str(self._ensure_ir(shape)), "CPU", self._config)
-            request = compiled.create_infer_request()
-            self._requests[shape] = request
+            for name, model in self._parts().items():
+                self._requests[name] = self._core.compile_model(
+                    model, "CPU", self._config
+                ).create_infer_request()
             log.info(
-                "compiled %s %s %s in %.1f s", self._key, shape, self._config, time.monotonic() - started
+                "compiled %s (%s) %s in %.1f s",
+                self._key,
+                "+".join(self._requests),
+                self._config,
+                time.monotonic() - started,
             )
-        return request
-
-    def prepare(self, shape: tuple[int, ...]) -> None:
-        """Convert/compile for one input shape now, so the first image does not pay for it."""
-        self._request(tuple(int(v) for v in shape))
+        return self._requests[part]
 
     def warm_up(self) -> None:
-        """Compile for the tile shape the tiler will send for images larger than one tile."""
-        tile = self.suggest_tile()
-        self.prepare((self.batch_size, 3, tile, tile))
+        """Compile (or load the cached blobs) now, and run one small tile so the first image does not
+        pay for the plugin's first-inference setup."""
+        side = 32 * self.size_multiple
+        self(np.zeros((self.batch_size, 3, side, side), np.float32))
 
-    def runtime_properties(self, shape: tuple[int, ...]) -> dict[str, str]:
-        """What the compiled model for `shape` actually runs with (precision, threads), as OpenVINO says."""
-        compiled = self._request(tuple(int(v) for v in shape)).get_compiled_model()
+    def runtime_properties(self) -> dict[str, str]:
+        """What the compiled models actually run with (precision, threads), as OpenVINO says."""
         names = ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS")
+        compiled = self._request(next(iter(self.layout_parts()))).get_compiled_model()
         values = {name: compiled.get_property(name) for name in names}
         # Precision comes back as an openvino.Type ("f32", "bf16" by its type name).
         return {name: getattr(v, "get_type_name", lambda v=v: str(v))() for name, v in values.items()}
 
+    def layout_parts(self) -> tuple[str, ...]:
+        return ("trunk", "upsampler") if self.layout.split else ("network",)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self.size_multiple)
-        request = self._request(tuple(int(v) for v in padded.shape))
         try:
-            request.infer({0: padded})
+            if self.layout.split:
+                features = self._infer("trunk", padded)
+                out = run_local(
+                    features,
+                    lambda window: self._infer("upsampler", window),
+                    self.layout.upsampler_tile,
+                    self.layout.upsampler_context,
+                    self.scale,
+                )
+            else:
+                out = self._infer("network", padded)
         except (RuntimeError, MemoryError) as error:
             if is_out_of_memory(error):
                 raise DeviceOutOfMemoryError(
                     f"{batch.shape[0]} tile(s) of {h}x{w} do not fit in RAM"
                 ) from None
             raise
-        out = request.get_output_tensor(0).data
         return np.clip(out[:, :, : h * self.scale, : w * self.scale], 0.0, 1.0).astype(np.float32, copy=True)
+
+    def _infer(self, part: str, batch: np.ndarray) -> np.ndarray:
+        """One inference; the result is a view of the request's output, valid until its next call."""
+        request = self._request(part)
+        request.infer({0: batch})
+        return request.get_output_tensor(0).data
+
+
+def split_at_upsampler(network: ov.Model, second_copy: ov.Model) -> tuple[ov.Model, ov.Model]:
+    """RRDBNet's trunk (input -> features at input resolution) and upsampler (features -> output), cut at
+    the input of the first nearest-neighbour Interpolate (RRDBNet's first upsampling step).
+
+    Two copies of the same IR: the upsampler is made by rewiring the graph, which must not touch the
+    trunk's."""
+    import openvino as ov
+
+    trunk_cut = _first_upsampling_input(network)
+    trunk = concats_as_sums(ov.Model([trunk_cut], network.get_parameters(), "trunk"))
+    upsample_cut = _first_upsampling_input(second_copy)
+    channels = upsample_cut.get_partial_shape()[1]
+    features = ov.opset13.parameter(ov.PartialShape([-1, channels, -1, -1]), ov.Type.f32, name="features")
+    for consumer in upsample_cut.get_target_inputs():
+        consumer.replace_source_output(features.output(0))
+    return trunk, ov.Model(second_copy.get_results(), [features], "upsampler")
+
+
+def concats_as_sums(model: ov.Model) -> ov.Model:
+    """Rewrite every Convolution(Concat(a, b, ...), W) as Conv(a, W_a) + Conv(b, W_b) + ...: the same
+    arithmetic without materialising the concatenation.
+
+    RRDBNet's dense blocks concatenate before 4 of every 5 convolutions (276 Concats in x4plus). The CPU
+    plugin runs those as copies in a reference kernel (channels are innermost in the layout its AMX
+    convolutions use, so it cannot concatenate in place): measured ~30 % of the trunk's time, and the
+    trunk ran 10-20 % faster without them (docs/performance.md). Convolutions whose weights are not a
+    plain Constant are left as they are."""
+    import openvino.opset13 as ops
+
+    for conv in model.get_ordered_ops():
+        if conv.get_type_name() != "Convolution":
+            continue
+        source = conv.input(0).get_source_output()
+        concat, weights = source.get_node(), conv.input(1).get_source_output().get_node()
+        if concat.get_type_name() != "Concat" or weights.get_type_name() != "Constant":
+            continue
+        if len(source.get_target_inputs()) != 1 or concat.get_attributes()["axis"] not in (1, -3):
+            continue
+        kernel, attributes = weights.get_data(), conv.get_attributes()
+        total, first_channel = None, 0
+        for index in range(concat.get_input_size()):
+            part = concat.input(index).get_source_output()
+            channels = part.get_partial_shape()[1].get_length()
+            part_weights = ops.constant(
+                np.ascontiguousarray(kernel[:, first_channel : first_channel + channels])
+            )
+            partial = ops.convolution(
+                part,
+                part_weights,
+                attributes["strides"],
+                attributes["pads_begin"],
+                attributes["pads_end"],
+                attributes["dilations"],
+                attributes["auto_pad"],
+            )
+            total = partial if total is None else ops.add(total, partial)
+            first_channel += channels
+        assert total is not None  # a Concat has inputs
+        conv.output(0).replace(total.output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def _first_upsampling_input(model: ov.Model) -> Any:  # openvino Output
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Interpolate":
+            return op.input(0).get_source_output()
+    raise ValueError("no Interpolate in the network: it has no RRDBNet upsampler to split off")
+
+
+def _remove_per_shape_leftovers(ir_folder: Path) -> None:
+    """Earlier versions wrote a static IR per input shape next to the dynamic one (67 MB each for x4plus,
+    one per image size seen); nothing reads them any more."""
+    for xml in ir_folder.glob("*-[0-9]*x[0-9]*x[0-9]*x[0-9]*.xml"):
+        for path in (xml, xml.with_suffix(".bin")):
+            path.unlink(missing_ok=True)

@@ -12,12 +12,18 @@ first; inputs up to 320x320 also get one untimed first call, reported as first_c
 the SR network's useful work: FLOP per input pixel (counted on the real model) x input pixels /
 seconds; context overlap between tiles is overhead, not credited.
 
+Efficiency = that useful GFLOP/s / the GEMM rate measured on this machine with the same threads (a
+4096x4096 torch matmul in the precision the network runs in: bf16 where the CPU has bf16 dot products):
+a ratio that means the same on a 2-core Zen 4 and on a Xeon with AMX, unlike a theoretical peak.
+
 Run a worker by hand: python -m pipeline.evaluation.bench '{"stage": "sr", "width": 64, ...}'
+Measure the GEMM rate by hand: python -m pipeline.evaluation.bench --gemm bf16 2
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -41,7 +47,8 @@ SIZE_GROUPS = {
     "full": [*SWEEP_SIZES, (512, 512), *SEED_SIZES],
 }
 # Clock of this project's reference 2-core EPYC under sustained load (shared/notes/cpu-performance.md).
-# /proc/cpuinfo reports the nominal clock on many VMs; pass --cpu-ghz for another machine.
+# /proc/cpuinfo reports the nominal clock on many VMs. Only the theoretical peaks use it; efficiency is
+# measured against a GEMM run on the machine itself (measure_gemm).
 DEFAULT_CPU_GHZ = 3.55
 WORKER_TIMEOUT_S = 3600
 SMALL_INPUT_PIXELS = 320 * 320  # up to here one untimed first call runs before the timed ones
@@ -90,6 +97,22 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class GemmRate:
+    """A square matmul's rate on this machine: the yardstick for efficiency."""
+
+    dtype: str  # "bf16" | "fp32"
+    threads: int
+    size: int
+    gflops: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.dtype} GEMM {self.gflops:.0f} GFLOP/s (torch {self.size}x{self.size} matmul, "
+            f"{self.threads} thread{'s' if self.threads != 1 else ''}, measured now)"
+        )
+
+
+@dataclass(frozen=True)
 class CpuPeaks:
     description: str  # e.g. "cpu: AMD EPYC, 2 cores, avx512_bf16" (also matched by the price list)
     fp32_gflops: float
@@ -125,6 +148,44 @@ def cpu_peaks(ghz: float = DEFAULT_CPU_GHZ) -> CpuPeaks:
     description = f"cpu: {model}, {cores} cores, {bf16_flag or 'no bf16'}"
     formula = f"{cores} cores x {per_cycle} FLOP/cycle x {ghz:g} GHz"
     return CpuPeaks(description, fp32, 2 * fp32 if bf16_flag else None, formula)
+
+
+GEMM_SIZE = 4096
+GEMM_REPEATS = 5
+
+
+def measure_gemm(dtype: str, threads: int, size: int = GEMM_SIZE, timeout_s: float = 600) -> GemmRate:
+    """Best of GEMM_REPEATS timed size x size matmuls in a fresh process with `threads` threads (its own
+    process: the caller's RSS and thread settings stay untouched)."""
+    command = [sys.executable, "-m", "pipeline.evaluation.bench", "--gemm", dtype, str(threads), str(size)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=True)
+    return GemmRate(dtype, threads, size, float(done.stdout.strip().splitlines()[-1]))
+
+
+def _gemm_worker(dtype: str, threads: int, size: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    a = torch.randn(size, size).to(torch_dtype)
+    b = torch.randn(size, size).to(torch_dtype)
+    torch.mm(a, b)  # oneDNN picks and JITs its kernel on the first call
+    best = math.inf
+    for _ in range(GEMM_REPEATS):
+        began = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - began)
+    return 2 * size**3 / best / 1e9
+
+
+def gemm_dtype_for(precision: str) -> str:
+    """The GEMM that matches a network precision: bf16 runs on bf16 dot products, the rest on fp32 FMA."""
+    return "bf16" if precision == "bf16" else "fp32"
+
+
+def efficiency(flops_per_pixel: float, pixels: int, seconds: float, gemm: GemmRate) -> float:
+    """Useful work over what the machine's GEMM rate would do in the same wall time."""
+    return flops_per_pixel * pixels / seconds / (gemm.gflops * 1e9)
 
 
 def _cpu_model_name() -> str:
@@ -229,7 +290,7 @@ def _worker(spec: BenchSpec) -> dict[str, Any]:
         run_once = _restore_runner(engine, Image(pixels=rgb, source_format="jpg"), options, spec, result)
     result["load_s"] = time.perf_counter() - started
     if spec.width * spec.height <= SMALL_INPUT_PIXELS:
-        # A small image may use its own (smaller) network shape, compiled on first use: keep that cost
+        # The first call of a new input shape builds its primitives (OpenVINO, oneDNN): keep that cost
         # out of the steady-state time, but report it.
         began = time.perf_counter()
         run_once()
@@ -299,16 +360,15 @@ def fill_hardware(measurements: list[Measurement], peaks: CpuPeaks) -> None:
             m.hardware = peaks.description
 
 
-def bench_markdown(measurements: list[Measurement], peaks: CpuPeaks, flops_per_pixel: float) -> str:
-    """The timing table: one row per measurement."""
+def bench_markdown(measurements: list[Measurement], gemm: dict[str, GemmRate], flops_per_pixel: float) -> str:
+    """The timing table: one row per measurement. gemm: the measured rate per GEMM dtype."""
     header = [
         "stage",
         "input",
         "s/image",
         "input MP/s",
         "GFLOP/s",
-        "% fp32 peak",
-        "% bf16 peak",
+        "efficiency",
         "peak RSS MB",
         "load s",
         "engine",
@@ -318,22 +378,19 @@ def bench_markdown(measurements: list[Measurement], peaks: CpuPeaks, flops_per_p
     for m in measurements:
         size = f"{m.spec.width}x{m.spec.height}"
         if m.error is not None:
-            lines.append("| " + " | ".join([m.spec.stage, size, f"failed: {m.error}", *[""] * 8]) + " |")
+            lines.append("| " + " | ".join([m.spec.stage, size, f"failed: {m.error}", *[""] * 7]) + " |")
             continue
         seconds = m.median_s
         gflops = flops_per_pixel * m.spec.width * m.spec.height / seconds / 1e9
         network_stage = m.spec.stage != "faces"
-        on_cpu = m.hardware.startswith("cpu:")
+        rate = gemm.get(gemm_dtype_for(m.precision)) if m.hardware.startswith("cpu:") else None
         cells = [
             m.spec.stage,
             size,
             f"{seconds:.2f}" + (f" (median of {len(m.seconds)})" if len(m.seconds) > 1 else ""),
             f"{m.megapixels / seconds:.4f}",
             f"{gflops:.0f}" if network_stage else "-",
-            f"{100 * gflops / peaks.fp32_gflops:.0f}%" if network_stage and on_cpu else "-",
-            f"{100 * gflops / peaks.bf16_gflops:.0f}%"
-            if network_stage and on_cpu and peaks.bf16_gflops
-            else "-",
+            f"{gflops / rate.gflops:.2f}" if network_stage and rate is not None else "-",
             f"{m.peak_rss_mb:.0f}",
             f"{m.load_s:.1f}",
             " ".join(part for part in (m.backend, m.device, m.precision) if part) or "-",
@@ -344,6 +401,9 @@ def bench_markdown(measurements: list[Measurement], peaks: CpuPeaks, flops_per_p
 
 
 def _worker_main(argv: list[str]) -> int:
+    if argv[0] == "--gemm":
+        print(_gemm_worker(argv[1], int(argv[2]), int(argv[3]) if len(argv) > 3 else GEMM_SIZE))
+        return 0
     spec = BenchSpec(**json.loads(argv[0]))
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     print(json.dumps(_worker(spec)))

@@ -41,6 +41,9 @@ class UntiledUpscaler:
         self.batch_size = 1
         self.size_multiple: int = int(getattr(inner, "size_multiple", 1))
 
+    def warm_up(self) -> None:
+        self.inner.warm_up()
+
     def suggest_tile(self) -> int:
         return UNTILED
 

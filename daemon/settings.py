@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from pipeline import (
     DEFAULT_MODEL,
+    MIN_TILE,
     Backend,
     Device,
     EngineConfig,
@@ -27,7 +28,6 @@ from pipeline import (
     Precision,
     RestoreOptions,
 )
-from pipeline.tiling import MIN_TILE
 
 
 class Preset(BaseModel):

@@ -14,6 +14,7 @@ holds them to it), everything else is private to the package:
     RestoreOptions, EngineConfig,        what to do and how to run it, the default model and the choices
     DEFAULT_MODEL, Backend, Device,      settings offer
     Precision, OutputFormat
+    MIN_TILE                             the smallest tile edge (the `tile` setting's lower bound)
     ProgressCallback, RestoreReport      progress and the per-image account
     RestoreError and its subclasses      what can go wrong, in words
     model_statuses, ModelStatus,         the model registry and what is installed (`restorer weights`,
@@ -36,6 +37,7 @@ from pipeline.imageio import (
 from pipeline.models import ModelSpec, get_spec
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
 from pipeline.restorer import Restorer, restore_bytes
+from pipeline.tiling import MIN_TILE
 from pipeline.types import (
     DEFAULT_MODEL,
     AbsurdDimensionsError,
@@ -70,6 +72,7 @@ __all__ = [
     "INPUT_EXTENSIONS",
     "MAX_ASPECT",
     "MAX_SIDE",
+    "MIN_TILE",
     "STAGE_WEIGHTS",
     "AbsurdDimensionsError",
     "Backend",

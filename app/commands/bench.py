@@ -41,7 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline import RestoreError
-    from pipeline.backends.base import available_cores
     from pipeline.evaluation import bench, costs
 
     try:
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except RestoreError as error:
         print(f"restorer bench: {error}", file=sys.stderr)
         return 1
-    threads = engine.threads or available_cores()
+    threads = bench.threads_for(engine)
     gemm_dtype = "bf16" if peaks.bf16_gflops else "fp32"
     print(
         f"measuring the {gemm_dtype} GEMM rate ({threads} threads) ... ", end="", file=sys.stderr, flush=True

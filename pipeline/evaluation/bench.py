@@ -178,6 +178,13 @@ def _gemm_worker(dtype: str, threads: int, size: int) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def threads_for(engine: Any) -> int:
+    """The threads the engine runs with: the GEMM yardstick uses the same number."""
+    from pipeline.backends.base import available_cores
+
+    return int(engine.threads or available_cores())
+
+
 def gemm_dtype_for(precision: str) -> str:
     """The GEMM that matches a network precision: bf16 runs on bf16 dot products, the rest on fp32 FMA."""
     return "bf16" if precision == "bf16" else "fp32"

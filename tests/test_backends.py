@@ -307,12 +307,15 @@ def test_new_input_sizes_compile_nothing_and_write_nothing(tmp_path):
 def test_per_shape_files_of_earlier_versions_are_removed(tmp_path):
     ir = tmp_path / "cache" / "openvino" / "ir"
     ir.mkdir(parents=True)
-    leftovers = [ir / "Compact-0123abcd-1x3x64x48.xml", ir / "Compact-0123abcd-1x3x64x48.bin"]
-    kept = ir / "Compact-0123abcd-dynamic.xml"
-    for path in [*leftovers, kept]:
+    upscaler = load_upscaler("realesr-animevideov3", engine_for(tmp_path, "openvino", "fp32"))
+    key = upscaler.dynamic_ir().stem.removesuffix("-dynamic")
+    leftovers = [ir / f"{key}-1x3x64x48.xml", ir / f"{key}-1x3x64x48.bin"]
+    others = [ir / "face-GFPGAN-0123abcd-1x3x512x512.xml", ir / "face-GFPGAN-0123abcd-1x3x512x512.bin"]
+    for path in [*leftovers, *others]:
         path.write_text("x")
     load_upscaler("realesr-animevideov3", engine_for(tmp_path, "openvino", "fp32"))
-    assert not any(path.exists() for path in leftovers) and kept.exists()
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in [*others, upscaler.dynamic_ir()]), "other networks' IRs are kept"
 
 
 @needs_embedded

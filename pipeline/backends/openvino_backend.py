@@ -86,7 +86,7 @@ class OpenVinoUpscaler:
         self.size_multiple: int = network.size_multiple  # read by the tiler
         self._dynamic_xml = network.xml
         self._key = network.xml.stem.removesuffix("-dynamic")
-        _remove_per_shape_leftovers(network.xml.parent)
+        _remove_per_shape_leftovers(network.xml.parent, self._key)
         self.threads = engine.threads or available_cores()
         self._core = new_core(engine.cache_dir)
         self._config = {
@@ -246,9 +246,10 @@ def _first_upsampling_input(model: ov.Model) -> Any:  # openvino Output
     raise ValueError("no Interpolate in the network: it has no RRDBNet upsampler to split off")
 
 
-def _remove_per_shape_leftovers(ir_folder: Path) -> None:
-    """Earlier versions wrote a static IR per input shape next to the dynamic one (67 MB each for x4plus,
-    one per image size seen); nothing reads them any more."""
-    for xml in ir_folder.glob("*-[0-9]*x[0-9]*x[0-9]*x[0-9]*.xml"):
+def _remove_per_shape_leftovers(ir_folder: Path, key: str) -> None:
+    """Earlier versions wrote a static IR per input shape next to this network's dynamic one (67 MB each
+    for x4plus, one per image size seen); nothing reads them any more. Only this network's (`key`): other
+    runners (faces) keep their own fixed-shape IRs in the same folder."""
+    for xml in ir_folder.glob(f"{key}-[0-9]*x[0-9]*x[0-9]*x[0-9]*.xml"):
         for path in (xml, xml.with_suffix(".bin")):
             path.unlink(missing_ok=True)

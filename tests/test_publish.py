@@ -22,6 +22,7 @@ from daemon.publish import (
     publish_bytes,
     remove_stale_temp_files,
 )
+from tests.daemon_support import wait_for
 
 
 @pytest.fixture
@@ -101,6 +102,9 @@ def test_anything_watching_the_outbox_never_sees_a_partial_file(tmp_path: Path) 
     try:
         for n in range(10):
             publish_bytes(payload, outbox, f"{n}.png", 0o644, None)
+        # Events arrive on the observer's thread: wait for the last one before stopping it (under load it
+        # can lag behind the publish that caused it).
+        wait_for(lambda: len({name for name, _ in list(seen)}) == 10, timeout=10)
     finally:
         observer.stop()
         observer.join()

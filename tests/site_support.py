@@ -320,7 +320,7 @@ def running_serve(
     (tests/serve_with.py); None runs the real pipeline.
     """
     api_port, site_port = free_port(), free_port()
-    env = dict(os.environ)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the tests-only launcher lives in tests/
     env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp).items()})
     env.update(
         {

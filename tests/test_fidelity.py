@@ -68,7 +68,7 @@ def test_default_tiled_output_is_within_the_bar_of_untiled_fp32(name, engines, r
     record_property(f"{name} psnr", fidelity.psnr_db)
     print(f"\n{name}: {fidelity} ({report.backend} {report.precision}, {report.tiles} tiles)")
     assert fidelity.psnr_db >= 45, f"{name}: {fidelity.psnr_db} dB vs untiled fp32"
-    assert fidelity.max_diff_on_seams <= 16, (
+    assert fidelity.max_diff_on_seams <= SEAM_BAR, (
         f"{name}: a seam pixel is off by {fidelity.max_diff_on_seams:.1f}"
     )
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,21 +25,6 @@ FOLDERS = {
     "state_dir": "state",
 }
 SECRET = b'api_token = "s3cret-token-of-the-server"\n'
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    for name in ("inbox", "outbox", "failed", "archive", "state"):
-        (tmp_path / name).mkdir()
-    yield tmp_path
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.cleanup()
 
 
 def start(serves: list[ServeProcess], root: Path, *extra: str) -> ServeProcess:

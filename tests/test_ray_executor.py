@@ -11,7 +11,6 @@ import os
 import signal
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,6 @@ from tests.daemon_support import ServeProcess, files_under, wait_for
 from tests.ray_support import RAY_ENV, RayCluster
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    for name in ("inbox", "outbox", "failed", "archive", "state"):
-        (tmp_path / name).mkdir()
-    yield tmp_path
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.cleanup()
 
 
 def serve_on(serves: list[ServeProcess], root: Path, cluster: RayCluster, **env: str) -> ServeProcess:

@@ -63,21 +63,6 @@ class NotifyListener:
         os.rmdir(self.folder)
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    for name in ("inbox", "outbox", "failed", "archive", "state"):
-        (tmp_path / name).mkdir()
-    yield tmp_path
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.cleanup()
-
-
 def start(
     serves: list[ServeProcess],
     root: Path,

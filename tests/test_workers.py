@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +43,6 @@ def test_worker_devices_one_per_gpu_for_auto_else_round_robin_or_cpu() -> None:
     assert worker_devices(Settings(workers=2), {"CUDA_VISIBLE_DEVICES": ""}) == [None, None]
     with pytest.raises(ValueError, match="workers must be 1 or more"):
         Settings(workers=0)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    for name in ("inbox", "outbox", "failed", "archive", "state"):
-        (tmp_path / name).mkdir()
-    yield tmp_path
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.cleanup()
 
 
 def start(

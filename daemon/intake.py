@@ -45,23 +45,22 @@ def read_version(inbox: Path, relative: str) -> FileVersion:
     return FileVersion(digest.hexdigest(), status.st_size, status.st_mtime)
 
 
-SNIFF_ABOVE_BYTES = 16 * 1024 * 1024  # smaller files go to the worker, whose decoder says the same words
+SNIFF_BYTES = 32  # enough for every magic sniff_format knows
 
 
 def refusal_before_reading(
     settings: Settings, inbox: Path, relative: str, size: int
 ) -> tuple[str, str] | None:
     """(what was wrong, what to do) for a file intake must not read whole: larger than max_input_mb, or
-    a large file whose first bytes are no image type (a video). None: go ahead and hash it."""
+    its first bytes are no known image type (a video, a document, an empty file). Every file is checked,
+    so a non-image fails here with a plain reason instead of reaching a worker. None: go ahead and hash it."""
     limit = settings.max_input_mb * 1024 * 1024
     if size > limit:
         what = f"the file is {size / 1024**2:,.0f} MB, more than the {settings.max_input_mb} MB limit"
         return what, originals.TOO_LARGE_ADVICE
-    if size <= SNIFF_ABOVE_BYTES:
-        return None
     fd = open_beneath(inbox, relative)
     with os.fdopen(fd, "rb") as handle:
-        head = handle.read(32)
+        head = handle.read(SNIFF_BYTES)
     try:
         sniff_format(head)
     except BadImageError as exc:

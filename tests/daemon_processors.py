@@ -3,7 +3,8 @@
 tests.daemon_processors:CopyProcessor serve ...`).
 
 They replace only the pipeline stage; the daemon around them (store, watcher, worker process, publish)
-is the real one. What they do depends on the input's bytes, so a test controls them by what it drops:
+is the real one. What they do depends on the input's bytes, so a test controls them by what it drops
+(after FAKE_PHOTO_HEAD, which `fake_photo` puts first so intake's first-bytes check lets the file in):
 
   b"CRASH..."   the worker process dies (os._exit) - a poison file
   b"HANG..."    the worker stops responding
@@ -26,6 +27,15 @@ from daemon.store import JobStore
 from daemon.worker import Processed
 from pipeline.types import CorruptImageError, ProgressCallback, RestoreOptions
 
+# A BMP's magic is just these two bytes: intake checks every file's first bytes for a known image type,
+# so a fake input starts like a BMP; the copy stage reads its instruction after them.
+FAKE_PHOTO_HEAD = b"BM"
+
+
+def fake_photo(body: bytes) -> bytes:
+    """Bytes intake accepts as an image and the copy stage below copies (or obeys: SLOW, HANG, ...)."""
+    return FAKE_PHOTO_HEAD + body
+
 
 class CopyProcessor:
     def __init__(self, settings: Settings) -> None:
@@ -37,14 +47,15 @@ class CopyProcessor:
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
     ) -> Processed:
-        if data.startswith(b"CRASH"):
+        body = data.removeprefix(FAKE_PHOTO_HEAD)
+        if body.startswith(b"CRASH"):
             os._exit(17)
-        if data.startswith(b"HANG"):
+        if body.startswith(b"HANG"):
             time.sleep(3600)
-        if data.startswith(b"BAD"):
+        if body.startswith(b"BAD"):
             raise CorruptImageError("the image data stops after 3 bytes (truncated file)")
-        if data.startswith(b"SLOW"):
-            seconds = float(data[4:].split(b"|")[0])
+        if body.startswith(b"SLOW"):
+            seconds = float(body[4:].split(b"|")[0])
             steps = max(1, int(seconds / 0.1))
             for step in range(steps):
                 time.sleep(seconds / steps)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from daemon.store import JobStore
+from tests.daemon_processors import fake_photo
 from tests.daemon_support import ServeProcess, files_under, wait_for
 
 FOLDERS = {
@@ -109,7 +110,7 @@ def test_fifo_and_socket_in_the_inbox_are_refused_and_the_daemon_goes_on(
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(root / "inbox" / "sock.jpg"))
     try:
-        (root / "inbox" / "photo.jpg").write_bytes(b"a real photo")
+        (root / "inbox" / "photo.jpg").write_bytes(fake_photo(b"a real photo"))
         expected = {"pipe.jpg": "failed", "sock.jpg": "failed", "photo.jpg": "done"}
         wait_for(lambda: states(root) == expected)
         wait_for(lambda: len(files_under(root / "failed")) == 2)  # the reasons follow the failed rows
@@ -131,7 +132,7 @@ def test_a_symlinked_folder_planted_in_the_outbox_is_never_written_through(
     (root / "outbox" / "album").symlink_to(elsewhere)  # a share user's trap
     serve = start(serves, root)
     (root / "inbox" / "album").mkdir()
-    (root / "inbox" / "album" / "a.jpg").write_bytes(b"a photo")
+    (root / "inbox" / "album" / "a.jpg").write_bytes(fake_photo(b"a photo"))
     job = wait_for(lambda: (j := jobs(root).get("album/a.jpg")) is not None and j.state == "failed" and j)
     assert "symbolic link" in job.error and "original is still in the inbox" in job.error
     assert list(elsewhere.iterdir()) == []
@@ -145,22 +146,22 @@ def test_a_scan_saved_again_mid_restore_is_not_lost(
 ) -> None:
     serve = start(serves, root, "--originals", originals)
     scan = root / "inbox" / "scan.jpg"
-    scan.write_bytes(b"SLOW1.5|first scan")
+    scan.write_bytes(fake_photo(b"SLOW1.5|first scan"))
     # Progress means the worker has read the first scan and is restoring it.
     wait_for(lambda: (job := jobs(root).get("scan.jpg")) is not None and job.progress > 0)  # type: ignore[attr-defined]
-    scan.write_bytes(b"second scan, saved over the first while it is restored")
+    scan.write_bytes(fake_photo(b"second scan, saved over the first while it is restored"))
     wait_for(lambda: job_states(root) == ["done", "done"], timeout=30)
     outputs = sorted((root / "outbox").iterdir())
     assert sorted(path.read_bytes() for path in outputs) == [
-        b"SLOW1.5|first scan",
-        b"second scan, saved over the first while it is restored",
+        fake_photo(b"SLOW1.5|first scan"),
+        fake_photo(b"second scan, saved over the first while it is restored"),
     ]
     assert [path.name for path in outputs] == ["scan (1).bin", "scan.bin"]
-    assert (root / "outbox" / "scan.bin").read_bytes() == b"SLOW1.5|first scan"
+    assert (root / "outbox" / "scan.bin").read_bytes() == fake_photo(b"SLOW1.5|first scan")
     assert files_under(root / "inbox") == []
     if originals == "archive":
         assert [p.read_bytes() for p in (root / "archive").iterdir()] == [
-            b"second scan, saved over the first while it is restored"
+            fake_photo(b"second scan, saved over the first while it is restored")
         ]
     assert serve.terminate() == 0
 
@@ -187,7 +188,7 @@ def test_an_oversized_file_and_a_large_video_are_refused_unread(
         huge.truncate(80 * 1024 * 1024)
     video = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * (20 * 1024 * 1024)  # an MP4 header, 20 MB
     (root / "inbox" / "holiday.mp4.jpg").write_bytes(video)
-    (root / "inbox" / "photo.jpg").write_bytes(b"a real photo")
+    (root / "inbox" / "photo.jpg").write_bytes(fake_photo(b"a real photo"))
     wait_for(lambda: states(root) == {"huge.jpg": "failed", "holiday.mp4.jpg": "failed", "photo.jpg": "done"})
     wait_for(lambda: len(files_under(root / "failed")) == 4)  # the reasons follow the failed rows
     found = jobs(root)
@@ -211,7 +212,7 @@ def test_kill_9_between_publish_and_finish_leaves_exactly_one_output(
     serve = ServeProcess(root, None, processor="tests.daemon_processors:KillBeforeFinish")
     serves.append(serve)
     serve.wait_ready()
-    (root / "inbox" / "a.jpg").write_bytes(b"a photo")
+    (root / "inbox" / "a.jpg").write_bytes(fake_photo(b"a photo"))
     job = wait_for(lambda: (j := jobs(root).get("a.jpg")) is not None and j.state == "done" and j, timeout=60)
     assert (root / "state" / "killed-at-finish").exists()  # the worker really died after publishing
     assert job.attempts == 2 and "recorded, not restored again" in job.note  # type: ignore[attr-defined]
@@ -224,11 +225,35 @@ def test_kill_9_between_finish_and_dispose_loses_no_original(root: Path, serves:
     serve = ServeProcess(root, None, processor="tests.daemon_processors:KillBeforeDispose")
     serves.append(serve)
     serve.wait_ready()
-    (root / "inbox" / "a.jpg").write_bytes(b"a photo")
+    (root / "inbox" / "a.jpg").write_bytes(fake_photo(b"a photo"))
     wait_for(lambda: (root / "state" / "killed-at-dispose").exists(), timeout=60)
     wait_for(lambda: get(serve, "/api/v1/health")[0] == 200, timeout=60)  # the worker came back
     job = jobs(root)["a.jpg"]
     assert job.state == "done" and job.attempts == 1  # type: ignore[attr-defined]
     assert files_under(root / "outbox") == ["a.bin"]
     assert files_under(root / "inbox") == ["a.jpg"]  # not disposed, not lost, never processed again
+    assert serve.terminate() == 0
+
+
+def test_a_small_text_file_named_jpg_is_refused_at_intake_and_never_reaches_a_worker(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    serve = start(serves, root)
+    notes = b"shopping list: milk, eggs, film for the old camera\n"
+    (root / "inbox" / "notes.jpg").write_bytes(notes)
+    # Junk rules come first: these are ignored, not refused, even though they are no images either.
+    (root / "inbox" / ".notes.jpg").write_bytes(notes)
+    (root / "inbox" / "notes.jpg.part").write_bytes(notes)
+    (root / "inbox" / "photo.jpg").write_bytes(fake_photo(b"a real photo"))
+    wait_for(lambda: states(root) == {"notes.jpg": "failed", "photo.jpg": "done"})
+    wait_for(lambda: len(files_under(root / "failed")) == 2)  # the reason follows the failed row
+    refused = jobs(root)["notes.jpg"]
+    assert refused.failure_kind == "bad-input" and "not an image" in refused.error  # type: ignore[attr-defined]
+    assert refused.attempts == 0  # type: ignore[attr-defined] # no worker ever claimed it
+    assert refused.content_sha256 != hashlib.sha256(notes).hexdigest()  # type: ignore[attr-defined]
+    assert files_under(root / "failed") == ["notes.jpg", "notes.jpg.error.txt"]
+    assert (root / "failed" / "notes.jpg").read_bytes() == notes
+    assert "This is not a picture file" in (root / "failed" / "notes.jpg.error.txt").read_text()
+    assert "notes.jpg (attempt" not in serve.output()  # what the worker logs for each job it runs
+    assert files_under(root / "inbox") == [".notes.jpg", "notes.jpg.part"]
     assert serve.terminate() == 0

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from daemon.store import Job, JobStore
+from tests.daemon_processors import fake_photo
 from tests.daemon_support import ServeProcess, files_under, wait_for
 from tests.ray_support import RAY_ENV, RayCluster
 
@@ -70,8 +71,8 @@ def test_jobs_flow_through_ray_actors_on_two_nodes(
     assert health["executor"] == "ray" and health["status"] == "ok"
     assert health["cluster"]["state"] == "connected" and health["cluster"]["nodes"] == 2
     for n in range(6):
-        (root / "inbox" / f"photo{n}.jpg").write_bytes(b"SLOW0.6|" + f"photo {n}".encode())
-    (root / "inbox" / "broken.jpg").write_bytes(b"BAD bytes")
+        (root / "inbox" / f"photo{n}.jpg").write_bytes(fake_photo(b"SLOW0.6|" + f"photo {n}".encode()))
+    (root / "inbox" / "broken.jpg").write_bytes(fake_photo(b"BAD bytes"))
     running = wait_for(lambda: (r := api(serve, "/jobs?state=processing")["jobs"]) and r, timeout=60)
     assert all(job["worker"] in ("r1", "r2") for job in running)
     wait_for(lambda: sorted(j.state for j in jobs(root)) == ["done"] * 6 + ["failed"], timeout=90)
@@ -79,7 +80,7 @@ def test_jobs_flow_through_ray_actors_on_two_nodes(
     assert all(j.attempts == 1 for j in done)
     assert {j.report["pid"] for j in done} <= {w["pid"] for w in workers}  # actors' processes did the work
     assert files_under(root / "outbox") == [f"photo{n}.bin" for n in range(6)]
-    assert (root / "outbox" / "photo3.bin").read_bytes() == b"SLOW0.6|photo 3"
+    assert (root / "outbox" / "photo3.bin").read_bytes() == fake_photo(b"SLOW0.6|photo 3")
     broken = next(j for j in jobs(root) if j.state == "failed")
     assert broken.failure_kind == "bad-input" and broken.error.startswith(
         "the image data stops after 3 bytes"
@@ -95,7 +96,7 @@ def test_sigkill_of_an_actor_mid_job_requeues_it_and_it_completes_exactly_once(
 ) -> None:
     serve = serve_on(serves, root, ray_cluster, RESTORER_RAY_ACTORS="1")
     [worker] = placed_workers(serve, 1)
-    (root / "inbox" / "long.jpg").write_bytes(b"SLOW3|killed mid-job")
+    (root / "inbox" / "long.jpg").write_bytes(fake_photo(b"SLOW3|killed mid-job"))
     wait_for(lambda: (js := jobs(root)) and js[0].state == "processing" and js[0].progress > 0, timeout=60)
     os.kill(worker["pid"], signal.SIGKILL)
     wait_for(lambda: [j.state for j in jobs(root)] == ["done"], timeout=120)
@@ -116,10 +117,10 @@ def test_lost_head_degrades_health_keeps_the_queue_and_drains_it_once_the_head_r
         cluster.start_head(num_cpus=2)
         serve = serve_on(serves, root, cluster, RESTORER_RAY_ACTORS="1", RESTORER_MAX_ATTEMPTS="5")
         placed_workers(serve, 1)
-        (root / "inbox" / "running.jpg").write_bytes(b"SLOW2|running when the head dies")
+        (root / "inbox" / "running.jpg").write_bytes(fake_photo(b"SLOW2|running when the head dies"))
         wait_for(lambda: [j.state for j in jobs(root)] == ["processing"], timeout=60)
         for n in range(3):
-            (root / "inbox" / f"queued{n}.jpg").write_bytes(f"waiting {n}".encode())
+            (root / "inbox" / f"queued{n}.jpg").write_bytes(fake_photo(f"waiting {n}".encode()))
         wait_for(lambda: len(jobs(root)) == 4)
         cluster.kill_head()
         degraded = wait_for(lambda: (h := health(serve))["status"] == "degraded" and h, timeout=90)
@@ -150,7 +151,7 @@ def test_a_box_switched_off_mid_job_requeues_it_and_a_box_that_joins_takes_it_ov
         env = {"RESTORER_RAY_ACTORS": "1", "RESTORER_RAY_RESOURCES": '{"box": 1}'}
         serve = serve_on(serves, root, cluster, **env)
         placed_workers(serve, 1)
-        (root / "inbox" / "long.jpg").write_bytes(b"SLOW4|the box is switched off under it")
+        (root / "inbox" / "long.jpg").write_bytes(fake_photo(b"SLOW4|the box is switched off under it"))
         wait_for(
             lambda: (js := jobs(root)) and js[0].state == "processing" and js[0].progress > 0, timeout=60
         )

@@ -24,6 +24,7 @@ import pytest
 from app.cli import main
 from daemon import sdnotify
 from daemon.store import JobStore
+from tests.daemon_processors import fake_photo
 from tests.daemon_support import COPY_PROCESSOR, RESTORER, ServeProcess, files_under, wait_for
 
 
@@ -120,12 +121,12 @@ def test_health_is_down_while_starting_or_without_worker_and_degraded_for_intake
 def test_ready_only_after_db_open_interrupted_jobs_requeued_and_ports_bound(
     root: Path, serves: list[ServeProcess]
 ) -> None:
-    (root / "inbox" / "left-running.jpg").write_bytes(b"SLOW0.5|interrupted by a crash")
+    (root / "inbox" / "left-running.jpg").write_bytes(fake_photo(b"SLOW0.5|interrupted by a crash"))
     store = JobStore(root / "state" / "jobs.sqlite3")
     stat = (root / "inbox" / "left-running.jpg").stat()
     import hashlib
 
-    digest = hashlib.sha256(b"SLOW0.5|interrupted by a crash").hexdigest()
+    digest = hashlib.sha256(fake_photo(b"SLOW0.5|interrupted by a crash")).hexdigest()
     store.add("left-running.jpg", digest, stat.st_size, stat.st_mtime)
     store.claim_next()  # the previous run died here: 'processing', attempts 1
     store.close()
@@ -154,7 +155,7 @@ def test_watchdog_pings_only_while_the_worker_is_healthy_and_hung_worker_is_rest
         env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "300000", "RESTORER_HANG_SECONDS": "1.5"}
         serve = start(serves, root, "--max-attempts", "1", env=env)
         wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3)
-        (root / "inbox" / "hang.jpg").write_bytes(b"HANG forever")
+        (root / "inbox" / "hang.jpg").write_bytes(fake_photo(b"HANG forever"))
         wait_for(lambda: job_states(root) == ["processing"])
         hang_started = time.monotonic()
         wait_for(lambda: job_states(root) == ["failed"], timeout=30)
@@ -169,7 +170,7 @@ def test_watchdog_pings_only_while_the_worker_is_healthy_and_hung_worker_is_rest
             lambda: files_under(root / "failed") == ["hang.jpg", "hang.jpg.error.txt"]
         )  # moved after the row
         assert "restarted" in serve.output() or "hung" in serve.output()
-        (root / "inbox" / "after.jpg").write_bytes(b"the new worker works")
+        (root / "inbox" / "after.jpg").write_bytes(fake_photo(b"the new worker works"))
         wait_for(lambda: job_states(root) == ["failed", "done"])
         serve.terminate()
     finally:
@@ -178,10 +179,10 @@ def test_watchdog_pings_only_while_the_worker_is_healthy_and_hung_worker_is_rest
 
 def test_kill_9_of_the_whole_service_mid_job_then_restart(root: Path, serves: list[ServeProcess]) -> None:
     serve = start(serves, root)
-    (root / "inbox" / "long.jpg").write_bytes(b"SLOW2.0|the job that is running at the crash")
+    (root / "inbox" / "long.jpg").write_bytes(fake_photo(b"SLOW2.0|the job that is running at the crash"))
     wait_for(lambda: job_states(root) == ["processing"] and jobs(root)[0].progress > 0)
     for n in range(3):  # queued behind it: must not be lost either
-        (root / "inbox" / f"queued{n}.jpg").write_bytes(f"waiting {n}".encode())
+        (root / "inbox" / f"queued{n}.jpg").write_bytes(fake_photo(f"waiting {n}".encode()))
     wait_for(lambda: len(job_states(root)) == 4)
     serve.kill_all()
     assert files_under(root / "outbox") == []  # nothing partial, nothing published
@@ -193,7 +194,7 @@ def test_kill_9_of_the_whole_service_mid_job_then_restart(root: Path, serves: li
     first = jobs(root)[0]
     assert first.attempts == 2 and [j.attempts for j in jobs(root)[1:]] == [1, 1, 1]
     assert files_under(root / "outbox") == ["long.bin", "queued0.bin", "queued1.bin", "queued2.bin"]
-    assert (root / "outbox" / "long.bin").read_bytes().startswith(b"SLOW2.0|")
+    assert (root / "outbox" / "long.bin").read_bytes().startswith(fake_photo(b"SLOW2.0|"))
     assert files_under(root / "inbox") == []
     assert not (root / "outbox" / ".restorer-tmp-0123456789abcdef").exists()
 
@@ -218,7 +219,7 @@ def test_sigterm_mid_job_finishes_the_current_image_within_grace(
     root: Path, serves: list[ServeProcess]
 ) -> None:
     serve = start(serves, root)
-    (root / "inbox" / "a.jpg").write_bytes(b"SLOW1.0|finish me")
+    (root / "inbox" / "a.jpg").write_bytes(fake_photo(b"SLOW1.0|finish me"))
     wait_for(lambda: job_states(root) == ["processing"])
     assert serve.terminate() == 0
     job = jobs(root)[0]
@@ -227,7 +228,7 @@ def test_sigterm_mid_job_finishes_the_current_image_within_grace(
 
 def test_sigterm_mid_job_requeues_when_grace_runs_out(root: Path, serves: list[ServeProcess]) -> None:
     serve = start(serves, root, "--stop-grace-seconds", "0.5")
-    (root / "inbox" / "a.jpg").write_bytes(b"SLOW30|too long to wait for")
+    (root / "inbox" / "a.jpg").write_bytes(fake_photo(b"SLOW30|too long to wait for"))
     wait_for(lambda: job_states(root) == ["processing"])
     began = time.monotonic()
     assert serve.terminate() == 0
@@ -241,7 +242,7 @@ def test_poison_file_stops_at_max_attempts_and_lands_in_failed(
     root: Path, serves: list[ServeProcess]
 ) -> None:
     serve = start(serves, root, "--max-attempts", "2")
-    (root / "inbox" / "poison.jpg").write_bytes(b"CRASH the worker")
+    (root / "inbox" / "poison.jpg").write_bytes(fake_photo(b"CRASH the worker"))
     wait_for(lambda: job_states(root) == ["failed"], timeout=60)
     job = jobs(root)[0]
     assert job.attempts == 2 and job.failure_kind == "crash"
@@ -249,7 +250,7 @@ def test_poison_file_stops_at_max_attempts_and_lands_in_failed(
     wait_for(lambda: files_under(root / "failed") == ["poison.jpg", "poison.jpg.error.txt"])
     reason = (root / "failed" / "poison.jpg.error.txt").read_text()
     assert "2 times" in reason and "restorer jobs retry" in reason
-    (root / "inbox" / "fine.jpg").write_bytes(b"life goes on")
+    (root / "inbox" / "fine.jpg").write_bytes(fake_photo(b"life goes on"))
     wait_for(lambda: job_states(root) == ["failed", "done"])
     assert serve.terminate() == 0
 
@@ -260,7 +261,7 @@ def test_burst_of_1000_files_is_processed_exactly_once(root: Path, serves: list[
     for n in range(1000):
         folder = root / "inbox" / f"roll{n % 8}"
         folder.mkdir(exist_ok=True)
-        (folder / f"img{n:04d}.jpg").write_bytes(f"burst {n}".encode())
+        (folder / f"img{n:04d}.jpg").write_bytes(fake_photo(f"burst {n}".encode()))
     wait_for(lambda: job_states(root).count("done") == 1000, timeout=150, interval=0.5)
     time.sleep(1.0)  # anything that would be queued twice is queued by now
     rows = jobs(root)
@@ -279,13 +280,13 @@ def test_outbox_full_pauses_intake_and_resumes_when_space_returns(
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         serve = start(serves, root)
-        big = os.urandom(100_000)  # larger than the whole outbox
+        big = fake_photo(os.urandom(100_000))  # larger than the whole outbox
         (root / "inbox" / "big.jpg").write_bytes(big)
         wait_for(lambda: job_states(root) == ["failed"])
         assert jobs(root)[0].failure_kind == "disk-full"
         health = wait_for(lambda: (h := serve.health())["intake_paused"] and h)
         assert health["status"] == "degraded" and any("outbox is full" in r for r in health["reasons"])
-        (root / "inbox" / "later.jpg").write_bytes(b"arrives while paused")
+        (root / "inbox" / "later.jpg").write_bytes(fake_photo(b"arrives while paused"))
         time.sleep(1.0)
         assert len(jobs(root)) == 1 and files_under(root / "inbox") == ["big.jpg", "later.jpg"]
         subprocess.run(["mount", "-o", "remount,size=1m", str(outbox)], check=True)  # space returns
@@ -341,9 +342,9 @@ def test_polling_mode_end_to_end_with_a_skipped_duplicate(root: Path, serves: li
     serve = start(serves, root, "--watch-mode", "polling")
     health = serve.health()
     assert health["watch_mode"] == "polling" and "watch_mode=polling" in health["watch_mode_reason"]
-    (root / "inbox" / "a.jpg").write_bytes(b"one photo")
+    (root / "inbox" / "a.jpg").write_bytes(fake_photo(b"one photo"))
     wait_for(lambda: job_states(root) == ["done"])
-    (root / "inbox" / "copy of a.jpg").write_bytes(b"one photo")
+    (root / "inbox" / "copy of a.jpg").write_bytes(fake_photo(b"one photo"))
     wait_for(lambda: len(jobs(root)) == 2)
     skipped = wait_for(lambda: (j := jobs(root)[1]).original == "archived" and j)
     assert skipped.state == "cancelled" and skipped.note.startswith("skipped: same content as job 1")
@@ -363,7 +364,7 @@ def _deep_tree(top: Path, depth: int) -> None:
             os.close(fd)
             fd = deeper
         photo = os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(photo, b"at the bottom")
+        os.write(photo, fake_photo(b"at the bottom"))
         os.close(photo)
     finally:
         os.close(fd)
@@ -398,14 +399,14 @@ def test_a_1000_deep_folder_is_reported_and_skipped_and_the_daemon_starts(
     root: Path, deep_inbox: Path, serves: list[ServeProcess], mode: str
 ) -> None:
     # 1,100 levels below the inbox: today a RecursionError in the startup scan, so a crash loop.
-    (root / "inbox" / "top.jpg").write_bytes(b"a photo at the top")
+    (root / "inbox" / "top.jpg").write_bytes(fake_photo(b"a photo at the top"))
     serve = start(serves, root, "--watch-mode", mode)
     wait_for(lambda: job_states(root) == ["done"])
     assert [j.input_path for j in jobs(root)] == ["top.jpg"]
     health = wait_for(lambda: (h := serve.health())["too_deep_folders"] and h)
     assert health["too_deep_folders"] == ["/".join(["d"] * 33)]
     assert health["status"] == "degraded" and any("nested too deep" in r for r in health["reasons"])
-    (root / "inbox" / "later.jpg").write_bytes(b"still watched")
+    (root / "inbox" / "later.jpg").write_bytes(fake_photo(b"still watched"))
     wait_for(lambda: job_states(root) == ["done", "done"])
     assert serve.terminate() == 0
 

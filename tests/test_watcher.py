@@ -19,6 +19,7 @@ from watchdog.observers.api import BaseObserver
 from daemon.health import HealthState
 from daemon.store import JobStore
 from daemon.watcher import Intake, default_observer, is_junk
+from tests.daemon_processors import fake_photo
 from tests.daemon_support import make_settings, wait_for
 
 
@@ -56,7 +57,7 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
 
 
 def test_file_present_at_start_is_queued_once_by_startup_scan_and_rescan(harness: Harness) -> None:
-    (harness.inbox / "old.jpg").write_bytes(b"old photo")
+    (harness.inbox / "old.jpg").write_bytes(fake_photo(b"old photo"))
     intake = harness.start()
     wait_for(lambda: harness.paths() == ["old.jpg"])
     intake.request_rescan()
@@ -70,7 +71,7 @@ def test_slow_chunked_write_gives_one_job_after_the_file_is_stable(harness: Harn
     target = harness.inbox / "scan.jpg"
     with open(target, "wb") as handle:
         for _ in range(20):  # 100 bytes every 50 ms: 1 s of writing, longer than stability_seconds
-            handle.write(b"x" * 100)
+            handle.write(fake_photo(b"x" * 98))
             handle.flush()
             time.sleep(0.05)
             assert harness.paths() == []
@@ -92,9 +93,9 @@ def test_move_in_from_outside_gives_one_job(harness: Harness, tmp_path: Path) ->
     harness.start()
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    (outside / "moved.jpg").write_bytes(b"moved in")
+    (outside / "moved.jpg").write_bytes(fake_photo(b"moved in"))
     (outside / "album").mkdir()
-    (outside / "album" / "inner.jpg").write_bytes(b"moved folder")
+    (outside / "album" / "inner.jpg").write_bytes(fake_photo(b"moved folder"))
     os.rename(outside / "moved.jpg", harness.inbox / "moved.jpg")
     os.rename(outside / "album", harness.inbox / "album")
     wait_for(lambda: harness.paths() == ["album/inner.jpg", "moved.jpg"])
@@ -104,7 +105,7 @@ def test_move_in_from_outside_gives_one_job(harness: Harness, tmp_path: Path) ->
 
 def test_file_deleted_before_it_is_stable_creates_no_job(harness: Harness) -> None:
     harness.start()
-    (harness.inbox / "gone.jpg").write_bytes(b"short-lived")
+    (harness.inbox / "gone.jpg").write_bytes(fake_photo(b"short-lived"))
     time.sleep(0.1)
     (harness.inbox / "gone.jpg").unlink()
     harness.settle()
@@ -114,7 +115,7 @@ def test_file_deleted_before_it_is_stable_creates_no_job(harness: Harness) -> No
 def test_touching_a_queued_file_does_not_queue_it_again(harness: Harness) -> None:
     harness.start()
     photo = harness.inbox / "a.jpg"
-    photo.write_bytes(b"photo")
+    photo.write_bytes(fake_photo(b"photo"))
     wait_for(lambda: harness.paths() == ["a.jpg"])
     os.utime(photo, (time.time() + 5, time.time() + 5))
     harness.settle()
@@ -124,29 +125,29 @@ def test_touching_a_queued_file_does_not_queue_it_again(harness: Harness) -> Non
 def test_same_name_with_new_content_is_processed_again(harness: Harness) -> None:
     harness.start()
     photo = harness.inbox / "a.jpg"
-    photo.write_bytes(b"first version")
+    photo.write_bytes(fake_photo(b"first version"))
     wait_for(lambda: harness.paths() == ["a.jpg"])
-    photo.write_bytes(b"second version, longer")
+    photo.write_bytes(fake_photo(b"second version, longer"))
     wait_for(lambda: harness.paths() == ["a.jpg", "a.jpg"])
     assert {j.state for j in harness.store.list().jobs} == {"queued"}
 
 
 def test_same_content_under_new_name_is_recognised(harness: Harness) -> None:
     harness.start()
-    (harness.inbox / "a.jpg").write_bytes(b"same bytes")
+    (harness.inbox / "a.jpg").write_bytes(fake_photo(b"same bytes"))
     wait_for(lambda: harness.paths() == ["a.jpg"])
-    (harness.inbox / "copy of a.jpg").write_bytes(b"same bytes")
+    (harness.inbox / "copy of a.jpg").write_bytes(fake_photo(b"same bytes"))
     job = wait_for(lambda: harness.store.get(2))
     assert job.state == "cancelled" and job.note.startswith("skipped: same content as job 1")
 
 
 def test_the_same_photo_dropped_into_a_preset_folder_is_a_new_job(harness: Harness) -> None:
     harness.start()
-    (harness.inbox / "a.jpg").write_bytes(b"one photo")
+    (harness.inbox / "a.jpg").write_bytes(fake_photo(b"one photo"))
     wait_for(lambda: harness.paths() == ["a.jpg"])
     (harness.inbox / "2x").mkdir()
-    (harness.inbox / "2x" / "a.jpg").write_bytes(b"one photo")  # "and now at 2x, please"
-    (harness.inbox / "copy.jpg").write_bytes(b"one photo")  # the same request again: a duplicate
+    (harness.inbox / "2x" / "a.jpg").write_bytes(fake_photo(b"one photo"))  # "and now at 2x, please"
+    (harness.inbox / "copy.jpg").write_bytes(fake_photo(b"one photo"))  # the same request again: a duplicate
     wait_for(lambda: len(harness.paths()) == 3)
     jobs = {j.input_path: j for j in harness.store.list().jobs}
     assert jobs["2x/a.jpg"].state == "queued" and jobs["2x/a.jpg"].options["scale"] == 2
@@ -156,13 +157,13 @@ def test_the_same_photo_dropped_into_a_preset_folder_is_a_new_job(harness: Harne
 def test_skipped_duplicate_is_archived_by_intake_itself(harness: Harness) -> None:
     # enqueue_file applies the originals rule to a skipped copy: no service hook is needed for it.
     harness.start()
-    (harness.inbox / "a.jpg").write_bytes(b"same bytes")
+    (harness.inbox / "a.jpg").write_bytes(fake_photo(b"same bytes"))
     wait_for(lambda: harness.paths() == ["a.jpg"])
-    (harness.inbox / "copy.jpg").write_bytes(b"same bytes")
+    (harness.inbox / "copy.jpg").write_bytes(fake_photo(b"same bytes"))
     skipped = wait_for(lambda: (j := harness.store.get(2)) is not None and j.original == "archived" and j)
     assert skipped.state == "cancelled" and skipped.original_path == "copy.jpg"
     assert sorted(p.name for p in harness.inbox.iterdir()) == ["a.jpg"]
-    assert (harness.settings.archive_dir / "copy.jpg").read_bytes() == b"same bytes"
+    assert (harness.settings.archive_dir / "copy.jpg").read_bytes() == fake_photo(b"same bytes")
 
 
 def test_junk_is_ignored_but_photo_jpg_and_stfolder_jpg_are_accepted(harness: Harness) -> None:
@@ -173,8 +174,8 @@ def test_junk_is_ignored_but_photo_jpg_and_stfolder_jpg_are_accepted(harness: Ha
         (inbox / folder).mkdir()
         (inbox / folder / "inside.jpg").write_bytes(b"junk")
     harness.start()
-    (inbox / "PHOTO.JPG").write_bytes(b"real")
-    (inbox / "stfolder.jpg").write_bytes(b"real too")
+    (inbox / "PHOTO.JPG").write_bytes(fake_photo(b"real"))
+    (inbox / "stfolder.jpg").write_bytes(fake_photo(b"real too"))
     (inbox / ".later").write_bytes(b"junk")
     wait_for(lambda: harness.paths() == ["PHOTO.JPG", "stfolder.jpg"])
     harness.settle()
@@ -197,7 +198,7 @@ def test_awkward_names_spaces_unicode_case_255_bytes_same_name_in_two_subfolders
     harness.start()
     for n, name in enumerate(names):
         (inbox / name).parent.mkdir(exist_ok=True)
-        (inbox / name).write_bytes(f"content {n}".encode())
+        (inbox / name).write_bytes(fake_photo(f"content {n}".encode()))
     wait_for(lambda: len(harness.paths()) == len(names))
     harness.settle()
     assert harness.paths() == sorted(names)
@@ -206,8 +207,8 @@ def test_awkward_names_spaces_unicode_case_255_bytes_same_name_in_two_subfolders
 def test_subfolder_named_like_a_preset_applies_it(harness: Harness) -> None:
     harness.start()
     (harness.inbox / "2x").mkdir()
-    (harness.inbox / "2x" / "small.jpg").write_bytes(b"two")
-    (harness.inbox / "plain.jpg").write_bytes(b"four")
+    (harness.inbox / "2x" / "small.jpg").write_bytes(fake_photo(b"two"))
+    (harness.inbox / "plain.jpg").write_bytes(fake_photo(b"four"))
     wait_for(lambda: len(harness.paths()) == 2)
     jobs = {j.input_path: j for j in harness.store.list().jobs}
     assert jobs["2x/small.jpg"].preset == "2x" and jobs["2x/small.jpg"].options["scale"] == 2
@@ -222,7 +223,7 @@ def test_stat_or_permission_error_logs_and_does_not_crash(harness: Harness) -> N
     (harness.inbox / "dangling.jpg").symlink_to(harness.inbox / "missing-target.jpg")
     # A subtree that vanishes between listing and stat must not stop the scan either.
     shutil.rmtree(locked)
-    (harness.inbox / "fine.jpg").write_bytes(b"ok")
+    (harness.inbox / "fine.jpg").write_bytes(fake_photo(b"ok"))
     assert harness.intake is not None
     harness.intake.request_rescan()
     wait_for(lambda: harness.paths() == ["dangling.jpg", "fine.jpg"])
@@ -237,7 +238,7 @@ def test_stat_or_permission_error_logs_and_does_not_crash(harness: Harness) -> N
 def test_restart_does_not_queue_recorded_files_again(tmp_path: Path) -> None:
     first = Harness(tmp_path, "native")
     for n in range(50):
-        (first.inbox / f"{n}.jpg").write_bytes(f"photo {n}".encode())
+        (first.inbox / f"{n}.jpg").write_bytes(fake_photo(f"photo {n}".encode()))
     first.start()
     wait_for(lambda: len(first.paths()) == 50)
     first.stop()
@@ -258,7 +259,7 @@ def test_polling_mode_file_created_while_watcher_restarts_is_caught_by_rescan(tm
     assert observer is not None
     observer.stop()  # the watcher dies (as watchdog's polling observer does after a read error)
     observer.join(5)
-    (h.inbox / "during-restart.jpg").write_bytes(b"nobody watching")
+    (h.inbox / "during-restart.jpg").write_bytes(fake_photo(b"nobody watching"))
     wait_for(lambda: h.paths() == ["during-restart.jpg"])
     assert h.health.get("watcher_restarts") >= 1 and intake.observer_alive()
     h.stop()
@@ -272,7 +273,7 @@ def test_dead_native_watcher_is_detected_reported_and_restarted(tmp_path: Path) 
         emitter.stop()
     wait_for(lambda: h.health.get("watcher_restarts") >= 1)
     assert h.health.snapshot()["status"] == "ok"
-    (h.inbox / "after.jpg").write_bytes(b"seen again")
+    (h.inbox / "after.jpg").write_bytes(fake_photo(b"seen again"))
     wait_for(lambda: h.paths() == ["after.jpg"])
     h.stop()
 
@@ -290,7 +291,7 @@ def test_inotify_limit_falls_back_to_polling_and_says_so(tmp_path: Path, error: 
     snapshot = h.health.snapshot()
     assert snapshot["watch_mode"] == "polling" and snapshot["status"] == "degraded"
     assert any("inotify" in reason and "polling" in reason for reason in snapshot["reasons"])
-    (h.inbox / "still-seen.jpg").write_bytes(b"polled")
+    (h.inbox / "still-seen.jpg").write_bytes(fake_photo(b"polled"))
     wait_for(lambda: h.paths() == ["still-seen.jpg"])
     h.stop()
 
@@ -308,14 +309,14 @@ def test_auto_mode_polls_on_a_network_filesystem(tmp_path: Path, monkeypatch: py
     intake = h.start()
     assert intake.mode == "polling"
     assert "network filesystem (cifs" in h.health.get("watch_mode_reason")
-    (h.inbox / "from-another-pc.jpg").write_bytes(b"smb")
+    (h.inbox / "from-another-pc.jpg").write_bytes(fake_photo(b"smb"))
     wait_for(lambda: h.paths() == ["from-another-pc.jpg"])
     h.stop()
 
 
 def test_inbox_unreachable_then_back_recovers_without_mass_new_jobs(harness: Harness, tmp_path: Path) -> None:
     for n in range(20):
-        (harness.inbox / f"{n}.jpg").write_bytes(f"photo {n}".encode())
+        (harness.inbox / f"{n}.jpg").write_bytes(fake_photo(f"photo {n}".encode()))
     harness.start()
     wait_for(lambda: len(harness.paths()) == 20)
     away = tmp_path / "share-offline"
@@ -324,7 +325,7 @@ def test_inbox_unreachable_then_back_recovers_without_mass_new_jobs(harness: Har
     assert any("inbox is unreachable" in r for r in harness.health.snapshot()["reasons"])
     os.rename(away, harness.inbox)
     wait_for(lambda: harness.health.get("inbox_reachable"))
-    (harness.inbox / "new.jpg").write_bytes(b"new after recovery")
+    (harness.inbox / "new.jpg").write_bytes(fake_photo(b"new after recovery"))
     wait_for(lambda: len(harness.paths()) == 21)
     harness.settle()
     assert len(harness.paths()) == 21 and harness.health.snapshot()["status"] == "ok"
@@ -342,7 +343,7 @@ def test_inbox_remounted_recovers_without_mass_new_or_deleted_jobs(harness: Harn
         pytest.skip("cannot mount tmpfs here (needs root)")
     try:
         for n in range(10):
-            (harness.inbox / f"{n}.jpg").write_bytes(f"photo {n}".encode())
+            (harness.inbox / f"{n}.jpg").write_bytes(fake_photo(f"photo {n}".encode()))
         harness.start()
         wait_for(lambda: len(harness.paths()) == 10)
         stash = {p.name: (p.read_bytes(), p.stat().st_mtime) for p in harness.inbox.iterdir()}
@@ -353,7 +354,7 @@ def test_inbox_remounted_recovers_without_mass_new_or_deleted_jobs(harness: Harn
             (harness.inbox / name).write_bytes(data)
             os.utime(harness.inbox / name, (mtime, mtime))
         wait_for(lambda: harness.health.get("watcher_restarts") >= 1)
-        (harness.inbox / "new.jpg").write_bytes(b"written after the remount")
+        (harness.inbox / "new.jpg").write_bytes(fake_photo(b"written after the remount"))
         wait_for(lambda: len(harness.paths()) == 11)
         harness.settle()
         assert len(harness.paths()) == 11
@@ -369,7 +370,7 @@ def test_burst_of_1000_files_is_recorded_exactly_once(tmp_path: Path) -> None:
         for n in range(offset, 1000, 4):
             folder = h.inbox / f"d{n % 10}"
             folder.mkdir(exist_ok=True)
-            (folder / f"{n}.jpg").write_bytes(f"burst {n}".encode())
+            (folder / f"{n}.jpg").write_bytes(fake_photo(f"burst {n}".encode()))
 
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
     for t in threads:
@@ -396,7 +397,7 @@ def test_health_reports_degraded_when_the_watcher_cannot_run(tmp_path: Path) -> 
     assert any("folder watcher is not running" in r and "Permission denied" in r for r in snapshot["reasons"])
     # The rescan still finds files, so nothing is lost while the watcher is down.
     assert h.intake is not None
-    (h.inbox / "found-by-rescan.jpg").write_bytes(b"x")
+    (h.inbox / "found-by-rescan.jpg").write_bytes(fake_photo(b"x"))
     h.intake.request_rescan()
     wait_for(lambda: h.paths() == ["found-by-rescan.jpg"])
     h.stop()
@@ -406,7 +407,7 @@ def test_same_file_dropped_again_after_it_was_archived_is_looked_at_again(tmp_pa
     h = Harness(tmp_path, "native", duplicate_content="process")
     h.start()
     photo = h.inbox / "again.jpg"
-    photo.write_bytes(b"the same photo twice")
+    photo.write_bytes(fake_photo(b"the same photo twice"))
     os.utime(photo, (1_000_000, 1_000_000))
     wait_for(lambda: h.paths() == ["again.jpg"])
     job = h.store.get(1)
@@ -414,7 +415,7 @@ def test_same_file_dropped_again_after_it_was_archived_is_looked_at_again(tmp_pa
     (tmp_path / "archive" / "again.jpg").write_bytes(photo.read_bytes())
     photo.unlink()
     time.sleep(0.3)
-    photo.write_bytes(b"the same photo twice")  # e.g. `cp -p` again: same size and mtime
+    photo.write_bytes(fake_photo(b"the same photo twice"))  # e.g. `cp -p` again: same size and mtime
     os.utime(photo, (1_000_000, 1_000_000))
     wait_for(lambda: h.paths() == ["again.jpg", "again.jpg"])
     assert h.store.get(2).note == "same content as job 1 (again.jpg)"
@@ -457,7 +458,7 @@ def test_events_lost_to_inotify_overflow_or_a_blind_share_are_caught_by_the_peri
 
     h = Harness(tmp_path, "native", rescan_seconds=1.0)
     intake = h.start(observer_factory=blind)
-    (h.inbox / "missed-by-events.jpg").write_bytes(b"only a rescan finds me")
+    (h.inbox / "missed-by-events.jpg").write_bytes(fake_photo(b"only a rescan finds me"))
     wait_for(lambda: h.paths() == ["missed-by-events.jpg"], timeout=10)
     assert intake.scans >= 2 and intake.observer_alive()
     h.stop()

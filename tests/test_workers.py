@@ -19,6 +19,7 @@ import pytest
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
 from daemon.workers import visible_cuda_devices, worker_devices
+from tests.daemon_processors import fake_photo
 from tests.daemon_support import ServeProcess, files_under, wait_for
 
 
@@ -71,7 +72,7 @@ def api(serve: ServeProcess, path: str) -> Any:
 def drop_in_order(root: Path, names: list[str], data: bytes) -> None:
     """One file at a time, each after the previous became a job, so arrival order is the name order."""
     for count, name in enumerate(names, start=1):
-        (root / "inbox" / name).write_bytes(data + name.encode())
+        (root / "inbox" / name).write_bytes(fake_photo(data + name.encode()))
         wait_for(lambda count=count: len(jobs(root)) == count)
 
 

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
+from pipeline.progress import run_with_heartbeats, step_deadline
 from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, as_float, tile_count, upscale_tiled
 from pipeline.types import (
     DeviceOutOfMemoryError,
@@ -263,13 +264,21 @@ def restore_bytes(
 ) -> RestoredFile:
     """One file end to end: decode -> restore -> encode, the path the daemon, `restorer restore`, bench
     and the Ray actor all take. Raises BadImageError subclasses for bad input, RestoreError otherwise."""
+    # Decode and encode are single blocking calls: heartbeats keep a slow one from looking hung.
     _report_progress(on_progress, "decode", 0, 1)
-    image = load_image(data, max_pixels=max_pixels)
+    image = run_with_heartbeats(
+        lambda: load_image(data, max_pixels=max_pixels), on_progress, "decode", step_deadline(max_pixels)
+    )
     _report_progress(on_progress, "decode", 1, 1)
     restored, report = restorer.restore(image, options, on_progress)
     fmt = output_format_for(image, options.output_format)
     _report_progress(on_progress, "encode", 0, 1)
-    encoded = encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps)
+    encoded = run_with_heartbeats(
+        lambda: encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps),
+        on_progress,
+        "encode",
+        step_deadline(restored.width * restored.height),
+    )
     _report_progress(on_progress, "encode", 1, 1)
     return RestoredFile(data=encoded, format=fmt, extension=FORMAT_EXTENSIONS[fmt], report=report)
 

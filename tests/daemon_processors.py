@@ -101,3 +101,63 @@ class KillBeforeDispose(_KillOnce):
     """Killed after the job is recorded as done, before its original is archived or deleted."""
 
     point = "dispose"
+
+
+class SlowEncodeProcessor:
+    """The real per-file path (pipeline.restore_bytes: decode, restore with a small numpy network,
+    encode) where encode_image takes `encode_seconds` without a word, as a huge PNG on a slow CPU does.
+    Heartbeats come every 0.25 s here (patched in the worker process) so a 2 s hang_seconds has margin."""
+
+    encode_seconds = 6.0
+
+    def __init__(self, settings: Settings) -> None:
+        import pipeline.progress
+        import pipeline.restorer
+        from pipeline import Restorer
+        from tests.fake_upscalers import ConvStackUpscaler
+
+        pipeline.progress.TICK_SECONDS = 0.25
+        real_encode = pipeline.restorer.encode_image
+        seconds = self.encode_seconds
+
+        def slow_encode(*args: Any, **kwargs: Any) -> bytes:
+            time.sleep(seconds)  # releases the GIL, as OpenCV's and Pillow's PNG/WebP encoders do
+            return real_encode(*args, **kwargs)
+
+        pipeline.restorer.encode_image = slow_encode
+        self._restorer = Restorer(
+            settings.engine_config(), upscaler_loader=lambda *_: ConvStackUpscaler(scale=4, layers=2)
+        )
+        self._max_pixels = int(settings.max_input_megapixels * 1_000_000)
+
+    def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
+        return {"backend": "numpy", "device": "cpu", "precision": "fp32", "reason": "test network"}
+
+    def process(
+        self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+    ) -> Processed:
+        from pipeline import restore_bytes
+
+        options = options.replace(faces=False)
+        restored = restore_bytes(
+            self._restorer, data, options, max_pixels=self._max_pixels, on_progress=on_progress
+        )
+        return Processed(restored.data, restored.format, restored.report.to_dict())
+
+    def extension(self, fmt: str) -> str:
+        from pipeline import FORMAT_EXTENSIONS
+
+        return FORMAT_EXTENSIONS[fmt]
+
+
+class StuckEncodeProcessor(SlowEncodeProcessor):
+    """An encoder that never returns; heartbeats are allowed for 3 s (the deadline, patched small)."""
+
+    encode_seconds = 3600.0
+
+    def __init__(self, settings: Settings) -> None:
+        import pipeline.progress
+
+        super().__init__(settings)
+        pipeline.progress.STEP_BASE_SECONDS = 3.0
+        pipeline.progress.STEP_SECONDS_PER_MEGAPIXEL = 0.0

@@ -421,3 +421,105 @@ def test_progress_with_the_real_face_stage_and_no_face_weights_runs_forward(
     )
     assert len(result.report.faces) == 1 and not result.report.faces[0].restored
     assert_progress_runs_forward(calls)
+
+
+# -- heartbeats while one long call runs (issue 9: a slow encode must not look like a hung worker) -------
+
+
+def test_a_slow_encode_keeps_reporting_progress_from_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+
+    import pipeline.progress
+    import pipeline.restorer
+    from pipeline import restore_bytes
+
+    real_encode = pipeline.restorer.encode_image
+
+    def slow_encode(*args: Any, **kwargs: Any) -> bytes:
+        time.sleep(2.0)  # a huge PNG or WebP on a slow CPU, without holding the GIL
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.restorer, "encode_image", slow_encode)
+    monkeypatch.setattr(pipeline.progress, "TICK_SECONDS", 0.2)
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    calls: list[tuple[str, int, int]] = []
+    threads: set[int] = set()
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        calls.append((stage, done, total))
+        threads.add(threading.get_ident())
+
+    result = restore_bytes(
+        restorer,
+        encoded_file(random_pixels((12, 20, 3)), "PNG"),
+        NO_FACES,
+        max_pixels=10_000,
+        on_progress=on_progress,
+    )
+    assert result.report.output_size == [80, 48]
+    assert calls.count(("encode", 0, 1)) >= 6  # the first report, then about one every 0.2 s for 2 s
+    assert calls[-1] == ("encode", 1, 1)
+    assert threads == {threading.get_ident()}  # the callback may own a database connection
+    assert_progress_runs_forward(calls)
+
+
+def test_heartbeats_stop_after_the_deadline_so_a_stuck_step_still_looks_hung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import pipeline.progress
+    from pipeline.progress import run_with_heartbeats
+
+    monkeypatch.setattr(pipeline.progress, "TICK_SECONDS", 0.05)
+    times: list[float] = []
+    started = time.monotonic()
+    result = run_with_heartbeats(
+        lambda: time.sleep(1.2) or "done", lambda *call: times.append(time.monotonic()), "encode", 0.4
+    )
+    assert result == "done"
+    assert len(times) >= 4 and max(times) - started < 0.6  # ticks for 0.4 s, then silence until the end
+
+
+def test_a_step_error_is_raised_unchanged_and_a_callback_error_waits_for_the_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    import pipeline.progress
+    from pipeline.progress import run_with_heartbeats
+
+    monkeypatch.setattr(pipeline.progress, "TICK_SECONDS", 0.05)
+    broken = ValueError("the encoder failed")
+
+    def fail() -> None:
+        time.sleep(0.2)
+        raise broken
+
+    with pytest.raises(ValueError) as raised:
+        run_with_heartbeats(fail, lambda *call: None, "encode", 10.0)
+    assert raised.value is broken
+
+    class Cancelled(Exception):
+        pass
+
+    finished: list[float] = []
+    ticks: list[float] = []
+
+    def step() -> str:
+        time.sleep(0.5)
+        finished.append(time.monotonic())
+        return "encoded"
+
+    def cancel(*call: Any) -> None:
+        ticks.append(time.monotonic())
+        raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        run_with_heartbeats(step, cancel, "encode", 10.0)
+    # The step could not be interrupted: it ran to its end (memory freed) before the cancel was raised,
+    # and the reports went on meanwhile, so a supervisor never saw a silent worker.
+    assert len(finished) == 1 and len(ticks) >= 5 and ticks[-1] <= finished[0] + 0.1

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import signal
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from daemon.store import Job, JobStore
 from daemon.workers import visible_cuda_devices, worker_devices
 from tests.daemon_processors import fake_photo
 from tests.daemon_support import ServeProcess, files_under, wait_for
+from tests.site_support import png_bytes
 
 
 def test_visible_cuda_devices_follow_cuda_visible_devices_else_the_driver(tmp_path: Path) -> None:
@@ -142,3 +144,50 @@ def test_ray_actor_plan_one_per_gpu_else_one_per_node_and_explicit_counts() -> N
     assert (count, each.num_cpus, each.resources, each.label()) == (3, 4.0, {"photos": 1.0}, "4 CPU")
     with pytest.raises(ValueError, match="needs ray_address"):
         Settings(executor="ray")
+
+
+def test_an_encode_longer_than_hang_seconds_finishes_on_its_first_worker(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    # hang_seconds 2, an encode of 6 s: before heartbeats the worker was killed as hung mid-encode.
+    serve = ServeProcess(
+        root, None, "--hang-seconds", "2", processor="tests.daemon_processors:SlowEncodeProcessor"
+    )
+    serves.append(serve)
+    serve.wait_ready()
+    (root / "inbox" / "big.png").write_bytes(png_bytes(16, 16))
+    job = wait_for(lambda: (js := jobs(root)) and js[0].state in ("done", "failed") and js[0], timeout=60)
+    assert job.state == "done" and job.attempts == 1, (job.error, serve.output())
+    assert job.report["output_size"] == [64, 64] and files_under(root / "outbox") == ["big.png"]
+    assert job.seconds is not None and job.seconds >= 6.0  # the encode really took longer than hang_seconds
+    assert serve.health()["worker_restarts"] == 0
+    assert serve.output().count("worker w1 started") == 1 and "silent for" not in serve.output()
+    assert serve.terminate() == 0
+
+
+def test_an_encode_stuck_past_its_deadline_is_still_killed_as_hung(
+    root: Path, serves: list[ServeProcess]
+) -> None:
+    serve = ServeProcess(
+        root,
+        None,
+        "--hang-seconds",
+        "2",
+        "--max-attempts",
+        "1",
+        processor="tests.daemon_processors:StuckEncodeProcessor",
+    )
+    serves.append(serve)
+    serve.wait_ready()
+    (root / "inbox" / "stuck.png").write_bytes(png_bytes(16, 16))
+    wait_for(lambda: (js := jobs(root)) and js[0].stage == "encode", timeout=30)
+    encoding = time.monotonic()
+    job = wait_for(lambda: (js := jobs(root)) and js[0].state == "failed" and js[0], timeout=30)
+    # Heartbeats for the 3 s deadline, then 2 s of silence: killed, not earlier, not never.
+    assert time.monotonic() - encoding >= 4.0
+    assert job.failure_kind == "crash" and job.attempts == 1
+    assert "encode still running after 3 s: no more heartbeats" in serve.output()
+    assert "silent for" in serve.output() and "was restarted" in job.error + serve.output()
+    wait_for(lambda: serve.output().count("worker w1 started") == 2)  # restarted, ready for the next job
+    assert files_under(root / "failed") == ["stuck.png", "stuck.png.error.txt"]
+    assert serve.terminate() == 0

@@ -6,6 +6,8 @@ processor (tests/daemon_processors.py), whose SLOW<s> inputs hold a worker for <
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -17,11 +19,12 @@ from typing import Any
 
 import pytest
 
+from daemon.health import HealthState
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
-from daemon.workers import visible_cuda_devices, worker_devices
-from tests.daemon_processors import fake_photo
-from tests.daemon_support import ServeProcess, files_under, wait_for
+from daemon.workers import WorkerPool, visible_cuda_devices, worker_devices
+from tests.daemon_processors import CopyProcessor, fake_photo
+from tests.daemon_support import ServeProcess, files_under, make_settings, wait_for
 from tests.site_support import png_bytes
 
 
@@ -191,3 +194,58 @@ def test_an_encode_stuck_past_its_deadline_is_still_killed_as_hung(
     wait_for(lambda: serve.output().count("worker w1 started") == 2)  # restarted, ready for the next job
     assert files_under(root / "failed") == ["stuck.png", "stuck.png.error.txt"]
     assert serve.terminate() == 0
+
+
+def test_a_slow_requeue_after_a_worker_dies_leaves_the_event_loop_answering(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool runs on the service's event loop (API, page, watchdog pings). Putting a dead worker's job
+    # back may wait on SQLite or move a file across filesystems: it must not stall the loop.
+    settings = make_settings(root)
+    store = JobStore(settings.db_path)
+    data = fake_photo(b"SLOW30|held by the worker that dies")
+    (root / "inbox" / "held.jpg").write_bytes(data)
+    stat = (root / "inbox" / "held.jpg").stat()
+    job = store.add("held.jpg", hashlib.sha256(data).hexdigest(), stat.st_size, stat.st_mtime).job
+    real_requeue = store.requeue_interrupted
+
+    def slow_requeue(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(2.0)  # a writer holding the database, a move to failed/ on a slow share
+        return real_requeue(*args, **kwargs)
+
+    monkeypatch.setattr(store, "requeue_interrupted", slow_requeue)
+
+    async def scenario() -> tuple[float, float, int]:
+        loop = asyncio.get_running_loop()
+        pool = WorkerPool(
+            settings, store, HealthState(), lambda needed, why: None, processor_factory=CopyProcessor
+        )
+        await pool.start()
+        pool.wake()
+        while not any(slot.job_id == job.id for slot in pool.slots()):
+            await asyncio.sleep(0.05)
+        lags: list[float] = []
+
+        async def probe() -> None:  # how late each 20 ms sleep wakes up: the loop's answer time
+            while True:
+                before = loop.time()
+                await asyncio.sleep(0.02)
+                lags.append(loop.time() - before - 0.02)
+
+        probing = asyncio.create_task(probe())
+        os.kill(pool.slots()[0].pid or 0, signal.SIGKILL)
+        started = time.monotonic()
+        while pool.slots()[0].state != "restarting":
+            await pool.supervise()  # notices the death; the requeue runs in a thread meanwhile
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - started
+        probing.cancel()
+        await pool.stop(1.0)
+        return took, max(lags), len(lags)
+
+    took, worst_lag, probes = asyncio.run(scenario())
+    assert took >= 2.0  # the slow requeue really ran inside supervise()
+    assert worst_lag < 0.5 and probes >= 40, (worst_lag, probes)  # the loop kept answering meanwhile
+    requeued = store.get(job.id)
+    assert requeued.state == "queued" and requeued.attempts == 1 and files_under(root / "outbox") == []
+    store.close()

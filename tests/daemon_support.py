@@ -62,7 +62,8 @@ class ServeProcess:
     """`restorer serve` as a real child process, in its own process group (so kill -9 hits it all).
 
     processor: the worker's per-job stage, through the tests-only launcher (tests/serve_with.py);
-    None runs the real pipeline through the installed `restorer` script."""
+    None runs the real pipeline through the installed `restorer` script. prefix: a command that runs the
+    daemon (e.g. unshare into a namespace)."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class ServeProcess:
         env: dict[str, str] | None = None,
         *extra: str,
         processor: str | None = COPY_PROCESSOR,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.root = root
         self.log_path = root / f"serve-{time.monotonic_ns()}.log"
@@ -100,7 +102,7 @@ class ServeProcess:
         if processor is not None:
             launcher = [sys.executable, "-m", "tests.serve_with", processor]
         self.proc = subprocess.Popen(
-            [*launcher, "-v", "serve", "--config", str(config), *extra],
+            [*prefix, *launcher, "-v", "serve", "--config", str(config), *extra],
             cwd=root,
             env=full_env,
             stdout=self.log,

@@ -3,9 +3,12 @@ backend this machine can run (OpenVINO f32/bf16, torch CPU fp32/bf16) against to
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import types
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from pipeline.backends.base import (
     available_ram_bytes,
     batch_for_memory,
     cap_tile,
+    cgroup_memory_room,
     cpu_bf16_flag,
     cpu_flags,
     is_out_of_memory,
@@ -140,13 +144,50 @@ def test_gpu_batch_size_grows_with_free_vram_within_bounds():
 def test_meminfo_and_cpuinfo_are_read_from_proc(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:  8000000 kB\nMemFree:  100 kB\nMemAvailable:  4000000 kB\n")
-    assert available_ram_bytes(meminfo) == 4_000_000 * 1024
-    assert available_ram_bytes(tmp_path / "absent") == 2 << 30
+    assert available_ram_bytes(meminfo, tmp_path / "no-cgroup") == 4_000_000 * 1024
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_tile\n")
     flags = cpu_flags(cpuinfo)
     assert cpu_bf16_flag(flags) == "avx512_bf16"
     assert cpu_bf16_flag({"sse", "avx2"}) is None
+
+
+def test_without_meminfo_ram_comes_from_sysinfo_capped_by_the_cgroup_limit(tmp_path, monkeypatch):
+    # systemd's ProcSubset=pid leaves only the processes in /proc: no meminfo, no cpuinfo.
+    absent = tmp_path / "absent"
+    pages = {"SC_AVPHYS_PAGES": 1_000_000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert available_ram_bytes(absent, absent) == 4_096_000_000
+    root = tmp_path / "cgroup"
+    (root / "system.slice" / "restorer.service").mkdir(parents=True)
+    (root / "system.slice" / "restorer.service" / "memory.max").write_text(f"{16 << 30}\n")
+    (root / "system.slice" / "restorer.service" / "memory.current").write_text(f"{15 << 30}\n")
+    self_cgroup = tmp_path / "self-cgroup"
+    self_cgroup.write_text("0::/system.slice/restorer.service\n")
+    assert cgroup_memory_room(self_cgroup, root) == 1 << 30  # MemoryMax=16G, 15 GiB in use
+    (root / "system.slice" / "restorer.service" / "memory.max").write_text("max\n")
+    assert cgroup_memory_room(self_cgroup, root) is None
+    assert cgroup_memory_room(absent, root) is None
+
+    def no_sysconf(name: str) -> int:
+        raise ValueError(name)
+
+    monkeypatch.setattr(os, "sysconf", no_sysconf)
+    assert available_ram_bytes(absent, absent) == 2 << 30  # nothing known: a modest guess
+
+
+def test_without_cpuinfo_the_bf16_ability_comes_from_openvino(tmp_path, monkeypatch):
+    class Core:
+        capabilities: ClassVar[list[str]] = ["FP32", "BF16", "INT8"]
+
+        def get_property(self, device, name):
+            assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+            return self.capabilities
+
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace(Core=Core))
+    assert cpu_bf16_flag(cpu_flags(tmp_path / "absent")) == "avx512_bf16"
+    Core.capabilities = ["FP32", "INT8"]
+    assert cpu_bf16_flag(cpu_flags(tmp_path / "absent")) is None
 
 
 def test_odd_sizes_are_reflect_padded_to_the_network_multiple():

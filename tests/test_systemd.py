@@ -87,7 +87,18 @@ def test_unit_limits_memory_system_calls_proc_and_core_dumps_and_loads_the_token
     assert "MemoryHigh" in service and "MemoryMax" in service
     assert service["SystemCallFilter"] == ["@system-service"]
     assert service["ProtectProc"] == ["invisible"] and service["LimitCORE"] == ["0"]
+    assert service["ProcSubset"] == ["pid"]  # test_proc_subset.py restores a photo under it
     assert service["LoadCredential"] == ["api_token:/etc/restorer/api_token"]
     assert "AF_NETLINK" not in service["RestrictAddressFamilies"][0]
     # The token never travels in the unit's environment.
     assert not any("API_TOKEN" in line for line in service.get("Environment", []))
+
+
+def test_the_gpu_drop_in_gives_the_nvidia_driver_its_proc_files(tmp_path: Path) -> None:
+    drop_in = UNIT.parent / "restorer.service.d" / "gpu.conf"
+    lines = [line for line in drop_in.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == ["[Service]", "ProcSubset=all"]
+    assert "/proc/driver/nvidia" in drop_in.read_text()  # the comment says why
+    # With the drop-in's line the unit still verifies cleanly.
+    result = _verify(UNIT.read_text().replace("ProcSubset=pid", "ProcSubset=all"), tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -28,6 +28,8 @@ CPU_TILE_MAX = 256
 GPU_TILE_MAX = 512
 TILE_MULTIPLE = 16  # x2plus needs even sizes; multiples of 16 are friendly to every kernel
 GPU_BATCH_MAX = 8
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
 MEMORY_FRACTION = 0.5  # leave half of what is free to the rest of the process and the OS
 
 
@@ -86,15 +88,46 @@ def cap_tile(limit: int, configured: int | None) -> int:
     return limit
 
 
-def available_ram_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
-    """MemAvailable from /proc/meminfo (psutil is not a dependency); 2 GiB when unreadable."""
+def available_ram_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = SELF_CGROUP) -> int:
+    """RAM this process can still use: MemAvailable from /proc/meminfo (psutil is not a dependency), else
+    free pages from sysinfo (where /proc shows only processes: systemd's ProcSubset=pid), capped by the
+    room left under the cgroup's memory.max (MemoryMax= of the unit, a container limit); 2 GiB unknown."""
+    free = _meminfo_available(meminfo) or _sysinfo_available() or 2 << 30
+    room = cgroup_memory_room(cgroup)
+    return min(free, room) if room is not None else free
+
+
+def _meminfo_available(meminfo: Path) -> int | None:
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 2 << 30
+    return None
+
+
+def _sysinfo_available() -> int | None:
+    # glibc answers this from the sysinfo() call (free RAM, page cache not counted: on the safe side).
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def cgroup_memory_room(cgroup: Path = SELF_CGROUP, cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2; /proc/self stays visible under
+    ProcSubset=pid), None without a limit or where unreadable."""
+    try:
+        lines = cgroup.read_text().splitlines()
+        relative = next(line[3:] for line in lines if line.startswith("0::"))
+        folder = cgroup_root / relative.lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((folder / "memory.current").read_text()))
+    except (OSError, ValueError, StopIteration):
+        return None
 
 
 def available_cores() -> int:
@@ -106,13 +139,26 @@ def available_cores() -> int:
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo. Where /proc shows only processes (systemd's
+    ProcSubset=pid), the one flag the backends choose by, from OpenVINO's own CPUID probe: BF16 means
+    avx512_bf16 (every AMX part has it too)."""
     try:
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("flags"):
                 return set(line.split(":", 1)[1].split())
     except OSError:
-        pass
+        return _openvino_cpu_flags()
     return set()
+
+
+def _openvino_cpu_flags() -> set[str]:
+    try:
+        import openvino as ov
+
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # not installed, or no CPU plugin: no flags known, fp32 is always right
+        return set()
+    return {"avx512_bf16"} if "BF16" in capabilities else set()
 
 
 def cpu_bf16_flag(flags: set[str]) -> str | None:

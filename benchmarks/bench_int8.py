@@ -2,13 +2,16 @@
 
     pip install -e '.[int8]'    # nncf: an optional extra, only this benchmark needs it
     python benchmarks/bench_int8.py --photos DIR [--preset mixed|performance] [--float-ends]
-        [--calibration 32] [--repeats 3] [--tile 256] [--max-edge 500]
+        [--float-upsampler] [--ranges minmax|default]
+        [--calibration 32] [--repeats 3] [--tile 256] [--max-edge 320]
 
 1. The x4plus dynamic IR the project itself runs (pipeline.backends.upscaler_ir: converted once, in a
    separate process, into --state-dir's cache).
 2. nncf.quantize on --calibration crops of 64, 96 and 128 px cut from skimage's packaged photos astronaut,
-   coffee, rocket and motorcycle (none of them is scored below), fast bias correction on; --float-ends
-   leaves the first and the last convolution in float. The int8 IR is saved under --out (never committed).
+   coffee, rocket and motorcycle (none of them is scored below), fast bias correction on, activation
+   ranges from the extremes seen (--ranges minmax; NNCF's default estimator clipped: 17 dB in a probe);
+   --float-ends leaves the first and the last convolution in float, --float-upsampler the 4x upsampler's
+   four. The int8 IR is saved under --out (never committed).
 3. Speed: the default-precision compiled model (OpenVINO's f32 on a CPU without bf16, bf16 with it) and
    the int8 one, compiled with the same precision hint and threads, on one TILE x TILE input tile,
    alternating call by call, one untimed call each first; medians of --repeats.
@@ -99,15 +102,22 @@ def scored_photos(folder: Path | None, work: Path) -> list[Path]:
 # --- quantising ---------------------------------------------------------------------------------------
 
 
-def end_convolutions(model: Any) -> list[str]:
-    """Names of the network's first and last Convolution (input and output layers)."""
-    names = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    return [names[0], names[-1]]
+def float_convolutions(model: Any, ends: bool, upsampler: bool) -> list[str]:
+    """Names of the convolutions to leave in float: the first and the last (ends), and every one after
+    the first Interpolate (RRDBNet's 4x upsampler: 4 convolutions, ~8 % of the FLOPs, at up to 4x
+    resolution)."""
+    convolutions, upsampling = [], False  # (name, after the first Interpolate) in graph order
+    for op in model.get_ordered_ops():
+        upsampling = upsampling or op.get_type_name() == "Interpolate"
+        if op.get_type_name() == "Convolution":
+            convolutions.append((op.get_friendly_name(), upsampling))
+    keep = {convolutions[0][0], convolutions[-1][0]} if ends else set()
+    if upsampler:
+        keep |= {name for name, upsampling in convolutions if upsampling}
+    return [name for name, _ in convolutions if name in keep]
 
 
-def quantize(
-    xml: Path, preset: str, float_ends: bool, ranges: str, crops: list[np.ndarray]
-) -> tuple[Any, list[str]]:
+def quantize(xml: Path, args: argparse.Namespace, crops: list[np.ndarray]) -> tuple[Any, list[str]]:
     """ranges "minmax": activation ranges from the extremes over every crop (nothing clipped that the
     calibration saw); "default": NNCF's own estimator for the preset."""
     try:
@@ -119,17 +129,19 @@ def quantize(
     import openvino as ov
 
     model = ov.Core().read_model(str(xml))
-    ignored = end_convolutions(model) if float_ends else []
+    ignored = float_convolutions(model, args.float_ends, args.float_upsampler)
     quantized = nncf.quantize(
         model,
         nncf.Dataset(crops),
-        preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        preset=nncf.QuantizationPreset.MIXED
+        if args.preset == "mixed"
+        else nncf.QuantizationPreset.PERFORMANCE,
         subset_size=len(crops),
         fast_bias_correction=True,
         ignored_scope=nncf.IgnoredScope(names=ignored),
         advanced_parameters=AdvancedQuantizationParameters(
             activations_range_estimator_params=(
-                RangeEstimatorParametersSet.MINMAX if ranges == "minmax" else RangeEstimatorParameters()
+                RangeEstimatorParametersSet.MINMAX if args.ranges == "minmax" else RangeEstimatorParameters()
             )
         ),
     )
@@ -149,7 +161,8 @@ def int8_convolutions(compiled: Any) -> tuple[int, int]:
 
 
 def variant(args: argparse.Namespace) -> str:
-    return f"{args.preset}-{args.ranges}{'-float-ends' if args.float_ends else ''}"
+    floats = ("-float-ends" if args.float_ends else "") + ("-float-upsampler" if args.float_upsampler else "")
+    return f"{args.preset}-{args.ranges}{floats}"
 
 
 # --- measuring ----------------------------------------------------------------------------------------
@@ -224,9 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_start = load_average()
 
     began = time.perf_counter()
-    quantized, ignored = quantize(
-        network.xml, args.preset, args.float_ends, args.ranges, calibration_crops(args.calibration)
-    )
+    quantized, ignored = quantize(network.xml, args, calibration_crops(args.calibration))
     quantize_s = time.perf_counter() - began
     out = Path(args.out)
     int8_xml = out / f"{MODEL}-int8-{variant(args)}.xml"
@@ -323,6 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--photos", type=Path, default=None, help="folder of real photos to score")
     parser.add_argument("--preset", choices=("mixed", "performance"), default="mixed")
     parser.add_argument("--float-ends", action="store_true", help="keep the first and last conv in float")
+    parser.add_argument("--float-upsampler", action="store_true", help="keep the 4x upsampler in float")
     parser.add_argument("--ranges", choices=("minmax", "default"), default="minmax")
     parser.add_argument("--calibration", type=int, default=32, help="calibration crops")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per model")

@@ -2,7 +2,7 @@
 
     pip install -e '.[int8]'    # nncf: an optional extra, only this benchmark needs it
     python benchmarks/bench_int8.py --photos DIR [--preset mixed|performance] [--float-ends]
-        [--float-upsampler] [--ranges minmax|default]
+        [--float-upsampler] [--ranges minmax|default] [--overflow-fix first|all]
         [--calibration 32] [--repeats 3] [--tile 256] [--max-edge 320]
 
 1. The x4plus dynamic IR the project itself runs (pipeline.backends.upscaler_ir: converted once, in a
@@ -11,7 +11,9 @@
    coffee, rocket and motorcycle (none of them is scored below), fast bias correction on, activation
    ranges from the extremes seen (--ranges minmax; NNCF's default estimator clipped: 17 dB in a probe);
    --float-ends leaves the first and the last convolution in float, --float-upsampler the 4x upsampler's
-   four. The int8 IR is saved under --out (never committed).
+   four; --overflow-fix all quantises every convolution's weights to 7 bits (no 16-bit saturation on CPUs
+   without VNNI; NNCF's default does that to the first one only). The int8 IR is saved under --out (never
+   committed).
 3. Speed: the default-precision compiled model (OpenVINO's f32 on a CPU without bf16, bf16 with it) and
    the int8 one, compiled with the same precision hint and threads, on one TILE x TILE input tile,
    alternating call by call, one untimed call each first; medians of --repeats.
@@ -122,7 +124,7 @@ def quantize(xml: Path, args: argparse.Namespace, crops: list[np.ndarray]) -> tu
     calibration saw); "default": NNCF's own estimator for the preset."""
     try:
         import nncf
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
         from nncf.quantization.range_estimator import RangeEstimatorParameters, RangeEstimatorParametersSet
     except ImportError:
         raise SystemExit(NNCF_MISSING) from None
@@ -140,9 +142,10 @@ def quantize(xml: Path, args: argparse.Namespace, crops: list[np.ndarray]) -> tu
         fast_bias_correction=True,
         ignored_scope=nncf.IgnoredScope(names=ignored),
         advanced_parameters=AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix.ENABLE if args.overflow_fix == "all" else OverflowFix.FIRST_LAYER,
             activations_range_estimator_params=(
                 RangeEstimatorParametersSet.MINMAX if args.ranges == "minmax" else RangeEstimatorParameters()
-            )
+            ),
         ),
     )
     return quantized, ignored
@@ -162,7 +165,7 @@ def int8_convolutions(compiled: Any) -> tuple[int, int]:
 
 def variant(args: argparse.Namespace) -> str:
     floats = ("-float-ends" if args.float_ends else "") + ("-float-upsampler" if args.float_upsampler else "")
-    return f"{args.preset}-{args.ranges}{floats}"
+    return f"{args.preset}-{args.ranges}{floats}{'-overflow-fix' if args.overflow_fix == 'all' else ''}"
 
 
 # --- measuring ----------------------------------------------------------------------------------------
@@ -275,6 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runtime": default.runtime_properties(),
         "preset": args.preset,
         "ranges": args.ranges,
+        "overflow_fix": args.overflow_fix,
         "float_convolutions": ignored,
         "calibration": {"crops": args.calibration, "photos": CALIBRATION_PHOTOS, "edges": CALIBRATION_EDGES},
         "quantize_s": round(quantize_s, 1),
@@ -301,9 +305,10 @@ def report(result: dict[str, Any], out: Path) -> None:
         f"Machine: {result['machine']}; {result['threads']} threads; load average (1/5/15) at start "
         f"{result['load']['start']}, during the timing {result['load']['speed']}, at the end "
         f"{result['load']['end']}.",
-        f"{MODEL} int8: NNCF preset {result['preset']}, {result['ranges']} activation ranges, fast bias "
-        f"correction, {result['calibration']['crops']} calibration crops, float convolutions: {floats}; "
-        f"quantised in {result['quantize_s']} s; {low} of {total} convolutions run in int8 (runtime model).",
+        f"{MODEL} int8: NNCF preset {result['preset']}, {result['ranges']} activation ranges, overflow "
+        f"fix {result['overflow_fix']}, fast bias correction, {result['calibration']['crops']} calibration "
+        f"crops, float convolutions: {floats}; quantised in {result['quantize_s']} s; {low} of {total} "
+        "convolutions run in int8 (runtime model).",
         f"Decision: {verdict} (bar: >= {MIN_SPEEDUP}x faster than {precision} at >= {MIN_PSNR_DB:.0f} dB "
         f"min; measured {result['speedup']:.2f}x at {result['min_psnr_db']:.2f} dB min).",
     ]
@@ -336,6 +341,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--float-ends", action="store_true", help="keep the first and last conv in float")
     parser.add_argument("--float-upsampler", action="store_true", help="keep the 4x upsampler in float")
     parser.add_argument("--ranges", choices=("minmax", "default"), default="minmax")
+    parser.add_argument(
+        "--overflow-fix",
+        choices=("first", "all"),
+        default="first",
+        help="7-bit weights in the first quantised conv only (NNCF's default) or in all: int8 without VNNI "
+        "sums u8 x s8 pairs in 16 bits, which saturates with full-range weights",
+    )
     parser.add_argument("--calibration", type=int, default=32, help="calibration crops")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per model")
     parser.add_argument("--tile", type=int, default=256, help="timed input tile edge")

@@ -34,6 +34,7 @@ def test_centre_crop_cuts_real_pixels_never_resizes() -> None:
 def test_variant_names_the_int8_ir_by_its_settings() -> None:
     assert variant(parse_args([])) == "mixed-minmax"
     assert variant(parse_args(["--preset", "performance", "--float-ends"])) == "performance-minmax-float-ends"
+    assert variant(parse_args(["--overflow-fix", "all"])) == "mixed-minmax-overflow-fix"
 
 
 def test_float_convolutions_picks_the_ends_and_the_upsampler() -> None:

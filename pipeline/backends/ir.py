@@ -3,7 +3,8 @@
     weights file --(once, in a short-lived converter process that imports torch)--> IR in
     <cache_dir>/openvino/ir, named by the weights' sha256, with a JSON record of what the network is
     --(every process, no torch)--> read + compile with pinned precision and threads; OpenVINO keeps the
-    compiled blob in <cache_dir>/openvino/compiled, so a restarted worker neither converts nor recompiles.
+    compiled blob in <cache_dir>/openvino/compiled/<generation>, so a restarted worker neither converts
+    nor recompiles, and blobs of earlier generations are deleted (the disk holds one generation's set).
 
 Converting needs torch, spandrel and torchvision (~750 MB and 1.5 s of imports), running does not: the
 conversion runs as `python -m pipeline.backends.ir JOB` in its own process, so the worker that asked for it
@@ -13,8 +14,10 @@ multiprocessing does not allow to have children.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -71,8 +74,31 @@ def ir_dir(cache_dir: Path | str) -> Path:
     return Path(cache_dir) / "openvino" / "ir"
 
 
+# OpenVINO names each compiled blob by a hash of the graph, the configuration and its own version, and
+# never reads a blob of an earlier version or of a graph this code no longer builds. So every (OpenVINO
+# version, BLOB_GENERATION) gets a folder of its own and new_core deletes the others: upgrades do not pile
+# up blobs of 67 MB each. Bump BLOB_GENERATION when the graphs compiled from an IR change (a rewrite, a
+# different split).
+BLOB_GENERATION = 2
+
+
 def compiled_dir(cache_dir: Path | str) -> Path:
-    return Path(cache_dir) / "openvino" / "compiled"
+    version = importlib.metadata.version("openvino")
+    return Path(cache_dir) / "openvino" / "compiled" / f"openvino-{version}-g{BLOB_GENERATION}"
+
+
+def remove_other_generations(current: Path) -> None:
+    """Delete what sits beside `current` in the compiled folder: blobs no process of this version reads."""
+    if not current.parent.is_dir():
+        return
+    for entry in current.parent.iterdir():
+        if entry == current:
+            continue
+        log.info("removing compiled models of an earlier version: %s", entry.name)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def ir_ready(xml: Path) -> bool:
@@ -110,8 +136,10 @@ def save_ir(model: ov.Model, xml: Path, record: dict[str, Any] | None = None) ->
 def new_core(cache_dir: Path | str) -> ov.Core:
     import openvino as ov
 
+    folder = compiled_dir(cache_dir)
+    remove_other_generations(folder)
     core = ov.Core()
-    core.set_property({"CACHE_DIR": str(compiled_dir(cache_dir))})
+    core.set_property({"CACHE_DIR": str(folder)})
     return core
 
 

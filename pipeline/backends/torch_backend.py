@@ -51,11 +51,13 @@ class TorchUpscaler:
         if self._device.type == "cpu":
             torch.set_num_threads(engine.threads or available_cores())
         else:
-            torch.backends.cudnn.benchmark = True  # the tiler sends one fixed shape: tune kernels once
+            # No cuDNN autotuning: tile shapes follow each image's size (the shortest windows, pipeline/
+            # tiling.py), and benchmark mode would time every new shape and keep its choice for good.
+            torch.backends.cudnn.benchmark = False
         # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
         self._model = descriptor.model.eval().to(self._device).to(memory_format=torch.channels_last)
         # Planned once, after the weights are on the device: a tile edge that followed the free memory of
-        # the moment would change shape between images (new cuDNN tuning / compilation each time).
+        # the moment would make the same photo tile differently from one day to the next.
         self._tile: int = self._plan_tile()
         self.batch_size: int = self._plan_batch()
 

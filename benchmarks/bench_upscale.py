@@ -71,11 +71,17 @@ def load_average() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
-def gemm(threads: int) -> Any:
+def gemm_dtype() -> str:
+    """bf16 where the CPU has bf16 dot products, else fp32: the rate the network's own precision runs at."""
     from pipeline.backends.base import cpu_bf16_flag, cpu_flags
+
+    return "bf16" if cpu_bf16_flag(cpu_flags()) else "fp32"
+
+
+def gemm(threads: int) -> Any:
     from pipeline.evaluation.bench import measure_gemm
 
-    return measure_gemm("bf16" if cpu_bf16_flag(cpu_flags()) else "fp32", threads)
+    return measure_gemm(gemm_dtype(), threads)
 
 
 def packaged_photo(width: int, height: int) -> np.ndarray:
@@ -254,7 +260,7 @@ def _efficiency_table(rows: list[EfficiencyRow], flops: float, args: argparse.Na
         "whole process s",
         "upscale s",
         "tiles (tile)",
-        "bf16 GEMM GFLOP/s",
+        f"{gemm_dtype()} GEMM GFLOP/s",
         "efficiency whole",
         "efficiency upscale",
         "peak RSS MB",

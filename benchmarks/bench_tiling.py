@@ -41,23 +41,9 @@ def psnr(difference: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def seam_mask(height: int, width: int, tile: int, pad: int, blend: int, scale: int) -> np.ndarray:
-    """Output pixels on a tile border: where neighbouring windows are cross-faded (weight strictly
-    between 0 and 1)."""
-    from pipeline.tiling import plan_axis
-
-    def joined(size: int) -> np.ndarray:
-        axis = plan_axis(size, tile, pad, blend, scale)
-        mask = np.zeros(size * scale, bool)
-        for start, weight in zip(axis.starts, axis.weights, strict=True):
-            mask[start * scale : start * scale + weight.size] |= (weight > 1e-6) & (weight < 1 - 1e-6)
-        return mask
-
-    return joined(height)[:, None] | joined(width)[None, :]
-
-
 def bench_psnr(args: argparse.Namespace) -> None:
     from pipeline.backends import load_upscaler
+    from pipeline.evaluation.fidelity import seam_mask
     from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, run_whole, upscale_tiled
     from pipeline.types import EngineConfig
 

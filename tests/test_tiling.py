@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from pipeline.evaluation.fidelity import seam_mask
 from pipeline.tiling import (
     DEFAULT_BLEND,
     DEFAULT_PAD,
@@ -200,18 +201,9 @@ def test_real_model_tiled_matches_whole_image_on_a_real_photo(tmp_path_factory) 
     difference = np.abs(result.pixels.astype(np.float64) - whole)
     psnr = 10 * np.log10(255**2 / (difference**2).mean())
     assert psnr >= 45, f"tiled vs whole PSNR {psnr:.2f} dB"
-    seams = _seam_mask(128, 96, DEFAULT_PAD, 4)
+    seams = seam_mask(128, 128, 96, DEFAULT_PAD, DEFAULT_BLEND, 4)
+    assert seams.any()
     assert difference[seams].max() <= 16, f"seam pixel off by {difference[seams].max():.0f}/255"
-
-
-def _seam_mask(size: int, tile: int, pad: int, scale: int) -> np.ndarray:
-    """Output pixels on a tile border: where neighbouring windows are cross-faded (0 < weight < 1)."""
-    axis = plan_axis(size, tile, pad, DEFAULT_BLEND, scale)
-    joined = np.zeros(size * scale, bool)
-    for start, weight in zip(axis.starts, axis.weights, strict=True):
-        joined[start * scale : start * scale + weight.size] |= (weight > 1e-6) & (weight < 1 - 1e-6)
-    assert joined.any()
-    return joined[:, None] | joined[None, :]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])

@@ -21,10 +21,28 @@ def ray_cluster() -> Iterator[RayCluster]:
         cluster.add_node(num_cpus=2, resources='{"node_b": 100}')
         yield cluster
     finally:
-        root = cluster.root
-        cluster.stop()
-        strays = cluster.pids()
-        assert not strays, f"Ray processes left running after the cluster stopped: {strays} ({root})"
+        stop_and_check(cluster)
+
+
+@pytest.fixture
+def own_cluster(serves: list[ServeProcess]) -> Iterator[RayCluster]:
+    """A Ray cluster of this test's own (nothing started yet), which it may kill and restart. The daemons
+    the test started are stopped before the cluster is."""
+    cluster = RayCluster()
+    try:
+        yield cluster
+    finally:
+        for serve in serves:
+            serve.cleanup()
+        stop_and_check(cluster)
+
+
+def stop_and_check(cluster: RayCluster) -> None:
+    """Stop every process of the cluster; none may be left running."""
+    root = cluster.root
+    cluster.stop()
+    strays = cluster.pids()
+    assert not strays, f"Ray processes left running after the cluster stopped: {strays} ({root})"
 
 
 @pytest.fixture

@@ -110,62 +110,48 @@ def test_sigkill_of_an_actor_mid_job_requeues_it_and_it_completes_exactly_once(
 
 
 def test_lost_head_degrades_health_keeps_the_queue_and_drains_it_once_the_head_returns(
-    root: Path, serves: list[ServeProcess]
+    root: Path, serves: list[ServeProcess], own_cluster: RayCluster
 ) -> None:
-    cluster = RayCluster()
-    try:
-        cluster.start_head(num_cpus=2)
-        serve = serve_on(serves, root, cluster, RESTORER_RAY_ACTORS="1", RESTORER_MAX_ATTEMPTS="5")
-        placed_workers(serve, 1)
-        (root / "inbox" / "running.jpg").write_bytes(fake_photo(b"SLOW2|running when the head dies"))
-        wait_for(lambda: [j.state for j in jobs(root)] == ["processing"], timeout=60)
-        for n in range(3):
-            (root / "inbox" / f"queued{n}.jpg").write_bytes(fake_photo(f"waiting {n}".encode()))
-        wait_for(lambda: len(jobs(root)) == 4)
-        cluster.kill_head()
-        degraded = wait_for(lambda: (h := health(serve))["status"] == "degraded" and h, timeout=90)
-        assert any(r.startswith("Ray cluster unreachable") for r in degraded["reasons"])
-        assert serve.proc.poll() is None  # the daemon stays up
-        assert files_under(root / "outbox") == []
-        assert sorted(j.state for j in jobs(root)) == ["queued"] * 4  # nothing lost, nothing failed
-        cluster.start_head(num_cpus=2)  # the same address again
-        wait_for(lambda: [j.state for j in jobs(root)] == ["done"] * 4, timeout=180)
-        assert files_under(root / "outbox") == ["queued0.bin", "queued1.bin", "queued2.bin", "running.bin"]
-        wait_for(lambda: health(serve)["status"] == "ok", timeout=30)
-        assert serve.terminate() == 0
-    finally:
-        for serve in serves:
-            serve.cleanup()
-        cluster.stop()
-        assert cluster.pids() == []
+    cluster = own_cluster
+    cluster.start_head(num_cpus=2)
+    serve = serve_on(serves, root, cluster, RESTORER_RAY_ACTORS="1", RESTORER_MAX_ATTEMPTS="5")
+    placed_workers(serve, 1)
+    (root / "inbox" / "running.jpg").write_bytes(fake_photo(b"SLOW2|running when the head dies"))
+    wait_for(lambda: [j.state for j in jobs(root)] == ["processing"], timeout=60)
+    for n in range(3):
+        (root / "inbox" / f"queued{n}.jpg").write_bytes(fake_photo(f"waiting {n}".encode()))
+    wait_for(lambda: len(jobs(root)) == 4)
+    cluster.kill_head()
+    degraded = wait_for(lambda: (h := health(serve))["status"] == "degraded" and h, timeout=90)
+    assert any(r.startswith("Ray cluster unreachable") for r in degraded["reasons"])
+    assert serve.proc.poll() is None  # the daemon stays up
+    assert files_under(root / "outbox") == []
+    assert sorted(j.state for j in jobs(root)) == ["queued"] * 4  # nothing lost, nothing failed
+    cluster.start_head(num_cpus=2)  # the same address again
+    wait_for(lambda: [j.state for j in jobs(root)] == ["done"] * 4, timeout=180)
+    assert files_under(root / "outbox") == ["queued0.bin", "queued1.bin", "queued2.bin", "running.bin"]
+    wait_for(lambda: health(serve)["status"] == "ok", timeout=30)
+    assert serve.terminate() == 0
 
 
 def test_a_box_switched_off_mid_job_requeues_it_and_a_box_that_joins_takes_it_over(
-    root: Path, serves: list[ServeProcess]
+    root: Path, serves: list[ServeProcess], own_cluster: RayCluster
 ) -> None:
     # Actors may run only on "GPU boxes" (nodes with the `box` resource); the head has none.
-    cluster = RayCluster()
-    try:
-        cluster.start_head(num_cpus=2)
-        first_box = cluster.add_node(num_cpus=2, resources='{"box": 1}')
-        env = {"RESTORER_RAY_ACTORS": "1", "RESTORER_RAY_RESOURCES": '{"box": 1}'}
-        serve = serve_on(serves, root, cluster, **env)
-        placed_workers(serve, 1)
-        (root / "inbox" / "long.jpg").write_bytes(fake_photo(b"SLOW4|the box is switched off under it"))
-        wait_for(
-            lambda: (js := jobs(root)) and js[0].state == "processing" and js[0].progress > 0, timeout=60
-        )
-        first_box.kill()  # the whole node at once: raylet, its workers, the actor
-        wait_for(lambda: (js := jobs(root)) and js[0].state == "queued" and js[0].attempts == 1, timeout=120)
-        waiting = wait_for(lambda: (ws := health(serve)["workers"]) and ws[0]["state"] == "waiting" and ws)
-        assert waiting[0]["job_id"] is None  # no box has room: the slot claims nothing
-        cluster.add_node(num_cpus=2, resources='{"box": 1}')  # another box joins
-        wait_for(lambda: [j.state for j in jobs(root)] == ["done"], timeout=180)
-        job = jobs(root)[0]
-        assert job.attempts == 2 and files_under(root / "outbox") == ["long.bin"]
-        assert serve.terminate() == 0
-    finally:
-        for serve in serves:
-            serve.cleanup()
-        cluster.stop()
-        assert cluster.pids() == []
+    cluster = own_cluster
+    cluster.start_head(num_cpus=2)
+    first_box = cluster.add_node(num_cpus=2, resources='{"box": 1}')
+    env = {"RESTORER_RAY_ACTORS": "1", "RESTORER_RAY_RESOURCES": '{"box": 1}'}
+    serve = serve_on(serves, root, cluster, **env)
+    placed_workers(serve, 1)
+    (root / "inbox" / "long.jpg").write_bytes(fake_photo(b"SLOW4|the box is switched off under it"))
+    wait_for(lambda: (js := jobs(root)) and js[0].state == "processing" and js[0].progress > 0, timeout=60)
+    first_box.kill()  # the whole node at once: raylet, its workers, the actor
+    wait_for(lambda: (js := jobs(root)) and js[0].state == "queued" and js[0].attempts == 1, timeout=120)
+    waiting = wait_for(lambda: (ws := health(serve)["workers"]) and ws[0]["state"] == "waiting" and ws)
+    assert waiting[0]["job_id"] is None  # no box has room: the slot claims nothing
+    cluster.add_node(num_cpus=2, resources='{"box": 1}')  # another box joins
+    wait_for(lambda: [j.state for j in jobs(root)] == ["done"], timeout=180)
+    job = jobs(root)[0]
+    assert job.attempts == 2 and files_under(root / "outbox") == ["long.bin"]
+    assert serve.terminate() == 0

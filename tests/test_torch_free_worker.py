@@ -8,7 +8,6 @@ GFPGAN of the official shape (no registry ships face weights)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from PIL import Image
 from tests.daemon_support import ServeProcess, wait_for
 from tests.faces_support import write_random_gfpgan
 from tests.test_service import job_states, jobs
-
-
-@pytest.fixture
-def serves() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for serve in started:
-        serve.cleanup()
 
 
 def worker_pids(parent: int) -> list[int]:

@@ -346,12 +346,13 @@ def test_new_input_sizes_compile_nothing_and_write_nothing(tmp_path):
 
 @needs_embedded
 @needs_openvino
-def test_per_shape_files_of_earlier_versions_are_removed(tmp_path):
+def test_per_shape_and_earlier_cut_files_of_earlier_versions_are_removed(tmp_path):
     ir = tmp_path / "cache" / "openvino" / "ir"
     ir.mkdir(parents=True)
     upscaler = load_upscaler("realesr-animevideov3", engine_for(tmp_path, "openvino", "fp32"))
     key = upscaler.dynamic_ir().stem.removesuffix("-dynamic")
     leftovers = [ir / f"{key}-1x3x64x48.xml", ir / f"{key}-1x3x64x48.bin"]
+    leftovers += [ir / f"{key}-trunk-g1.xml", ir / f"{key}-trunk-g1.bin"]  # parts of an earlier cut
     others = [ir / "face-GFPGAN-0123abcd-1x3x512x512.xml", ir / "face-GFPGAN-0123abcd-1x3x512x512.bin"]
     for path in [*leftovers, *others]:
         path.write_text("x")
@@ -394,6 +395,13 @@ def test_rrdbnet_trunk_and_upsampler_in_windows_equal_the_whole_network(shared_d
     x = np.ascontiguousarray(photo(40)[:, :, :, :36])
     whole = load_upscaler("RealESRGAN_x4plus", engine_for(shared_dirs, "torch", "fp32"))(x)
     np.testing.assert_allclose(upscaler(x), whole, atol=1e-4)
+    # The parts are IR files of their own, cut once: a second worker compiles them from their paths.
+    parts = upscaler.part_xmls()
+    assert list(parts) == ["trunk", "upsampler"] and all(xml.is_file() for xml in parts.values())
+    written = {xml: xml.stat().st_mtime_ns for xml in parts.values()}
+    again = load_upscaler("RealESRGAN_x4plus", engine_for(shared_dirs, "openvino", "fp32"))
+    np.testing.assert_allclose(again(x), whole, atol=1e-4)
+    assert {xml: xml.stat().st_mtime_ns for xml in again.part_xmls().values()} == written
 
 
 @needs_embedded

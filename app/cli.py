@@ -14,18 +14,23 @@ from daemon.logs import configure_logging
 COMMANDS = ["serve", "restore", "weights", "jobs", "eval", "bench"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: only the named command's module is imported (the store and SQLAlchemy for
+    `jobs`, aiohttp for `serve` stay out of a `restorer restore` start-up: docs/performance.md); every
+    command's when none is named (`restorer --help`)."""
     parser = argparse.ArgumentParser(prog="restorer", description="Neural Image Restore")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    named = next((arg for arg in argv or [] if not arg.startswith("-")), None)
+    for name in [named] if named in COMMANDS else COMMANDS:
         module = importlib.import_module(f"app.commands.{name}")
         module.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     configure_logging(
         logging.DEBUG if args.verbose else logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

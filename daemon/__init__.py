@@ -20,31 +20,79 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
 The composition root (app/) wires these together and may reach behind this surface.
 """
 
-from daemon.health import HealthState
-from daemon.intake import FileVersion, enqueue_file
-from daemon.names import safe_file_name
-from daemon.originals import Location as OriginalLocation
-from daemon.originals import absence_reason as original_absence_reason
-from daemon.originals import location as original_location
-from daemon.publish import DiskFullError, publish_bytes, publish_file
-from daemon.readmodel import (
-    STATES,
-    Job,
-    JobNotFoundError,
-    JobPage,
-    JobQueryError,
-    QueuePlace,
-    Rate,
-    ReadModel,
-    StoreError,
-    queue_positions,
-)
-from daemon.settings import Settings
-from daemon.store import AddResult, JobStore
+import importlib
+from typing import TYPE_CHECKING, Any
 
 # The pipeline's bounds on an image's shape: uploads refuse exactly what the worker would.
 from pipeline import MAX_ASPECT as IMAGE_MAX_ASPECT
 from pipeline import MAX_SIDE as IMAGE_MAX_SIDE
+
+if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the import-linter contracts
+    from daemon.health import HealthState
+    from daemon.intake import FileVersion, enqueue_file
+    from daemon.names import safe_file_name
+    from daemon.originals import Location as OriginalLocation
+    from daemon.originals import absence_reason as original_absence_reason
+    from daemon.originals import location as original_location
+    from daemon.publish import DiskFullError, publish_bytes, publish_file
+    from daemon.readmodel import (
+        STATES,
+        Job,
+        JobNotFoundError,
+        JobPage,
+        JobQueryError,
+        QueuePlace,
+        Rate,
+        ReadModel,
+        StoreError,
+        queue_positions,
+    )
+    from daemon.settings import Settings
+    from daemon.store import AddResult, JobStore
+
+# Public name -> (module, name there). Imported on first use, not with the package: `restorer restore`
+# needs the settings only, and the store, the read model and SQLAlchemy cost ~0.2 s of its start-up
+# (docs/performance.md, "Fixed cost").
+_HOMES: dict[str, tuple[str, str]] = {
+    "HealthState": ("daemon.health", "HealthState"),
+    "FileVersion": ("daemon.intake", "FileVersion"),
+    "enqueue_file": ("daemon.intake", "enqueue_file"),
+    "safe_file_name": ("daemon.names", "safe_file_name"),
+    "OriginalLocation": ("daemon.originals", "Location"),
+    "original_absence_reason": ("daemon.originals", "absence_reason"),
+    "original_location": ("daemon.originals", "location"),
+    "DiskFullError": ("daemon.publish", "DiskFullError"),
+    "publish_bytes": ("daemon.publish", "publish_bytes"),
+    "publish_file": ("daemon.publish", "publish_file"),
+    **{
+        name: ("daemon.readmodel", name)
+        for name in (
+            "STATES",
+            "Job",
+            "JobNotFoundError",
+            "JobPage",
+            "JobQueryError",
+            "QueuePlace",
+            "Rate",
+            "ReadModel",
+            "StoreError",
+            "queue_positions",
+        )
+    },
+    "Settings": ("daemon.settings", "Settings"),
+    "AddResult": ("daemon.store", "AddResult"),
+    "JobStore": ("daemon.store", "JobStore"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'daemon' has no attribute {name!r}")
+    module, attribute = _HOMES[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # looked up once
+    return value
+
 
 __all__ = [
     "IMAGE_MAX_ASPECT",

@@ -4,7 +4,8 @@ the daemon creates a file with it, and how such a name is written into a log lin
 Inbox names are chosen by whoever can write the share (SMB, NFS, SFTP, uploads), and outputs are named
 after them, so every name the daemon creates goes through `safe_file_name`: one path component, no
 control or bidi-override characters, none of the characters or names Windows refuses (the outbox is an
-SMB share), at most 255 bytes. It is a pure function that always terminates.
+SMB share), at most 255 bytes. It is a pure function that always terminates. The names of what arrives
+that are not photos at all (dotfiles, NAS and OS folders, unfinished downloads) are here too: `is_junk`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import re
 import unicodedata
 from pathlib import PurePosixPath
 
+# Files and folders that operating systems, NAS boxes and sync tools drop next to real photos.
+JUNK_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
+JUNK_DIR_NAMES = frozenset({"@eadir", "__macosx", "#recycle", "$recycle.bin", "#snapshot", "@recycle"})
+JUNK_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download", ".swp", "~")
 NAME_MAX_BYTES = 255  # NAME_MAX on Linux filesystems and SMB
 EXTENSION_MAX_BYTES = 16  # a longer "extension" is treated as part of the stem
 # Windows refuses these as a base name, with or without an extension (CON.txt, lpt1.tar.gz).
@@ -94,3 +99,21 @@ def escape_for_log(text: str) -> str:
         else:
             escaped.append(char.encode("unicode_escape", errors="backslashreplace").decode("ascii"))
     return "".join(escaped)
+
+
+def is_junk(relative_path: str) -> bool:
+    """True for names to ignore: dotfiles and dot-folders (.DS_Store, ._x, .stfolder/), NAS/OS folders
+    (@eaDir/, __MACOSX/), Thumbs.db, desktop.ini, and unfinished downloads (*.part, *.crdownload, *.tmp)."""
+    parts = PurePosixPath(relative_path).parts
+    if not parts:
+        return True
+    for folder in parts[:-1]:
+        if folder.startswith(".") or folder.lower() in JUNK_DIR_NAMES:
+            return True
+    name = parts[-1]
+    lower = name.lower()
+    return name.startswith(".") or lower in JUNK_FILE_NAMES or lower.endswith(JUNK_SUFFIXES)
+
+
+def is_junk_dir(name: str) -> bool:
+    return name.startswith(".") or name.lower() in JUNK_DIR_NAMES

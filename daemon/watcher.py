@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -38,40 +38,19 @@ from daemon import fsinfo, originals
 from daemon.beneath import NotAFileError, kind_of
 from daemon.health import HealthState
 from daemon.intake import enqueue_file, read_version, refusal_before_reading, refuse_file
+from daemon.names import is_junk, is_junk_dir
 from daemon.settings import Settings
 from daemon.stability import StabilityTracker
 from daemon.store import AddResult, JobStore
 
 log = logging.getLogger(__name__)
 
-# Files and folders that operating systems, NAS boxes and sync tools drop next to real photos.
-JUNK_FILE_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
-JUNK_DIR_NAMES = frozenset({"@eadir", "__macosx", "#recycle", "$recycle.bin", "#snapshot", "@recycle"})
-JUNK_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download", ".swp", "~")
 INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
 # Folders nested deeper than this below the inbox are reported and skipped: no photo collection needs
 # more, and a hostile 1,000-deep tree must cost a log line, not the service (recursion, watches).
 MAX_FOLDER_DEPTH = 32
 
 ObserverFactory = Callable[[str, str, float], BaseObserver]  # (mode, inbox, poll_seconds) -> observer
-
-
-def is_junk(relative_path: str) -> bool:
-    """True for names to ignore: dotfiles and dot-folders (.DS_Store, ._x, .stfolder/), NAS/OS folders
-    (@eaDir/, __MACOSX/), Thumbs.db, desktop.ini, and unfinished downloads (*.part, *.crdownload, *.tmp)."""
-    parts = PurePosixPath(relative_path).parts
-    if not parts:
-        return True
-    for folder in parts[:-1]:
-        if folder.startswith(".") or folder.lower() in JUNK_DIR_NAMES:
-            return True
-    name = parts[-1]
-    lower = name.lower()
-    return name.startswith(".") or lower in JUNK_FILE_NAMES or lower.endswith(JUNK_SUFFIXES)
-
-
-def is_junk_dir(name: str) -> bool:
-    return name.startswith(".") or name.lower() in JUNK_DIR_NAMES
 
 
 def default_observer(mode: str, inbox: str, poll_seconds: float) -> BaseObserver:

@@ -43,3 +43,21 @@ def test_every_daemon_and_status_site_module_imports_without_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 20  # every module was really imported
+
+
+def test_daemon_surface_resolves_and_the_restore_command_imports_no_store() -> None:
+    # The package imports its public names on first use: every name resolves to its module's object, and
+    # `restorer restore` (settings only) pays for neither the store nor SQLAlchemy at start-up.
+    result = _python(
+        "import sys\n"
+        "from app.cli import build_parser\n"
+        "build_parser(['-v', 'restore', 'photo.jpg', '-o', 'out']).parse_args(['restore', 'a', '-o', 'b'])\n"
+        "print(sorted(m for m in ('sqlalchemy', 'daemon.store', 'daemon.readmodel') if m in sys.modules))\n"
+        "import daemon\n"
+        "for name in daemon.__all__:\n"
+        "    assert getattr(daemon, name) is not None, name\n"
+        "from daemon.store import JobStore\n"
+        "assert daemon.JobStore is JobStore and daemon.OriginalLocation.__module__ == 'daemon.originals'\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

@@ -50,7 +50,7 @@ class Job:
 
 def collect_jobs(inputs: list[Path], out_root: Path) -> tuple[list[Job], list[dict[str, Any]]]:
     """Files as given; folders walked recursively (sorted, junk skipped). Missing inputs become errors."""
-    from daemon.watcher import is_junk, is_junk_dir
+    from daemon.names import is_junk, is_junk_dir
     from pipeline import INPUT_EXTENSIONS
 
     jobs: list[Job] = []

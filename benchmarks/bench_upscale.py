@@ -162,11 +162,18 @@ def warm_cache(state: Path, extra: list[str], work: Path) -> None:
 
 
 def flops_per_pixel(state: Path) -> float:
-    from daemon.settings import Settings
-    from pipeline.evaluation.bench import flops_per_input_pixel
-
-    settings = Settings.load(state_dir=state, model=MODEL)
-    return flops_per_input_pixel(MODEL, settings.weights_dir, settings.cache_dir)
+    """Counted by torch in a process of its own: this one must stay small, because a child's peak RSS
+    (wait4's ru_maxrss) starts from the RSS of the process that spawned it. With torch and the model
+    loaded here (~1.1 GB), every smaller restore measured as 1.1 GB."""
+    count = (
+        "import sys; from daemon.settings import Settings; "
+        "from pipeline.evaluation.bench import flops_per_input_pixel; "
+        "s = Settings.load(state_dir=sys.argv[1], model=sys.argv[2]); "
+        "print(flops_per_input_pixel(sys.argv[2], s.weights_dir, s.cache_dir))"
+    )
+    command = [sys.executable, "-c", count, str(state), MODEL]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def emit(out: Path, name: str, header: list[str], rows: list[list[str]], notes: list[str], data: Any) -> None:

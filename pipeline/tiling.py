@@ -339,8 +339,11 @@ class _Strip:
             values = values.mean(axis=2, keepdims=True)
         target = self.rows[y - self.top : bottom - self.top, x:right]
         if self.fixed_point:
-            share = np.clip(values, 0.0, 1.0) * weight[:, :, None]
-            target += np.rint(share * _FIXED_ONE).astype(np.uint16)
+            # In place on one float temporary: a 4x tile is ~40 MB of float32, and each extra temporary
+            # counted in the peak RSS of a big photo.
+            share = np.clip(values, 0.0, 1.0)
+            share *= weight[:, :, None] * np.float32(_FIXED_ONE)
+            target += np.rint(share, out=share).astype(np.uint16)
         else:
             target += values * weight[:, :, None]
 

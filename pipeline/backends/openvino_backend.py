@@ -102,11 +102,13 @@ class OpenVinoUpscaler:
             "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
         }
         self.layout = layout_for(self._arch, self.size_multiple)
-        self._requests: dict[str, Any] = {}  # part name -> InferRequest of its dynamic compiled model
         # Planned once: following the free RAM of the moment would change the tile between images.
         self._tile: int = tile_for_memory(
             available_ram_bytes(), self.layout.bytes_per_pixel, cap_tile(self.layout.tile_max, engine.tile)
         )
+        # Compiled now, not at the first tile: loading's temporary memory is freed before an image's
+        # output and blend strip exist (the first tile of a 2000x1500 photo was the process's peak).
+        self._requests: dict[str, Any] = self._compile()
 
     def suggest_tile(self) -> int:
         return self._tile
@@ -131,19 +133,22 @@ class OpenVinoUpscaler:
                 save_ir(model, path)
         return paths
 
+    def _compile(self) -> dict[str, Any]:
+        """Compile (or load the cached blob of) every part: part name -> its InferRequest."""
+        started = time.monotonic()
+        requests = {}
+        for name, xml in self.part_xmls().items():
+            requests[name] = self._core.compile_model(str(xml), "CPU", self._config).create_infer_request()
+        log.info(
+            "compiled %s (%s) %s in %.1f s",
+            self._key,
+            "+".join(requests),
+            self._config,
+            time.monotonic() - started,
+        )
+        return requests
+
     def _request(self, part: str) -> Any:
-        if not self._requests:
-            started = time.monotonic()
-            for name, xml in self.part_xmls().items():
-                compiled = self._core.compile_model(str(xml), "CPU", self._config)
-                self._requests[name] = compiled.create_infer_request()
-            log.info(
-                "compiled %s (%s) %s in %.1f s",
-                self._key,
-                "+".join(self._requests),
-                self._config,
-                time.monotonic() - started,
-            )
         return self._requests[part]
 
     def warm_up(self) -> None:
@@ -183,7 +188,10 @@ class OpenVinoUpscaler:
                     f"{batch.shape[0]} tile(s) of {h}x{w} do not fit in RAM"
                 ) from None
             raise
-        return np.clip(out[:, :, : h * self.scale, : w * self.scale], 0.0, 1.0).astype(np.float32, copy=True)
+        # A new array: the whole network's output is the request's own buffer, reused by its next call.
+        # The split's comes from run_local, already fresh, so it is clipped in place.
+        cropped = out[:, :, : h * self.scale, : w * self.scale]
+        return np.clip(cropped, 0.0, 1.0, out=cropped if self.layout.split else None)
 
     def _infer(self, part: str, batch: np.ndarray) -> np.ndarray:
         """One inference; the result is a view of the request's output, valid until its next call."""

@@ -335,6 +335,7 @@ def bench_sizes(args: argparse.Namespace) -> None:
         "peak RSS MB",
         "state files before -> after",
         "state growth MB",
+        "state MB after",
         "load avg",
     ]
     row = [
@@ -343,6 +344,7 @@ def bench_sizes(args: argparse.Namespace) -> None:
         f"{run.peak_rss_mb:.0f}",
         f"{files_before} -> {files_after}",
         f"{(bytes_after - bytes_before) / 1e6:.1f}",
+        f"{bytes_after / 1e6:.0f}",
         load,
     ]
     notes = [

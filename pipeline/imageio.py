@@ -613,9 +613,12 @@ def _encode_opencv(
         ok, encoded = cv2.imencode(".jpg" if fmt == "jpg" else ".png", bgr, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode the {fmt.upper()} output")
+    # A view of OpenCV's buffer, spliced into the one bytes object returned: a 48 MP PNG is ~80 MB, and
+    # each copy of it (tobytes, slices, concatenations) was held at the process's memory peak.
+    data = encoded.reshape(-1).data
     if fmt == "jpg":
-        return _jpeg_with_metadata(encoded.tobytes(), icc, exif)
-    return _png_with_metadata(encoded.tobytes(), icc, exif)
+        return _jpeg_with_metadata(data, icc, exif)
+    return _png_with_metadata(data, icc, exif)
 
 
 @contextmanager
@@ -641,7 +644,7 @@ def _swap_red_blue(pixels: np.ndarray) -> None:
         rows[:, :, [0, 2]] = rows[:, :, [2, 0]]
 
 
-def _jpeg_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+def _jpeg_with_metadata(data: bytes | memoryview, icc: bytes | None, exif: bytes | None) -> bytes:
     """Insert APP1 (EXIF) and APP2 (ICC, split into 64 KB segments) after SOI and any APP0 (JFIF)."""
     segments = b""
     if exif:
@@ -654,12 +657,12 @@ def _jpeg_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> b
             payload = b"ICC_PROFILE\x00" + bytes([number, len(pieces)]) + piece
             segments += b"\xff\xe2" + struct.pack(">H", len(payload) + 2) + payload
     position = 2
-    if data[2:4] == b"\xff\xe0":
+    if bytes(data[2:4]) == b"\xff\xe0":
         position = 4 + int.from_bytes(data[4:6], "big")
-    return data[:position] + segments + data[position:]
+    return b"".join([data[:position], segments, data[position:]])
 
 
-def _png_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+def _png_with_metadata(data: bytes | memoryview, icc: bytes | None, exif: bytes | None) -> bytes:
     """Add iCCP and eXIf chunks right after IHDR."""
     chunks = b""
     if icc:
@@ -667,7 +670,7 @@ def _png_with_metadata(data: bytes, icc: bytes | None, exif: bytes | None) -> by
     if exif:
         chunks += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
     ihdr_end = 8 + 4 + 4 + 13 + 4
-    return data[:ihdr_end] + chunks + data[ihdr_end:]
+    return b"".join([data[:ihdr_end], chunks, data[ihdr_end:]])
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

@@ -3,9 +3,10 @@
 Fixed cost: from launching the process to the moment the first super-resolution tile starts computing
 (interpreter start, imports, settings, finding the weights, decoding the photo, faces detected, and the
 networks loaded from OpenVINO's cache, ready to run). The command is the real `restorer restore`
-(app.cli.main); this harness only notes the wall clock when the OpenVINO upscaler's first inference
-request is ready (its first call compiles or loads every part). Peak RSS comes from the kernel
-(the finished child's ru_maxrss from wait4, what /usr/bin/time -v reports as "Maximum resident set size").
+(app.cli.main); this harness only notes the wall clock when the OpenVINO upscaler asks for its first
+inference request (its parts were compiled, or their blobs loaded, when it was made). Peak RSS comes
+from the kernel (the finished child's ru_maxrss from wait4, what /usr/bin/time -v reports as "Maximum
+resident set size").
 
     python benchmarks/bench_startup.py --state-dir DIR [--runs 5] [--size 64x64] [--no-face] [--model ID]
 
@@ -32,7 +33,7 @@ import pipeline.backends.openvino_backend as backend
 first_tile = []
 request = backend.OpenVinoUpscaler._request
 def noting(self, part):
-    compiled = request(self, part)  # the first call compiles (or loads the cached blobs of) every part
+    compiled = request(self, part)  # the first tile's; every part was compiled when the upscaler was made
     if not first_tile:
         first_tile.append(time.time())
         print("FIRST_TILE", first_tile[0], file=sys.stderr, flush=True)

@@ -124,8 +124,7 @@ class OpenVinoUpscaler:
         dynamic IR, named by its key and BLOB_GENERATION (a different cut gets a different file)."""
         if not self.layout.split:
             return {"network": self._dynamic_xml}
-        folder = self._dynamic_xml.parent
-        paths = {part: folder / f"{self._key}-{part}-g{BLOB_GENERATION}.xml" for part in SPLIT_PARTS}
+        paths = {part: _part_xml(self._dynamic_xml.parent, self._key, part) for part in SPLIT_PARTS}
         if not all(ir_ready(path) for path in paths.values()):
             dynamic = str(self._dynamic_xml)
             parts = split_at_upsampler(self._core.read_model(dynamic), self._core.read_model(dynamic))
@@ -152,8 +151,8 @@ class OpenVinoUpscaler:
         return self._requests[part]
 
     def warm_up(self) -> None:
-        """Compile (or load the cached blobs) now, and run one small tile so the first image does not
-        pay for the plugin's first-inference setup."""
+        """Run one small tile so the first image does not pay for the plugin's first-inference setup (the
+        parts were compiled, or their cached blobs loaded, when this upscaler was made)."""
         side = 32 * self.size_multiple
         self(np.zeros((self.batch_size, 3, side, side), np.float32))
 
@@ -270,16 +269,21 @@ def _first_upsampling_input(model: ov.Model) -> Any:  # openvino Output
     raise ValueError("no Interpolate in the network: it has no RRDBNet upsampler to split off")
 
 
+def _part_xml(ir_folder: Path, key: str, part: str) -> Path:
+    """Where a part cut from the network `key` by this BLOB_GENERATION is saved."""
+    return ir_folder / f"{key}-{part}-g{BLOB_GENERATION}.xml"
+
+
 def _remove_leftovers(ir_folder: Path, key: str) -> None:
     """Earlier versions wrote a static IR per input shape next to this network's dynamic one (67 MB each
     for x4plus, one per image size seen), and parts cut by another BLOB_GENERATION; nothing reads them any
     more. Only this network's (`key`): other runners (faces) keep their own fixed-shape IRs in the same
     folder."""
     per_shape = ir_folder.glob(f"{key}-[0-9]*x[0-9]*x[0-9]*x[0-9]*.xml")
-    current = {f"{key}-{part}-g{BLOB_GENERATION}.xml" for part in SPLIT_PARTS}
+    current = {_part_xml(ir_folder, key, part) for part in SPLIT_PARTS}
     other_cuts = [xml for part in SPLIT_PARTS for xml in ir_folder.glob(f"{key}-{part}-g*.xml")]
     for xml in [*per_shape, *other_cuts]:
-        if xml.name in current:
+        if xml in current:
             continue
         for path in (xml, xml.with_suffix(".bin")):
             path.unlink(missing_ok=True)

@@ -122,7 +122,8 @@ class Settings(BaseSettings):
         None, description="token for uploads, retry and cancel (without: loopback only)"
     )
     # The token from a file instead (compose's secret /run/secrets/restorer_api_token), so it is never in
-    # the environment. Read once at start; excluded from dumps, so workers and Ray actors never look.
+    # the environment. Read when the settings are made; left out of dumps, so the settings sent to a
+    # worker or a Ray actor on another machine carry neither the token nor a path to look for.
     api_token_file: Path | None = Field(
         None, exclude=True, description="file holding api_token (a container secret); not with api_token"
     )

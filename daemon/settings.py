@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API")
     upload_max_bytes: int = Field(200 * 1024 * 1024, description="largest upload per file, in bytes", gt=0)
     upload_max_files: int = Field(50, description="most files per upload request", gt=0)
+    upload_deadline_seconds: float = Field(
+        900.0,
+        description="an upload whose body has not fully arrived this long after its request began is cut "
+        "off (408): a client trickling bytes cannot hold an upload slot for ever",
+        gt=0,
+    )
     http_idle_seconds: float = Field(
         15.0,
         description="a connection with no complete request header this long after connecting or after its "
@@ -331,6 +337,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.min_free_mb * 1024 * 1024
 
     @property
     def cache_dir(self) -> Path:

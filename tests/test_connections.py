@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from status_site.connections import network_of, reserved_address
 from tests.site_support import Site, make_settings, png_bytes, running_site
@@ -333,3 +335,146 @@ def test_an_upload_that_stops_sending_is_cut_off(
         assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
         assert b"upload-stalled" in reply
         assert not any(site.settings.inbox.iterdir())
+
+
+def trickling_upload(site: Site, every: float) -> bytes:
+    """An upload that sends one byte of its body every `every` seconds (never silent for long); the
+    server's answer."""
+    with stalled_upload(site) as sock:
+        sock.settimeout(every)
+        while True:
+            try:
+                reply = sock.recv(65536)
+                return reply
+            except TimeoutError:
+                sock.sendall(b"x")
+
+
+def test_an_upload_trickling_bytes_is_cut_off_at_its_deadline(tmp_path: Path) -> None:
+    """One byte every 0.3 s keeps the per-read idle limit (60 s) from ever firing; the deadline for the
+    whole upload (2 s here, 900 s by default) still ends it, and its upload slot is free again."""
+    with running_site(tmp_path, upload_deadline_seconds=2.0) as site:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: trickling_upload(site, 0.3), range(4)))
+        for reply in replies:
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
+            assert b"upload-too-slow" in reply and b"upload_deadline_seconds" in reply
+        assert not any(site.settings.inbox.iterdir())
+        upload = [("file", ("x.png", png_bytes(), "image/png"))]
+        assert site.post("/api/v1/jobs", files=upload).status_code == 202
+
+
+@contextmanager
+def small_disk(path: Path, megabytes: int) -> Iterator[Path]:
+    """A real filesystem of `megabytes` (tmpfs), so free space is exact and nothing else writes there."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, check=False)
+
+
+def big_png(megabytes: int, seed: int) -> bytes:
+    """A valid PNG of random pixels: about `megabytes` MB, as noise does not compress."""
+    import io
+    import random
+
+    side = int((megabytes * 1024 * 1024 / 3) ** 0.5)
+    pixels = random.Random(seed).randbytes(side * side * 3)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (side, side), pixels).save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+class RawUpload:
+    """A multipart upload over a raw socket, sent a piece at a time: chunked (no Content-Length) or with
+    one. A small send buffer keeps the client in step with what the server has read."""
+
+    def __init__(self, site: Site, name: str, data: bytes, chunked: bool) -> None:
+        boundary = "----raw"
+        self.body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        self.chunked, self.sent, self.refused_early = chunked, 0, False
+        length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(self.body)}"
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        self.sock.settimeout(30)
+        self.sock.connect(("127.0.0.1", site.ports[0]))  # type: ignore[attr-defined]
+        self.sock.sendall(
+            f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n{length}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
+        )
+
+    def send(self, size: int) -> None:
+        piece = self.body[self.sent : self.sent + size]
+        if not piece or self.refused_early:
+            return
+        try:
+            self.sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if self.chunked else piece)
+        except (BrokenPipeError, ConnectionResetError):
+            self.refused_early = True
+        self.sent += len(piece)
+        if self.chunked and self.sent >= len(self.body):
+            self.sock.sendall(b"0\r\n\r\n")
+
+    @property
+    def done(self) -> bool:
+        return self.sent >= len(self.body) or self.refused_early
+
+    def answer(self) -> bytes:
+        reply = b""
+        try:
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        finally:
+            self.sock.close()
+        return reply
+
+
+def test_free_space_is_counted_per_received_byte_across_concurrent_uploads(tmp_path: Path) -> None:
+    """The state disk has 32 MB and keeps 12 MB free (min_free_mb): room for about 20 MB of uploads.
+    Two chunked uploads of 12 MB each (no Content-Length to check up front) begin together; the first
+    sends 11.5 MB, then the second streams and is refused (507) when the two together reach the
+    reserve; the first then completes. An upload declaring 15 MB holds its claim while it streams, so
+    one declaring 7 MB meanwhile is refused before it sends its body."""
+    with (
+        small_disk(tmp_path / "small", 32) as state_dir,
+        running_site(
+            tmp_path, state_dir=state_dir, min_free_mb=12, upload_max_bytes=16 * 1024 * 1024
+        ) as site,
+    ):
+        first = RawUpload(site, "a.png", big_png(12, 1), chunked=True)
+        second = RawUpload(site, "b.png", big_png(12, 2), chunked=True)
+        first.send(len(first.body) - 512 * 1024)
+        while not second.done:
+            second.send(256 * 1024)
+        first.send(len(first.body))
+        accepted, refused = first.answer(), second.answer()
+        assert accepted.startswith(b"HTTP/1.1 202"), accepted[:300]
+        assert refused.startswith(b"HTTP/1.1 507"), refused[:300]
+        assert b"spool-full" in refused and b"min_free_mb" in refused
+        assert [path.name for path in site.settings.inbox.iterdir()] == ["a.png"]
+
+        declared = RawUpload(site, "c.png", big_png(15, 3), chunked=False)
+        declared.send(4 * 1024 * 1024)
+        early = RawUpload(site, "d.png", big_png(7, 4), chunked=False).answer()  # its header only
+        assert early.startswith(b"HTTP/1.1 507"), early[:300]
+        still_to_come = re.search(rb"declared (\d+) MB still to come", early)
+        assert still_to_come and int(still_to_come[1]) >= 10, early  # the first's claim, less what it sent
+        declared.send(len(declared.body))
+        assert declared.answer().startswith(b"HTTP/1.1 202")
+        assert sorted(path.name for path in site.settings.inbox.iterdir()) == ["a.png", "c.png"]

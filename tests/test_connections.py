@@ -1,5 +1,7 @@
 """Connections and uploads cannot be held open for free: a real server on loopback, real sockets
-behaving like a slowloris client, an idle keep-alive client, a connection flood and stalled uploads."""
+behaving like a slowloris client, an idle keep-alive client, a connection flood from several networks
+(127.0.0.0/8 addresses other than 127.0.0.1 play other networks), slow readers, stalled and trickling
+uploads, and uploads racing for a small real disk (a tmpfs)."""
 
 from __future__ import annotations
 

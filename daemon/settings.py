@@ -265,6 +265,16 @@ class Settings(BaseSettings):
             raise ValueError("ray_actors must be 1 or more, or 'auto'")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "http_max_connections_per_client" in data:
+            raise ValueError(
+                "http_max_connections_per_client is now http_max_connections_per_network: connections "
+                "are counted per IPv4 /24 and IPv6 /64 (see config/restorer.example.toml)"
+            )
+        return data
+
     @model_validator(mode="after")
     def _reserve_below_the_cap(self) -> Settings:
         if self.http_reserved_connections >= self.http_max_connections:

@@ -21,6 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
+from daemon.settings import Settings
 from status_site.connections import network_of, reserved_address
 from tests.site_support import Site, make_settings, png_bytes, running_site
 
@@ -147,6 +148,13 @@ def test_only_127_0_0_1_and_ipv6_loopback_use_the_reserve_by_address() -> None:
 def test_the_reserve_must_leave_room_for_other_clients(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="http_reserved_connections"):
         make_settings(tmp_path, http_max_connections=8, http_reserved_connections=8)
+
+
+def test_the_old_per_client_key_says_what_it_became(tmp_path: Path) -> None:
+    config = tmp_path / "restorer.toml"
+    config.write_text("http_max_connections_per_client = 64\n")
+    with pytest.raises(ValueError, match="now http_max_connections_per_network"):
+        Settings.load(config)
 
 
 def test_a_full_network_closes_its_oldest_idle_connection_for_a_newcomer(tmp_path: Path) -> None:

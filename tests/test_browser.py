@@ -385,14 +385,15 @@ def test_signing_in_to_a_private_server_shows_its_photos(browser: object, tmp_pa
 def test_another_site_cannot_show_the_page_in_a_frame(browser: object, tmp_path: Path) -> None:
     """Clickjacking: a page on another origin frames the status page (to overlay its Retry and Cancel
     buttons); chromium refuses to show it. The same page frames an ordinary page of its own origin."""
+    import functools
     import http.server
     import threading
 
     (tmp_path / "plain.html").write_text("<p id='plain'>an ordinary page</p>")
     with running_site(tmp_path / "site") as site:
-        handler = lambda *args: http.server.SimpleHTTPRequestHandler(*args, directory=str(tmp_path))  # noqa: E731
-        port = free_port()
-        evil = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # another origin: its own port
+        port = evil.server_address[1]
         threading.Thread(target=evil.serve_forever, daemon=True).start()
         try:
             (tmp_path / "evil.html").write_text(

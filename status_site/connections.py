@@ -18,11 +18,13 @@ gate that counts open connections:
 
 When a newcomer finds no room, the gate closes a connection that is waiting for a request (it has
 not yet sent a complete request header: never had one, or idle after its last answer) rather than
-refusing the newcomer: from the newcomer's own network when that is full, else from the ordinary
-connections of the network, then the address, holding the most, oldest first. An ordinary newcomer
-never evicts a trusted connection; a trusted one evicts ordinary connections first. A connection in
-the middle of a request is never closed. Only when nothing can be evicted is the newcomer refused,
-with a one-line 503, before any request is read.
+refusing the newcomer. It takes one of the newcomer's own network when that network is full, else
+one of the network holding the most ordinary connections; within the network, of the address holding
+the most; the oldest of those. So a flood loses its own connections first, and a client with one
+or two keeps them. An ordinary newcomer never closes a trusted connection; a trusted newcomer closes
+an ordinary one if it can, else the oldest waiting trusted one. A connection in the middle of a
+request is never closed. Only when nothing can be closed is the newcomer refused, with a one-line
+503, before any request is read.
 """
 
 from __future__ import annotations
@@ -93,10 +95,6 @@ class ConnectionGate:
         self._by_address: Counter[str] = Counter()
         self._ordinary = 0
         self._token_addresses: OrderedDict[str, float] = OrderedDict()  # address -> when last proven
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
 
     def trusted_address(self, client: str) -> bool:
         if reserved_address(client):

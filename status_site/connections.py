@@ -33,7 +33,7 @@ import asyncio
 import ipaddress
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +90,10 @@ class ConnectionGate:
     def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
         self._open: dict[_GatedProtocol, None] = {}  # in the order they opened: the oldest first
-        # Ordinary (untrusted) connections only:
+        # Ordinary (untrusted) connections only: per network, and per address in opening order.
         self._by_network: Counter[str] = Counter()
-        self._by_address: Counter[str] = Counter()
+        self._addresses: dict[str, set[str]] = {}  # network -> its addresses with connections
+        self._by_address: dict[str, dict[_GatedProtocol, None]] = {}
         self._ordinary = 0
         self._token_addresses: OrderedDict[str, float] = OrderedDict()  # address -> when last proven
 
@@ -111,7 +112,7 @@ class ConnectionGate:
             victim.evict()
         self._open[connection] = None
         if not connection.trusted:
-            self._count(connection, +1)
+            self._add_ordinary(connection)
         return True
 
     def release(self, connection: _GatedProtocol) -> None:
@@ -119,7 +120,7 @@ class ConnectionGate:
             return
         del self._open[connection]
         if not connection.trusted:
-            self._count(connection, -1)
+            self._remove_ordinary(connection)
 
     def prove_token(self, connection: _GatedProtocol) -> None:
         """A request on this connection carried the valid token: trust it, and its address for a while."""
@@ -130,15 +131,28 @@ class ConnectionGate:
         if connection.trusted:
             return
         if connection in self._open:
-            self._count(connection, -1)
+            self._remove_ordinary(connection)
         connection.trusted = True
 
-    def _count(self, connection: _GatedProtocol, step: int) -> None:
-        self._ordinary += step
-        for counter, key in ((self._by_network, connection.network), (self._by_address, connection.client)):
-            counter[key] += step
-            if counter[key] <= 0:
-                del counter[key]
+    def _add_ordinary(self, connection: _GatedProtocol) -> None:
+        self._ordinary += 1
+        self._by_network[connection.network] += 1
+        self._addresses.setdefault(connection.network, set()).add(connection.client)
+        self._by_address.setdefault(connection.client, {})[connection] = None
+
+    def _remove_ordinary(self, connection: _GatedProtocol) -> None:
+        self._ordinary -= 1
+        network, client = connection.network, connection.client
+        self._by_network[network] -= 1
+        if self._by_network[network] <= 0:
+            del self._by_network[network]
+        of_client = self._by_address[client]
+        del of_client[connection]
+        if not of_client:
+            del self._by_address[client]
+            self._addresses[network].discard(client)
+            if not self._addresses[network]:
+                del self._addresses[network]
 
     def _has_room(self, newcomer: _GatedProtocol) -> bool:
         limits = self.limits
@@ -152,25 +166,24 @@ class ConnectionGate:
         )
 
     def _victim_for(self, newcomer: _GatedProtocol) -> _GatedProtocol | None:
-        waiting = [connection for connection in self._open if connection.awaiting_request()]
-        ordinary = [connection for connection in waiting if not connection.trusted]
         if not newcomer.trusted and self._by_network[newcomer.network] >= self.limits.per_network:
-            return self._most_crowded([c for c in ordinary if c.network == newcomer.network])
-        victim = self._most_crowded(ordinary)
-        if victim is None and newcomer.trusted:
-            return next(iter(waiting), None)  # only trusted ones wait: the oldest of them
+            return self._most_crowded([newcomer.network])
+        victim = self._most_crowded(self._by_network)
+        if victim is None and newcomer.trusted:  # only trusted connections wait: the oldest of them
+            return next((connection for connection in self._open if connection.awaiting_request()), None)
         return victim
 
-    def _most_crowded(self, candidates: list[_GatedProtocol]) -> _GatedProtocol | None:
-        """The oldest connection of the network, then the address, with the most open connections: a
-        flood loses its own connections long before a client with one or two loses any."""
-        best: _GatedProtocol | None = None
-        best_key = (-1, -1)
-        for connection in candidates:  # oldest first, so ties keep the oldest
-            key = (self._by_network[connection.network], self._by_address[connection.client])
-            if key > best_key:
-                best, best_key = connection, key
-        return best
+    def _most_crowded(self, networks: Iterable[str]) -> _GatedProtocol | None:
+        """The oldest waiting ordinary connection of the network, then the address, with the most open
+        connections: a flood loses its own connections long before a client with one or two loses any.
+        Costs a sort of the networks and of one network's addresses, not a scan of every connection."""
+        for network in sorted(networks, key=self._by_network.__getitem__, reverse=True):
+            addresses = self._addresses.get(network, ())
+            for client in sorted(addresses, key=lambda address: len(self._by_address[address]), reverse=True):
+                for connection in self._by_address[client]:  # oldest first
+                    if connection.awaiting_request():
+                        return connection
+        return None
 
     def protocol(self, inner: RequestHandler) -> asyncio.Protocol:
         return _GatedProtocol(self, inner)

@@ -139,15 +139,29 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API")
     upload_max_bytes: int = Field(200 * 1024 * 1024, description="largest upload per file, in bytes", gt=0)
     upload_max_files: int = Field(50, description="most files per upload request", gt=0)
+    upload_deadline_seconds: float = Field(
+        900.0,
+        description="an upload whose body has not fully arrived this long after its request began is cut "
+        "off (408): a client trickling bytes cannot hold an upload slot for ever",
+        gt=0,
+    )
     http_idle_seconds: float = Field(
         15.0,
         description="a connection with no complete request header this long after connecting or after its "
         "last answer is closed (idle keep-alive, slow 'slowloris' headers)",
         gt=0,
     )
+    # A full port closes the oldest connection that is waiting for its next request instead of refusing
+    # the newcomer (status_site/connections.py); the reserve is for 127.0.0.1, ::1 and token holders.
     http_max_connections: int = Field(512, description="open connections per port, in all", ge=1)
-    http_max_connections_per_client: int = Field(
-        64, description="open connections per port from one client address", ge=1
+    http_max_connections_per_network: int = Field(
+        64, description="open connections per port from one IPv4 /24 or IPv6 /64 (reserved ones aside)", ge=1
+    )
+    http_reserved_connections: int = Field(
+        64,
+        description="of http_max_connections, slots only 127.0.0.1, ::1 and clients that sent the API token "
+        "may use",
+        ge=0,
     )
 
     # Intake.
@@ -290,6 +304,25 @@ class Settings(BaseSettings):
             raise ValueError("ray_actors must be 1 or more, or 'auto'")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "http_max_connections_per_client" in data:
+            raise ValueError(
+                "http_max_connections_per_client is now http_max_connections_per_network: connections "
+                "are counted per IPv4 /24 and IPv6 /64 (see config/restorer.example.toml)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _reserve_below_the_cap(self) -> Settings:
+        if self.http_reserved_connections >= self.http_max_connections:
+            raise ValueError(
+                f"http_reserved_connections ({self.http_reserved_connections}) must be less than "
+                f"http_max_connections ({self.http_max_connections}): other clients need slots too"
+            )
+        return self
+
     @model_validator(mode="after")
     def _ray_needs_an_address(self) -> Settings:
         if self.executor == "ray" and not self.ray_address:
@@ -353,6 +386,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.min_free_mb * 1024 * 1024
 
     @property
     def cache_dir(self) -> Path:

@@ -5,8 +5,10 @@ non-loopback peer) are in test_lan_clients.py."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +252,48 @@ def test_protect_reads_without_a_token_is_refused_at_startup(tmp_path: Path) -> 
         running_site(tmp_path, protect_reads=True),
     ):
         pass
+
+
+def raw_request(site: Site, head: bytes) -> bytes:
+    """Send a request head as raw bytes (requests cannot send header bytes that are not text)."""
+    with socket.create_connection(("127.0.0.1", site.ports[0]), timeout=10) as sock:  # type: ignore[attr-defined]
+        sock.sendall(head + b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        return reply
+
+
+def test_a_token_header_that_is_not_utf8_is_refused_with_401_and_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_site(tmp_path, api_token=TOKEN, protect_reads=True) as site:
+        failed = site.insert_job(state="failed", error="corrupt")
+        for header in (
+            b"X-API-Token: \xff\xfe" + TOKEN.encode() + b"\r\n",
+            b"Authorization: Bearer \xc3\x28" + TOKEN.encode() + b"\r\n",
+        ):
+            for line in (
+                b"GET /api/v1/jobs HTTP/1.1\r\n",
+                f"POST /api/v1/jobs/{failed}/retry HTTP/1.1\r\n".encode(),
+            ):
+                reply = raw_request(site, line + header)
+                assert reply.startswith(b"HTTP/1.1 401"), reply[:300]
+                assert b"token-required" in reply
+        assert site.store.get(failed).state == "failed"  # type: ignore[attr-defined]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_every_answer_forbids_framing_by_another_site(tmp_path: Path) -> None:
+    """Clickjacking: no page may show ours in a frame (the browser check is in test_browser.py)."""
+    with running_site(tmp_path) as site:
+        for port, path in (
+            ("page", "/"),
+            ("page", "/static/app.js"),
+            ("page", "/api/v1/jobs"),
+            ("api", "/api/v1/health"),
+            ("api", "/no-such-path"),
+        ):
+            answer = site.get(path, port=port)
+            assert answer.headers["X-Frame-Options"] == "DENY", (port, path)
+        assert "frame-ancestors 'none'" in site.get("/", port="page").headers["Content-Security-Policy"]

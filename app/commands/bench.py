@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
     parser.add_argument("--image", type=Path, default=None, help="photo to crop to each size")
     parser.add_argument("--out", type=Path, default=None, help="also write bench.md and bench.json here")
+    parser.add_argument(
+        "--gemm-size",
+        type=int,
+        default=None,
+        help="edge of the GEMM yardstick (default 4096 on a CPU, 8192 on a GPU)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    before = bench.measure_gemm(gemm_dtype, threads, device=device)
+    before = bench.measure_gemm(gemm_dtype, threads, args.gemm_size, device=device)
     print(f"{before.gflops:.0f} GFLOP/s", file=sys.stderr, flush=True)
 
     measurements = []
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             print(result.error or f"{result.median_s:.2f} s", file=sys.stderr, flush=True)
             measurements.append(result)
     bench.fill_hardware(measurements, peaks)
-    after = bench.measure_gemm(gemm_dtype, threads, device=device)
+    after = bench.measure_gemm(gemm_dtype, threads, args.gemm_size, device=device)
     gemm = bench.GemmRate(gemm_dtype, threads, before.size, (before.gflops + after.gflops) / 2, device)
     report = _report(settings.model, flops, peaks, gemm, (before, after), measurements, prices)
     print(report)
@@ -104,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
             "gemm_before_after": [before.gflops, after.gflops],
             "load_average": list(os.getloadavg()),
             "hardware": peaks.description,
-            "measurements": [m.to_dict() for m in measurements],
+            "measurements": [
+                {**m.to_dict(), "efficiency": bench.row_efficiency(m, {gemm.dtype: gemm}, flops)}
+                for m in measurements
+            ],
         }
         (args.out / "bench.json").write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     return 1 if any(m.error for m in measurements) else 0

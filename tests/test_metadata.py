@@ -1,0 +1,377 @@
+"""Every photo comes back whole: EXIF (GPS included), XMP (title, keywords, rating, people and face
+regions as Lightroom, digiKam and Immich write them), IPTC and ICC survive the restore in every output
+format that can hold them. Inputs are written by exiftool and outputs read back by exiftool, an independent
+reader (Debian's libimage-exiftool-perl, installed by `make test`), then compared tag by tag: only what
+the restore changed may differ (EXPECTED below), plus the container's own description of its pixels."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pillow_heif
+import pytest
+import tifffile
+from PIL import Image as PILImage
+from PIL import ImageCms
+
+from pipeline.imageio import apply_orientation, encode_image, load_image, output_format_for
+from pipeline.metadata import software_name, upright_xmp, xmp_for_output
+
+EXIFTOOL = shutil.which("exiftool")
+pytestmark = pytest.mark.skipif(
+    EXIFTOOL is None, reason="exiftool missing (apt-get install libimage-exiftool-perl; make test does)"
+)
+pillow_heif.register_heif_opener()  # only to WRITE test HEIC files
+
+WIDTH, HEIGHT = 32, 24  # as stored; orientation 6 turns them into a 24 x 32 upright picture
+EXTENSIONS = {
+    "jpg": ".jpg",
+    "png": ".png",
+    "webp": ".webp",
+    "tiff": ".tif",
+    "tiff16": ".tif",
+    "heic": ".heic",
+}
+
+# What the tests write into every input: one tag of each kind a photo manager keeps.
+XMP_ARGS = [
+    "-XMP-dc:Title=Grandma's garden",
+    "-XMP-dc:Description=Summer 1962",
+    "-XMP-dc:Subject=garden",
+    "-XMP-dc:Subject=family",
+    "-XMP-xmp:Rating=4",
+    "-XMP-lr:HierarchicalSubject=People|Ann",
+    "-XMP-digiKam:TagsList=People/Ann",
+    "-XMP-mwg-rs:RegionInfo={AppliedToDimensions={W=32,H=24,Unit=pixel},"
+    "RegionList=[{Area={X=0.25,Y=0.3,W=0.2,H=0.1,Unit=normalized},Name=Ann,Type=Face}]}",
+    "-XMP-MP:RegionInfoMP={Regions=[{PersonDisplayName=Ann,Rectangle=0.15|, 0.25|, 0.2|, 0.1}]}",
+    "-XMP-exif:ExifImageWidth=32",
+    "-XMP-exif:ExifImageHeight=24",
+    "-XMP-exif:GPSLatitude=48.85",
+]
+EXIF_ARGS = [
+    "-EXIF:Make=Kodak",
+    "-EXIF:Model=Instamatic",
+    "-EXIF:Artist=Ann",
+    "-EXIF:Copyright=Family archive",
+    "-EXIF:DateTimeOriginal=1962:07:14 15:30:00",
+    "-EXIF:ExifImageWidth=32",
+    "-EXIF:ExifImageHeight=24",
+    "-GPSLatitude=48.85",
+    "-GPSLatitudeRef=N",
+    "-GPSLongitude=2.35",
+    "-GPSLongitudeRef=E",
+]
+IPTC_ARGS = ["-IPTC:Keywords=garden", "-IPTC:Keywords=family", "-IPTC:Caption-Abstract=Summer 1962"]
+
+
+def orientation_args(orientation: int) -> list[str]:
+    return [f"-EXIF:Orientation#={orientation}", f"-XMP-tiff:Orientation#={orientation}"]
+
+
+# Groups that describe the file's container and its pixel storage, not the photo: each encoder writes its
+# own (JPEG's JFIF header, PNG's IHDR, WebP's RIFF, HEIC's boxes, exiftool's file facts).
+CONTAINER_GROUPS = {"ExifTool", "System", "File", "Composite", "JFIF", "PNG", "RIFF", "QuickTime", "Meta"}
+# A TIFF's IFD0 is its container as well: these say how its pixels are stored.
+TIFF_STORAGE = {
+    "ImageWidth",
+    "ImageHeight",
+    "BitsPerSample",
+    "Compression",
+    "PhotometricInterpretation",
+    "StripOffsets",
+    "SamplesPerPixel",
+    "RowsPerStrip",
+    "StripByteCounts",
+    "PlanarConfiguration",
+    "ExtraSamples",
+    "Predictor",
+}
+
+
+def expected_changes(width: int, height: int) -> dict[str, Any]:
+    """Every tag the restore may change, and its value in the output of a width x height restore of the
+    inputs above (stored 32 x 24 with orientation 6): the orientation baked into the pixels, the face
+    regions turned with them (MWG says regions apply to the stored pixels), the new pixel dimensions,
+    and the Software that wrote the file. Nothing else may differ."""
+    return {
+        "IFD0:Orientation": 1,
+        "XMP-tiff:Orientation": 1,
+        "IFD0:Software": software_name(),
+        "ExifIFD:ExifImageWidth": width,
+        "ExifIFD:ExifImageHeight": height,
+        "XMP-exif:ExifImageWidth": width,
+        "XMP-exif:ExifImageHeight": height,
+        "XMP-mwg-rs:RegionAppliedToDimensionsW": width,
+        "XMP-mwg-rs:RegionAppliedToDimensionsH": height,
+        # centre (0.25, 0.3), 0.2 x 0.1 of the stored picture, turned 90 degrees clockwise
+        "XMP-mwg-rs:RegionAreaX": 0.7,
+        "XMP-mwg-rs:RegionAreaY": 0.25,
+        "XMP-mwg-rs:RegionAreaW": 0.1,
+        "XMP-mwg-rs:RegionAreaH": 0.2,
+        "XMP-MP:RegionRectangle": "0.65, 0.15, 0.1, 0.2",
+    }
+
+
+def stored_pixels() -> np.ndarray:
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    return np.dstack([x * 8, y * 10, (x + y) * 4]).astype(np.uint8)
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def exiftool(*args: str) -> str:
+    done = subprocess.run([str(EXIFTOOL), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def photo_with_metadata(path: Path, kind: str, orientation: int = 6, extra: tuple[str, ...] = ()) -> Path:
+    """A small photo of `kind` with an ICC profile, written by Pillow / tifffile / pillow-heif, then given
+    EXIF, GPS, XMP and IPTC (where the format has a place for it) by exiftool."""
+    icc = srgb_icc()
+    pixels = stored_pixels()
+    if kind == "tiff16":
+        tifffile.imwrite(
+            path,
+            pixels.astype(np.uint16) * 257,
+            photometric="rgb",
+            extratags=[(34675, "B", len(icc), icc, True)],
+        )
+    else:
+        pil_format = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF", "heic": "HEIF"}[kind]
+        PILImage.fromarray(pixels).save(path, pil_format, icc_profile=icc, quality=95)
+    holds_iptc = kind in ("jpg", "png", "tiff", "tiff16")  # WebP and HEIC define no place for IPTC
+    args = [*XMP_ARGS, *EXIF_ARGS, *orientation_args(orientation), *(IPTC_ARGS if holds_iptc else []), *extra]
+    exiftool("-q", "-m", "-overwrite_original", *args, str(path))
+    return path
+
+
+def tags(path: Path) -> dict[str, Any]:
+    """Every tag exiftool reads (-a: duplicates too, -n: values as stored, -b: binary ones in base64),
+    keyed by family-1 group: the photo's metadata, without its container's own description."""
+    found = json.loads(exiftool("-j", "-G1", "-a", "-s", "-n", "-b", str(path)))[0]
+    kept = {}
+    for key, value in found.items():
+        group, _, name = key.partition(":")
+        if key == "SourceFile" or group in CONTAINER_GROUPS or (group == "IFD0" and name in TIFF_STORAGE):
+            continue
+        kept[key] = value
+    return kept
+
+
+def validation_warnings(path: Path) -> set[str]:
+    """exiftool's own check of the file's structure (-validate), one line per warning."""
+    lines = exiftool("-s3", "-validate", "-warning", "-a", str(path)).splitlines()
+    return set(lines[1:])  # the first line is the count
+
+
+# Pillow and tifffile write Deflate as compression 8 (Adobe's code), which exiftool's strict check calls
+# non-baseline; it says nothing about the metadata.
+DEFLATE_WARNING = "Invalid value for IFD0 tag 0x0103 Compression"
+
+
+def differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {
+        key: (before.get(key), after.get(key))
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    }
+
+
+def assert_only_expected_changes(
+    before: dict[str, Any], after: dict[str, Any], expected: dict[str, Any], dropped: set[str] = frozenset()
+) -> None:
+    """Each expected change happened (to a tag the input had), `dropped` tags are gone, nothing else moved."""
+    for key, value in expected.items():
+        if key == "IFD0:Software":
+            assert after.get(key) == value, key
+            continue
+        assert key in before, f"the input lacks {key}: the test would prove nothing"
+        found = float(after[key]) if isinstance(value, float) and key in after else after.get(key)
+        assert found == (pytest.approx(value) if isinstance(value, float) else value), (key, found)
+    for key in dropped:
+        assert key in before and key not in after, key
+    unexpected = {key: change for key, change in differences(before, after).items() if key not in expected}
+    unexpected = {key: change for key, change in unexpected.items() if key not in dropped}
+    assert unexpected == {}
+
+
+def restored_through_io(source: Path, fmt: str = "same", **options: Any) -> Path:
+    """load_image -> encode_image, the two ends of every restore, written next to the source."""
+    image = load_image(source)
+    chosen = output_format_for(image, fmt)
+    target = source.with_name(f"{source.stem}-out{'.tif' if chosen == 'tiff' else '.' + chosen}")
+    target.write_bytes(encode_image(image, chosen, **options))
+    return target
+
+
+# -- same format in and out ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["jpg", "png", "webp", "tiff", "tiff16"])
+def test_every_tag_survives_load_and_encode_in_the_same_format(kind: str, tmp_path: Path) -> None:
+    source = photo_with_metadata(tmp_path / f"photo{EXTENSIONS[kind]}", kind)
+    before = tags(source)
+    written = {"GPS:GPSLatitude", "XMP-dc:Title", "XMP-mwg-rs:RegionName", "ICC-header:ProfileVersion"}
+    assert written | ({"IPTC:Keywords"} if kind != "webp" else set()) <= set(before)
+    output = restored_through_io(source)
+    assert_only_expected_changes(before, tags(output), expected_changes(HEIGHT, WIDTH))
+    assert validation_warnings(output) <= validation_warnings(source) | {DEFLATE_WARNING}
+
+
+def test_heic_written_as_jpeg_keeps_exif_xmp_and_icc(tmp_path: Path) -> None:
+    """HEIC turns a picture with its own boxes (irot/imir), not with EXIF Orientation, so it is stored
+    upright here (orientation 1); pillow-heif drops XMP's tiff:Orientation while reading, and 1 is what
+    it would say."""
+    source = photo_with_metadata(tmp_path / "photo.heic", "heic", orientation=1)
+    before = tags(source)
+    output = restored_through_io(source)
+    assert output.suffix == ".jpg"
+    after = tags(output)
+    assert after.get("XMP-tiff:Orientation", 1) == 1
+    after.pop("XMP-tiff:Orientation", None)
+    before.pop("XMP-tiff:Orientation")
+    unchanged = {"IFD0:Software": software_name()}
+    assert_only_expected_changes(before, after, unchanged)
+
+
+# -- other formats out -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "tiff"])
+def test_a_jpeg_written_as_another_format_keeps_what_that_format_can_hold(fmt: str, tmp_path: Path) -> None:
+    source = photo_with_metadata(tmp_path / "photo.jpg", "jpg")
+    before = tags(source)
+    after = tags(restored_through_io(source, fmt))
+    dropped = set()
+    if fmt == "webp":  # WebP has EXIF, XMP and ICC chunks, and no place for IPTC
+        dropped = {key for key in before if key.startswith("IPTC:")}
+    if fmt == "tiff":  # how a JPEG stores its YCbCr samples; an RGB TIFF has none
+        dropped = {"IFD0:YCbCrPositioning"}
+    assert_only_expected_changes(before, after, expected_changes(HEIGHT, WIDTH), dropped)
+
+
+# -- what the restore changes, and only that ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_face_regions_turn_with_the_pixels_for_every_orientation(orientation: int, tmp_path: Path) -> None:
+    """A white box drawn where the regions say a face is, in the stored pixels: after the picture is
+    turned upright, exiftool must read both kinds of region (MWG centre + size, Microsoft corner + size)
+    exactly where the box now is."""
+    x0, x1, y0, y1 = 4, 12, 6, 10
+    stored = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    stored[y0:y1, x0:x1] = 255
+    source = tmp_path / "faces.png"
+    PILImage.fromarray(stored).save(source)
+    area = (
+        f"X={(x0 + x1) / 2 / WIDTH},Y={(y0 + y1) / 2 / HEIGHT},W={(x1 - x0) / WIDTH},H={(y1 - y0) / HEIGHT}"
+    )
+    rectangle = f"{x0 / WIDTH}|, {y0 / HEIGHT}|, {(x1 - x0) / WIDTH}|, {(y1 - y0) / HEIGHT}"
+    exiftool(
+        "-q",
+        "-overwrite_original",
+        f"-EXIF:Orientation#={orientation}",
+        f"-XMP-mwg-rs:RegionInfo={{RegionList=[{{Area={{{area},Unit=normalized}},Name=Ann,Type=Face}}]}}",
+        f"-XMP-MP:RegionInfoMP={{Regions=[{{PersonDisplayName=Ann,Rectangle={rectangle}}}]}}",
+        str(source),
+    )
+    upright = load_image(source).pixels
+    np.testing.assert_array_equal(upright, apply_orientation(stored, orientation))
+    rows, columns = np.nonzero(upright[:, :, 0])
+    height, width = upright.shape[:2]
+    left, top = columns.min() / width, rows.min() / height
+    box_width, box_height = (columns.max() + 1) / width - left, (rows.max() + 1) / height - top
+    after = tags(restored_through_io(source))
+    assert float(after["XMP-mwg-rs:RegionAreaX"]) == pytest.approx(left + box_width / 2, abs=1e-6)
+    assert float(after["XMP-mwg-rs:RegionAreaY"]) == pytest.approx(top + box_height / 2, abs=1e-6)
+    assert float(after["XMP-mwg-rs:RegionAreaW"]) == pytest.approx(box_width, abs=1e-6)
+    assert float(after["XMP-mwg-rs:RegionAreaH"]) == pytest.approx(box_height, abs=1e-6)
+    rectangle_after = [float(part) for part in after["XMP-MP:RegionRectangle"].split(",")]
+    assert rectangle_after == pytest.approx([left, top, box_width, box_height], abs=1e-6)
+
+
+def test_exif_is_kept_byte_for_byte_apart_from_what_the_restore_changed(tmp_path: Path) -> None:
+    """Edited in place: maker notes, whose offsets point into the block, stay valid; the only bytes of
+    the input's block that change are the orientation, the two dimensions and the pointer to the IFD
+    that gained a Software entry (appended after the old block)."""
+    source = photo_with_metadata(tmp_path / "photo.jpg", "jpg")
+    before = PILImage.open(source).info["exif"]
+    after = PILImage.open(restored_through_io(source)).info["exif"]
+    changed = [index for index in range(len(before)) if before[index] != after[index]]
+    assert 0 < len(changed) <= 4 + 3 * 2  # header pointer, orientation, two SHORT dimensions
+    assert len(after) > len(before)
+
+
+def test_strip_gps_removes_the_position_from_exif_and_xmp_and_leaves_no_trace(tmp_path: Path) -> None:
+    source = photo_with_metadata(tmp_path / "photo.jpg", "jpg")
+    before = tags(source)
+    output = restored_through_io(source, strip_gps=True)
+    latitude = struct.pack(">6I", 48, 1, 51, 1, 0, 1)  # 48 deg 51' as EXIF rationals, big-endian
+    assert latitude in source.read_bytes() and latitude not in output.read_bytes()
+    assert b"48,51" in source.read_bytes() and b"48,51" not in output.read_bytes()  # XMP's GPSLatitude
+    gps = {key for key in before if key.startswith("GPS:") or key.startswith("XMP-exif:GPS")}
+    assert_only_expected_changes(before, tags(output), expected_changes(HEIGHT, WIDTH), dropped=gps)
+
+
+def test_xmp_over_64_kb_survives_as_extended_xmp_and_in_every_format(tmp_path: Path) -> None:
+    description = tmp_path / "description.txt"
+    description.write_text("A long story of the garden. " * 4000)  # 112 KB: beyond one JPEG segment
+    source = photo_with_metadata(
+        tmp_path / "photo.jpg", "jpg", extra=(f"-XMP-dc:Description<={description}",)
+    )
+    before = tags(source)
+    assert "XMP-xmpNote:HasExtendedXMP" in before and len(before["XMP-dc:Description"]) > 100_000
+    expected = expected_changes(HEIGHT, WIDTH)
+    assert_only_expected_changes(before, tags(restored_through_io(source)), expected)
+    as_png = restored_through_io(source, "png")  # no 64 KB limit: one packet, no pointer
+    assert_only_expected_changes(before, tags(as_png), expected, dropped={"XMP-xmpNote:HasExtendedXMP"})
+    back_to_jpeg = tags(restored_through_io(as_png, "jpg"))  # split again: nothing is cut off
+    assert back_to_jpeg.pop("XMP-xmpNote:HasExtendedXMP")
+    assert_only_expected_changes(before, back_to_jpeg, expected, dropped={"XMP-xmpNote:HasExtendedXMP"})
+
+
+def test_xmp_edits_keep_the_packet_size_through_its_padding() -> None:
+    packet = (
+        b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description rdf:about="" xmlns:tiff="http://ns.adobe.com/tiff/1.0/"'
+        b' xmlns:exif="http://ns.adobe.com/exif/1.0/" tiff:Orientation="6">'
+        b"<exif:PixelXDimension>32</exif:PixelXDimension><exif:PixelYDimension>24</exif:PixelYDimension>"
+        b"</rdf:Description></rdf:RDF></x:xmpmeta>\n" + (b" " * 99 + b"\n") * 20 + b'<?xpacket end="w"?>'
+    )
+    upright = upright_xmp(packet, 6)
+    restored = xmp_for_output(upright, 12000, 16000, strip_gps=False)
+    assert len(upright) == len(restored) == len(packet)
+    assert b'tiff:Orientation="1"' in restored
+    assert b"<exif:PixelXDimension>12000</exif:PixelXDimension>" in restored
+    assert b"<exif:PixelYDimension>16000</exif:PixelYDimension>" in restored
+
+
+def test_damaged_metadata_never_costs_the_picture() -> None:
+    buffer = io.BytesIO()
+    PILImage.fromarray(stored_pixels()).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    damaged = [
+        b"Photoshop 3.0\x00" + b"8BIM\x04\x04\x00\x00\xff\xff\xff\xff" + b"\x1c" * 20,  # size past the end
+        b"http://ns.adobe.com/xmp/extension/\x00" + b"0" * 10,  # extended XMP cut inside its header
+        b"Exif\x00\x00MM\x00*\x00\x00\xff\xff",  # IFD0 beyond the block
+        b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta tiff:Orientation='6'",  # not XML at all
+    ]
+    for payload in damaged:
+        marker = b"\xff\xed" if payload.startswith(b"Photoshop") else b"\xff\xe1"
+        file = data[:2] + marker + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+        image = load_image(file)
+        assert image.pixels.shape == (HEIGHT, WIDTH, 3)
+        for fmt in ("jpg", "png", "webp", "tiff"):
+            assert load_image(encode_image(image, fmt)).pixels.shape == (HEIGHT, WIDTH, 3)

@@ -55,6 +55,8 @@ _EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 0x8769, 0x8825, 0xA005
 _PIXEL_X, _PIXEL_Y = 0xA002, 0xA003
 _XMP_TAG, _IPTC_TAG, _PHOTOSHOP_TAG, _ICC_TAG = 700, 33723, 34377, 34675
 _SUB_IFDS = (_EXIF_IFD, _GPS_IFD, _INTEROP_IFD)
+_IMAGE_SOURCE_DATA = 37724  # Photoshop's layers in a TIFF: pixels of the old picture, not a description
+_MAX_COPIED = 16 << 20  # EXIF values copied between structures; real photos carry well under 1 MB
 # Tags that describe how a TIFF's pixels are stored: they belong to the encoder that wrote them, never to
 # the metadata copied from the input (an EXIF block's IFD0 of a JPEG holds thumbnail pointers, a TIFF's
 # its strips).
@@ -147,6 +149,7 @@ class _TiffStructure:
             raise ValueError("not a classic TIFF structure")
         self.order = "<" if self.data[:2] == b"II" else ">"
         self.base = base
+        self.copied = 0  # value bytes copied into this structure from another (_copy_entries)
         if base:
             self.data = bytearray()
 
@@ -327,7 +330,7 @@ def exif_from_tiff_file(data: bytes) -> bytes | None:
         target = _TiffStructure(
             b"II*\x00\x08\x00\x00\x00" if source.order == "<" else b"MM\x00*\x00\x00\x00\x08"
         )
-        skip = _STRUCTURAL_TAGS | {_XMP_TAG, _IPTC_TAG, _PHOTOSHOP_TAG, _ICC_TAG}
+        skip = _STRUCTURAL_TAGS | {_XMP_TAG, _IPTC_TAG, _PHOTOSHOP_TAG, _ICC_TAG, _IMAGE_SOURCE_DATA}
         entries = _copy_entries(source, source.first_ifd, target, skip)
     except (ValueError, struct.error):
         return None
@@ -351,13 +354,18 @@ def _copy_entries(
             child = source.sub_ifd(ifd, entry.tag)
             if child is None:
                 continue
-            child_entries = _copy_entries(source, child, target, frozenset())
+            # Exif holds Interop; nothing deeper is followed, so an IFD pointing at itself ends here.
+            below = frozenset({_EXIF_IFD, _GPS_IFD}) if entry.tag == _EXIF_IFD else frozenset(_SUB_IFDS)
+            child_entries = _copy_entries(source, child, target, below)
             table = (
                 struct.pack(target.order + "H", len(child_entries)) + b"".join(child_entries) + b"\x00" * 4
             )
             field = struct.pack(target.order + "I", target.append(table))
             copied.append(target.entry_bytes(entry.tag, _LONG, 1, field))
             continue
+        target.copied += entry.size
+        if target.copied > _MAX_COPIED:  # entries may all point at the same huge value: bounded work
+            raise ValueError("EXIF values larger than any photo's")
         payload = _convert_order(source.raw_value(entry), entry.type, source.order, target.order)
         copied.append(
             target.entry_bytes(entry.tag, entry.type, entry.count, target.value_field(entry.type, payload))
@@ -394,12 +402,15 @@ _NS_AREA = b"http://ns.adobe.com/xmp/sType/Area#"
 _NS_DIMENSIONS = b"http://ns.adobe.com/xap/1.0/sType/Dimensions#"
 _NS_MP_REGION = b"http://ns.microsoft.com/photo/1.2/t/Region#"
 _NS_XMP_NOTE = b"http://ns.adobe.com/xmp/note/"
-_NUMBER = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# Every pattern below bounds what it may scan from one starting point (a value is at most _VALUE bytes), so
+# a hostile packet of many megabytes costs linear time, never a quadratic backtrack.
+_VALUE = 256
+_ATTRIBUTE_VALUE = rb"""(["'])([^"'<>]{0,%d})\2""" % _VALUE
 
 
 def _prefixes(packet: bytes, namespace: bytes) -> list[bytes]:
     """The prefixes a packet binds to `namespace` (usually one: tiff, exif, mwg-rs...)."""
-    pattern = rb"""xmlns:([\w.-]+)\s*=\s*["']""" + re.escape(namespace) + rb"""["']"""
+    pattern = rb"""xmlns:([\w.-]{1,64})\s{0,8}=\s{0,8}["']""" + re.escape(namespace) + rb"""["']"""
     return sorted(set(re.findall(pattern, packet)))
 
 
@@ -411,11 +422,13 @@ def _edit_property(
     value and returns the new one (None leaves it). Nothing else in the packet moves."""
     for prefix in _prefixes(packet, namespace):
         qualified = re.escape(prefix + b":" + name)
-        attribute = re.compile(rb"(\s" + qualified + rb"""\s*=\s*)(["'])(.*?)\2""", re.S)
-        element = re.compile(rb"(<" + qualified + rb">)([^<]*)(</" + qualified + rb">)")
+        # Patterns start with the name itself so the regex engine skips ahead by plain search; the
+        # attribute's leading space is checked by hand (_after_space).
+        attribute = re.compile(rb"(" + qualified + rb"\s{0,8}=\s{0,8})" + _ATTRIBUTE_VALUE)
+        element = re.compile(rb"(<" + qualified + rb">)([^<]{0,%d})(</" % _VALUE + qualified + rb">)")
 
         def in_attribute(match: re.Match[bytes]) -> bytes:
-            new = edit(match.group(3))
+            new = edit(match.group(3)) if _after_space(match) else None
             return match.group(0) if new is None else match.group(1) + match.group(2) + new + match.group(2)
 
         def in_element(match: re.Match[bytes]) -> bytes:
@@ -424,6 +437,11 @@ def _edit_property(
 
         packet = element.sub(in_element, attribute.sub(in_attribute, packet))
     return packet
+
+
+def _after_space(match: re.Match[bytes]) -> bool:
+    """Whether a match starts a new attribute (not the tail of a longer name such as xtiff:Orientation)."""
+    return match.start() > 0 and match.string[match.start() - 1 : match.start()].isspace()
 
 
 def _set_to(value: int) -> Callable[[bytes], bytes | None]:
@@ -463,32 +481,30 @@ def xmp_for_output(packet: bytes, width: int, height: int, strip_gps: bool) -> b
 
 def _remove_gps_properties(packet: bytes) -> bytes:
     for prefix in _prefixes(packet, _NS_EXIF):
-        name = re.escape(prefix) + rb":GPS\w+"
-        packet = re.sub(rb"\s" + name + rb"""\s*=\s*(["']).*?\1""", b"", packet, flags=re.S)
-        packet = re.sub(
-            rb"<(" + name + rb")\b[^>]*/>|<(" + name + rb")\b[^>]*>.*?</\2>", b"", packet, flags=re.S
-        )
+        name = re.escape(prefix) + rb":GPS\w{0,64}"
+        attribute = re.compile(name + rb"\s{0,8}=\s{0,8}" + _ATTRIBUTE_VALUE)
+        packet = attribute.sub(lambda match: b"" if _after_space(match) else match.group(0), packet)
+        bounded = rb"[^<>]{0,%d}" % _VALUE
+        packet = re.sub(rb"<(" + name + rb")\b" + bounded + rb">" + bounded + rb"</\1>", b"", packet)
     return packet
-
-
-_PADDING = re.compile(rb"([ \t\r\n]*)(<\?xpacket end=)")
 
 
 def _same_length(edited: bytes, length: int) -> bytes:
     """Take from (or give to) the packet's trailing padding what an edit added (or removed), so the
     packet keeps its size where it can: XMP's padding exists for exactly this in-place editing."""
     change = len(edited) - length
-    match = _PADDING.search(edited)
-    if change == 0 or match is None:
+    end = edited.rfind(b"<?xpacket end=")
+    if change == 0 or end < 0:
         return edited
-    padding = match.group(1)
+    start = len(edited[:end].rstrip(b" \t\r\n"))
+    padding = edited[start:end]
     if change > 0:
         if b" " * change not in padding:
             return edited
         padding = padding.replace(b" " * change, b"", 1)
     else:
         padding += b" " * -change
-    return edited[: match.start(1)] + padding + edited[match.end(1) :]
+    return edited[:start] + padding + edited[end:]
 
 
 def _format(value: float) -> bytes:
@@ -530,29 +546,48 @@ def _turn_mwg_regions(packet: bytes, orientation: int) -> bytes:
     """Each normalised mwg-rs:Area (centre x, y and size w, h) turned with the pixels."""
     for region_prefix in _prefixes(packet, _NS_MWG_REGIONS):
         for area_prefix in _prefixes(packet, _NS_AREA):
-            area = re.escape(region_prefix + b":Area")
-            block = re.compile(rb"<" + area + rb"\b[^>]*?/>|<" + area + rb"\b.*?</" + area + rb">", re.S)
-            packet = block.sub(
-                lambda match, prefix=area_prefix: _turn_area(match.group(0), prefix, orientation), packet
+            packet = _each_element(
+                packet,
+                region_prefix + b":Area",
+                lambda block, p=area_prefix: _turn_area(block, p, orientation),
             )
     return packet
+
+
+def _each_element(packet: bytes, name: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """`edit` applied to each <name .../> or <name ...>...</name> element, found by plain searches (one
+    pass over the packet; an element left open ends the walk)."""
+    opener = re.compile(rb"<" + re.escape(name) + rb"[\s/>]")
+    closer = b"</" + name + b">"
+    pieces, position = [], 0
+    while (found := opener.search(packet, position)) is not None:
+        tag_end = packet.find(b">", found.start())
+        if tag_end < 0:
+            break
+        end = tag_end + 1 if packet[tag_end - 1 : tag_end] == b"/" else packet.find(closer, tag_end)
+        if end < 0:
+            break
+        end = end if packet[tag_end - 1 : tag_end] == b"/" else end + len(closer)
+        pieces += [packet[position : found.start()], edit(packet[found.start() : end])]
+        position = end
+    return b"".join([*pieces, packet[position:]])
 
 
 def _turn_area(block: bytes, prefix: bytes, orientation: int) -> bytes:
     fields: dict[bytes, float] = {}
     for name in (b"x", b"y", b"w", b"h", b"unit"):
         qualified = re.escape(prefix + b":" + name)
-        found = re.search(rb"""\s""" + qualified + rb"""\s*=\s*["']([^"']*)["']""", block) or re.search(
-            rb"<" + qualified + rb">([^<]*)<", block
-        )
-        if found is None:
+        attribute = re.search(rb"\s" + qualified + rb"\s{0,8}=\s{0,8}" + _ATTRIBUTE_VALUE, block)
+        element = re.search(rb"<" + qualified + rb">([^<]{0,%d})<" % _VALUE, block)
+        value = attribute.group(2) if attribute else element.group(1) if element else None
+        if value is None:
             return block
         if name == b"unit":
-            if found.group(1).strip() != b"normalized":
+            if value.strip() != b"normalized":
                 return block  # pixel areas would need the stored size; not written by any tool we know
             continue
         try:
-            fields[name] = float(found.group(1))
+            fields[name] = float(value)
         except ValueError:
             return block
     x, y, w, h = fields[b"x"], fields[b"y"], fields[b"w"], fields[b"h"]
@@ -561,12 +596,12 @@ def _turn_area(block: bytes, prefix: bytes, orientation: int) -> bytes:
     for name, value in new.items():
         qualified = re.escape(prefix + b":" + name)
         block = re.sub(
-            rb"""(\s""" + qualified + rb"""\s*=\s*["'])[^"']*(["'])""",
+            rb"""(\s""" + qualified + rb"""\s{0,8}=\s{0,8}["'])[^"'<>]{0,%d}(["'])""" % _VALUE,
             lambda match, v=value: match.group(1) + _format(v) + match.group(2),
             block,
         )
         block = re.sub(
-            rb"(<" + qualified + rb">)[^<]*(<)",
+            rb"(<" + qualified + rb">)[^<]{0,%d}(<)" % _VALUE,
             lambda match, v=value: match.group(1) + _format(v) + match.group(2),
             block,
         )
@@ -579,15 +614,17 @@ def merge_extended_xmp(standard: bytes, extended: bytes | None) -> bytes:
     xmpNote:HasExtendedXMP pointer (now pointing nowhere) removed."""
     if not extended:
         return standard
-    descriptions = re.search(rb"<rdf:RDF\b[^>]*>(.*)</rdf:RDF>", extended, re.S)
+    opening = extended.find(b"<rdf:RDF")
+    start = extended.find(b">", opening) + 1 if opening >= 0 else 0
+    end = extended.rfind(b"</rdf:RDF>")
     closing = standard.rfind(b"</rdf:RDF>")
-    if descriptions is None or closing < 0:
+    if opening < 0 or start <= 0 or end < start or closing < 0:
         return standard
-    merged = standard[:closing] + descriptions.group(1) + standard[closing:]
+    merged = standard[:closing] + extended[start:end] + standard[closing:]
     for prefix in _prefixes(merged, _NS_XMP_NOTE):
         note = re.escape(prefix + b":HasExtendedXMP")
-        merged = re.sub(rb"\s" + note + rb"""\s*=\s*(["']).*?\1""", b"", merged)
-        merged = re.sub(rb"<" + note + rb">[^<]*</" + note + rb">", b"", merged)
+        merged = re.sub(rb"\s" + note + rb"\s{0,8}=\s{0,8}" + _ATTRIBUTE_VALUE, b"", merged)
+        merged = re.sub(rb"<" + note + rb">[^<]{0,%d}</" % _VALUE + note + rb">", b"", merged)
     return merged
 
 
@@ -688,7 +725,7 @@ def _extended_xmp(
 ) -> bytes | None:
     if not xmp or not chunks:
         return None
-    named = re.search(rb"""HasExtendedXMP\s*(?:=\s*["']|>)([0-9A-Fa-f]{32})""", xmp)
+    named = re.search(rb"""HasExtendedXMP\s{0,8}(?:=\s{0,8}["']|>)([0-9A-Fa-f]{32})""", xmp)
     guid = named.group(1).upper() if named else None
     pieces = chunks.get(guid or b"", {})
     joined = b"".join(pieces[offset] for offset in sorted(pieces))
@@ -743,7 +780,7 @@ def _xmp_segments(xmp: bytes | None, extended: bytes | None) -> list[bytes]:
 def _with_extended_guid(xmp: bytes, guid: bytes) -> bytes:
     """The standard packet naming the extended part's GUID (its MD5): updated where it is named, or a
     minimal packet that names it when the whole XMP moved to the extended part."""
-    named = re.compile(rb"""(HasExtendedXMP\s*(?:=\s*["']|>))[0-9A-Fa-f]{32}""")
+    named = re.compile(rb"""(HasExtendedXMP\s{0,8}(?:=\s{0,8}["']|>))[0-9A-Fa-f]{32}""")
     if named.search(xmp):
         return named.sub(lambda match: match.group(1) + guid, xmp)
     return (

@@ -375,3 +375,112 @@ def test_damaged_metadata_never_costs_the_picture() -> None:
         assert image.pixels.shape == (HEIGHT, WIDTH, 3)
         for fmt in ("jpg", "png", "webp", "tiff"):
             assert load_image(encode_image(image, fmt)).pixels.shape == (HEIGHT, WIDTH, 3)
+
+
+# -- through the real restore: the command line and the daemon's worker ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test_cli_restore's state dir: the embedded network is converted and compiled once per session."""
+    return tmp_path_factory.getbasetemp() / "restorer-state"
+
+
+def test_restorer_restore_keeps_every_tag_of_a_jpeg(tmp_path: Path, state_dir: Path) -> None:
+    """`restorer restore` end to end (the real embedded network, the fast one): the 4x output holds
+    everything the input held, with the new size."""
+    from app.cli import main
+
+    (tmp_path / "in").mkdir()
+    source = photo_with_metadata(tmp_path / "in" / "photo.jpg", "jpg")
+    out = tmp_path / "out"
+    args = ["restore", str(source), "-o", str(out), "--model", "realesr-animevideov3", "--no-face"]
+    assert main([*args, "--state-dir", str(state_dir), "--weights-dir", str(state_dir / "weights")]) == 0
+    output = out / "photo.jpg"
+    assert PILImage.open(output).size == (HEIGHT * 4, WIDTH * 4)
+    assert_only_expected_changes(tags(source), tags(output), expected_changes(HEIGHT * 4, WIDTH * 4))
+
+
+class SmallNetworkProcessor:
+    """The daemon's per-file path (pipeline.restore_bytes: decode, restore, encode) with a small numpy
+    network standing in for the real one, which the command-line test above runs."""
+
+    def __init__(self, settings: Any) -> None:
+        from pipeline import Restorer
+        from tests.fake_upscalers import ConvStackUpscaler
+
+        self._restorer = Restorer(
+            settings.engine_config(), upscaler_loader=lambda *_: ConvStackUpscaler(scale=4, layers=2)
+        )
+
+    def warm_up(self, options: Any) -> dict[str, Any]:
+        return {"backend": "numpy", "device": "cpu", "precision": "fp32", "reason": "test network"}
+
+    def process(self, data: bytes, options: Any, on_progress: Any) -> Any:
+        from daemon.worker import Processed
+        from pipeline import restore_bytes
+
+        restored = restore_bytes(self._restorer, data, options.replace(faces=False), max_pixels=10**6)
+        return Processed(restored.data, restored.format, restored.report.to_dict())
+
+    def extension(self, fmt: str) -> str:
+        from pipeline import FORMAT_EXTENSIONS
+
+        return FORMAT_EXTENSIONS[fmt]
+
+
+def test_the_daemon_worker_publishes_a_16bit_tiff_with_every_tag(tmp_path: Path) -> None:
+    """A job through the daemon's worker, on real folders and a real store, published to the outbox."""
+    from tests.daemon_support import make_settings
+    from tests.test_worker import Rig
+
+    source = photo_with_metadata(tmp_path / "photo.tif", "tiff16")
+    rig = Rig(tmp_path / "daemon", SmallNetworkProcessor(make_settings(tmp_path / "daemon")))
+    try:
+        rig.drop("album/photo.tif", source.read_bytes())
+        job = rig.run()
+    finally:
+        rig.store.close()
+    assert job.state == "done", job.error
+    output = Path(rig.settings.outbox) / "album" / "photo.tif"
+    assert tifffile.imread(output).dtype == np.uint16
+    assert_only_expected_changes(tags(source), tags(output), expected_changes(HEIGHT * 4, WIDTH * 4))
+
+
+def hostile_exif(entries: int = 2000) -> bytes:
+    """IFD0 turned 90 degrees, whose Exif IFD is IFD0 itself, and whose other entries each claim the
+    whole block as their value: naive copying would follow the loop forever or copy it 2000 times."""
+    size = 8 + 2 + 12 * entries + 4
+    table = [struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0), struct.pack(">HHII", 0x8769, 4, 1, 8)]
+    table += [struct.pack(">HHII", 0xC000 + index, 7, size, 0) for index in range(entries - 2)]
+    return b"MM\x00*" + struct.pack(">IH", 8, entries) + b"".join(table) + b"\x00" * 4
+
+
+def hostile_xmp(repeat: int = 20_000) -> bytes:
+    """Megabytes of elements and attributes that never close, where a careless pattern backtracks
+    quadratically, around the namespaces that make the region and orientation edits run."""
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:mwg-rs="http://www.metadataworkinggroup.com/schemas/regions/"'
+        b' xmlns:stArea="http://ns.adobe.com/xmp/sType/Area#" xmlns:tiff="http://ns.adobe.com/tiff/1.0/"'
+        b' xmlns:exif="http://ns.adobe.com/exif/1.0/" xmlns:stDim="http://ns.adobe.com/xap/1.0/sType/Dimensions#">'
+        + b"<mwg-rs:Area>" * repeat
+        + b' tiff:Orientation="' * repeat
+        + b" <exif:GPSLatitude " * repeat
+        + b"<stDim:w>" * repeat
+        + b" " * (1 << 20)
+        + b"<?xpacket end="
+    )
+
+
+@pytest.mark.timeout(60)
+def test_hostile_metadata_costs_bounded_work_and_never_the_picture() -> None:
+    from pipeline.metadata import OutputMetadata, png_with_metadata
+
+    buffer = io.BytesIO()
+    PILImage.fromarray(stored_pixels()).save(buffer, "PNG")
+    data = png_with_metadata(buffer.getvalue(), OutputMetadata(exif=hostile_exif(), xmp=hostile_xmp()))
+    image = load_image(data)
+    assert image.pixels.shape == (WIDTH, HEIGHT, 3)  # the orientation was still read and applied
+    for fmt in ("jpg", "png", "webp", "tiff"):
+        assert load_image(encode_image(image, fmt, strip_gps=True)).pixels.shape == (WIDTH, HEIGHT, 3)

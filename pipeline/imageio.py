@@ -7,16 +7,18 @@ Reading (`load_image`) checks, in this order, so that no input can crash or hang
   LOAD_TRUNCATED_IMAGES forced off, so a half-loaded file is refused instead of being padded with grey.
 
 What is kept: 16-bit depth (PNG/TIFF, decoded with OpenCV/tifffile because Pillow reduces 16-bit colour
-to 8 bits), grayscale, alpha, the ICC profile and EXIF. EXIF orientation is applied to the pixels (all
+to 8 bits), grayscale, alpha, the ICC profile and the metadata (EXIF, XMP, IPTC, Photoshop resources:
+captured here, edited and written by pipeline/metadata.py). EXIF orientation is applied to the pixels (all
 8 cases) and reset to 1, so the output is upright everywhere. What is converted, each with a note in
 Image.notes: palette -> RGB(A), 1-bit -> 8-bit gray, CMYK -> RGB (through its ICC profile when it has
 one, which is then dropped because it describes CMYK), 32-bit int / float gray -> 16-bit, animated
 GIF/WebP and multi-page TIFF -> first frame.
 
-Writing (`encode_image`) produces PNG, JPEG, WebP or TIFF bytes with ICC and EXIF (GPS optionally
-removed). Output format "same" keeps the input's format except HEIC -> JPEG (Pillow has no HEIC writer we
-can rely on, and JPEG opens everywhere; PNG when there is alpha) and GIF/BMP -> PNG (GIF's 256 colours
-would destroy the upscaled picture; BMP is uncompressed and 16x larger after a 4x upscale).
+Writing (`encode_image`) produces PNG, JPEG, WebP or TIFF bytes with the ICC profile and the metadata
+(GPS optionally removed) in each format's own place, updated to the output's size. Output format "same"
+keeps the input's format except HEIC -> JPEG (Pillow has no HEIC writer we can rely on, and JPEG opens
+everywhere; PNG when there is alpha) and GIF/BMP -> PNG (GIF's 256 colours would destroy the upscaled
+picture; BMP is uncompressed and 16x larger after a 4x upscale).
 """
 
 from __future__ import annotations
@@ -556,6 +558,7 @@ def format_notes(image: Image, fmt: str) -> list[str]:
         notes.append(f"HEIC input written as {fmt.upper()} (no portable HEIC writer; opens everywhere)")
     if image.source_format in ("gif", "bmp") and fmt == "png":
         notes.append(f"{image.source_format.upper()} input written as PNG (lossless, keeps every colour)")
+    notes += metadata.lost_notes(fmt, image.width, image.height, image.exif, image.iptc, image.photoshop)
     return notes
 
 

@@ -123,6 +123,22 @@ def for_output(
     )
 
 
+def lost_notes(
+    fmt: str, width: int, height: int, exif: bytes | None, iptc: bytes | None, photoshop: bytes | None
+) -> list[str]:
+    """What an output format cannot hold of the metadata, in words for the report (never dropped
+    silently)."""
+    notes = []
+    if fmt == "webp" and (iptc or photoshop):
+        notes.append(
+            "WebP has no place for IPTC or Photoshop resources: those not written (EXIF, XMP, ICC are)"
+        )
+    written = exif_for_output(exif, width, height, strip_gps=False) if exif else None
+    if fmt == "jpg" and written and len(EXIF_PREFIX) + len(written) > JPEG_SEGMENT_MAX:
+        notes.append("EXIF larger than a JPEG segment holds (64 KB): not written (XMP, IPTC, ICC are)")
+    return notes
+
+
 # ------------------------------------------------------------------------------------------ TIFF structure
 
 

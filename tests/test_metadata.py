@@ -21,7 +21,7 @@ import tifffile
 from PIL import Image as PILImage
 from PIL import ImageCms
 
-from pipeline.imageio import apply_orientation, encode_image, load_image, output_format_for
+from pipeline.imageio import apply_orientation, encode_image, format_notes, load_image, output_format_for
 from pipeline.metadata import software_name, upright_xmp, xmp_for_output
 
 EXIFTOOL = shutil.which("exiftool")
@@ -70,6 +70,8 @@ EXIF_ARGS = [
     "-GPSLongitudeRef=E",
 ]
 IPTC_ARGS = ["-IPTC:Keywords=garden", "-IPTC:Keywords=family", "-IPTC:Caption-Abstract=Summer 1962"]
+# Photoshop's other image resources beside the IPTC one (exiftool writes them in JPEG and PNG only).
+PHOTOSHOP_ARGS = ["-Photoshop:IPTCDigest=new", "-Photoshop:URL=https://example.org/archive"]
 
 
 def orientation_args(orientation: int) -> list[str]:
@@ -151,7 +153,8 @@ def photo_with_metadata(path: Path, kind: str, orientation: int = 6, extra: tupl
         pil_format = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "tiff": "TIFF", "heic": "HEIF"}[kind]
         PILImage.fromarray(pixels).save(path, pil_format, icc_profile=icc, quality=95)
     holds_iptc = kind in ("jpg", "png", "tiff", "tiff16")  # WebP and HEIC define no place for IPTC
-    args = [*XMP_ARGS, *EXIF_ARGS, *orientation_args(orientation), *(IPTC_ARGS if holds_iptc else []), *extra]
+    args = [*XMP_ARGS, *EXIF_ARGS, *orientation_args(orientation), *(IPTC_ARGS if holds_iptc else [])]
+    args += [*(PHOTOSHOP_ARGS if kind in ("jpg", "png") else []), *extra]
     exiftool("-q", "-m", "-overwrite_original", *args, str(path))
     return path
 
@@ -223,7 +226,9 @@ def test_every_tag_survives_load_and_encode_in_the_same_format(kind: str, tmp_pa
     source = photo_with_metadata(tmp_path / f"photo{EXTENSIONS[kind]}", kind)
     before = tags(source)
     written = {"GPS:GPSLatitude", "XMP-dc:Title", "XMP-mwg-rs:RegionName", "ICC-header:ProfileVersion"}
-    assert written | ({"IPTC:Keywords"} if kind != "webp" else set()) <= set(before)
+    written |= {"IPTC:Keywords"} if kind != "webp" else set()
+    written |= {"Photoshop:URL"} if kind in ("jpg", "png") else set()
+    assert written <= set(before)
     output = restored_through_io(source)
     assert_only_expected_changes(before, tags(output), expected_changes(HEIGHT, WIDTH))
     assert validation_warnings(output) <= validation_warnings(source) | {DEFLATE_WARNING}
@@ -254,8 +259,10 @@ def test_a_jpeg_written_as_another_format_keeps_what_that_format_can_hold(fmt: s
     before = tags(source)
     after = tags(restored_through_io(source, fmt))
     dropped = set()
-    if fmt == "webp":  # WebP has EXIF, XMP and ICC chunks, and no place for IPTC
-        dropped = {key for key in before if key.startswith("IPTC:")}
+    if fmt == "webp":  # WebP has EXIF, XMP and ICC chunks, and no place for IPTC or Photoshop resources
+        dropped = {key for key in before if key.startswith(("IPTC:", "Photoshop:"))}
+    notes = format_notes(load_image(source), fmt)
+    assert any("no place for IPTC" in note for note in notes) == (fmt == "webp")
     if fmt == "tiff":  # how a JPEG stores its YCbCr samples; an RGB TIFF has none
         dropped = {"IFD0:YCbCrPositioning"}
     assert_only_expected_changes(before, after, expected_changes(HEIGHT, WIDTH), dropped)

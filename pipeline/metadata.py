@@ -251,7 +251,7 @@ class _TiffStructure:
             end = offset + 2 + 12 * old_count + 4
             self.data[offset:end] = table.ljust(end - offset, b"\x00")
             return offset
-        position = self.append(table)
+        position = self.append(table)  # the old table stays as unreferenced bytes: nothing else moves
         if pointer_position is not None:
             self.pack_into("I", pointer_position, position)
         return position
@@ -307,10 +307,15 @@ def _update_number(tiff: _TiffStructure, ifd: int, tag: int, value: int) -> None
 
 
 def _set_software(tiff: _TiffStructure, name: str) -> None:
-    """Point IFD0's Software at `name` (appended; the old string's bytes are left unreferenced)."""
+    """Point IFD0's Software at `name`: written over the old string where it fits, else appended."""
     text = name.encode("ascii") + b"\x00"
     ifd0 = tiff.first_ifd
     entry = tiff.find(ifd0, _SOFTWARE)
+    if entry is not None and entry.size > 4 and entry.size >= len(text):
+        start = tiff.value_position(entry)
+        tiff.data[start : start + entry.size] = text.ljust(entry.size, b"\x00")
+        tiff.pack_into("HI", entry.position + 2, _ASCII, len(text))
+        return
     if entry is not None:
         field = tiff.value_field(_ASCII, text)
         tiff.pack_into("HI", entry.position + 2, _ASCII, len(text))
@@ -398,17 +403,6 @@ def _convert_order(payload: bytes, kind: int, source: str, target: str) -> bytes
     return b"".join(struct.pack(target + fmt, *item) for item in items)
 
 
-def exif_orientation(exif: bytes | None) -> int:
-    """EXIF's Orientation (1 when absent, damaged or out of range)."""
-    try:
-        tiff = _TiffStructure(exif or b"")
-        entry = tiff.find(tiff.first_ifd, _ORIENTATION)
-        value = tiff.unpack("H", entry.position + 8)[0] if entry is not None and entry.type == _SHORT else 1
-    except (ValueError, struct.error):
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
 # ----------------------------------------------------------------------------------------------------- XMP
 
 _NS_TIFF = b"http://ns.adobe.com/tiff/1.0/"
@@ -421,7 +415,7 @@ _NS_XMP_NOTE = b"http://ns.adobe.com/xmp/note/"
 # Every pattern below bounds what it may scan from one starting point (a value is at most _VALUE bytes), so
 # a hostile packet of many megabytes costs linear time, never a quadratic backtrack.
 _VALUE = 256
-_ATTRIBUTE_VALUE = rb"""(["'])([^"'<>]{0,%d})\2""" % _VALUE
+_ATTRIBUTE_VALUE = rb"""(?P<quote>["'])(?P<value>[^"'<>]{0,%d})(?P=quote)""" % _VALUE
 
 
 def _prefixes(packet: bytes, namespace: bytes) -> list[bytes]:
@@ -444,8 +438,8 @@ def _edit_property(
         element = re.compile(rb"(<" + qualified + rb">)([^<]{0,%d})(</" % _VALUE + qualified + rb">)")
 
         def in_attribute(match: re.Match[bytes]) -> bytes:
-            new = edit(match.group(3)) if _after_space(match) else None
-            return match.group(0) if new is None else match.group(1) + match.group(2) + new + match.group(2)
+            new = edit(match["value"]) if _after_space(match) else None
+            return match[0] if new is None else match[1] + match["quote"] + new + match["quote"]
 
         def in_element(match: re.Match[bytes]) -> bytes:
             new = edit(match.group(2).strip())
@@ -595,7 +589,7 @@ def _turn_area(block: bytes, prefix: bytes, orientation: int) -> bytes:
         qualified = re.escape(prefix + b":" + name)
         attribute = re.search(rb"\s" + qualified + rb"\s{0,8}=\s{0,8}" + _ATTRIBUTE_VALUE, block)
         element = re.search(rb"<" + qualified + rb">([^<]{0,%d})<" % _VALUE, block)
-        value = attribute.group(2) if attribute else element.group(1) if element else None
+        value = attribute["value"] if attribute else element[1] if element else None
         if value is None:
             return block
         if name == b"unit":

@@ -308,16 +308,25 @@ def test_face_regions_turn_with_the_pixels_for_every_orientation(orientation: in
     assert rectangle_after == pytest.approx([left, top, box_width, box_height], abs=1e-6)
 
 
-def test_exif_is_kept_byte_for_byte_apart_from_what_the_restore_changed(tmp_path: Path) -> None:
-    """Edited in place: maker notes, whose offsets point into the block, stay valid; the only bytes of
-    the input's block that change are the orientation, the two dimensions and the pointer to the IFD
-    that gained a Software entry (appended after the old block)."""
-    source = photo_with_metadata(tmp_path / "photo.jpg", "jpg")
+@pytest.mark.parametrize("software", [None, "Adobe Photoshop Lightroom Classic 13.0 (Windows)"])
+def test_exif_is_kept_byte_for_byte_apart_from_what_the_restore_changed(
+    software: str | None, tmp_path: Path
+) -> None:
+    """Edited in place: maker notes, whose offsets point into the block, stay valid. The only bytes of the
+    input's block that change are the orientation, the two dimensions and the Software: written over the
+    old name when it fits, else an IFD0 with a Software entry appended and the header pointed at it."""
+    extra = (f"-EXIF:Software={software}",) if software else ()
+    source = photo_with_metadata(tmp_path / "photo.jpg", "jpg", extra=extra)
     before = PILImage.open(source).info["exif"]
     after = PILImage.open(restored_through_io(source)).info["exif"]
     changed = [index for index in range(len(before)) if before[index] != after[index]]
-    assert 0 < len(changed) <= 4 + 3 * 2  # header pointer, orientation, two SHORT dimensions
-    assert len(after) > len(before)
+    values = 3 * 2  # orientation and two SHORT dimensions
+    if software:
+        assert len(after) == len(before)
+        assert 0 < len(changed) <= values + 4 + len(software)  # + the entry's count, the name's bytes
+    else:
+        assert len(after) > len(before)
+        assert 0 < len(changed) <= values + 4  # + the header's pointer to IFD0
 
 
 def test_strip_gps_removes_the_position_from_exif_and_xmp_and_leaves_no_trace(tmp_path: Path) -> None:
@@ -491,3 +500,56 @@ def test_hostile_metadata_costs_bounded_work_and_never_the_picture() -> None:
     assert image.pixels.shape == (WIDTH, HEIGHT, 3)  # the orientation was still read and applied
     for fmt in ("jpg", "png", "webp", "tiff"):
         assert load_image(encode_image(image, fmt, strip_gps=True)).pixels.shape == (WIDTH, HEIGHT, 3)
+
+
+def test_regions_written_as_attributes_as_digikam_does_turn_too(tmp_path: Path) -> None:
+    """digiKam (through Exiv2) writes each area, and simple properties, as attributes of an element,
+    exiftool as child elements (the tests above); both forms are edited, and exiftool reads the result."""
+    packet = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description rdf:about="" xmlns:mwg-rs="http://www.metadataworkinggroup.com/schemas/regions/"'
+        b' xmlns:stArea="http://ns.adobe.com/xmp/sType/Area#"'
+        b' xmlns:stDim="http://ns.adobe.com/xap/1.0/sType/Dimensions#" xmlns:tiff="http://ns.adobe.com/tiff/1.0/"'
+        b' xmlns:exif="http://ns.adobe.com/exif/1.0/" tiff:Orientation="6" exif:GPSLatitude="48,51.0N"'
+        b' exif:GPSLongitude="2,21.0E" exif:PixelXDimension="32">'
+        b'<mwg-rs:Regions rdf:parseType="Resource">'
+        b'<mwg-rs:AppliedToDimensions stDim:w="32" stDim:h="24" stDim:unit="pixel"/>'
+        b"<mwg-rs:RegionList><rdf:Bag><rdf:li>"
+        b'<rdf:Description mwg-rs:Name="Ann" mwg-rs:Type="Face">'
+        b'<mwg-rs:Area stArea:x="0.25" stArea:y="0.3" stArea:w="0.2" stArea:h="0.1"'
+        b' stArea:unit="normalized"/>'
+        b"</rdf:Description></rdf:li></rdf:Bag></mwg-rs:RegionList></mwg-rs:Regions>"
+        b"</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    sidecar = tmp_path / "photo.xmp"
+    sidecar.write_bytes(xmp_for_output(upright_xmp(packet, 6), 96, 128, strip_gps=True))
+    after = tags(sidecar)
+    assert after["XMP-tiff:Orientation"] == 1 and after["XMP-exif:ExifImageWidth"] == 96
+    assert not [key for key in after if "GPS" in key] and b"48,51" not in sidecar.read_bytes()
+    assert [float(after[f"XMP-mwg-rs:RegionArea{name}"]) for name in "XYWH"] == [0.7, 0.25, 0.1, 0.2]
+    dimensions = [after[f"XMP-mwg-rs:RegionAppliedToDimensions{name}"] for name in "WH"]
+    assert dimensions == [96, 128]
+
+
+def test_extended_xmp_merged_into_one_packet_loses_its_pointer_in_either_form() -> None:
+    from pipeline.metadata import merge_extended_xmp
+
+    extended = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description>long'
+        b"</dc:description></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    guid = b"0123456789ABCDEF0123456789ABCDEF"
+    for pointer in (
+        b' xmpNote:HasExtendedXMP="' + guid + b'">',
+        b"><xmpNote:HasExtendedXMP>" + guid + b"</xmpNote:HasExtendedXMP>",
+    ):
+        standard = (
+            b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description rdf:about="" xmlns:xmpNote="http://ns.adobe.com/xmp/note/"'
+            + pointer
+            + b"</rdf:Description></rdf:RDF></x:xmpmeta>"
+        )
+        merged = merge_extended_xmp(standard, extended)
+        assert b"HasExtendedXMP" not in merged and b"<dc:description>long</dc:description>" in merged
+        assert merged.count(b"</rdf:RDF>") == 1

@@ -23,7 +23,8 @@ Each output format gets the metadata in its native place, by a small function th
   resource block as exiftool and ImageMagick write it);
 - `webp_options`: Pillow's WebP encoder arguments (EXIF, XMP and ICCP chunks; WebP has no IPTC place);
 - `add_tiff_metadata`: tags 700 (XMP), 33723 (IPTC), 34377 (Photoshop), 34675 (ICC), EXIF's IFD0 tags
-  and its Exif/GPS/Interop IFDs, appended to any classic TIFF (Pillow's or tifffile's) in a stream.
+  and its Exif/GPS/Interop IFDs, appended to any finished TIFF or BigTIFF (Pillow's, tifffile's, a strip
+  encoder's) in a read/write stream, wherever in the stream it begins.
 """
 
 from __future__ import annotations
@@ -64,9 +65,29 @@ _STRUCTURAL_TAGS = frozenset(
     {254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281, 284, 290, 291}
     | {292, 293, 317, 320, 321, 322, 323, 324, 325, 330, 338, 339, 340, 341, 347, 513, 514, 530, 531, 532}
 )
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
-_TYPE_FORMATS = {3: "H", 4: "I", 5: "II", 8: "h", 9: "i", 10: "ii", 11: "f", 12: "d", 13: "I"}
-_SHORT, _LONG, _ASCII, _BYTE, _UNDEFINED = 3, 4, 2, 1, 7
+_TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
+_TYPE_FORMATS = {
+    **{3: "H", 4: "I", 5: "II", 8: "h", 9: "i", 10: "ii", 11: "f", 12: "d", 13: "I"},
+    **{16: "Q", 17: "q", 18: "Q"},  # BigTIFF's 8-byte integers and offsets
+}
+_SHORT, _LONG, _ASCII, _BYTE, _UNDEFINED, _LONG8 = 3, 4, 2, 1, 7, 16
 
 
 @functools.cache
@@ -157,7 +178,9 @@ class _Entry:
 class _TiffStructure:
     """A classic TIFF structure (an EXIF block, or a whole TIFF file's header and IFDs) in a bytearray."""
 
-    def __init__(self, data: bytes | bytearray, *, copy: bool = True, base: int = 0) -> None:
+    def __init__(
+        self, data: bytes | bytearray, *, copy: bool = True, base: int = 0, big: bool = False
+    ) -> None:
         # copy=False reads a whole file in place (no second copy of its pixels); base > 0 builds bytes to
         # be appended to a file at that offset, so every offset written is already the file's.
         self.data: bytes | bytearray = bytearray(data) if copy else data
@@ -165,6 +188,7 @@ class _TiffStructure:
             raise ValueError("not a classic TIFF structure")
         self.order = "<" if self.data[:2] == b"II" else ">"
         self.base = base
+        self.big = big  # BigTIFF layout for what is built here (20-byte entries, 8-byte offsets)
         self.copied = 0  # value bytes copied into this structure from another (_copy_entries)
         if base:
             self.data = bytearray()
@@ -231,13 +255,23 @@ class _TiffStructure:
         return position
 
     def entry_bytes(self, tag: int, kind: int, count: int, field: bytes) -> bytes:
+        if self.big:
+            return struct.pack(self.order + "HHQ", tag, kind, count) + field.ljust(8, b"\x00")
         return struct.pack(self.order + "HHI", tag, kind, count) + field.ljust(4, b"\x00")
 
     def value_field(self, kind: int, payload: bytes) -> bytes:
-        """The 4-byte value field for `payload`: inline when it fits, else an offset to appended bytes."""
-        if len(payload) <= 4:
+        """The value field for `payload`: inline when it fits, else an offset to appended bytes."""
+        if len(payload) <= (8 if self.big else 4):
             return payload
-        return struct.pack(self.order + "I", self.append(payload))
+        return self.offset_field(self.append(payload))
+
+    def offset_field(self, position: int) -> bytes:
+        return struct.pack(self.order + ("Q" if self.big else "I"), position)
+
+    def ifd_table(self, entries: list[bytes]) -> bytes:
+        """An IFD of `entries` (already sorted) with no next IFD."""
+        count = struct.pack(self.order + ("Q" if self.big else "H"), len(entries))
+        return count + b"".join(entries) + b"\x00" * (8 if self.big else 4)
 
     def rewrite_ifd(self, offset: int, entries: list[bytes], pointer_position: int | None) -> int:
         """Write an IFD with `entries` (12 bytes each, any order) in place when it fits, else at the end,
@@ -357,7 +391,7 @@ def exif_from_tiff_file(data: bytes) -> bytes | None:
         return None
     if not entries:
         return None
-    position = target.append(struct.pack(target.order + "H", len(entries)) + b"".join(entries) + b"\x00" * 4)
+    position = target.append(target.ifd_table(entries))
     target.pack_into("I", 4, position)
     return bytes(target.data)
 
@@ -378,11 +412,8 @@ def _copy_entries(
             # Exif holds Interop; nothing deeper is followed, so an IFD pointing at itself ends here.
             below = frozenset({_EXIF_IFD, _GPS_IFD}) if entry.tag == _EXIF_IFD else frozenset(_SUB_IFDS)
             child_entries = _copy_entries(source, child, target, below)
-            table = (
-                struct.pack(target.order + "H", len(child_entries)) + b"".join(child_entries) + b"\x00" * 4
-            )
-            field = struct.pack(target.order + "I", target.append(table))
-            copied.append(target.entry_bytes(entry.tag, _LONG, 1, field))
+            field = target.offset_field(target.append(target.ifd_table(child_entries)))
+            copied.append(target.entry_bytes(entry.tag, _LONG8 if target.big else _LONG, 1, field))
             continue
         target.copied += entry.size
         if target.copied > _MAX_COPIED:  # entries may all point at the same huge value: bounded work
@@ -870,50 +901,57 @@ def tiff_raw_tags(data: bytes, tags: tuple[int, ...]) -> dict[int, bytes]:
         return {}
 
 
-def add_tiff_metadata(stream: BinaryIO, metadata: OutputMetadata) -> None:
-    """Give a classic TIFF in a seekable read/write stream (the encoder's BytesIO, or a file on disk) the
-    metadata: the values and a new IFD0 (the encoder's own entries plus the metadata's) are appended
-    at the end and the header pointed at it; no pixel byte moves. BigTIFF is left as it is."""
-    stream.seek(0)
-    header = stream.read(8)
-    if header[:4] not in (b"II*\x00", b"MM\x00*"):
+def add_tiff_metadata(stream: BinaryIO, metadata: OutputMetadata, start: int = 0) -> None:
+    """Give a TIFF or BigTIFF that begins at `start` in a seekable read/write stream (the encoder's
+    BytesIO, or a file on disk) the metadata: the values and a new IFD0 (the encoder's own entries plus
+    the metadata's) are appended at the end and the header pointed at it; no pixel byte moves, so a
+    strip encoder can call it once its file is complete."""
+    stream.seek(start)
+    header = stream.read(16)
+    if header[:4] not in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return
     order = "<" if header[:2] == b"II" else ">"
-    ifd0 = struct.unpack(order + "I", header[4:8])[0]
-    stream.seek(ifd0)
-    (count,) = struct.unpack(order + "H", stream.read(2))
-    table = stream.read(12 * count + 4)
+    big = header[2:4] in (b"+\x00", b"\x00+")
+    offset, count_format, entry_size = ("Q", "Q", 20) if big else ("I", "H", 12)
+    pointer_position = 8 if big else 4
+    (ifd0,) = struct.unpack_from(order + offset, header, pointer_position)
+    stream.seek(start + ifd0)
+    (count,) = struct.unpack(order + count_format, stream.read(struct.calcsize(count_format)))
+    table = stream.read(entry_size * count + struct.calcsize(offset))
     own = {
-        struct.unpack_from(order + "H", table, 12 * i)[0]: table[12 * i : 12 * i + 12] for i in range(count)
+        struct.unpack_from(order + "H", table, entry_size * i)[0]: table[
+            entry_size * i : entry_size * (i + 1)
+        ]
+        for i in range(count)
     }
-    next_ifd = table[12 * count :]
-    end = stream.seek(0, io.SEEK_END)
-    entries = _metadata_entries(order, metadata, end)
-    if not entries.values:
+    next_ifd = table[entry_size * count :]
+    end = stream.seek(0, io.SEEK_END) - start
+    entries = _metadata_entries(order, metadata, end, big)
+    if not entries.tags:
         return
     merged = {tag: raw for tag, raw in own.items() if tag in _STRUCTURAL_TAGS or tag not in entries.tags}
     merged.update(entries.tags)
-    ifd = struct.pack(order + "H", len(merged)) + b"".join(merged[tag] for tag in sorted(merged)) + next_ifd
+    ifd = struct.pack(order + count_format, len(merged)) + b"".join(merged[tag] for tag in sorted(merged))
     payload = entries.values + (b"\x00" if (end + len(entries.values)) % 2 else b"")
     position = end + len(payload)
-    if position + len(ifd) > 0xFFFFFFFF:
+    if not big and position + len(ifd) + len(next_ifd) > 0xFFFFFFFF:
         return  # beyond a classic TIFF's 4 GB offsets
-    stream.write(payload + ifd)
-    stream.seek(4)
-    stream.write(struct.pack(order + "I", position))
+    stream.write(payload + ifd + next_ifd)
+    stream.seek(start + pointer_position)
+    stream.write(struct.pack(order + offset, position))
     stream.seek(0, io.SEEK_END)
 
 
 @dataclass
 class _Appended:
-    tags: dict[int, bytes]  # tag -> its 12-byte entry
+    tags: dict[int, bytes]  # tag -> its entry (12 bytes, 20 in a BigTIFF)
     values: bytes  # what the entries point into, to be written at the file's end
 
 
-def _metadata_entries(order: str, metadata: OutputMetadata, base: int) -> _Appended:
-    """The metadata's IFD0 entries for a TIFF written in `order`, with their values laid out to be
-    appended at file offset `base` (EXIF's IFD0 tags and sub-IFDs copied, byte order converted)."""
-    target = _TiffStructure(b"II" if order == "<" else b"MM", base=base)
+def _metadata_entries(order: str, metadata: OutputMetadata, base: int, big: bool) -> _Appended:
+    """The metadata's IFD0 entries for a TIFF (or BigTIFF) written in `order`, with their values laid
+    out to be appended at offset `base` (EXIF's IFD0 tags and sub-IFDs copied, byte order converted)."""
+    target = _TiffStructure(b"II" if order == "<" else b"MM", base=base, big=big)
     entries: dict[int, bytes] = {}
     exif = (
         _TiffStructure(metadata.exif)

@@ -553,3 +553,48 @@ def test_extended_xmp_merged_into_one_packet_loses_its_pointer_in_either_form() 
         merged = merge_extended_xmp(standard, extended)
         assert b"HasExtendedXMP" not in merged and b"<dc:description>long</dc:description>" in merged
         assert merged.count(b"</rdf:RDF>") == 1
+
+
+@pytest.mark.parametrize(("bigtiff", "start"), [(False, 0), (True, 0), (False, 7), (True, 7)])
+def test_tiff_metadata_is_appended_to_any_finished_tiff_or_bigtiff_in_a_stream(
+    bigtiff: bool, start: int, tmp_path: Path
+) -> None:
+    """add_tiff_metadata is what a strip encoder calls once its file is written: a TIFF or BigTIFF
+    (tifffile's, as for outputs above 2 GB) that begins anywhere in a read/write stream."""
+    from pipeline.imageio import output_metadata
+    from pipeline.metadata import add_tiff_metadata
+
+    source = photo_with_metadata(tmp_path / "photo.jpg", "jpg")
+    image = load_image(source)
+    stream = io.BytesIO(b"\x00" * start)
+    stream.seek(start)
+    tifffile.imwrite(stream, image.pixels, photometric="rgb", bigtiff=bigtiff, software=False, metadata=None)
+    add_tiff_metadata(stream, output_metadata(image, strip_gps=False), start=start)
+    output = tmp_path / "out.tif"
+    output.write_bytes(stream.getvalue()[start:])
+    np.testing.assert_array_equal(tifffile.imread(output), image.pixels)
+    before, after = tags(source), tags(output)
+    if bigtiff:
+        before, after = bigtiff_as_exiftool_reads_it(before, after, output)
+    dropped = {"IFD0:YCbCrPositioning"}  # how a JPEG stores its YCbCr samples; an RGB TIFF has none
+    assert_only_expected_changes(before, after, expected_changes(HEIGHT, WIDTH), dropped)
+
+
+def bigtiff_as_exiftool_reads_it(
+    before: dict[str, Any], after: dict[str, Any], output: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """exiftool 12.57 names a BigTIFF's Exif IFD "ExifOffset", shows its 4 undefined bytes of
+    ComponentsConfiguration as text, and reads its GPS IFD with the Exif table's names (GPSLatitudeRef
+    as InteropIndex): the Exif group is renamed back, and what it misreads is read with tifffile, a
+    second reader that knows BigTIFF."""
+    tiff_tags = tifffile.TiffFile(output).pages[0].tags
+    gps, exif = tiff_tags["GPSTag"].value, tiff_tags["ExifTag"].value
+    assert (gps["GPSLatitudeRef"], gps["GPSLatitude"]) == ("N", (48, 1, 51, 1, 0, 1))
+    assert (gps["GPSLongitudeRef"], gps["GPSLongitude"]) == ("E", (2, 1, 21, 1, 0, 1))
+    assert exif["ComponentsConfiguration"] == b"\x01\x02\x03\x00"
+    misread = ("GPS:", "GPSInfo:", "ExifIFD:ComponentsConfiguration")
+    renamed = {key.replace("ExifOffset:", "ExifIFD:"): value for key, value in after.items()}
+    return (
+        {key: value for key, value in before.items() if not key.startswith(misread)},
+        {key: value for key, value in renamed.items() if not key.startswith(misread)},
+    )

@@ -288,7 +288,12 @@ def _recorded_node(temp_dir: Path) -> RecordedNode | None:
         supervisor = record.get("supervisor")
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if leader not in pids_naming(temp_dir):
+    try:  # a reused pid is not ours: its command line must be our `ray start --temp-dir=DIR`
+        cmdline = Path(f"/proc/{leader}/cmdline").read_bytes()
+        zombie = _proc_stat(Path(f"/proc/{leader}"))[0] == "Z"
+    except (OSError, IndexError):
+        return None
+    if zombie or f"--temp-dir={temp_dir}\0".encode() not in cmdline:
         return None
     return RecordedNode(leader, int(supervisor) if isinstance(supervisor, int) else None)
 
@@ -343,9 +348,10 @@ def _pids_in_session(session: int) -> list[int]:
 
 
 def pids_naming(temp_dir: Path) -> list[int]:
-    """This user's live processes whose command line names the temp dir as an argument or a folder (the
-    GCS, the raylet, `ray start` itself)."""
-    needles = (f"{temp_dir}\0".encode(), f"{temp_dir}/".encode())
+    """This user's live processes whose command line names a path inside the temp dir (the GCS, the
+    raylet, the agents: their sockets and logs are there). Not `restorer cluster head|join|stop` itself:
+    those name the folder, not a path in it."""
+    needles = (f"{temp_dir}/".encode(),)
     found = []
     for entry in _live_pids():
         with contextlib.suppress(OSError, IndexError):

@@ -23,12 +23,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Browser tests use Debian's chromium; the unit test runs systemd-analyze; LAN-client tests build a
-# network namespace with iproute2's `ip`. Installed only when missing.
+# network namespace with iproute2's `ip`; the Ray token cluster's test firewalls its namespaces with
+# nftables' `nft`. Installed only when missing.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v ip >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v ip >/dev/null \
+	    || ! command -v nft >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd iproute2 >/dev/null; \
-	  else echo "install chromium, systemd and iproute2 (sudo apt-get install ...) for the full test suite"; fi; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd iproute2 nftables >/dev/null; \
+	  else echo "install chromium, systemd, iproute2 and nftables (sudo apt-get install ...) for the full test suite"; fi; \
 	fi
 
 run: install

@@ -5,12 +5,14 @@ start without a readable token; `restorer cluster token` makes one; the private 
 token cluster across two network namespaces (tests/site_support.lan_pair): the head, started with
 `restorer cluster head`, in one; a "LAN host" in the other. Without the token that host can neither join
 nor call the GCS; with it, `restorer cluster join` joins, and `restorer serve` (in the head's namespace)
-restores a photo on an actor that runs on the LAN host.
+restores a photo on an actor that runs on the LAN host, through a firewall in each namespace that opens
+only the ports docs/deploy.md lists.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -172,9 +174,34 @@ def _stop(proc: subprocess.Popen[bytes], temp_dir: Path) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+# What docs/deploy.md tells to open, and nothing else: each namespace drops every other incoming TCP
+# connection, so the cluster below works through exactly these ports.
+OPEN_ON_HEAD = "6379, 6380, 6381, 10002-10100"
+OPEN_ON_NODE = "6380, 6381, 10002-10100"
+
+
+def firewall(namespace: str, ports: str) -> None:
+    """An nftables input policy in the namespace: loopback, replies and `ports` (TCP) only."""
+    if shutil.which("nft") is None:
+        pytest.skip("the port check needs nftables' `nft` (`make test` installs it)")
+    rules = f"""
+    table inet restorer_test {{
+      chain input {{
+        type filter hook input priority 0; policy drop;
+        iif lo accept
+        ct state established,related accept
+        tcp dport {{ {ports} }} accept
+      }}
+    }}
+    """
+    subprocess.run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], input=rules, text=True, check=True)
+
+
 @pytest.fixture(scope="module")
 def token_cluster() -> Iterator[TokenCluster]:
     with lan_pair() as lan:
+        firewall(lan.first, OPEN_ON_HEAD)
+        firewall(lan.second, OPEN_ON_NODE)
         root = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))
         token_file = root / "ray_token"
         write_new_token(token_file)
@@ -282,6 +309,11 @@ def test_with_the_token_a_lan_host_joins_and_the_daemon_restores_on_it(
     try:
         wait_for(lambda: node.poll() is not None or cluster.live_nodes() == 2, timeout=120)
         assert node.poll() is None, (cluster.root / "lan.log").read_text()[-3000:]
+        # The firewall holds: from the head's side the node's raylet answers, its runtime-env agent (which
+        # listens on the node's address: it answers on the node itself) does not.
+        assert _connects(cluster.in_head(), cluster.lan.second_address, 6380)
+        assert _connects(cluster.in_lan_host(), cluster.lan.second_address, 6384)
+        assert not _connects(cluster.in_head(), cluster.lan.second_address, 6384)
         # The daemon on the head's machine; its actor may run only on the LAN host (its resource).
         env = {
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -319,3 +351,9 @@ def test_with_the_token_a_lan_host_joins_and_the_daemon_restores_on_it(
     finally:
         _stop(node, node_dir)
         node_log.close()
+
+
+def _connects(namespace_prefix: list[str], host: str, port: int) -> bool:
+    probe = f"import socket; socket.create_connection(({host!r}, {port}), timeout=3).close()"
+    result = subprocess.run([*namespace_prefix, sys.executable, "-c", probe], capture_output=True, timeout=30)
+    return result.returncode == 0

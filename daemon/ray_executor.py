@@ -190,10 +190,12 @@ def _actor_error(error: object) -> Exception:
     message = message[:MAX_TEXT_CHARS]
     if kind == "cancelled":
         return JobCancelled()
+    bad_input = _error_classes(BadImageError)
     if kind == "bad-input":
-        return _error_classes(BadImageError).get(name, BadImageError)(message)
+        return bad_input.get(name, BadImageError)(message)
     if kind == "restore":
-        classes = {**_error_classes(RestoreError), "BadImageError": RestoreError}
+        # Not a bad-input class under another kind: the kind decides what the Worker does with the file.
+        classes = {key: cls for key, cls in _error_classes(RestoreError).items() if key not in bad_input}
         return classes.get(name, RestoreError)(message)
     return ActorFailedError(f"{name[:100]}: {message}")
 

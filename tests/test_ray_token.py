@@ -108,6 +108,12 @@ def test_cluster_nodes_refuse_to_start_without_a_token(tmp_path: Path, action: l
     assert not pids_naming(temp_dir)  # no Ray process was started
 
 
+@pytest.mark.parametrize("address", ["", "nas", "nas:", "nas:99999"])
+def test_join_refuses_an_address_that_is_not_host_and_port(address: str) -> None:
+    result = cli("cluster", "join", address)  # e.g. RAY_HEAD unset in the compose service
+    assert result.returncode == 2 and "join needs the head's HOST:PORT" in result.stderr, result.stderr
+
+
 def test_a_node_refuses_a_temp_dir_other_users_can_enter(tmp_path: Path) -> None:
     write_new_token(tmp_path / "ray_token")
     shared = tmp_path / "shared"

@@ -178,6 +178,10 @@ def run_head(args: argparse.Namespace) -> int:
 
 
 def run_join(args: argparse.Namespace) -> int:
+    host, _, port = args.address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        log.error("join needs the head's HOST:PORT, e.g. 192.168.1.10:%d (got %r)", HEAD_PORT, args.address)
+        return 2
     return _run_node(args, [f"--address={args.address}"])
 
 

@@ -80,7 +80,7 @@ class ClusterUnreachable(Exception):
 #   {"ok": false, "error": {"kind": "bad-input" | "restore" | "cancelled" | "error", "type": "...",
 #                           "message": "..."}}
 # What remains is Ray's own control plane (task specs, actor handles, errors), which the cluster's token
-# protects (docs/security.md, rows R1-R4).
+# protects (docs/security.md, rows R1-R6; R4 is this protocol).
 
 MAX_HEADER_BYTES = 1 << 20  # a report with hundreds of faces is a few tens of KB
 MAX_TEXT_CHARS = 4000  # an error message or an engine field, as the page would show it

@@ -516,7 +516,12 @@ class RayClient:
         timer.start()
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-        except (ConnectionError, RuntimeError) as exc:
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            if "InvalidAuthToken" in str(exc):
+                raise ClusterUnreachable(
+                    f"the Ray head at {address} refused the token in {self.settings.ray_token_file} "
+                    "(InvalidAuthToken): every machine of the cluster needs the same token file"
+                ) from None
             raise ClusterUnreachable(f"the Ray head at {address} refused the connection ({exc})") from None
         finally:
             timer.cancel()

@@ -287,6 +287,26 @@ def test_without_the_token_a_lan_host_can_neither_call_the_cluster_nor_join_it(
 
 
 @pytest.mark.ray
+def test_a_daemon_with_another_token_stays_up_and_says_the_head_refused_its_token(
+    token_cluster: TokenCluster, root: Path, serves: list[ServeProcess]
+) -> None:
+    wrong = root / "other_token"
+    write_new_token(wrong)
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RESTORER_RAY_TOKEN_FILE": str(wrong)}
+    serve = ServeProcess(
+        root, env, "--executor", "ray", "--ray-address", token_cluster.address,
+        prefix=tuple(token_cluster.in_head()),
+    )  # fmt: skip
+    serves.append(serve)
+    serve.wait_ready(timeout=120)  # the service runs (and keeps its queue) while the cluster refuses it
+    wait_for(lambda: "refused the token in" in serve.output(), timeout=120)
+    assert f"refused the token in {wrong} (InvalidAuthToken)" in serve.output()
+    assert wrong.read_text().strip() not in serve.output()
+    assert token_cluster.live_nodes() == 1
+    assert serve.terminate() == 0
+
+
+@pytest.mark.ray
 def test_with_the_token_a_lan_host_joins_and_the_daemon_restores_on_it(
     token_cluster: TokenCluster, root: Path, serves: list[ServeProcess]
 ) -> None:

@@ -128,6 +128,31 @@ def test_a_node_refuses_a_temp_dir_other_users_can_enter(tmp_path: Path) -> None
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_a_node_gets_token_auth_the_documented_ports_and_one_gpu_per_visible_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.cli import build_parser
+    from app.commands import cluster
+
+    write_new_token(tmp_path / "ray_token")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "an inherited token that must not win over the file")
+    argv = ["cluster", "join", "10.0.0.1:6379", "--bind", "10.0.0.5", "--temp-dir", str(tmp_path / "node")]
+    argv += ["--ray-token-file", str(tmp_path / "ray_token")]
+    args = build_parser(argv).parse_args(argv)
+    plan = cluster._plan(args, ["--address=10.0.0.1:6379"])
+    assert plan.arguments[:2] == ["--address=10.0.0.1:6379", f"--temp-dir={tmp_path / 'node'}"]
+    assert {"--num-gpus=2", "--node-ip-address=10.0.0.5", "--min-worker-port=10002"} <= set(plan.arguments)
+    assert all(f"{flag}={port}" in plan.arguments for flag, port in cluster.NODE_PORTS.items())
+    assert sorted(cluster.NODE_PORTS.values()) == [6380, 6381, 6382, 6383, 6384, 6385]  # docs/deploy.md
+    assert plan.env["RAY_AUTH_MODE"] == "token"
+    assert plan.env["RAY_AUTH_TOKEN_PATH"] == str((tmp_path / "ray_token").resolve())
+    assert "RAY_AUTH_TOKEN" not in plan.env and plan.env["RAY_USAGE_STATS_ENABLED"] == "0"
+    token = (tmp_path / "ray_token").read_text().strip()
+    assert not any(token in text for text in [*plan.arguments, *plan.env.values()])
+    assert stat.S_IMODE((tmp_path / "node").stat().st_mode) == 0o700
+
+
 def test_cluster_stop_without_a_running_node_says_so(tmp_path: Path) -> None:
     result = cli("cluster", "stop", "--temp-dir", str(tmp_path))
     assert result.returncode == 1 and "no node started from" in result.stdout

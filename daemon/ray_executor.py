@@ -471,6 +471,16 @@ class ActorSlot(threading.Thread):
                 client.wake.clear()
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """exc and what it was raised from (ray.init wraps the GCS's refusal in a plain ConnectionError)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 class RayClient:
     """The Ray driver in this child process: connection, slots, and cluster reports."""
 
@@ -517,7 +527,7 @@ class RayClient:
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
-            if "InvalidAuthToken" in str(exc):
+            if any("InvalidAuthToken" in str(cause) for cause in _causes(exc)):
                 raise ClusterUnreachable(
                     f"the Ray head at {address} refused the token in {self.settings.ray_token_file} "
                     "(InvalidAuthToken): every machine of the cluster needs the same token file"

@@ -213,6 +213,22 @@ class Settings(BaseSettings):
     ray_resources: dict[str, float] = Field(
         default_factory=dict, description="custom resources each Ray actor reserves (pins actors to nodes)"
     )
+    # The cluster's shared token (Ray's RAY_AUTH_MODE=token): a path, never the token itself, so only the
+    # path reaches the driver's environment, the API and health. daemon/ray_token.py reads and checks it.
+    ray_token_file: Path | None = Field(
+        None,
+        description="file holding the Ray cluster's shared token (every Ray machine has the same); "
+        "executor = 'ray' needs it",
+    )
+
+    @model_validator(mode="after")
+    def _ray_needs_a_token(self) -> Settings:
+        if self.executor == "ray" and self.ray_token_file is None:
+            raise ValueError(
+                "executor = 'ray' needs ray_token_file: the file with the Ray cluster's token (make one "
+                "with `restorer cluster token FILE` and copy it to every Ray machine)"
+            )
+        return self
 
     # Output files.
     output_file_mode: str = Field("0664", description="octal permissions of published outputs")

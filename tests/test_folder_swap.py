@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon import beneath
 from daemon.store import Job, JobStore
 from tests.daemon_processors import fake_photo
 from tests.daemon_support import ServeProcess, wait_for
@@ -255,17 +256,29 @@ def finished(root: Path, expected: int) -> bool:
     return len(found) >= expected and all(job.state in ("done", "failed", "cancelled") for job in found)
 
 
-@pytest.mark.parametrize("originals", ["archive", "delete", "keep"])
+@pytest.mark.parametrize(
+    ("originals", "resolver"), [("archive", "openat2"), ("delete", "O_NOFOLLOW chain"), ("keep", "openat2")]
+)
 def test_folders_swapped_for_links_during_drops_duplicates_retries_and_uploads_leak_nothing(
-    root: Path, serves: list[ServeProcess], originals: str
+    root: Path, serves: list[ServeProcess], originals: str, resolver: str
 ) -> None:
+    if resolver == "openat2" and not beneath.openat2_in_use():
+        pytest.skip("this kernel (or its seccomp profile) has no openat2; the chain runs in the delete case")
     outside = root / "outside"
     outside.mkdir()
     names = [f"t{i}.jpg" for i in range(ROUNDS)] + [f"r{i}.jpg" for i in range(ROUNDS)]
     secrets = secrets_outside(outside, names)
-    serve = ServeProcess(root, {"RESTORER_API_TOKEN": TOKEN}, "--originals", originals)
+    chain = resolver != "openat2"
+    serve = ServeProcess(
+        root,
+        {"RESTORER_API_TOKEN": TOKEN, "TESTS_NO_OPENAT2": "1" if chain else "0"},
+        "--originals",
+        originals,
+        processor="tests.daemon_processors:" + ("CopyWithoutOpenat2" if chain else "CopyProcessor"),
+    )
     serves.append(serve)
     serve.wait_ready()
+    assert ("O_NOFOLLOW chain, not openat2" in serve.output()) == chain
     for folder in ("inbox/album", "inbox/proc", "inbox/2x"):
         (root / folder).mkdir()
     seed = fake_photo(b"the photo every duplicate copies")

@@ -5,6 +5,7 @@ moves or deletes a file other than the one that was read (issue 18, item 1)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import stat
@@ -145,6 +146,7 @@ def test_a_move_across_filesystems_copies_by_descriptor_and_checks_the_identity(
     source = root / "album" / "photo.jpg"
     os.utime(source, ns=(1_000_000_000, 2_000_000_000))
     read = FileIdentity.of(source.stat())
+    os.link(source, root / "kept.jpg")  # keeps its inode alive: a new file cannot reuse the number
     moved = move_file(root, "album/photo.jpg", other_filesystem / "album", "photo.jpg", root=other_filesystem)
     assert moved.read_bytes() == b"photo" and moved.stat().st_mtime_ns == 2_000_000_000
     assert not source.exists()
@@ -157,18 +159,37 @@ def test_a_move_across_filesystems_copies_by_descriptor_and_checks_the_identity(
     assert sorted(p.name for p in other_filesystem.iterdir()) == ["album"]  # no temp file left
 
 
-@pytest.mark.usefixtures("resolver")
-def test_stale_temp_files_are_cleared_without_entering_linked_folders_or_recursing(tree: Path) -> None:
-    root = tree / "root"
-    (tree / "outside" / f"{TEMP_PREFIX}theirs").write_bytes(b"not ours")
-    (root / "linked").symlink_to(tree / "outside")
-    fd = os.open(root, os.O_RDONLY)
-    for _ in range(1000):  # deeper than Python's recursion limit (os.makedirs itself recurses)
-        os.mkdir("d", dir_fd=fd)
-        deeper = os.open("d", os.O_RDONLY, dir_fd=fd)
+@pytest.fixture
+def deep_folder(tree: Path) -> Iterator[Path]:
+    """root/d/d/... 1,000 levels (deeper than Python's recursion limit) with a temp file at the bottom,
+    built and removed by descriptors: os.makedirs, shutil.rmtree and pytest's own cleanup recurse."""
+    chain = [os.open(tree / "root", os.O_RDONLY)]
+    for _ in range(1000):
+        os.mkdir("d", dir_fd=chain[-1])
+        chain.append(os.open("d", os.O_RDONLY, dir_fd=chain[-1]))
+        if len(chain) > 2:
+            os.close(chain.pop(-2))
+    os.close(os.open(f"{TEMP_PREFIX}deadbeef", os.O_WRONLY | os.O_CREAT, dir_fd=chain[-1]))
+    for fd in chain:
         os.close(fd)
-        fd = deeper
-    os.close(os.open(f"{TEMP_PREFIX}deadbeef", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-    os.close(fd)
-    assert remove_stale_temp_files(root) == 1
+    yield tree / "root"
+    chain = [os.open(tree / "root", os.O_RDONLY)]
+    with contextlib.suppress(FileNotFoundError):
+        while True:
+            chain.append(os.open("d", os.O_RDONLY, dir_fd=chain[-1]))
+    for name in os.listdir(chain[-1]):
+        os.unlink(name, dir_fd=chain[-1])
+    while len(chain) > 1:
+        os.close(chain.pop())
+        os.rmdir("d", dir_fd=chain[-1])
+    os.close(chain[0])
+
+
+@pytest.mark.usefixtures("resolver")
+def test_stale_temp_files_are_cleared_without_entering_linked_folders_or_recursing(
+    tree: Path, deep_folder: Path
+) -> None:
+    (tree / "outside" / f"{TEMP_PREFIX}theirs").write_bytes(b"not ours")
+    (deep_folder / "linked").symlink_to(tree / "outside")
+    assert remove_stale_temp_files(deep_folder) == 1
     assert (tree / "outside" / f"{TEMP_PREFIX}theirs").exists()

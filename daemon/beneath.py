@@ -385,16 +385,19 @@ class Folder:
     def rename_from(self, source: Folder, source_name: str, name: str) -> None:
         """Rename `source_name` of `source` to `name` here, never replacing an existing `name`
         (renameat2 RENAME_NOREPLACE; where the filesystem lacks it, check then rename)."""
-        result = _libc.renameat2(
-            ctypes.c_int(source.fd),
-            ctypes.c_char_p(os.fsencode(_name(source_name))),
-            ctypes.c_int(self.fd),
-            ctypes.c_char_p(os.fsencode(_name(name))),
-            ctypes.c_uint(_RENAME_NOREPLACE),
-        )
+        renameat2 = getattr(_libc, "renameat2", None)  # glibc 2.28+; musl has it too
+        result, error = -1, errno.ENOSYS
+        if renameat2 is not None:
+            result = renameat2(
+                ctypes.c_int(source.fd),
+                ctypes.c_char_p(os.fsencode(_name(source_name))),
+                ctypes.c_int(self.fd),
+                ctypes.c_char_p(os.fsencode(_name(name))),
+                ctypes.c_uint(_RENAME_NOREPLACE),
+            )
+            error = ctypes.get_errno()
         if result == 0:
             return
-        error = ctypes.get_errno()
         if error not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(error, os.strerror(error), self.relative_of(name))
         with contextlib.suppress(FileNotFoundError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import stat
 import subprocess
@@ -193,3 +194,30 @@ def test_stale_temp_files_are_cleared_without_entering_linked_folders_or_recursi
     (deep_folder / "linked").symlink_to(tree / "outside")
     assert remove_stale_temp_files(deep_folder) == 1
     assert (tree / "outside" / f"{TEMP_PREFIX}theirs").exists()
+
+
+@pytest.mark.parametrize("refusal", [errno.ENOSYS, errno.EPERM])
+def test_a_kernel_or_seccomp_profile_without_openat2_falls_back_to_the_chain(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, refusal: int
+) -> None:
+    """Kernels before 5.6 answer ENOSYS; Docker's older seccomp profiles answer EPERM. The one syscall is
+    replaced by that answer here (no such kernel in CI); everything else is the real thing."""
+
+    class NoOpenat2:
+        renameat2 = _libc.renameat2
+
+        @staticmethod
+        def syscall(*_args: object) -> int:
+            ctypes.set_errno(refusal)
+            return -1
+
+    beneath.use_openat2(None)
+    monkeypatch.setattr(beneath, "_libc", NoOpenat2)
+    try:
+        assert not beneath.openat2_in_use()
+        (tree / "root" / "linked").symlink_to(tree / "outside")
+        with pytest.raises(NotAFileError):
+            open_folder(tree / "root", "linked").close()
+        assert beneath.read_regular(tree / "root", "album/photo.jpg")[0] == b"photo"
+    finally:
+        beneath.use_openat2(None)

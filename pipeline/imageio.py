@@ -7,16 +7,18 @@ Reading (`load_image`) checks, in this order, so that no input can crash or hang
   LOAD_TRUNCATED_IMAGES forced off, so a half-loaded file is refused instead of being padded with grey.
 
 What is kept: 16-bit depth (PNG/TIFF, decoded with OpenCV/tifffile because Pillow reduces 16-bit colour
-to 8 bits), grayscale, alpha, the ICC profile and EXIF. EXIF orientation is applied to the pixels (all
+to 8 bits), grayscale, alpha, the ICC profile and the metadata (EXIF, XMP, IPTC, Photoshop resources:
+captured here, edited and written by pipeline/metadata.py). EXIF orientation is applied to the pixels (all
 8 cases) and reset to 1, so the output is upright everywhere. What is converted, each with a note in
 Image.notes: palette -> RGB(A), 1-bit -> 8-bit gray, CMYK -> RGB (through its ICC profile when it has
 one, which is then dropped because it describes CMYK), 32-bit int / float gray -> 16-bit, animated
 GIF/WebP and multi-page TIFF -> first frame.
 
-Writing (`encode_image`) produces PNG, JPEG, WebP or TIFF bytes with ICC and EXIF (GPS optionally
-removed). Output format "same" keeps the input's format except HEIC -> JPEG (Pillow has no HEIC writer we
-can rely on, and JPEG opens everywhere; PNG when there is alpha) and GIF/BMP -> PNG (GIF's 256 colours
-would destroy the upscaled picture; BMP is uncompressed and 16x larger after a 4x upscale).
+Writing (`encode_image`) produces PNG, JPEG, WebP or TIFF bytes with the ICC profile and the metadata
+(GPS optionally removed) in each format's own place, updated to the output's size. Output format "same"
+keeps the input's format except HEIC -> JPEG (Pillow has no HEIC writer we can rely on, and JPEG opens
+everywhere; PNG when there is alpha) and GIF/BMP -> PNG (GIF's 256 colours would destroy the upscaled
+picture; BMP is uncompressed and 16x larger after a 4x upscale).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile, UnidentifiedImageError
 
+from pipeline import metadata
 from pipeline.types import (
     AbsurdDimensionsError,
     CorruptImageError,
@@ -67,7 +70,6 @@ MAX_ASPECT = 1_000  # a 1x2000 "image" is a broken or hostile header, not a phot
 _ORIENTATION = 0x0112
 _TRANSPOSING = (5, 6, 7, 8)  # orientations that swap width and height
 _GPS_IFD = 0x8825
-_EXIF_IFD = 0x8769
 # IFD0 tags that describe the photo (kept from TIFF inputs, whose IFD0 otherwise holds strip offsets).
 _DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
 
@@ -289,6 +291,7 @@ def _decode(picture: PILImage.Image, data: bytes, kind: str) -> Image:
             upright = _pillow_applied_orientation(picture, kind, orientation)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as error:
         raise CorruptImageError(f"corrupt or truncated {kind.upper()} data: {_reason(error)}") from None
+    carried = _carried_metadata(picture, data, kind, exif, orientation)  # after load(): PNG text after IDAT
     if not upright:
         pixels = apply_orientation(pixels, orientation)
     pixels = np.ascontiguousarray(pixels)
@@ -299,10 +302,65 @@ def _decode(picture: PILImage.Image, data: bytes, kind: str) -> Image:
         pixels=pixels,
         source_format=kind,
         icc_profile=icc,
-        exif=_exif_bytes(exif, strip_gps=False),
         notes=notes,
         original_mode=original_mode,
+        **carried,
     )
+
+
+def _carried_metadata(
+    picture: PILImage.Image, data: bytes, kind: str, exif: PILImage.Exif | None, orientation: int
+) -> dict[str, bytes | None]:
+    """EXIF, XMP, IPTC and Photoshop resources as the file holds them, made true of the upright pixels
+    (Image's fields of the same names; pipeline/metadata.py edits them). Damaged metadata is not carried;
+    it never costs the picture."""
+    try:
+        return _metadata_fields(picture, data, kind, exif, orientation)
+    except Exception:  # a hostile block may break any parser: the picture is still restored, without it
+        return {"exif": None, "xmp": None, "xmp_extended": None, "iptc": None, "photoshop": None}
+
+
+def _metadata_fields(
+    picture: PILImage.Image, data: bytes, kind: str, exif: PILImage.Exif | None, orientation: int
+) -> dict[str, bytes | None]:
+    xmp, extended, iptc, photoshop = picture.info.get("xmp"), None, None, None
+    if kind == "jpg":
+        xmp, extended, block = metadata.jpeg_metadata(getattr(picture, "applist", []))
+        iptc, photoshop = metadata.split_photoshop(block)
+    elif kind == "png":
+        iptc, photoshop = metadata.iptc_from_raw_profile(picture.info.get("Raw profile type iptc"))
+    elif kind == "tiff":
+        tags = metadata.tiff_raw_tags(data, (700, 33723, 34377))
+        xmp = tags.get(700)
+        iptc_in_resources, photoshop = metadata.split_photoshop(tags.get(34377))
+        iptc = tags.get(33723) or iptc_in_resources
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    return {
+        "exif": _upright_exif_block(picture, data, kind, exif),
+        "xmp": metadata.upright_xmp(xmp, orientation) if xmp else None,
+        "xmp_extended": metadata.upright_xmp(extended, orientation) if extended else None,
+        "iptc": iptc,
+        "photoshop": photoshop,
+    }
+
+
+def _upright_exif_block(
+    picture: PILImage.Image, data: bytes, kind: str, parsed: PILImage.Exif | None
+) -> bytes | None:
+    """The file's own EXIF bytes with Orientation 1 (a TIFF's descriptive tags gathered into one);
+    Pillow's re-serialisation only when the block is no TIFF structure we can edit in place."""
+    if kind == "tiff":
+        raw = metadata.exif_from_tiff_file(data)
+    else:
+        raw = metadata.exif_structure(picture.info.get("exif"))
+    if raw is not None:
+        try:
+            return metadata.upright_exif(raw)
+        except (ValueError, struct.error):
+            pass
+    fallback = _exif_bytes(parsed, strip_gps=False)
+    return fallback.removeprefix(metadata.EXIF_PREFIX) if fallback else None
 
 
 def _orientation(picture: PILImage.Image, kind: str) -> int:
@@ -500,44 +558,54 @@ def format_notes(image: Image, fmt: str) -> list[str]:
         notes.append(f"HEIC input written as {fmt.upper()} (no portable HEIC writer; opens everywhere)")
     if image.source_format in ("gif", "bmp") and fmt == "png":
         notes.append(f"{image.source_format.upper()} input written as PNG (lossless, keeps every colour)")
+    notes += metadata.lost_notes(fmt, image.width, image.height, image.exif, image.iptc, image.photoshop)
     return notes
 
 
 def encode_image(image: Image, fmt: str, quality: int = 95, strip_gps: bool = False) -> bytes:
-    """PNG / JPEG / WebP / TIFF bytes of `image` with its ICC profile and EXIF (orientation 1)."""
+    """PNG / JPEG / WebP / TIFF bytes of `image` with its metadata (ICC, EXIF, XMP, IPTC: see
+    pipeline/metadata.py) in the format's own places, updated to the output's size."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"cannot write format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
-    exif = _exif_bytes(_parse_exif(image.exif), strip_gps=strip_gps)
+    carried = output_metadata(image, strip_gps)
     pixels = _as_output_pixels(image, fmt)
-    icc = image.icc_profile
     gray_alpha = pixels.ndim == 3 and pixels.shape[2] == 4 and image.original_mode in ("LA", "La")
     if fmt in ("jpg", "png") and not gray_alpha:
         # OpenCV encodes straight from the array; Pillow would first copy RGB into 4-byte pixels (768 MB
         # more for a 16000x12000 output).
-        return _encode_opencv(pixels, fmt, quality, icc, exif)
+        return _encode_opencv(pixels, fmt, quality, carried)
     if pixels.dtype == np.uint16 and pixels.ndim == 3:
-        return _tiff16_colour(pixels, icc, exif)
+        return _tiff16_colour(pixels, carried)
     picture = _to_pillow(pixels, image.original_mode)
-    options: dict[str, object] = {}
-    if icc:
-        options["icc_profile"] = icc
-    if exif:
-        options["exif"] = exif
-    if fmt == "jpg":
-        options.update(quality=quality, subsampling=0 if quality >= 90 else 2)
-        fmt_name = "JPEG"
-    elif fmt == "webp":
-        options.update(quality=quality, method=4)
-        fmt_name = "WEBP"
-    elif fmt == "tiff":
-        options.update(compression="tiff_adobe_deflate")
-        fmt_name = "TIFF"
-    else:
-        options.update(compress_level=6)
-        fmt_name = "PNG"
     buffer = io.BytesIO()
-    picture.save(buffer, fmt_name, **options)
+    if fmt == "jpg":
+        picture.save(buffer, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+        return metadata.jpeg_with_metadata(buffer.getbuffer(), carried)
+    if fmt == "png":
+        picture.save(buffer, "PNG", compress_level=6)
+        return metadata.png_with_metadata(buffer.getbuffer(), carried)
+    if fmt == "webp":
+        picture.save(buffer, "WEBP", quality=quality, method=4, **metadata.webp_options(carried))
+        return buffer.getvalue()
+    picture.save(buffer, "TIFF", compression="tiff_adobe_deflate")
+    metadata.add_tiff_metadata(buffer, carried)
     return buffer.getvalue()
+
+
+def output_metadata(image: Image, strip_gps: bool) -> metadata.OutputMetadata:
+    """The metadata an output of `image` carries: the input's, with the output's pixel dimensions and
+    Software, GPS removed when asked (what encoders hand to pipeline.metadata's writers)."""
+    return metadata.for_output(
+        width=image.width,
+        height=image.height,
+        icc_profile=image.icc_profile,
+        exif=image.exif,
+        xmp=image.xmp,
+        xmp_extended=image.xmp_extended,
+        iptc=image.iptc,
+        photoshop=image.photoshop,
+        strip_gps=strip_gps,
+    )
 
 
 def _as_output_pixels(image: Image, fmt: str) -> np.ndarray:
@@ -573,17 +641,6 @@ def _gray16(pixels: np.ndarray) -> PILImage.Image:
     return PILImage.frombytes("I;16", (pixels.shape[1], pixels.shape[0]), pixels.astype("<u2").tobytes())
 
 
-def _parse_exif(raw: bytes | None) -> PILImage.Exif | None:
-    if not raw:
-        return None
-    exif = PILImage.Exif()
-    try:
-        exif.load(raw)
-    except Exception:  # unreadable EXIF is dropped, never fatal
-        return None
-    return exif
-
-
 def _exif_bytes(exif: PILImage.Exif | None, strip_gps: bool) -> bytes | None:
     """Serialise with orientation 1 (pixels are upright) and, when asked, without the GPS IFD."""
     if exif is None or not len(exif):
@@ -598,10 +655,8 @@ def _exif_bytes(exif: PILImage.Exif | None, strip_gps: bool) -> bytes | None:
         return None
 
 
-def _encode_opencv(
-    pixels: np.ndarray, fmt: str, quality: int, icc: bytes | None, exif: bytes | None
-) -> bytes:
-    """JPEG or PNG (8/16-bit, gray/RGB/RGBA) via OpenCV, then the ICC profile and EXIF spliced in."""
+def _encode_opencv(pixels: np.ndarray, fmt: str, quality: int, carried: metadata.OutputMetadata) -> bytes:
+    """JPEG or PNG (8/16-bit, gray/RGB/RGBA) via OpenCV, then the metadata spliced in."""
     if fmt == "jpg":
         sampling = (
             cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420
@@ -617,8 +672,8 @@ def _encode_opencv(
     # each copy of it (tobytes, slices, concatenations) was held at the process's memory peak.
     data = encoded.reshape(-1).data
     if fmt == "jpg":
-        return _jpeg_with_metadata(data, icc, exif)
-    return _png_with_metadata(data, icc, exif)
+        return metadata.jpeg_with_metadata(data, carried)
+    return metadata.png_with_metadata(data, carried)
 
 
 @contextmanager
@@ -644,53 +699,10 @@ def _swap_red_blue(pixels: np.ndarray) -> None:
         rows[:, :, [0, 2]] = rows[:, :, [2, 0]]
 
 
-def _jpeg_with_metadata(data: bytes | memoryview, icc: bytes | None, exif: bytes | None) -> bytes:
-    """Insert APP1 (EXIF) and APP2 (ICC, split into 64 KB segments) after SOI and any APP0 (JFIF)."""
-    segments = b""
-    if exif:
-        payload = exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
-        if len(payload) <= 65533:  # larger EXIF cannot be stored in one JPEG segment; it is dropped
-            segments += b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    if icc:
-        pieces = [icc[i : i + 65519] for i in range(0, len(icc), 65519)]
-        for number, piece in enumerate(pieces, start=1):
-            payload = b"ICC_PROFILE\x00" + bytes([number, len(pieces)]) + piece
-            segments += b"\xff\xe2" + struct.pack(">H", len(payload) + 2) + payload
-    position = 2
-    if bytes(data[2:4]) == b"\xff\xe0":
-        position = 4 + int.from_bytes(data[4:6], "big")
-    return b"".join([data[:position], segments, data[position:]])
-
-
-def _png_with_metadata(data: bytes | memoryview, icc: bytes | None, exif: bytes | None) -> bytes:
-    """Add iCCP and eXIf chunks right after IHDR."""
-    chunks = b""
-    if icc:
-        chunks += _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
-    if exif:
-        chunks += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
-    ihdr_end = 8 + 4 + 4 + 13 + 4
-    return b"".join([data[:ihdr_end], chunks, data[ihdr_end:]])
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _tiff16_colour(pixels: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
-    """16-bit RGB(A) TIFF via tifffile with the ICC profile and the descriptive EXIF tags of IFD0."""
+def _tiff16_colour(pixels: np.ndarray, carried: metadata.OutputMetadata) -> bytes:
+    """16-bit RGB(A) TIFF via tifffile, then the metadata's tags appended (pipeline.metadata)."""
     import tifffile
 
-    extratags: list[tuple[int, str, int, object, bool]] = []
-    if icc:
-        extratags.append((34675, "B", len(icc), icc, True))
-    parsed = _parse_exif(exif)
-    if parsed is not None:
-        for tag in _DESCRIPTIVE_TAGS:
-            value = parsed.get(tag)
-            if isinstance(value, str) and value:
-                extratags.append((tag, "s", 0, value, True))
     buffer = io.BytesIO()
     tifffile.imwrite(
         buffer,
@@ -698,7 +710,8 @@ def _tiff16_colour(pixels: np.ndarray, icc: bytes | None, exif: bytes | None) ->
         photometric="rgb",
         extrasamples=("unassalpha",) if pixels.shape[2] == 4 else None,
         compression="zlib",
-        extratags=extratags,
+        software=False,  # the Software tag is the metadata's (this program), not the library's
         metadata=None,
     )
+    metadata.add_tiff_metadata(buffer, carried)
     return buffer.getvalue()

@@ -165,6 +165,10 @@ class Restorer:
             source_format=image.source_format,
             icc_profile=image.icc_profile,
             exif=image.exif,
+            xmp=image.xmp,
+            xmp_extended=image.xmp_extended,
+            iptc=image.iptc,
+            photoshop=image.photoshop,
             notes=list(report.notes),
             original_mode=image.original_mode,
         )

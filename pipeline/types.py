@@ -99,7 +99,14 @@ class Image:
     pixels: np.ndarray
     source_format: str = "png"  # "jpg", "png", "webp", "tiff", "bmp", "heic", "gif"
     icc_profile: bytes | None = None
-    exif: bytes | None = None  # raw EXIF block, orientation reset to 1 on output
+    # The photo's metadata as the file held it, made true of the upright pixels (orientation 1, face
+    # regions turned with the pixels); encode_image writes each in its output format's own place and
+    # updates what the restore changes (pixel dimensions, Software). pipeline/metadata.py says how.
+    exif: bytes | None = None  # EXIF as a TIFF structure ("II*\0..."/"MM\0*...", no "Exif\0\0" prefix)
+    xmp: bytes | None = None  # the XMP packet (JPEG: the standard part)
+    xmp_extended: bytes | None = None  # JPEG extended XMP (the part beyond 64 KB), reassembled
+    iptc: bytes | None = None  # IPTC-IIM records (JPEG APP13 / TIFF 33723 / PNG raw profile)
+    photoshop: bytes | None = None  # Photoshop image resources ("8BIM" blocks) other than the IPTC one
     notes: list[str] = field(default_factory=list)  # e.g. "GIF: first frame of 12 used", "CMYK converted"
     original_mode: str = ""  # PIL mode of the file as read, e.g. "RGB", "I;16", "P", "CMYK", "LA"
 

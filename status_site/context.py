@@ -14,7 +14,7 @@ from daemon import ReadModel
 from status_site.cache import ResponseCache
 from status_site.eta import Estimator
 from status_site.files import PreviewCache
-from status_site.uploads import UPLOAD_SLOTS
+from status_site.uploads import UPLOAD_SLOTS, SpoolSpace
 
 if TYPE_CHECKING:
     from daemon import AddResult, HealthState, JobStore, Settings
@@ -53,11 +53,13 @@ class SiteContext:
     child_preview_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     responses: ResponseCache = field(default_factory=ResponseCache)
     upload_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(UPLOAD_SLOTS))
+    spool_space: SpoolSpace = field(init=False)  # the upload spool disk's room, shared by all uploads
     # Host names requests may carry besides IP literals and localhost (guards.check_host).
     host_names: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.reads = ReadModel(self.store.db_path)
+        self.spool_space = SpoolSpace(self.settings.state_dir / "uploads", self.settings.min_free_bytes)
         self.estimator = Estimator(self.reads, self.settings, self.file_executor)
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:

@@ -2,7 +2,8 @@
 
 The rate is the mean seconds per input megapixel of recent done jobs (ReadModel.rate). A waiting job's
 input size comes from its file's header (PIL reads only the header, no pixels), cached by file
-version; jobs whose header cannot be read count as the mean size of recent jobs.
+version; jobs whose header cannot be read (gone, damaged, hostile: any file a share user drops may be)
+or claims more than max_input_megapixels count as the mean size of recent jobs.
 
 eta(job) = what is left of the running job + the work of every job ahead + its own work.
 The running job's remainder uses its measured speed once it has made progress, else the rate.
@@ -10,10 +11,11 @@ The running job's remainder uses its measured speed once it has made progress, e
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import CancelledError, Executor, Future, TimeoutError
+from concurrent.futures import Executor, Future, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,8 @@ from status_site.problems import Problem
 
 if TYPE_CHECKING:
     from daemon import Job, ReadModel, Settings
+
+log = logging.getLogger(__name__)
 
 HEADER_CACHE_SIZE = 4096
 HEADERS_READ_PER_CALL = 200  # beyond this many queued jobs, the rest count at the mean size
@@ -61,29 +65,44 @@ class MegapixelCache:
         if started:
             # Outside the lock: a read that already finished runs the callback right here.
             reading.add_done_callback(lambda done: self._store(key, done))
-        try:
-            return reading.result(timeout=HEADER_WAIT_SECONDS)
-        except (TimeoutError, CancelledError):
-            return None
+        done, _ = wait([reading], timeout=HEADER_WAIT_SECONDS)
+        return _answer(reading) if done else None
 
     def _store(self, key: tuple[str, int, float], done: Future[float | None]) -> None:
+        # Runs once per read: the one place a read that raised is logged.
+        error = None if done.cancelled() else done.exception()
+        if error is not None:
+            log.warning("reading the header of %s failed; its size counts as unknown", key[0], exc_info=error)
         with self._lock:
             self._reading.pop(key, None)
-            if done.cancelled() or done.exception() is not None:
+            if done.cancelled():
                 return
-            self._items[key] = done.result()
+            self._items[key] = _answer(done)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
 
+def _answer(read: Future[float | None]) -> float | None:
+    """A finished header read's megapixels. One that raised is unknown, and is cached as unknown: any
+    file in the inbox may be hostile, and an error nobody foresaw in a parser must cost that job its
+    estimate, never the listing of every job (issue 18, item 4)."""
+    if read.cancelled() or read.exception() is not None:
+        return None
+    return read.result()
+
+
 def _read_header_megapixels(job: Job, settings: Settings) -> float | None:
-    # open_header parses the header without Pillow's own bomb check, so big photos are sized too.
+    """The input's size from its header, or None (unknown) for a file that is gone, unreadable, or
+    claims more pixels than the pipeline takes: that job fails at once, it is no work ahead of others."""
+    # open_header parses the header without Pillow's own bomb check, so big photos are sized too, and
+    # turns every header it cannot read (bombs included) into a Problem.
     try:
         path: Path = locate(job, "input", settings).path
         with path.open("rb") as handle, open_header(handle) as image:
-            return image.width * image.height / 1e6
+            megapixels = image.width * image.height / 1e6
     except (Problem, OSError, ValueError):
         return None
+    return megapixels if megapixels <= settings.max_input_megapixels else None
 
 
 class Estimator:

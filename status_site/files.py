@@ -179,12 +179,38 @@ class NeedsOwnProcess(Exception):
     """The preview would decode more than IN_PROCESS_MAX_PIXELS here: make it in a child process."""
 
 
+# What Pillow's plugins raise on a damaged or hostile header or pixel stream (any file a share user drops
+# may be one): parse errors, short reads, nonsense values. Warnings count too, for a process that runs
+# with warnings as errors (the test suite): a TIFF tag pointing past the end of the file warns.
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    SyntaxError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ValueError,
+    EOFError,
+    OSError,
+    struct.error,
+    Warning,
+)
+# Pillow's own bomb check, which the GIF plugin (a frame larger than the screen), the WebP plugin (its
+# canvas) and TIFF's loader (its tiles) run inside the plugin, whatever Image.open would do. It is not
+# our limit: a GIF or WebP of 179 MP or more gets no preview even where max_input_megapixels allows it
+# (a rare photo; Pillow's DecompressionBombError from Pillow's decompression_bomb.gif was a 500).
+BOMB_ERRORS: tuple[type[BaseException], ...] = (
+    PILImage.DecompressionBombError,
+    PILImage.DecompressionBombWarning,
+)
+
+
 def open_header(handle: BinaryIO) -> ImageFile.ImageFile:
     """Parse the header with the Pillow plugin of one of PREVIEW_FORMATS; nothing is decoded yet.
 
     Not PIL.Image.open: its bomb check (a warning above 89 MP, an error above 179 MP) is not our limit
     (max_input_megapixels), and switching it off means changing Pillow's MAX_IMAGE_PIXELS for every
     thread of the daemon. The formats are the ones we restore, so no exotic decoder ever runs here.
+    Every header it cannot read, bombs included, is a 422 Problem: never another exception, so the
+    readers of queued files (previews, the ETA) answer normally whatever a share user drops.
     """
     PILImage.init()
     handle.seek(0)
@@ -196,13 +222,24 @@ def open_header(handle: BinaryIO) -> ImageFile.ImageFile:
         handle.seek(0)
         try:
             return factory(handle, "")
-        except (SyntaxError, IndexError, TypeError, ValueError, EOFError, OSError, struct.error):
+        except BOMB_ERRORS as exc:
+            raise _bomb(exc) from None
+        except IMAGE_ERRORS:
             continue
     raise Problem(
         422,
         "not-an-image",
         "Not an image",
         "the file is not an image this service previews (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC)",
+    )
+
+
+def _bomb(exc: BaseException) -> Problem:
+    return Problem(
+        422,
+        "image-too-large",
+        "Image too large to preview",
+        f"the file's header claims an image too large to read safely ({exc})",
     )
 
 
@@ -244,7 +281,9 @@ def make_preview(
             raise NeedsOwnProcess()
         try:
             image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except BOMB_ERRORS as exc:  # TIFF checks its tile size only here
+            raise _bomb(exc) from None
+        except IMAGE_ERRORS as exc:
             raise Problem(
                 422, "preview-failed", "Preview failed", f"the image could not be decoded ({exc})"
             ) from None
@@ -325,15 +364,19 @@ def fits_without_resize(handle: BinaryIO, max_edge: int) -> bool:
 def header_orientation(image: ImageFile.ImageFile) -> int:
     """EXIF orientation without decoding: Pillow's PNG getexif() decodes the whole image to look for an
     eXIf chunk after the pixels (a 900 MP bomb allocated 3 GB that way), so PNG reads only what its
-    header held."""
-    if image.format == "PNG":
-        raw = image.info.get("exif")
-        if not raw:
-            return 1
-        exif = PILImage.Exif()
-        exif.load(raw)
-        return int(exif.get(0x0112, 1))
-    return int(image.getexif().get(0x0112, 1))
+    header held. Damaged EXIF (a broken TIFF header inside APP1, a value that is no number) is no
+    orientation: the preview is shown as stored."""
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = PILImage.Exif()
+            exif.load(raw)
+            return int(exif.get(0x0112, 1))
+        return int(image.getexif().get(0x0112, 1))
+    except IMAGE_ERRORS:
+        return 1
 
 
 class PreviewCache:

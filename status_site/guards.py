@@ -122,7 +122,11 @@ def token_valid(request: web.Request) -> bool:
     given = presented_token(request)
     if token is None or not given:
         return False
-    return hmac.compare_digest(given.encode("utf-8"), token.get_secret_value().encode("utf-8"))
+    # aiohttp decodes header bytes that are not UTF-8 to lone surrogates; surrogateescape gives back the
+    # bytes the client sent (which then simply do not match) instead of an encoding error.
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.get_secret_value().encode("utf-8")
+    )
 
 
 def _token_problem(detail: str) -> Problem:

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from status_site.connections import prove_token
 from status_site.context import context_of
-from status_site.guards import check_host, require_read
+from status_site.guards import check_host, require_read, token_valid
 from status_site.problems import Problem, problem_response
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,19 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
     response = await handler(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # No page of another site may frame ours (clickjacking the retry and cancel buttons); the page's
+    # CSP says frame-ancestors 'none' too, for browsers that prefer it.
+    response.headers.setdefault("X-Frame-Options", "DENY")
     return response
 
 
 @web.middleware
 async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Host allow-list on every request, then the token on reads when protect_reads is on (guards.py)."""
+    """Host allow-list on every request, then the token on reads when protect_reads is on (guards.py).
+    A connection whose request carried the valid token may use the reserved connection slots."""
     check_host(request, context_of(request).host_names)
+    if token_valid(request):
+        prove_token(request)
     require_read(request)
     return await handler(request)
 

@@ -503,10 +503,15 @@ def _document() -> dict[str, Any]:
                         },
                         "400": _problem("no files, unknown field or preset"),
                         **_WRITE_ERRORS,
+                        "408": _problem(
+                            "the body did not arrive within upload_deadline_seconds, or nothing came for 60 s"
+                        ),
                         "413": _problem("too many files or a file too large (checked while streaming)"),
                         "415": _problem("not multipart/form-data"),
                         "422": _problem("a file is not a usable image; nothing was saved"),
-                        "507": _problem("the inbox filesystem is full"),
+                        "507": _problem(
+                            "the inbox filesystem is full, or the state disk would drop below min_free_mb"
+                        ),
                     },
                 },
             },

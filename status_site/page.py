@@ -48,7 +48,9 @@ def _static_response(request: web.Request, name: str) -> web.Response:
         charset="utf-8",
         headers={
             "Cache-Control": "no-cache",
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'",
+            # frame-ancestors: no other site may frame the page (clickjacking its buttons).
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+            "frame-ancestors 'none'",
         },
     )
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from status_site.api import create_api_app
-from status_site.connections import ConnectionGate, GatedTCPSite
+from status_site.connections import ConnectionGate, ConnectionLimits, GatedTCPSite
 from status_site.context import APP_NAME, SiteContext
 from status_site.guards import own_host_names
 from status_site.page import create_site_app
@@ -57,7 +57,13 @@ async def start_servers(
             )
             await runner.setup()
             runners.append(runner)
-            gate = ConnectionGate(settings.http_max_connections, settings.http_max_connections_per_client)
+            gate = ConnectionGate(
+                ConnectionLimits(
+                    total=settings.http_max_connections,
+                    per_network=settings.http_max_connections_per_network,
+                    reserved=settings.http_reserved_connections,
+                )
+            )
             try:
                 await GatedTCPSite(runner, settings.bind, port, gate).start()
             except OSError as exc:

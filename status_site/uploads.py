@@ -2,10 +2,13 @@
 
 Order of events, so a refused upload leaves nothing behind in the inbox:
 0. admission: at most UPLOAD_SLOTS uploads at once (503 beyond, never a queue of held connections),
-   and only while the spool disk (the state dir's) has room for the request and min_free_mb besides.
+   and only while the spool disk (the state dir's) has room for the declared Content-Length beside
+   what the other uploads in flight claimed, keeping min_free_mb free (507; SpoolSpace).
 1. limits while streaming: the file count and each file's size are checked per chunk; the request is
-   refused (413) the moment one is exceeded; a client that sends nothing for UPLOAD_IDLE_SECONDS is
-   cut off (408). Every part streams to an unnamed temp file in the state dir (never RAM, never the
+   refused (413) the moment one is exceeded; each received chunk is counted against the spool disk's
+   free space across all uploads in flight, chunked bodies too (507); the whole body must arrive
+   within upload_deadline_seconds, and a client that sends nothing for UPLOAD_IDLE_SECONDS is cut off
+   sooner (408). Every part streams to an unnamed temp file in the state dir (never RAM, never the
    inbox), hashed on the way.
 2. validation in a thread, from the spooled file: an image we can read (header, sane dimensions, the
    pipeline's pixel limit; verify(), and a decode of up to files.IN_PROCESS_MAX_PIXELS (JPEG at 1/8)
@@ -24,6 +27,7 @@ import errno
 import hashlib
 import os
 import tempfile
+import time
 import unicodedata
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -51,7 +55,7 @@ if TYPE_CHECKING:
 
 CHUNK = 256 * 1024
 UPLOAD_SLOTS = 4  # uploads streaming at once; each holds a connection and a spool file
-UPLOAD_IDLE_SECONDS = 60.0  # a client that sends nothing for this long is cut off
+UPLOAD_IDLE_SECONDS = 60.0  # a client that sends nothing for this long is cut off before its deadline
 T = TypeVar("T")
 FORMAT_EXTENSIONS = {
     "JPEG": ".jpg",
@@ -97,6 +101,108 @@ def upload_name(raw: str | None) -> str:
     return safe_file_name(name, fallback="upload", max_bytes=UPLOAD_NAME_MAX_BYTES)
 
 
+class SpoolSpace:
+    """Room on the spool disk (the state dir's), shared by every upload in flight (one per SiteContext).
+
+    Every received chunk is written only after a statvfs in the same file-pool call shows room for it
+    beside min_free_mb (the job database lives there too) and beside what the other uploads in flight
+    declared (Content-Length) and have not sent yet; a chunked body declares nothing and is held to
+    the same rule per chunk. The bytes uploads received are on the disk, so the measurement counts them
+    exactly, and a refused upload's are free again the moment its spool file closes. Concurrent writes
+    can overshoot by at most one chunk per file-pool thread.
+    """
+
+    def __init__(self, spool_dir: Path, reserve_bytes: int) -> None:
+        self.spool_dir = spool_dir
+        self.reserve_bytes = reserve_bytes
+        self.claimed = 0  # declared by uploads in flight and not received yet
+
+    async def claim(self, ctx: SiteContext, declared: int) -> SpoolClaim:
+        """Admission: the declared length must fit now, beside the other uploads' claims."""
+        free = await ctx.run_file(_free_bytes, self.spool_dir)
+        if declared > free - self.claimed - self.reserve_bytes:
+            raise self.full(free, declared)
+        self.claimed += declared
+        return SpoolClaim(self, declared)
+
+    def release(self, claim: SpoolClaim) -> None:
+        self.claimed -= claim.left
+        claim.left = 0
+
+    def full(self, free: int, needed: int) -> Problem:
+        mb = 1024 * 1024
+        return Problem(
+            507,
+            "spool-full",
+            "No room for the upload",
+            f"the daemon's state disk has {free // mb} MB free, of which uploads in progress have "
+            f"declared {self.claimed // mb} MB still to come; this upload needs {needed // mb + 1} MB "
+            f"more and {self.reserve_bytes // mb} MB must stay free (min_free_mb)",
+        )
+
+
+@dataclass
+class SpoolClaim:
+    space: SpoolSpace
+    left: int  # declared bytes not received yet
+
+    def others(self) -> int:
+        """What the other uploads in flight declared and have not sent yet."""
+        return self.space.claimed - self.left
+
+    def received(self, size: int) -> None:
+        taken = min(size, self.left)
+        self.left -= taken
+        self.space.claimed -= taken
+
+
+def _free_bytes(spool_dir: Path) -> int:
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stats = os.statvfs(spool_dir)
+    return stats.f_bavail * stats.f_frsize
+
+
+@dataclass
+class Receiving:
+    """What every read of one upload's body is held to: its deadline, and the spool space."""
+
+    ctx: SiteContext
+    claim: SpoolClaim
+    deadline: float  # time.monotonic() by which the whole body must have arrived
+    seconds: float  # upload_deadline_seconds, for the refusal
+
+    def keep_free(self) -> int:
+        """Bytes the spool disk must keep free beside this upload's next chunk: the reserve, and what
+        the other uploads declared and have not sent (this upload's own claim is what it writes)."""
+        return self.ctx.spool_space.reserve_bytes + self.claim.others()
+
+    async def read(self, step: Awaitable[T]) -> T:
+        """One read of the body: cut off at the deadline, or after UPLOAD_IDLE_SECONDS of silence; a
+        client that hangs up mid-upload is an ordinary refusal (no traceback in the log)."""
+        left = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(step, max(0.0, min(left, UPLOAD_IDLE_SECONDS)))
+        except ConnectionError:
+            raise Problem(
+                400, "upload-interrupted", "Upload interrupted", "the client closed the connection"
+            ) from None
+        except TimeoutError:
+            if left <= UPLOAD_IDLE_SECONDS:
+                raise Problem(
+                    408,
+                    "upload-too-slow",
+                    "Upload too slow",
+                    f"the upload did not arrive within {self.seconds:.0f} s (upload_deadline_seconds); "
+                    "nothing was saved",
+                ) from None
+            raise Problem(
+                408,
+                "upload-stalled",
+                "Upload stalled",
+                f"the client sent nothing for {UPLOAD_IDLE_SECONDS:.0f} s; nothing was saved",
+            ) from None
+
+
 async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[SpooledFile], str | None]:
     """Stream the multipart body to disk, enforcing count and size limits before anything is kept."""
     settings = ctx.settings
@@ -111,13 +217,17 @@ async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[Spo
     length = request.content_length
     if length is not None and length > max_files * (max_bytes + 64 * 1024):
         raise _too_large(f"the request is {length} bytes, more than {max_files} files of {max_bytes} bytes")
-    spool_dir = settings.state_dir / "uploads"
-    await ctx.run_file(_check_spool_space, spool_dir, length or max_bytes, settings.min_free_mb)
+    receiving = Receiving(
+        ctx=ctx,
+        claim=await ctx.spool_space.claim(ctx, length or 0),
+        deadline=time.monotonic() + settings.upload_deadline_seconds,
+        seconds=settings.upload_deadline_seconds,
+    )
     files: list[SpooledFile] = []
     preset: str | None = None
     try:
         reader = await request.multipart()
-        while (part := await _idle_limited(reader.next())) is not None:
+        while (part := await receiving.read(reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 raise Problem(
                     400, "bad-multipart", "Nested multipart", "nested multipart bodies are not accepted"
@@ -127,48 +237,16 @@ async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[Spo
                 continue
             if len(files) >= max_files:
                 raise _too_large(f"more than {max_files} files in one upload (upload_max_files)")
-            files.append(await _spool_part(part, ctx, max_bytes, spool_dir))
+            files.append(await _spool_part(part, receiving, max_bytes))
     except BaseException:
         for spooled in files:
             spooled.data.close()
         raise
+    finally:
+        ctx.spool_space.release(receiving.claim)
     if not files:
         raise Problem(400, "no-files", "No files", "the upload held no file fields; send images as 'file'")
     return files, preset
-
-
-def _check_spool_space(spool_dir: Path, needed: int, reserve_mb: int) -> None:
-    """Refuse before reading when the state dir's disk cannot take the upload and keep its reserve
-    (the job database lives there too)."""
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    stats = os.statvfs(spool_dir)
-    free = stats.f_bavail * stats.f_frsize
-    if free - needed < reserve_mb * 1024 * 1024:
-        raise Problem(
-            507,
-            "spool-full",
-            "No room for the upload",
-            f"the daemon's state disk has {free // (1024 * 1024)} MB free; this upload needs "
-            f"{needed // (1024 * 1024) + 1} MB plus the {reserve_mb} MB reserve (min_free_mb)",
-        )
-
-
-async def _idle_limited(step: Awaitable[T]) -> T:
-    """One read of the body; a client that sends nothing for UPLOAD_IDLE_SECONDS is cut off, and one
-    that hangs up mid-upload is an ordinary refusal (no traceback in the log)."""
-    try:
-        return await asyncio.wait_for(step, UPLOAD_IDLE_SECONDS)
-    except ConnectionError:
-        raise Problem(
-            400, "upload-interrupted", "Upload interrupted", "the client closed the connection"
-        ) from None
-    except TimeoutError:
-        raise Problem(
-            408,
-            "upload-stalled",
-            "Upload stalled",
-            f"the client sent nothing for {UPLOAD_IDLE_SECONDS:.0f} s; nothing was saved",
-        ) from None
 
 
 async def _read_field(part: BodyPartReader) -> str:
@@ -187,20 +265,24 @@ async def _read_field(part: BodyPartReader) -> str:
     return raw.decode("utf-8", errors="replace").strip()
 
 
-async def _spool_part(part: BodyPartReader, ctx: SiteContext, max_bytes: int, spool_dir: Path) -> SpooledFile:
+async def _spool_part(part: BodyPartReader, receiving: Receiving, max_bytes: int) -> SpooledFile:
     name = part.filename or "upload"
+    ctx = receiving.ctx
     # Unnamed (O_TMPFILE where the filesystem has it): a crash mid-upload leaves nothing to clean up.
-    spool: IO[bytes] = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
+    spool: IO[bytes] = tempfile.TemporaryFile(dir=ctx.spool_space.spool_dir)  # noqa: SIM115
     digest = hashlib.sha256()
     size = 0
     try:
-        while chunk := await _idle_limited(part.read_chunk(CHUNK)):
+        while chunk := await receiving.read(part.read_chunk(CHUNK)):
             size += len(chunk)
             if size > max_bytes:
                 raise _too_large(
                     f"{name!r} is larger than the {max_bytes} byte limit per file (upload_max_bytes)"
                 )
-            await ctx.run_file(_write_and_hash, spool, digest, chunk)
+            room = await ctx.run_file(_write_if_room, spool, digest, chunk, receiving.keep_free())
+            if room is not None:
+                raise ctx.spool_space.full(room, len(chunk))
+            receiving.claim.received(len(chunk))
     except OSError as exc:
         spool.close()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -219,9 +301,16 @@ async def _spool_part(part: BodyPartReader, ctx: SiteContext, max_bytes: int, sp
     )
 
 
-def _write_and_hash(spool: IO[bytes], digest: Any, chunk: bytes) -> None:
+def _write_if_room(spool: IO[bytes], digest: Any, chunk: bytes, keep_free: int) -> int | None:
+    """Write and hash the chunk if the spool disk keeps `keep_free` bytes free after it; else return
+    the free space (nothing written)."""
+    stats = os.fstatvfs(spool.fileno())
+    free = stats.f_bavail * stats.f_frsize
+    if free - len(chunk) < keep_free:
+        return free
     spool.write(chunk)
     digest.update(chunk)
+    return None
 
 
 def _too_large(detail: str) -> Problem:

@@ -18,8 +18,10 @@
 #      credential (0600), the unit copied to /etc/systemd/system, `systemd-analyze verify` silent;
 #   6. `systemctl start restorer` (returns after READY=1), the API answers on loopback, the credential
 #      was loaded (a POST without the token is refused with 401), the watchdog was pinged;
-#   7. a PNG dropped in the inbox appears restored in the outbox; the journal has no SIGSYS, EPERM or
-#      permission errors and the service never restarted;
+#   7. a PNG dropped in the inbox appears restored in the outbox and the original in archive/ (moved
+#      across two ReadWritePaths mounts); in the service's mount namespace the share's root is read-only
+#      and its folders are not; the journal has no SIGSYS, EPERM or permission errors and the service
+#      never restarted;
 #   8. `systemctl stop restorer` ends it cleanly (result "success", exit status 0) within TimeoutStopSec.
 #
 # Environment: ROOTFS (default /var/tmp/restorer-sysd-root), VENV (default the checkout's .venv),
@@ -63,6 +65,9 @@ host_main() {
     mkdir -p "$rootfs/opt/restorer"
     (cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - --ignore-failed-read) \
         | tar -C "$rootfs/opt/restorer" -xf -
+    # A worktree's .venv may be a symlink to a shared venv (git does not ignore a link with `.venv/`):
+    # inside, step 4 makes the venv at this path itself.
+    rm -rf "$rootfs/opt/restorer/.venv"
     install -m 0755 "$SELF" "$rootfs/usr/local/sbin/$NAME"
     printf '%s\n%s\n' "$venv" "$site" >"$rootfs/etc/$NAME.paths"
     cat >"$rootfs/etc/systemd/system/$NAME.service" <<EOF
@@ -148,6 +153,9 @@ inside_main() {
     local venv site
     { read -r venv; read -r site; } <"/etc/$NAME.paths"
     exec > >(tee "/var/tmp/$NAME.log") 2>&1
+    # A command that fails under `set -e` ends this script: report it, or the container would run on
+    # until CHECK_TIMEOUT with no status.
+    trap '[[ -f /var/tmp/$NAME.status ]] || { log "FAIL: a command failed (exit $?)"; finish 1; }' EXIT
     log "systemd $(systemctl --version | head -1 | cut -d' ' -f2), kernel $(uname -r)"
 
     # 4. The venv the unit's ExecStart names.
@@ -233,6 +241,21 @@ Image.fromarray(pixels.astype(np.uint8)).save("/var/tmp/photo.png")
     local bad
     bad=$(journalctl --no-pager -b -u restorer | grep -iE 'SIGSYS|bad system call|operation not permitted|permission denied|read-only file system|traceback|core-dump' || true)
     [[ -z $bad ]] || fail "the journal has errors: $bad"
+    # ReadWritePaths: the original crossed from inbox/ to archive/ (two mounts: copied, then deleted), and
+    # in the service's own mount namespace only the five folders may be written, not the share's root.
+    t0=$(date +%s)
+    while [[ ! -f /srv/photos/archive/photo.png && $(seconds_since "$t0") -lt 60 ]]; do sleep 1; done
+    [[ -f /srv/photos/archive/photo.png && ! -e /srv/photos/inbox/photo.png ]] \
+        || fail "the original did not move from inbox/ to archive/"
+    local pid
+    pid=$(systemctl show -p MainPID --value restorer)
+    local refused
+    refused=$(nsenter --target "$pid" --mount -- touch /srv/photos/probe 2>&1) \
+        && fail "the share's root is writable inside the service"
+    [[ $refused == *"Read-only file system"* ]] || fail "writing the share's root inside the service: $refused"
+    nsenter --target "$pid" --mount -- sh -c 'touch /srv/photos/archive/.probe && rm /srv/photos/archive/.probe' \
+        || fail "archive/ is not writable inside the service"
+    log "inside the service only the four folders and the state folder are writable; the original is in archive/"
     systemd-analyze security --no-pager restorer | tail -1
 
     # 8. Stop: the daemon stops intake and exits 0 well within TimeoutStopSec.

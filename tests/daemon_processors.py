@@ -70,6 +70,30 @@ class CopyProcessor:
         return f".{fmt}"
 
 
+class DecodeProcessor(CopyProcessor):
+    """The copy stage behind the pipeline's real decoder. A fake photo with a command (SLOW...) obeys it;
+    anything else is decoded by pipeline.load_image first, so a hostile or damaged file fails exactly
+    as a real restore makes it fail (the pipeline's BadImageError and reason), and a readable one is
+    done with its size and seconds on record, as the ETA's rate needs."""
+
+    commands = (b"CRASH", b"HANG", b"SLOW", b"BAD")
+
+    def process(
+        self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+    ) -> Processed:
+        if data.startswith(FAKE_PHOTO_HEAD) and data[len(FAKE_PHOTO_HEAD) :].startswith(self.commands):
+            return super().process(data, options, on_progress)
+        from pipeline import load_image
+
+        started = time.monotonic()
+        image = load_image(data, max_pixels=int(self.settings.max_input_megapixels * 1e6))
+        height, width = image.pixels.shape[:2]
+        seconds = max(time.monotonic() - started, 0.001)
+        copied = super().process(data, options, on_progress)
+        report = {**copied.report, "input_size": [width, height], "seconds": seconds}
+        return Processed(data, image.source_format, report)
+
+
 class _KillOnce(CopyProcessor):
     """Fault injection, test code only: the copy stage, plus a patch (in the worker process) that kills the
     worker with SIGKILL the first time a job reaches `point`, as a power cut or the OOM killer would."""

@@ -6,10 +6,16 @@ Not part of `make test`: it needs root and a container engine, and the build dow
 2. the base image: when the Dockerfile's base is missing and cannot be pulled, build a stand-in under the
    same tag with debootstrap + `docker import` (the Dockerfile stays the one users build);
 3. build the cpu image; pip in the build sees the host's CA bundle as a BuildKit secret, never in a layer;
-4. `compose up` on temp folders owned by PUID:PGID, ports published on loopback only;
-5. wait for health, drop a real photo into the inbox, wait for the output, check its owner is PUID:PGID;
-6. restart the container: healthy again (time measured) and the job history is still there;
-7. SIGTERM mid-job: the container stops in time with exit code 0, nothing half-written is in the outbox,
+4. `compose up` on temp folders owned by PUID:PGID, the API token as a compose secret, ports published on
+   loopback only;
+5. wait for health; the hardening compose.yaml declares is in force (docker inspect: read-only root
+   filesystem, every capability dropped, no-new-privileges, /tmp a tmpfs; inside: no process has a
+   capability or may gain privileges, the token is in no process's environment, the root filesystem
+   refuses writes, the state folder is PUID's with mode 0750, not world-writable) and the token from
+   the secret is the one the API asks for;
+6. drop a real photo into the inbox, wait for the output, check its owner is PUID:PGID;
+7. restart the container: healthy again (time measured) and the job history is still there;
+8. SIGTERM mid-job: the container stops in time with exit code 0, nothing half-written is in the outbox,
    the interrupted job is queued again and finishes after the next start.
 Prints one JSON summary (image size, time to healthy, time to first output) on success.
 
@@ -24,6 +30,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -32,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,6 +239,12 @@ class Stack:
         (work / "weights").mkdir()
         for path in [self.photos, *self.photos.iterdir(), work / "weights"]:
             os.chown(path, PUID, PGID)
+        # The API token, as a user makes it: readable by PUID only (Compose bind-mounts the file as it is).
+        self.token = secrets.token_urlsafe(32)
+        token_file = work / "restorer_api_token"
+        token_file.write_text(self.token + "\n")
+        os.chown(token_file, PUID, PGID)
+        token_file.chmod(0o400)
         override = work / "compose.test.yaml"
         # Ports on loopback only (!override replaces the list instead of adding to it); short waits;
         # a short stop grace so SIGTERM interrupts the running image and the requeue path is exercised.
@@ -252,6 +266,7 @@ class Stack:
             **os.environ,
             "PHOTOS_DIR": str(self.photos),
             "WEIGHTS_DIR": str(work / "weights"),
+            "API_TOKEN_FILE": str(token_file),
             "PUID": str(PUID),
             "PGID": str(PGID),
             "TZ": "Europe/Berlin",
@@ -266,6 +281,18 @@ class Stack:
         url = f"http://127.0.0.1:{self.api_port}/api/v1/{path}"
         with urllib.request.urlopen(url, timeout=10) as response:
             return json.load(response)
+
+    def post_status(self, path: str, token: str | None = None) -> int:
+        """The HTTP status of an empty POST to the API, with the token or without."""
+        url = f"http://127.0.0.1:{self.api_port}/api/v1/{path}"
+        request = urllib.request.Request(url, data=b"", method="POST")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
 
     def wait_healthy(self, timeout: float) -> float:
         started = time.monotonic()
@@ -325,6 +352,88 @@ def check_outbox_complete(outbox: Path) -> list[str]:
     return names
 
 
+# Run inside the container (as its user, with its capabilities and environment): every process's
+# capabilities, no_new_privs flag and environment, the state folder's owner and mode, and what a write to
+# the image's own folders and to /tmp does. The token is read from the secret here, so it never travels
+# on a command line.
+INSIDE_PROBE = r"""
+import errno, json, os, pathlib
+token = pathlib.Path("/run/secrets/restorer_api_token").read_bytes().strip()
+processes = []
+for entry in pathlib.Path("/proc").iterdir():
+    if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        continue
+    try:
+        status = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines())
+        environ = (entry / "environ").read_bytes()
+        command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        continue  # ended meanwhile
+    processes.append({
+        "pid": int(entry.name), "command": command,
+        "caps": {key: status[key].strip() for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+        "no_new_privs": status["NoNewPrivs"].strip(),
+        "token_in_environ": token in environ,
+        "token_variable": b"RESTORER_API_TOKEN=" in environ,
+    })
+def write(path):
+    try:
+        pathlib.Path(path).write_bytes(b"x")
+        os.unlink(path)
+        return "written"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+state = os.stat("/var/lib/restorer")
+print(json.dumps({
+    "processes": processes,
+    "state": {"uid": state.st_uid, "gid": state.st_gid, "mode": oct(state.st_mode & 0o7777)},
+    "writes": {path: write(path) for path in ("/opt/restorer/probe", "/etc/probe", "/var/tmp/probe",
+                                              "/tmp/probe", "/var/lib/restorer/probe")},
+}))
+"""
+
+
+def check_hardening(stack: Stack) -> dict[str, Any]:
+    """What compose.yaml declares is what the running container has, seen from the engine and from
+    inside; the token reaches the daemon from the secret file and from nowhere else."""
+    container = stack.container()
+    inspected = json.loads(docker("inspect", container).stdout)[0]
+    host = inspected["HostConfig"]
+    assert host["ReadonlyRootfs"] is True, host["ReadonlyRootfs"]
+    assert [cap.upper() for cap in host["CapDrop"] or []] == ["ALL"] and not host["CapAdd"], host
+    assert "no-new-privileges:true" in (host["SecurityOpt"] or []), host["SecurityOpt"]
+    assert "/tmp" in (host["Tmpfs"] or {}), host["Tmpfs"]
+    environment = inspected["Config"]["Env"]
+    assert "RESTORER_API_TOKEN_FILE=/run/secrets/restorer_api_token" in environment, environment
+    assert not any(stack.token in item or item.startswith("RESTORER_API_TOKEN=") for item in environment)
+
+    probe = json.loads(docker("exec", container, "python", "-c", INSIDE_PROBE).stdout)
+    processes = probe["processes"]
+    commands = [process["command"] for process in processes]
+    assert any("restorer serve" in command for command in commands), commands
+    assert len(processes) >= 3, commands  # tini, the daemon, its worker
+    for process in processes:
+        assert set(process["caps"].values()) == {"0000000000000000"}, process
+        assert process["no_new_privs"] == "1", process
+        assert not process["token_in_environ"] and not process["token_variable"], process
+    assert probe["state"] == {"uid": PUID, "gid": PGID, "mode": "0o750"}, probe["state"]
+    writes = probe["writes"]
+    image_paths = ("/opt/restorer/probe", "/etc/probe", "/var/tmp/probe")
+    assert {writes[path] for path in image_paths} == {"EROFS"}, writes
+    assert writes["/tmp/probe"] == writes["/var/lib/restorer/probe"] == "written", writes
+
+    # The daemon took the token from the secret: without it a POST is 401 (without any token configured
+    # it would be 403 loopback-only), with it the request goes through (404: no such job).
+    assert stack.post_status("jobs/999999/retry") == 401
+    assert stack.post_status("jobs/999999/retry", stack.token) == 404
+    log(
+        f"hardened: read-only root, CapDrop ALL, no-new-privileges, /tmp tmpfs; {len(processes)} "
+        f"processes without capabilities, token in no environment; state {probe['state']}; the secret's "
+        "token is in force"
+    )
+    return {"processes_checked": len(processes), "state_dir": probe["state"]}
+
+
 def check_weights_fetch(stack: Stack) -> None:
     """`restorer weights fetch` through `compose run`: a mirror container on the project's network serves a
     GFPGANv1.4.pth that is not the official file; the command downloads it, refuses it (sha256) and leaves
@@ -357,6 +466,7 @@ def smoke(stack: Stack) -> dict[str, Any]:
     stack("up", "-d", "--no-build")
     result["first_start_healthy_s"] = round(stack.wait_healthy(timeout=1800), 1)
     log(f"healthy after {result['first_start_healthy_s']} s (first start: converts weights, compiles)")
+    result["hardening"] = check_hardening(stack)
 
     drop_photo(stack.photos / "inbox", "first.jpg", 256)
     dropped = time.monotonic()

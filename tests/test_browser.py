@@ -380,3 +380,36 @@ def test_signing_in_to_a_private_server_shows_its_photos(browser: object, tmp_pa
         page.wait_for_function(loaded, arg=thumb, timeout=20_000)
         assert not page.is_visible("#signin")
         assert urls and not any(token in url for url in urls)
+
+
+def test_another_site_cannot_show_the_page_in_a_frame(browser: object, tmp_path: Path) -> None:
+    """Clickjacking: a page on another origin frames the status page (to overlay its Retry and Cancel
+    buttons); chromium refuses to show it. The same page frames an ordinary page of its own origin."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "plain.html").write_text("<p id='plain'>an ordinary page</p>")
+    with running_site(tmp_path / "site") as site:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # another origin: its own port
+        port = evil.server_address[1]
+        threading.Thread(target=evil.serve_forever, daemon=True).start()
+        try:
+            (tmp_path / "evil.html").write_text(
+                f"<iframe id='status' src='{site.page}/'></iframe>"
+                f"<iframe id='plain' src='http://127.0.0.1:{port}/plain.html'></iframe>"
+            )
+            page = browser.new_page()  # type: ignore[attr-defined]
+            with page.expect_response(f"{site.page}/") as answer:  # chromium did fetch it ...
+                page.goto(f"http://127.0.0.1:{port}/evil.html")
+            assert answer.value.status == 200
+            page.frame_locator("#plain").locator("#plain").wait_for(timeout=20_000)  # frames load here
+            page.wait_for_load_state("load")
+            urls = [frame.url for frame in page.frames]
+            # ... and shows an error page in its place: the status page never runs in the frame.
+            assert not any(url.startswith(site.page) for url in urls), urls
+            assert page.frame_locator("#status").locator("#dropzone").count() == 0
+        finally:
+            evil.shutdown()
+            evil.server_close()

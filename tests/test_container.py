@@ -128,3 +128,58 @@ def test_dockerfile_health_stop_init_and_user() -> None:
     # The CA bundle of a TLS-intercepting proxy is a build secret, never a COPY into a layer.
     assert "--mount=type=secret,id=pip_cert" in text
     assert not any(line.startswith(("COPY", "ADD")) and "cert" in line.lower() for line in text.splitlines())
+
+
+def test_compose_runs_the_daemon_without_capabilities_on_a_read_only_image() -> None:
+    """`make docker-test` checks the same in a running container (docker inspect and /proc inside)."""
+    service = load_compose(ROOT / "compose.yaml")["services"]["restorer"]
+    assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
+    assert service["security_opt"] == ["no-new-privileges:true"]
+    assert service["read_only"] is True
+    # Everything the daemon writes is a mount: the photo folders and weights (binds), the state volume,
+    # and /tmp, a size-capped tmpfs nothing may be run from.
+    (tmp,) = service["tmpfs"]
+    path, _, options = tmp.partition(":")
+    assert path == "/tmp" and {"size=256m", "noexec", "nosuid", "nodev"} <= set(options.split(","))
+    assert "privileged" not in service and "devices" not in service
+
+
+def test_the_api_token_reaches_the_container_as_a_secret_never_as_a_variable() -> None:
+    document = load_compose(ROOT / "compose.yaml")
+    service = document["services"]["restorer"]
+    assert service["secrets"] == ["restorer_api_token"]
+    assert document["secrets"] == {"restorer_api_token": {"file": "${API_TOKEN_FILE:-./restorer_api_token}"}}
+    assert service["environment"]["RESTORER_API_TOKEN_FILE"] == "/run/secrets/restorer_api_token"
+    assert "RESTORER_API_TOKEN_FILE" in {f"RESTORER_{name.upper()}" for name in Settings.model_fields}
+    # The token itself is set nowhere a container's environment comes from.
+    for path in [*COMPOSE_FILES, DOCKERFILE, ROOT / "restorer.env.example"]:
+        settings_lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+        assert not any(re.search(r"\bRESTORER_API_TOKEN\b(?!_FILE)", line) for line in settings_lines), path
+    assert "restorer_api_token" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_state_folder_is_not_world_writable_and_belongs_to_puid() -> None:
+    text = DOCKERFILE.read_text()
+    assert "install -d -m 0750 -o restorer -g restorer /var/lib/restorer" in text
+    assert not re.search(r"\b(1777|0777|777|o\+w|a\+w)\b", text)
+    services = load_compose(ROOT / "compose.yaml")["services"]
+    init, restorer = services["state-init"], services["restorer"]
+    # The one-shot service hands the state volume's folder to PUID:PGID, mode 0750, before the daemon
+    # starts; root only there, with just the capabilities chown and chmod of another's folder need.
+    assert init["entrypoint"] == [
+        "install", "-d", "-o", "${PUID:-1000}", "-g", "${PGID:-1000}", "-m", "0750", "/var/lib/restorer"
+    ]  # fmt: skip
+    assert restorer["user"] == "${PUID:-1000}:${PGID:-1000}" and init["user"] == "0:0"
+    assert init["volumes"] == ["state:/var/lib/restorer"] and "state:/var/lib/restorer" in restorer["volumes"]
+    assert init["cap_drop"] == ["ALL"] and sorted(init["cap_add"]) == ["CHOWN", "FOWNER"]
+    assert init["security_opt"] == ["no-new-privileges:true"] and init["read_only"] is True
+    assert init["network_mode"] == "none" and init["command"] == []
+    assert restorer["depends_on"] == {"state-init": {"condition": "service_completed_successfully"}}
+
+
+def test_every_compose_file_gives_state_init_the_restorer_image() -> None:
+    """The GPU override builds only the cuda image; state-init must not ask for the cpu one."""
+    for path in COMPOSE_FILES:
+        services = load_compose(path)["services"]
+        assert services["state-init"]["image"] == services["restorer"]["image"], path
+    assert load_compose(ROOT / "compose.yaml")["services"]["state-init"]["pull_policy"] == "never"

@@ -79,3 +79,20 @@ def test_this_environment_has_the_embedded_models() -> None:
     folder = embedded.embedded_models_dir()
     assert folder is not None, "run `make install` (python -m pipeline.embedded)"
     assert (folder / "realesrgan-x4plus.bin").stat().st_size == 33_424_520
+
+
+def test_model_files_carried_from_another_install_are_copied_whole_or_not_at_all(
+    tmp_path: Path, target: Path
+) -> None:
+    """A machine with no package index (benchmarks/gpu_check.sh --offline) takes the files from a folder."""
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    names = embedded.wanted_files()
+    for name in names[:-1]:
+        (carried / name).write_bytes(f"data of {name}".encode())
+    assert embedded.main(["--files", str(carried)]) == 1  # one file missing: nothing is installed
+    assert not target.parent.exists()
+    (carried / names[-1]).write_bytes(b"last")
+    assert embedded.main(["--files", str(carried)]) == 0
+    assert sorted(p.name for p in target.iterdir()) == names
+    assert (target / names[0]).read_bytes() == f"data of {names[0]}".encode()

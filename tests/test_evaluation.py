@@ -360,6 +360,21 @@ def test_efficiency_is_useful_work_over_the_gemm_rate_in_the_same_time() -> None
     assert "bf16 GEMM 1800 GFLOP/s" in gemm.describe() and "2 threads" in gemm.describe()
 
 
+def test_a_gpu_row_is_measured_against_the_gpu_gemm_of_its_precision_and_a_cpu_row_against_the_cpu() -> None:
+    spec = bench.BenchSpec(stage="sr", width=64, height=64, model="RealESRGAN_x4plus", engine={})
+    gpu_row = bench.Measurement(spec, seconds=[0.001], precision="fp16", hardware="gpu: NVIDIA H100")
+    cpu_row = bench.Measurement(spec, seconds=[1.0], precision="bf16", hardware="cpu: AMD EPYC")
+    gpu_fp16 = bench.GemmRate("fp16", 16, 8192, 700_000.0, device="cuda")
+    cpu_bf16 = bench.GemmRate("bf16", 2, 4096, 700.0)
+    assert bench.gemm_dtype_for("fp16", "cuda") == "fp16" and bench.gemm_dtype_for("fp16") == "fp32"
+    assert gpu_fp16.measures(gpu_row) and not gpu_fp16.measures(cpu_row)
+    assert cpu_bf16.measures(cpu_row) and not cpu_bf16.measures(gpu_row)
+    assert "on the GPU" in gpu_fp16.describe()
+    table = bench.bench_markdown([gpu_row], {"fp16": gpu_fp16}, 35.85e6)
+    efficiency = 35.85e6 * 64 * 64 / 0.001 / 700_000e9  # 0.21
+    assert f"| {efficiency:.2f} |" in table
+
+
 def test_gemm_rate_is_measured_in_a_process_of_its_own() -> None:
     rate = bench.measure_gemm("fp32", threads=1, size=256)
     assert rate.gflops > 0.1 and (rate.dtype, rate.threads, rate.size) == ("fp32", 1, 256)

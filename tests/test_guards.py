@@ -1,16 +1,21 @@
 """Who may do what (status_site/guards.py) against real servers on loopback: the token's minimum
-length at startup, Origin / Sec-Fetch-Site on writes, the Host allow-list (DNS rebinding) and
-protect_reads. LAN clients (a non-loopback peer) are in test_lan_clients.py."""
+length at startup and where it may come from (a systemd credential, a file such as a compose secret),
+Origin / Sec-Fetch-Site on writes, the Host allow-list (DNS rebinding) and protect_reads. LAN clients (a
+non-loopback peer) are in test_lan_clients.py."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
+from pydantic import ValidationError
 
 from daemon.settings import Settings
 from tests.site_support import REPO, Site, folders, png_bytes, running_site
@@ -57,6 +62,94 @@ def test_the_token_can_come_from_a_systemd_credential(
     assert settings.api_token is not None and settings.api_token.get_secret_value() == TOKEN
     monkeypatch.setenv("RESTORER_API_TOKEN", "from-the-environment-0123")  # the environment wins
     assert Settings.load(None).api_token.get_secret_value() == "from-the-environment-0123"  # type: ignore[union-attr]
+
+
+def test_the_token_can_come_from_a_file_read_once_at_start(tmp_path: Path) -> None:
+    """A compose secret (/run/secrets/restorer_api_token) named by api_token_file: the daemon takes the
+    token from it, answers writes with it, and the path never travels to the workers or the page."""
+    token_file = tmp_path / "restorer_api_token"
+    token_file.write_text(TOKEN + "\n")
+    with running_site(tmp_path, api_token_file=token_file) as site:
+        assert site.settings.api_token is not None and site.settings.api_token.get_secret_value() == TOKEN
+        failed = site.insert_job(state="failed", error="corrupt")
+        assert _retry(site, "api", failed, {}).status_code == 401
+        assert _retry(site, "api", failed, {"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert "api_token_file" not in site.settings.public_dict()
+        worker_json = site.settings.model_dump_json(exclude={"api_token"})
+    token_file.unlink()  # read once: a worker (or a Ray actor elsewhere) never looks for the file
+    assert "api_token_file" not in worker_json
+    assert Settings.model_validate_json(worker_json).api_token is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("\n", "is empty"),
+        ("short-token\n", "api_token must be at least 16 characters, got 11"),
+        ("folder", "is not a text file"),
+        (b"\xff\xfe" * 10, "is not a text file"),
+    ],
+    ids=["missing", "empty", "short", "a-directory", "not-text"],
+)
+def test_a_bad_token_file_is_refused_with_its_name(
+    tmp_path: Path, content: str | bytes | None, message: str
+) -> None:
+    token_file = tmp_path / "restorer_api_token"
+    if content == "folder":
+        token_file.mkdir()
+    elif isinstance(content, bytes):
+        token_file.write_bytes(content)
+    elif content is not None:
+        token_file.write_text(content)
+    with pytest.raises(ValidationError, match=re.escape(message)) as refused:
+        Settings.load(api_token_file=token_file)
+    if message != "api_token must be at least 16 characters, got 11":
+        assert f"api_token_file {token_file}" in str(refused.value)
+
+
+def test_a_token_file_and_a_token_together_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moving the token into a secret must not leave the old one in the environment unnoticed."""
+    token_file = tmp_path / "restorer_api_token"
+    token_file.write_text(TOKEN)
+    monkeypatch.setenv("RESTORER_API_TOKEN", "from-the-environment-0123")
+    with pytest.raises(ValidationError, match="api_token and api_token_file are both set"):
+        Settings.load(api_token_file=token_file)
+    monkeypatch.delenv("RESTORER_API_TOKEN")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "api_token").write_text(TOKEN)
+    with pytest.raises(ValidationError, match="both set"):
+        Settings.load(api_token_file=token_file)
+
+
+def test_restorer_serve_stops_with_a_clear_error_when_the_token_file_is_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "run" / "secrets" / "restorer_api_token"
+    env = {**os.environ, "RESTORER_API_TOKEN_FILE": str(missing), "PYTHONPATH": str(REPO)}
+    env.pop("RESTORER_API_TOKEN", None)
+    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp_path).items()})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--api-port",
+            "0",
+            "--site-port",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"api_token_file {missing} does not exist" in result.stderr
 
 
 def _retry(site: Site, port: str, job_id: int, headers: dict[str, str]) -> requests.Response:
@@ -159,3 +252,48 @@ def test_protect_reads_without_a_token_is_refused_at_startup(tmp_path: Path) -> 
         running_site(tmp_path, protect_reads=True),
     ):
         pass
+
+
+def raw_request(site: Site, head: bytes) -> bytes:
+    """Send a request head as raw bytes (requests cannot send header bytes that are not text)."""
+    with socket.create_connection(("127.0.0.1", site.ports[0]), timeout=10) as sock:  # type: ignore[attr-defined]
+        sock.sendall(head + b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        return reply
+
+
+def test_a_token_header_that_is_not_utf8_is_refused_with_401_and_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_site(tmp_path, api_token=TOKEN, protect_reads=True) as site:
+        failed = site.insert_job(state="failed", error="corrupt")
+        for header in (
+            b"X-API-Token: \xff\xfe" + TOKEN.encode() + b"\r\n",
+            b"Authorization: Bearer \xc3\x28" + TOKEN.encode() + b"\r\n",
+        ):
+            for line in (
+                b"GET /api/v1/jobs HTTP/1.1\r\n",
+                f"POST /api/v1/jobs/{failed}/retry HTTP/1.1\r\n".encode(),
+            ):
+                reply = raw_request(site, line + header)
+                assert reply.startswith(b"HTTP/1.1 401"), reply[:300]
+                assert b"token-required" in reply
+        assert site.store.get(failed).state == "failed"  # type: ignore[attr-defined]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_every_answer_forbids_framing_by_another_site(tmp_path: Path) -> None:
+    """Clickjacking: no page may show ours in a frame (the browser check is in test_browser.py)."""
+    with running_site(tmp_path) as site:
+        for port, path in (
+            ("page", "/"),
+            ("page", "/static/app.js"),
+            ("page", "/api/v1/jobs"),
+            ("api", "/api/v1/health"),
+            ("api", "/no-such-path"),
+        ):
+            answer = site.get(path, port=port)
+            assert answer.headers["X-Frame-Options"] == "DENY", (port, path)
+        assert "frame-ancestors 'none'" in site.get("/", port="page").headers["Content-Security-Policy"]

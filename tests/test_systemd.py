@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.settings import Settings
+
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "restorer.service"
+CONFIG = UNIT.parent.parent / "config" / "restorer.example.toml"
 UNDER_SYSTEMD = UNIT.parent / "check-under-systemd.sh"
 RESTORER = Path(sys.executable).parent / "restorer"
 
@@ -38,7 +41,7 @@ def test_verify_check_catches_an_unknown_key(tmp_path: Path) -> None:
     assert "Unknown key" in result.stderr
 
 
-def _service_section() -> dict[str, list[str]]:
+def _section(name: str) -> dict[str, list[str]]:
     # Not configparser: systemd units repeat keys (DeviceAllow=), which it rejects.
     values: dict[str, list[str]] = {}
     section = None
@@ -49,10 +52,18 @@ def _service_section() -> dict[str, list[str]]:
         if line.startswith("["):
             section = line
             continue
-        if section == "[Service]":
+        if section == name:
             key, _, value = line.partition("=")
             values.setdefault(key, []).append(value)
     return values
+
+
+def _service_section() -> dict[str, list[str]]:
+    return _section("[Service]")
+
+
+def _unit_section() -> dict[str, list[str]]:
+    return _section("[Unit]")
 
 
 def test_unit_keeps_the_gpu_visible_and_the_required_lifecycle() -> None:
@@ -67,7 +78,7 @@ def test_unit_keeps_the_gpu_visible_and_the_required_lifecycle() -> None:
     assert int(service["TimeoutStopSec"][0]) > 60
 
 
-def test_unit_exposure_is_at_most_3(tmp_path: Path) -> None:
+def test_unit_exposure_is_at_most_2(tmp_path: Path) -> None:
     """`systemd-analyze security` rates the unit itself (offline: no running systemd needed)."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (`make test` installs it)")
@@ -81,7 +92,7 @@ def test_unit_exposure_is_at_most_3(tmp_path: Path) -> None:
     )
     match = re.search(r"Overall exposure level for restorer\.service: ([0-9.]+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
-    assert float(match.group(1)) <= 3.0, result.stdout
+    assert float(match.group(1)) <= 2.0, result.stdout
 
 
 def test_unit_limits_memory_system_calls_proc_and_core_dumps_and_loads_the_token_as_a_credential() -> None:
@@ -94,6 +105,24 @@ def test_unit_limits_memory_system_calls_proc_and_core_dumps_and_loads_the_token
     assert "AF_NETLINK" not in service["RestrictAddressFamilies"][0]
     # The token never travels in the unit's environment.
     assert not any("API_TOKEN" in line for line in service.get("Environment", []))
+
+
+def test_unit_may_write_only_the_four_folders_and_the_state_folder_the_example_config_names() -> None:
+    """ProtectSystem=strict + ReadWritePaths: the daemon writes where restorer.toml says and nowhere else
+    (not the rest of the share). systemd cannot read the TOML, so the unit names the example's folders
+    and this test keeps the two in step; other folders need a drop-in (systemd/README.md)."""
+    service, unit = _service_section(), _unit_section()
+    config = Settings.load(CONFIG)
+    folders = [config.inbox, config.outbox, config.failed_dir, config.archive_dir, config.state_dir]
+    assert service["ProtectSystem"] == ["strict"]
+    assert [Path(path) for line in service["ReadWritePaths"] for path in line.split()] == folders
+    # The state folder is systemd's StateDirectory, and the unit tells the daemon so.
+    assert service["Environment"].count(f"RESTORER_STATE_DIR={config.state_dir}") == 1
+    assert config.state_dir == Path("/var/lib") / service["StateDirectory"][0]
+    assert config.weights_dir.is_relative_to(config.state_dir)  # writable for `weights fetch` too
+    # The share is mounted before the service starts: its mount point holds the four folders.
+    (share,) = unit["RequiresMountsFor"]
+    assert all(folder.parent == Path(share) for folder in folders[:4])
 
 
 def test_the_gpu_drop_in_gives_the_nvidia_driver_its_proc_files(tmp_path: Path) -> None:

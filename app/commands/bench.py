@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from app.flags import ENGINE_FIELDS, command_parser, settings_from_args
 
 if TYPE_CHECKING:
+    from pipeline import EngineConfig
     from pipeline.evaluation.bench import CpuPeaks, GemmRate, Measurement
     from pipeline.evaluation.costs import Price
 
@@ -36,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per measurement (median)")
     parser.add_argument("--image", type=Path, default=None, help="photo to crop to each size")
     parser.add_argument("--out", type=Path, default=None, help="also write bench.md and bench.json here")
+    parser.add_argument(
+        "--gemm-size",
+        type=int,
+        default=None,
+        help="edge of the GEMM yardstick (default 4096 on a CPU, 8192 on a GPU)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -62,11 +69,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"restorer bench: {error}", file=sys.stderr)
         return 1
     threads = bench.threads_for(engine)
-    gemm_dtype = "bf16" if peaks.bf16_gflops else "fp32"
+    device, gemm_dtype = _yardstick(engine, peaks)
     print(
-        f"measuring the {gemm_dtype} GEMM rate ({threads} threads) ... ", end="", file=sys.stderr, flush=True
+        f"measuring the {gemm_dtype} GEMM rate ({device}, {threads} threads) ... ",
+        end="",
+        file=sys.stderr,
+        flush=True,
     )
-    before = bench.measure_gemm(gemm_dtype, threads)
+    before = bench.measure_gemm(gemm_dtype, threads, args.gemm_size, device=device)
     print(f"{before.gflops:.0f} GFLOP/s", file=sys.stderr, flush=True)
 
     measurements = []
@@ -86,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
             print(result.error or f"{result.median_s:.2f} s", file=sys.stderr, flush=True)
             measurements.append(result)
     bench.fill_hardware(measurements, peaks)
-    after = bench.measure_gemm(gemm_dtype, threads)
-    gemm = bench.GemmRate(gemm_dtype, threads, before.size, (before.gflops + after.gflops) / 2)
+    after = bench.measure_gemm(gemm_dtype, threads, args.gemm_size, device=device)
+    gemm = bench.GemmRate(gemm_dtype, threads, before.size, (before.gflops + after.gflops) / 2, device)
     report = _report(settings.model, flops, peaks, gemm, (before, after), measurements, prices)
     print(report)
     if args.out is not None:
@@ -100,10 +110,25 @@ def run(args: argparse.Namespace) -> int:
             "gemm_before_after": [before.gflops, after.gflops],
             "load_average": list(os.getloadavg()),
             "hardware": peaks.description,
-            "measurements": [m.to_dict() for m in measurements],
+            "measurements": [
+                {**m.to_dict(), "efficiency": bench.row_efficiency(m, {gemm.dtype: gemm}, flops)}
+                for m in measurements
+            ],
         }
         (args.out / "bench.json").write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     return 1 if any(m.error for m in measurements) else 0
+
+
+def _yardstick(engine: EngineConfig, peaks: CpuPeaks) -> tuple[str, str]:
+    """Where the network will run and the GEMM that is its ceiling there: the GPU's fp16/bf16 tensor-core
+    rate when the engine picks CUDA, else the CPU's bf16 (where it has bf16 dot products) or fp32."""
+    from pipeline.backends import choose_backend, host_capabilities
+    from pipeline.evaluation.bench import gemm_dtype_for
+
+    info = choose_backend(engine, host_capabilities())
+    if info.device.startswith("cuda"):
+        return "cuda", gemm_dtype_for(info.precision, "cuda")
+    return "cpu", "bf16" if peaks.bf16_gflops else "fp32"
 
 
 def _parse_stages(text: str) -> list[str]:

@@ -100,16 +100,22 @@ class Measurement:
 class GemmRate:
     """A square matmul's rate on this machine: the yardstick for efficiency."""
 
-    dtype: str  # "bf16" | "fp32"
+    dtype: str  # "bf16" | "fp16" | "fp32"
     threads: int
     size: int
     gflops: float
+    device: str = "cpu"  # "cpu" | "cuda": the yardstick of rows that ran there
 
     def describe(self) -> str:
-        return (
-            f"{self.dtype} GEMM {self.gflops:.0f} GFLOP/s (torch {self.size}x{self.size} matmul, "
-            f"{self.threads} thread{'s' if self.threads != 1 else ''}, measured now)"
-        )
+        plural = "s" if self.threads != 1 else ""
+        where = "on the GPU" if self.device == "cuda" else f"{self.threads} thread{plural}"
+        matmul = f"torch {self.size}x{self.size} matmul"
+        return f"{self.dtype} GEMM {self.gflops:.0f} GFLOP/s ({matmul}, {where}, measured now)"
+
+    def measures(self, m: Measurement) -> bool:
+        """Whether this rate is the yardstick of a row: same device kind, same precision family."""
+        device = "cuda" if m.hardware.startswith("gpu:") else "cpu"
+        return device == self.device and gemm_dtype_for(m.precision, device) == self.dtype
 
 
 @dataclass(frozen=True)
@@ -151,29 +157,43 @@ def cpu_peaks(ghz: float = DEFAULT_CPU_GHZ) -> CpuPeaks:
 
 
 GEMM_SIZE = 4096
+GPU_GEMM_SIZE = 8192  # a GPU needs a bigger product to reach its rate
 GEMM_REPEATS = 5
 
 
-def measure_gemm(dtype: str, threads: int, size: int = GEMM_SIZE, timeout_s: float = 600) -> GemmRate:
+def measure_gemm(
+    dtype: str, threads: int, size: int | None = None, timeout_s: float = 600, device: str = "cpu"
+) -> GemmRate:
     """Best of GEMM_REPEATS timed size x size matmuls in a fresh process with `threads` threads (its own
-    process: the caller's RSS and thread settings stay untouched)."""
-    command = [sys.executable, "-m", "pipeline.evaluation.bench", "--gemm", dtype, str(threads), str(size)]
+    process: the caller's RSS and thread settings stay untouched); device "cuda" times it on GPU 0."""
+    size = size or (GPU_GEMM_SIZE if device == "cuda" else GEMM_SIZE)
+    module = "pipeline.evaluation.bench"
+    command = [sys.executable, "-m", module, "--gemm", dtype, str(threads), str(size), device]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=True)
-    return GemmRate(dtype, threads, size, float(done.stdout.strip().splitlines()[-1]))
+    return GemmRate(dtype, threads, size, float(done.stdout.strip().splitlines()[-1]), device)
 
 
-def _gemm_worker(dtype: str, threads: int, size: int) -> float:
+def _gemm_worker(dtype: str, threads: int, size: int, device: str = "cpu") -> float:
     import torch
 
     torch.set_num_threads(threads)
-    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    a = torch.randn(size, size).to(torch_dtype)
-    b = torch.randn(size, size).to(torch_dtype)
-    torch.mm(a, b)  # oneDNN picks and JITs its kernel on the first call
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    # Random operands: zeros run faster than real data on some GPUs.
+    a = torch.randn(size, size, device=device).to(torch_dtype)
+    b = torch.randn(size, size, device=device).to(torch_dtype)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3 if device == "cuda" else 1):  # oneDNN / cuBLAS pick and JIT their kernel first
+        torch.mm(a, b)
+    sync()
     best = math.inf
     for _ in range(GEMM_REPEATS):
         began = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - began)
     return 2 * size**3 / best / 1e9
 
@@ -185,9 +205,12 @@ def threads_for(engine: Any) -> int:
     return int(engine.threads or available_cores())
 
 
-def gemm_dtype_for(precision: str) -> str:
-    """The GEMM that matches a network precision: bf16 runs on bf16 dot products, the rest on fp32 FMA."""
-    return "bf16" if precision == "bf16" else "fp32"
+def gemm_dtype_for(precision: str, device: str = "cpu") -> str:
+    """The GEMM that matches a network precision: bf16 runs on bf16 dot products, the rest on fp32 FMA;
+    on a GPU fp16 runs on its own tensor-core rate."""
+    if precision == "bf16" or (device == "cuda" and precision == "fp16"):
+        return precision
+    return "fp32"
 
 
 def efficiency(flops_per_pixel: float, pixels: int, seconds: float, gemm: GemmRate) -> float:
@@ -390,7 +413,7 @@ def bench_markdown(measurements: list[Measurement], gemm: dict[str, GemmRate], f
         seconds = m.median_s
         gflops = flops_per_pixel * m.spec.width * m.spec.height / seconds / 1e9
         network_stage = m.spec.stage != "faces"
-        rate = gemm.get(gemm_dtype_for(m.precision)) if m.hardware.startswith("cpu:") else None
+        rate = next((g for g in gemm.values() if g.measures(m)), None)
         cells = [
             m.spec.stage,
             size,
@@ -409,7 +432,8 @@ def bench_markdown(measurements: list[Measurement], gemm: dict[str, GemmRate], f
 
 def _worker_main(argv: list[str]) -> int:
     if argv[0] == "--gemm":
-        print(_gemm_worker(argv[1], int(argv[2]), int(argv[3]) if len(argv) > 3 else GEMM_SIZE))
+        size = int(argv[3]) if len(argv) > 3 else GEMM_SIZE
+        print(_gemm_worker(argv[1], int(argv[2]), size, argv[4] if len(argv) > 4 else "cpu"))
         return 0
     spec = BenchSpec(**json.loads(argv[0]))
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

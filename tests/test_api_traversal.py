@@ -126,3 +126,16 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_opened(site: Site, 
     with pytest.raises(Problem) as refused:
         open_checked(found)
     assert refused.value.status in (403, 404)
+
+
+def test_an_upload_into_a_preset_folder_planted_as_a_link_is_refused(site: Site, tmp_path: Path) -> None:
+    """inbox/2x -> /elsewhere (issue 18): the upload is refused with a reason, never written there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (site.settings.inbox / "2x").symlink_to(elsewhere, target_is_directory=True)
+    response = site.post(
+        "/api/v1/jobs", files=[("file", ("x.png", png_bytes(seed=3), "image/png"))], data={"preset": "2x"}
+    )
+    assert response.status_code == 409, response.text
+    assert response.json()["type"].endswith("inbox-folder-refused") and "link" in response.json()["detail"]
+    assert list(elsewhere.iterdir()) == []

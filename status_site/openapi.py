@@ -507,6 +507,9 @@ def _document() -> dict[str, Any]:
                             "the body did not arrive within upload_deadline_seconds, or nothing came for 60 s"
                         ),
                         "413": _problem("too many files or a file too large (checked while streaming)"),
+                        "409": _problem(
+                            "the preset's inbox folder is a link planted in the share (never written through)"
+                        ),
                         "415": _problem("not multipart/form-data"),
                         "422": _problem("a file is not a usable image; nothing was saved"),
                         "507": _problem(

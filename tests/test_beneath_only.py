@@ -52,13 +52,15 @@ ALLOWED = {
     "daemon/settings.py: path.is_file()": "the configuration file",
     "daemon/settings.py: Path(config_file).is_file()": "the configuration file",
     "daemon/settings.py: path.read_text(encoding='utf-8')": "the configuration file",
+    "daemon/ray_token.py: path.read_text(encoding='utf-8')": "the configured Ray token file",
+    "daemon/ray_token.py: path.resolve()": "the configured Ray token file's own path",
+    "daemon/ray_token.py: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 384)": (
+        "`restorer cluster token FILE`: a new token file where the operator asks"
+    ),
     "daemon/workers.py: gpus_dir.iterdir()": "/proc/driver/nvidia/gpus",
     "status_site/page.py: (folder / name).read_bytes()": "the package's own static files",
     "status_site/uploads.py: spool_dir.mkdir(parents=True, exist_ok=True)": "the upload spool (state folder)",
     "status_site/uploads.py: os.statvfs(spool_dir)": "the upload spool (state folder)",
-    # Known gap: the ETA's header read opens the located input by its name. Owned by the branch that
-    # reworks status_site/eta.py; it should read through files.open_checked (open_beneath) instead.
-    "status_site/eta.py: path.open('rb')": "KNOWN GAP (issue 18): a header read by path, eta.py's owner",
 }
 
 

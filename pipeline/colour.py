@@ -1,0 +1,209 @@
+"""Black-and-white stays black-and-white: which colour path an RGB photo takes, and putting its tone back.
+
+Most old family photos are black-and-white or toned (sepia, cyanotype, selenium) and most are scanned as
+RGB. A face network given such a photo paints skin colour into it, so before anything runs the photo is
+measured on a small copy (at most ANALYSIS_EDGE px, area-averaged, then blurred: JPEG and scanner chroma
+noise averages out, real colour does not):
+
+    gray    chroma is near zero everywhere (p99.9 <= GRAY_MAX_CHROMA): one luminance channel is restored
+            (as a file stored as L is) and written back as RGB with exactly equal channels.
+    toned   chroma is low, of nearly one hue, and a function of luminance (a tone curve explains all but
+            TONED_MAX_RESIDUAL of it): luminance is restored as gray, then colour is rebuilt from the
+            photo's own chroma: tone(Y_out) + the input's residual chroma upsampled (stains, uneven
+            toning, paper yellowing kept), so a restored face gets the photo's tone, not the network's.
+    colour  anything else: restored in colour exactly as before (the safe default when in doubt).
+
+Colour is measured in full-range BT.601 YCbCr (JPEG's), the space the tone is rebuilt in: Y is the luma
+the network restores (OpenCV's RGB2GRAY uses the same weights), so rebuilding keeps Y exactly up to
+clipping. The thresholds are 8-bit units of chroma hypot(Cb, Cr); the numbers they were chosen from are in
+tests/test_colour.py's docstring. Pure numpy/OpenCV.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from pipeline.types import ColourMode, ColourReport
+
+ANALYSIS_EDGE = 256  # px, the measured copy's longer side: enough for a photo's colour, microseconds
+ANALYSIS_BLUR = 1.0  # px sigma on the measured copy: per-pixel chroma noise down ~3x, real colour kept
+# p99.9 chroma of gray-as-RGB with per-channel noise (sigma 5, no JPEG) stays under 3.5 even at 150 px; the
+# least coloured test photo (Hubble deep field, mostly black sky) has 24 at p99.5 and far more at p99.9.
+GRAY_MAX_CHROMA = 6.0
+# Toned: sepia/cyanotype test tones have p99 chroma 23-37 (a strong cyanotype ~60); colour photos with
+# one dominant hue (the retina, coffee) reach 82-86.
+TONED_MAX_CHROMA = 60.0
+# What a tone curve cannot explain: 1-8.4 on toned test photos (the most on text, from JPEG), 16.9 on the
+# ginger cat (chelsea: orange fur and gray background at equal luminance), 20+ on other colour photos.
+TONED_MAX_RESIDUAL = 10.0
+# Circular spread of hue weighted by chroma: <= 10 degrees for sepia (clipped highlights turn yellower),
+# 29-196 for colour photos with several hues. Split-toned prints go the colour path.
+TONED_MAX_HUE_SPREAD = 20.0
+TONE_BINS = 32  # luminance bins of the tone curve (8 levels each in 8-bit)
+MIN_BIN_PIXELS = 4  # a bin with fewer measured pixels is interpolated from its neighbours
+STRIP_ROWS = 256  # the toned rebuild works on this many output rows at a time (bounded memory)
+
+# Full-range BT.601 (JPEG): rows give Y, Cb, Cr from R, G, B in [0, 1].
+_TO_YCC = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32
+)
+_FROM_YCC = np.linalg.inv(_TO_YCC).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ToneMap:
+    """The photo's own chroma: Cb/Cr as a function of luma (levels -> cb, cr; [0,1] units) plus what that
+    curve leaves, as a small map over the whole picture (h x w x 2) upsampled when colour is rebuilt."""
+
+    levels: np.ndarray
+    cb: np.ndarray
+    cr: np.ndarray
+    residual: np.ndarray
+
+
+@dataclass(frozen=True)
+class ColourPlan:
+    """What analyse_colour decided: the report, and the tone to put back on the toned path."""
+
+    report: ColourReport
+    tone: ToneMap | None = None
+
+    @property
+    def as_gray(self) -> bool:
+        """The network restores one luminance channel (gray and toned paths)."""
+        return self.report.path != "colour"
+
+
+def analyse_colour(rgb: np.ndarray, alpha: np.ndarray | None, mode: ColourMode = "auto") -> ColourPlan:
+    """Measure an RGB(A) photo (HxWx3 uint8/uint16; alpha HxW or None) and choose its colour path."""
+    small = analysis_copy(rgb, alpha)
+    if small is None:
+        return ColourPlan(ColourReport("colour", "nothing opaque to measure"))
+    ycc, weight = small
+    plan = _classify(ycc, weight)
+    if mode == "colour" and plan.as_gray:
+        measured = plan.report
+        reason = f"colour_mode = colour: restored in colour (measured {measured.path}: {measured.reason})"
+        return ColourPlan(replace(measured, path="colour", reason=reason))
+    return plan
+
+
+def analysis_copy(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A blurred copy of at most ANALYSIS_EDGE px as float32 YCbCr (h x w x 3) and the opaque pixels."""
+    height, width = rgb.shape[:2]
+    # Stride first so a 200 MP scan is never read whole: 4x the edge still averages 16 pixels into each.
+    step = max(1, min(height, width) // (4 * ANALYSIS_EDGE), max(height, width) // (4 * ANALYSIS_EDGE))
+    peak = float(np.iinfo(rgb.dtype).max)
+    sample = np.ascontiguousarray(rgb[::step, ::step]).astype(np.float32) / peak
+    opaque = None if alpha is None else np.ascontiguousarray(alpha[::step, ::step]).astype(np.float32) / peak
+    h, w = sample.shape[:2]
+    shrink = min(1.0, ANALYSIS_EDGE / max(h, w))
+    if shrink < 1.0:
+        size = (max(1, round(w * shrink)), max(1, round(h * shrink)))
+        sample = cv2.resize(sample, size, interpolation=cv2.INTER_AREA)
+        opaque = None if opaque is None else cv2.resize(opaque, size, interpolation=cv2.INTER_AREA)
+    sample = cv2.GaussianBlur(sample, (0, 0), ANALYSIS_BLUR)
+    weight = np.ones(sample.shape[:2], bool) if opaque is None else opaque >= 0.5  # transparent: any colour
+    if not weight.any():
+        return None
+    return sample @ _TO_YCC.T, weight
+
+
+def _classify(ycc: np.ndarray, weight: np.ndarray) -> ColourPlan:
+    y, cb, cr = ycc[..., 0], ycc[..., 1], ycc[..., 2]
+    chroma = np.hypot(cb, cr)[weight] * 255.0
+    p99, p999 = (float(v) for v in np.percentile(chroma, [99.0, 99.9]))
+    if p999 <= GRAY_MAX_CHROMA:
+        reason = f"near-gray: chroma p99.9 {p999:.1f} <= {GRAY_MAX_CHROMA:g}"
+        return ColourPlan(ColourReport("gray", reason, round(p99, 2), round(p999, 2)))
+    tone = fit_tone(y, cb, cr, weight)
+    residual = np.hypot(*np.moveaxis(tone.residual, -1, 0))[weight] * 255.0
+    residual_p95 = float(np.percentile(residual, 95.0))
+    hue, spread = _hue_and_spread(cb[weight], cr[weight])
+    numbers = (round(p99, 2), round(p999, 2), round(residual_p95, 2), round(hue, 1), round(spread, 1))
+    toned = p99 <= TONED_MAX_CHROMA and residual_p95 <= TONED_MAX_RESIDUAL and spread <= TONED_MAX_HUE_SPREAD
+    if toned:
+        reason = (
+            f"toned: chroma p99 {p99:.1f} <= {TONED_MAX_CHROMA:g}, hue spread {spread:.1f} <= "
+            f"{TONED_MAX_HUE_SPREAD:g} deg, tone residual p95 {residual_p95:.1f} <= {TONED_MAX_RESIDUAL:g}"
+        )
+        return ColourPlan(ColourReport("toned", reason, *numbers), tone)
+    reason = (
+        f"colour: chroma p99 {p99:.1f}, hue spread {spread:.1f} deg, tone residual p95 {residual_p95:.1f} "
+        f"(toned needs <= {TONED_MAX_CHROMA:g}, {TONED_MAX_HUE_SPREAD:g}, {TONED_MAX_RESIDUAL:g})"
+    )
+    return ColourPlan(ColourReport("colour", reason, *numbers))
+
+
+def fit_tone(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, weight: np.ndarray) -> ToneMap:
+    """Chroma as a function of luma: the mean Cb/Cr of each luma bin (at the bin's mean luma), linear in
+    between and constant beyond; the residual is what is left at each measured pixel (0 where not)."""
+    bins = np.clip((y[weight] * TONE_BINS).astype(np.int64), 0, TONE_BINS - 1)
+    count = np.bincount(bins, minlength=TONE_BINS)
+    used = count >= MIN_BIN_PIXELS
+    if not used.any():
+        used = count > 0
+    mean = [np.bincount(bins, v[weight], TONE_BINS)[used] / count[used] for v in (y, cb, cr)]
+    levels, curve_cb, curve_cr = (m.astype(np.float32) for m in mean)
+    residual = np.dstack([cb - np.interp(y, levels, curve_cb), cr - np.interp(y, levels, curve_cr)])
+    residual[~weight] = 0.0
+    return ToneMap(levels, curve_cb, curve_cr, residual.astype(np.float32))
+
+
+def _hue_and_spread(cb: np.ndarray, cr: np.ndarray) -> tuple[float, float]:
+    """Mean hue angle and circular spread (degrees) of the chroma vectors, each weighted by its length."""
+    total = float(np.hypot(cb, cr).sum())
+    resultant = math.hypot(float(cb.sum()), float(cr.sum()))
+    if total <= 0.0 or resultant <= 0.0:
+        return 0.0, 180.0
+    concentration = min(1.0, resultant / total)
+    spread = math.degrees(math.sqrt(-2.0 * math.log(max(concentration, 1e-12))))
+    return math.degrees(math.atan2(float(cr.sum()), float(cb.sum()))), spread
+
+
+# -- the network's input and the output's colour -------------------------------------------------------------
+
+
+def luma(pixels: np.ndarray) -> np.ndarray:
+    """HxW luma (BT.601, the analysis' Y) of HxWx3 RGB or HxWx4 RGBA, in the input dtype."""
+    code = cv2.COLOR_RGBA2GRAY if pixels.shape[2] == 4 else cv2.COLOR_RGB2GRAY
+    return cv2.cvtColor(np.ascontiguousarray(pixels), code)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """The gray path's output: HxW -> HxWx3 with exactly equal channels."""
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def toned_to_rgb(gray: np.ndarray, tone: ToneMap) -> np.ndarray:
+    """The toned path's output: restored luma (HxW uint8/uint16) + the photo's own chroma -> HxWx3.
+
+    Chroma = tone(Y_out) + the residual map upsampled (bilinear, it is smooth); worked STRIP_ROWS rows at
+    a time so a large output never has a whole float copy."""
+    height, width = gray.shape
+    peak = float(np.iinfo(gray.dtype).max)
+    rows = cv2.resize(tone.residual, (width, tone.residual.shape[0]), interpolation=cv2.INTER_LINEAR)
+    output = np.empty((height, width, 3), gray.dtype)
+    for top in range(0, height, STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, height)
+        y = gray[top:bottom].astype(np.float32) / peak
+        residual = _rows_at(rows, top, bottom, height)
+        cb = np.interp(y, tone.levels, tone.cb).astype(np.float32) + residual[..., 0]
+        cr = np.interp(y, tone.levels, tone.cr).astype(np.float32) + residual[..., 1]
+        rgb = np.dstack([y, cb, cr]) @ _FROM_YCC.T
+        output[top:bottom] = np.clip(np.rint(rgb * peak), 0, peak).astype(gray.dtype)
+    return output
+
+
+def _rows_at(rows: np.ndarray, top: int, bottom: int, height: int) -> np.ndarray:
+    """Output rows top..bottom of the residual map, linear between its rows (pixel centres aligned)."""
+    source = (np.arange(top, bottom, dtype=np.float32) + 0.5) * rows.shape[0] / height - 0.5
+    source = np.clip(source, 0, rows.shape[0] - 1)
+    first = np.floor(source).astype(np.int64)
+    second = np.minimum(first + 1, rows.shape[0] - 1)
+    t = (source - first)[:, None, None]
+    return rows[first] * (1.0 - t) + rows[second] * t

@@ -100,6 +100,8 @@ def analysis_copy(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray
     peak = float(np.iinfo(rgb.dtype).max)
     sample = np.ascontiguousarray(rgb[::step, ::step]).astype(np.float32) / peak
     opaque = None if alpha is None else np.ascontiguousarray(alpha[::step, ::step]).astype(np.float32) / peak
+    if opaque is not None:  # a transparent pixel's colour is arbitrary: made neutral, it cannot bleed in
+        sample[opaque < 0.5] = (sample[opaque < 0.5] @ _TO_YCC[0])[:, None]
     h, w = sample.shape[:2]
     shrink = min(1.0, ANALYSIS_EDGE / max(h, w))
     if shrink < 1.0:

@@ -31,6 +31,9 @@ from pipeline.types import ColourMode, ColourReport
 
 ANALYSIS_EDGE = 256  # px, the measured copy's longer side: enough for a photo's colour, microseconds
 ANALYSIS_BLUR = 1.0  # px sigma on the measured copy: per-pixel chroma noise down ~3x, real colour kept
+# The toned rebuild's own chroma (tone residual) comes from a copy of at most this many px: a photo of
+# that size keeps all its chroma detail, a larger scan has chroma at least as fine as JPEG's 4:2:0 of it.
+DETAIL_EDGE = 1024
 # p99.9 chroma of gray-as-RGB with per-channel noise (sigma 5, no JPEG) stays under 3.5 even at 150 px; the
 # least coloured test photo (Hubble deep field, mostly black sky) has 24 at p99.5 and far more at p99.9.
 GRAY_MAX_CHROMA = 6.0
@@ -80,39 +83,63 @@ class ColourPlan:
 
 def analyse_colour(rgb: np.ndarray, alpha: np.ndarray | None, mode: ColourMode = "auto") -> ColourPlan:
     """Measure an RGB(A) photo (HxWx3 uint8/uint16; alpha HxW or None) and choose its colour path."""
-    small = analysis_copy(rgb, alpha)
-    if small is None:
+    copies = measured_copies(rgb, alpha)
+    if copies is None:
         return ColourPlan(ColourReport("colour", "nothing opaque to measure"))
-    ycc, weight = small
-    plan = _classify(ycc, weight)
+    plan = _classify(copies.small, copies.small_opaque)
     if mode == "colour" and plan.as_gray:
         measured = plan.report
         reason = f"colour_mode = colour: restored in colour (measured {measured.path}: {measured.reason})"
         return ColourPlan(replace(measured, path="colour", reason=reason))
+    if plan.tone is not None:  # the residual the rebuild uses: finer than the one that decided
+        plan = replace(plan, tone=with_residual(plan.tone, copies.detail, copies.detail_opaque))
     return plan
 
 
-def analysis_copy(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """A blurred copy of at most ANALYSIS_EDGE px as float32 YCbCr (h x w x 3) and the opaque pixels."""
-    height, width = rgb.shape[:2]
-    # Stride first so a 200 MP scan is never read whole: 4x the edge still averages 16 pixels into each.
-    step = max(1, min(height, width) // (4 * ANALYSIS_EDGE), max(height, width) // (4 * ANALYSIS_EDGE))
-    peak = float(np.iinfo(rgb.dtype).max)
-    sample = np.ascontiguousarray(rgb[::step, ::step]).astype(np.float32) / peak
-    opaque = None if alpha is None else np.ascontiguousarray(alpha[::step, ::step]).astype(np.float32) / peak
+@dataclass(frozen=True)
+class MeasuredCopies:
+    """The photo as float32 YCbCr: `detail` (at most DETAIL_EDGE px, the toned rebuild's chroma) and
+    `small` (at most ANALYSIS_EDGE px, blurred: what the path is chosen on), each with its opaque pixels."""
+
+    detail: np.ndarray
+    detail_opaque: np.ndarray
+    small: np.ndarray
+    small_opaque: np.ndarray
+
+
+def measured_copies(rgb: np.ndarray, alpha: np.ndarray | None) -> MeasuredCopies | None:
+    """The two copies the path is chosen and the tone rebuilt from; None when nothing is opaque."""
+    detail, opaque = _downsized(rgb, alpha, DETAIL_EDGE)
     if opaque is not None:  # a transparent pixel's colour is arbitrary: made neutral, it cannot bleed in
-        sample[opaque < 0.5] = (sample[opaque < 0.5] @ _TO_YCC[0])[:, None]
+        detail[opaque < 0.5] = (detail[opaque < 0.5] @ _TO_YCC[0])[:, None]
+    small, small_alpha = _downsized(detail, opaque, ANALYSIS_EDGE)
+    small = cv2.GaussianBlur(small, (0, 0), ANALYSIS_BLUR)
+    small_opaque = np.ones(small.shape[:2], bool) if small_alpha is None else small_alpha >= 0.5
+    if not small_opaque.any():
+        return None
+    detail_opaque = np.ones(detail.shape[:2], bool) if opaque is None else opaque >= 0.5
+    return MeasuredCopies(detail @ _TO_YCC.T, detail_opaque, small @ _TO_YCC.T, small_opaque)
+
+
+def _downsized(
+    pixels: np.ndarray, alpha: np.ndarray | None, edge: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 [0,1] copies of at most `edge` px: strided first, so a 200 MP scan is never read whole (the
+    strided copy is still 2x the edge: area-averaging then takes 4 pixels or more into each)."""
+    height, width = pixels.shape[:2]
+    step = max(1, max(height, width) // (2 * edge))
+    scale = 1.0 if pixels.dtype == np.float32 else float(np.iinfo(pixels.dtype).max)
+    sample = np.ascontiguousarray(pixels[::step, ::step]).astype(np.float32) / scale
+    opaque = None if alpha is None else np.ascontiguousarray(alpha[::step, ::step]).astype(np.float32)
+    if opaque is not None and alpha.dtype != np.float32:
+        opaque /= float(np.iinfo(alpha.dtype).max)
     h, w = sample.shape[:2]
-    shrink = min(1.0, ANALYSIS_EDGE / max(h, w))
+    shrink = min(1.0, edge / max(h, w))
     if shrink < 1.0:
         size = (max(1, round(w * shrink)), max(1, round(h * shrink)))
         sample = cv2.resize(sample, size, interpolation=cv2.INTER_AREA)
         opaque = None if opaque is None else cv2.resize(opaque, size, interpolation=cv2.INTER_AREA)
-    sample = cv2.GaussianBlur(sample, (0, 0), ANALYSIS_BLUR)
-    weight = np.ones(sample.shape[:2], bool) if opaque is None else opaque >= 0.5  # transparent: any colour
-    if not weight.any():
-        return None
-    return sample @ _TO_YCC.T, weight
+    return sample, opaque
 
 
 def _classify(ycc: np.ndarray, weight: np.ndarray) -> ColourPlan:
@@ -143,7 +170,7 @@ def _classify(ycc: np.ndarray, weight: np.ndarray) -> ColourPlan:
 
 def fit_tone(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, weight: np.ndarray) -> ToneMap:
     """Chroma as a function of luma: the mean Cb/Cr of each luma bin (at the bin's mean luma), linear in
-    between and constant beyond; the residual is what is left at each measured pixel (0 where not)."""
+    between and constant beyond; with the residual (what is left) at each measured pixel (0 where not)."""
     bins = np.clip((y[weight] * TONE_BINS).astype(np.int64), 0, TONE_BINS - 1)
     count = np.bincount(bins, minlength=TONE_BINS)
     used = count >= MIN_BIN_PIXELS
@@ -151,9 +178,18 @@ def fit_tone(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, weight: np.ndarray) 
         used = count > 0
     mean = [np.bincount(bins, v[weight], TONE_BINS)[used] / count[used] for v in (y, cb, cr)]
     levels, curve_cb, curve_cr = (m.astype(np.float32) for m in mean)
-    residual = np.dstack([cb - np.interp(y, levels, curve_cb), cr - np.interp(y, levels, curve_cr)])
-    residual[~weight] = 0.0
-    return ToneMap(levels, curve_cb, curve_cr, residual.astype(np.float32))
+    curve = ToneMap(levels, curve_cb, curve_cr, np.zeros((1, 1, 2), np.float32))
+    return with_residual(curve, np.dstack([y, cb, cr]), weight)
+
+
+def with_residual(tone: ToneMap, ycc: np.ndarray, opaque: np.ndarray) -> ToneMap:
+    """`tone` with its residual measured on `ycc` (h x w x 3 float32 YCbCr): chroma less tone(Y)."""
+    y = ycc[..., 0]
+    residual = ycc[..., 1:] - np.dstack(
+        [np.interp(y, tone.levels, tone.cb), np.interp(y, tone.levels, tone.cr)]
+    )
+    residual[~opaque] = 0.0
+    return replace(tone, residual=residual.astype(np.float32))
 
 
 def _hue_and_spread(cb: np.ndarray, cr: np.ndarray) -> tuple[float, float]:
@@ -184,16 +220,15 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 def toned_to_rgb(gray: np.ndarray, tone: ToneMap) -> np.ndarray:
     """The toned path's output: restored luma (HxW uint8/uint16) + the photo's own chroma -> HxWx3.
 
-    Chroma = tone(Y_out) + the residual map upsampled (bilinear, it is smooth); worked STRIP_ROWS rows at
-    a time so a large output never has a whole float copy."""
-    height, width = gray.shape
+    Chroma = tone(Y_out) + the residual map upsampled (bilinear: chroma is smooth, and the photo's own);
+    STRIP_ROWS output rows at a time, so a large output never has a whole float copy."""
+    height = gray.shape[0]
     peak = float(np.iinfo(gray.dtype).max)
-    rows = cv2.resize(tone.residual, (width, tone.residual.shape[0]), interpolation=cv2.INTER_LINEAR)
-    output = np.empty((height, width, 3), gray.dtype)
+    output = np.empty((*gray.shape, 3), gray.dtype)
     for top in range(0, height, STRIP_ROWS):
         bottom = min(top + STRIP_ROWS, height)
         y = gray[top:bottom].astype(np.float32) / peak
-        residual = _rows_at(rows, top, bottom, height)
+        residual = residual_rows(tone.residual, top, bottom, gray.shape)
         cb = np.interp(y, tone.levels, tone.cb).astype(np.float32) + residual[..., 0]
         cr = np.interp(y, tone.levels, tone.cr).astype(np.float32) + residual[..., 1]
         rgb = np.dstack([y, cb, cr]) @ _FROM_YCC.T
@@ -201,11 +236,16 @@ def toned_to_rgb(gray: np.ndarray, tone: ToneMap) -> np.ndarray:
     return output
 
 
-def _rows_at(rows: np.ndarray, top: int, bottom: int, height: int) -> np.ndarray:
-    """Output rows top..bottom of the residual map, linear between its rows (pixel centres aligned)."""
-    source = (np.arange(top, bottom, dtype=np.float32) + 0.5) * rows.shape[0] / height - 0.5
-    source = np.clip(source, 0, rows.shape[0] - 1)
+def residual_rows(residual: np.ndarray, top: int, bottom: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Rows top..bottom of the residual map bilinearly resized to `shape` (pixel centres aligned, as
+    cv2.resize does), computed from only the few map rows they fall between."""
+    height, width = shape[:2]
+    rows = residual.shape[0]
+    source = np.clip((np.arange(top, bottom, dtype=np.float32) + 0.5) * rows / height - 0.5, 0, rows - 1)
     first = np.floor(source).astype(np.int64)
-    second = np.minimum(first + 1, rows.shape[0] - 1)
+    second = np.minimum(first + 1, rows - 1)
+    band_top = int(first[0])
+    band = residual[band_top : int(second[-1]) + 1]
+    band = cv2.resize(band, (width, band.shape[0]), interpolation=cv2.INTER_LINEAR).reshape(-1, width, 2)
     t = (source - first)[:, None, None]
-    return rows[first] * (1.0 - t) + rows[second] * t
+    return band[first - band_top] * (1.0 - t) + band[second - band_top] * t

@@ -21,7 +21,15 @@ import skimage.data
 from pipeline.colour import STRIP_ROWS, analyse_colour, luma, toned_to_rgb
 from tests.colour_cases import TONES, gray_as_rgb, hue_differences, jpeg, sepia_matrix, toned
 
-COLOUR_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "hubble_deep_field"]
+COLOUR_PHOTOS = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+]
 
 
 def gray_photo(name: str) -> np.ndarray:
@@ -145,3 +153,16 @@ def test_a_stain_on_a_toned_print_is_kept() -> None:
     rebuilt = toned_to_rgb(luma(photo), plan.tone).astype(np.int64)
     stain = (rebuilt[215:245, 315:345] - photo[215:245, 315:345]).mean(axis=(0, 1))
     assert np.abs(stain).max() < 2.5  # the stain's colour is there, not just the tone
+
+
+@pytest.mark.parametrize(("rows", "height"), [(1, 7), (5, 5), (37, 300), (300, 37), (64, 1000)])
+def test_residual_strips_are_the_whole_map_resized(rows: int, height: int) -> None:
+    """The rebuild resizes the residual strip by strip; stitched, the strips are one bilinear resize."""
+    from pipeline.colour import residual_rows
+
+    residual = np.random.default_rng(rows).normal(0, 0.05, (rows, 23, 2)).astype(np.float32)
+    whole = cv2.resize(residual, (61, height), interpolation=cv2.INTER_LINEAR).reshape(height, 61, 2)
+    strips = [
+        residual_rows(residual, top, min(top + 16, height), (height, 61)) for top in range(0, height, 16)
+    ]
+    assert np.abs(np.concatenate(strips) - whole).max() < 1e-5

@@ -48,6 +48,7 @@ TONED_MAX_RESIDUAL = 10.0
 TONED_MAX_HUE_SPREAD = 20.0
 TONE_BINS = 32  # luminance bins of the tone curve (8 levels each in 8-bit)
 MIN_BIN_PIXELS = 4  # a bin with fewer measured pixels is interpolated from its neighbours
+MIN_TONE_PIXELS = 64  # below this, a curve through a few (blurred) pixels would "explain" any colour
 STRIP_ROWS = 256  # the toned rebuild works on this many output rows at a time (bounded memory)
 
 # Full-range BT.601 (JPEG): rows give Y, Cb, Cr from R, G, B in [0, 1].
@@ -150,6 +151,9 @@ def _classify(ycc: np.ndarray, weight: np.ndarray) -> ColourPlan:
         reason = f"near-gray: chroma p99.9 {p999:.1f} <= {GRAY_MAX_CHROMA:g}"
         return ColourPlan(ColourReport("gray", reason, round(p99, 2), round(p999, 2)))
     tone = fit_tone(y, cb, cr, weight)
+    if tone is None:
+        reason = f"colour: too few pixels to tell a tone (fewer than {MIN_TONE_PIXELS})"
+        return ColourPlan(ColourReport("colour", reason, round(p99, 2), round(p999, 2)))
     residual = np.hypot(*np.moveaxis(tone.residual, -1, 0))[weight] * 255.0
     residual_p95 = float(np.percentile(residual, 95.0))
     hue, spread = _hue_and_spread(cb[weight], cr[weight])
@@ -168,14 +172,17 @@ def _classify(ycc: np.ndarray, weight: np.ndarray) -> ColourPlan:
     return ColourPlan(ColourReport("colour", reason, *numbers))
 
 
-def fit_tone(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, weight: np.ndarray) -> ToneMap:
+def fit_tone(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, weight: np.ndarray) -> ToneMap | None:
     """Chroma as a function of luma: the mean Cb/Cr of each luma bin (at the bin's mean luma), linear in
-    between and constant beyond; with the residual (what is left) at each measured pixel (0 where not)."""
+    between and constant beyond; with the residual (what is left) at each measured pixel (0 where not).
+    None with fewer than MIN_TONE_PIXELS measured pixels or no bin of MIN_BIN_PIXELS."""
+    if int(weight.sum()) < MIN_TONE_PIXELS:
+        return None
     bins = np.clip((y[weight] * TONE_BINS).astype(np.int64), 0, TONE_BINS - 1)
     count = np.bincount(bins, minlength=TONE_BINS)
     used = count >= MIN_BIN_PIXELS
     if not used.any():
-        used = count > 0
+        return None
     mean = [np.bincount(bins, v[weight], TONE_BINS)[used] / count[used] for v in (y, cb, cr)]
     levels, curve_cb, curve_cr = (m.astype(np.float32) for m in mean)
     curve = ToneMap(levels, curve_cb, curve_cr, np.zeros((1, 1, 2), np.float32))

@@ -166,3 +166,18 @@ def test_residual_strips_are_the_whole_map_resized(rows: int, height: int) -> No
         residual_rows(residual, top, min(top + 16, height), (height, 61)) for top in range(0, height, 16)
     ]
     assert np.abs(np.concatenate(strips) - whole).max() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (2, 2), (3, 500), (500, 3), (8, 8), (16, 16)])
+def test_tiny_and_thin_images_choose_safely_and_rebuild(shape: tuple[int, int]) -> None:
+    """A few pixels can be fitted by any tone curve: random colour never leaves the colour path."""
+    rng = np.random.default_rng(sum(shape))
+    gray = rng.integers(0, 256, shape, dtype=np.uint8)
+    assert path_of(np.repeat(gray[:, :, None], 3, axis=2)) == "gray"
+    assert path_of(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)) == "colour"
+    plan = analyse_colour(sepia_matrix(gray), None)
+    assert plan.report.path == ("toned" if gray.size >= 64 else "colour")
+    if plan.tone is not None:
+        for out_shape in ((1, 1), (1, 5), (9, 2), (shape[0] * 3, shape[1] * 3)):
+            rebuilt = toned_to_rgb(rng.integers(0, 256, out_shape, dtype=np.uint8), plan.tone)
+            assert rebuilt.shape == (*out_shape, 3)

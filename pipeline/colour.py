@@ -125,22 +125,25 @@ def measured_copies(rgb: np.ndarray, alpha: np.ndarray | None) -> MeasuredCopies
 def _downsized(
     pixels: np.ndarray, alpha: np.ndarray | None, edge: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """float32 [0,1] copies of at most `edge` px: strided first, so a 200 MP scan is never read whole (the
-    strided copy is still 2x the edge: area-averaging then takes 4 pixels or more into each)."""
+    """float32 [0,1] copies of at most `edge` px. A huge scan is strided first (never read whole; what is
+    left is still 4x the edge, so area-averaging takes 16 pixels or more into each); the area resize runs
+    in the input's own integer type, so no float copy of the whole photo is made."""
     height, width = pixels.shape[:2]
-    step = max(1, max(height, width) // (2 * edge))
-    scale = 1.0 if pixels.dtype == np.float32 else float(np.iinfo(pixels.dtype).max)
-    sample = np.ascontiguousarray(pixels[::step, ::step]).astype(np.float32) / scale
-    opaque = None if alpha is None else np.ascontiguousarray(alpha[::step, ::step]).astype(np.float32)
-    if opaque is not None and alpha.dtype != np.float32:
-        opaque /= float(np.iinfo(alpha.dtype).max)
+    step = max(1, max(height, width) // (4 * edge))
+    sample, opaque = pixels[::step, ::step], None if alpha is None else alpha[::step, ::step]
     h, w = sample.shape[:2]
-    shrink = min(1.0, edge / max(h, w))
-    if shrink < 1.0:
-        size = (max(1, round(w * shrink)), max(1, round(h * shrink)))
-        sample = cv2.resize(sample, size, interpolation=cv2.INTER_AREA)
-        opaque = None if opaque is None else cv2.resize(opaque, size, interpolation=cv2.INTER_AREA)
-    return sample, opaque
+    if max(h, w) > edge:
+        size = (max(1, round(w * edge / max(h, w))), max(1, round(h * edge / max(h, w))))
+        sample = cv2.resize(np.ascontiguousarray(sample), size, interpolation=cv2.INTER_AREA)
+        if opaque is not None:
+            opaque = cv2.resize(np.ascontiguousarray(opaque), size, interpolation=cv2.INTER_AREA)
+    return _unit_float(sample), None if opaque is None else _unit_float(opaque)
+
+
+def _unit_float(values: np.ndarray) -> np.ndarray:
+    if values.dtype == np.float32:
+        return values.copy()
+    return values.astype(np.float32) / np.float32(np.iinfo(values.dtype).max)
 
 
 def _classify(ycc: np.ndarray, weight: np.ndarray) -> ColourPlan:
@@ -227,32 +230,40 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 def toned_to_rgb(gray: np.ndarray, tone: ToneMap) -> np.ndarray:
     """The toned path's output: restored luma (HxW uint8/uint16) + the photo's own chroma -> HxWx3.
 
-    Chroma = tone(Y_out) + the residual map upsampled (bilinear: chroma is smooth, and the photo's own);
-    STRIP_ROWS output rows at a time, so a large output never has a whole float copy."""
-    height = gray.shape[0]
-    peak = float(np.iinfo(gray.dtype).max)
+    Chroma = tone(Y_out) + the residual map upsampled (bilinear: chroma is smooth, and the photo's own).
+    YCbCr -> RGB is linear, so the tone becomes one RGB table indexed by the output's gray value and the
+    residual an RGB offset map; STRIP_ROWS output rows at a time, so a large output has no whole float
+    copy."""
+    peak = int(np.iinfo(gray.dtype).max)
+    values = np.arange(peak + 1, dtype=np.float32) / peak
+    curve = np.stack(
+        [values, np.interp(values, tone.levels, tone.cb), np.interp(values, tone.levels, tone.cr)]
+    )
+    table = (curve.T.astype(np.float32) @ _FROM_YCC.T) * np.float32(peak)  # gray value -> R, G, B
+    offsets = (tone.residual @ _FROM_YCC[:, 1:].T) * np.float32(peak)  # small map of R, G, B offsets
     output = np.empty((*gray.shape, 3), gray.dtype)
-    for top in range(0, height, STRIP_ROWS):
-        bottom = min(top + STRIP_ROWS, height)
-        y = gray[top:bottom].astype(np.float32) / peak
-        residual = residual_rows(tone.residual, top, bottom, gray.shape)
-        cb = np.interp(y, tone.levels, tone.cb).astype(np.float32) + residual[..., 0]
-        cr = np.interp(y, tone.levels, tone.cr).astype(np.float32) + residual[..., 1]
-        rgb = np.dstack([y, cb, cr]) @ _FROM_YCC.T
-        output[top:bottom] = np.clip(np.rint(rgb * peak), 0, peak).astype(gray.dtype)
+    for top in range(0, gray.shape[0], STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, gray.shape[0])
+        rgb = np.take(table, gray[top:bottom], axis=0)  # much faster than table[gray] for 2-D indices
+        rgb += residual_rows(offsets, top, bottom, gray.shape)
+        np.rint(rgb, out=rgb)
+        output[top:bottom] = np.clip(rgb, 0, peak, out=rgb)
     return output
 
 
 def residual_rows(residual: np.ndarray, top: int, bottom: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Rows top..bottom of the residual map bilinearly resized to `shape` (pixel centres aligned, as
-    cv2.resize does), computed from only the few map rows they fall between."""
+    """Rows top..bottom of the map `residual` (h x w x C float32) bilinearly resized to `shape`, pixel
+    centres aligned as cv2.resize aligns them, made from only the few map rows they fall between."""
     height, width = shape[:2]
-    rows = residual.shape[0]
-    source = np.clip((np.arange(top, bottom, dtype=np.float32) + 0.5) * rows / height - 0.5, 0, rows - 1)
+    rows, channels = residual.shape[0], residual.shape[2]
+    source = np.clip((np.arange(top, bottom, dtype=np.float32) + 0.5) * (rows / height) - 0.5, 0, rows - 1)
     first = np.floor(source).astype(np.int64)
     second = np.minimum(first + 1, rows - 1)
-    band_top = int(first[0])
-    band = residual[band_top : int(second[-1]) + 1]
-    band = cv2.resize(band, (width, band.shape[0]), interpolation=cv2.INTER_LINEAR).reshape(-1, width, 2)
-    t = (source - first)[:, None, None]
-    return band[first - band_top] * (1.0 - t) + band[second - band_top] * t
+    band = residual[first[0] : second[-1] + 1]
+    band = cv2.resize(band, (width, band.shape[0]), interpolation=cv2.INTER_LINEAR)
+    band = band.reshape(-1, width, channels)  # cv2 drops a single channel's axis
+    upper, lower = band[first - first[0]], band[second - first[0]]
+    lower -= upper
+    lower *= (source - first)[:, None, None]
+    upper += lower
+    return upper

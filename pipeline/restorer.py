@@ -4,11 +4,13 @@
     restorer.warm_up(options)               # load / compile the networks now (daemon: before READY)
     image, report = restorer.restore(image, options, on_progress)
 
-Flow: pixels -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
+Flow: pixels -> colour path (pipeline/colour.py: an RGB photo measured gray or toned goes on as its luma,
+like a gray file) -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
 (detect + restore 512 crops on the input) -> tiled upscale by the network's scale, written in the final
 dtype -> alpha: a constant alpha is just filled in, any other alpha goes through the same network as
 3 replicated channels (as the reference does) -> resize to the requested scale (INTER_AREA down, Lanczos
-up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit).
+up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit; an RGB
+photo restored as gray gets equal channels, a toned one its own tone back).
 
 Upscalers are loaded once per (model, denoise strength) and kept; restore() keeps no per-image state on
 the object, so one Restorer serves a whole batch or a worker's lifetime.

@@ -29,19 +29,20 @@ import numpy as np
 
 from pipeline.types import ColourMode, ColourReport
 
-ANALYSIS_EDGE = 256  # px, the measured copy's longer side: enough for a photo's colour, microseconds
+ANALYSIS_EDGE = 256  # px, the measured copy's longer side: enough for a photo's colour, milliseconds
 ANALYSIS_BLUR = 1.0  # px sigma on the measured copy: per-pixel chroma noise down ~3x, real colour kept
 # The toned rebuild's own chroma (tone residual) comes from a copy of at most this many px: a photo of
 # that size keeps all its chroma detail, a larger scan has chroma at least as fine as JPEG's 4:2:0 of it.
 DETAIL_EDGE = 1024
-# p99.9 chroma of gray-as-RGB with per-channel noise (sigma 5, no JPEG) stays under 3.5 even at 150 px; the
-# least coloured test photo (Hubble deep field, mostly black sky) has 24 at p99.5 and far more at p99.9.
+# p99.9 chroma of gray-as-RGB with per-channel noise (sigma 5) is 1.8-2.1 after JPEG and stays under 3.5
+# at 150 px without it; the least coloured test photo (Hubble deep field, mostly black sky) has 28-38.
 GRAY_MAX_CHROMA = 6.0
-# Toned: sepia/cyanotype test tones have p99 chroma 23-37 (a strong cyanotype ~60); colour photos with
-# one dominant hue (the retina, coffee) reach 82-86.
+# Toned: sepia, selenium and cyanotype test tones have p99 chroma 15-37 (a deeply saturated synthetic
+# cyanotype reaches 54-67 and may go the colour path); colour photos of one hue (retina, coffee): 82-86.
 TONED_MAX_CHROMA = 60.0
-# What a tone curve cannot explain: 1-8.4 on toned test photos (the most on text, from JPEG), 16.9 on the
-# ginger cat (chelsea: orange fur and gray background at equal luminance), 20+ on other colour photos.
+# What a tone curve cannot explain: 0.7-8.4 on toned test photos (the most on text, from JPEG), 16.9 on
+# the ginger cat (chelsea: orange fur and gray background at equal luminance), 14-42 on other colour
+# photos but the retina (10: held off by its chroma) and Hubble (5: held off by its hue spread).
 TONED_MAX_RESIDUAL = 10.0
 # Circular spread of hue weighted by chroma: <= 10 degrees for sepia (clipped highlights turn yellower),
 # 29-196 for colour photos with several hues. Split-toned prints go the colour path.

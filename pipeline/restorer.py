@@ -148,8 +148,10 @@ class Restorer:
         out_w, out_h = round(image.width * scale), round(image.height * scale)
         report.scale = round(scale, 4)
 
+        stage_started = time.perf_counter()
         planes = split_planes(image, options.colour_mode)
         report.colour = planes.colour.report
+        clock.add("colour", stage_started)  # measuring the colour path (and the luma copy when gray)
         prepared = self._prepare_faces(planes, options, on_progress, clock, report)
         tile = int(upscaler.suggest_tile())  # the backend owns the tile: memory, engine.tile, MIN_TILE
         report.tile_size = tile
@@ -167,7 +169,9 @@ class Restorer:
             report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray)
             report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
             report.notes.extend(prepared.notes)
+        stage_started = time.perf_counter()
         pixels = join_planes(colour_back(colour, planes), alpha, planes.stored_gray)
+        clock.add("colour", stage_started)
         output = Image(
             pixels=pixels,
             source_format=image.source_format,

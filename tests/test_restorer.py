@@ -212,6 +212,7 @@ def test_a_sepia_photo_keeps_its_tone_through_a_network_that_colours() -> None:
     restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
     output, report = restorer.restore(Image(sepia), NO_FACES)
     assert report.colour.path == "toned" and report.colour.tone_residual_p95 is not None
+    assert "colour" in report.stage_seconds  # measuring and the rebuild are timed like other stages
     reference = resize_to(sepia, 256, 256)
     toned_error = np.percentile(hue_differences(reference, output.pixels), 95)
     coloured, _ = restorer.restore(Image(sepia), NO_FACES.replace(colour_mode="colour"))

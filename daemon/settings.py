@@ -22,6 +22,7 @@ from pipeline import (
     DEFAULT_MODEL,
     MIN_TILE,
     Backend,
+    ColourMode,
     Device,
     EngineConfig,
     OutputFormat,
@@ -45,6 +46,7 @@ class Preset(BaseModel):
     output_format: OutputFormat | None = None
     quality: int | None = Field(default=None, ge=1, le=100)
     strip_gps: bool | None = None
+    colour_mode: ColourMode | None = None
 
     def overrides(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -264,6 +266,9 @@ class Settings(BaseSettings):
     output_format: OutputFormat = Field("same", description="output file format (same: the input's)")
     quality: int = Field(95, description="JPEG/WebP quality 1-100", ge=1, le=100)
     strip_gps: bool = Field(False, description="remove GPS position from the output's metadata")
+    colour_mode: ColourMode = Field(
+        "auto", description="auto: black-and-white and toned RGB photos stay so; colour: always colour"
+    )
 
     presets: dict[str, Preset] = Field(
         default_factory=lambda: dict(DEFAULT_PRESETS), description="named partial restore options"
@@ -438,6 +443,7 @@ class Settings(BaseSettings):
             output_format=self.output_format,
             quality=self.quality,
             strip_gps=self.strip_gps,
+            colour_mode=self.colour_mode,
         )
         if preset is None:
             return base

@@ -4,11 +4,13 @@
     restorer.warm_up(options)               # load / compile the networks now (daemon: before READY)
     image, report = restorer.restore(image, options, on_progress)
 
-Flow: pixels -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
+Flow: pixels -> colour path (pipeline/colour.py: an RGB photo measured gray or toned goes on as its luma,
+like a gray file) -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
 (detect + restore 512 crops on the input) -> tiled upscale by the network's scale, written in the final
 dtype -> alpha: a constant alpha is just filled in, any other alpha goes through the same network as
 3 replicated channels (as the reference does) -> resize to the requested scale (INTER_AREA down, Lanczos
-up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit).
+up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit; an RGB
+photo restored as gray gets equal channels, a toned one its own tone back).
 
 Upscalers are loaded once per (model, denoise strength) and kept; restore() keeps no per-image state on
 the object, so one Restorer serves a whole batch or a worker's lifetime.
@@ -26,10 +28,13 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from pipeline.colour import ColourPlan, analyse_colour, gray_to_rgb, luma, toned_to_rgb
 from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
 from pipeline.progress import run_with_heartbeats, step_deadline
 from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, as_float, tile_count, upscale_tiled
 from pipeline.types import (
+    ColourMode,
+    ColourReport,
     DeviceOutOfMemoryError,
     EngineConfig,
     FaceReport,
@@ -57,10 +62,12 @@ GRAY_ALPHA_MODES = ("LA", "La")  # stored as RGBA with R=G=B, written back as LA
 class _Planes:
     """The input split for the network: RGB float, optional alpha float, and how to put it back."""
 
-    rgb: np.ndarray  # HxWx3 in the input dtype (a view for RGB(A); gray is replicated)
+    rgb: np.ndarray  # HxWx3 in the input dtype (a view for colour RGB(A); gray/luma is replicated)
     alpha: np.ndarray | None  # HxW in the input dtype (a view)
-    gray: bool  # the image is grayscale (L or LA): output goes back to one colour channel
+    gray: bool  # one luminance channel goes through the network (L/LA, or an RGB photo measured gray/toned)
     dtype: np.dtype
+    colour: ColourPlan  # which colour path, why, and the tone to put back (pipeline/colour.py)
+    stored_gray: bool = False  # the file is L or LA: output goes back to one colour channel
 
 
 @dataclass
@@ -141,7 +148,10 @@ class Restorer:
         out_w, out_h = round(image.width * scale), round(image.height * scale)
         report.scale = round(scale, 4)
 
-        planes = split_planes(image)
+        stage_started = time.perf_counter()
+        planes = split_planes(image, options.colour_mode)
+        report.colour = planes.colour.report
+        clock.add("colour", stage_started)  # measuring the colour path (and the luma copy when gray)
         prepared = self._prepare_faces(planes, options, on_progress, clock, report)
         tile = int(upscaler.suggest_tile())  # the backend owns the tile: memory, engine.tile, MIN_TILE
         report.tile_size = tile
@@ -159,7 +169,9 @@ class Restorer:
             report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray)
             report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
             report.notes.extend(prepared.notes)
-        pixels = join_planes(colour, alpha, planes.gray)
+        stage_started = time.perf_counter()
+        pixels = join_planes(colour_back(colour, planes), alpha, planes.stored_gray)
+        clock.add("colour", stage_started)
         output = Image(
             pixels=pixels,
             source_format=image.source_format,
@@ -325,17 +337,27 @@ def output_scale(width: int, height: int, options: RestoreOptions) -> tuple[floa
     return capped, note
 
 
-def split_planes(image: Image) -> _Planes:
+def split_planes(image: Image, colour_mode: ColourMode = "auto") -> _Planes:
     pixels = image.pixels
-    gray = pixels.ndim == 2 or (pixels.shape[2] == 4 and image.original_mode in GRAY_ALPHA_MODES)
-    if pixels.ndim == 2:
-        colour = np.repeat(pixels[:, :, None], 3, axis=2)
-        alpha = None
+    stored_gray = pixels.ndim == 2 or (pixels.shape[2] == 4 and image.original_mode in GRAY_ALPHA_MODES)
+    alpha = pixels[:, :, 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else None
+    if stored_gray:
+        plan = ColourPlan(ColourReport("gray", f"stored as grayscale ({image.original_mode or 'L'})"))
+        colour = np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels[:, :, :3]
     else:
-        colour = pixels[:, :, :3]
-        alpha = pixels[:, :, 3] if pixels.shape[2] == 4 else None
+        plan = analyse_colour(pixels[:, :, :3], alpha, colour_mode)
+        colour = gray_to_rgb(luma(pixels)) if plan.as_gray else pixels[:, :, :3]
     # No float copy of the whole image: the tiler converts one window at a time.
-    return _Planes(rgb=colour, alpha=alpha, gray=gray, dtype=pixels.dtype)
+    return _Planes(colour, alpha, stored_gray or plan.as_gray, pixels.dtype, plan, stored_gray)
+
+
+def colour_back(colour: np.ndarray, planes: _Planes) -> np.ndarray:
+    """An RGB photo restored as gray back to RGB: equal channels (gray) or its own tone (toned)."""
+    if not planes.gray or planes.stored_gray:
+        return colour
+    if planes.colour.tone is None:
+        return gray_to_rgb(colour)
+    return toned_to_rgb(colour, planes.colour.tone)
 
 
 def join_planes(colour: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.ndarray:

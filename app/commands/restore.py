@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # The settings `restorer restore` takes as flags (--no-face, --format, --denoise: old spellings kept).
 RESTORE_FIELDS = (
     *("model", "scale", "max_output_megapixels", "denoise_strength", "output_format", "quality", "strip_gps"),
-    *("faces", "face_model", "face_strength"),
+    *("faces", "face_model", "face_strength", "colour_mode"),
     *("backend", "device", "precision", "tile", "threads", "weights_dir", "state_dir"),
 )
 

@@ -404,6 +404,15 @@ def fill_hardware(measurements: list[Measurement], peaks: CpuPeaks) -> None:
             m.hardware = peaks.description
 
 
+def row_efficiency(m: Measurement, gemm: dict[str, GemmRate], flops_per_pixel: float) -> float | None:
+    """A network row's efficiency against the yardstick of its device and precision (None: no such
+    yardstick was measured, the row failed, or it is the face stage)."""
+    rate = next((g for g in gemm.values() if g.measures(m)), None)
+    if rate is None or m.error is not None or m.spec.stage == "faces":
+        return None
+    return efficiency(flops_per_pixel, m.spec.width * m.spec.height, m.median_s, rate)
+
+
 def bench_markdown(measurements: list[Measurement], gemm: dict[str, GemmRate], flops_per_pixel: float) -> str:
     """The timing table: one row per measurement. gemm: the measured rate per GEMM dtype."""
     header = [
@@ -427,14 +436,14 @@ def bench_markdown(measurements: list[Measurement], gemm: dict[str, GemmRate], f
         seconds = m.median_s
         gflops = flops_per_pixel * m.spec.width * m.spec.height / seconds / 1e9
         network_stage = m.spec.stage != "faces"
-        rate = next((g for g in gemm.values() if g.measures(m)), None)
+        row = row_efficiency(m, gemm, flops_per_pixel)
         cells = [
             m.spec.stage,
             size,
             f"{seconds:.2f}" + (f" (median of {len(m.seconds)})" if len(m.seconds) > 1 else ""),
             f"{m.megapixels / seconds:.4f}",
             f"{gflops:.0f}" if network_stage else "-",
-            f"{gflops / rate.gflops:.2f}" if network_stage and rate is not None else "-",
+            "-" if row is None else f"{row:.2f}",
             f"{m.peak_rss_mb:.0f}",
             f"{m.load_s:.1f}",
             " ".join(part for part in (m.backend, m.device, m.precision) if part) or "-",

@@ -158,15 +158,24 @@ def publish_bytes(
     return _publish(dest_dir, name, mode, group, len(data), lambda fd: _write_all(fd, data), root)
 
 
-def publish_file(source: BinaryIO, dest_dir: Path, name: str, mode: int, group: str | None) -> Path:
-    """publish_bytes for data too big to hold in memory (an upload spooled to disk), copied in chunks."""
+def publish_file(
+    source: BinaryIO,
+    dest_dir: Path,
+    name: str,
+    mode: int,
+    group: str | None,
+    *,
+    root: Path | None = None,
+) -> Path:
+    """publish_bytes for data too big to hold in memory (an upload spooled to disk, a large restored
+    output encoded into a scratch file), copied in chunks."""
 
     def copy(fd: int) -> None:
         source.seek(0)
         while chunk := source.read(COPY_CHUNK):
             _write_all(fd, chunk)
 
-    return _publish(dest_dir, name, mode, group, os.fstat(source.fileno()).st_size, copy)
+    return _publish(dest_dir, name, mode, group, os.fstat(source.fileno()).st_size, copy, root)
 
 
 def _write_all(fd: int, data: bytes) -> None:

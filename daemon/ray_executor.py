@@ -88,7 +88,12 @@ class RestoreActor:
         with self._lock:
             self._progress, self._cancel = (0, None, 0, 0), False
         processed = self._processor.process(data, options, self._on_progress)
-        return processed.data, processed.format, self._processor.extension(processed.format), processed.report
+        output = processed.data
+        if processed.file is not None:  # a large output encoded on disk: Ray returns bytes
+            with processed.file:
+                processed.file.seek(0)
+                output = processed.file.read()
+        return output, processed.format, self._processor.extension(processed.format), processed.report
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         with self._lock:

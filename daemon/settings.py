@@ -396,6 +396,11 @@ class Settings(BaseSettings):
         return self.state_dir / "cache"
 
     @property
+    def scratch_dir(self) -> Path:
+        """Where outputs too big for memory are assembled (unlinked files: nothing to clean up)."""
+        return self.state_dir / "scratch"
+
+    @property
     def file_mode(self) -> int:
         return int(self.output_file_mode, 8)
 
@@ -408,6 +413,7 @@ class Settings(BaseSettings):
             precision=self.precision,
             tile=self.tile,
             threads=self.threads,
+            scratch_dir=str(self.scratch_dir),
         )
 
     def restore_options(self, preset: str | None = None) -> RestoreOptions:

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.scratch import release_rows
 from pipeline.types import DeviceOutOfMemoryError, ProgressCallback
 
 DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/performance.md)
@@ -51,6 +52,15 @@ class TileUpscaler(Protocol):
     batch_size: int
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+# (shape, dtype) -> a writable array for the output: np.empty by default; the Restorer passes a disk-backed
+# one (pipeline.scratch.disk_array) for outputs too big for memory.
+Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
+
+
+def allocate_in_memory(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
 
 
 @dataclass
@@ -251,6 +261,7 @@ def upscale_tiled(
     *,
     blend: int = DEFAULT_BLEND,
     gray: bool = False,
+    allocate: Allocate = allocate_in_memory,
 ) -> TiledResult:
     """Upscale an HxWx3 RGB image by upscaler.scale, tile by tile.
 
@@ -260,6 +271,8 @@ def upscale_tiled(
     tile: input tile edge including context (the fixed network input shape), >= 16.
     pad: context per interior side; blend: cross-fade width inside it (both input pixels).
     gray: write the mean of the three output channels (HxW) - for alpha and grayscale images.
+    allocate(shape, dtype): where the output lives (memory by default; finished rows of a disk-backed
+    output are released from memory as they are written).
     Progress: on_progress("upscale", tiles_done, total).
     """
     if rgb_float.ndim != 3 or rgb_float.shape[2] != 3:
@@ -267,7 +280,7 @@ def upscale_tiled(
     if tile < MIN_TILE:
         raise ValueError(f"tile must be >= {MIN_TILE}, got {tile}")
     runner = _Runner(upscaler, pad, blend)
-    return _tile_image(rgb_float, runner, tile, pad, blend, out_dtype, on_progress, gray)
+    return _tile_image(rgb_float, runner, tile, pad, blend, out_dtype, on_progress, gray, allocate)
 
 
 def _tile_image(
@@ -279,6 +292,7 @@ def _tile_image(
     out_dtype: np.dtype | type,
     on_progress: ProgressCallback | None,
     gray: bool,
+    allocate: Allocate = allocate_in_memory,
 ) -> TiledResult:
     scale = int(runner.upscaler.scale)
     height, width = rgb.shape[:2]
@@ -288,7 +302,7 @@ def _tile_image(
     source = _reflect_pad(rgb, rows.padded_size, cols.padded_size)  # any dtype; windows become float
     out_h, out_w = height * scale, width * scale
     channels = 1 if gray else 3
-    output = np.empty((out_h, out_w) if gray else (out_h, out_w, 3), dtype=out_dtype)
+    output = allocate((out_h, out_w) if gray else (out_h, out_w, 3), np.dtype(out_dtype))
     total = len(rows.starts) * len(cols.starts)
     strip = _Strip(output, rows.length * scale, channels)
     done = 0
@@ -360,6 +374,7 @@ class _Strip:
             finished = to_dtype(block, self.output.dtype)
             target = self.output[self.top + first : self.top + last]
             target[:] = finished[:, :, 0] if self.channels == 1 else finished
+        release_rows(self.output, self.top, row)  # finished: a disk-backed output leaves memory now
         keep = self.rows.shape[0] - count
         if keep > 0:
             self.rows[:keep] = self.rows[count:].copy()

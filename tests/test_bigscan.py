@@ -1,0 +1,237 @@
+"""Large outputs assembled on disk and encoded in strips (pipeline/scratch.py, pipeline/streaming.py).
+
+The disk path must give the same picture as the in-memory path: the same pixels before encoding, and
+files that decode to the same pixels with the same metadata. These tests force it on small images (a
+budget of 0 bytes) so they stay fast; tests/test_bigscan_cgroup.py restores a really large photo inside
+a memory-limited cgroup.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+import pipeline.scratch as scratch
+from pipeline.imageio import encode_image, load_image
+from pipeline.restorer import Restorer, restore_bytes
+from pipeline.scratch import choose_assembly, disk_array, is_disk_backed, release_rows, row_strips
+from pipeline.streaming import encode_to_file
+from pipeline.types import EngineConfig, Image, RestoreOptions
+from tests.fake_upscalers import ConvStackUpscaler
+
+NO_FACES = RestoreOptions(faces=False)
+
+
+def srgb_icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def photo(shape: tuple[int, ...], dtype: type = np.uint8, seed: int = 0) -> np.ndarray:
+    """Smooth pixels with some noise: compresses like a photo, every filter and codec path exercised."""
+    rng = np.random.default_rng(seed)
+    height, width = shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width]
+    peak = np.iinfo(dtype).max
+    base = (np.sin(xs / 7.0) + np.cos(ys / 5.0) + 2) / 4 * peak
+    channels = shape[2] if len(shape) == 3 else 1
+    planes = [
+        np.clip(base * (0.6 + 0.2 * c) + rng.normal(0, peak / 40, (height, width)), 0, peak)
+        for c in range(channels)
+    ]
+    pixels = np.stack(planes, axis=2).astype(dtype)
+    return pixels if len(shape) == 3 else pixels[:, :, 0]
+
+
+def loader(model_id: str, engine: EngineConfig, denoise: float | None) -> ConvStackUpscaler:
+    return ConvStackUpscaler(tile=48)
+
+
+@pytest.fixture
+def force_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every output goes to disk, as a 560 MP scan's would; small strips, so strip seams are many."""
+    monkeypatch.setattr(scratch, "IN_MEMORY_MAX_BYTES", 0)
+    monkeypatch.setattr(scratch, "STRIP_BYTES", 20_000)
+
+
+# -- the choice ----------------------------------------------------------------------------------------
+
+
+def test_small_outputs_stay_in_memory_and_large_ones_go_to_disk() -> None:
+    gib = 1 << 30
+    assert choose_assembly(100 << 20, 8 * gib) == "memory"  # a 2 MP photo at 4x: today's path
+    assert choose_assembly(1_700 << 20, 64 * gib) == "disk"  # a 35 MP scan at 4x, even on a big machine
+    assert choose_assembly(100 << 20, 300 << 20) == "disk"  # a container with 300 MB left
+
+
+def test_restorer_chooses_from_the_memory_it_sees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.backends.base as base
+
+    restorer = Restorer(EngineConfig(scratch_dir=str(tmp_path)), upscaler_loader=loader)
+    pixels = photo((40, 50, 3))
+    output, report = restorer.restore(Image(pixels), NO_FACES)
+    assert not is_disk_backed(output.pixels)
+    monkeypatch.setattr(base, "available_ram_bytes", lambda: 100_000)  # a cgroup nearly full
+    output, report = restorer.restore(Image(pixels), NO_FACES)
+    assert is_disk_backed(output.pixels)
+    assert any("assembled on disk" in note for note in report.notes)
+    assert list(tmp_path.iterdir()) == []  # unlinked: nothing to clean up after a crash
+
+
+# -- the disk-backed array -----------------------------------------------------------------------------
+
+
+def test_released_rows_keep_their_data_and_leave_resident_memory(tmp_path: Path) -> None:
+    array = disk_array((2048, 4096, 3), np.uint8, tmp_path)
+    array[:] = 7
+    resident_before = _resident_pages(array)
+    release_rows(array[:, :, :3], 0, 2048)
+    assert _resident_pages(array) < resident_before // 8
+    assert array[0, 0, 0] == 7 and array[-1, -1, -1] == 7 and int(array[1000].sum()) == 7 * 4096 * 3
+
+
+def _resident_pages(array: np.ndarray) -> int:
+    """Pages of the array's mapping resident in this process (its Rss line in /proc/self/smaps)."""
+    address = array.__array_interface__["data"][0]
+    for block in _smaps_blocks():
+        start, end = (int(part, 16) for part in block[0].split()[0].split("-"))
+        if start <= address < end:
+            rss = next(line for line in block if line.startswith("Rss:"))
+            return int(rss.split()[1]) // (mmap.PAGESIZE // 1024)
+    raise AssertionError("mapping not found")
+
+
+def _smaps_blocks() -> list[list[str]]:
+    blocks: list[list[str]] = []
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split()[0] and not line.split()[0].endswith(":"):
+            blocks.append([line])
+        elif blocks:
+            blocks[-1].append(line)
+    return blocks
+
+
+def test_strips_cover_every_row_once_in_multiples() -> None:
+    strips = list(row_strips(1000, 300, multiple=16, max_rows=100))
+    assert strips[0] == (0, 96) and strips[-1][1] == 1000
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(strips))
+    assert all((last - first) % 16 == 0 for first, last in strips[:-1])
+
+
+# -- the restorer: disk path == memory path ------------------------------------------------------------
+
+CASES = {
+    "rgb": (photo((37, 53, 3)), ""),
+    "rgba": (np.dstack([photo((37, 53, 3)), photo((37, 53), seed=3)]), ""),
+    "constant alpha": (np.dstack([photo((37, 53, 3)), np.full((37, 53), 200, np.uint8)]), ""),
+    "gray": (photo((37, 53)), "L"),
+    "gray+alpha": (np.dstack([photo((37, 53))] * 3 + [photo((37, 53), seed=4)]), "LA"),
+    "16-bit rgb": (photo((37, 53, 3), np.uint16), "RGB"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("scale", [4.0, 2.0, 3.0])
+def test_disk_assembly_gives_the_memory_pixels(
+    case: str, scale: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixels, mode = CASES[case]
+    options = NO_FACES.replace(scale=scale)
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    in_memory, _ = Restorer(engine, upscaler_loader=loader).restore(
+        Image(pixels, original_mode=mode), options
+    )
+    monkeypatch.setattr(scratch, "IN_MEMORY_MAX_BYTES", 0)
+    monkeypatch.setattr(scratch, "STRIP_BYTES", 20_000)
+    on_disk, _ = Restorer(engine, upscaler_loader=loader).restore(Image(pixels, original_mode=mode), options)
+    assert is_disk_backed(on_disk.pixels)
+    assert on_disk.pixels.shape == in_memory.pixels.shape and on_disk.pixels.dtype == in_memory.pixels.dtype
+    assert np.array_equal(on_disk.pixels, in_memory.pixels)
+
+
+# -- streamed encoding: same decoded pixels, same metadata ---------------------------------------------
+
+ENCODE_CASES = {
+    "rgb": (photo((203, 317, 3)), ""),
+    "rgba": (np.dstack([photo((203, 317, 3)), photo((203, 317), seed=5)]), ""),
+    "gray": (photo((203, 317)), "L"),
+    "gray+alpha": (np.dstack([photo((203, 317))] * 3 + [photo((203, 317), seed=6)]), "LA"),
+    "16-bit rgb": (photo((203, 317, 3), np.uint16), "RGB"),
+    "16-bit rgba": (np.dstack([photo((203, 317, 3), np.uint16), photo((203, 317), np.uint16, 7)]), "RGBA"),
+}
+
+
+@pytest.mark.parametrize("case", ENCODE_CASES)
+@pytest.mark.parametrize("fmt,quality", [("jpg", 95), ("jpg", 80), ("png", 95), ("tiff", 95), ("webp", 90)])
+def test_streamed_files_decode_to_the_in_memory_files_pixels(
+    case: str, fmt: str, quality: int, tmp_path: Path, force_disk: None
+) -> None:
+    pixels, mode = ENCODE_CASES[case]
+    exif = PILImage.Exif()
+    exif[0x010F] = "Camera maker"
+    exif[0x0112] = 1
+    metadata = {"icc_profile": srgb_icc(), "exif": exif.tobytes(), "original_mode": mode}
+    disk = disk_array(pixels.shape, pixels.dtype, tmp_path)
+    disk[:] = pixels
+    streamed = io.BytesIO()
+    encode_to_file(Image(disk, **metadata), fmt, streamed, quality=quality)
+    in_memory = encode_image(Image(pixels.copy(), **metadata), fmt, quality=quality)
+    ours, theirs = load_image(streamed.getvalue()), load_image(in_memory)
+    assert ours.pixels.shape == theirs.pixels.shape
+    assert np.array_equal(ours.pixels, theirs.pixels)
+    assert ours.original_mode == theirs.original_mode
+    if fmt != "tiff":  # TIFF carries the profile as a tag, which load_image reads the same way
+        assert ours.icc_profile == theirs.icc_profile == metadata["icc_profile"]
+    assert (ours.exif is None) == (theirs.exif is None)
+    if ours.exif is not None:
+        assert _exif_tag(ours.exif, 0x010F) == _exif_tag(theirs.exif, 0x010F) == "Camera maker"
+    # Sizes within a few percent: the same codecs, only the framing (restarts, IDAT split) differs.
+    assert abs(len(streamed.getvalue()) - len(in_memory)) < 0.05 * len(in_memory) + 2048
+
+
+def _exif_tag(raw: bytes, tag: int) -> object:
+    exif = PILImage.Exif()
+    exif.load(raw)
+    return exif.get(tag)
+
+
+def test_a_jpeg_of_many_restart_strips_opens_in_pillow(tmp_path: Path, force_disk: None) -> None:
+    pixels = photo((400, 300, 3))
+    disk = disk_array(pixels.shape, pixels.dtype, tmp_path)
+    disk[:] = pixels
+    target = tmp_path / "out.jpg"
+    with open(target, "wb") as handle:
+        encode_to_file(Image(disk), "jpg", handle, quality=80)
+    data = target.read_bytes()
+    assert data.count(b"\xff\xdd") == 1 and b"\xff\xd0" in data  # one DRI, restart markers
+    with PILImage.open(target) as opened:
+        opened.load()
+        assert opened.size == (300, 400)
+
+
+# -- end to end: restore_bytes hands back a file -------------------------------------------------------
+
+
+def test_restore_bytes_streams_a_disk_assembled_output_into_an_unlinked_file(
+    tmp_path: Path, force_disk: None
+) -> None:
+    source = io.BytesIO()
+    PILImage.fromarray(photo((60, 80, 3))).save(source, "PNG")
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    restored = restore_bytes(
+        Restorer(engine, upscaler_loader=loader), source.getvalue(), NO_FACES, max_pixels=10**6
+    )
+    assert restored.file is not None and restored.data == b""
+    assert list(tmp_path.iterdir()) == []  # no name on disk, so no leftover even after a crash
+    output = load_image(restored.read_bytes())
+    assert (output.width, output.height) == (320, 240)
+    assert restored.size == os.fstat(restored.file.fileno()).st_size
+    restored.file.close()

@@ -15,6 +15,7 @@ the page cache too, so neither RSS nor the cgroup's charge grows with the image.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import tempfile
@@ -30,13 +31,16 @@ try:
 except ImportError:  # numpy < 2
     from numpy import byte_bounds  # type: ignore[attr-defined,no-redef]
 
+from pipeline.types import RestoreError
+
 Assembly = Literal["memory", "disk"]
 
 # An output up to this size is assembled in memory when memory allows (today's path, byte-identical
-# results): 64 MP of RGB8, an 4000x4000 output (a 1000x1000 photo at 4x). Above it the output and its
-# encoded copy would be the bulk of a worker's RSS, so it goes to disk even on a roomy machine: the
-# memory goal (<= 1 GB per worker) holds for every input, not only on machines that happen to be small.
-IN_MEMORY_MAX_BYTES = 192 * 1024 * 1024
+# files): 128 MiB is 44 MP of RGB8, e.g. a 1600x1200 photo at 4x. Above it the output and its encoded
+# copy are the bulk of a worker's RSS (a 2000x1500 photo with x4plus peaked at 995-1009 MB in memory),
+# so it goes to disk even on a roomy machine: the memory goal (<= 1 GB per worker) holds for every
+# input, not only on machines that happen to be small.
+IN_MEMORY_MAX_BYTES = 128 * 1024 * 1024
 # Of what the process can still use, the share one output may take in memory (the encoder's buffer, the
 # network's tile and the face stage need the rest).
 IN_MEMORY_FRACTION = 0.25
@@ -62,13 +66,29 @@ def disk_array(shape: tuple[int, ...], dtype: np.dtype | type, scratch_dir: Path
     size = int(np.prod(shape)) * dtype.itemsize
     scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=scratch_dir, prefix="assembly-") as handle:
-        handle.truncate(max(size, 1))
+        _reserve(handle.fileno(), max(size, 1), scratch_dir)
         mapping = mmap.mmap(handle.fileno(), max(size, 1), flags=mmap.MAP_SHARED)
         # The mapping holds its own reference to the file; this one is for writeback and page-cache drops.
         descriptor = os.dup(handle.fileno())
     _files[id(mapping)] = [descriptor, 0]
     weakref.finalize(mapping, _forget, id(mapping))
     return np.ndarray(shape, dtype=dtype, buffer=mapping)
+
+
+def _reserve(descriptor: int, size: int, scratch_dir: Path) -> None:
+    """Give the file its blocks now: a write through the mapping into a file the disk cannot hold is a
+    SIGBUS that kills the process, where a refusal here is an error the job can report."""
+    try:
+        os.posix_fallocate(descriptor, 0, size)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RestoreError(
+                f"not enough disk space in {scratch_dir} to assemble a {size / 1e9:.1f} GB output; free "
+                "space there (the state folder's scratch) or lower max_output_megapixels"
+            ) from None
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(descriptor, size)  # a filesystem without fallocate: sparse, as good as it gets
 
 
 def is_disk_backed(array: np.ndarray) -> bool:

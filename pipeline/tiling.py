@@ -14,7 +14,9 @@ How the image is cut (per axis, the same on both):
 
 Output memory: the result is written straight into the final dtype (uint8/uint16). Blending happens in a
 float32 buffer that holds one row of tiles (plus the overlap carried to the next row), never the whole
-image, so a 4000x3000 -> 16000x12000 upscale needs the 576 MB output plus a strip of a few hundred MB.
+image. The output itself comes from `allocate`: memory by default, or (the Restorer's choice for large
+outputs, pipeline/scratch.py) an array on disk whose finished rows leave memory as they are written,
+so a 4000x3000 -> 16000x12000 upscale holds the strip, not the 576 MB output.
 
 Out of memory: a batch that fails is retried one tile at a time; a single tile that fails is itself
 upscaled by this same tiler with half the tile edge (and every later tile goes straight to the smaller

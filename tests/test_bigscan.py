@@ -23,7 +23,7 @@ from pipeline.imageio import encode_image, load_image
 from pipeline.restorer import Restorer, restore_bytes
 from pipeline.scratch import choose_assembly, disk_array, is_disk_backed, release_rows, row_strips
 from pipeline.streaming import encode_to_file
-from pipeline.types import EngineConfig, Image, RestoreOptions
+from pipeline.types import EngineConfig, Image, RestoreError, RestoreOptions
 from tests.fake_upscalers import ConvStackUpscaler
 
 NO_FACES = RestoreOptions(faces=False)
@@ -235,3 +235,43 @@ def test_restore_bytes_streams_a_disk_assembled_output_into_an_unlinked_file(
     assert (output.width, output.height) == (320, 240)
     assert restored.size == os.fstat(restored.file.fileno()).st_size
     restored.file.close()
+
+
+# -- faces: no whole-image float copy of a large input -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_face_detection_and_alignment_read_integer_pixels_as_the_float_image(dtype: type) -> None:
+    from pipeline.faces.align import align_face
+    from pipeline.faces.detect import _detector_input
+    from pipeline.tiling import as_float
+
+    pixels = photo((300, 411, 3), dtype)
+    whole_float = as_float(pixels)
+    scaled = whole_float * np.float32(255.0)
+    expected = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)  # what detection made of the float copy
+    assert np.array_equal(_detector_input(pixels), expected)
+    matrix = np.array([[0.8, 0.1, 20.0], [-0.1, 0.8, 35.0]])
+    assert np.array_equal(align_face(pixels, matrix), align_face(whole_float, matrix))
+    shrinking = np.array([[4.0, 0.5, -100.0], [-0.5, 4.0, -50.0]])  # crosses the anti-alias path
+    assert np.array_equal(align_face(pixels, shrinking), align_face(whole_float, shrinking))
+
+
+def test_a_scratch_disk_too_small_for_the_output_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """A write through a mapping into a full disk is a SIGBUS; the blocks are reserved first instead."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with pytest.raises(RestoreError, match="not enough disk space"):
+            disk_array((2000, 2000, 3), np.uint8, small)
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

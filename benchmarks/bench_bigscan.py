@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 cgroup = make_cgroup(args.cgroup_mb) if args.cgroup_mb else None
                 command = [sys.executable, str(CHILD), str(source), str(work / "out"), str(work / "scratch")]
                 command += ["--network", args.network, "--format", fmt, "--state-dir", args.state_dir]
-                command += ["--in-memory"] if variant == "in memory" else []
+                command += ["--in-memory"] if variant == "in memory forced" else []
                 load = load_average()
                 result = run_child(command, cgroup[0] if cgroup else None)
                 if cgroup is not None:
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "input",
         "output",
         "format",
-        "assembly",
+        "run",
+        "assembled in",
         "peak RSS MB",
         "exit",
         "cgroup peak MB / OOM kills",
@@ -160,6 +161,7 @@ def _row(entry: dict[str, object], width: int, height: int) -> list[str]:
         f"{width * 4}x{height * 4} ({width * height * 16 / 1e6:.0f} MP)",
         str(entry["format"]),
         str(entry["variant"]),
+        "disk" if any("assembled on disk" in str(note) for note in entry["notes"]) else "memory",
         f"{int(peak) / 2**20:.0f}" if peak else "-",
         str(entry["returncode"]),
         cgroup,

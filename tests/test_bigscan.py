@@ -275,3 +275,50 @@ def test_a_scratch_disk_too_small_for_the_output_is_an_error_not_a_crash(tmp_pat
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+# -- the worker publishes the scratch file -------------------------------------------------------------
+
+
+def test_the_worker_publishes_a_disk_assembled_output_and_frees_its_scratch_file(
+    tmp_path: Path, force_disk: None
+) -> None:
+    import dataclasses
+    import hashlib
+
+    from daemon.store import JobStore
+    from daemon.worker import PipelineProcessor, Worker
+    from tests.daemon_support import files_under, make_settings
+
+    settings = make_settings(tmp_path, faces=False)
+    store = JobStore(settings.db_path)
+    processor = PipelineProcessor(settings)
+    processor._restorer._loader = loader  # the real processor, the numpy stand-in network
+    worker = Worker(settings, store, processor, lambda message: None)
+    source = io.BytesIO()
+    PILImage.fromarray(photo((30, 40, 3))).save(source, "PNG")
+    data = source.getvalue()
+    (Path(settings.inbox) / "scan.png").write_bytes(data)
+    options = dataclasses.asdict(settings.restore_options())
+    store.add("scan.png", hashlib.sha256(data).hexdigest(), len(data), 0.0, options=options)
+    job = worker.run_one()
+    assert job is not None and job.state == "done", job.error
+    assert files_under(Path(settings.outbox)) == ["scan.png"]
+    output = Path(settings.outbox) / "scan.png"
+    digest = hashlib.sha256(output.read_bytes()).hexdigest()
+    assert store.publishing_of(job.id) == f"{digest}:{output.stat().st_size}"  # hashed from the file
+    assert load_image(output.read_bytes()).pixels.shape == (120, 160, 3)
+    assert any("assembled on disk" in note for note in job.report["notes"])
+    assert list(settings.scratch_dir.iterdir()) == []  # unlinked, and closed after publishing
+    assert not [target for target in _open_files() if "scratch" in target]  # every descriptor closed
+    store.close()
+
+
+def _open_files() -> list[str]:
+    targets = []
+    for link in Path("/proc/self/fd").iterdir():
+        try:
+            targets.append(os.readlink(link))
+        except FileNotFoundError:  # the descriptor iterdir itself used
+            continue
+    return targets

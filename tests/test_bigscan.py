@@ -322,3 +322,22 @@ def _open_files() -> list[str]:
         except FileNotFoundError:  # the descriptor iterdir itself used
             continue
     return targets
+
+
+# -- decoding a large input: no second whole copy ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_large_pictures_are_copied_out_of_pillow_a_band_at_a_time(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.imageio as imageio
+
+    pixels = photo((333, 271, 4))
+    picture = PILImage.fromarray(pixels, "RGBA").convert(mode)
+    whole = np.asarray(picture)
+    monkeypatch.setattr(imageio, "_BAND_COPY_PIXELS", 0)
+    monkeypatch.setattr(imageio, "_BAND_BYTES", 5000)
+    banded = imageio._pixel_array(picture)
+    assert banded.shape == whole.shape and banded.dtype == whole.dtype
+    assert np.array_equal(banded, whole)

@@ -176,7 +176,7 @@ class Restorer:
         if (out_w, out_h) != (colour.shape[1], colour.shape[0]) or scale != upscaler.scale:
             clock.add("resize", stage_started)
         if prepared is not None:
-            report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray)
+            report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray, allocate)
             report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
             report.notes.extend(prepared.notes)
         pixels = join_in_strips(colour, alpha, planes.gray, allocate)
@@ -242,7 +242,12 @@ class Restorer:
         return stage.prepare(planes.rgb, options, on_progress)
 
     def _paste_faces(
-        self, colour: np.ndarray, prepared: PreparedFaces, scale: float, gray: bool
+        self,
+        colour: np.ndarray,
+        prepared: PreparedFaces,
+        scale: float,
+        gray: bool,
+        allocate: Allocate = allocate_in_memory,
     ) -> list[FaceReport]:
         stage = self.face_stage()
         if not prepared.faces or stage is None:
@@ -251,10 +256,22 @@ class Restorer:
             reports = list(stage.paste(colour, prepared, scale))
             release_rows(colour, 0, colour.shape[0])  # the pasted regions of a disk-backed output
             return reports
-        rgb = np.repeat(colour[:, :, None], 3, axis=2)  # faces work in colour; the gray output gets the mean
+        if not is_disk_backed(colour):
+            rgb = np.repeat(colour[:, :, None], 3, axis=2)  # faces work in colour; gray gets the mean
+            reports = list(stage.paste(rgb, prepared, scale))
+            colour[:] = _mean_channels(rgb, colour.dtype)
+            return reports
+        # A disk-backed gray output: the colour copy the faces are pasted into is on disk too.
+        rgb = allocate((*colour.shape, 3), colour.dtype)
+        for first, last in row_strips(colour.shape[0], colour.strides[0] * 3):
+            rgb[first:last] = colour[first:last, :, None]
+            release_rows(rgb, first, last)
+            release_rows(colour, first, last)
         reports = list(stage.paste(rgb, prepared, scale))
-        colour[:] = _mean_channels(rgb, colour.dtype)
-        release_rows(colour, 0, colour.shape[0])
+        for first, last in row_strips(colour.shape[0], colour.strides[0] * 3):
+            colour[first:last] = _mean_channels(rgb[first:last], colour.dtype)
+            release_rows(rgb, first, last)
+            release_rows(colour, first, last)
         return reports
 
     def _upscale(

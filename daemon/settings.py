@@ -109,7 +109,10 @@ class Settings(BaseSettings):
     archive_dir: Path = Field(
         Path("var/archive"), description="where originals go after restoring (originals=archive)"
     )
-    state_dir: Path = Field(Path("var/state"), description="local folder for the job database, caches and the scratch space of large outputs")
+    state_dir: Path = Field(
+        Path("var/state"),
+        description="local folder for the job database, caches and large outputs' scratch space",
+    )
     weights_dir: Path = Field(Path("weights"), description="folder with user-supplied model weight files")
 
     # Network. A LAN service: binds every interface by default.

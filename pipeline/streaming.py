@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import cv2
@@ -266,6 +266,3 @@ def _write_tiff(strips: _StripReader, target: BinaryIO, icc: bytes | None, exif:
         metadata=None,
         bigtiff=strips.height * row_bytes > 2**31,
     )
-
-
-ProgressHook = Callable[[int, int], None]

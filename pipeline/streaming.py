@@ -15,8 +15,8 @@ done) and the file is written as it is produced:
 - TIFF: tifffile from an iterator of strips compressed here (zlib, the same codec as today's output).
 - WebP holds at most 16383 px a side and libwebp needs the whole picture: it is encoded in memory.
 
-Metadata goes through the same writers as in memory: the ICC profile and EXIF are spliced into the
-header by imageio's _jpeg_with_metadata / _png_with_metadata, or become TIFF tags.
+Metadata goes through the same writers as in memory (pipeline/metadata.py): spliced into the JPEG or
+PNG header before the first strip, or appended to the finished TIFF as a new IFD0.
 """
 
 from __future__ import annotations
@@ -29,17 +29,8 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from pipeline.imageio import (
-    _DESCRIPTIVE_TAGS,
-    OUTPUT_FORMATS,
-    _as_output_pixels,
-    _exif_bytes,
-    _jpeg_with_metadata,
-    _parse_exif,
-    _png_chunk,
-    _png_with_metadata,
-    encode_image,
-)
+from pipeline import metadata
+from pipeline.imageio import OUTPUT_FORMATS, _as_output_pixels, encode_image, output_metadata
 from pipeline.scratch import release_rows, row_strips
 from pipeline.types import Image
 
@@ -55,14 +46,14 @@ def encode_to_file(
     time. Same formats, conversions and metadata as encode_image."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"cannot write format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
-    exif = _exif_bytes(_parse_exif(image.exif), strip_gps=strip_gps)
+    carried = output_metadata(image, strip_gps)
     strips = _StripReader(image, fmt)
     if fmt == "jpg":
-        _write_jpeg(strips, target, quality, image.icc_profile, exif)
+        _write_jpeg(strips, target, quality, carried)
     elif fmt == "png":
-        _write_png(strips, target, image.icc_profile, exif)
+        _write_png(strips, target, carried)
     elif fmt == "tiff":
-        _write_tiff(strips, target, image.icc_profile, exif)
+        _write_tiff(strips, target, carried)
     else:
         target.write(encode_image(image, fmt, quality=quality, strip_gps=strip_gps))
 
@@ -100,7 +91,7 @@ class _StripReader:
 
 
 def _write_jpeg(
-    strips: _StripReader, target: BinaryIO, quality: int, icc: bytes | None, exif: bytes | None
+    strips: _StripReader, target: BinaryIO, quality: int, carried: metadata.OutputMetadata
 ) -> None:
     subsampled = quality < 90  # as encode_image: 4:4:4 at high quality, 4:2:0 below
     mcu = 16 if subsampled and strips.channels == 3 else 8
@@ -115,7 +106,7 @@ def _write_jpeg(
         if number == 0:
             interval = mcus_per_row * (strip.shape[0] // mcu)
             header = _jpeg_header(encoded[:header_end], strips.height, interval)
-            target.write(_jpeg_with_metadata(header, icc, exif))
+            target.write(metadata.jpeg_with_metadata(header, carried))
         else:
             target.write(bytes((0xFF, 0xD0 + (number - 1) % 8)))
         target.write(encoded[header_end:scan_end])
@@ -166,13 +157,13 @@ def _jpeg_header(header: memoryview, height: int, interval: int) -> bytes:
 _PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray+alpha, RGB, RGBA
 
 
-def _write_png(strips: _StripReader, target: BinaryIO, icc: bytes | None, exif: bytes | None) -> None:
+def _write_png(strips: _StripReader, target: BinaryIO, carried: metadata.OutputMetadata) -> None:
     depth = 16 if strips.dtype == np.uint16 else 8
     ihdr = struct.pack(
         ">IIBBBBB", strips.width, strips.height, depth, _PNG_COLOUR_TYPES[strips.channels], 0, 0, 0
     )
-    header = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-    target.write(_png_with_metadata(header, icc, exif))
+    header = b"\x89PNG\r\n\x1a\n" + metadata.png_chunk(b"IHDR", ihdr)
+    target.write(metadata.png_with_metadata(header, carried))
     bytes_per_pixel = strips.channels * depth // 8
     compressor = zlib.compressobj(6)
     previous = np.zeros(strips.width * bytes_per_pixel, np.uint8)
@@ -188,12 +179,12 @@ def _write_png(strips: _StripReader, target: BinaryIO, icc: bytes | None, exif: 
         pending = _flush_idat(target, pending)
     pending += compressor.flush()
     _flush_idat(target, pending, final=True)
-    target.write(_png_chunk(b"IEND", b""))
+    target.write(metadata.png_chunk(b"IEND", b""))
 
 
 def _flush_idat(target: BinaryIO, pending: bytearray, final: bool = False) -> bytearray:
     while len(pending) >= _IDAT_BYTES or (final and pending):
-        target.write(_png_chunk(b"IDAT", bytes(pending[:_IDAT_BYTES])))
+        target.write(metadata.png_chunk(b"IDAT", bytes(pending[:_IDAT_BYTES])))
         del pending[:_IDAT_BYTES]
     return pending
 
@@ -232,26 +223,18 @@ def _paeth(left: np.ndarray, up: np.ndarray, upper_left: np.ndarray) -> np.ndarr
 # -- TIFF ----------------------------------------------------------------------------------------------
 
 
-def _write_tiff(strips: _StripReader, target: BinaryIO, icc: bytes | None, exif: bytes | None) -> None:
+def _write_tiff(strips: _StripReader, target: BinaryIO, carried: metadata.OutputMetadata) -> None:
+    """tifffile writes the pixels from strips compressed here; the metadata is appended afterwards by
+    pipeline.metadata.add_tiff_metadata (a new IFD0 at the end: no pixel byte moves)."""
     import tifffile
 
     row_bytes = strips.width * strips.channels * strips.dtype.itemsize
     rows_per_strip = next(row_strips(strips.height, row_bytes))[1]
-    extratags: list[tuple[int, str, int, object, bool]] = []
-    if icc:
-        extratags.append((34675, "B", len(icc), icc, True))
-    parsed = _parse_exif(exif)
-    if parsed is not None:
-        for tag in _DESCRIPTIVE_TAGS:
-            value = parsed.get(tag)
-            if isinstance(value, str) and value:
-                extratags.append((tag, "s", 0, value, True))
-    shape = (
-        (strips.height, strips.width)
-        if strips.channels == 1
-        else (strips.height, strips.width, strips.channels)
-    )
+    shape = (strips.height, strips.width)
+    if strips.channels > 1:
+        shape = (*shape, strips.channels)
     compressed = (zlib.compress(np.ascontiguousarray(s).tobytes(), 6) for s in strips.strips())
+    start = target.tell()
     tifffile.imwrite(
         target,
         data=compressed,
@@ -262,7 +245,10 @@ def _write_tiff(strips: _StripReader, target: BinaryIO, icc: bytes | None, exif:
         planarconfig="contig",
         rowsperstrip=rows_per_strip,
         compression="zlib",
-        extratags=extratags,
+        software=False,  # the Software tag is the metadata's (this program), not the library's
         metadata=None,
         bigtiff=strips.height * row_bytes > 2**31,
     )
+    target.seek(0, 2)
+    metadata.add_tiff_metadata(target, carried, start)
+    target.seek(0, 2)

@@ -499,23 +499,34 @@ def _resize_in_strips(
 
 
 def join_in_strips(
-    colour: np.ndarray, alpha: np.ndarray | None, gray: bool, allocate: Allocate = allocate_in_memory
+    colour: np.ndarray,
+    alpha: np.ndarray | None,
+    gray: bool,
+    allocate: Allocate = allocate_in_memory,
+    back: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """join_planes, a strip at a time into an array from `allocate` when the planes are disk-backed."""
-    if not is_disk_backed(colour) or (alpha is None and gray):
-        return join_planes(colour, alpha, gray)
-    if alpha is None:
-        return colour
+    """join_planes(back(colour), alpha, gray), a strip at a time into an array from `allocate` when the
+    planes are disk-backed. back: a per-pixel conversion of the colour plane on its way out (None: none)."""
+    if not is_disk_backed(colour):
+        return join_planes(back(colour) if back is not None else colour, alpha, gray)
+    if alpha is None and back is None:
+        return colour  # join_planes would return it as it is
     joined: np.ndarray | None = None
     for first, last in row_strips(colour.shape[0], colour.strides[0] * 2):
-        part = join_planes(colour[first:last], alpha[first:last], gray)
+        part = colour[first:last]
+        part = join_planes(back(part) if back is not None else part, _rows(alpha, first, last), gray)
         if joined is None:
             joined = allocate((colour.shape[0], *part.shape[1:]), part.dtype)
         joined[first:last] = part
         for plane in (colour, alpha, joined):
-            release_rows(plane, first, last)
+            if plane is not None:
+                release_rows(plane, first, last)
     assert joined is not None
     return joined
+
+
+def _rows(plane: np.ndarray | None, first: int, last: int) -> np.ndarray | None:
+    return None if plane is None else plane[first:last]
 
 
 def _fill_in_strips(plane: np.ndarray, value: object) -> None:

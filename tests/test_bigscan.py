@@ -367,3 +367,29 @@ def test_large_pictures_are_copied_out_of_pillow_a_band_at_a_time(
     banded = imageio._pixel_array(picture)
     assert banded.shape == whole.shape and banded.dtype == whole.dtype
     assert np.array_equal(banded, whole)
+
+
+@pytest.mark.parametrize("with_alpha", [False, True])
+def test_join_in_strips_applies_a_per_pixel_conversion_as_the_whole_image_would(
+    with_alpha: bool, tmp_path: Path, force_disk: None
+) -> None:
+    """A gray plane turned back into RGB on its way out (as an RGB photo restored as gray is), in strips."""
+    from pipeline.restorer import join_in_strips
+
+    gray = photo((90, 70))
+    alpha = photo((90, 70), seed=9) if with_alpha else None
+
+    def to_rgb(plane: np.ndarray) -> np.ndarray:
+        return np.repeat(plane[:, :, None], 3, axis=2)
+
+    expected = join_in_strips(gray, alpha, False, back=to_rgb)
+    disk_gray = disk_array(gray.shape, gray.dtype, tmp_path)
+    disk_gray[:] = gray
+    disk_alpha = None
+    if alpha is not None:
+        disk_alpha = disk_array(alpha.shape, alpha.dtype, tmp_path)
+        disk_alpha[:] = alpha
+    joined = join_in_strips(
+        disk_gray, disk_alpha, False, lambda shape, dtype: disk_array(shape, dtype, tmp_path), back=to_rgb
+    )
+    assert is_disk_backed(joined) and np.array_equal(joined, expected)

@@ -100,19 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     for width, height in args.sizes:
         source = write_jpeg(work / "inputs" / f"scan-{width}x{height}.jpg", width, height)
         for fmt in args.formats.split(","):
-            for variant in ["disk", "in memory"] if args.before else ["disk"]:
+            for variant in ["chosen", "in memory forced"] if args.before else ["chosen"]:
                 cgroup = make_cgroup(args.cgroup_mb) if args.cgroup_mb else None
                 command = [sys.executable, str(CHILD), str(source), str(work / "out"), str(work / "scratch")]
                 command += ["--network", args.network, "--format", fmt, "--state-dir", args.state_dir]
                 command += ["--in-memory"] if variant == "in memory forced" else []
                 load = load_average()
-                result = run_child(command, cgroup[0] if cgroup else None)
-                if cgroup is not None:
-                    from tests.test_bigscan_cgroup import MemoryCgroup
+                try:
+                    result = run_child(command, cgroup[0] if cgroup else None)
+                    if cgroup is not None:
+                        from tests.test_bigscan_cgroup import MemoryCgroup
 
-                    group = MemoryCgroup(*cgroup)
-                    result["oom_kills"], result["cgroup_peak"] = group.oom_kills(), group.peak_bytes()
-                    cgroup[0].rmdir()
+                        group = MemoryCgroup(*cgroup)
+                        result["oom_kills"], result["cgroup_peak"] = group.oom_kills(), group.peak_bytes()
+                finally:
+                    if cgroup is not None:
+                        cgroup[0].rmdir()
                 entry = {
                     "input": f"{width}x{height}",
                     "format": fmt,

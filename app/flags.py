@@ -76,7 +76,8 @@ def _add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo
         words = "|".join(w for arg in get_args(kind) if get_origin(arg) is Literal for w in get_args(arg))
         parser.add_argument(*spellings, dest=name, type=str, metavar=f"N|{words}", help=help_text)
     elif kind in SCALAR_TYPES:
-        parser.add_argument(*spellings, dest=name, type=kind, metavar=SCALAR_TYPES[kind], help=help_text)
+        metavar = "FILE" if name.endswith("_file") else SCALAR_TYPES[kind]  # a Path is a folder unless named
+        parser.add_argument(*spellings, dest=name, type=kind, metavar=metavar, help=help_text)
     else:
         raise TypeError(f"settings field {name} ({field.annotation}) has no command-line form")
 

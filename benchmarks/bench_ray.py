@@ -38,7 +38,7 @@ from daemon.store import JobStore  # noqa: E402
 from daemon.worker import Worker  # noqa: E402
 from tests.daemon_processors import CopyProcessor  # noqa: E402
 from tests.daemon_support import COPY_PROCESSOR, ServeProcess, make_settings, wait_for  # noqa: E402
-from tests.ray_support import RAY_ENV, RayCluster  # noqa: E402
+from tests.ray_support import RayCluster  # noqa: E402
 
 SERVICE_SECONDS = 0.5
 JOBS_PER_ACTOR = 10
@@ -104,7 +104,7 @@ def bench_dispatch(cluster: RayCluster, repeats: int) -> list[str]:
             )
             ray.get(actor.ready.remote())
             local = _time_jobs(settings, CopyProcessor(settings), data, repeats)
-            remote = _time_jobs(settings, ActorProcessor(actor, 600.0), data, repeats)
+            remote = _time_jobs(settings, ActorProcessor(actor, settings), data, repeats)
             ray.kill(actor)
             shutil.rmtree(root, ignore_errors=True)
             rows.append(
@@ -174,7 +174,7 @@ def bench_scaling(cluster: RayCluster) -> list[str]:
         count = actors * JOBS_PER_ACTOR
         files = {f"img{n:03d}.jpg": f"SLOW{SERVICE_SECONDS}|job {n}".encode() for n in range(count)}
         root = _fresh_root()
-        env = {**RAY_ENV, "RESTORER_EXECUTOR": "ray", "RESTORER_RAY_ADDRESS": cluster.address}
+        env = {**cluster.daemon_env, "RESTORER_EXECUTOR": "ray", "RESTORER_RAY_ADDRESS": cluster.address}
         env |= {"RESTORER_RAY_ACTORS": str(actors), "RESTORER_RAY_NUM_CPUS": "0.1"}
         seconds, jobs = _run_serve(root, env, files, actors, timeout=600)
         # Service-time bound: each actor runs one job at a time, so the ideal is actors / service time.
@@ -206,7 +206,7 @@ def bench_real(cluster: RayCluster, count: int) -> list[str]:
     runs = {
         "local, 1 worker": {},
         "ray, 2 CPU actors": {
-            **RAY_ENV,
+            **cluster.daemon_env,
             "RESTORER_EXECUTOR": "ray",
             "RESTORER_RAY_ADDRESS": cluster.address,
             "RESTORER_RAY_ACTORS": "2",
@@ -240,9 +240,9 @@ def main() -> int:
     parser.add_argument("--real-images", type=int, default=6)
     args = parser.parse_args()
     parts = set(args.only.split(","))
-    os.environ.update(RAY_ENV)
     print(f"machine: {machine()}; load average before: {load()}", flush=True)
     cluster = RayCluster()
+    os.environ.update(cluster.env)  # this process is a driver too (bench_dispatch)
     try:
         cluster.start_head(num_cpus=8)
         cluster.add_node(num_cpus=8)

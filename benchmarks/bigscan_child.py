@@ -57,7 +57,7 @@ def main() -> int:
     name = args.input.stem + restored.extension
     if restored.file is not None:
         with restored.file:
-            output = publish_file(restored.file, args.outdir, name, 0o644, None)
+            output = publish_file(restored.file, args.outdir, name, 0o644, None).path
     else:
         output = publish_bytes(restored.data, args.outdir, name, 0o644, None)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

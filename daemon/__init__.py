@@ -13,6 +13,9 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     originals.py   where a job's original is, disposal (archive/delete/keep), moves to failed/
     worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original
     names.py       the file-name rules for every name the daemon creates (safe_file_name)
+    beneath.py     every file operation under the inbox, outbox, failed and archive folders: folder
+                   descriptors reached from the root without following a link (the only module that
+                   touches those folders; tests/test_beneath_only.py)
     publish.py     temp file + fsync + rename into a folder, never overwriting
     health.py      HealthState: the ok / degraded / down snapshot the API and page show
     fsinfo.py, sdnotify.py   mount types (network shares) and systemd notifications
@@ -28,13 +31,14 @@ from pipeline import MAX_ASPECT as IMAGE_MAX_ASPECT
 from pipeline import MAX_SIDE as IMAGE_MAX_SIDE
 
 if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the import-linter contracts
+    from daemon.beneath import NotAFileError, lstat_beneath, open_beneath
     from daemon.health import HealthState
     from daemon.intake import FileVersion, enqueue_file
     from daemon.names import safe_file_name
     from daemon.originals import Location as OriginalLocation
     from daemon.originals import absence_reason as original_absence_reason
     from daemon.originals import location as original_location
-    from daemon.publish import DiskFullError, publish_bytes, publish_file
+    from daemon.publish import DiskFullError, PublishError, publish_bytes, publish_file
     from daemon.readmodel import (
         STATES,
         Job,
@@ -54,6 +58,9 @@ if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the i
 # needs the settings only, and the store, the read model and SQLAlchemy cost ~0.2 s of its start-up
 # (docs/performance.md, "Fixed cost").
 _HOMES: dict[str, tuple[str, str]] = {
+    "NotAFileError": ("daemon.beneath", "NotAFileError"),
+    "lstat_beneath": ("daemon.beneath", "lstat_beneath"),
+    "open_beneath": ("daemon.beneath", "open_beneath"),
     "HealthState": ("daemon.health", "HealthState"),
     "FileVersion": ("daemon.intake", "FileVersion"),
     "enqueue_file": ("daemon.intake", "enqueue_file"),
@@ -62,6 +69,7 @@ _HOMES: dict[str, tuple[str, str]] = {
     "original_absence_reason": ("daemon.originals", "absence_reason"),
     "original_location": ("daemon.originals", "location"),
     "DiskFullError": ("daemon.publish", "DiskFullError"),
+    "PublishError": ("daemon.publish", "PublishError"),
     "publish_bytes": ("daemon.publish", "publish_bytes"),
     "publish_file": ("daemon.publish", "publish_file"),
     **{
@@ -107,13 +115,17 @@ __all__ = [
     "JobPage",
     "JobQueryError",
     "JobStore",
+    "NotAFileError",
     "OriginalLocation",
+    "PublishError",
     "QueuePlace",
     "Rate",
     "ReadModel",
     "Settings",
     "StoreError",
     "enqueue_file",
+    "lstat_beneath",
+    "open_beneath",
     "original_absence_reason",
     "original_location",
     "publish_bytes",

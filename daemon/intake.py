@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from daemon import originals
-from daemon.beneath import open_beneath
+from daemon.beneath import FileIdentity, open_beneath
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore
 from pipeline import BadImageError, sniff_format
@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FileVersion:
-    """One version of a file: what the store's identity rules compare."""
+    """One version of a file: what the store's identity rules compare, and which file was read (a skipped
+    duplicate is disposed of only if that very file still stands there)."""
 
     sha256: str
     size: int
     mtime: float
+    identity: FileIdentity
 
 
 def read_version(inbox: Path, relative: str) -> FileVersion:
@@ -42,7 +44,7 @@ def read_version(inbox: Path, relative: str) -> FileVersion:
         digest = hashlib.sha256()
         while chunk := handle.read(1024 * 1024):
             digest.update(chunk)
-    return FileVersion(digest.hexdigest(), status.st_size, status.st_mtime)
+    return FileVersion(digest.hexdigest(), status.st_size, status.st_mtime, FileIdentity.of(status))
 
 
 SNIFF_BYTES = 32  # enough for every magic sniff_format knows
@@ -87,7 +89,7 @@ def refuse_file(
     if not result.created:
         return result
     log.warning("intake: job %d %s refused: %s", result.job.id, relative, what)
-    moved = originals.move_to_failed(settings, store, result.job, what, advice)
+    moved = originals.move_to_failed(settings, store, result.job, what, advice, FileIdentity.of(status))
     return dataclasses.replace(result, job=moved)
 
 
@@ -118,6 +120,7 @@ def enqueue_file(settings: Settings, store: JobStore, relative: str, version: Fi
     if result.job.state == "cancelled":  # skipped: same content as an earlier job
         source = originals.location(settings, result.job)
         if source is not None:
-            disposed = originals.dispose(settings, store, result.job, source)
+            seen = originals.Seen(source, version.identity, version.sha256)
+            disposed = originals.dispose(settings, store, result.job, seen)
             return dataclasses.replace(result, job=disposed)
     return result

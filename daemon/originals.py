@@ -11,6 +11,10 @@ A job's `original` says which folder holds the file now and `original_path` wher
 `dispose` applies the originals setting after publishing; `move_to_failed` sets a bad file aside with
 a reason in words. A failed move or delete is noted on the job, never retried: the recorded version
 keeps the file from being processed again.
+
+Every move and delete acts through daemon.beneath (folder descriptors, no link followed) and only on the
+file that was read: its device and inode are compared first (`Seen`), whichever folder it is in (inbox,
+failed/, archive/), so a folder swapped for a link, or a file swapped in, is never moved or deleted.
 """
 
 from __future__ import annotations
@@ -18,13 +22,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from daemon.beneath import FileIdentity, NotAFileError, kind_of, lstat_beneath, read_regular
+from daemon.beneath import (
+    FileIdentity,
+    ReplacedError,
+    kind_of,
+    lstat_beneath,
+    read_regular,
+    unlink_beneath,
+)
 from daemon.publish import move_file, publish_bytes
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
@@ -117,41 +127,41 @@ def location(settings: Settings, job: Job) -> Location | None:
 
 
 @dataclass(frozen=True)
-class ReadOriginal:
-    """The bytes of an original and which file they came from, to check before it is disposed of."""
+class Seen:
+    """An original as it was read: where, which file (device + inode) and its content's hash. A move or
+    delete acts only on this very file (or, if it was copied over with the same content, on that copy)."""
 
     location: Location
-    data: bytes
     identity: FileIdentity
     sha256: str
+
+
+@dataclass(frozen=True)
+class ReadOriginal(Seen):
+    """The bytes of an original, and which file they came from."""
+
+    data: bytes
 
 
 def read(location: Location, max_bytes: int | None = None) -> ReadOriginal:
     """Read the original without following any link (NotAFileError for a link, FIFO, socket, device;
     FileTooLargeError beyond max_bytes)."""
     data, identity = read_regular(location.folder, location.relative, max_bytes)
-    return ReadOriginal(location, data, identity, hashlib.sha256(data).hexdigest())
+    return ReadOriginal(location, identity, hashlib.sha256(data).hexdigest(), data)
 
 
-def still_the_one_read(read_before: ReadOriginal) -> bool:
-    """Is the file at the original's place still the one that was restored? Same device, inode, size and
-    mtime; if any differs (touched, copied over), the same content still counts."""
-    where = read_before.location
-    try:
-        now = FileIdentity.of(lstat_beneath(where.folder, where.relative))
-    except (OSError, NotAFileError):
-        return False
-    if now == read_before.identity:
-        return True
-    try:
-        return read(where).sha256 == read_before.sha256
-    except (OSError, NotAFileError):
-        return False
-
-
-def _replaced(read_before: ReadOriginal) -> bool:
-    """Another file now stands where the original was read (a vanished one is not "replaced")."""
-    return os.path.lexists(read_before.location.path) and not still_the_one_read(read_before)
+def still_the_one_read(seen: Seen) -> FileIdentity:
+    """The file at the original's place, if it is still the one that was read: same device, inode, size
+    and mtime, or (touched, copied over) the same content. FileNotFoundError when it is gone, ReplacedError
+    when another file stands there, NotAFileError when a link stands on the way."""
+    where = seen.location
+    status = lstat_beneath(where.folder, where.relative)
+    if FileIdentity.of(status) == seen.identity:
+        return seen.identity
+    now = read(where)
+    if now.sha256 != seen.sha256:
+        raise ReplacedError(where.relative)
+    return now.identity
 
 
 def absence_reason(job: Job) -> str:
@@ -185,21 +195,37 @@ def advice_for(exc: BaseException | None, job_id: int) -> str:
 # -- moves ---------------------------------------------------------------------------------------------
 
 
-def move_to_failed(settings: Settings, store: JobStore, job: Job, what: str, advice: str) -> Job:
-    """Move the original to failed_dir at the same relative path, with <name>.error.txt beside it."""
+def move_to_failed(
+    settings: Settings,
+    store: JobStore,
+    job: Job,
+    what: str,
+    advice: str,
+    expected: FileIdentity | None = None,
+) -> Job:
+    """Move the original to failed_dir at the same relative path, with <name>.error.txt beside it.
+    expected: the file that was read (None: the regular file found there now)."""
     relative = PurePosixPath(job.input_path)
     found = location(settings, job)
-    source = _regular_or_removed(settings, store, job, found)
-    dest_dir = Path(settings.failed_dir) / relative.parent
+    failed = Path(settings.failed_dir)
+    dest_dir = failed / relative.parent
     mode, group = settings.file_mode, settings.output_group
     try:
-        if source is not None:
-            moved = move_file(source, dest_dir, relative.name, None, group, root=Path(settings.failed_dir))
-            error_name = moved.name + ".error.txt"
-        else:
-            moved, error_name = None, relative.name + ".error.txt"
+        moved = None
+        if found is not None and _regular_or_removed(store, job, found):
+            moved = move_file(
+                found.folder,
+                found.relative,
+                dest_dir,
+                relative.name,
+                None,
+                group,
+                root=failed,
+                expected=expected,
+            )
+        error_name = (moved.name if moved is not None else relative.name) + ".error.txt"
         text = error_text(job, what, advice).encode()
-        publish_bytes(text, dest_dir, error_name, mode, group, root=Path(settings.failed_dir))
+        publish_bytes(text, dest_dir, error_name, mode, group, root=failed)
     except OSError as exc:
         log.error("job %d: could not move %s to the failed folder: %s", job.id, job.input_path, exc)
         return store.add_note(job.id, f"could not move the input to the failed folder: {exc}")
@@ -209,54 +235,61 @@ def move_to_failed(settings: Settings, store: JobStore, job: Job, what: str, adv
     return store.set_original(job.id, "failed_dir", original_path=failed_relative)
 
 
-def _regular_or_removed(settings: Settings, store: JobStore, job: Job, found: Location | None) -> Path | None:
-    """The original's path if it is a regular file to move; a link, FIFO, socket or device node is removed
-    instead (the entry itself, never what a link points at), so nothing it leads to reaches failed/."""
-    if found is None:
-        return None
+def _regular_or_removed(store: JobStore, job: Job, found: Location) -> bool:
+    """True if the original is a regular file to move; a link, FIFO, socket or device node is removed
+    instead (that very entry, never what a link points at), so nothing it leads to reaches failed/."""
     try:
-        mode = lstat_beneath(found.folder, found.relative).st_mode
-    except (OSError, NotAFileError):
-        return None
-    if stat.S_ISREG(mode):
-        return found.path
+        status = lstat_beneath(found.folder, found.relative)
+    except OSError:  # gone, or a link on the way: nothing to move from here
+        return False
+    if stat.S_ISREG(status.st_mode):
+        return True
     with contextlib.suppress(OSError):
-        os.unlink(found.path)  # unlink never follows a link
-        store.set_original(job.id, "deleted", note=f"the {kind_of(mode)} was removed from the inbox")
-    return None
-
-
-def dispose(
-    settings: Settings, store: JobStore, job: Job, source: Location, read_before: ReadOriginal | None = None
-) -> Job:
-    """archive / delete / keep the original read from `source`, once the output is published (or for a
-    skipped duplicate). Failures are noted on the job, never retried. With `read_before`, a file that was
-    replaced meanwhile (a scanner saving scan.jpg again) is left where it is: it is its own job."""
-    if read_before is not None and source.place == "inbox" and _replaced(read_before):
-        log.warning("job %d: %s was replaced while restoring; left for its own job", job.id, source.path)
-        return store.add_note(
-            job.id, "the original was replaced while it was restored; the new file stays for its own job"
+        unlink_beneath(found.folder, found.relative, FileIdentity.of(status))
+        store.set_original(
+            job.id, "deleted", note=f"the {kind_of(status.st_mode)} was removed from the inbox"
         )
+    return False
+
+
+def dispose(settings: Settings, store: JobStore, job: Job, seen: Seen) -> Job:
+    """archive / delete / keep the original that was read (`seen`), once the output is published (or for a
+    skipped duplicate). Failures are noted on the job, never retried. A file that was replaced meanwhile
+    (a scanner saving scan.jpg again) is left where it is: it is its own job."""
+    source = seen.location
     if source.place == "archived":
         return job  # a retried done job, run from the archive: the original is already archived
     if source.place == "failed_dir":
         # A retried failed job worked: its error note is obsolete, and the original is handled like
         # any other (for "keep" it stays in the failed folder, where it already is).
         with contextlib.suppress(OSError):
-            source.path.with_name(source.path.name + ".error.txt").unlink()
+            unlink_beneath(source.folder, source.relative + ".error.txt")
     if settings.originals == "keep":
         return job
     relative = PurePosixPath(job.input_path)
     try:
+        identity = still_the_one_read(seen)
         if settings.originals == "delete":
-            source.path.unlink()
+            unlink_beneath(source.folder, source.relative, identity)
             return store.set_original(job.id, "deleted")
         archive = Path(settings.archive_dir)
-        moved = move_file(source.path, archive / relative.parent, relative.name, root=archive)
+        moved = move_file(
+            source.folder,
+            source.relative,
+            archive / relative.parent,
+            relative.name,
+            root=archive,
+            expected=identity,
+        )
     except FileNotFoundError:
         return store.add_note(job.id, "the original had already been removed from the inbox")
+    except ReplacedError:
+        log.warning("job %d: %s was replaced while restoring; left for its own job", job.id, source.path)
+        return store.add_note(
+            job.id, "the original was replaced while it was restored; the new file stays for its own job"
+        )
     except OSError as exc:
-        # The job is done; leaving the file in the inbox is safe (its version is recorded, so it is
+        # The job is done; leaving the file where it is is safe (its version is recorded, so it is
         # never processed again), so say what happened and move on.
         log.error("job %d: could not %s the original %s: %s", job.id, settings.originals, source.path, exc)
         return store.add_note(job.id, f"could not {settings.originals} the original: {exc.strerror or exc}")

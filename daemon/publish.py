@@ -1,13 +1,17 @@
-"""Putting files where people look, without anyone ever seeing half of one.
+"""Putting files where people look, without anyone ever seeing half of one, and never through a link.
 
 publish_bytes: write a temp file in the destination folder (same filesystem), fsync it, give it the
 configured mode and group (fchmod, so the umask does not matter), link it to its final name, fsync the
 folder. The final name never overwrites: a taken name gets " (1)", " (2)", ... before the extension.
-The no-overwrite step is os.link (atomic, fails if the name exists); shares that refuse hard links
-(some SMB servers) fall back to an existence check + os.replace.
+The no-overwrite step is a hard link (atomic, fails if the name exists); shares that refuse hard links
+(some SMB servers) fall back to renameat2(RENAME_NOREPLACE), or an existence check + rename.
 
-move_file: move an original (archive, failed dir) with the same no-overwrite rule; across filesystems
-it copies through publish's temp-file protocol, then removes the source.
+move_file: move an original (to archive/ or failed/) with the same no-overwrite rule, only if it is still
+the file that was read (device + inode); across filesystems it copies through the temp-file protocol, then
+removes the source.
+
+Every step acts on folder descriptors from daemon.beneath, reached from the configured root without
+following a link: a folder a share user swaps for a link at any moment is never written through.
 
 Temp files are named TEMP_PREFIX + random hex; they start with a dot, so the watcher ignores them in
 the inbox, and remove_stale_temp_files clears what a crash left behind.
@@ -19,15 +23,41 @@ import contextlib
 import errno
 import grp
 import os
-import secrets
-import shutil
 import stat
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from daemon.beneath import NotAFileError, ensure_folder_beneath, kind_of
+from daemon.beneath import (
+    FileIdentity,
+    Folder,
+    NotAFileError,
+    ReplacedError,
+    free_bytes,
+    kind_of,
+    make_root,
+    open_folder,
+    open_parent,
+    walk,
+)
 from daemon.names import NAME_MAX_BYTES, safe_file_name, split_extension
+
+__all__ = [
+    "COPY_CHUNK",
+    "TEMP_PREFIX",
+    "DiskFullError",
+    "PublishError",
+    "Published",
+    "ReplacedError",
+    "candidate_names",
+    "free_bytes",
+    "move_file",
+    "publish_bytes",
+    "publish_file",
+    "remove_stale_temp_files",
+    "resolve_group",
+]
 
 TEMP_PREFIX = ".restorer-tmp-"
 COPY_CHUNK = 1024 * 1024
@@ -50,6 +80,15 @@ class DiskFullError(PublishError):
         return str(self.strerror)
 
 
+@dataclass(frozen=True)
+class Published:
+    """Where a file was published, and which file it is (what a later move or delete must find there)."""
+
+    path: Path
+    identity: FileIdentity
+    mtime: float  # as os.stat gives it, what the intake compares
+
+
 def resolve_group(group: str | None) -> int | None:
     """A group name or number -> gid (None: leave the group alone). Raises ValueError if unknown."""
     if group is None or group == "":
@@ -60,42 +99,6 @@ def resolve_group(group: str | None) -> int | None:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise ValueError(f"output group {group!r} does not exist on this machine") from None
-
-
-def dir_mode_for(file_mode: int) -> int:
-    """Folders we create: the file mode plus x wherever it grants r, so share users can enter them."""
-    return file_mode | ((file_mode & 0o444) >> 2)
-
-
-def ensure_dir(path: Path, mode: int | None = None, gid: int | None = None) -> None:
-    """mkdir -p, giving each folder we create the mode and group (existing ones are left alone)."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            continue
-        if mode is not None:
-            os.chmod(folder, dir_mode_for(mode))
-        if gid is not None:
-            os.chown(folder, -1, gid)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some network filesystems refuse; harmless
-            raise
-    finally:
-        os.close(fd)
 
 
 def _fit_name(stem: str, suffix: str) -> str:
@@ -120,32 +123,45 @@ def candidate_names(name: str) -> Iterator[str]:
         number += 1
 
 
-def _temp_path(dest_dir: Path) -> Path:
-    return dest_dir / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-
-
-def _disk_full(exc: OSError, where: Path, needed: int) -> DiskFullError:
+def _disk_full(where: Path, needed: int) -> DiskFullError:
     return DiskFullError(f"no space left on the filesystem of {where} (needed {needed} bytes)", needed)
 
 
-def _link_no_overwrite(temp: Path, dest_dir: Path, name: str) -> Path:
-    """Give `temp` the first free name from candidate_names(name); remove `temp`."""
+def _link_no_overwrite(folder: Folder, temp: str, name: str) -> str:
+    """Give the file `temp` in `folder` the first free name from candidate_names(name); `temp` goes."""
     for candidate in candidate_names(name):
-        final = dest_dir / candidate
         try:
-            os.link(temp, final)
+            folder.link_from(folder, temp, candidate)
         except FileExistsError:
             continue
         except OSError as exc:
             if exc.errno not in _NO_HARDLINKS:
                 raise
-            if final.exists() or final.is_symlink():
+            try:
+                folder.rename_from(folder, temp, candidate)  # no hard links here: rename, never replacing
+            except FileExistsError:
                 continue
-            os.replace(temp, final)  # no hard links here: check-then-replace (a tiny race we accept)
-            return final
-        os.unlink(temp)
-        return final
+            return candidate
+        folder.unlink(temp)
+        return candidate
     raise AssertionError("unreachable")
+
+
+def _destination(root: Path | None, dest_dir: Path, mode: int | None, gid: int | None) -> Folder:
+    """The folder to publish into, made if missing. root: the configured folder dest_dir lies in (outbox,
+    failed, archive, inbox): nothing between them may be a link. None: dest_dir is itself a folder someone
+    chose (restore -o), made by its path."""
+    if root is None:
+        make_root(dest_dir, mode, gid)
+        return open_folder(dest_dir)
+    try:
+        return open_folder(root, dest_dir.relative_to(root), create=True, mode=mode, gid=gid)
+    except NotAFileError as exc:
+        raise PublishError(
+            exc.errno, f"refused to write into {dest_dir}: {exc.strerror} (a link planted in the share?)"
+        ) from None
+    except ValueError:
+        raise PublishError(errno.EXDEV, f"{dest_dir} is not inside {root}") from None
 
 
 def publish_bytes(
@@ -153,20 +169,14 @@ def publish_bytes(
 ) -> Path:
     """Atomically create dest_dir/name (or a free variant) holding `data`; return its path.
 
-    root: the folder dest_dir lies in (outbox, failed, archive): no folder between them may be a
-    symlink (share users can plant one), so nothing is ever written outside root."""
-    return _publish(dest_dir, name, mode, group, len(data), lambda fd: _write_all(fd, data), root)
+    root: the folder dest_dir lies in (outbox, failed, archive, inbox): no folder between them may be a
+    link (share users can plant one, or swap one in at any moment), so nothing is written outside root."""
+    return _publish(dest_dir, name, mode, group, len(data), lambda fd: _write_all(fd, data), root).path
 
 
 def publish_file(
-    source: BinaryIO,
-    dest_dir: Path,
-    name: str,
-    mode: int,
-    group: str | None,
-    *,
-    root: Path | None = None,
-) -> Path:
+    source: BinaryIO, dest_dir: Path, name: str, mode: int, group: str | None, *, root: Path | None = None
+) -> Published:
     """publish_bytes for data too big to hold in memory (an upload spooled to disk, a large restored
     output encoded into a scratch file), copied in chunks."""
 
@@ -178,7 +188,7 @@ def publish_file(
     return _publish(dest_dir, name, mode, group, os.fstat(source.fileno()).st_size, copy, root)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -193,130 +203,133 @@ def _publish(
     size: int,
     write: Callable[[int], None],
     root: Path | None = None,
-) -> Path:
+) -> Published:
     gid = resolve_group(group)
-    _ensure_dir_within(root, dest_dir, mode, gid)
-    temp = _temp_path(dest_dir)
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with _destination(root, dest_dir, mode, gid) as folder:
+        temp, fd = folder.create_temp(TEMP_PREFIX)
         try:
-            write(fd)
-            os.fsync(fd)
-            os.fchmod(fd, mode)  # after writing: the umask never applies to fchmod
-            if gid is not None:
-                os.fchown(fd, -1, gid)
-        finally:
-            os.close(fd)
-        final = _link_no_overwrite(temp, dest_dir, name)
-        fsync_dir(dest_dir)
-        return final
-    except OSError as exc:
-        _remove_quietly(temp)
-        if exc.errno in _DISK_FULL:
-            raise _disk_full(exc, dest_dir, size) from exc
-        raise
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-
-
-def _ensure_dir_within(root: Path | None, dest_dir: Path, mode: int | None, gid: int | None) -> None:
-    if root is None:
-        ensure_dir(dest_dir, mode, gid)
-        return
-    try:
-        ensure_folder_beneath(root, dest_dir, mode, gid)
-    except NotAFileError as exc:
-        raise PublishError(
-            exc.errno, f"refused to write into {dest_dir}: {exc.strerror} (a link planted in the share?)"
-        ) from None
+            try:
+                write(fd)
+                os.fsync(fd)
+                os.fchmod(fd, mode)  # after writing: the umask never applies to fchmod
+                if gid is not None:
+                    os.fchown(fd, -1, gid)
+                status = os.fstat(fd)
+            finally:
+                os.close(fd)
+            final = _link_no_overwrite(folder, temp, name)
+            folder.sync()
+        except OSError as exc:
+            _remove_quietly(folder, temp)
+            if exc.errno in _DISK_FULL:
+                raise _disk_full(dest_dir, size) from exc
+            raise
+        except BaseException:
+            _remove_quietly(folder, temp)
+            raise
+        return Published(dest_dir / final, FileIdentity.of(status), status.st_mtime)
 
 
 def move_file(
-    src: Path,
+    source_root: Path,
+    source_relative: str,
     dest_dir: Path,
     name: str,
     mode: int | None = None,
     group: str | None = None,
     *,
-    root: Path | None = None,
+    root: Path,
+    expected: FileIdentity | None = None,
 ) -> Path:
-    """Move the regular file `src` to dest_dir/name (or a free variant) without overwriting; works across
-    filesystems. A symlink is never followed (the link itself would be moved; callers remove those)."""
+    """Move the regular file source_root/source_relative to dest_dir/name (or a free variant) below `root`,
+    without overwriting; works across filesystems. Nothing on either side is reached through a link.
+    expected: the file that was read; if another one stands there now, ReplacedError and nothing moves.
+    Without it, the entry found is moved if it is a regular file (NotAFileError otherwise)."""
     gid = resolve_group(group)
-    _ensure_dir_within(root, dest_dir, mode, gid)
-    for candidate in candidate_names(name):
-        final = dest_dir / candidate
-        try:
-            os.link(src, final, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno == errno.EXDEV or exc.errno in _NO_HARDLINKS:
-                return _copy_then_remove(src, dest_dir, name, mode, group)
-            raise
-        os.unlink(src)
-        fsync_dir(dest_dir)
-        return final
+    source, source_name = open_parent(source_root, source_relative)
+    with source:
+        if expected is None:
+            status = source.entry(source_name)
+            if not stat.S_ISREG(status.st_mode):
+                raise NotAFileError(source_relative, kind_of(status.st_mode))
+            expected = FileIdentity.of(status)
+        with _destination(root, dest_dir, mode, gid) as dest:
+            for candidate in candidate_names(name):
+                try:
+                    dest.link_from(source, source_name, candidate, expected)
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EXDEV or exc.errno in _NO_HARDLINKS:
+                        return _copy_then_remove(source, source_name, dest, name, mode, gid, expected)
+                    raise
+                _unlink_source(source, source_name, expected)
+                dest.sync()
+                return dest_dir / candidate
     raise AssertionError("unreachable")
 
 
-def _copy_then_remove(src: Path, dest_dir: Path, name: str, mode: int | None, group: str | None) -> Path:
-    gid = resolve_group(group)
-    temp = _temp_path(dest_dir)
-    try:
-        # O_NOFOLLOW + fstat: what is copied is the regular file itself, never what a link points at.
-        source_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(source_fd, "rb") as source, open(temp, "xb") as target:
-            if not stat.S_ISREG(os.fstat(source_fd).st_mode):
-                raise NotAFileError(str(src), kind_of(os.fstat(source_fd).st_mode))
-            shutil.copyfileobj(source, target, 1024 * 1024)
-            target.flush()
-            os.fsync(target.fileno())
-        shutil.copystat(src, temp, follow_symlinks=False)
-        if mode is not None:
-            os.chmod(temp, mode)
-        if gid is not None:
-            os.chown(temp, -1, gid)
-        final = _link_no_overwrite(temp, dest_dir, name)
-        fsync_dir(dest_dir)
-    except OSError as exc:
-        _remove_quietly(temp)
-        if exc.errno in _DISK_FULL:
-            raise _disk_full(exc, dest_dir, src.stat().st_size) from exc
-        raise
-    os.unlink(src)  # only once the copy is safely in place
-    return final
+def _unlink_source(source: Folder, name: str, expected: FileIdentity) -> None:
+    """The moved file's old name goes; if something else took that name meanwhile, it stays (its own job)."""
+    with contextlib.suppress(FileNotFoundError, ReplacedError):
+        source.unlink(name, expected)
+    source.sync()
 
 
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def _copy_then_remove(
+    source: Folder,
+    source_name: str,
+    dest: Folder,
+    name: str,
+    mode: int | None,
+    gid: int | None,
+    expected: FileIdentity,
+) -> Path:
+    """move_file across filesystems: copy through the temp-file protocol, then remove the source."""
+    source_fd = source.open_regular(source_name)  # a link, FIFO or device is never opened
+    with os.fdopen(source_fd, "rb") as reading:
+        status = os.fstat(source_fd)
+        if not expected.same_file(status):
+            raise ReplacedError(source.relative_of(source_name))
+        temp, fd = dest.create_temp(TEMP_PREFIX)
+        try:
+            try:
+                while chunk := reading.read(COPY_CHUNK):
+                    _write_all(fd, chunk)
+                os.fsync(fd)
+                os.utime(fd, ns=(status.st_atime_ns, status.st_mtime_ns))
+                os.fchmod(fd, stat.S_IMODE(status.st_mode) if mode is None else mode)
+                if gid is not None:
+                    os.fchown(fd, -1, gid)
+            finally:
+                os.close(fd)
+            final = _link_no_overwrite(dest, temp, name)
+            dest.sync()
+        except OSError as exc:
+            _remove_quietly(dest, temp)
+            if exc.errno in _DISK_FULL:
+                raise _disk_full(dest.path, status.st_size) from exc
+            raise
+    _unlink_source(source, source_name, expected)  # only once the copy is safely in place
+    return dest.path / final
+
+
+def _remove_quietly(folder: Folder, name: str) -> None:
+    with contextlib.suppress(OSError):
+        folder.unlink(name)
 
 
 def remove_stale_temp_files(root: Path) -> int:
     """Delete temp files a crash left under `root` (an explicit stack, never recursion: a share user's
-    1,000-deep folder must not stop the service from starting; symlinked folders are not entered)."""
+    1,000-deep folder must not stop the service from starting; linked folders are not entered)."""
     removed = 0
-    if not root.is_dir():
-        return 0
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
-            elif entry.name.startswith(TEMP_PREFIX):
-                _remove_quietly(Path(entry.path))
-                removed += 1
+    try:
+        for folder, entries in walk(root):
+            for name, status in entries:
+                if name.startswith(TEMP_PREFIX) and not stat.S_ISDIR(status.st_mode):
+                    with contextlib.suppress(FileNotFoundError):
+                        folder.unlink(name)
+                        removed += 1
+    except OSError:
+        return removed  # the folder itself is missing or unreadable: nothing to clear
     return removed
-
-
-def free_bytes(path: Path) -> int:
-    """Free bytes for an unprivileged writer on the filesystem holding `path`."""
-    stats = os.statvfs(path)
-    return stats.f_bavail * stats.f_frsize

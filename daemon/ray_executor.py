@@ -25,8 +25,12 @@ its jobs, health says "Ray cluster unreachable", and restarts it with backoff un
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -38,10 +42,11 @@ from typing import Any
 
 from daemon.logs import configure_logging
 from daemon.messages import Beat, ClusterState, Placed, SlotsAnnounced, Waiting, WorkerMessage
+from daemon.ray_token import RayTokenError, use_ray_token
 from daemon.settings import Settings
 from daemon.store import JobStore
 from daemon.worker import JobCancelled, Processed, ProcessorFactory, Worker
-from pipeline import ProgressCallback, RestoreOptions
+from pipeline import BadImageError, ProgressCallback, RestoreError, RestoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -65,35 +70,199 @@ class ClusterUnreachable(Exception):
     """The head does not answer at ray_address."""
 
 
+# -- what crosses the wire: bytes only ---------------------------------------------------------------
+#
+# Ray serialises a return value with pickle unless it is `bytes`, which it hands over raw. So every actor
+# method returns bytes, and the options go out as JSON text: nothing the daemon receives from a node is
+# unpickled, and everything it gets is checked here (types, sizes) before the Worker sees it. A process
+# reply is a 4-byte big-endian header length, a UTF-8 JSON header, then the output file's bytes:
+#   {"ok": true, "format": "png", "extension": ".png", "report": {...}}
+#   {"ok": false, "error": {"kind": "bad-input" | "restore" | "cancelled" | "error", "type": "...",
+#                           "message": "..."}}
+# What remains is Ray's own control plane (task specs, actor handles, errors), which the cluster's token
+# protects (docs/security.md, rows R1-R6; R4 is this protocol).
+
+MAX_HEADER_BYTES = 1 << 20  # a report with hundreds of faces is a few tens of KB
+MAX_TEXT_CHARS = 4000  # an error message or an engine field, as the page would show it
+FORMAT_PATTERN = re.compile(r"[a-z0-9]{1,10}")
+EXTENSION_PATTERN = re.compile(r"\.[a-z0-9]{1,10}")
+ERROR_KINDS = ("bad-input", "restore", "cancelled", "error")
+
+
+class ActorReplyError(Exception):
+    """An actor's answer is not what this protocol allows (wrong type, size or shape): the actor is
+    killed, the job counts an attempt."""
+
+
+class ActorFailedError(Exception):
+    """The processor on the actor raised something the pipeline does not name (counts as an attempt)."""
+
+
+@dataclass(frozen=True)
+class ActorReply:
+    data: bytes
+    format: str
+    extension: str
+    report: dict[str, Any]
+
+
+def encode_reply(header: dict[str, Any], data: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":"), default=str).encode()
+    return len(head).to_bytes(4, "big") + head + data
+
+
+def encode_failure(exc: BaseException) -> bytes:
+    if isinstance(exc, JobCancelled):
+        kind = "cancelled"
+    elif isinstance(exc, BadImageError):
+        kind = "bad-input"
+    elif isinstance(exc, RestoreError):
+        kind = "restore"
+    else:
+        kind = "error"
+    message = str(exc)[:MAX_TEXT_CHARS] or type(exc).__name__
+    error = {"kind": kind, "type": type(exc).__name__, "message": message}
+    return encode_reply({"ok": False, "error": error})
+
+
+def encode_json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def decode_json(blob: object, limit: int = MAX_HEADER_BYTES) -> dict[str, Any]:
+    """A JSON object an actor sent as bytes, checked for type and size."""
+    if not isinstance(blob, bytes):
+        raise ActorReplyError(f"the actor answered with {type(blob).__name__}, not bytes")
+    if len(blob) > limit:
+        raise ActorReplyError(f"the actor's answer has {len(blob)} bytes of JSON (at most {limit})")
+    try:
+        value = json.loads(blob)
+    except (ValueError, RecursionError):
+        raise ActorReplyError("the actor's answer is not JSON") from None
+    if not isinstance(value, dict):
+        raise ActorReplyError(f"the actor's answer is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def decode_reply(blob: object, max_output_bytes: int) -> ActorReply:
+    """The output and report of one process() call; the processor's error raised as the Worker expects."""
+    if not isinstance(blob, bytes):
+        raise ActorReplyError(f"the actor answered with {type(blob).__name__}, not bytes")
+    size = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if size < 0 or size > MAX_HEADER_BYTES or 4 + size > len(blob):
+        raise ActorReplyError(f"the actor's answer has no valid header ({len(blob)} bytes)")
+    header = decode_json(blob[4 : 4 + size])
+    data = blob[4 + size :]
+    if header.get("ok") is False:
+        raise _actor_error(header.get("error"))
+    if header.get("ok") is not True:
+        raise ActorReplyError("the actor's answer says neither ok nor failed")
+    fmt = _matching(header.get("format"), FORMAT_PATTERN, "format")
+    extension = _matching(header.get("extension"), EXTENSION_PATTERN, "extension")
+    report = header.get("report")
+    if not isinstance(report, dict):
+        raise ActorReplyError("the actor's report is not a JSON object")
+    if not data or len(data) > max_output_bytes:
+        raise ActorReplyError(f"the actor's output has {len(data)} bytes (1 to {max_output_bytes} allowed)")
+    return ActorReply(data, fmt, extension, report)
+
+
+def _matching(value: object, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ActorReplyError(f"the actor's {what} is not a short lowercase name: {str(value)[:40]!r}")
+    return value
+
+
+def _error_classes(base: type[Exception]) -> dict[str, type[Exception]]:
+    """The pipeline's own error classes by name: an actor's error type picks one of these, or the base."""
+    found = {base.__name__: base}
+    for sub in base.__subclasses__():
+        found.update(_error_classes(sub))
+    return found
+
+
+def _actor_error(error: object) -> Exception:
+    if not isinstance(error, dict):
+        return ActorReplyError("the actor's failure has no error object")
+    kind, name, message = error.get("kind"), error.get("type"), error.get("message")
+    if kind not in ERROR_KINDS or not isinstance(name, str) or not isinstance(message, str):
+        return ActorReplyError("the actor's failure is not kind/type/message text")
+    message = message[:MAX_TEXT_CHARS]
+    if kind == "cancelled":
+        return JobCancelled()
+    bad_input = _error_classes(BadImageError)
+    if kind == "bad-input":
+        return bad_input.get(name, BadImageError)(message)
+    if kind == "restore":
+        # Not a bad-input class under another kind: the kind decides what the Worker does with the file.
+        classes = {key: cls for key, cls in _error_classes(RestoreError).items() if key not in bad_input}
+        return classes.get(name, RestoreError)(message)
+    return ActorFailedError(f"{name[:100]}: {message}")
+
+
+def max_output_bytes(settings: Settings, options: RestoreOptions) -> int:
+    """The largest output the options allow: the biggest input scaled, uncompressed at 16-bit RGBA (8
+    bytes a pixel), plus room for metadata. An actor's reply above it is refused."""
+    pixels = settings.max_input_megapixels * 1e6 * options.scale**2
+    if options.max_output_megapixels is not None:
+        pixels = min(pixels, options.max_output_megapixels * 1e6)
+    return int(pixels * 8) + (64 << 20)
+
+
 # -- the actor (runs on a Ray node) ---------------------------------------------------------------------
+
+
+def _output_bytes(processed: Processed) -> bytes:
+    """The encoded output as bytes: a large one was encoded into a scratch file, and a Ray reply carries
+    bytes (the actor's memory holds the file once, on its way back)."""
+    if processed.file is None:
+        return processed.data
+    with processed.file:
+        processed.file.seek(0)
+        return processed.file.read()
 
 
 class RestoreActor:
     """Holds one processor (models loaded once) and runs one image at a time. Threaded (two calls at
-    once), so progress() and cancel() answer while process() runs."""
+    once), so progress() and cancel() answer while process() runs. Every method returns bytes (above)."""
 
     def __init__(self, settings_json: str, processor_factory: ProcessorFactory) -> None:
-        settings = Settings.model_validate_json(settings_json)
-        self._processor = processor_factory(settings)
-        self._info = self._processor.warm_up(settings.restore_options())
         self._lock = threading.Lock()
         self._progress: tuple[int, str | None, int, int] = (0, None, 0, 0)
         self._cancel = False
+        # A constructor that raises reaches the driver as a pickled exception: keep the failure as text
+        # and let ready() report it instead.
+        self._info: dict[str, Any] = {}
+        self._failure: str | None = None
+        try:
+            settings = Settings.model_validate_json(settings_json)
+            self._processor = processor_factory(settings)
+            self._info = self._processor.warm_up(settings.restore_options())
+        except Exception as exc:
+            self._failure = f"{type(exc).__name__}: {exc}"[:MAX_TEXT_CHARS]
 
-    def ready(self) -> dict[str, Any]:
-        """The engine account plus where this actor runs (for health and the page)."""
-        return {**self._info, "host": socket.gethostname(), "pid": os.getpid()}
+    def ready(self) -> bytes:
+        """The engine account plus where this actor runs (for health and the page), as JSON; or
+        {"error": ...} when its processor could not be made."""
+        if self._failure is not None:
+            return encode_json({"error": self._failure})
+        return encode_json({**self._info, "host": socket.gethostname(), "pid": os.getpid()})
 
-    def process(self, data: bytes, options: RestoreOptions) -> tuple[bytes, str, str, dict[str, Any]]:
+    def process(self, data: bytes, options_json: str) -> bytes:
         with self._lock:
             self._progress, self._cancel = (0, None, 0, 0), False
-        processed = self._processor.process(data, options, self._on_progress)
-        output = processed.data
-        if processed.file is not None:  # a large output encoded on disk: Ray returns bytes
-            with processed.file:
-                processed.file.seek(0)
-                output = processed.file.read()
-        return output, processed.format, self._processor.extension(processed.format), processed.report
+        try:
+            options = RestoreOptions(**json.loads(options_json))
+            processed = self._processor.process(data, options, self._on_progress)
+        except Exception as exc:  # every failure travels as JSON text, never as a pickled exception
+            return encode_failure(exc)
+        header = {
+            "ok": True,
+            "format": processed.format,
+            "extension": self._processor.extension(processed.format),
+            "report": processed.report,
+        }
+        return encode_reply(header, _output_bytes(processed))
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         with self._lock:
@@ -101,32 +270,70 @@ class RestoreActor:
             if self._cancel:
                 raise JobCancelled()
 
-    def progress(self) -> tuple[int, str | None, int, int]:
-        """(number of callbacks so far, stage, done, total)."""
+    def progress(self) -> bytes:
+        """{"count": callbacks so far, "stage", "done", "total"} as JSON."""
         with self._lock:
-            return self._progress
+            count, stage, done, total = self._progress
+        return encode_json({"count": count, "stage": stage, "done": done, "total": total})
 
-    def cancel(self) -> None:
+    def cancel(self) -> bytes:
         with self._lock:
             self._cancel = True
+        return b""
 
 
 # -- the driver side (this child process of the daemon) -------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ActorProgress:
+    count: int
+    stage: str | None
+    done: int
+    total: int
+
+    @classmethod
+    def decode(cls, blob: object) -> ActorProgress:
+        value = decode_json(blob)
+        count, stage, done, total = (value.get(key) for key in ("count", "stage", "done", "total"))
+        numbers = (count, done, total)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            raise ActorReplyError("the actor's progress counts are not non-negative integers")
+        if stage is not None and not (isinstance(stage, str) and len(stage) <= 100):
+            raise ActorReplyError("the actor's progress stage is not a short text")
+        return cls(count, stage, done, total)
+
+
+def decode_engine(blob: object) -> dict[str, Any]:
+    """An actor's ready() account, checked: the fields health and the page show must be short text."""
+    info = decode_json(blob)
+    if "error" in info:
+        why = str(info["error"])[:MAX_TEXT_CHARS]
+        raise ActorReplyError(f"the actor could not load its processor: {why}")
+    host, pid = info.get("host"), info.get("pid")
+    if not isinstance(host, str) or len(host) > 255 or not isinstance(pid, int) or isinstance(pid, bool):
+        raise ActorReplyError("the actor's account has no host name and pid")
+    for key in ("backend", "device", "precision", "reason"):
+        value = info.get(key)
+        if value is not None and not (isinstance(value, str) and len(value) <= MAX_TEXT_CHARS):
+            raise ActorReplyError(f"the actor's account field {key} is not short text")
+    return info
+
+
 class ActorProcessor:
     """The Processor seam for one actor: the Worker calls it exactly like the local pipeline."""
 
-    def __init__(self, actor: Any, hang_seconds: float) -> None:
+    def __init__(self, actor: Any, settings: Settings) -> None:
         self.actor = actor
-        self.hang_seconds = hang_seconds
+        self.settings = settings
+        self.hang_seconds = settings.hang_seconds
         self.dead = False  # set when the actor died or was killed: the slot replaces it
         self._extensions: dict[str, str] = {}
 
     def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
         import ray
 
-        return dict(ray.get(self.actor.ready.remote()))
+        return decode_engine(ray.get(self.actor.ready.remote()))
 
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
@@ -134,42 +341,43 @@ class ActorProcessor:
         import ray
 
         try:
-            result = self._wait(ray.put(data), options, on_progress)
+            blob = self._wait(ray.put(data), options, on_progress)
         except ray.exceptions.RayActorError:
             self.dead = True  # the Worker requeues the job; the slot starts a new actor
             raise
-        except ray.exceptions.RayTaskError as exc:
-            # The processor's own error (a bad image, a missing weight file): raise it as itself, so
-            # the Worker handles it exactly as for a local worker and users read its message, not
-            # Ray's remote traceback.
-            cause = getattr(exc, "cause", None)
-            raise (cause if isinstance(cause, Exception) else exc) from None
-        output, fmt, extension, report = result
-        self._extensions[fmt] = extension
-        return Processed(output, fmt, report)
+        try:
+            reply = decode_reply(blob, max_output_bytes(self.settings, options))
+        except ActorReplyError:
+            ray.kill(self.actor)  # it broke the protocol: never trust this actor again
+            self.dead = True
+            raise
+        self._extensions[reply.format] = reply.extension
+        return Processed(reply.data, reply.format, reply.report)
 
     def _wait(self, data_ref: Any, options: RestoreOptions, on_progress: ProgressCallback | None) -> Any:
         import ray
 
-        call = self.actor.process.remote(data_ref, options)
+        call = self.actor.process.remote(data_ref, json.dumps(dataclasses.asdict(options)))
         seen, changed_at = 0, time.monotonic()
         while True:
             done, _ = ray.wait([call], timeout=PROGRESS_POLL_SECONDS)
             if done:
                 return ray.get(call)
             try:
-                count, stage, step, total = ray.get(self.actor.progress.remote(), timeout=self.hang_seconds)
+                progress = ActorProgress.decode(
+                    ray.get(self.actor.progress.remote(), timeout=self.hang_seconds)
+                )
             except ray.exceptions.GetTimeoutError:
                 ray.kill(self.actor)  # not even its progress answers: its node is wedged
                 self.dead = True
                 raise ActorHung(
                     f"the Ray actor did not answer for {self.hang_seconds:.0f} s and was killed"
                 ) from None
-            if count != seen:
-                seen, changed_at = count, time.monotonic()
-                if on_progress is not None and stage is not None:
+            if progress.count != seen:
+                seen, changed_at = progress.count, time.monotonic()
+                if on_progress is not None and progress.stage is not None:
                     try:
-                        on_progress(stage, step, total)
+                        on_progress(progress.stage, progress.done, progress.total)
                     except JobCancelled:
                         self.actor.cancel.remote()
                         ray.wait([call], timeout=self.hang_seconds)  # let it stop before the next job
@@ -248,17 +456,19 @@ class ActorSlot(threading.Thread):
         actor = actor_class.remote(client.settings_json, client.processor_factory)
         while not client.stop.is_set():
             try:
-                info = ray.get(actor.ready.remote(), timeout=ACTOR_READY_SECONDS)
+                info = decode_engine(ray.get(actor.ready.remote(), timeout=ACTOR_READY_SECONDS))
             except ray.exceptions.GetTimeoutError:
                 self.send(Waiting(self.slot_id, "no node has room for this actor yet"))
                 continue
-            except ray.exceptions.RayError as exc:
+            except (ray.exceptions.RayError, ActorReplyError) as exc:
+                with contextlib.suppress(ray.exceptions.RayError, ValueError):
+                    ray.kill(actor)  # a broken one is not kept
                 log.error("slot %s: the actor could not start: %s", self.slot_id, exc)
                 self.send(Waiting(self.slot_id, f"the actor could not start: {type(exc).__name__}"))
                 client.stop.wait(ACTOR_RETRY_SECONDS)
                 return None
             self.send(Placed(self.slot_id, f"ray {info.get('host', '?')} ({resources.label()})", info))
-            return ActorProcessor(actor, client.settings.hang_seconds)
+            return ActorProcessor(actor, client.settings)
         return None
 
     def _work(self, worker: Worker) -> None:
@@ -269,6 +479,16 @@ class ActorSlot(threading.Thread):
                 self.send(Beat(self.slot_id, None))
                 client.wake.wait(client.settings.heartbeat_seconds)
                 client.wake.clear()
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """exc and what it was raised from (ray.init wraps the GCS's refusal in a plain ConnectionError)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
 
 
 class RayClient:
@@ -299,6 +519,10 @@ class RayClient:
         self.send(ClusterState(state, {"address": self.settings.ray_address, **details}))
 
     def connect(self) -> None:
+        try:  # before Ray is imported: it reads the token's path once, from the environment
+            use_ray_token(self.settings.ray_token_file)
+        except RayTokenError as exc:
+            raise ClusterUnreachable(str(exc)) from None
         address = str(self.settings.ray_address)
         host, _, port = address.rpartition(":")
         try:
@@ -312,7 +536,12 @@ class RayClient:
         timer.start()
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-        except (ConnectionError, RuntimeError) as exc:
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            if any("InvalidAuthToken" in str(cause) for cause in _causes(exc)):
+                raise ClusterUnreachable(
+                    f"the Ray head at {address} refused the token in {self.settings.ray_token_file} "
+                    "(InvalidAuthToken): every machine of the cluster needs the same token file"
+                ) from None
             raise ClusterUnreachable(f"the Ray head at {address} refused the connection ({exc})") from None
         finally:
             timer.cancel()

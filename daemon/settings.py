@@ -22,6 +22,7 @@ from pipeline import (
     DEFAULT_MODEL,
     MIN_TILE,
     Backend,
+    ColourMode,
     Device,
     EngineConfig,
     OutputFormat,
@@ -45,6 +46,7 @@ class Preset(BaseModel):
     output_format: OutputFormat | None = None
     quality: int | None = Field(default=None, ge=1, le=100)
     strip_gps: bool | None = None
+    colour_mode: ColourMode | None = None
 
     def overrides(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -216,6 +218,22 @@ class Settings(BaseSettings):
     ray_resources: dict[str, float] = Field(
         default_factory=dict, description="custom resources each Ray actor reserves (pins actors to nodes)"
     )
+    # The cluster's shared token (Ray's RAY_AUTH_MODE=token): a path, never the token itself, so only the
+    # path reaches the driver's environment, the API and health. daemon/ray_token.py reads and checks it.
+    ray_token_file: Path | None = Field(
+        None,
+        description="file holding the Ray cluster's shared token (every Ray machine has the same); "
+        "executor = 'ray' needs it",
+    )
+
+    @model_validator(mode="after")
+    def _ray_needs_a_token(self) -> Settings:
+        if self.executor == "ray" and self.ray_token_file is None:
+            raise ValueError(
+                "executor = 'ray' needs ray_token_file: the file with the Ray cluster's token (make one "
+                "with `restorer cluster token FILE` and copy it to every Ray machine)"
+            )
+        return self
 
     # Output files.
     output_file_mode: str = Field("0664", description="octal permissions of published outputs")
@@ -251,6 +269,9 @@ class Settings(BaseSettings):
     output_format: OutputFormat = Field("same", description="output file format (same: the input's)")
     quality: int = Field(95, description="JPEG/WebP quality 1-100", ge=1, le=100)
     strip_gps: bool = Field(False, description="remove GPS position from the output's metadata")
+    colour_mode: ColourMode = Field(
+        "auto", description="auto: black-and-white and toned RGB photos stay so; colour: always colour"
+    )
 
     presets: dict[str, Preset] = Field(
         default_factory=lambda: dict(DEFAULT_PRESETS), description="named partial restore options"
@@ -431,6 +452,7 @@ class Settings(BaseSettings):
             output_format=self.output_format,
             quality=self.quality,
             strip_gps=self.strip_gps,
+            colour_mode=self.colour_mode,
         )
         if preset is None:
             return base

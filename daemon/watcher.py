@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISDIR, S_ISREG
@@ -35,7 +36,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
 from daemon import fsinfo, originals
-from daemon.beneath import NotAFileError, kind_of
+from daemon.beneath import NotAFileError, kind_of, lstat_beneath, open_folder, stat_root, walk
 from daemon.health import HealthState
 from daemon.intake import enqueue_file, read_version, refusal_before_reading, refuse_file
 from daemon.names import is_junk, is_junk_dir
@@ -49,15 +50,19 @@ INOTIFY_LIMIT_ERRNOS = frozenset({errno.ENOSPC, errno.EMFILE, errno.ENFILE})
 # Folders nested deeper than this below the inbox are reported and skipped: no photo collection needs
 # more, and a hostile 1,000-deep tree must cost a log line, not the service (recursion, watches).
 MAX_FOLDER_DEPTH = 32
+EVENTS_PER_PASS = 2000  # events handled between two stability checks
 
 ObserverFactory = Callable[[str, str, float], BaseObserver]  # (mode, inbox, poll_seconds) -> observer
 
 
 def default_observer(mode: str, inbox: str, poll_seconds: float) -> BaseObserver:
     if mode == "polling":
-        # lstat: a symlink is an entry, never a way into another folder; listdir stops at the depth limit
-        # (watchdog's snapshot recurses, so a deeper tree would kill its thread).
-        return PollingObserverVFS(os.lstat, depth_limited_scandir(inbox), polling_interval=poll_seconds)
+        # lstat and listings below the inbox through daemon.beneath: a link (even a folder swapped for one)
+        # is an entry, never a way into another folder; listings stop at the depth limit (watchdog's
+        # snapshot recurses, so a deeper tree would kill its thread).
+        return PollingObserverVFS(
+            beneath_lstat(inbox), depth_limited_scandir(inbox), polling_interval=poll_seconds
+        )
     return Observer()
 
 
@@ -66,14 +71,38 @@ def folder_depth(relative: str) -> int:
     return 0 if not relative else relative.count("/") + 1
 
 
-def depth_limited_scandir(inbox: str) -> Callable[[str | None], Iterator[os.DirEntry[str]]]:
+def _relative_to(root: str, path: str | None) -> str:
+    relative = os.path.relpath(os.path.normpath(path or "."), root)
+    return "" if relative == "." else relative
+
+
+def beneath_lstat(inbox: str) -> Callable[[str], os.stat_result]:
     root = os.path.normpath(inbox)
 
-    def scandir(path: str | None) -> Iterator[os.DirEntry[str]]:
-        relative = os.path.relpath(os.path.normpath(path or "."), root)
-        if folder_depth("" if relative == "." else relative) >= MAX_FOLDER_DEPTH:
+    def lstat(path: str) -> os.stat_result:
+        relative = _relative_to(root, path)
+        return stat_root(Path(root)) if not relative else lstat_beneath(Path(root), relative)
+
+    return lstat
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str  # all watchdog's snapshot reads of a listing entry
+
+
+def depth_limited_scandir(inbox: str) -> Callable[[str | None], Iterator[_Entry]]:
+    root = os.path.normpath(inbox)
+
+    def scandir(path: str | None) -> Iterator[_Entry]:
+        relative = _relative_to(root, path)
+        if folder_depth(relative) >= MAX_FOLDER_DEPTH:
             return iter(())
-        return os.scandir(path)
+        try:
+            with open_folder(Path(root), relative) as folder:
+                return iter([_Entry(name) for name, _status in folder.entries()])
+        except NotAFileError:  # a link stands in the folder's place now: nothing to list through it
+            return iter(())
 
     return scandir
 
@@ -234,11 +263,14 @@ class Intake:
             self._wait()
 
     def _drain_events(self) -> None:
-        while True:
+        """Handle up to EVENTS_PER_PASS queued events, walking each folder named once: a flood of events (a
+        share user swapping a folder back and forth) must not keep the stability checks from running."""
+        folders: dict[str, None] = {}
+        for _ in range(EVENTS_PER_PASS):
             try:
                 kind, path = self._events.get_nowait()
             except queue.Empty:
-                return
+                break
             relative = self._relative(path)
             if relative is None:
                 continue
@@ -246,9 +278,13 @@ class Intake:
                 self._recorded.pop(relative, None)
             elif kind == "dir":
                 if not is_junk(relative + "/x"):  # a folder moved in: inotify may report only the folder
-                    self._walk(Path(path), relative)
+                    folders[relative] = None
             else:
                 self._notice(relative)
+        else:
+            self._wake.set()  # more are queued: come back without waiting
+        for relative in folders:
+            self._walk(relative)
 
     def _relative(self, path: str) -> str | None:
         try:
@@ -264,8 +300,8 @@ class Intake:
             return
         if stat is None:
             try:
-                stat = os.lstat(self._inbox / relative)
-            except FileNotFoundError:
+                stat = lstat_beneath(self._inbox, relative)
+            except (FileNotFoundError, NotAFileError):  # gone, or a link stands on the way now
                 return
             except OSError as exc:
                 log.warning("intake: cannot stat %s: %s", relative, exc)
@@ -279,9 +315,11 @@ class Intake:
     def _check_pending(self) -> None:
         for relative in self._pending:
             try:
-                stat = os.lstat(self._inbox / relative)
-            except FileNotFoundError:
-                self._pending.forget(relative)  # deleted (or renamed) before it was stable: no job
+                stat = lstat_beneath(self._inbox, relative)
+            except (FileNotFoundError, NotAFileError):
+                # Deleted (or renamed) before it was stable, or its folder was swapped for a link: no job.
+                # A folder moved back in is walked again (its "dir" event).
+                self._pending.forget(relative)
                 continue
             except OSError as exc:
                 log.warning("intake: cannot stat %s, will retry at the next scan: %s", relative, exc)
@@ -336,11 +374,10 @@ class Intake:
     def _scan(self, why: str) -> None:
         """Walk the whole inbox; an error on the inbox itself marks it unreachable."""
         try:
-            os.stat(self._inbox)
-            if not self._inbox.is_dir():
+            if not S_ISDIR(stat_root(self._inbox).st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self._inbox))
             seen: set[str] = set()
-            self._walk(self._inbox, "", seen)
+            self._walk("", seen)
         except OSError as exc:
             self._inbox_unreachable(exc)
             return
@@ -355,37 +392,40 @@ class Intake:
             self._inbox_back()
         log.debug("intake: %s scan done, %d pending", why, len(self._pending))
 
-    def _walk(self, folder: Path, relative: str, seen: set[str] | None = None) -> None:
-        """Notice every entry below `folder` (an explicit stack, never recursion; lstat, so a symlink is
-        an entry to report, not a way into another folder); folders past MAX_FOLDER_DEPTH are skipped."""
-        stack = [(folder, relative)]
-        while stack:
-            folder, relative = stack.pop()
-            try:
-                entries = list(os.scandir(folder))
-            except OSError as exc:
-                if folder == self._inbox:
-                    raise
-                log.warning("intake: cannot list %s: %s", folder, exc)
-                continue
-            for entry in entries:
-                child = f"{relative}/{entry.name}" if relative else entry.name
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if is_junk_dir(entry.name):
-                            continue
-                        if folder_depth(child) > MAX_FOLDER_DEPTH:
-                            self._too_deep(child)
-                            continue
-                        stack.append((Path(entry.path), child))
+    def _walk(self, relative: str, seen: set[str] | None = None) -> None:
+        """Notice every entry below the inbox folder `relative` (daemon.beneath.walk: an explicit stack,
+        folder descriptors, a link is an entry to report, never a way into another folder); folders past
+        MAX_FOLDER_DEPTH are skipped. An error on the inbox itself is raised, on a folder below it logged."""
+        try:
+            for folder, entries in walk(self._inbox, relative, self._descend, self._cannot_list):
+                for name, status in entries:
+                    if S_ISDIR(status.st_mode):
                         continue
-                    stat = entry.stat(follow_symlinks=False)
-                except OSError as exc:
-                    log.warning("intake: cannot stat %s: %s", child, exc)
-                    continue
-                if seen is not None:
-                    seen.add(child)
-                self._notice(child, stat)
+                    child = folder.relative_of(name)
+                    if seen is not None:
+                        seen.add(child)
+                    self._notice(child, status)
+        except (FileNotFoundError, NotAFileError) as exc:
+            if not relative:
+                raise
+            # Gone again, or a link stands in its place now (a folder swapped back and forth): routine churn
+            # a share user can cause at will, not worth a warning each time.
+            log.debug("intake: not walking %s: %s", relative, exc)
+        except OSError as exc:
+            if not relative:
+                raise
+            self._cannot_list(relative, exc)
+
+    def _descend(self, relative: str) -> bool:
+        if is_junk_dir(relative.rsplit("/", 1)[-1]):
+            return False
+        if folder_depth(relative) > MAX_FOLDER_DEPTH:
+            self._too_deep(relative)
+            return False
+        return True
+
+    def _cannot_list(self, relative: str, exc: OSError) -> None:
+        log.warning("intake: cannot list %s: %s", relative, exc)
 
     def _too_deep(self, relative: str) -> None:
         if relative in self._too_deep_folders:
@@ -462,8 +502,7 @@ class Intake:
 
     def _check_watcher(self) -> None:
         try:
-            os.stat(self._inbox)
-            if not self._inbox.is_dir():
+            if not S_ISDIR(stat_root(self._inbox).st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self._inbox))
         except OSError as exc:
             self._inbox_unreachable(exc)
@@ -513,7 +552,7 @@ class Intake:
 
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
-        stat = os.stat(path)
+        stat = stat_root(path)
     except OSError:
         return None
     return stat.st_dev, stat.st_ino

@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from daemon import originals
-from daemon.beneath import FileTooLargeError, NotAFileError
+from daemon.beneath import FileTooLargeError, NotAFileError, lstat_beneath, open_folder
 from daemon.logs import configure_logging
 from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
 from daemon.names import safe_file_name, safe_relative_path
@@ -214,10 +215,9 @@ class Worker:
         own = self._published_before(job)
         if own is not None:  # a crash came between publishing and recording it: never publish twice
             note = "its output had been published before the worker stopped; recorded, not restored again"
-            done = self.store.finish(
-                job.id, own, (Path(self.settings.outbox) / own).stat().st_size, None, note
-            )
-            return originals.dispose(self.settings, self.store, done, original.location, original)
+            size = lstat_beneath(Path(self.settings.outbox), own).st_size
+            done = self.store.finish(job.id, own, size, None, note)
+            return originals.dispose(self.settings, self.store, done, original)
         options = restore_options_from(job, self.settings)
         try:
             processed = self.processor.process(original.data, options, self._progress(job.id))
@@ -226,7 +226,9 @@ class Worker:
         except BadImageError as exc:
             failed = self.store.fail(job.id, str(exc), kind="bad-input")
             advice = originals.advice_for(exc, job.id)
-            return originals.move_to_failed(self.settings, self.store, failed, str(exc), advice)
+            return originals.move_to_failed(
+                self.settings, self.store, failed, str(exc), advice, original.identity
+            )
         except RestoreError as exc:
             # Not the file's fault (weights missing, backend unavailable): keep the original in place.
             return self.store.fail(job.id, f"{exc} (the original is still in the inbox)", kind="error")
@@ -247,19 +249,15 @@ class Worker:
         if fingerprint is None:
             return None
         digest, _, size = fingerprint.partition(":")
-        outbox = Path(self.settings.outbox)
-        folder = outbox / output_name(job.input_path, "")[0]
         try:
-            entries = list(os.scandir(folder))
-        except OSError:
+            with open_folder(Path(self.settings.outbox), output_name(job.input_path, "")[0]) as folder:
+                for name, status in folder.entries():
+                    if stat.S_ISREG(status.st_mode) and status.st_size == int(size):
+                        with os.fdopen(folder.open_regular(name), "rb") as handle:
+                            if hashlib.file_digest(handle, "sha256").hexdigest() == digest:
+                                return folder.relative_of(name)
+        except OSError:  # the folder is gone, or a link now stands in its place
             return None
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_size == int(
-                size
-            ):
-                with open(entry.path, "rb") as handle:
-                    if hashlib.file_digest(handle, "sha256").hexdigest() == digest:
-                        return Path(entry.path).relative_to(outbox).as_posix()
         return None
 
     def _publish(self, job: Job, original: originals.ReadOriginal, processed: Processed) -> Job:
@@ -270,7 +268,7 @@ class Worker:
         mode, group = self.settings.file_mode, self.settings.output_group
         try:
             if processed.file is not None:
-                published = publish_file(processed.file, outbox / folder, name, mode, group, root=outbox)
+                published = publish_file(processed.file, outbox / folder, name, mode, group, root=outbox).path
             else:
                 published = publish_bytes(processed.data, outbox / folder, name, mode, group, root=outbox)
         except DiskFullError as exc:
@@ -290,7 +288,7 @@ class Worker:
         report = {**processed.report, "input": job.input_path, "output": relative}
         done = self.store.finish(job.id, relative, processed.size, report, note=note)
         log.info("job %d: done -> %s", job.id, relative)
-        return originals.dispose(self.settings, self.store, done, original.location, original)
+        return originals.dispose(self.settings, self.store, done, original)
 
     def _unexpected(self, job: Job, exc: Exception) -> Job:
         what = f"{type(exc).__name__}: {exc}"

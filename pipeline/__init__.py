@@ -13,7 +13,7 @@ holds them to it), everything else is private to the package:
     FORMAT_EXTENSIONS, INPUT_EXTENSIONS  extensions written per format / read from folders
     RestoreOptions, EngineConfig,        what to do and how to run it, the default model and the choices
     DEFAULT_MODEL, Backend, Device,      settings offer
-    Precision, OutputFormat
+    Precision, OutputFormat, ColourMode
     MIN_TILE                             the smallest tile edge (the `tile` setting's lower bound)
     ProgressCallback, RestoreReport      progress and the per-image account
     RestoreError and its subclasses      what can go wrong, in words
@@ -44,6 +44,7 @@ from pipeline.types import (
     Backend,
     BackendUnavailableError,
     BadImageError,
+    ColourMode,
     CorruptImageError,
     DecompressionBombError,
     Device,
@@ -78,6 +79,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BadImageError",
+    "ColourMode",
     "CorruptImageError",
     "DecompressionBombError",
     "Device",

@@ -4,11 +4,13 @@
     restorer.warm_up(options)               # load / compile the networks now (daemon: before READY)
     image, report = restorer.restore(image, options, on_progress)
 
-Flow: pixels -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
+Flow: pixels -> colour path (pipeline/colour.py: an RGB photo measured gray or toned goes on as its luma,
+like a gray file) -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
 (detect + restore 512 crops on the input) -> tiled upscale by the network's scale, written in the final
 dtype -> alpha: a constant alpha is just filled in, any other alpha goes through the same network as
 3 replicated channels (as the reference does) -> resize to the requested scale (INTER_AREA down, Lanczos
-up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit).
+up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit; an RGB
+photo restored as gray gets equal channels, a toned one its own tone back).
 
 Upscalers are loaded once per (model, denoise strength) and kept; restore() keeps no per-image state on
 the object, so one Restorer serves a whole batch or a worker's lifetime.
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from pipeline.colour import ColourPlan, analyse_colour, gray_to_rgb, luma, toned_to_rgb
 from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
 from pipeline.progress import run_with_heartbeats, step_deadline
 from pipeline.scratch import (
@@ -49,6 +52,8 @@ from pipeline.tiling import (
     upscale_tiled,
 )
 from pipeline.types import (
+    ColourMode,
+    ColourReport,
     DeviceOutOfMemoryError,
     EngineConfig,
     FaceReport,
@@ -76,10 +81,12 @@ GRAY_ALPHA_MODES = ("LA", "La")  # stored as RGBA with R=G=B, written back as LA
 class _Planes:
     """The input split for the network: RGB float, optional alpha float, and how to put it back."""
 
-    rgb: np.ndarray  # HxWx3 in the input dtype (a view for RGB(A); gray is replicated)
+    rgb: np.ndarray  # HxWx3 in the input dtype (a view for colour RGB(A); gray/luma is replicated)
     alpha: np.ndarray | None  # HxW in the input dtype (a view)
-    gray: bool  # the image is grayscale (L or LA): output goes back to one colour channel
+    gray: bool  # one luminance channel goes through the network (L/LA, or an RGB photo measured gray/toned)
     dtype: np.dtype
+    colour: ColourPlan  # which colour path, why, and the tone to put back (pipeline/colour.py)
+    stored_gray: bool = False  # the file is L or LA: output goes back to one colour channel
 
 
 @dataclass
@@ -160,7 +167,10 @@ class Restorer:
         out_w, out_h = round(image.width * scale), round(image.height * scale)
         report.scale = round(scale, 4)
 
-        planes = split_planes(image)
+        stage_started = time.perf_counter()
+        planes = split_planes(image, options.colour_mode)
+        report.colour = planes.colour.report
+        clock.add("colour", stage_started)  # measuring the colour path (and the luma copy when gray)
         allocate = self._allocator(planes, int(upscaler.scale), out_w, out_h, report)
         prepared = self._prepare_faces(planes, options, on_progress, clock, report)
         tile = int(upscaler.suggest_tile())  # the backend owns the tile: memory, engine.tile, MIN_TILE
@@ -179,7 +189,10 @@ class Restorer:
             report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray, allocate)
             report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
             report.notes.extend(prepared.notes)
-        pixels = join_in_strips(colour, alpha, planes.gray, allocate)
+        stage_started = time.perf_counter()
+        rgb = colour_back(colour, planes, allocate)
+        pixels = join_in_strips(rgb, alpha, planes.stored_gray, allocate)
+        clock.add("colour", stage_started)
         output = Image(
             pixels=pixels,
             source_format=image.source_format,
@@ -208,12 +221,15 @@ class Restorer:
         memory this process can still use, cgroup limits included."""
         from pipeline.backends.base import available_ram_bytes
 
-        channels = (1 if planes.gray else 3) + (1 if planes.alpha is not None else 0)
+        alpha = 1 if planes.alpha is not None else 0
+        network_channels = (1 if planes.gray else 3) + alpha
+        final_channels = (1 if planes.stored_gray else 3) + alpha  # an RGB photo restored as gray: 3
         height, width = planes.rgb.shape[:2]
         network_pixels = height * width * network_scale * network_scale
         resized = (out_w, out_h) != (width * network_scale, height * network_scale)
-        final_pixels = out_w * out_h if resized else 0
-        needed = (network_pixels + final_pixels) * channels * planes.dtype.itemsize
+        final_pixels = out_w * out_h if resized or final_channels != network_channels else 0
+        needed = network_pixels * network_channels + final_pixels * final_channels
+        needed *= planes.dtype.itemsize
         if choose_assembly(needed, available_ram_bytes()) == "memory":
             return allocate_in_memory
         scratch = Path(self.engine.scratch_dir or tempfile.gettempdir())
@@ -427,17 +443,29 @@ def output_scale(width: int, height: int, options: RestoreOptions) -> tuple[floa
     return capped, note
 
 
-def split_planes(image: Image) -> _Planes:
+def split_planes(image: Image, colour_mode: ColourMode = "auto") -> _Planes:
     pixels = image.pixels
-    gray = pixels.ndim == 2 or (pixels.shape[2] == 4 and image.original_mode in GRAY_ALPHA_MODES)
-    if pixels.ndim == 2:
-        colour = np.repeat(pixels[:, :, None], 3, axis=2)
-        alpha = None
+    stored_gray = pixels.ndim == 2 or (pixels.shape[2] == 4 and image.original_mode in GRAY_ALPHA_MODES)
+    alpha = pixels[:, :, 3] if pixels.ndim == 3 and pixels.shape[2] == 4 else None
+    if stored_gray:
+        plan = ColourPlan(ColourReport("gray", f"stored as grayscale ({image.original_mode or 'L'})"))
+        colour = np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels[:, :, :3]
     else:
-        colour = pixels[:, :, :3]
-        alpha = pixels[:, :, 3] if pixels.shape[2] == 4 else None
+        plan = analyse_colour(pixels[:, :, :3], alpha, colour_mode)
+        colour = gray_to_rgb(luma(pixels)) if plan.as_gray else pixels[:, :, :3]
     # No float copy of the whole image: the tiler converts one window at a time.
-    return _Planes(rgb=colour, alpha=alpha, gray=gray, dtype=pixels.dtype)
+    return _Planes(colour, alpha, stored_gray or plan.as_gray, pixels.dtype, plan, stored_gray)
+
+
+def colour_back(colour: np.ndarray, planes: _Planes, allocate: Allocate = allocate_in_memory) -> np.ndarray:
+    """An RGB photo restored as gray back to RGB: equal channels (gray) or its own tone (toned). A
+    disk-backed plane goes into an array from `allocate`, a strip at a time."""
+    if not planes.gray or planes.stored_gray:
+        return colour
+    out = allocate((*colour.shape, 3), colour.dtype) if is_disk_backed(colour) else None
+    if planes.colour.tone is None:
+        return gray_to_rgb(colour, out)
+    return toned_to_rgb(colour, planes.colour.tone, out)
 
 
 def join_planes(colour: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.ndarray:
@@ -499,22 +527,16 @@ def _resize_in_strips(
 
 
 def join_in_strips(
-    colour: np.ndarray,
-    alpha: np.ndarray | None,
-    gray: bool,
-    allocate: Allocate = allocate_in_memory,
-    back: Callable[[np.ndarray], np.ndarray] | None = None,
+    colour: np.ndarray, alpha: np.ndarray | None, gray: bool, allocate: Allocate = allocate_in_memory
 ) -> np.ndarray:
-    """join_planes(back(colour), alpha, gray), a strip at a time into an array from `allocate` when the
-    planes are disk-backed. back: a per-pixel conversion of the colour plane on its way out (None: none)."""
+    """join_planes, a strip at a time into an array from `allocate` when the planes are disk-backed."""
     if not is_disk_backed(colour):
-        return join_planes(back(colour) if back is not None else colour, alpha, gray)
-    if alpha is None and back is None:
+        return join_planes(colour, alpha, gray)
+    if alpha is None:
         return colour  # join_planes would return it as it is
     joined: np.ndarray | None = None
     for first, last in row_strips(colour.shape[0], colour.strides[0] * 2):
-        part = colour[first:last]
-        part = join_planes(back(part) if back is not None else part, _rows(alpha, first, last), gray)
+        part = join_planes(colour[first:last], _rows(alpha, first, last), gray)
         if joined is None:
             joined = allocate((colour.shape[0], *part.shape[1:]), part.dtype)
         joined[first:last] = part

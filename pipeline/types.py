@@ -33,6 +33,9 @@ Backend = Literal["auto", "openvino", "torch"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 OutputFormat = Literal["same", "png", "jpg", "webp", "tiff"]
+# auto: a black-and-white or toned (sepia, cyanotype) photo stored as RGB is restored as gray, its own tone
+# put back (pipeline/colour.py); colour: every RGB photo is restored in colour (e.g. a hand-tinted print).
+ColourMode = Literal["auto", "colour"]
 DEFAULT_MODEL = "RealESRGAN_x4plus"  # the one home of the default (settings and RestoreOptions use it)
 
 # on_progress(stage, done, total): stage is one of pipeline.progress.STAGE_WEIGHTS, reported in that
@@ -171,6 +174,7 @@ class RestoreOptions:
     output_format: OutputFormat = "same"
     quality: int = 95  # JPEG / WebP quality
     strip_gps: bool = False
+    colour_mode: ColourMode = "auto"
 
     def replace(self, **changes: Any) -> RestoreOptions:
         return type(self)(**{**asdict(self), **changes})
@@ -184,6 +188,25 @@ class FaceReport:
     landmarks: list[list[float]]
     restored: bool
     reason: str | None = None  # why not restored, in words
+
+
+@dataclass
+class ColourReport:
+    """Which colour path the image took (pipeline/colour.py) and the numbers that chose it.
+
+    path: "colour" (restored in colour, as always), "gray" (one luminance channel restored; an RGB file is
+    written back as RGB with exactly equal channels) or "toned" (luminance restored as gray, colour rebuilt
+    from the photo's own chroma, so a face gets the photo's tone, never the face network's skin colour).
+    The numbers are measured on a small blurred copy, in 8-bit units of YCbCr chroma (hypot(Cb, Cr));
+    None when not measured (a file stored as grayscale)."""
+
+    path: Literal["colour", "gray", "toned"]
+    reason: str
+    chroma_p99: float | None = None
+    chroma_p999: float | None = None
+    tone_residual_p95: float | None = None  # chroma left once the tone (chroma as a function of Y) is taken
+    hue_degrees: float | None = None  # the tone's mean hue, angle in the CbCr plane (0 = +Cb, blue)
+    hue_spread_degrees: float | None = None  # circular spread of hue, weighted by chroma
 
 
 @dataclass
@@ -208,6 +231,7 @@ class RestoreReport:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     faces: list[FaceReport] = field(default_factory=list)
+    colour: ColourReport | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

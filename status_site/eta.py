@@ -17,10 +17,9 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Executor, Future, wait
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from status_site.files import locate, open_header
+from status_site.files import locate, open_checked, open_header
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
@@ -97,8 +96,9 @@ def _read_header_megapixels(job: Job, settings: Settings) -> float | None:
     # open_header parses the header without Pillow's own bomb check, so big photos are sized too, and
     # turns every header it cannot read (bombs included) into a Problem.
     try:
-        path: Path = locate(job, "input", settings).path
-        with path.open("rb") as handle, open_header(handle) as image:
+        # Opened beneath its folder like every other read of a job's file: a folder swapped for a link
+        # between locate and open is refused, not followed.
+        with open_checked(locate(job, "input", settings)) as handle, open_header(handle) as image:
             megapixels = image.width * image.height / 1e6
     except (Problem, OSError, ValueError):
         return None

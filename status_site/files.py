@@ -1,8 +1,9 @@
 """Job files for the API: which file a job's input or output is, and small previews of them.
 
-A request only ever names a job id. The file is looked up from the job record, joined to the folder it
-must live in, resolved (following symlinks) and refused unless it still lies inside that folder, so a
-stored path with `..`, an absolute path or a symlink pointing elsewhere never reaches `open`.
+A request only ever names a job id. The file is looked up from the job record and reached below the folder
+it must live in through daemon's open_beneath (folder descriptors, no link followed anywhere, not even one
+pointing inside the folder), so a stored path with `..`, an absolute path, a symlink, or a folder swapped
+for a symlink never reaches anything outside.
 Previews decode and resize in the caller's thread pool (they are CPU work), never on the event loop,
 after a header check against the pipeline's pixel limit; big decodes run in a child process with a
 memory limit (preview_child.py), so a preview never grows the daemon by more than ~50 MB.
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from PIL import Image as PILImage
 from PIL import ImageFile
 
-from daemon import original_absence_reason, original_location
+from daemon import NotAFileError, lstat_beneath, open_beneath, original_absence_reason, original_location
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
@@ -65,10 +66,12 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency; previews 
 
 @dataclass(frozen=True)
 class JobFile:
-    path: Path  # resolved, inside `folder`
+    path: Path  # folder / relative, by name: for its name and type, never to open it again
     folder: Path
     size_bytes: int
     mtime_ns: int
+    relative: str = ""
+    inode: tuple[int, int] = (0, 0)  # (device, inode) of the file that was located
 
     @property
     def content_type(self) -> str:
@@ -92,20 +95,16 @@ def stored_location(job: Job, which: Which, settings: Settings) -> tuple[Path, s
 
 
 def locate(job: Job, which: Which, settings: Settings) -> JobFile:
-    """The job's file, checked to lie inside its folder. Blocking (stat, realpath): call in a thread."""
+    """The job's file: a regular file below its folder, reached without following any link. Blocking (lstat):
+    call in a thread."""
     location = stored_location(job, which, settings)
     if isinstance(location, str):
         raise Problem(404, "file-not-available", "File not available", location)
-    folder, relative = location
-    root = Path(os.path.realpath(folder))
-    candidate = Path(relative)
-    if candidate.is_absolute() or ".." in candidate.parts:
-        raise _refused(job, which)
-    resolved = Path(os.path.realpath(root / candidate))
-    if resolved == root or not resolved.is_relative_to(root):
-        raise _refused(job, which)
+    folder, relative = Path(location[0]), location[1]
     try:
-        stat = resolved.stat()
+        status = lstat_beneath(folder, relative)
+    except NotAFileError:  # `..`, an absolute path, or a link on the way
+        raise _refused(job, which) from None
     except OSError:
         raise Problem(
             404,
@@ -113,9 +112,16 @@ def locate(job: Job, which: Which, settings: Settings) -> JobFile:
             "File not available",
             f"the {which} of job {job.id} ({relative}) is no longer in {folder}",
         ) from None
-    if not resolved.is_file():
+    if not S_ISREG(status.st_mode):
         raise _refused(job, which)
-    return JobFile(path=resolved, folder=root, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return JobFile(
+        folder / relative,
+        folder,
+        status.st_size,
+        status.st_mtime_ns,
+        relative,
+        (status.st_dev, status.st_ino),
+    )
 
 
 def _refused(job: Job, which: Which) -> Problem:
@@ -148,27 +154,25 @@ def parse_max(raw: str | None) -> int | None:
 
 
 def open_checked(found: JobFile) -> BinaryIO:
-    """Open the located file without following a symlink, then check that the opened file is still
-    the one inside its folder: a file swapped for a symlink after `locate` is refused, not served."""
+    """Open the located file again below its folder without following any link, and check it is still the
+    file `locate` found: a file or folder swapped for a symlink after `locate` is refused, not served."""
     try:
-        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_beneath(found.folder, found.relative)
+    except NotAFileError:
+        raise Problem(
+            403, "outside-folder", "File outside its folder", "the file changed into something else"
+        ) from None
     except OSError:
         raise Problem(
             404, "file-not-available", "File not available", f"{found.path.name} changed or vanished just now"
         ) from None
-    handle = os.fdopen(fd, "rb")
-    try:
-        opened = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists("/proc/self/fd") else found.path
-        stat = os.fstat(fd)
-        inside = opened.is_relative_to(found.folder) and opened != found.folder
-        if not inside or not S_ISREG(stat.st_mode):
-            raise Problem(
-                403, "outside-folder", "File outside its folder", "the file changed into something else"
-            )
-    except BaseException:
-        handle.close()
-        raise
-    return handle
+    status = os.fstat(fd)
+    if (status.st_dev, status.st_ino) != found.inode:
+        os.close(fd)
+        raise Problem(
+            404, "file-not-available", "File not available", f"{found.path.name} changed or vanished just now"
+        )
+    return os.fdopen(fd, "rb")
 
 
 class NeedsOwnProcess(Exception):

@@ -165,7 +165,23 @@ SCHEMAS: dict[str, Any] = {
             "seconds": _NUM,
             "stage_seconds": {"type": "object", "additionalProperties": _NUM},
             "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}},
+            "colour": _nullable({"$ref": "#/components/schemas/Colour"}),
             "notes": {"type": "array", "items": _STR},
+        },
+        "additionalProperties": True,
+    },
+    "Colour": {
+        "type": "object",
+        "description": "The colour path the photo took and the numbers that chose it (8-bit YCbCr chroma).",
+        "required": ["path", "reason"],
+        "properties": {
+            "path": {"enum": ["colour", "gray", "toned"]},
+            "reason": _STR,
+            "chroma_p99": _nullable(_NUM),
+            "chroma_p999": _nullable(_NUM),
+            "tone_residual_p95": _nullable(_NUM),
+            "hue_degrees": _nullable(_NUM),
+            "hue_spread_degrees": _nullable(_NUM),
         },
         "additionalProperties": True,
     },
@@ -507,6 +523,9 @@ def _document() -> dict[str, Any]:
                             "the body did not arrive within upload_deadline_seconds, or nothing came for 60 s"
                         ),
                         "413": _problem("too many files or a file too large (checked while streaming)"),
+                        "409": _problem(
+                            "the preset's inbox folder is a link planted in the share (never written through)"
+                        ),
                         "415": _problem("not multipart/form-data"),
                         "422": _problem("a file is not a usable image; nothing was saved"),
                         "507": _problem(

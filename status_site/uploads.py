@@ -41,6 +41,7 @@ from daemon import (
     IMAGE_MAX_SIDE,
     DiskFullError,
     FileVersion,
+    PublishError,
     enqueue_file,
     publish_file,
     safe_file_name,
@@ -389,10 +390,13 @@ def publish_and_record(ctx: SiteContext, spooled: SpooledFile, name: str, preset
     record the job the way the watcher does, then tell the service (on_job wakes the worker)."""
     settings = ctx.settings
     dest_dir = settings.inbox / preset if preset else settings.inbox
-    path = publish_file(spooled.data, dest_dir, name, settings.file_mode, settings.output_group)
-    stat = path.stat()
-    relative = PurePosixPath(*path.relative_to(settings.inbox).parts).as_posix()
-    version = FileVersion(spooled.sha256, stat.st_size, stat.st_mtime)
+    # root: the preset's folder is reached from the inbox without following a link (a share user may have
+    # planted inbox/2x -> /elsewhere, or swap it for one at any moment): refused, never written through.
+    published = publish_file(
+        spooled.data, dest_dir, name, settings.file_mode, settings.output_group, root=settings.inbox
+    )
+    relative = PurePosixPath(*published.path.relative_to(settings.inbox).parts).as_posix()
+    version = FileVersion(spooled.sha256, published.identity.size, published.mtime, published.identity)
     result = enqueue_file(settings, ctx.store, relative, version)
     if result.created and ctx.on_job is not None:
         ctx.on_job(result)
@@ -431,6 +435,14 @@ async def _handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepte
                     507,
                     "inbox-full",
                     "Inbox full",
+                    f"{spooled.name!r} could not be saved: {exc}",
+                    accepted=[{"name": a.name, "id": a.job.id} for a in accepted],
+                ) from None
+            except PublishError as exc:  # the preset's folder is a link planted in the share
+                raise Problem(
+                    409,
+                    "inbox-folder-refused",
+                    "Inbox folder refused",
                     f"{spooled.name!r} could not be saved: {exc}",
                     accepted=[{"name": a.name, "id": a.job.id} for a in accepted],
                 ) from None

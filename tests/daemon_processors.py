@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon import originals
+from daemon import beneath, originals
 from daemon.settings import Settings
 from daemon.store import JobStore
 from daemon.worker import Processed
@@ -125,6 +125,15 @@ class KillBeforeDispose(_KillOnce):
     """Killed after the job is recorded as done, before its original is archived or deleted."""
 
     point = "dispose"
+
+
+class CopyWithoutOpenat2(CopyProcessor):
+    """The copy stage in a worker that resolves folders with the O_NOFOLLOW chain, as on a kernel without
+    openat2 (the launcher does the same in the service when TESTS_NO_OPENAT2=1)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        beneath.use_openat2(False)
 
 
 class SlowEncodeProcessor:

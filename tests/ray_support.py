@@ -1,9 +1,13 @@
 """A real local Ray cluster for tests and benchmarks: a head (and optionally more nodes) as child processes.
 
 Each node is `ray start --block` (through tests/ray_node.py: loopback only) in its own session, with a
-fresh temp dir and free ports, so it never meets another cluster on this machine. It is stopped by
-SIGKILL of every process in its session, by pid (never `ray stop`, which kills every Ray process on the
-machine). PR_SET_PDEATHSIG takes a node's `ray start` down with the test process if that is killed.
+fresh temp dir and free ports, so it never meets another cluster on this machine. Like every cluster the
+project runs, it uses Ray's token authentication (RAY_AUTH_MODE=token): the token is a file of its own,
+`cluster.token_file`; `cluster.env` is what a node or driver needs, `cluster.daemon_env` what a
+`restorer serve` needs (the path in RESTORER_RAY_TOKEN_FILE; the daemon sets Ray's variables itself).
+It is stopped by SIGKILL of every process in its session, by pid (never `ray stop`, which kills every Ray
+process on the machine). PR_SET_PDEATHSIG takes a node's `ray start` down with the test process if that
+is killed.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemon.ray_token import ray_auth_env, write_new_token
+
 REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"  # read-only queries (`ray status`)
 RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # offline and private: no usage report
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray process stays on 127.0.0.1 (see ray_node.py)
-    "RAY_AUTH_MODE": "disabled",  # a loopback-only test cluster
 }
 
 
@@ -93,9 +98,23 @@ class RayCluster:
     port: int = field(default_factory=free_port)
     nodes: list[RayNode] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.token_file = self.root / "ray_token"
+        write_new_token(self.token_file)
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of a node or a driver of this cluster: Ray's own variables, token included."""
+        return {**RAY_ENV, **ray_auth_env(self.token_file)}
+
+    @property
+    def daemon_env(self) -> dict[str, str]:
+        """What `restorer serve --executor ray` needs to join this cluster: the token's path only."""
+        return {**RAY_ENV, "RESTORER_RAY_TOKEN_FILE": str(self.token_file)}
 
     @property
     def head(self) -> RayNode:
@@ -142,7 +161,7 @@ class RayCluster:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [*command, *args, *_node_ports(), *extra],
-                env={**os.environ, **RAY_ENV, "PYTHONPATH": str(REPO)},  # actors import daemon/
+                env={**os.environ, **self.env, "PYTHONPATH": str(REPO)},  # actors import daemon/
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -165,7 +184,7 @@ class RayCluster:
     def live_nodes(self) -> int:
         result = subprocess.run(
             [str(RAY), "status", f"--address={self.address}"],
-            env={**os.environ, **RAY_ENV},
+            env={**os.environ, **self.env},
             capture_output=True,
             text=True,
             timeout=60,
@@ -221,4 +240,30 @@ def pids_naming(text: Path | str) -> list[int]:
                 found.append(int(entry.name))
         except (OSError, IndexError):
             continue
+    return found
+
+
+def assert_token_out_of_sight(token: str, daemon_pid: int, daemon_log: str) -> None:
+    """The Ray token is not in the daemon's log, nor on the command line or in the environment of the
+    daemon or any of its descendants (its Ray driver child and whatever that started)."""
+    assert token and token not in daemon_log
+    family = [daemon_pid, *_descendants(daemon_pid)]
+    assert len(family) >= 2, family  # the daemon and its Ray driver child at least
+    for pid in family:
+        for part in ("cmdline", "environ"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                assert token.encode() not in Path(f"/proc/{pid}/{part}").read_bytes(), (pid, part)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                children.setdefault(int(_stat_fields(entry)[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
     return found

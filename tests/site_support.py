@@ -159,6 +159,55 @@ def lan_client() -> Iterator[LanClient]:
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30, check=False)
 
 
+@dataclass(frozen=True)
+class LanPair:
+    """Two machines of a LAN, each a network namespace of its own, joined by a veth pair on a private /30:
+    `first` at `first_address`, `second` at `second_address`. Neither reaches anything else (not even
+    this host's addresses); each has its own loopback and its own port space."""
+
+    first: str
+    second: str
+    first_address: str
+    second_address: str
+
+    @staticmethod
+    def command(namespace: str, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", namespace, *argv]
+
+
+@contextmanager
+def lan_pair() -> Iterator[LanPair]:
+    """Two network namespaces and the veth pair between them; removed afterwards, even on failure.
+    Skips like lan_client where namespaces cannot be made."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("a LAN pair needs root and iproute2 (ip netns, veth)")
+    tag = f"{os.getpid() % 10000:04d}{secrets.randbelow(100):02d}"
+    first, second = f"restorer-a-{tag}", f"restorer-b-{tag}"
+    # 10.250-254.x.x: apart from lan_client's 10.200-249.x.x.
+    second_octet, third = 250 + int(tag[:2]) % 5, (int(tag[2:]) * 4) % 256
+    first_address, second_address = f"10.{second_octet}.{third}.1", f"10.{second_octet}.{third}.2"
+    end_a, end_b = f"rpa{tag}", f"rpb{tag}"
+    made: list[str] = []
+    try:
+        for namespace in (first, second):
+            try:
+                _ip("netns", "add", namespace)
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"network namespaces are not allowed here: {exc.stderr.decode().strip()}")
+            made.append(namespace)
+        _ip("link", "add", end_a, "type", "veth", "peer", "name", end_b)
+        for namespace, end, address in ((first, end_a, first_address), (second, end_b, second_address)):
+            _ip("link", "set", end, "netns", namespace)
+            _ip("-n", namespace, "addr", "add", f"{address}/30", "dev", end)
+            _ip("-n", namespace, "link", "set", end, "up")
+            _ip("-n", namespace, "link", "set", "lo", "up")
+        yield LanPair(first, second, first_address, second_address)
+    finally:
+        subprocess.run(["ip", "link", "del", end_a], capture_output=True, timeout=30, check=False)
+        for namespace in made:  # deleting a namespace deletes the veth end inside it, and so its peer
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30, check=False)
+
+
 def folders(tmp: Path) -> dict[str, Path]:
     return {
         "inbox": tmp / "inbox",

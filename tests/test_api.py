@@ -12,10 +12,12 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 from jsonschema import Draft202012Validator
@@ -24,6 +26,8 @@ from PIL import Image
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from pipeline.colour import analyse_colour
+from tests.colour_cases import sepia_matrix
 from tests.image_cases import IMAGE_CASES, ImageCase
 from tests.site_support import (
     Site,
@@ -69,8 +73,15 @@ def done_report(width: int = 100, height: int = 50, seconds: float = 2.0, faces:
             {"box": [10.0, 10.0, 50.0, 60.0], "score": 0.99, "landmarks": [[1.0, 2.0]] * 5, "restored": True}
         ]
         * faces,
+        "colour": SEPIA_COLOUR,
         "notes": [],
     }
+
+
+# What the pipeline reports for a sepia photo (RestoreReport.colour as the worker stores it).
+SEPIA_COLOUR = asdict(
+    analyse_colour(sepia_matrix(np.tile(np.arange(256, dtype=np.uint8), (64, 1))), None).report
+)
 
 
 def seed_done(site: Site, name: str, width: int = 32, height: int = 24, seconds: float = 2.0) -> int:
@@ -317,6 +328,7 @@ def test_job_detail_shows_files_faces_report_and_times(site: Site) -> None:
     assert job["output"]["path"] == "detail-restored.png"
     assert job["output"]["size_bytes"] > 0
     assert job["report"]["output_size"] == [160, 120]
+    assert job["report"]["colour"] == SEPIA_COLOUR and SEPIA_COLOUR["path"] == "toned"  # stored as reported
     assert len(job["faces"]) == 1 and job["faces"][0]["restored"] is True
     assert job["queue_position"] is None
     assert job["finished_at"] is not None

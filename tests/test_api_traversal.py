@@ -90,14 +90,19 @@ def test_stored_paths_pointing_out_of_their_folder_are_refused(
             assert SECRET not in response.text
 
 
-def test_a_symlink_inside_the_folder_to_a_file_inside_it_still_works(site: Site) -> None:
+def test_a_symlink_is_never_followed_even_to_a_file_inside_the_folder(site: Site) -> None:
+    """A link is refused wherever it points (issue 18): whether its target is inside can change between
+    the check and the open (a folder on the way swapped for a link), so no link is followed at all."""
     data = png_bytes()
     (site.settings.inbox / "real.png").write_bytes(data)
     (site.settings.inbox / "alias.png").symlink_to(site.settings.inbox / "real.png")
-    job_id = site.insert_job(state="done", input_path="alias.png")
-    response = site.get(f"/api/v1/jobs/{job_id}/input")
-    assert response.status_code == 200
-    assert response.content == data
+    (site.settings.inbox / "inside").symlink_to(site.settings.inbox, target_is_directory=True)
+    for stored in ("alias.png", "inside/real.png"):
+        job_id = site.insert_job(state="done", input_path=stored)
+        response = site.get(f"/api/v1/jobs/{job_id}/input")
+        assert response.status_code == 403, stored
+    job_id = site.insert_job(state="done", input_path="real.png")
+    assert site.get(f"/api/v1/jobs/{job_id}/input").content == data
 
 
 def test_static_files_are_served_by_exact_name_only(site: Site) -> None:
@@ -121,3 +126,16 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_opened(site: Site, 
     with pytest.raises(Problem) as refused:
         open_checked(found)
     assert refused.value.status in (403, 404)
+
+
+def test_an_upload_into_a_preset_folder_planted_as_a_link_is_refused(site: Site, tmp_path: Path) -> None:
+    """inbox/2x -> /elsewhere (issue 18): the upload is refused with a reason, never written there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (site.settings.inbox / "2x").symlink_to(elsewhere, target_is_directory=True)
+    response = site.post(
+        "/api/v1/jobs", files=[("file", ("x.png", png_bytes(seed=3), "image/png"))], data={"preset": "2x"}
+    )
+    assert response.status_code == 409, response.text
+    assert response.json()["type"].endswith("inbox-folder-refused") and "link" in response.json()["detail"]
+    assert list(elsewhere.iterdir()) == []

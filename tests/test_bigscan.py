@@ -369,27 +369,22 @@ def test_large_pictures_are_copied_out_of_pillow_a_band_at_a_time(
     assert np.array_equal(banded, whole)
 
 
-@pytest.mark.parametrize("with_alpha", [False, True])
-def test_join_in_strips_applies_a_per_pixel_conversion_as_the_whole_image_would(
-    with_alpha: bool, tmp_path: Path, force_disk: None
+@pytest.mark.parametrize("toned", [False, True])
+def test_an_rgb_photo_restored_as_gray_goes_back_to_rgb_on_disk_as_in_memory(
+    toned: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A gray plane turned back into RGB on its way out (as an RGB photo restored as gray is), in strips."""
-    from pipeline.restorer import join_in_strips
-
-    gray = photo((90, 70))
-    alpha = photo((90, 70), seed=9) if with_alpha else None
-
-    def to_rgb(plane: np.ndarray) -> np.ndarray:
-        return np.repeat(plane[:, :, None], 3, axis=2)
-
-    expected = join_in_strips(gray, alpha, False, back=to_rgb)
-    disk_gray = disk_array(gray.shape, gray.dtype, tmp_path)
-    disk_gray[:] = gray
-    disk_alpha = None
-    if alpha is not None:
-        disk_alpha = disk_array(alpha.shape, alpha.dtype, tmp_path)
-        disk_alpha[:] = alpha
-    joined = join_in_strips(
-        disk_gray, disk_alpha, False, lambda shape, dtype: disk_array(shape, dtype, tmp_path), back=to_rgb
-    )
-    assert is_disk_backed(joined) and np.array_equal(joined, expected)
+    """photo-gray's colour_back (gray or its own tone) writes a disk-backed output a strip at a time."""
+    gray = photo((61, 47))
+    if toned:  # sepia: R > G > B by a fixed offset, so the colour path restores luma and puts the tone back
+        pixels = np.stack([np.clip(gray.astype(int) + d, 0, 255) for d in (30, 10, -20)], axis=2)
+    else:
+        pixels = np.stack([gray] * 3, axis=2)
+    pixels = pixels.astype(np.uint8)
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    in_memory, report = Restorer(engine, upscaler_loader=loader).restore(Image(pixels), NO_FACES)
+    assert report.colour is not None and report.colour.path == ("toned" if toned else "gray")
+    monkeypatch.setattr(scratch, "IN_MEMORY_MAX_BYTES", 0)
+    monkeypatch.setattr(scratch, "STRIP_BYTES", 20_000)
+    on_disk, _ = Restorer(engine, upscaler_loader=loader).restore(Image(pixels), NO_FACES)
+    assert is_disk_backed(on_disk.pixels) and on_disk.pixels.shape == in_memory.pixels.shape
+    assert np.array_equal(on_disk.pixels, in_memory.pixels)

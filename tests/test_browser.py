@@ -88,6 +88,7 @@ def test_upload_watch_done_and_compare_in_the_inspector(
     page.wait_for_selector("#inspector-loading", state="hidden", timeout=20_000)
     facts = page.inner_text("#inspector-facts")
     assert "48 × 48" in facts and "192 × 192" in facts, facts
+    assert "colour: colour: chroma p99" in facts, facts  # the colour path the pipeline reported, and why
 
     # The input layer is scaled to the output's size: both layers have the same box.
     sizes = page.evaluate(

@@ -69,10 +69,33 @@ def test_folder_is_mirrored_recursively_junk_skipped_and_one_bad_file_does_not_s
     )
     assert good["tiles"] == 1 and good["seconds"] > 0 and good["faces"] == []
     assert entries["b.png"]["output_mode"] == "L 8-bit"
+    assert good["colour"]["path"] == "colour" and entries["b.png"]["colour"]["path"] == "gray"
     bad = entries["broken.png"]
     assert bad["output"] is None and bad["error"].startswith("not an image")
     err = capsys.readouterr().err
     assert "upscale" in err and "error:" in err and "2 restored, 1 failed" in err
+
+
+def test_a_gray_scan_stored_as_rgb_stays_rgb_with_equal_channels_and_the_report_says_gray(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    from tests.colour_cases import gray_as_rgb, jpeg
+
+    gray = np.random.default_rng(1).integers(0, 256, (24, 24), dtype=np.uint8)
+    photo = tmp_path / "scan.jpg"
+    PILImage.fromarray(jpeg(gray_as_rgb(gray, noise=3.0), 90)).save(photo, quality=90)
+    report_path = tmp_path / "r.json"
+    assert (
+        restore([str(photo), "-o", str(tmp_path / "out"), *FAST, "--report", str(report_path)], state_dir)
+        == 0
+    )
+    [entry] = json.loads(report_path.read_text())
+    assert entry["colour"]["path"] == "gray" and entry["colour"]["reason"].startswith("near-gray")
+    assert entry["input_mode"] == entry["output_mode"] == "RGB 8-bit"
+    with PILImage.open(tmp_path / "out" / "scan.jpg") as written:
+        assert written.mode == "RGB" and written.size == (96, 96)
+        red, green, blue = (np.asarray(band) for band in written.split())
+    assert np.array_equal(red, green) and np.array_equal(green, blue)
 
 
 def test_existing_output_is_never_overwritten(tmp_path: Path, state_dir: Path) -> None:

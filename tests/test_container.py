@@ -94,6 +94,19 @@ def test_gpu_override_reserves_an_nvidia_device_and_builds_the_cuda_flavour() ->
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
 
 
+def test_the_ray_node_service_joins_with_the_token_as_a_compose_secret() -> None:
+    document = load_compose(ROOT / "compose.gpu.yaml")
+    node = document["services"]["ray-node"]
+    assert node["command"][:2] == ["cluster", "join"] and "--bind" in node["command"]
+    assert node["profiles"] == ["ray-node"]  # never started by a plain `up` of the daemon
+    assert node["user"] == "${PUID:-1000}:${PGID:-1000}"
+    assert node["secrets"] == ["ray_token"] and document["secrets"]["ray_token"] == {"file": "./ray_token"}
+    assert node["environment"] == {"RESTORER_RAY_TOKEN_FILE": "/run/secrets/ray_token"}  # a path only
+    assert "RAY_AUTH_TOKEN" not in (ROOT / "compose.gpu.yaml").read_text()
+    device = node["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["count"] == "all"
+
+
 def restorer_variables() -> set[str]:
     names = set(re.findall(r"\b(RESTORER_[A-Z_]+[A-Z])\b", DOCKERFILE.read_text()))
     for path in COMPOSE_FILES:

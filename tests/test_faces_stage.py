@@ -25,8 +25,9 @@ from pipeline.faces.align import (
     warp_affine,
 )
 from pipeline.faces.restore import OpenVinoFaceRunner, face_module
-from pipeline.restorer import Restorer
+from pipeline.restorer import Restorer, resize_to
 from pipeline.types import EngineConfig, FaceReport, Image, RestoreOptions
+from tests.colour_cases import TONES, gray_as_rgb, hue_differences, hue_gap, jpeg, mean_hue, toned
 from tests.faces_support import random_gfpgan, write_random_gfpgan
 from tests.fake_upscalers import ConvStackUpscaler
 
@@ -311,8 +312,50 @@ def test_rgba_photo_keeps_its_alpha_and_gets_its_face_restored(gfpgan_stage):
     sr_only, _ = restorer.restore(image, RestoreOptions(scale=2, faces=False))
     output, report = restorer.restore(image, RestoreOptions(scale=2))
     assert output.pixels.shape == (384, 384, 4)
+    assert report.colour.path == "colour"  # a colour photo: restored exactly as before this path existed
     assert np.array_equal(output.pixels[..., 3], sr_only.pixels[..., 3])  # faces never touch alpha
     assert [f.restored for f in report.faces] == [True]
     changed = (output.pixels != sr_only.pixels).any(axis=-1)
     assert changed.sum() > 60 * 60
     assert not (changed & ~crop_footprints(report.faces, output.pixels.shape)).any()
+
+
+# -- black-and-white stays black-and-white: the random GFPGAN's output is coloured ---------------------------
+
+
+def astronaut_face_gray() -> np.ndarray:
+    face = np.clip(np.rint(astronaut_face() * 255), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
+
+
+@pytest.mark.slow
+def test_a_gray_photo_scanned_as_rgb_comes_back_gray_with_its_face_restored(gfpgan_stage):
+    photo = jpeg(gray_as_rgb(astronaut_face_gray(), noise=4.0), 85)  # a colour scanner's noise, then JPEG
+    output, report = restorer_for(gfpgan_stage).restore(Image(photo), RestoreOptions(scale=2))
+    assert report.colour.path == "gray", report.colour.reason
+    assert [f.restored for f in report.faces] == [True]
+    assert output.pixels.shape == (384, 384, 3) and report.output_mode == "RGB 8-bit"
+    pixels = output.pixels
+    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
+
+
+@pytest.mark.slow
+def test_a_sepia_photo_keeps_its_hue_in_the_face_and_everywhere(gfpgan_stage):
+    """Tolerance: the chroma-weighted mean Lab hue of the face box and of the whole image within 3 degrees
+    of the input's, and 95% of pixels (those with a hue: Lab chroma >= 5) within 8 degrees. At this tone's
+    chroma (~20) 3 degrees is about 1 CIE76 unit of colour difference, at the limit of what anyone sees;
+    the per-pixel bound leaves room for JPEG's chroma blocks and edges where the restored luminance moved.
+    The same photo forced through the colour path misses both by far (measured: 86 degrees)."""
+    photo = jpeg(toned(astronaut_face_gray(), *TONES["sepia"]), 90)
+    restorer = restorer_for(gfpgan_stage)
+    for mode, within in (("auto", True), ("colour", False)):
+        output, report = restorer.restore(Image(photo), RestoreOptions(scale=2, colour_mode=mode))
+        assert report.colour.path == ("toned" if within else "colour"), report.colour.reason
+        assert [f.restored for f in report.faces] == [True]
+        reference = resize_to(photo, output.width, output.height)
+        x0, y0, x1, y1 = (round(v) for v in report.faces[0].box)
+        for where in (np.s_[y0:y1, x0:x1], np.s_[:, :]):
+            expected, got = reference[where], output.pixels[where]
+            mean_gap = hue_gap(mean_hue(expected), mean_hue(got))
+            pixel_gap = float(np.percentile(hue_differences(expected, got), 95))
+            assert (mean_gap <= 3.0 and pixel_gap <= 8.0) is within, (mode, where, mean_gap, pixel_gap)

@@ -123,7 +123,7 @@ def test_outbox_full_raises_disk_full_and_leaves_nothing_behind(small_tmpfs: Pat
 def test_move_file_across_filesystems_without_overwriting(tmp_path: Path, small_tmpfs: Path) -> None:
     (tmp_path / "orig.jpg").write_bytes(b"original")
     (small_tmpfs / "orig.jpg").write_bytes(b"someone else's")
-    moved = move_file(tmp_path / "orig.jpg", small_tmpfs, "orig.jpg")
+    moved = move_file(tmp_path, "orig.jpg", small_tmpfs, "orig.jpg", root=small_tmpfs)
     assert moved.name == "orig (1).jpg" and moved.read_bytes() == b"original"
     assert not (tmp_path / "orig.jpg").exists()
     assert (small_tmpfs / "orig.jpg").read_bytes() == b"someone else's"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.ray_support import RAY_ENV, RayCluster
+from tests.ray_support import RayCluster
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +26,7 @@ def test_two_nodes_answer_by_address_and_custom_resources_pin_work(ray_cluster: 
     # A separate driver process, as the daemon's Ray client is: nothing of Ray is loaded into pytest.
     result = subprocess.run(
         [sys.executable, "-c", PROBE, ray_cluster.address],
-        env={**os.environ, **RAY_ENV},
+        env={**os.environ, **ray_cluster.env},
         capture_output=True,
         text=True,
         timeout=120,

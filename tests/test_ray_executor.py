@@ -19,14 +19,16 @@ import pytest
 from daemon.store import Job, JobStore
 from tests.daemon_processors import fake_photo
 from tests.daemon_support import ServeProcess, files_under, wait_for
-from tests.ray_support import RAY_ENV, RayCluster
+from tests.ray_support import RayCluster, assert_token_out_of_sight
 
 pytestmark = pytest.mark.ray
 
 
 def serve_on(serves: list[ServeProcess], root: Path, cluster: RayCluster, **env: str) -> ServeProcess:
     settings = {"RESTORER_RAY_NUM_CPUS": "0.5", **env}
-    serve = ServeProcess(root, {**RAY_ENV, **settings}, "--executor", "ray", "--ray-address", cluster.address)
+    # The daemon gets the token's path only; Ray's own variables say "no token" until it sets them itself.
+    env = {**cluster.daemon_env, "RAY_AUTH_MODE": "disabled", **settings}
+    serve = ServeProcess(root, env, "--executor", "ray", "--ray-address", cluster.address)
     serves.append(serve)
     serve.wait_ready()
     return serve
@@ -69,6 +71,10 @@ def test_jobs_flow_through_ray_actors_on_two_nodes(
     assert {w["id"] for w in workers} == {"r1", "r2"} and all(w["device"].startswith("ray ") for w in workers)
     health = serve.health()
     assert health["executor"] == "ray" and health["status"] == "ok"
+    # The cluster's token: never in health, the API, the log, a command line or an environment.
+    token = ray_cluster.token_file.read_text().strip()
+    assert token not in json.dumps(health) and token not in json.dumps(api(serve, "/capabilities"))
+    assert_token_out_of_sight(token, serve.proc.pid, serve.output())
     assert health["cluster"]["state"] == "connected" and health["cluster"]["nodes"] == 2
     for n in range(6):
         (root / "inbox" / f"photo{n}.jpg").write_bytes(fake_photo(b"SLOW0.6|" + f"photo {n}".encode()))

@@ -148,6 +148,78 @@ def test_gray_with_alpha_stays_gray_with_alpha() -> None:
     assert (output.pixels[:, :, 0] == output.pixels[:, :, 1]).all()
 
 
+# -- colour paths: black-and-white stays black-and-white (pipeline/colour.py) ------------------------------
+
+
+def camera_crop(size: tuple[int, int] = (40, 48)) -> np.ndarray:
+    from skimage import data
+
+    return data.camera()[200 : 200 + size[0], 220 : 220 + size[1]]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gray_stored_as_rgb_is_restored_as_l_is_and_written_back_as_rgb(dtype: type) -> None:
+    """The test network colours a gray input (its convolutions mix channels): the gray path gives exactly
+    what the same photo stored as L gives, on all three channels, and the file stays RGB."""
+    gray = camera_crop().astype(dtype) * (257 if dtype == np.uint16 else 1)
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    as_l, _ = restorer.restore(Image(gray, original_mode="L"), NO_FACES)
+    output, report = restorer.restore(Image(rgb, original_mode="RGB"), NO_FACES)
+    assert output.pixels.shape == (160, 192, 3) and output.pixels.dtype == dtype
+    bits = 16 if dtype == np.uint16 else 8
+    assert report.input_mode == report.output_mode == f"RGB {bits}-bit"
+    for channel in range(3):
+        assert np.array_equal(output.pixels[:, :, channel], as_l.pixels)
+    assert report.colour is not None and report.colour.path == "gray"
+    assert report.to_dict()["colour"]["path"] == "gray"
+    colour, colour_report = restorer.restore(Image(rgb), NO_FACES.replace(colour_mode="colour"))
+    assert colour_report.colour.path == "colour" and "measured gray" in colour_report.colour.reason
+    assert not np.array_equal(colour.pixels[:, :, 0], colour.pixels[:, :, 2])  # what the gray path avoids
+
+
+def test_gray_rgba_with_jpeg_noise_keeps_its_alpha_and_gets_equal_channels() -> None:
+    from tests.colour_cases import gray_as_rgb, jpeg
+
+    rgb = jpeg(gray_as_rgb(camera_crop(), noise=4.0), 85)
+    alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    output, report = restorer.restore(Image(np.dstack([rgb, alpha]), original_mode="RGBA"), NO_FACES)
+    assert output.pixels.shape == (160, 192, 4) and report.output_mode == "RGBA 8-bit"
+    assert report.colour.path == "gray"
+    pixels = output.pixels
+    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
+    sr_only, _ = restorer.restore(Image(np.dstack([rgb, alpha])), NO_FACES.replace(colour_mode="colour"))
+    assert np.array_equal(pixels[..., 3], sr_only.pixels[..., 3])  # alpha takes its own path, unchanged
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee"])
+def test_a_colour_photo_takes_the_colour_path_byte_for_byte(name: str) -> None:
+    from skimage import data
+
+    photo = resize_to(getattr(data, name)(), 64, 48)  # the whole photo (a corner of plain wall is toned)
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    auto, report = restorer.restore(Image(photo), NO_FACES)
+    forced, _ = restorer.restore(Image(photo), NO_FACES.replace(colour_mode="colour"))
+    assert report.colour.path == "colour" and report.colour.chroma_p99 > 20
+    assert np.array_equal(auto.pixels, forced.pixels)
+
+
+def test_a_sepia_photo_keeps_its_tone_through_a_network_that_colours() -> None:
+    from tests.colour_cases import TONES, hue_differences, jpeg, toned
+
+    sepia = jpeg(toned(camera_crop((64, 64)), *TONES["sepia"]), 90)
+    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+    output, report = restorer.restore(Image(sepia), NO_FACES)
+    assert report.colour.path == "toned" and report.colour.tone_residual_p95 is not None
+    assert "colour" in report.stage_seconds  # measuring and the rebuild are timed like other stages
+    reference = resize_to(sepia, 256, 256)
+    toned_error = np.percentile(hue_differences(reference, output.pixels), 95)
+    coloured, _ = restorer.restore(Image(sepia), NO_FACES.replace(colour_mode="colour"))
+    coloured_error = np.percentile(hue_differences(reference, coloured.pixels), 95)
+    assert toned_error < 10.0 < coloured_error, (toned_error, coloured_error)
+
+
 @pytest.mark.parametrize(
     ("scale", "size"), [(1.0, (10, 8)), (2.0, (20, 16)), (2.5, (25, 20)), (6.0, (60, 48))]
 )

@@ -103,6 +103,26 @@ def test_presets_from_the_config_apply_to_their_subfolder(tmp_path: Path) -> Non
         settings.restore_options("nope")
 
 
+def test_colour_mode_is_a_restore_option_a_preset_and_a_restore_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.cli import build_parser
+    from app.flags import settings_from_args
+
+    assert Settings.load().restore_options().colour_mode == "auto"
+    config = tmp_path / "r.toml"
+    config.write_text('[presets.hand-tinted]\ncolour_mode = "colour"\n')
+    settings = Settings.load(config)
+    assert settings.restore_options("hand-tinted").colour_mode == "colour"
+    assert settings.restore_options().colour_mode == "auto"
+    monkeypatch.setenv("RESTORER_COLOUR_MODE", "colour")
+    assert Settings.load().restore_options().colour_mode == "colour"
+    args = build_parser().parse_args(["restore", "x.png", "-o", "out", "--colour-mode", "auto"])
+    assert settings_from_args(args).restore_options().colour_mode == "auto"
+    with pytest.raises(ValidationError, match="'auto' or 'colour'"):
+        Settings.load(colour_mode="gray")
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

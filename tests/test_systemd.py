@@ -17,14 +17,18 @@ from daemon.settings import Settings
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "restorer.service"
 CONFIG = UNIT.parent.parent / "config" / "restorer.example.toml"
 UNDER_SYSTEMD = UNIT.parent / "check-under-systemd.sh"
+RAY_NODE_UNIT = UNIT.parent / "restorer-ray.service"  # a node of the Ray cluster (docs/deploy.md)
+RAY_DROP_IN = UNIT.parent / "restorer.service.d" / "ray.conf"  # the daemon's side of it
 RESTORER = Path(sys.executable).parent / "restorer"
 
 
-def _verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _verify(
+    unit_text: str, tmp_path: Path, name: str = "restorer.service"
+) -> subprocess.CompletedProcess[str]:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (`make test` installs it)")
     # verify needs ExecStart's binary to exist: point it at this checkout's console script.
-    copy = tmp_path / "restorer.service"
+    copy = tmp_path / name
     copy.write_text(unit_text.replace("/opt/restorer/.venv/bin/restorer", str(RESTORER)))
     return subprocess.run(
         ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
@@ -41,11 +45,11 @@ def test_verify_check_catches_an_unknown_key(tmp_path: Path) -> None:
     assert "Unknown key" in result.stderr
 
 
-def _section(name: str) -> dict[str, list[str]]:
+def _section(name: str, unit_text: str | None = None) -> dict[str, list[str]]:
     # Not configparser: systemd units repeat keys (DeviceAllow=), which it rejects.
     values: dict[str, list[str]] = {}
     section = None
-    for line in UNIT.read_text().splitlines():
+    for line in (UNIT.read_text() if unit_text is None else unit_text).splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -58,8 +62,8 @@ def _section(name: str) -> dict[str, list[str]]:
     return values
 
 
-def _service_section() -> dict[str, list[str]]:
-    return _section("[Service]")
+def _service_section(unit_text: str | None = None) -> dict[str, list[str]]:
+    return _section("[Service]", unit_text)
 
 
 def _unit_section() -> dict[str, list[str]]:
@@ -78,19 +82,20 @@ def test_unit_keeps_the_gpu_visible_and_the_required_lifecycle() -> None:
     assert int(service["TimeoutStopSec"][0]) > 60
 
 
-def test_unit_exposure_is_at_most_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", [UNIT, RAY_NODE_UNIT], ids=lambda path: path.name)
+def test_unit_exposure_is_at_most_2(tmp_path: Path, unit: Path) -> None:
     """`systemd-analyze security` rates the unit itself (offline: no running systemd needed)."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (`make test` installs it)")
-    copy = tmp_path / "restorer.service"
-    copy.write_text(UNIT.read_text().replace("/opt/restorer/.venv/bin/restorer", str(RESTORER)))
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace("/opt/restorer/.venv/bin/restorer", str(RESTORER)))
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--no-pager", str(copy)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    match = re.search(r"Overall exposure level for restorer\.service: ([0-9.]+)", result.stdout)
+    match = re.search(rf"Overall exposure level for {re.escape(unit.name)}: ([0-9.]+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout
 
@@ -133,6 +138,34 @@ def test_the_gpu_drop_in_gives_the_nvidia_driver_its_proc_files(tmp_path: Path) 
     # With the drop-in's line the unit still verifies cleanly.
     result = _verify(UNIT.read_text().replace("ProcSubset=pid", "ProcSubset=all"), tmp_path)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_the_ray_node_unit_verifies_and_runs_restorer_cluster_as_a_non_root_user_with_a_token_credential(
+    tmp_path: Path,
+) -> None:
+    result = _verify(RAY_NODE_UNIT.read_text(), tmp_path, RAY_NODE_UNIT.name)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    service = _service_section(RAY_NODE_UNIT.read_text())
+    assert service["User"] == ["restorer"] and service["Group"] == ["restorer"]
+    assert service["ExecStart"] == ["/opt/restorer/.venv/bin/restorer cluster $RAY_NODE"]
+    assert service["LoadCredential"] == ["ray_token:/etc/restorer/ray_token"]
+    assert "RESTORER_RAY_TOKEN_FILE=%d/ray_token" in service["Environment"]  # the path only
+    assert not any("RAY_AUTH_TOKEN" in line for line in service["Environment"])
+    assert service["StateDirectory"] == ["restorer"]  # the node's private temp dir is in it
+    assert service["LimitCORE"] == ["0"] and service["NoNewPrivileges"] == ["yes"]
+    assert "PrivateDevices" not in service and any("nvidia" in d for d in service["DeviceAllow"])
+    assert service["CapabilityBoundingSet"] == [""]
+
+
+def test_the_ray_drop_in_gives_the_daemon_the_token_and_its_local_node(tmp_path: Path) -> None:
+    drop_in = RAY_DROP_IN.read_text()
+    # The unit with the drop-in's sections appended is what systemd runs: it must still verify cleanly.
+    result = _verify(UNIT.read_text() + "\n" + drop_in, tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    service = _service_section(drop_in)
+    assert service["LoadCredential"] == ["ray_token:/etc/restorer/ray_token"]
+    assert service["Environment"] == ["RESTORER_RAY_TOKEN_FILE=%d/ray_token"]
+    assert "Wants=restorer-ray.service" in drop_in and "After=restorer-ray.service" in drop_in
 
 
 @pytest.mark.skipif(

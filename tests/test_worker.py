@@ -275,6 +275,7 @@ def test_real_restore_of_a_16px_image_with_realesr_animevideov3(tmp_path: Path) 
     with PILImage.open(Path(rig.settings.outbox) / "photos" / "tiny.png") as out:
         assert out.size == (64, 64)
     assert job.report["model"] == "realesr-animevideov3" and job.report["backend"] == info["backend"]
+    assert job.report["colour"]["path"] == "colour"  # the store keeps the pipeline's whole report
 
 
 @pytest.mark.slow

@@ -136,7 +136,7 @@ def test_sigkill_of_one_worker_requeues_only_its_job(root: Path, serves: list[Se
 def test_ray_actor_plan_one_per_gpu_else_one_per_node_and_explicit_counts() -> None:
     from daemon.ray_executor import actor_plan
 
-    ray = {"executor": "ray", "ray_address": "nas:6379"}
+    ray = {"executor": "ray", "ray_address": "nas:6379", "ray_token_file": "/etc/restorer/ray_token"}
     count, each = actor_plan(Settings(**ray), {"GPU": 4.0, "CPU": 32.0}, alive_nodes=3)
     assert (count, each.num_gpus, each.num_cpus) == (4, 1.0, 1.0)  # one per GPU, one GPU each
     count, each = actor_plan(Settings(**ray), {"CPU": 16.0}, alive_nodes=2)
@@ -146,7 +146,9 @@ def test_ray_actor_plan_one_per_gpu_else_one_per_node_and_explicit_counts() -> N
     )
     assert (count, each.num_cpus, each.resources, each.label()) == (3, 4.0, {"photos": 1.0}, "4 CPU")
     with pytest.raises(ValueError, match="needs ray_address"):
-        Settings(executor="ray")
+        Settings(executor="ray", ray_token_file="/etc/restorer/ray_token")
+    with pytest.raises(ValueError, match="needs ray_token_file: the file with the Ray cluster's token"):
+        Settings(executor="ray", ray_address="nas:6379")
 
 
 def test_an_encode_longer_than_hang_seconds_finishes_on_its_first_worker(

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from app.flags import ENGINE_FIELDS, command_parser, settings_from_args
 
 if TYPE_CHECKING:
-    from pipeline import EngineConfig
     from pipeline.evaluation.bench import CpuPeaks, GemmRate, Measurement
     from pipeline.evaluation.costs import Price
 
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"restorer bench: {error}", file=sys.stderr)
         return 1
     threads = bench.threads_for(engine)
-    device, gemm_dtype = _yardstick(engine, peaks)
+    device, gemm_dtype = bench.yardstick(engine, peaks)
     print(
         f"measuring the {gemm_dtype} GEMM rate ({device}, {threads} threads) ... ",
         end="",
@@ -117,18 +116,6 @@ def run(args: argparse.Namespace) -> int:
         }
         (args.out / "bench.json").write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     return 1 if any(m.error for m in measurements) else 0
-
-
-def _yardstick(engine: EngineConfig, peaks: CpuPeaks) -> tuple[str, str]:
-    """Where the network will run and the GEMM that is its ceiling there: the GPU's fp16/bf16 tensor-core
-    rate when the engine picks CUDA, else the CPU's bf16 (where it has bf16 dot products) or fp32."""
-    from pipeline.backends import choose_backend, host_capabilities
-    from pipeline.evaluation.bench import gemm_dtype_for
-
-    info = choose_backend(engine, host_capabilities())
-    if info.device.startswith("cuda"):
-        return "cuda", gemm_dtype_for(info.precision, "cuda")
-    return "cpu", "bf16" if peaks.bf16_gflops else "fp32"
 
 
 def _parse_stages(text: str) -> list[str]:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # The settings `restorer restore` takes as flags (--no-face, --format, --denoise: old spellings kept).
 RESTORE_FIELDS = (
     *("model", "scale", "max_output_megapixels", "denoise_strength", "output_format", "quality", "strip_gps"),
-    *("faces", "face_model", "face_strength"),
+    *("faces", "face_model", "face_strength", "colour_mode"),
     *("backend", "device", "precision", "tile", "threads", "weights_dir", "state_dir"),
 )
 
@@ -187,7 +187,7 @@ def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: Progr
         mode, group = settings.file_mode, settings.output_group
         if restored.file is not None:  # a large output, encoded into an unlinked scratch file
             with restored.file:
-                output = publish_file(restored.file, job.out_dir, name, mode, group)
+                output = publish_file(restored.file, job.out_dir, name, mode, group).path
         else:
             output = publish_bytes(restored.data, job.out_dir, name, mode, group)
         report = restored.report

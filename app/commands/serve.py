@@ -20,7 +20,7 @@ SERVE_FIELDS = (
     *("watch_mode", "poll_seconds", "rescan_seconds", "stability_seconds", "duplicate_content"),
     *("max_attempts", "originals", "hang_seconds", "stop_grace_seconds"),
     *("model", "backend", "device", "precision"),
-    *("executor", "workers", "ray_address", "ray_actors"),
+    *("executor", "workers", "ray_address", "ray_actors", "ray_token_file"),
 )
 
 
@@ -48,6 +48,14 @@ def run(args: argparse.Namespace, processor_factory: ProcessorFactory | None = N
             where = ".".join(str(part) for part in error["loc"]) or "settings"
             log.error("invalid setting %s: %s", where, error["msg"])
         return 2
+    if settings.executor == "ray":
+        from daemon.ray_token import RayTokenError, check_ray_token
+
+        try:
+            check_ray_token(settings.ray_token_file)  # before anything starts: the driver child needs it
+        except RayTokenError as exc:
+            log.error("%s", exc)
+            return 2
     if processor_factory is None:
         return asyncio.run(serve(settings))
     return asyncio.run(serve(settings, processor_factory))

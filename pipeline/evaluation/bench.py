@@ -34,9 +34,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.types import EngineConfig
 
 STAGES = ("sr", "faces", "pipeline")
 SEED_SIZES = [(546, 729), (364, 358), (320, 320)]  # the seed README's three photos
@@ -211,6 +214,17 @@ def gemm_dtype_for(precision: str, device: str = "cpu") -> str:
     if precision == "bf16" or (device == "cuda" and precision == "fp16"):
         return precision
     return "fp32"
+
+
+def yardstick(engine: EngineConfig, peaks: CpuPeaks) -> tuple[str, str]:
+    """Where the network will run and the GEMM that is its ceiling there: the GPU's fp16/bf16 tensor-core
+    rate when the engine picks CUDA, else the CPU's bf16 (where it has bf16 dot products) or fp32."""
+    from pipeline.backends import choose_backend, host_capabilities
+
+    info = choose_backend(engine, host_capabilities())
+    if info.device.startswith("cuda"):
+        return "cuda", gemm_dtype_for(info.precision, "cuda")
+    return "cpu", "bf16" if peaks.bf16_gflops else "fp32"
 
 
 def efficiency(flops_per_pixel: float, pixels: int, seconds: float, gemm: GemmRate) -> float:

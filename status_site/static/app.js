@@ -867,6 +867,7 @@ function renderFacts(job) {
     ["Time", `${formatDuration(report.seconds)} · finished ${formatTime(job.finished_at)}`],
     ["Faces", `${(report.faces || []).length} found, ${(report.faces || []).filter((f) => f.restored).length} restored`],
   ];
+  if (report.colour) facts.push(["Colour", `${report.colour.path}: ${report.colour.reason}`]);
   if (report.notes && report.notes.length) facts.push(["Notes", report.notes.join("; ")]);
   $("inspector-facts").replaceChildren(...facts.flatMap(([name, value]) => [el("dt", { text: name }), el("dd", { text: value })]));
 }

@@ -177,7 +177,8 @@ def publish_bytes(
 def publish_file(
     source: BinaryIO, dest_dir: Path, name: str, mode: int, group: str | None, *, root: Path | None = None
 ) -> Published:
-    """publish_bytes for data too big to hold in memory (an upload spooled to disk), copied in chunks."""
+    """publish_bytes for data too big to hold in memory (an upload spooled to disk, a large restored
+    output encoded into a scratch file), copied in chunks."""
 
     def copy(fd: int) -> None:
         source.seek(0)

@@ -212,6 +212,16 @@ def max_output_bytes(settings: Settings, options: RestoreOptions) -> int:
 # -- the actor (runs on a Ray node) ---------------------------------------------------------------------
 
 
+def _output_bytes(processed: Processed) -> bytes:
+    """The encoded output as bytes: a large one was encoded into a scratch file, and a Ray reply carries
+    bytes (the actor's memory holds the file once, on its way back)."""
+    if processed.file is None:
+        return processed.data
+    with processed.file:
+        processed.file.seek(0)
+        return processed.file.read()
+
+
 class RestoreActor:
     """Holds one processor (models loaded once) and runs one image at a time. Threaded (two calls at
     once), so progress() and cancel() answer while process() runs. Every method returns bytes (above)."""
@@ -252,7 +262,7 @@ class RestoreActor:
             "extension": self._processor.extension(processed.format),
             "report": processed.report,
         }
-        return encode_reply(header, processed.data)
+        return encode_reply(header, _output_bytes(processed))
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         with self._lock:

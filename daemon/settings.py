@@ -111,7 +111,10 @@ class Settings(BaseSettings):
     archive_dir: Path = Field(
         Path("var/archive"), description="where originals go after restoring (originals=archive)"
     )
-    state_dir: Path = Field(Path("var/state"), description="local folder for the job database and caches")
+    state_dir: Path = Field(
+        Path("var/state"),
+        description="local folder for the job database, caches and large outputs' scratch space",
+    )
     weights_dir: Path = Field(Path("weights"), description="folder with user-supplied model weight files")
 
     # Network. A LAN service: binds every interface by default.
@@ -417,6 +420,11 @@ class Settings(BaseSettings):
         return self.state_dir / "cache"
 
     @property
+    def scratch_dir(self) -> Path:
+        """Where outputs too big for memory are assembled (unlinked files: nothing to clean up)."""
+        return self.state_dir / "scratch"
+
+    @property
     def file_mode(self) -> int:
         return int(self.output_file_mode, 8)
 
@@ -429,6 +437,7 @@ class Settings(BaseSettings):
             precision=self.precision,
             tile=self.tile,
             threads=self.threads,
+            scratch_dir=str(self.scratch_dir),
         )
 
     def restore_options(self, preset: str | None = None) -> RestoreOptions:

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from daemon import originals
 from daemon.beneath import FileTooLargeError, NotAFileError, lstat_beneath, open_folder
 from daemon.logs import configure_logging
 from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
 from daemon.names import safe_file_name, safe_relative_path
-from daemon.publish import DiskFullError, PublishError, publish_bytes
+from daemon.publish import DiskFullError, PublishError, publish_bytes, publish_file
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
 from pipeline import (
@@ -63,9 +63,23 @@ WORKER_NICENESS = 10  # the worker yields the CPU to the HTTP servers and the wa
 
 @dataclass
 class Processed:
+    """The encoded output: `data` in memory, or (a large output) `file`, an open unlinked temporary file
+    holding it from offset 0, which the Worker publishes and closes."""
+
     data: bytes
     format: str  # "png", "jpg", ...: the output format, its extension comes from FORMAT_EXTENSIONS
     report: dict[str, Any]
+    file: BinaryIO | None = None
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.file.fileno()).st_size if self.file is not None else len(self.data)
+
+    def sha256(self) -> str:
+        if self.file is None:
+            return hashlib.sha256(self.data).hexdigest()
+        self.file.seek(0)
+        return hashlib.file_digest(self.file, "sha256").hexdigest()
 
 
 class Processor(Protocol):
@@ -113,7 +127,7 @@ class PipelineProcessor:
         restored = restore_bytes(
             self._restorer, data, options, max_pixels=self._max_pixels, on_progress=on_progress
         )
-        return Processed(restored.data, restored.format, restored.report.to_dict())
+        return Processed(restored.data, restored.format, restored.report.to_dict(), restored.file)
 
     def extension(self, fmt: str) -> str:
         from pipeline import FORMAT_EXTENSIONS
@@ -218,7 +232,11 @@ class Worker:
         except RestoreError as exc:
             # Not the file's fault (weights missing, backend unavailable): keep the original in place.
             return self.store.fail(job.id, f"{exc} (the original is still in the inbox)", kind="error")
-        return self._publish(job, original, processed)
+        try:
+            return self._publish(job, original, processed)
+        finally:
+            if processed.file is not None:
+                processed.file.close()  # unlinked: closing frees its disk space
 
     def _refuse(self, job: Job, what: str, advice: str) -> Job:
         failed = self.store.fail(job.id, what, kind="bad-input")
@@ -244,17 +262,15 @@ class Worker:
 
     def _publish(self, job: Job, original: originals.ReadOriginal, processed: Processed) -> Job:
         folder, name = output_name(job.input_path, self.processor.extension(processed.format))
-        fingerprint = f"{hashlib.sha256(processed.data).hexdigest()}:{len(processed.data)}"
+        fingerprint = f"{processed.sha256()}:{processed.size}"
         self.store.note_publishing(job.id, fingerprint)  # before the rename: a re-run recognises it
+        outbox = Path(self.settings.outbox)
+        mode, group = self.settings.file_mode, self.settings.output_group
         try:
-            published = publish_bytes(
-                processed.data,
-                Path(self.settings.outbox) / folder,
-                name,
-                self.settings.file_mode,
-                self.settings.output_group,
-                root=Path(self.settings.outbox),
-            )
+            if processed.file is not None:
+                published = publish_file(processed.file, outbox / folder, name, mode, group, root=outbox).path
+            else:
+                published = publish_bytes(processed.data, outbox / folder, name, mode, group, root=outbox)
         except DiskFullError as exc:
             message = (
                 f"the outbox is full: {exc}. The original is still in the inbox; the job is retried "
@@ -270,7 +286,7 @@ class Worker:
         relative = published.relative_to(self.settings.outbox).as_posix()
         note = None if published.name == name else f"output renamed to {published.name}: name was taken"
         report = {**processed.report, "input": job.input_path, "output": relative}
-        done = self.store.finish(job.id, relative, len(processed.data), report, note=note)
+        done = self.store.finish(job.id, relative, processed.size, report, note=note)
         log.info("job %d: done -> %s", job.id, relative)
         return originals.dispose(self.settings, self.store, done, original)
 

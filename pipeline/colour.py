@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from pipeline.scratch import release_rows
 from pipeline.types import ColourMode, ColourReport
 
 ANALYSIS_EDGE = 256  # px, the measured copy's longer side: enough for a photo's colour, milliseconds
@@ -223,12 +224,20 @@ def luma(pixels: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(pixels), code)
 
 
-def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    """The gray path's output: HxW -> HxWx3 with exactly equal channels."""
-    return np.repeat(gray[:, :, None], 3, axis=2)
+def gray_to_rgb(gray: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The gray path's output: HxW -> HxWx3 with exactly equal channels (into `out`, a strip at a time,
+    when given: a disk-backed output, pipeline/scratch.py)."""
+    if out is None:
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    for top in range(0, gray.shape[0], STRIP_ROWS):
+        bottom = min(top + STRIP_ROWS, gray.shape[0])
+        out[top:bottom] = gray[top:bottom, :, None]
+        release_rows(out, top, bottom)
+        release_rows(gray, top, bottom)
+    return out
 
 
-def toned_to_rgb(gray: np.ndarray, tone: ToneMap) -> np.ndarray:
+def toned_to_rgb(gray: np.ndarray, tone: ToneMap, out: np.ndarray | None = None) -> np.ndarray:
     """The toned path's output: restored luma (HxW uint8/uint16) + the photo's own chroma -> HxWx3.
 
     Chroma = tone(Y_out) + the residual map upsampled (bilinear: chroma is smooth, and the photo's own).
@@ -242,13 +251,15 @@ def toned_to_rgb(gray: np.ndarray, tone: ToneMap) -> np.ndarray:
     )
     table = (curve.T.astype(np.float32) @ _FROM_YCC.T) * np.float32(peak)  # gray value -> R, G, B
     offsets = (tone.residual @ _FROM_YCC[:, 1:].T) * np.float32(peak)  # small map of R, G, B offsets
-    output = np.empty((*gray.shape, 3), gray.dtype)
+    output = np.empty((*gray.shape, 3), gray.dtype) if out is None else out
     for top in range(0, gray.shape[0], STRIP_ROWS):
         bottom = min(top + STRIP_ROWS, gray.shape[0])
         rgb = np.take(table, gray[top:bottom], axis=0)  # much faster than table[gray] for 2-D indices
         rgb += residual_rows(offsets, top, bottom, gray.shape)
         np.rint(rgb, out=rgb)
         output[top:bottom] = np.clip(rgb, 0, peak, out=rgb)
+        release_rows(output, top, bottom)  # a disk-backed output (pipeline/scratch.py) leaves memory
+        release_rows(gray, top, bottom)
     return output
 
 

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -31,7 +34,23 @@ import numpy as np
 from pipeline.colour import ColourPlan, analyse_colour, gray_to_rgb, luma, toned_to_rgb
 from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
 from pipeline.progress import run_with_heartbeats, step_deadline
-from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD, as_float, tile_count, upscale_tiled
+from pipeline.scratch import (
+    STRIP_BYTES,
+    choose_assembly,
+    disk_array,
+    is_disk_backed,
+    release_rows,
+    row_strips,
+)
+from pipeline.streaming import encode_to_file
+from pipeline.tiling import (
+    DEFAULT_BLEND,
+    DEFAULT_PAD,
+    Allocate,
+    allocate_in_memory,
+    tile_count,
+    upscale_tiled,
+)
 from pipeline.types import (
     ColourMode,
     ColourReport,
@@ -152,25 +171,27 @@ class Restorer:
         planes = split_planes(image, options.colour_mode)
         report.colour = planes.colour.report
         clock.add("colour", stage_started)  # measuring the colour path (and the luma copy when gray)
+        allocate = self._allocator(planes, int(upscaler.scale), out_w, out_h, report)
         prepared = self._prepare_faces(planes, options, on_progress, clock, report)
         tile = int(upscaler.suggest_tile())  # the backend owns the tile: memory, engine.tile, MIN_TILE
         report.tile_size = tile
         try:
-            colour, alpha = self._upscale(planes, upscaler, tile, on_progress, clock, report)
+            colour, alpha = self._upscale(planes, upscaler, tile, on_progress, clock, report, allocate)
         except DeviceOutOfMemoryError as error:
             raise RestoreError(f"out of memory: {error}") from None
 
         stage_started = time.perf_counter()
-        colour = resize_to(colour, out_w, out_h)
-        alpha = resize_to(alpha, out_w, out_h) if alpha is not None else None
+        colour = resize_to(colour, out_w, out_h, allocate)
+        alpha = resize_to(alpha, out_w, out_h, allocate) if alpha is not None else None
         if (out_w, out_h) != (colour.shape[1], colour.shape[0]) or scale != upscaler.scale:
             clock.add("resize", stage_started)
         if prepared is not None:
-            report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray)
+            report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray, allocate)
             report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
             report.notes.extend(prepared.notes)
         stage_started = time.perf_counter()
-        pixels = join_planes(colour_back(colour, planes), alpha, planes.stored_gray)
+        rgb = colour_back(colour, planes, allocate)
+        pixels = join_in_strips(rgb, alpha, planes.stored_gray, allocate)
         clock.add("colour", stage_started)
         output = Image(
             pixels=pixels,
@@ -192,6 +213,32 @@ class Restorer:
         report.seconds = round(time.perf_counter() - started, 3)
         return output, report
 
+    def _allocator(
+        self, planes: _Planes, network_scale: int, out_w: int, out_h: int, report: RestoreReport
+    ) -> Allocate:
+        """Memory for outputs that fit comfortably (today's path), else arrays on disk in the scratch
+        folder (pipeline/scratch.py): chosen from the sizes this image's outputs will have and the
+        memory this process can still use, cgroup limits included."""
+        from pipeline.backends.base import available_ram_bytes
+
+        alpha = 1 if planes.alpha is not None else 0
+        network_channels = (1 if planes.gray else 3) + alpha
+        final_channels = (1 if planes.stored_gray else 3) + alpha  # an RGB photo restored as gray: 3
+        height, width = planes.rgb.shape[:2]
+        network_pixels = height * width * network_scale * network_scale
+        resized = (out_w, out_h) != (width * network_scale, height * network_scale)
+        final_pixels = out_w * out_h if resized or final_channels != network_channels else 0
+        needed = network_pixels * network_channels + final_pixels * final_channels
+        needed *= planes.dtype.itemsize
+        if choose_assembly(needed, available_ram_bytes()) == "memory":
+            return allocate_in_memory
+        scratch = Path(self.engine.scratch_dir or tempfile.gettempdir())
+        report.notes.append(
+            f"output assembled on disk in the scratch folder ({needed / 1e6:,.0f} MB): more than this "
+            "worker keeps in memory"
+        )
+        return lambda shape, dtype: disk_array(shape, dtype, scratch)
+
     def _prepare_faces(
         self,
         planes: _Planes,
@@ -206,19 +253,41 @@ class Restorer:
         if stage is None:
             report.notes.append(self._face_unavailable or "face stage unavailable")
             return None
-        return stage.prepare(as_float(planes.rgb), options, on_progress)  # float copy freed right after
+        # The integer pixels: detection and alignment convert a band or a crop at a time (a float copy of
+        # a 35 MP scan was 420 MB, and detection made a second).
+        return stage.prepare(planes.rgb, options, on_progress)
 
     def _paste_faces(
-        self, colour: np.ndarray, prepared: PreparedFaces, scale: float, gray: bool
+        self,
+        colour: np.ndarray,
+        prepared: PreparedFaces,
+        scale: float,
+        gray: bool,
+        allocate: Allocate = allocate_in_memory,
     ) -> list[FaceReport]:
         stage = self.face_stage()
         if not prepared.faces or stage is None:
             return []
         if not gray:
-            return list(stage.paste(colour, prepared, scale))
-        rgb = np.repeat(colour[:, :, None], 3, axis=2)  # faces work in colour; the gray output gets the mean
+            reports = list(stage.paste(colour, prepared, scale))
+            release_rows(colour, 0, colour.shape[0])  # the pasted regions of a disk-backed output
+            return reports
+        if not is_disk_backed(colour):
+            rgb = np.repeat(colour[:, :, None], 3, axis=2)  # faces work in colour; gray gets the mean
+            reports = list(stage.paste(rgb, prepared, scale))
+            colour[:] = _mean_channels(rgb, colour.dtype)
+            return reports
+        # A disk-backed gray output: the colour copy the faces are pasted into is on disk too.
+        rgb = allocate((*colour.shape, 3), colour.dtype)
+        for first, last in row_strips(colour.shape[0], colour.strides[0] * 3):
+            rgb[first:last] = colour[first:last, :, None]
+            release_rows(rgb, first, last)
+            release_rows(colour, first, last)
         reports = list(stage.paste(rgb, prepared, scale))
-        colour[:] = _mean_channels(rgb, colour.dtype)
+        for first, last in row_strips(colour.shape[0], colour.strides[0] * 3):
+            colour[first:last] = _mean_channels(rgb[first:last], colour.dtype)
+            release_rows(rgb, first, last)
+            release_rows(colour, first, last)
         return reports
 
     def _upscale(
@@ -229,6 +298,7 @@ class Restorer:
         on_progress: ProgressCallback | None,
         clock: _StageClock,
         report: RestoreReport,
+        allocate: Allocate = allocate_in_memory,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         height, width = planes.rgb.shape[:2]
         scale = int(upscaler.scale)
@@ -246,7 +316,14 @@ class Restorer:
 
         stage_started = time.perf_counter()
         result = upscale_tiled(
-            planes.rgb, upscaler, tile, DEFAULT_PAD, planes.dtype, colour_progress, gray=planes.gray
+            planes.rgb,
+            upscaler,
+            tile,
+            DEFAULT_PAD,
+            planes.dtype,
+            colour_progress,
+            gray=planes.gray,
+            allocate=allocate,
         )
         clock.add("upscale", stage_started)
         report.tiles = result.tiles
@@ -256,12 +333,20 @@ class Restorer:
             return result.pixels, None
         stage_started = time.perf_counter()
         if not alpha_needs_network:
-            alpha = np.full((height * scale, width * scale), planes.alpha.flat[0], dtype=planes.dtype)
+            alpha = allocate((height * scale, width * scale), planes.dtype)
+            _fill_in_strips(alpha, planes.alpha.flat[0])
             report.notes.append("alpha is constant: filled in without the network")
         else:
             alpha_rgb = np.repeat(planes.alpha[:, :, None], 3, axis=2)
             alpha_result = upscale_tiled(
-                alpha_rgb, upscaler, tile, DEFAULT_PAD, planes.dtype, alpha_progress, gray=True
+                alpha_rgb,
+                upscaler,
+                tile,
+                DEFAULT_PAD,
+                planes.dtype,
+                alpha_progress,
+                gray=True,
+                allocate=allocate,
             )
             alpha = alpha_result.pixels
             report.tiles += alpha_result.tiles
@@ -288,7 +373,28 @@ def restore_bytes(
     _report_progress(on_progress, "decode", 1, 1)
     restored, report = restorer.restore(image, options, on_progress)
     fmt = output_format_for(image, options.output_format)
+    del image  # the input's pixels are not needed to encode
     _report_progress(on_progress, "encode", 0, 1)
+    if is_disk_backed(restored.pixels):
+        # Assembled on disk: encoded a strip at a time into an unlinked file beside it.
+        scratch = Path(restorer.engine.scratch_dir or tempfile.gettempdir())
+        output = tempfile.TemporaryFile(dir=scratch, prefix="encoded-")  # noqa: SIM115 (handed on)
+        try:
+            run_with_heartbeats(
+                lambda: encode_to_file(
+                    restored, fmt, output, quality=options.quality, strip_gps=options.strip_gps
+                ),
+                on_progress,
+                "encode",
+                step_deadline(restored.width * restored.height),
+            )
+            output.flush()
+        except BaseException:
+            output.close()
+            raise
+        _report_progress(on_progress, "encode", 1, 1)
+        extension = FORMAT_EXTENSIONS[fmt]
+        return RestoredFile(data=b"", format=fmt, extension=extension, report=report, file=output)
     encoded = run_with_heartbeats(
         lambda: encode_image(restored, fmt, quality=options.quality, strip_gps=options.strip_gps),
         on_progress,
@@ -351,13 +457,15 @@ def split_planes(image: Image, colour_mode: ColourMode = "auto") -> _Planes:
     return _Planes(colour, alpha, stored_gray or plan.as_gray, pixels.dtype, plan, stored_gray)
 
 
-def colour_back(colour: np.ndarray, planes: _Planes) -> np.ndarray:
-    """An RGB photo restored as gray back to RGB: equal channels (gray) or its own tone (toned)."""
+def colour_back(colour: np.ndarray, planes: _Planes, allocate: Allocate = allocate_in_memory) -> np.ndarray:
+    """An RGB photo restored as gray back to RGB: equal channels (gray) or its own tone (toned). A
+    disk-backed plane goes into an array from `allocate`, a strip at a time."""
     if not planes.gray or planes.stored_gray:
         return colour
+    out = allocate((*colour.shape, 3), colour.dtype) if is_disk_backed(colour) else None
     if planes.colour.tone is None:
-        return gray_to_rgb(colour)
-    return toned_to_rgb(colour, planes.colour.tone)
+        return gray_to_rgb(colour, out)
+    return toned_to_rgb(colour, planes.colour.tone, out)
 
 
 def join_planes(colour: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.ndarray:
@@ -371,13 +479,82 @@ def join_planes(colour: np.ndarray, alpha: np.ndarray | None, gray: bool) -> np.
     return np.dstack([colour, alpha])
 
 
-def resize_to(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """High-quality resize to exactly width x height: INTER_AREA when shrinking, Lanczos when enlarging."""
+def resize_to(
+    pixels: np.ndarray, width: int, height: int, allocate: Allocate = allocate_in_memory
+) -> np.ndarray:
+    """High-quality resize to exactly width x height: INTER_AREA when shrinking, Lanczos when enlarging.
+
+    A disk-backed image is resized in strips into a new array from `allocate`, with the same pixels as
+    the whole-image resize (see _resize_in_strips)."""
     if pixels.shape[1] == width and pixels.shape[0] == height:
         return pixels
     shrinking = width * height < pixels.shape[1] * pixels.shape[0]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LANCZOS4
+    if is_disk_backed(pixels):
+        resized = _resize_in_strips(pixels, width, height, interpolation, allocate)
+        if resized is not None:
+            return resized
     return cv2.resize(pixels, (width, height), interpolation=interpolation)
+
+
+def _resize_in_strips(
+    pixels: np.ndarray, width: int, height: int, interpolation: int, allocate: Allocate
+) -> np.ndarray | None:
+    """cv2.resize one band of rows at a time, exactly as the whole image: each band is resized by the
+    whole image's ratios (fx, fy, so OpenCV maps coordinates as for the whole), starts on a row where
+    that ratio gives a whole output row, and carries a margin of rows on both sides for the filter's
+    reach, which is cut off again. None when no such rows exist often enough (a ratio whose reduced
+    denominator is huge, e.g. after max_output_megapixels): the caller then resizes whole, in memory."""
+    ratio = Fraction(height, pixels.shape[0])
+    step = ratio.denominator  # source rows between rows that map onto whole output rows
+    row_bytes = pixels.strides[0]
+    if step * row_bytes * 4 > STRIP_BYTES * 8:
+        return None
+    reach = 8 + math.ceil(pixels.shape[0] / height)  # Lanczos4's 8 taps, or one output row's area
+    margin = -(-reach // step) * step
+    fx, fy = width / pixels.shape[1], height / pixels.shape[0]
+    resized = allocate((height, width, *pixels.shape[2:]), pixels.dtype)
+    for first, last in row_strips(pixels.shape[0], row_bytes, step):
+        top, bottom = max(0, first - margin), min(pixels.shape[0], last + margin)
+        band = cv2.resize(pixels[top:bottom], None, fx=fx, fy=fy, interpolation=interpolation)
+        out_first, out_last = int(first * ratio), int(last * ratio) if last < pixels.shape[0] else height
+        skip = out_first - int(top * ratio)
+        resized[out_first:out_last] = band[skip : skip + out_last - out_first]
+        release_rows(pixels, top, first)
+        release_rows(resized, out_first, out_last)
+    release_rows(pixels, 0, pixels.shape[0])
+    return resized
+
+
+def join_in_strips(
+    colour: np.ndarray, alpha: np.ndarray | None, gray: bool, allocate: Allocate = allocate_in_memory
+) -> np.ndarray:
+    """join_planes, a strip at a time into an array from `allocate` when the planes are disk-backed."""
+    if not is_disk_backed(colour):
+        return join_planes(colour, alpha, gray)
+    if alpha is None:
+        return colour  # join_planes would return it as it is
+    joined: np.ndarray | None = None
+    for first, last in row_strips(colour.shape[0], colour.strides[0] * 2):
+        part = join_planes(colour[first:last], _rows(alpha, first, last), gray)
+        if joined is None:
+            joined = allocate((colour.shape[0], *part.shape[1:]), part.dtype)
+        joined[first:last] = part
+        for plane in (colour, alpha, joined):
+            if plane is not None:
+                release_rows(plane, first, last)
+    assert joined is not None
+    return joined
+
+
+def _rows(plane: np.ndarray | None, first: int, last: int) -> np.ndarray | None:
+    return None if plane is None else plane[first:last]
+
+
+def _fill_in_strips(plane: np.ndarray, value: object) -> None:
+    for first, last in row_strips(plane.shape[0], plane.strides[0]):
+        plane[first:last] = value
+        release_rows(plane, first, last)
 
 
 def _is_constant(plane: np.ndarray) -> bool:

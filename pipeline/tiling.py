@@ -14,7 +14,9 @@ How the image is cut (per axis, the same on both):
 
 Output memory: the result is written straight into the final dtype (uint8/uint16). Blending happens in a
 float32 buffer that holds one row of tiles (plus the overlap carried to the next row), never the whole
-image, so a 4000x3000 -> 16000x12000 upscale needs the 576 MB output plus a strip of a few hundred MB.
+image. The output itself comes from `allocate`: memory by default, or (the Restorer's choice for large
+outputs, pipeline/scratch.py) an array on disk whose finished rows leave memory as they are written,
+so a 4000x3000 -> 16000x12000 upscale holds the strip, not the 576 MB output.
 
 Out of memory: a batch that fails is retried one tile at a time; a single tile that fails is itself
 upscaled by this same tiler with half the tile edge (and every later tile goes straight to the smaller
@@ -31,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.scratch import release_rows
 from pipeline.types import DeviceOutOfMemoryError, ProgressCallback
 
 DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/performance.md)
@@ -51,6 +54,15 @@ class TileUpscaler(Protocol):
     batch_size: int
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+# (shape, dtype) -> a writable array for the output: np.empty by default; the Restorer passes a disk-backed
+# one (pipeline.scratch.disk_array) for outputs too big for memory.
+Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
+
+
+def allocate_in_memory(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
 
 
 @dataclass
@@ -251,6 +263,7 @@ def upscale_tiled(
     *,
     blend: int = DEFAULT_BLEND,
     gray: bool = False,
+    allocate: Allocate = allocate_in_memory,
 ) -> TiledResult:
     """Upscale an HxWx3 RGB image by upscaler.scale, tile by tile.
 
@@ -260,6 +273,8 @@ def upscale_tiled(
     tile: input tile edge including context (the fixed network input shape), >= 16.
     pad: context per interior side; blend: cross-fade width inside it (both input pixels).
     gray: write the mean of the three output channels (HxW) - for alpha and grayscale images.
+    allocate(shape, dtype): where the output lives (memory by default; finished rows of a disk-backed
+    output are released from memory as they are written).
     Progress: on_progress("upscale", tiles_done, total).
     """
     if rgb_float.ndim != 3 or rgb_float.shape[2] != 3:
@@ -267,7 +282,7 @@ def upscale_tiled(
     if tile < MIN_TILE:
         raise ValueError(f"tile must be >= {MIN_TILE}, got {tile}")
     runner = _Runner(upscaler, pad, blend)
-    return _tile_image(rgb_float, runner, tile, pad, blend, out_dtype, on_progress, gray)
+    return _tile_image(rgb_float, runner, tile, pad, blend, out_dtype, on_progress, gray, allocate)
 
 
 def _tile_image(
@@ -279,6 +294,7 @@ def _tile_image(
     out_dtype: np.dtype | type,
     on_progress: ProgressCallback | None,
     gray: bool,
+    allocate: Allocate = allocate_in_memory,
 ) -> TiledResult:
     scale = int(runner.upscaler.scale)
     height, width = rgb.shape[:2]
@@ -288,7 +304,7 @@ def _tile_image(
     source = _reflect_pad(rgb, rows.padded_size, cols.padded_size)  # any dtype; windows become float
     out_h, out_w = height * scale, width * scale
     channels = 1 if gray else 3
-    output = np.empty((out_h, out_w) if gray else (out_h, out_w, 3), dtype=out_dtype)
+    output = allocate((out_h, out_w) if gray else (out_h, out_w, 3), np.dtype(out_dtype))
     total = len(rows.starts) * len(cols.starts)
     strip = _Strip(output, rows.length * scale, channels)
     done = 0
@@ -360,6 +376,7 @@ class _Strip:
             finished = to_dtype(block, self.output.dtype)
             target = self.output[self.top + first : self.top + last]
             target[:] = finished[:, :, 0] if self.channels == 1 else finished
+        release_rows(self.output, self.top, row)  # finished: a disk-backed output leaves memory now
         keep = self.rows.shape[0] - count
         if keep > 0:
             self.rows[:keep] = self.rows[count:].copy()

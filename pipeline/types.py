@@ -22,9 +22,10 @@ Errors form one hierarchy so callers can say what happened in words:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -152,6 +153,9 @@ class EngineConfig:
     precision: Precision = "auto"
     tile: int | None = None  # None: derived from free memory; a number caps the tile edge (input pixels)
     threads: int | None = None  # None: the cores this process may use (os.sched_getaffinity)
+    # Where outputs too big for memory are assembled and encoded (unlinked files only; local disk, not
+    # tmpfs, which is memory). None: the system's temp folder. The daemon and the CLI pass state_dir/scratch.
+    scratch_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -236,10 +240,26 @@ class RestoreReport:
 
 @dataclass(frozen=True)
 class RestoredFile:
-    """One restored file (pipeline.restore_bytes): encoded bytes ready to publish, their format and the
-    extension to name them with, and the image's report."""
+    """One restored file (pipeline.restore_bytes): the encoded output ready to publish, its format and the
+    extension to name it with, and the image's report.
+
+    The output is `data` (bytes in memory), or, for an output assembled on disk, `file`: an open, unlinked
+    temporary file holding it from offset 0 (data is then empty). The receiver copies it and closes it;
+    nothing is left on disk either way."""
 
     data: bytes
     format: str  # "png", "jpg", "webp" or "tiff"
     extension: str  # ".png", ".jpg", ".webp", ".tif"
     report: RestoreReport
+    file: BinaryIO | None = None
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.file.fileno()).st_size if self.file is not None else len(self.data)
+
+    def read_bytes(self) -> bytes:
+        """The whole output in memory (for a receiver that needs bytes, e.g. across a Ray call)."""
+        if self.file is None:
+            return self.data
+        self.file.seek(0)
+        return self.file.read()

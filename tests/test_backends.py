@@ -153,6 +153,19 @@ def test_meminfo_and_cpuinfo_are_read_from_proc(tmp_path):
     assert cpu_bf16_flag({"sse", "avx2"}) is None
 
 
+def test_a_cgroup_v1_memory_limit_is_seen_too(tmp_path):
+    # Hybrid hosts and older Docker keep the memory controller on v1: limit_in_bytes - usage_in_bytes.
+    folder = tmp_path / "cgroup" / "memory" / "docker" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "memory.limit_in_bytes").write_text(f"{4 << 30}\n")
+    (folder / "memory.usage_in_bytes").write_text(f"{3 << 30}\n")
+    self_cgroup = tmp_path / "self-cgroup"
+    self_cgroup.write_text("5:devices:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    assert cgroup_memory_room(self_cgroup, tmp_path / "cgroup") == 1 << 30
+    (folder / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert cgroup_memory_room(self_cgroup, tmp_path / "cgroup") is None
+
+
 def test_without_meminfo_ram_comes_from_sysinfo_capped_by_the_cgroup_limit(tmp_path, monkeypatch):
     # systemd's ProcSubset=pid leaves only the processes in /proc: no meminfo, no cpuinfo.
     absent = tmp_path / "absent"

@@ -307,15 +307,24 @@ class RecordingFaceStage:
         pass
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
 @pytest.mark.parametrize("gray", [False, True])
-def test_faces_prepare_on_float_input_and_paste_into_the_final_output(gray: bool) -> None:
-    restorer = Restorer(EngineConfig(), upscaler_loader=CountingLoader())
+def test_faces_prepare_on_the_input_and_paste_into_the_final_output(
+    gray: bool, on_disk: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if on_disk:  # as a large scan's output would be (pipeline/scratch.py)
+        import pipeline.scratch
+
+        monkeypatch.setattr(pipeline.scratch, "IN_MEMORY_MAX_BYTES", 0)
+    restorer = Restorer(EngineConfig(scratch_dir=str(tmp_path)), upscaler_loader=CountingLoader())
     stage = RecordingFaceStage()
     restorer._face_stage = stage
     pixels = random_pixels((10, 12) if gray else (10, 12, 3))
     output, report = restorer.restore(Image(pixels), RestoreOptions(scale=2))
+    # The input's own integer pixels (gray replicated): no whole-image float copy of a large scan.
     assert stage.prepared_with is not None and stage.prepared_with.shape == (10, 12, 3)
-    assert stage.prepared_with.dtype == np.float32 and stage.prepared_with.max() <= 1.0
+    assert stage.prepared_with.dtype == np.uint8
+    assert np.array_equal(stage.prepared_with[:, :, 0], pixels if gray else pixels[:, :, 0])
     assert stage.pasted_into is not None and stage.pasted_into.shape == (20, 24, 3)
     assert stage.pasted_into.dtype == np.uint8 and stage.scale == 2.0
     assert output.pixels.ndim == (2 if gray else 3)

@@ -174,7 +174,7 @@ def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[dict[str
 
 def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: ProgressBar) -> dict[str, Any]:
     """One file end to end; every expected failure becomes the entry's error, never an exception."""
-    from daemon.publish import publish_bytes
+    from daemon.publish import publish_bytes, publish_file
     from pipeline import DeviceOutOfMemoryError, RestoreError, restore_bytes
 
     started = time.perf_counter()
@@ -184,7 +184,12 @@ def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: Progr
         max_pixels = int(settings.max_input_megapixels * 1e6)
         restored = restore_bytes(restorer, data, options, max_pixels=max_pixels, on_progress=bar.update)
         name = job.source.stem + restored.extension
-        output = publish_bytes(restored.data, job.out_dir, name, settings.file_mode, settings.output_group)
+        mode, group = settings.file_mode, settings.output_group
+        if restored.file is not None:  # a large output, encoded into an unlinked scratch file
+            with restored.file:
+                output = publish_file(restored.file, job.out_dir, name, mode, group).path
+        else:
+            output = publish_bytes(restored.data, job.out_dir, name, mode, group)
         report = restored.report
         report.input = str(job.source)
         report.output = str(output)

@@ -117,16 +117,34 @@ def _sysinfo_available() -> int | None:
 
 def cgroup_memory_room(cgroup: Path = SELF_CGROUP, cgroup_root: Path = CGROUP_ROOT) -> int | None:
     """memory.max - memory.current of this process's cgroup (v2; /proc/self stays visible under
-    ProcSubset=pid), None without a limit or where unreadable."""
+    ProcSubset=pid), or limit_in_bytes - usage_in_bytes where the memory controller is still on cgroup
+    v1 (hybrid hosts, older Docker); None without a limit or where unreadable."""
     try:
         lines = cgroup.read_text().splitlines()
-        relative = next(line[3:] for line in lines if line.startswith("0::"))
-        folder = cgroup_root / relative.lstrip("/")
-        limit = (folder / "memory.max").read_text().strip()
-        if limit == "max":
+    except OSError:
+        return None
+    for line in lines:  # v1: "4:memory:/path"
+        _, controllers, relative = [*line.split(":", 2), "", ""][:3]
+        if "memory" in controllers.split(","):
+            folder = cgroup_root / "memory" / relative.lstrip("/")
+            return _room(folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes")
+    relative = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if relative is None:
+        return None
+    folder = cgroup_root / relative.lstrip("/")
+    return _room(folder / "memory.max", folder / "memory.current")
+
+
+_NO_LIMIT_V1 = 1 << 62  # v1 reports "no limit" as the largest page-aligned 64-bit number
+
+
+def _room(limit_file: Path, usage_file: Path) -> int | None:
+    try:
+        limit = limit_file.read_text().strip()
+        if limit == "max" or int(limit) >= _NO_LIMIT_V1:
             return None
-        return max(0, int(limit) - int((folder / "memory.current").read_text()))
-    except (OSError, ValueError, StopIteration):
+        return max(0, int(limit) - int(usage_file.read_text()))
+    except (OSError, ValueError):
         return None
 
 

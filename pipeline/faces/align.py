@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.tiling import as_float
+
 CROP_SIZE = 512
 
 # Where GFPGAN/CodeFormer/RestoreFormer expect the five landmarks in their 512x512 input (FFHQ alignment,
@@ -111,12 +113,17 @@ def warp_affine(
     left, top = max(int(np.floor(x0)) - 2, 0), max(int(np.floor(y0)) - 2, 0)
     right, bottom = min(int(np.ceil(x1)) + 3, src_w), min(int(np.ceil(y1)) + 3, src_h)
     channels = 1 if source.ndim == 2 else source.shape[2]
+    # An integer source (a face crop from the uint8/uint16 input) is read as float [0,1], only the region
+    # the warp needs: a whole-image float copy of a 100 MP scan would be 1.2 GB.
+    dtype = np.float32 if source.dtype.kind == "u" else source.dtype
     if right <= left or bottom <= top:
         fill = np.broadcast_to(np.asarray(border_value, dtype=np.float32), (channels,))
-        out = np.empty((dst_h, dst_w, channels), dtype=source.dtype)
+        out = np.empty((dst_h, dst_w, channels), dtype=dtype)
         out[...] = fill
         return out[..., 0] if source.ndim == 2 else out
     region = source[top:bottom, left:right]
+    if source.dtype.kind == "u":
+        region = as_float(region)
     shifted = matrix.copy()
     shifted[:, 2] += matrix[:, :2] @ np.array([left, top], dtype=np.float64)
     shrink = matrix_scale(shifted)
@@ -138,7 +145,7 @@ def warp_affine(
 
 
 def align_face(rgb: np.ndarray, matrix: np.ndarray, crop_size: int = CROP_SIZE) -> np.ndarray:
-    """The aligned crop (crop_size^2 x 3, float32 [0,1]) of a float32 [0,1] RGB image."""
+    """The aligned crop (crop_size^2 x 3, float32 [0,1]) of an RGB image (float32 [0,1] or uint8/16)."""
     crop = warp_affine(rgb, matrix, (crop_size, crop_size), border_value=_CROP_BORDER_VALUE)
     return np.clip(crop, 0.0, 1.0).astype(np.float32, copy=False)
 

@@ -19,6 +19,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from pipeline.tiling import as_float
+
 log = logging.getLogger(__name__)
 
 # Small inputs are enlarged before detection so that a face of a few pixels becomes one MTCNN finds
@@ -179,13 +181,28 @@ def detection_upsample(height: int, width: int) -> float:
     return float(np.clip(DETECT_TARGET_EDGE / max(height, width), 1.0, MAX_DETECT_UPSAMPLE))
 
 
+_CONVERT_ROWS = 256  # rows converted at a time: a 100 MP scan never gets a whole float copy
+
+
+def _detector_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB for the detector: the float image's values x 255, rounded (integer inputs first become
+    float [0,1] exactly as pipeline.tiling.as_float makes them, a band of rows at a time)."""
+    if rgb.dtype == np.uint8:
+        return rgb  # x / 255 * 255 rounds back to x
+    image = np.empty(rgb.shape, np.uint8)
+    for first in range(0, rgb.shape[0], _CONVERT_ROWS):
+        band = rgb[first : first + _CONVERT_ROWS]
+        scaled = as_float(band) * np.float32(255.0)
+        image[first : first + _CONVERT_ROWS] = np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled)
+    return image
+
+
 def detect_faces(detector: FaceDetector, rgb: np.ndarray, min_score: float = MIN_SCORE) -> list[DetectedFace]:
-    """Faces in an HxWx3 float32 [0,1] image, in its own pixel coordinates, sorted left to right."""
+    """Faces in an HxWx3 image (float32 [0,1], or uint8/uint16), in its own pixel coordinates, sorted
+    left to right."""
     height, width = rgb.shape[:2]
     factor = detection_upsample(height, width)
-    scaled = rgb * np.float32(255.0)  # one float temporary, rounded and clipped in place
-    image = np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled).astype(np.uint8)
-    del scaled
+    image = _detector_input(rgb)
     if factor > 1.0:
         size = (round(width * factor), round(height * factor))
         image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)

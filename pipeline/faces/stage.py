@@ -122,7 +122,8 @@ class FaceStage:
     def prepare(
         self, rgb: np.ndarray, options: RestoreOptions, on_progress: ProgressCallback | None = None
     ) -> PreparedFaces:
-        """Detect faces on the input (HxWx3 float32 [0,1]) and restore each aligned 512 crop."""
+        """Detect faces on the input (HxWx3 float32 [0,1], or uint8/uint16: converted a band or a crop at
+        a time, never whole) and restore each aligned 512 crop."""
         prepared = PreparedFaces(strength=float(np.clip(options.face_strength, 0.0, 1.0)))
         if not options.faces:
             return prepared

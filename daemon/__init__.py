@@ -32,7 +32,7 @@ from pipeline import MAX_SIDE as IMAGE_MAX_SIDE
 
 if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the import-linter contracts
     from daemon.beneath import NotAFileError, lstat_beneath, open_beneath
-    from daemon.health import HealthState
+    from daemon.health import HealthState, queue_state
     from daemon.intake import FileVersion, enqueue_file
     from daemon.names import safe_file_name
     from daemon.originals import Location as OriginalLocation
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the i
         JobNotFoundError,
         JobPage,
         JobQueryError,
+        QueuePause,
         QueuePlace,
         Rate,
         ReadModel,
@@ -62,6 +63,7 @@ _HOMES: dict[str, tuple[str, str]] = {
     "lstat_beneath": ("daemon.beneath", "lstat_beneath"),
     "open_beneath": ("daemon.beneath", "open_beneath"),
     "HealthState": ("daemon.health", "HealthState"),
+    "queue_state": ("daemon.health", "queue_state"),
     "FileVersion": ("daemon.intake", "FileVersion"),
     "enqueue_file": ("daemon.intake", "enqueue_file"),
     "safe_file_name": ("daemon.names", "safe_file_name"),
@@ -80,6 +82,7 @@ _HOMES: dict[str, tuple[str, str]] = {
             "JobNotFoundError",
             "JobPage",
             "JobQueryError",
+            "QueuePause",
             "QueuePlace",
             "Rate",
             "ReadModel",
@@ -118,6 +121,7 @@ __all__ = [
     "NotAFileError",
     "OriginalLocation",
     "PublishError",
+    "QueuePause",
     "QueuePlace",
     "Rate",
     "ReadModel",
@@ -131,5 +135,6 @@ __all__ = [
     "publish_bytes",
     "publish_file",
     "queue_positions",
+    "queue_state",
     "safe_file_name",
 ]

@@ -7,17 +7,24 @@ progress every 0.1 s, so "the running job" is something a test can hold in place
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from daemon import ReadModel
 from daemon.store import SCHEMA_VERSION, JobStore, migrate
+from status_site.eta import Estimator
 from tests.daemon_processors import fake_photo
-from tests.site_support import REPO, Site, running_serve
+from tests.site_support import REPO, Site, make_settings, running_serve
 
 PROCESSOR = "tests.daemon_processors:CopyProcessor"
 FAST_POLL = {"RESTORER_HEARTBEAT_SECONDS": "0.5"}
@@ -181,3 +188,49 @@ def test_pause_now_requeues_the_running_job_first_and_the_pause_survives_a_resta
         assert [job["state"] for job in jobs_in_queue(site)] == ["queued", "queued"]
         assert site.post("/api/v1/queue/resume").json()["queue_paused"] is False
         wait_state(site, "long.bmp", "processing", timeout=10)  # first in line, at once
+
+
+def test_the_eta_counts_the_wait_for_the_next_run_window_and_has_none_while_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    settings = make_settings(tmp_path, run_hours=["22:00-07:00"])
+    store = JobStore(settings.db_path)
+    done = add(store, "done.jpg")
+    store.claim_next()
+    store.finish(done, "done.png", 1, {"input_size": [1000, 1000], "seconds": 10.0})  # 10 s per megapixel
+    waiting = add(store, "waiting.jpg")
+    reads = ReadModel(settings.db_path)
+    with ThreadPoolExecutor(1) as files:
+        estimator = Estimator(reads, settings, files)
+        queue = reads.queue(10)
+        evening = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)  # two hours before the window opens
+        assert estimator.estimate(queue, now=evening)[waiting] == 2 * 3600 + 10.0
+        night = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
+        assert estimator.estimate(queue, now=night)[waiting] == 10.0
+        store.pause_queue("test")
+        assert estimator.estimate(queue, now=night)[waiting] is None
+    reads.close()
+    store.close()
+
+
+def test_outside_run_hours_a_real_daemon_starts_nothing_and_says_when_it_will(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    later = [(now + timedelta(minutes=minutes)).strftime("%H:%M") for minutes in (120, 180)]
+    quiet = {**FAST_POLL, "TZ": "UTC", "RESTORER_RUN_HOURS": json.dumps([f"{later[0]}-{later[1]}"])}
+    with running_serve(tmp_path, env_extra=quiet, processor=PROCESSOR) as site:
+        drop(site, "night.bmp", 0.1)
+        wait_state(site, "night.bmp", "queued")
+        time.sleep(1.5)  # three of the workers' polls
+        assert job_named(site, "night.bmp")["state"] == "queued"  # type: ignore[index]
+        state = health(site)
+        assert state["queue_paused"] is False
+        assert state["queue_next_run_at"].startswith(
+            (now + timedelta(minutes=120)).strftime("%Y-%m-%dT%H:%M")
+        )
+        assert f"next run at {later[0]}" in state["queue_waiting_reason"]
+    around = [(now + timedelta(minutes=minutes)).strftime("%H:%M") for minutes in (-5, 120)]
+    always = {**quiet, "RESTORER_RUN_HOURS": json.dumps([f"{around[0]}-{around[1]}"])}
+    with running_serve(tmp_path, env_extra=always, processor=PROCESSOR) as site:
+        wait_state(site, "night.bmp", "done", timeout=30)
+        assert health(site)["queue_next_run_at"] is None

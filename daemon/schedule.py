@@ -15,8 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
-from zoneinfo import ZoneInfo
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+LOCALTIME = Path("/etc/localtime")  # the host's zone, with its DST rules
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -49,13 +51,22 @@ def parse_window(text: str) -> Window:
     return Window(time(h1, m1), time(h2, m2))
 
 
-def local_zone(tz_name: str | None) -> tzinfo:
-    """The zone run_hours are read in: TZ when set (an IANA name), else the host's."""
+def local_zone(tz_name: str | None, localtime: Path = LOCALTIME) -> tzinfo:
+    """The zone run_hours are read in: TZ when it names an IANA zone, else the host's (/etc/localtime,
+    with its DST rules; a fixed offset taken now only where neither is readable). A TZ that names no
+    zone (a POSIX rule string, a typo) falls back to the host's rather than stopping a worker."""
     if tz_name:
-        return ZoneInfo(tz_name.removeprefix(":"))
-    zone = datetime.now().astimezone().tzinfo
-    assert zone is not None  # astimezone() always gives an aware datetime
-    return zone
+        try:
+            return ZoneInfo(tz_name.removeprefix(":"))
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open(localtime, "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ValueError):
+        zone = datetime.now().astimezone().tzinfo
+        assert zone is not None  # astimezone() always gives an aware datetime
+        return zone
 
 
 def may_start(now: datetime, windows: list[Window], zone: tzinfo) -> bool:

@@ -6,6 +6,7 @@ The clock is injected: each test names the instant, so none depends on when it r
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -89,3 +90,20 @@ def test_settings_accept_several_windows_and_the_environment_form(monkeypatch: p
     monkeypatch.setenv("TZ", "Europe/Berlin")
     assert settings.next_run(at("2026-12-07T10:00")) == at("2026-12-07T12:00")
     assert settings.run_wait_seconds(at("2026-12-07T12:30")) == 0.0
+
+
+def test_the_zone_is_tz_else_the_hosts_with_its_dst_rules(tmp_path: Path) -> None:
+    assert schedule.local_zone("Europe/Berlin") == BERLIN
+    assert schedule.local_zone(":Europe/Berlin") == BERLIN
+    berlin_file = Path("/usr/share/zoneinfo/Europe/Berlin")
+    if not berlin_file.exists():
+        pytest.skip("no tzdata files on this host")
+    host = schedule.local_zone(None, localtime=berlin_file)
+    # The host's zone keeps its DST rules: winter and summer offsets differ.
+    assert datetime(2026, 1, 1, tzinfo=host).utcoffset() != datetime(2026, 7, 1, tzinfo=host).utcoffset()
+    # A TZ that names no zone falls back to the host's instead of stopping a worker.
+    fallback = schedule.local_zone("Not/AZone", localtime=berlin_file)
+    assert (
+        datetime(2026, 7, 1, tzinfo=fallback).utcoffset() == datetime(2026, 7, 1, tzinfo=BERLIN).utcoffset()
+    )
+    assert schedule.local_zone(None, localtime=tmp_path / "missing").utcoffset(None) is not None

@@ -17,7 +17,8 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
                    descriptors reached from the root without following a link (the only module that
                    touches those folders; tests/test_beneath_only.py)
     publish.py     temp file + fsync + rename into a folder, never overwriting
-    health.py      HealthState: the ok / degraded / down snapshot the API and page show
+    health.py      HealthState: the ok / degraded / down snapshot the API and page show; queue_state
+    schedule.py    quiet hours (run_hours): pure window arithmetic with an injected clock and zone
     fsinfo.py, sdnotify.py   mount types (network shares) and systemd notifications
 
 The composition root (app/) wires these together and may reach behind this surface.

@@ -19,7 +19,10 @@ often it is scanned, restarted or touched. Rules applied by `add`:
   (the same photo dropped into a preset folder asks for another result: a new job);
 - same name with new content: a new job.
 
-Jobs run in arrival order (id), a higher priority first (readmodel.CLAIM_ORDER). `attempts` counts
+Jobs run in arrival order (id), a higher priority first (readmodel.CLAIM_ORDER); `prioritize` moves a
+queued job to the front by giving it a priority above every queued job, so the order listings show is
+the order claims take. Nothing is claimed while the queue is paused (the queue_control row, checked in
+the claim's own statement; the pause survives a restart). `attempts` counts
 the times a worker picked the job up; a worker that dies mid-job leaves it `processing`, and
 `requeue_interrupted` puts it back to `queued` (or fails it once it reached max_attempts).
 

@@ -11,7 +11,7 @@ import sys
 
 from daemon.logs import configure_logging
 
-COMMANDS = ["serve", "restore", "weights", "jobs", "eval", "bench", "cluster"]
+COMMANDS = ["serve", "restore", "weights", "jobs", "queue", "eval", "bench", "cluster"]
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -120,7 +120,13 @@ class Service:
 
         assert self.store is not None
         try:
-            return await start_servers(self.settings, self.store, self.health, on_job=self._on_new_job)
+            return await start_servers(
+                self.settings,
+                self.store,
+                self.health,
+                on_job=self._on_new_job,
+                on_queue_change=self._on_queue_change,
+            )
         except ValueError as exc:  # settings that contradict each other (protect_reads without a token)
             raise StartupError(str(exc)) from None
         except OSError as exc:  # port taken, address not on this machine, ...
@@ -131,6 +137,11 @@ class Service:
         """Intake or upload thread: a new row (enqueue_file already disposed of a skipped duplicate's
         original); wake a worker if there is work."""
         if result.job.state == "queued" and self.pool is not None:
+            self.pool.wake()
+
+    def _on_queue_change(self) -> None:
+        """A pause, resume or prioritize through the API: idle workers look at the queue again now."""
+        if self.pool is not None:
             self.pool.wake()
 
     # -- workers --------------------------------------------------------------------------------------

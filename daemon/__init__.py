@@ -17,7 +17,8 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
                    descriptors reached from the root without following a link (the only module that
                    touches those folders; tests/test_beneath_only.py)
     publish.py     temp file + fsync + rename into a folder, never overwriting
-    health.py      HealthState: the ok / degraded / down snapshot the API and page show
+    health.py      HealthState: the ok / degraded / down snapshot the API and page show; queue_state
+    schedule.py    quiet hours (run_hours): pure window arithmetic with an injected clock and zone
     fsinfo.py, sdnotify.py   mount types (network shares) and systemd notifications
 
 The composition root (app/) wires these together and may reach behind this surface.
@@ -32,7 +33,7 @@ from pipeline import MAX_SIDE as IMAGE_MAX_SIDE
 
 if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the import-linter contracts
     from daemon.beneath import NotAFileError, lstat_beneath, open_beneath
-    from daemon.health import HealthState
+    from daemon.health import HealthState, queue_state
     from daemon.intake import FileVersion, enqueue_file
     from daemon.names import safe_file_name
     from daemon.originals import Location as OriginalLocation
@@ -45,6 +46,7 @@ if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the i
         JobNotFoundError,
         JobPage,
         JobQueryError,
+        QueuePause,
         QueuePlace,
         Rate,
         ReadModel,
@@ -62,6 +64,7 @@ _HOMES: dict[str, tuple[str, str]] = {
     "lstat_beneath": ("daemon.beneath", "lstat_beneath"),
     "open_beneath": ("daemon.beneath", "open_beneath"),
     "HealthState": ("daemon.health", "HealthState"),
+    "queue_state": ("daemon.health", "queue_state"),
     "FileVersion": ("daemon.intake", "FileVersion"),
     "enqueue_file": ("daemon.intake", "enqueue_file"),
     "safe_file_name": ("daemon.names", "safe_file_name"),
@@ -80,6 +83,7 @@ _HOMES: dict[str, tuple[str, str]] = {
             "JobNotFoundError",
             "JobPage",
             "JobQueryError",
+            "QueuePause",
             "QueuePlace",
             "Rate",
             "ReadModel",
@@ -118,6 +122,7 @@ __all__ = [
     "NotAFileError",
     "OriginalLocation",
     "PublishError",
+    "QueuePause",
     "QueuePlace",
     "Rate",
     "ReadModel",
@@ -131,5 +136,6 @@ __all__ = [
     "publish_bytes",
     "publish_file",
     "queue_positions",
+    "queue_state",
     "safe_file_name",
 ]

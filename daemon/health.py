@@ -17,7 +17,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.readmodel import QueuePause
+    from daemon.settings import Settings
 
 
 @dataclass
@@ -162,3 +166,27 @@ class HealthState:
         data["status"] = status
         data["reasons"] = reasons
         return data
+
+
+def queue_state(pause: QueuePause, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The queue's part of health: the user's pause (who, when, how) and quiet hours (the next run).
+
+    `queue_waiting_reason` is one sentence when no new job may start now, else None.
+    """
+    opening = settings.next_run(now)
+    reason = None
+    if pause.paused:
+        how = "running jobs went back to the queue" if pause.mode == "now" else "after the current photo"
+        when = pause.at.isoformat(timespec="seconds") if pause.at else "an unknown time"
+        reason = f"paused by {pause.by or 'someone'} at {when} ({how}); resume to run queued jobs"
+    elif opening is not None:
+        reason = f"quiet hours ({', '.join(settings.run_hours)}): next run at {opening:%H:%M}"
+    return {
+        "queue_paused": pause.paused,
+        "queue_pause_mode": pause.mode,
+        "queue_paused_by": pause.by,
+        "queue_paused_at": pause.at.isoformat(timespec="seconds") if pause.at else None,
+        "queue_run_hours": list(settings.run_hours),
+        "queue_next_run_at": opening.isoformat(timespec="minutes") if opening else None,
+        "queue_waiting_reason": reason,
+    }

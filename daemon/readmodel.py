@@ -206,6 +206,16 @@ def _read_only_engine(db_path: Path) -> Engine:
     return engine
 
 
+@dataclass(frozen=True)
+class QueuePause:
+    """The queue's pause as stored: no new job starts while `paused`."""
+
+    paused: bool
+    mode: str | None  # "after-current" | "now"
+    by: str | None  # who paused it: "CLI on loopback", "page (token holder)", ...
+    at: datetime | None
+
+
 class ReadModel:
     """Every read of the jobs table. Thread-safe; several processes may read while one writes."""
 
@@ -240,6 +250,15 @@ class ReadModel:
         if job is None:
             raise JobNotFoundError(f"no job with id {job_id}")
         return job
+
+    def queue_pause(self) -> QueuePause:
+        with self._read() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT paused, mode, paused_by, paused_at FROM queue_control WHERE id = 1"
+            ).first()
+        if row is None:
+            return QueuePause(False, None, None, None)
+        return QueuePause(bool(row[0]), row[1], row[2], _to_datetime(row[3]))
 
     def queue_position(self, job_id: int) -> int | None:
         """1 = next to run; 0 = running now; None = not waiting (done, failed, cancelled, unknown)."""

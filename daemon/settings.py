@@ -7,6 +7,7 @@ config/restorer.example.toml documents every key.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon import schedule
 from pipeline import (
     DEFAULT_MODEL,
     MIN_TILE,
@@ -197,6 +199,11 @@ class Settings(BaseSettings):
     stop_grace_seconds: float = Field(
         60.0, description="on SIGTERM, time the current image gets to finish", ge=0
     )
+    run_hours: list[str] = Field(
+        default_factory=list,
+        description='quiet hours: new jobs start only inside these "HH:MM-HH:MM" windows (host time or TZ; '
+        '"22:00-07:00" crosses midnight; empty: always)',
+    )
 
     # Executors: where jobs run. "local": `workers` worker processes on this machine ("auto": one per
     # visible CUDA device, else 1). "ray": actors on a Ray cluster (`ray start --address` form, host:port);
@@ -302,6 +309,22 @@ class Settings(BaseSettings):
                 "to accept writes from this machine only, or set a long random one (openssl rand -hex 24)"
             )
         return value
+
+    @field_validator("run_hours")
+    @classmethod
+    def _run_windows(cls, value: list[str]) -> list[str]:
+        return [str(schedule.parse_window(window)) for window in value]  # ValueError says the form
+
+    def run_windows(self) -> list[schedule.Window]:
+        return [schedule.parse_window(window) for window in self.run_hours]
+
+    def next_run(self, now: datetime) -> datetime | None:
+        """When quiet hours (run_hours, in TZ or the host's zone) next let a job start; None: now."""
+        return schedule.next_run(now, self.run_windows(), schedule.local_zone(os.environ.get("TZ")))
+
+    def run_wait_seconds(self, now: datetime) -> float:
+        zone = schedule.local_zone(os.environ.get("TZ"))
+        return schedule.seconds_until_run(now, self.run_windows(), zone)
 
     @field_validator("output_file_mode")
     @classmethod

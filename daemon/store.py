@@ -19,7 +19,10 @@ often it is scanned, restarted or touched. Rules applied by `add`:
   (the same photo dropped into a preset folder asks for another result: a new job);
 - same name with new content: a new job.
 
-Jobs run in arrival order (id), a higher priority first (readmodel.CLAIM_ORDER). `attempts` counts
+Jobs run in arrival order (id), a higher priority first (readmodel.CLAIM_ORDER); `prioritize` moves a
+queued job to the front by giving it a priority above every queued job, so the order listings show is
+the order claims take. Nothing is claimed while the queue is paused (the queue_control row, checked in
+the claim's own statement; the pause survives a restart). `attempts` counts
 the times a worker picked the job up; a worker that dies mid-job leaves it `processing`, and
 `requeue_interrupted` puts it back to `queued` (or fails it once it reached max_attempts).
 
@@ -46,6 +49,7 @@ from daemon.readmodel import (
     CLAIM_ORDER,
     JOB_COLUMNS,
     Job,
+    QueuePause,
     ReadModel,
     StoreError,
     configure_connections,
@@ -59,6 +63,9 @@ OriginalPlace = Literal["inbox", "archived", "deleted", "failed_dir"]
 
 # Why a job failed, so the service can act on a class of failures (e.g. requeue "disk-full" ones).
 FailureKind = Literal["bad-input", "crash", "disk-full", "error"]
+
+# What a running job's worker is asked to do at its next progress report.
+StopRequest = Literal["cancel", "pause"]
 
 
 class StateOnNetworkFilesystemError(StoreError):
@@ -178,12 +185,30 @@ def _migration_5_publishing(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN publishing TEXT")
 
 
+def _migration_6_queue_control(conn: Connection) -> None:
+    # The queue's pause, one row: whether new jobs may start, who paused it, when, and how ("after" the
+    # running photo, or "now": running jobs go back to the queue). It survives a restart.
+    conn.exec_driver_sql(
+        """
+        CREATE TABLE queue_control (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            paused INTEGER NOT NULL DEFAULT 0,
+            mode TEXT CHECK (mode IN ('after-current', 'now')),
+            paused_by TEXT,
+            paused_at TEXT
+        )
+        """
+    )
+    conn.exec_driver_sql("INSERT INTO queue_control (id, paused) VALUES (1, 0)")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1_jobs,
     _migration_2_originals_and_notes,
     _migration_3_throughput_columns,
     _migration_4_original_path,
     _migration_5_publishing,
+    _migration_6_queue_control,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -371,7 +396,8 @@ class JobStore(ReadModel):
     # -- worker --------------------------------------------------------------------------------------
 
     def claim_next(self) -> Job | None:
-        """Atomically move the next queued job (priority, then arrival) to processing; attempts+1."""
+        """Atomically move the next queued job (priority, then arrival) to processing; attempts+1.
+        Nothing while the queue is paused (checked in the same statement, so a pause is never raced)."""
         now = to_text(utcnow())
         with self._write() as conn:
             row = conn.execute(
@@ -380,19 +406,21 @@ class JobStore(ReadModel):
                     "heartbeat_at = :now, finished_at = NULL, progress = 0, stage = 'starting', "
                     "error = NULL, failure_kind = NULL WHERE id = (SELECT id FROM jobs WHERE "
                     f"state = 'queued' ORDER BY {CLAIM_ORDER} LIMIT 1) AND state = 'queued' "
-                    "RETURNING " + JOB_COLUMNS
+                    f"AND NOT {_QUEUE_PAUSED} RETURNING " + JOB_COLUMNS
                 ),
                 {"now": now},
             ).first()
         return None if row is None else job_from_row(row)
 
-    def update_progress(self, job_id: int, progress: float, stage: str | None) -> bool:
-        """Record progress (and a heartbeat); returns True if a cancel was requested meanwhile."""
+    def update_progress(self, job_id: int, progress: float, stage: str | None) -> StopRequest | None:
+        """Record progress (and a heartbeat); returns what the worker is asked to do meanwhile: "cancel"
+        (a cancel was requested), "pause" (the queue was paused "now"), else None."""
         with self._write() as conn:
             row = conn.execute(
                 text(
                     "UPDATE jobs SET progress = :progress, stage = :stage, heartbeat_at = :now "
-                    "WHERE id = :id RETURNING cancel_requested"
+                    "WHERE id = :id RETURNING cancel_requested, "
+                    "(SELECT paused = 1 AND mode = 'now' FROM queue_control)"
                 ),
                 {
                     "progress": min(max(progress, 0.0), 1.0),
@@ -401,7 +429,9 @@ class JobStore(ReadModel):
                     "id": job_id,
                 },
             ).first()
-        return bool(row and row[0])
+        if row is None:
+            return None
+        return "cancel" if row[0] else "pause" if row[1] else None
 
     def finish(
         self,
@@ -472,6 +502,16 @@ class JobStore(ReadModel):
             "state = 'queued', progress = 0, stage = NULL, started_at = NULL, "
             "attempts = CASE WHEN :refund THEN MAX(attempts - 1, 0) ELSE attempts END",
             {"refund": int(refund_attempt)},
+            only_if="state = 'processing'",
+        )
+
+    def requeue_first(self, job_id: int) -> Job:
+        """A running job stopped by a pause "now": back to the queue, first in line, attempt refunded."""
+        return self._update(
+            job_id,
+            "state = 'queued', progress = 0, stage = NULL, started_at = NULL, "
+            f"attempts = MAX(attempts - 1, 0), priority = {_FRONT_PRIORITY}",
+            {},
             only_if="state = 'processing'",
         )
 
@@ -560,6 +600,40 @@ class JobStore(ReadModel):
             only_if="state IN ('queued', 'processing')",
         )
 
+    def prioritize(self, job_id: int) -> Job:
+        """A queued job to the front of the queue (the claim order's priority above every other queued
+        job); a job already first, or not queued, is unchanged."""
+        return self._update(
+            job_id,
+            f"priority = {_FRONT_PRIORITY}",
+            {},
+            only_if=f"state = 'queued' AND EXISTS (SELECT 1 FROM jobs AS other WHERE {_AHEAD_OF_THIS})",
+        )
+
+    # -- the queue's pause (one row, survives a restart) -----------------------------------------------
+
+    def pause_queue(self, by: str, *, now: bool = False) -> QueuePause:
+        """No new job starts until resume_queue. now: running jobs go back to the queue, first in line
+        (each worker does it at its next progress report). Pausing again keeps who and when, and may
+        turn an "after-current" pause into "now"."""
+        with self._write() as conn:
+            conn.execute(
+                text(
+                    "UPDATE queue_control SET mode = CASE WHEN :now OR mode = 'now' THEN 'now' "
+                    "ELSE 'after-current' END, paused_by = CASE paused WHEN 1 THEN paused_by ELSE :by END, "
+                    "paused_at = CASE paused WHEN 1 THEN paused_at ELSE :at END, paused = 1"
+                ),
+                {"now": int(now), "by": by[:200], "at": to_text(utcnow())},
+            )
+        return self.queue_pause()
+
+    def resume_queue(self) -> QueuePause:
+        with self._write() as conn:
+            conn.exec_driver_sql(
+                "UPDATE queue_control SET paused = 0, mode = NULL, paused_by = NULL, paused_at = NULL"
+            )
+        return self.queue_pause()
+
     def _update(self, job_id: int, assignments: str, params: dict[str, Any], only_if: str = "1") -> Job:
         """UPDATE one job and return it as it is now. When `only_if` (a condition on its state) does
         not hold, the job is returned unchanged: that is what makes the operator actions idempotent."""
@@ -570,6 +644,16 @@ class JobStore(ReadModel):
             ).first()
         return self.get_or_raise(job_id) if row is None else job_from_row(row)
 
+
+# The queue is paused (see pause_queue); claim_next checks it in its own statement.
+_QUEUE_PAUSED = "EXISTS (SELECT 1 FROM queue_control WHERE paused = 1)"
+# A priority that puts a job before every queued job (claim order: priority DESC, then id).
+_FRONT_PRIORITY = "(SELECT COALESCE(MAX(priority), 0) + 1 FROM jobs WHERE state = 'queued')"
+# Another queued job runs before this one (inside an UPDATE of jobs: `jobs` is the row updated).
+_AHEAD_OF_THIS = (
+    "other.state = 'queued' AND (other.priority > jobs.priority OR "
+    "(other.priority = jobs.priority AND other.id < jobs.id))"
+)
 
 # Appends :note to a job's note ("; " between notes); a NULL :note leaves it as it is.
 _APPEND_NOTE = (

@@ -32,12 +32,13 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
-from daemon import originals
+from daemon import originals, schedule
 from daemon.beneath import FileTooLargeError, NotAFileError, lstat_beneath, open_folder
 from daemon.logs import configure_logging
 from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
@@ -143,6 +144,11 @@ class JobCancelled(Exception):
     """Raised from the progress callback when someone cancelled the running job."""
 
 
+class JobPaused(JobCancelled):
+    """The queue was paused "now": the running job goes back to the queue, first in line. A kind of
+    cancel, so every path that stops a running job (the Ray client's actor cancel too) stops it."""
+
+
 def restore_options_from(job: Job, settings: Settings) -> RestoreOptions:
     """The options stored with the job (unknown keys from an older version are ignored)."""
     known = {f.name for f in dataclasses.fields(RestoreOptions)}
@@ -175,9 +181,14 @@ class Worker:
         self.processor = processor
         self.send = send
         self.slot = slot
+        self.run_windows = settings.run_windows()
+        self.zone = schedule.local_zone(os.environ.get("TZ"))
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def run_one(self) -> Job | None:
-        """Claim and run the next job; None if the queue is empty."""
+        """Claim and run the next job; None if the queue is empty, paused, or outside run_hours."""
+        if not schedule.may_start(self.clock(), self.run_windows, self.zone):
+            return None
         job = self.store.claim_next()
         if job is None:
             return None
@@ -221,6 +232,9 @@ class Worker:
         options = restore_options_from(job, self.settings)
         try:
             processed = self.processor.process(original.data, options, self._progress(job.id))
+        except JobPaused:
+            log.info("job %d: back to the queue, first in line (the queue was paused now)", job.id)
+            return self.store.requeue_first(job.id)
         except JobCancelled:
             return self.store.mark_cancelled(job.id, "cancelled while running")
         except BadImageError as exc:
@@ -309,9 +323,11 @@ class Worker:
             last["time"], last["stage"] = now, stage
             start, end = STAGE_SPANS.get(stage, (0.0, 1.0))
             fraction = done / total if total > 0 else 1.0
-            cancel = self.store.update_progress(job_id, start + (end - start) * fraction, stage)
+            stop = self.store.update_progress(job_id, start + (end - start) * fraction, stage)
             self.send(Beat(self.slot, job_id))
-            if cancel:
+            if stop == "pause":
+                raise JobPaused()
+            if stop == "cancel":
                 raise JobCancelled()
 
         return on_progress

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from aiohttp import web
 
-from daemon import Job, JobNotFoundError, JobQueryError, queue_positions
+from daemon import Job, JobNotFoundError, JobQueryError, queue_positions, queue_state
 from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
 from status_site.files import (
@@ -33,7 +33,7 @@ from status_site.files import (
 from status_site.guards import require_write, token_valid, write_access
 from status_site.middleware import MIDDLEWARES
 from status_site.openapi import openapi_document
-from status_site.problems import bad_request, not_found
+from status_site.problems import Problem, bad_request, not_found
 
 API_PREFIX = "/api/v1"
 VERSION = "1"
@@ -103,7 +103,12 @@ def job_json(job: Job, position: int | None, eta: float | None, worker: str | No
         "cancel_requested": job.cancel_requested,
         "options": job.options,
         "report": report,
-        "links": {"self": base, "retry": f"{base}/retry", "cancel": f"{base}/cancel"},
+        "links": {
+            "self": base,
+            "retry": f"{base}/retry",
+            "cancel": f"{base}/cancel",
+            "prioritize": f"{base}/prioritize",
+        },
     }
 
 
@@ -158,7 +163,9 @@ async def get_index(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     """ok | degraded | down with reasons. 200 unless down (503), so plain HTTP checks work too."""
-    snapshot = dict(context_of(request).health.snapshot())
+    ctx = context_of(request)
+    snapshot = dict(ctx.health.snapshot())
+    snapshot.update(await ctx.run(_queue_state, ctx))
     snapshot.setdefault("reasons", [])
     status = 503 if snapshot.get("status") == "down" else 200
     return json_response(snapshot, status=status)
@@ -296,6 +303,88 @@ async def _operate(request: web.Request, action: str) -> web.Response:
         ctx.responses.clear()
 
 
+# -- queue control: pause / resume / prioritize (issue 19 item 2) -------------------------------------
+
+
+def _queue_state(ctx: SiteContext) -> dict[str, Any]:
+    return queue_state(ctx.reads.queue_pause(), ctx.settings, datetime.now(UTC))
+
+
+def _who(request: web.Request) -> str:
+    """Who asked, for "paused by ...": the client (the CLI names itself) and how it was let write."""
+    agent = request.headers.get("User-Agent", "")
+    client = "CLI" if agent.startswith("restorer-cli") else "page" if "Origin" in request.headers else "API"
+    if context_of(request).settings.api_token is not None:  # require_write checked the token
+        return f"{client} (token holder at {request.remote})"
+    return f"{client} on loopback"
+
+
+async def pause_queue(request: web.Request) -> web.Response:
+    """Body (optional JSON): {"when": "after-current" (default) | "now"}."""
+    require_write(request)
+    ctx = context_of(request)
+    when = "after-current"
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise bad_request('the body must be JSON like {"when": "now"}') from None
+        when = body.get("when", when) if isinstance(body, dict) else None
+    if when not in ("after-current", "now"):
+        raise bad_request('"when" must be "after-current" or "now"')
+    by = _who(request)
+    return await _queue_control(ctx, lambda: ctx.store.pause_queue(by, now=when == "now"))
+
+
+async def resume_queue(request: web.Request) -> web.Response:
+    require_write(request)
+    ctx = context_of(request)
+    return await _queue_control(ctx, ctx.store.resume_queue)
+
+
+async def _queue_control(ctx: SiteContext, change: Callable[[], Any]) -> web.Response:
+    def work() -> dict[str, Any]:
+        change()
+        return _queue_state(ctx)
+
+    try:
+        state = await ctx.run(work)
+    finally:
+        ctx.responses.clear()
+    if ctx.on_queue_change is not None:
+        ctx.on_queue_change()  # a resume starts the next job now, not at the workers' next heartbeat
+    return json_response(state)
+
+
+async def prioritize_job(request: web.Request) -> web.Response:
+    """Idempotent: a queued job moves to the front; one already first, or not queued, is unchanged."""
+    require_write(request)
+    ctx = context_of(request)
+    job_id = _job_id(request)
+
+    def work() -> dict[str, Any]:
+        try:
+            before = ctx.reads.get_or_raise(job_id)
+            after = ctx.store.prioritize(job_id)
+        except JobNotFoundError:
+            raise not_found(f"no job with id {job_id}") from None
+        if after.state != "queued":
+            raise Problem(
+                409, "not-queued", "Only a queued job can be moved", f"job {job_id} is {after.state}"
+            )
+        detail = _job_detail(ctx, job_id)
+        detail["changed"] = before.priority != after.priority
+        return detail
+
+    try:
+        return json_response(await ctx.run(work))
+    finally:
+        ctx.responses.clear()
+
+
+# -- files --------------------------------------------------------------------------------------------
+
+
 async def get_input(request: web.Request) -> web.StreamResponse:
     return await _serve_file(request, "input")
 
@@ -406,6 +495,9 @@ def add_api_routes(app: web.Application) -> None:
     router.add_get(JOB, get_job)
     router.add_post(JOB + "/retry", retry_job)
     router.add_post(JOB + "/cancel", cancel_job)
+    router.add_post(JOB + "/prioritize", prioritize_job)
+    router.add_post(f"{API_PREFIX}/queue/pause", pause_queue)
+    router.add_post(f"{API_PREFIX}/queue/resume", resume_queue)
     router.add_get(JOB + "/input", get_input)
     router.add_get(JOB + "/output", get_output)
     router.add_get(f"{API_PREFIX}/stats", get_stats)

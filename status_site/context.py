@@ -48,6 +48,8 @@ class SiteContext:
     previews: PreviewCache = field(default_factory=PreviewCache)
     # Called (in a worker thread) for each job an upload created, as the watcher calls the service.
     on_job: Callable[[AddResult], None] | None = None
+    # Called on the event loop after a pause, resume or prioritize (the service wakes the workers).
+    on_queue_change: Callable[[], None] | None = None
     preview_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PREVIEW_SLOTS))
     # Big previews: one child process at a time (each may need up to a few GB while it decodes).
     child_preview_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))

@@ -5,7 +5,9 @@ input size comes from its file's header (PIL reads only the header, no pixels), 
 version; jobs whose header cannot be read (gone, damaged, hostile: any file a share user drops may be)
 or claims more than max_input_megapixels count as the mean size of recent jobs.
 
-eta(job) = what is left of the running job + the work of every job ahead + its own work.
+eta(job) = what is left of the running job + the work of every job ahead + its own work; a queued
+job's work starts no earlier than the next run window (run_hours), and has no ETA while the queue is
+paused (nobody knows when it will be resumed).
 The running job's remainder uses its measured speed once it has made progress, else the rate.
 """
 
@@ -136,9 +138,16 @@ class Estimator:
         if rate is None:
             return {job.id: None for job in queue}
         now = now or datetime.now(UTC)
+        start_wait = self.start_wait(now)
         etas: dict[int, float | None] = {}
         elapsed_total = 0.0
         for index, job in enumerate(queue):
+            if job.state == "queued":
+                if start_wait is None:  # paused: no queued job starts until someone resumes
+                    etas[job.id] = None
+                    continue
+                # Queued work starts once the running jobs are done AND the next run window is open.
+                elapsed_total = max(elapsed_total, start_wait)
             if index < HEADERS_READ_PER_CALL:
                 megapixels = self.cache.megapixels(job, self.settings) or mean_mp
             else:
@@ -151,6 +160,12 @@ class Estimator:
             elapsed_total += work
             etas[job.id] = round(elapsed_total, 1)
         return etas
+
+    def start_wait(self, now: datetime) -> float | None:
+        """Seconds before a queued job may start (quiet hours), or None while the queue is paused."""
+        if self.reads.queue_pause().paused:
+            return None
+        return self.settings.run_wait_seconds(now)
 
 
 def _remaining(job: Job, expected: float, now: datetime) -> float:

@@ -93,8 +93,35 @@ SCHEMAS: dict[str, Any] = {
             "models": {"type": "array", "items": {"type": "object"}},
             "intake_paused": _BOOL,
             "intake_paused_reason": _nullable(_STR),
+            **{
+                "queue_paused": {"type": "boolean", "description": "paused by someone (pause/resume)"},
+                "queue_pause_mode": _nullable({"enum": ["after-current", "now"]}),
+                "queue_paused_by": _nullable(_STR),
+                "queue_paused_at": _nullable(_TIME),
+                "queue_run_hours": {"type": "array", "items": _STR},
+                "queue_next_run_at": _nullable(
+                    {"type": "string", "description": "quiet hours: when the next window opens (local)"}
+                ),
+                "queue_waiting_reason": _nullable(
+                    {"type": "string", "description": "why no new job starts now (pause, quiet hours)"}
+                ),
+            },
         },
         "additionalProperties": True,
+    },
+    "QueueState": {
+        "type": "object",
+        "description": "The queue's pause and quiet hours (the same fields as in Health).",
+        "required": ["queue_paused", "queue_paused_by", "queue_paused_at", "queue_next_run_at"],
+        "properties": {
+            "queue_paused": _BOOL,
+            "queue_pause_mode": _nullable({"enum": ["after-current", "now"]}),
+            "queue_paused_by": _nullable(_STR),
+            "queue_paused_at": _nullable(_TIME),
+            "queue_run_hours": {"type": "array", "items": _STR},
+            "queue_next_run_at": _nullable(_STR),
+            "queue_waiting_reason": _nullable(_STR),
+        },
     },
     "Capabilities": {
         "type": "object",
@@ -242,7 +269,7 @@ SCHEMAS: dict[str, Any] = {
             "options": {"type": "object"},
             "report": _nullable({"$ref": "#/components/schemas/Report"}),
             "links": {"type": "object", "additionalProperties": _STR},
-            "changed": {"type": "boolean", "description": "retry/cancel only: whether the state changed"},
+            "changed": {"type": "boolean", "description": "retry/cancel/prioritize only: whether it changed"},
             "file": {"type": "string", "description": "upload only: the file name as sent"},
         },
     },
@@ -381,6 +408,45 @@ def _action(name: str, summary: str) -> dict[str, Any]:
             "404": _problem("no such job"),
         },
     }
+
+
+# -- queue control (issue 19 item 2) ------------------------------------------------------------------
+
+
+def _pause_operation() -> dict[str, Any]:
+    return {
+        "summary": "Pause the queue: no new job starts; it survives a restart (idempotent)",
+        "operationId": "pause_queue",
+        "security": [{}, {"bearer": []}, {"token": []}],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "when": {
+                                "enum": ["after-current", "now"],
+                                "default": "after-current",
+                                "description": "now: running jobs go back to the queue, first in line",
+                            }
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": _json("#/components/schemas/QueueState", "the queue now"),
+            "400": _problem("a body that is not JSON, or an unknown `when`"),
+            **_WRITE_ERRORS,
+        },
+    }
+
+
+def _prioritize_operation() -> dict[str, Any]:
+    operation = _action("prioritize", "Move a queued job to the front of the queue (idempotent)")
+    operation["responses"]["409"] = _problem("the job is not queued")
+    return operation
 
 
 @cache
@@ -552,6 +618,19 @@ def _document() -> dict[str, Any]:
                 "post": _action(
                     "cancel", "Cancel a queued job, or ask the worker to stop a running one (idempotent)"
                 )
+            },
+            "/api/v1/jobs/{job_id}/prioritize": {"post": _prioritize_operation()},
+            "/api/v1/queue/pause": {"post": _pause_operation()},
+            "/api/v1/queue/resume": {
+                "post": {
+                    "summary": "Resume the queue: queued jobs start again (idempotent)",
+                    "operationId": "resume_queue",
+                    "security": [{}, {"bearer": []}, {"token": []}],
+                    "responses": {
+                        "200": _json("#/components/schemas/QueueState", "the queue now"),
+                        **_WRITE_ERRORS,
+                    },
+                }
             },
             "/api/v1/jobs/{job_id}/input": {"get": _file_operation("input")},
             "/api/v1/jobs/{job_id}/output": {"get": _file_operation("output")},

@@ -30,18 +30,22 @@ async def start_servers(
     store: JobStore,
     health: HealthState,
     on_job: Callable[[AddResult], None] | None = None,
+    on_queue_change: Callable[[], None] | None = None,
 ) -> list[web.AppRunner]:
     """Bind the API on settings.api_port and the page on settings.site_port; return their runners.
 
     on_job: what the watcher calls for a new row (the service wakes the worker with it); uploads call
     it for the jobs they create. Without it the worker still finds them at its next poll.
+    on_queue_change: called after a pause, resume or prioritize (the service wakes the workers).
 
     Port 0 picks a free port (`bound_port(runner)` says which). Stop with `await runner.cleanup()` on
     each runner; the last cleanup also stops the shared thread pool.
     """
     if settings.protect_reads and settings.api_token is None:
         raise ValueError("protect_reads needs api_token: set RESTORER_API_TOKEN (or LoadCredential)")
-    ctx = SiteContext(settings=settings, store=store, health=health, on_job=on_job)
+    ctx = SiteContext(
+        settings=settings, store=store, health=health, on_job=on_job, on_queue_change=on_queue_change
+    )
     ctx.host_names = own_host_names() | {name.lower().rstrip(".") for name in settings.allowed_hosts}
     apps = [(create_api_app(ctx), settings.api_port), (create_site_app(ctx), settings.site_port)]
     apps[-1][0].on_cleanup.append(lambda _app: _shutdown(ctx))

@@ -414,3 +414,40 @@ def test_another_site_cannot_show_the_page_in_a_frame(browser: object, tmp_path:
         finally:
             evil.shutdown()
             evil.server_close()
+
+
+def test_pause_run_next_and_resume_from_the_page(browser: object, tmp_path: Path) -> None:
+    """The whole daemon (copy stage): Pause in the queue header holds the queue, "Run next" reorders it,
+    Resume runs it in the order shown; the banner says who paused it."""
+    from tests.daemon_processors import fake_photo
+
+    env = {"RESTORER_HEARTBEAT_SECONDS": "0.5"}
+    with running_serve(tmp_path, env_extra=env, processor="tests.daemon_processors:CopyProcessor") as site:
+        page = browser.new_page(viewport={"width": 1280, "height": 960})  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(site.page + "/")
+        page.wait_for_selector("#connection:has-text('Live')", timeout=20_000)
+        page.click("#queue-pause")
+        page.wait_for_selector("#queue-banner:has-text('Paused by page on loopback')", timeout=20_000)
+        assert page.is_visible("#queue-resume") and not page.is_visible("#queue-pause")
+
+        site.settings.inbox.mkdir(parents=True, exist_ok=True)
+        for name in ("one.bmp", "two.bmp", "three.bmp"):
+            (site.settings.inbox / name).write_bytes(fake_photo(f"SLOW0.2|{name}".encode()))
+        page.wait_for_selector("#queue li:nth-child(3):has-text('three.bmp')", timeout=30_000)
+        page.click("#queue li:nth-child(3) button:has-text('Run next')")
+        page.wait_for_selector("#queue li:nth-child(1):has-text('three.bmp')", timeout=20_000)
+        shown = [text.split()[1] for text in page.locator("#queue li").all_inner_texts()]
+        api_order = [job["name"] for job in site.get("/api/v1/jobs?order=queue&state=queued").json()["jobs"]]
+        assert shown == api_order == ["three.bmp", "one.bmp", "two.bmp"]
+        page.screenshot(path=str(tmp_path / "queue-paused.png"))
+        keep_screenshot(tmp_path / "queue-paused.png")
+
+        page.click("#queue-resume")
+        page.wait_for_selector("#queue-empty:visible", timeout=30_000)
+        page.wait_for_selector("#queue-banner", state="hidden", timeout=20_000)
+        listing = site.get("/api/v1/jobs?state=done&limit=10").json()["jobs"]
+        started = sorted(listing, key=lambda job: job["started_at"])
+        assert [job["name"] for job in started] == shown
+        assert errors == []

@@ -180,6 +180,8 @@ def test_writes_from_another_site_are_refused(tmp_path: Path, port: str) -> None
             files=[("file", ("x.png", png_bytes(), "image/png"))],
         )
         assert upload.status_code == 403
+        pause = site.post("/api/v1/queue/pause", port=port, headers={"Origin": "http://evil.example"})
+        assert pause.status_code == 403 and site.store.queue_pause().paused is False  # type: ignore[attr-defined]
         assert not any(site.settings.inbox.iterdir())
         assert site.store.get(failed).state == "failed"  # type: ignore[attr-defined]
         for headers in ({"Origin": own}, {"Sec-Fetch-Site": "same-origin"}, {}):

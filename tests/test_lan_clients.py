@@ -174,3 +174,35 @@ def test_lan_visitors_see_uploads_and_retry_disabled_with_a_hint(tmp_path: Path,
             assert page.locator("#upload-status").inner_text() == ""
         finally:
             browser.close()
+
+
+def test_pausing_resuming_and_reordering_the_queue_follow_the_write_rules(
+    tmp_path: Path, lan: LanClient
+) -> None:
+    """The queue's writes (issue 19 item 2) are writes like retry: LAN clients need the token; the pause
+    records who paused it."""
+    writes = ("/api/v1/queue/pause", "/api/v1/queue/resume")
+    with running_site(tmp_path, bind=lan.server_address) as site:
+        store = site.store  # type: ignore[attr-defined]
+        store.add("a.jpg", "a" * 64, 10, 1.0)
+        second = store.add("b.jpg", "b" * 64, 10, 1.0).job.id
+        base = f"http://{lan.server_address}:{site.ports[0]}"  # type: ignore[attr-defined]
+        for path in (*writes, f"/api/v1/jobs/{second}/prioritize"):
+            refused = lan.post(base + path)
+            assert refused.status == 403 and "loopback" in refused.json()["detail"], path
+        assert store.queue_pause().paused is False and store.get(second).priority == 0
+    with running_site(tmp_path / "token", bind=lan.server_address, api_token=TOKEN) as site:
+        store = site.store  # type: ignore[attr-defined]
+        store.add("a.jpg", "a" * 64, 10, 1.0)
+        second = store.add("b.jpg", "b" * 64, 10, 1.0).job.id
+        base = f"http://{lan.server_address}:{site.ports[0]}"  # type: ignore[attr-defined]
+        assert lan.post(base + writes[0]).status == 401
+        assert lan.post(f"{base}/api/v1/jobs/{second}/prioritize").status == 401
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        paused = lan.post(base + writes[0], headers=bearer)
+        assert paused.status == 200
+        assert paused.json()["queue_paused_by"] == f"API (token holder at {lan.client_address})"
+        assert (
+            lan.post(f"{base}/api/v1/jobs/{second}/prioritize", headers=bearer).json()["queue_position"] == 1
+        )
+        assert lan.post(base + writes[1], headers=bearer).json()["queue_paused"] is False

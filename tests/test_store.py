@@ -221,7 +221,7 @@ def test_retry_and_cancel_are_idempotent(store: JobStore) -> None:
     store.claim_next()
     running = store.cancel(job.id)
     assert running.state == "processing" and running.cancel_requested
-    assert store.update_progress(job.id, 0.5, "upscale") is True  # the worker sees the request
+    assert store.update_progress(job.id, 0.5, "upscale") == "cancel"  # the worker sees the request
     assert store.mark_cancelled(job.id, "cancelled while running").state == "cancelled"
     with pytest.raises(JobNotFoundError):
         store.retry(999)

@@ -242,6 +242,7 @@ async function poll() {
     }
     state.partialError = problems.length ? problems[0] : null;
     safely(renderHealth, health);
+    safely(renderQueueControl, health);
     // First: whether reads need the token decides how the thumbnails below are fetched.
     if (capabilities) {
       state.lastCapabilitiesAt = now;
@@ -402,6 +403,7 @@ function renderLive(live) {
         el("br"),
         el("span", { class: "muted", text: `${formatBytes(job.input && job.input.size_bytes)} · ${eta || "waiting"}` }),
       ),
+      job.queue_position > 1 ? jobButton(job, "Run next", "prioritize") : null,
       jobButton(job, "Cancel", "cancel"),
     );
   });
@@ -487,6 +489,7 @@ async function jobAction(job, action) {
     status.className = "upload-status";
     if (!after.changed) status.textContent = `${jobName(job)} is ${after.state} already.`;
     else if (action === "retry") status.textContent = `${jobName(job)} is queued again.`;
+    else if (action === "prioritize") status.textContent = `${jobName(job)} runs next.`;
     else if (after.cancel_requested) status.textContent = `${jobName(job)}: cancel requested, the worker stops it.`;
     else status.textContent = `${jobName(job)} was cancelled.`;
   } catch (err) {
@@ -494,6 +497,48 @@ async function jobAction(job, action) {
     status.textContent = `Could not ${action} ${jobName(job)}: ${err.message}`;
   }
   pollSoon();
+}
+
+// ---------- Queue control: pause / resume and quiet hours (issue 19 item 2) ----------
+
+// health.queue_*: whether someone paused the queue (who, when, how) and the quiet hours' next run.
+function renderQueueControl(health) {
+  const paused = !!health.queue_paused;
+  $("queue-pause").hidden = paused;
+  $("queue-pause-now").hidden = paused;
+  $("queue-resume").hidden = !paused;
+  const banner = $("queue-banner");
+  let text = "";
+  if (paused) {
+    const how = health.queue_pause_mode === "now" ? "; the running photo went back to the queue" : "";
+    text = `Paused by ${health.queue_paused_by || "someone"} at ${formatTime(health.queue_paused_at)}${how}. Resume to run the queue.`;
+  } else if (health.queue_next_run_at) {
+    text = `Quiet hours: next run at ${health.queue_next_run_at.slice(11, 16)}.`;
+  }
+  banner.textContent = text;
+  banner.hidden = !text;
+}
+
+async function queueControl(action, when) {
+  const status = $("upload-status");
+  try {
+    const options = { method: "POST" };
+    if (when) Object.assign(options, { headers: { "Content-Type": "application/json" }, body: JSON.stringify({ when }) });
+    const after = await api(`/queue/${action}`, options);
+    status.className = "upload-status";
+    status.textContent = after.queue_paused ? `The queue is paused.` : "The queue runs again.";
+    renderQueueControl(after);
+  } catch (err) {
+    status.className = "upload-status error";
+    status.textContent = `Could not ${action} the queue: ${err.message}`;
+  }
+  pollSoon();
+}
+
+function setupQueueControl() {
+  $("queue-pause").addEventListener("click", () => queueControl("pause", "after-current"));
+  $("queue-pause-now").addEventListener("click", () => queueControl("pause", "now"));
+  $("queue-resume").addEventListener("click", () => queueControl("resume"));
 }
 
 // ---------- Failed ----------
@@ -1057,6 +1102,7 @@ function start() {
   setupSignIn();
   setupUpload();
   setupInspector();
+  setupQueueControl();
   $("history-filter").addEventListener("change", historyChanged);
   $("history-next").addEventListener("click", () => {
     if (!state.historyNext) return;

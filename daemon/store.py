@@ -178,12 +178,56 @@ def _migration_5_publishing(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN publishing TEXT")
 
 
+def _migration_6_notifications(conn: Connection) -> None:
+    # A trigger records every job that reaches done or failed, whoever wrote it (a local worker
+    # process, the Ray publisher, the crash requeue): daemon/notify.py turns these rows into
+    # notifications, so no finishing path can forget one. notify_outbox holds what is still to be sent
+    # (one row per target and event, deleted in the transaction that learns it was delivered), and
+    # notify_batch the running batch (counts since the queue was last empty), so a restart loses none.
+    conn.exec_driver_sql(
+        "CREATE TABLE notify_events (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, "
+        "state TEXT NOT NULL)"
+    )
+    conn.exec_driver_sql(
+        """
+        CREATE TRIGGER jobs_notify AFTER UPDATE OF state ON jobs
+        WHEN NEW.state IN ('done', 'failed') AND OLD.state IS NOT NEW.state
+        BEGIN
+            INSERT INTO notify_events (job_id, state) VALUES (NEW.id, NEW.state);
+        END
+        """
+    )
+    conn.exec_driver_sql(
+        """
+        CREATE TABLE notify_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_id TEXT NOT NULL UNIQUE,
+            target TEXT NOT NULL,
+            event TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            next_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT
+        )
+        """
+    )
+    conn.exec_driver_sql("CREATE INDEX notify_outbox_due ON notify_outbox (next_at)")
+    conn.exec_driver_sql(
+        "CREATE TABLE notify_batch (id INTEGER PRIMARY KEY CHECK (id = 1), started_at REAL, "
+        "done INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, "
+        "folders TEXT NOT NULL DEFAULT '')"
+    )
+    conn.exec_driver_sql("INSERT INTO notify_batch (id) VALUES (1)")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1_jobs,
     _migration_2_originals_and_notes,
     _migration_3_throughput_columns,
     _migration_4_original_path,
     _migration_5_publishing,
+    _migration_6_notifications,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -267,6 +311,10 @@ class JobStore(ReadModel):
     def _write(self) -> Iterator[Connection]:
         with self._engine.execution_options(immediate=True).begin() as conn:
             yield conn
+
+    def transaction(self) -> Any:
+        """A write transaction (BEGIN IMMEDIATE) for the tables other daemon modules own (notify_*)."""
+        return self._write()
 
     # -- intake --------------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,6 +48,8 @@ class SiteContext:
     previews: PreviewCache = field(default_factory=PreviewCache)
     # Called (in a worker thread) for each job an upload created, as the watcher calls the service.
     on_job: Callable[[AddResult], None] | None = None
+    # The service's Notifier.send_test (queues a test notification to every target; returns how many).
+    send_test_notification: Callable[[], Awaitable[int]] | None = None
     preview_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PREVIEW_SLOTS))
     # Big previews: one child process at a time (each may need up to a few GB while it decodes).
     child_preview_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -322,7 +323,9 @@ def _error_text(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+        # Only the errno's words: strerror may quote the address.
+        code = exc.os_error.errno
+        return f"cannot connect ({os.strerror(code) if code else type(exc.os_error).__name__})"
     return type(exc).__name__
 
 

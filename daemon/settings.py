@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     webhook_secret_file: Path | None = Field(
         None, exclude=True, description="file holding webhook_secret (a container secret)"
     )
-    webhook_events: list[str] = Field(
+    webhook_events: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_NOTIFY_EVENTS), description="events the webhook gets"
     )
 
@@ -202,6 +202,14 @@ class Settings(BaseSettings):
     def _split_urls(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [url.strip() for url in _NEXT_URL.split(value) if url.strip()]
+        return value
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _split_events(cls, value: Any) -> Any:
+        # RESTORER_WEBHOOK_EVENTS=batch.finished,job.failed (a JSON list works in TOML).
+        if isinstance(value, str):
+            return [event.strip() for event in value.split(",") if event.strip()]
         return value
 
     @field_validator("webhook_events")

@@ -201,6 +201,15 @@ class Outbox:
 
     def collect(self, targets: list[Target]) -> int:
         """Job events -> outbox rows, batch counts, and batch.finished once the queue drained."""
+        with self.store.reading() as conn:  # most ticks have nothing to do: no write lock for them
+            idle = conn.execute(
+                text(
+                    "SELECT NOT EXISTS (SELECT 1 FROM notify_events) "
+                    "AND (SELECT done + failed FROM notify_batch WHERE id = 1) = 0"
+                )
+            ).scalar_one()
+        if idle:
+            return 0
         with self._transaction() as conn:
             events = conn.execute(
                 text(
@@ -257,7 +266,7 @@ class Outbox:
         return self.add(conn, targets, "batch.finished", data)
 
     def due(self, limit: int) -> list[Pending]:
-        with self.store.transaction() as conn:
+        with self.store.reading() as conn:
             rows = conn.execute(
                 text(
                     "SELECT id, delivery_id, target, event, body, attempts, created_at FROM notify_outbox "
@@ -297,7 +306,7 @@ class Outbox:
             return len(stale)
 
     def pending(self) -> int:
-        with self._transaction() as conn:
+        with self.store.reading() as conn:
             return int(conn.execute(text("SELECT COUNT(*) FROM notify_outbox")).scalar_one())
 
 

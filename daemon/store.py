@@ -316,6 +316,10 @@ class JobStore(ReadModel):
         """A write transaction (BEGIN IMMEDIATE) for the tables other daemon modules own (notify_*)."""
         return self._write()
 
+    def reading(self) -> Any:
+        """A read-only connection for those tables: no write lock taken."""
+        return self._read()
+
     # -- intake --------------------------------------------------------------------------------------
 
     def add(

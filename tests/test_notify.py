@@ -20,7 +20,7 @@ from daemon.settings import Settings
 from daemon.store import JobStore
 from tests.daemon_processors import fake_photo
 from tests.notify_support import Receiver, verify_signature, wait_until
-from tests.site_support import free_port, make_settings, running_serve
+from tests.site_support import CHROMIUM, CHROMIUM_ARGS, free_port, make_settings, running_serve, running_site
 
 SECRET = "webhook-secret-0123456789abcdef"
 COPY = "tests.daemon_processors:CopyProcessor"
@@ -312,5 +312,51 @@ def test_a_batch_of_photos_is_one_message_and_no_secret_shows(tmp_path: Path) ->
         assert health["notifications"]["targets"] == 2
         for text in [*shown, log]:
             assert SECRET not in text and "tok3n" not in text
+    finally:
+        receiver.stop()
+
+
+def test_the_test_endpoint_is_a_write_guarded_like_retry(tmp_path: Path) -> None:
+    token = "t" * 24
+    with running_site(tmp_path, api_token=token) as site:
+        refused = site.post("/api/v1/notifications/test")
+        assert refused.status_code == 401
+        cross_site = site.post(
+            "/api/v1/notifications/test",
+            headers={"Authorization": f"Bearer {token}", "Origin": "http://evil.example"},
+        )
+        assert cross_site.status_code == 403
+        none_configured = site.post(
+            "/api/v1/notifications/test", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert none_configured.status_code == 409 and none_configured.json()["queued"] == 0
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium missing (apt-get install chromium)")
+def test_the_page_button_sends_a_test_notification(tmp_path: Path) -> None:
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    receiver = Receiver(free_port()).start()
+    env = {
+        "RESTORER_WEBHOOK_URL": f"http://127.0.0.1:{receiver.port}/hook",
+        "RESTORER_WEBHOOK_SECRET": SECRET,
+    }
+    try:
+        with running_serve(tmp_path, env, processor=COPY) as site, playwright_sync.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(site.page + "/")
+                page.wait_for_selector("#notify-test:enabled", timeout=20_000)
+                assert "1 notification target(s)" in page.inner_text("#notify-row")
+                page.click("#notify-test")
+                page.wait_for_selector("#notify-status:has-text('queued for 1 target')", timeout=20_000)
+                wait_until(lambda: receiver.on("/hook"), 30, "the test notification")
+                (item,) = receiver.on("/hook")
+                assert item.json()["event"] == "test" and verify_signature(item, SECRET)
+                assert SECRET not in page.content()
+            finally:
+                browser.close()
     finally:
         receiver.stop()

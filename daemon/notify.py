@@ -199,8 +199,9 @@ class Outbox:
             path = path.relative_to(self.inbox)
         return path.parts[0] if len(path.parts) > 1 else ""
 
-    def collect(self, targets: list[Target]) -> int:
-        """Job events -> outbox rows, batch counts, and batch.finished once the queue drained."""
+    def collect(self, targets: list[Target], intake_idle: bool = True) -> int:
+        """Job events -> outbox rows, batch counts, and batch.finished once the queue drained (and intake
+        has no file waiting to become stable: a drop still being copied is the same batch)."""
         with self.store.reading() as conn:  # most ticks have nothing to do: no write lock for them
             idle = conn.execute(
                 text(
@@ -225,7 +226,8 @@ class Outbox:
                 added += self.add(conn, targets, f"job.{state}", data)
                 self._count(conn, state, self._folder(input_path))
                 conn.execute(text("DELETE FROM notify_events WHERE id = :id"), {"id": event_id})
-            added += self._maybe_batch_finished(conn, targets)
+            if intake_idle:
+                added += self._maybe_batch_finished(conn, targets)
             return added
 
     def _count(self, conn: Connection, state: str, folder: str) -> None:
@@ -366,7 +368,8 @@ class Notifier:
         self.degraded_grace = degraded_grace
         # Apprise's own log lines may quote URLs: keep them out of ours.
         logging.getLogger("apprise").setLevel(logging.CRITICAL)
-        self._threads = ThreadPoolExecutor(max_workers=SEND_SLOTS, thread_name_prefix="notify")
+        self._threads = ThreadPoolExecutor(max_workers=SEND_SLOTS, thread_name_prefix="notify-send")
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="notify-db")
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -376,7 +379,8 @@ class Notifier:
         self._seen: tuple[str, float] = ("ok", 0.0)  # status now and since when (monotonic)
 
     async def _run(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, func, *args)
+        """Database work, on its own thread: Apprise sends that hang never delay it."""
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, func, *args)
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT_SECONDS))
@@ -388,7 +392,8 @@ class Notifier:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._threads, self._db_thread):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     async def send_test(self) -> int:
         """A test notification to every target; the number queued (0: none configured)."""
@@ -411,7 +416,7 @@ class Notifier:
 
     async def _tick(self) -> None:
         targets = list(self.targets.values())
-        await self._run(self.outbox.collect, targets)
+        await self._run(self.outbox.collect, targets, not self.health.get("pending_files"))
         event = self._health_event()
         if event is not None:
             await self._run(self.outbox.enqueue, targets, *event)
@@ -480,7 +485,8 @@ class Notifier:
             if target.kind == "webhook":
                 return await self._send_webhook(target, item)
             title, body = _title_and_text(item.event, item.body.get("data", {}))
-            ok = await self._run(_send_apprise, target.url, title, body)
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self._threads, _send_apprise, target.url, title, body)
             return None if ok else "not accepted (Apprise reported a failure)"
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return _error_text(exc)

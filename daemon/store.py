@@ -197,6 +197,15 @@ def _migration_6_notifications(conn: Connection) -> None:
         END
         """
     )
+    # Intake records a file it refuses (not an image, too large) as failed from the start.
+    conn.exec_driver_sql(
+        """
+        CREATE TRIGGER jobs_notify_refused AFTER INSERT ON jobs WHEN NEW.state = 'failed'
+        BEGIN
+            INSERT INTO notify_events (job_id, state) VALUES (NEW.id, NEW.state);
+        END
+        """
+    )
     conn.exec_driver_sql(
         """
         CREATE TABLE notify_outbox (

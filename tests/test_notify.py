@@ -287,6 +287,7 @@ def test_a_batch_of_photos_is_one_message_and_no_secret_shows(tmp_path: Path) ->
             for n in range(20):
                 (folder / f"scan-{n:02d}.bmp").write_bytes(fake_photo(b"scan %d" % n))
             (folder / "broken.bmp").write_bytes(fake_photo(b"BAD"))
+            (folder / "notes.jpg").write_text("not a photo: refused at intake, a failed job too")
             wait_until(
                 lambda: any(item.json()["event"] == "batch.finished" for item in receiver.on("/hook")), 120
             )
@@ -302,13 +303,13 @@ def test_a_batch_of_photos_is_one_message_and_no_secret_shows(tmp_path: Path) ->
             wait_until(lambda: any(item.json()["event"] == "test" for item in receiver.on("/hook")), 30)
             log = site.log_path.read_text()  # type: ignore[attr-defined]
         events = [item.json()["event"] for item in receiver.on("/hook")]
-        assert events.count("batch.finished") == 1 and events.count("job.failed") == 1
+        assert events.count("batch.finished") == 1 and events.count("job.failed") == 2
         assert "job.done" not in events  # the default: not one message per photo
         batch = next(
             item.json()["data"] for item in receiver.on("/hook") if item.json()["event"] == "batch.finished"
         )
-        assert (batch["name"], batch["restored"], batch["failed"]) == ("Grandma-1961", 20, 1)
-        assert batch["summary"].startswith("Grandma-1961: 20 restored, 1 failed, ")
+        assert (batch["name"], batch["restored"], batch["failed"]) == ("Grandma-1961", 20, 2)
+        assert batch["summary"].startswith("Grandma-1961: 20 restored, 2 failed, ")
         assert health["notifications"]["targets"] == 2
         for text in [*shown, log]:
             assert SECRET not in text and "tok3n" not in text

@@ -26,6 +26,7 @@ from typing import Any
 
 from daemon import sdnotify
 from daemon.health import HealthState
+from daemon.notify import Notifier
 from daemon.originals import CRASH_ADVICE, move_to_failed
 from daemon.publish import free_bytes, remove_stale_temp_files, resolve_group
 from daemon.settings import Settings
@@ -59,6 +60,7 @@ class Service:
         self.intake: Intake | None = None
         self.runners: list[Any] = []
         self.pool: WorkerPool | None = None
+        self.notifier: Notifier | None = None
         self._stopping = asyncio.Event()
         self._disk_needed_bytes = 0
         self._disk_paused = False
@@ -93,6 +95,11 @@ class Service:
             )
         for job in interrupted.failed:
             move_to_failed(settings, self.store, job, job.error or "the worker crashed", CRASH_ADVICE)
+        try:
+            self.notifier = Notifier(settings, self.store, self.health)
+        except ValueError as exc:  # a notify URL's events= names an unknown event
+            raise StartupError(str(exc)) from None
+        self.notifier.start()
         self.pool = WorkerPool(
             settings,
             self.store,
@@ -126,6 +133,7 @@ class Service:
                 self.health,
                 on_job=self._on_new_job,
                 on_queue_change=self._on_queue_change,
+                send_test_notification=self.notifier.send_test if self.notifier else None,
             )
         except ValueError as exc:  # settings that contradict each other (protect_reads without a token)
             raise StartupError(str(exc)) from None
@@ -235,6 +243,8 @@ class Service:
         for runner in reversed(self.runners):
             with contextlib.suppress(Exception):
                 await runner.cleanup()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.store is not None:
             self.store.close()
         log.info("stopped")

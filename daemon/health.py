@@ -66,6 +66,9 @@ class _Health:
     precision: str | None = None
     backend_reason: str | None = None
     models: list[dict[str, Any]] = field(default_factory=list)
+    # Notifications (daemon/notify.py): targets, pending, failing_targets (redacted keys), last_error.
+    # A dead receiver shows here, not in "reasons": it does not keep photos from being restored.
+    notifications: dict[str, Any] = field(default_factory=dict)
 
 
 class HealthState:

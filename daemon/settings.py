@@ -7,13 +7,15 @@ config/restorer.example.toml documents every key.
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -63,6 +65,14 @@ DEFAULT_PRESETS: dict[str, Preset] = {
 
 
 MIN_TOKEN_CHARS = 16
+
+# Notification events (daemon/notify.py sends them); what a target gets unless its URL says otherwise:
+# a 500-photo drop is one batch message, not 500.
+NOTIFY_EVENTS = ("job.done", "job.failed", "batch.finished", "daemon.degraded", "daemon.recovered")
+DEFAULT_NOTIFY_EVENTS = ["batch.finished", "job.failed", "daemon.degraded", "daemon.recovered"]
+# RESTORER_NOTIFY_URLS is comma-separated, and a URL's own `?events=a,b` has commas too: split only
+# before a comma that starts the next URL (scheme://).
+_NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 CREDENTIAL_TOKEN = "api_token"
 
 
@@ -170,6 +180,69 @@ class Settings(BaseSettings):
         "may use",
         ge=0,
     )
+
+    # Notifications (daemon/notify.py). URLs and the secret hold tokens: excluded from every dump (the
+    # settings sent to workers and Ray actors, the API), never logged; public_dict shows them redacted.
+    notify_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        exclude=True,
+        description="Apprise URLs to notify (ntfy://, gotify://, tgram://, mailto://, discord://, ...); "
+        "each may end in ?events=job.failed,batch.finished to choose its events",
+    )
+    webhook_url: SecretStr | None = Field(
+        None, exclude=True, description="URL that gets each event as a signed JSON POST"
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, exclude=True, description="key of the webhook's X-Restorer-Signature (HMAC-SHA256)"
+    )
+    webhook_secret_file: Path | None = Field(
+        None, exclude=True, description="file holding webhook_secret (a container secret)"
+    )
+    webhook_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_EVENTS), description="events the webhook gets"
+    )
+
+    @field_validator("notify_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [url.strip() for url in _NEXT_URL.split(value) if url.strip()]
+        return value
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _split_events(cls, value: Any) -> Any:
+        # RESTORER_WEBHOOK_EVENTS=batch.finished,job.failed (a JSON list works in TOML).
+        if isinstance(value, str):
+            return [event.strip() for event in value.split(",") if event.strip()]
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _known_events(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(NOTIFY_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown event(s) {unknown}; known: {', '.join(NOTIFY_EVENTS)}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _webhook_secret_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("webhook_secret_file") is None:
+            return data
+        if data.get("webhook_secret") is not None:
+            raise ValueError("webhook_secret and webhook_secret_file are both set: keep one")
+        secret = read_secret_file(Path(data["webhook_secret_file"]), "webhook_secret_file")
+        return {**data, "webhook_secret": secret}
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> Settings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError(
+                "webhook_url needs webhook_secret (or webhook_secret_file): the receiver checks each "
+                "body's X-Restorer-Signature with it (make one with `openssl rand -hex 24`)"
+            )
+        return self
 
     # Intake.
     watch_mode: Literal["auto", "native", "polling"] = Field(
@@ -487,4 +560,6 @@ class Settings(BaseSettings):
         """What the API and page may show: everything but secrets."""
         data = self.model_dump(mode="json", exclude={"api_token"})
         data["api_token_set"] = self.api_token is not None
+        data["webhook_set"] = self.webhook_url is not None
+        data["notify_targets"] = len(self.notify_urls)
         return data

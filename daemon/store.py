@@ -202,6 +202,58 @@ def _migration_6_queue_control(conn: Connection) -> None:
     conn.exec_driver_sql("INSERT INTO queue_control (id, paused) VALUES (1, 0)")
 
 
+def _migration_7_notifications(conn: Connection) -> None:
+    # A trigger records every job that reaches done or failed, whoever wrote it (a local worker
+    # process, the Ray publisher, the crash requeue): daemon/notify.py turns these rows into
+    # notifications, so no finishing path can forget one. notify_outbox holds what is still to be sent
+    # (one row per target and event, deleted in the transaction that learns it was delivered), and
+    # notify_batch the running batch (counts since the queue was last empty), so a restart loses none.
+    conn.exec_driver_sql(
+        "CREATE TABLE notify_events (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL, "
+        "state TEXT NOT NULL)"
+    )
+    conn.exec_driver_sql(
+        """
+        CREATE TRIGGER jobs_notify AFTER UPDATE OF state ON jobs
+        WHEN NEW.state IN ('done', 'failed') AND OLD.state IS NOT NEW.state
+        BEGIN
+            INSERT INTO notify_events (job_id, state) VALUES (NEW.id, NEW.state);
+        END
+        """
+    )
+    # Intake records a file it refuses (not an image, too large) as failed from the start.
+    conn.exec_driver_sql(
+        """
+        CREATE TRIGGER jobs_notify_refused AFTER INSERT ON jobs WHEN NEW.state = 'failed'
+        BEGIN
+            INSERT INTO notify_events (job_id, state) VALUES (NEW.id, NEW.state);
+        END
+        """
+    )
+    conn.exec_driver_sql(
+        """
+        CREATE TABLE notify_outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_id TEXT NOT NULL UNIQUE,
+            target TEXT NOT NULL,
+            event TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            next_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT
+        )
+        """
+    )
+    conn.exec_driver_sql("CREATE INDEX notify_outbox_due ON notify_outbox (next_at)")
+    conn.exec_driver_sql(
+        "CREATE TABLE notify_batch (id INTEGER PRIMARY KEY CHECK (id = 1), started_at REAL, "
+        "done INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, "
+        "folders TEXT NOT NULL DEFAULT '')"
+    )
+    conn.exec_driver_sql("INSERT INTO notify_batch (id) VALUES (1)")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1_jobs,
     _migration_2_originals_and_notes,
@@ -209,6 +261,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_4_original_path,
     _migration_5_publishing,
     _migration_6_queue_control,
+    _migration_7_notifications,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -292,6 +345,14 @@ class JobStore(ReadModel):
     def _write(self) -> Iterator[Connection]:
         with self._engine.execution_options(immediate=True).begin() as conn:
             yield conn
+
+    def transaction(self) -> Any:
+        """A write transaction (BEGIN IMMEDIATE) for the tables other daemon modules own (notify_*)."""
+        return self._write()
+
+    def reading(self) -> Any:
+        """A read-only connection for those tables: no write lock taken."""
+        return self._read()
 
     # -- intake --------------------------------------------------------------------------------------
 

@@ -481,6 +481,27 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 # -- wiring ------------------------------------------------------------------------------------------
 
+# -- notifications (issue 19 item 1) -----------------------------------------------------------------
+
+
+async def test_notification(request: web.Request) -> web.Response:
+    """A write: queue one test notification to every configured target. 202 with how many; 409 when
+    none is configured. Never names a target's URL."""
+    require_write(request)
+    send = context_of(request).send_test_notification
+    queued = await send() if send is not None else 0
+    if queued == 0:
+        return json_response(
+            {"queued": 0, "detail": "no notification target is configured (notify_urls, webhook_url)"},
+            status=409,
+        )
+    return json_response({"queued": queued}, status=202)
+
+
+def add_notification_routes(app: web.Application) -> None:
+    app.router.add_post(f"{API_PREFIX}/notifications/test", test_notification)
+
+
 JOB = API_PREFIX + r"/jobs/{job_id:\d{1,18}}"
 
 
@@ -502,6 +523,7 @@ def add_api_routes(app: web.Application) -> None:
     router.add_get(JOB + "/output", get_output)
     router.add_get(f"{API_PREFIX}/stats", get_stats)
     router.add_get(f"{API_PREFIX}/openapi.json", get_openapi)
+    add_notification_routes(app)
 
 
 def create_api_app(ctx: SiteContext) -> web.Application:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,6 +50,8 @@ class SiteContext:
     on_job: Callable[[AddResult], None] | None = None
     # Called on the event loop after a pause, resume or prioritize (the service wakes the workers).
     on_queue_change: Callable[[], None] | None = None
+    # The service's Notifier.send_test (queues a test notification to every target; returns how many).
+    send_test_notification: Callable[[], Awaitable[int]] | None = None
     preview_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PREVIEW_SLOTS))
     # Big previews: one child process at a time (each may need up to a few GB while it decodes).
     child_preview_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))

@@ -91,6 +91,17 @@ SCHEMAS: dict[str, Any] = {
             "device": _nullable(_STR),
             "precision": _nullable(_STR),
             "models": {"type": "array", "items": {"type": "object"}},
+            "notifications": {
+                "type": "object",
+                "description": "targets configured, pending notifications, targets whose last try failed "
+                "(scheme#hash, never the URL) and the last error",
+                "properties": {
+                    "targets": _INT,
+                    "pending": _INT,
+                    "failing_targets": {"type": "array", "items": _STR},
+                    "last_error": _nullable(_STR),
+                },
+            },
             "intake_paused": _BOOL,
             "intake_paused_reason": _nullable(_STR),
             **{
@@ -394,6 +405,37 @@ def _file_operation(which: str) -> dict[str, Any]:
     }
 
 
+# -- notifications (issue 19 item 1) -----------------------------------------------------------------
+
+
+def _notification_paths() -> dict[str, Any]:
+    queued = {
+        "type": "object",
+        "required": ["queued"],
+        "properties": {"queued": _INT, "detail": _STR},
+    }
+    return {
+        "/api/v1/notifications/test": {
+            "post": {
+                "summary": "Queue a test notification to every configured target (a write)",
+                "operationId": "test_notification",
+                "security": [{}, {"bearer": []}, {"token": []}],
+                "responses": {
+                    "202": {
+                        "description": "queued; `queued` says for how many targets",
+                        "content": {"application/json": {"schema": queued}},
+                    },
+                    "409": {
+                        "description": "no notification target is configured",
+                        "content": {"application/json": {"schema": queued}},
+                    },
+                    **_WRITE_ERRORS,
+                },
+            }
+        }
+    }
+
+
 def _action(name: str, summary: str) -> dict[str, Any]:
     return {
         "summary": summary,
@@ -452,6 +494,7 @@ def _prioritize_operation() -> dict[str, Any]:
 @cache
 def openapi_document() -> dict[str, Any]:
     document = _document()
+    document["paths"].update(_notification_paths())
     # The guards answer every operation: a foreign Host (DNS rebinding) and, under protect_reads, reads
     # without the token.
     unauthorised = _problem("protect_reads is on and no valid token was sent")

@@ -8,7 +8,7 @@ page server mounts the same /api/v1 routes in-process, so the browser talks to o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -31,6 +31,7 @@ async def start_servers(
     health: HealthState,
     on_job: Callable[[AddResult], None] | None = None,
     on_queue_change: Callable[[], None] | None = None,
+    send_test_notification: Callable[[], Awaitable[int]] | None = None,
 ) -> list[web.AppRunner]:
     """Bind the API on settings.api_port and the page on settings.site_port; return their runners.
 
@@ -44,7 +45,12 @@ async def start_servers(
     if settings.protect_reads and settings.api_token is None:
         raise ValueError("protect_reads needs api_token: set RESTORER_API_TOKEN (or LoadCredential)")
     ctx = SiteContext(
-        settings=settings, store=store, health=health, on_job=on_job, on_queue_change=on_queue_change
+        settings=settings,
+        store=store,
+        health=health,
+        on_job=on_job,
+        on_queue_change=on_queue_change,
+        send_test_notification=send_test_notification,
     )
     ctx.host_names = own_host_names() | {name.lower().rstrip(".") for name in settings.allowed_hosts}
     apps = [(create_api_app(ctx), settings.api_port), (create_site_app(ctx), settings.site_port)]

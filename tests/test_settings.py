@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import get_origin
+from typing import get_args, get_origin
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from app.commands.serve import settings_from_args
 from daemon.settings import DEFAULT_PRESETS, Settings
@@ -164,7 +164,9 @@ def test_flags_are_made_from_settings_fields_with_types_choices_and_help() -> No
     fields = Settings.model_fields
     structured = {name for name, field in fields.items() if get_origin(field.annotation) in (list, dict)}
     parser = argparse.ArgumentParser()
-    add_settings_flags(parser, [name for name in fields if name not in {"api_token", *structured}])
+    secrets = {name for name, field in fields.items() if SecretStr in get_args(field.annotation)}
+    assert {"api_token", "webhook_url", "webhook_secret"} <= secrets
+    add_settings_flags(parser, [name for name in fields if name not in {*secrets, *structured}])
     backend = next(a for a in parser._actions if a.dest == "backend")
     assert backend.choices == ("auto", "openvino", "torch")
     assert backend.help.startswith(Settings.model_fields["backend"].description)

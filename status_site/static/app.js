@@ -345,6 +345,33 @@ function renderHealth(health) {
     facts.push(faces.length ? `face weights: ${names(faces)}` : noFaces);
   }
   $("health-facts").textContent = facts.join(" · ");
+  renderNotifications(health.notifications);
+}
+
+// ---------- Notifications (issue 19 item 1): health's summary and the test button ----------
+
+// health.notifications: targets, pending, failing_targets (scheme#hash, never a URL), last_error.
+function renderNotifications(notifications) {
+  const info = notifications || {};
+  $("notify-row").hidden = !info.targets;
+  if (!info.targets) return;
+  const failing = info.failing_targets || [];
+  const parts = [`${info.targets} notification target(s)`, `${info.pending || 0} pending`];
+  if (failing.length) parts.push(`failing: ${failing.join(", ")} (${info.last_error || "?"})`);
+  $("notify-row").title = parts.join(" · ");
+  if (!$("notify-status").dataset.busy) $("notify-status").textContent = parts.join(" · ");
+}
+
+async function sendTestNotification() {
+  const status = $("notify-status");
+  status.dataset.busy = "1";
+  try {
+    const answer = await api("/notifications/test", { method: "POST" });
+    status.textContent = `Test notification queued for ${answer.queued} target(s).`;
+  } catch (err) {
+    status.textContent = `Could not send a test notification: ${err.message}`;
+  }
+  setTimeout(() => delete status.dataset.busy, 5000);
 }
 
 // ---------- Capabilities (upload/retry allowed from this browser?) ----------
@@ -1103,6 +1130,7 @@ function start() {
   setupUpload();
   setupInspector();
   setupQueueControl();
+  $("notify-test").addEventListener("click", sendTestNotification);
   $("history-filter").addEventListener("change", historyChanged);
   $("history-next").addEventListener("click", () => {
     if (!state.historyNext) return;

@@ -57,6 +57,7 @@ ALLOWED = {
     "daemon/ray_token.py: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 384)": (
         "`restorer cluster token FILE`: a new token file where the operator asks"
     ),
+    "daemon/schedule.py: open(localtime, 'rb')": "/etc/localtime, the host's time zone for run_hours",
     "daemon/workers.py: gpus_dir.iterdir()": "/proc/driver/nvidia/gpus",
     "status_site/page.py: (folder / name).read_bytes()": "the package's own static files",
     "status_site/uploads.py: spool_dir.mkdir(parents=True, exist_ok=True)": "the upload spool (state folder)",

@@ -253,7 +253,7 @@ class JobStore(ReadModel):
         mount = fsinfo.mount_of(db_path.parent, mountinfo_file)
         if mount is not None and mount.is_network:
             raise StateOnNetworkFilesystemError(
-                f"the job database {db_path} would be on a network filesystem ({mount.fs_type} at "
+                f"the job database {db_path} would be on a {mount.network_reason} ({mount.fs_type} at "
                 f"{mount.mount_point}); SQLite's WAL needs a local disk: set RESTORER_STATE_DIR to a "
                 "local folder (the inbox and outbox may stay on the share)"
             )

@@ -178,12 +178,18 @@ def _migration_5_publishing(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN publishing TEXT")
 
 
+def _migration_6_cleaned_at(conn: Connection) -> None:
+    # When retention (archive_days / failed_days) removed the original: the record stays, marked.
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN cleaned_at TEXT")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1_jobs,
     _migration_2_originals_and_notes,
     _migration_3_throughput_columns,
     _migration_4_original_path,
     _migration_5_publishing,
+    _migration_6_cleaned_at,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -460,6 +466,28 @@ class JobStore(ReadModel):
             job_id,
             f"original = :place, original_path = COALESCE(:moved_to, original_path), {_APPEND_NOTE}",
             {"place": place, "moved_to": original_path, "note": note},
+        )
+
+    def past_retention(self, state: str, place: str, finished_before: datetime, limit: int) -> list[Job]:
+        """Jobs in `state` whose original is in `place` (archived / failed_dir) and that finished before
+        `finished_before`, oldest first: what retention may clean up."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = :state AND original = :place "
+                    "AND cleaned_at IS NULL AND finished_at < :before ORDER BY finished_at LIMIT :limit"
+                ),
+                {"state": state, "place": place, "before": to_text(finished_before), "limit": limit},
+            ).all()
+        return [job_from_row(row) for row in rows]
+
+    def mark_cleaned(self, job_id: int, place: str, when: datetime, note: str) -> Job:
+        """The original was removed by retention: the record stays, with when and why."""
+        return self._update(
+            job_id,
+            f"original = 'deleted', cleaned_at = :when, {_APPEND_NOTE}",
+            {"when": to_text(when), "note": note},
+            only_if=f"original = '{place}'" if place in ("archived", "failed_dir") else "0",
         )
 
     def add_note(self, job_id: int, note: str) -> Job:

@@ -57,9 +57,9 @@ class SambaServer:
     """smbd exporting `share_path` as //127.0.0.1/inbox on a free loopback port, guest access mapped to
     root (the daemon's user here), SMB2 and later only."""
 
-    def __init__(self, root: Path, share_path: Path) -> None:
+    def __init__(self, root: Path, share_path: Path, port: int | None = None) -> None:
         self.root = root
-        self.port = free_port()
+        self.port = port or free_port()
         for folder in ("private", "lock", "pid", "state", "cache", "logs"):
             (root / folder).mkdir(parents=True, exist_ok=True)
         self.conf = root / "smb.conf"
@@ -155,3 +155,35 @@ class SshfsMount:
     def stop(self) -> None:
         subprocess.run(["fusermount", "-u", "-z", str(self.mount_point)], check=False)
         _stop(self.process)
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class SmbnetfsMount:
+    """smbnetfs (FUSE, type `fuse.smbnetfs`) mounted at `mount_point`, its configuration in `home`; the
+    share is then `mount_point/127.0.0.1/inbox`. libsmbclient only dials port 445, so the server must
+    listen there."""
+
+    def __init__(self, home: Path, mount_point: Path) -> None:
+        (home / ".smb").mkdir(parents=True, exist_ok=True)
+        (home / ".smb" / "smb.conf").write_text("[global]\n  client min protocol = SMB2\n")
+        (home / ".smb" / "smbnetfs.conf").write_text("smb_query_browsers false\nshow_hidden_hosts true\n")
+        for name in ("smb.conf", "smbnetfs.conf"):
+            (home / ".smb" / name).chmod(0o600)
+        mount_point.mkdir(parents=True, exist_ok=True)
+        self.mount_point = mount_point
+        subprocess.run(
+            ["smbnetfs", str(mount_point)], check=True, timeout=30, env={**os.environ, "HOME": str(home)}
+        )
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount", "-u", "-z", str(self.mount_point)], check=False)

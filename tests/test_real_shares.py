@@ -7,7 +7,8 @@ Two setups people run:
 - The daemon on a GPU box with the NAS folder mounted through FUSE (sshfs against an sshd on loopback):
   files written on the server side never reach inotify, so `watch_mode = auto` must poll, say why in
   health, and still make each photo exactly one job. The same mount under a FUSE type outside the known
-  list (`-o subtype=`) shows that unknown `fuse.*` types are polled too.
+  list (`-o subtype=`) shows that unknown `fuse.*` types are polled too, and so is a real smbnetfs mount
+  of the Samba server (`fuse.smbnetfs`, outside today's list; it needs 127.0.0.1:445 free).
 
 Each photo must become exactly one job whose recorded hash is the complete file's: a job made from a
 half-written file would carry another hash (and the finished file a second job). Intake runs in-process
@@ -29,7 +30,14 @@ import pytest
 
 from tests.daemon_processors import fake_photo
 from tests.daemon_support import wait_for
-from tests.share_support import SSHD, SambaServer, SshfsMount, skip_unless_available
+from tests.share_support import (
+    SSHD,
+    SambaServer,
+    SmbnetfsMount,
+    SshfsMount,
+    port_is_free,
+    skip_unless_available,
+)
 from tests.test_watcher import Harness
 
 STABILITY = 1.0  # longer than any pause between two pieces below, as on a real share
@@ -174,6 +182,37 @@ def test_files_written_on_the_server_side_of_a_fuse_mount_are_polled_and_become_
     wait_for(lambda: set(jobs_by_path(h)) == set(expected), timeout=40)
     h.settle(3 * STABILITY)
     assert jobs_by_path(h) == {path: [sha256(data)] for path, data in expected.items()}
+
+
+def test_an_smbnetfs_mount_is_polled_as_an_unknown_fuse_type_and_server_writes_become_one_job_each(
+    tmp_path: Path,
+) -> None:
+    skip_unless_available("smbd", "smbnetfs", "fusermount", fuse=True)
+    if not port_is_free(445):
+        pytest.skip("127.0.0.1:445 is taken: smbnetfs (libsmbclient) only dials port 445")
+    server_dir = tmp_path / "nas-disk"
+    server_dir.mkdir()
+    server = SambaServer(tmp_path / "samba", server_dir, port=445)
+    mount = SmbnetfsMount(tmp_path / "home", tmp_path / "network")
+    try:
+        (server_dir / "old.jpg").write_bytes(fake_photo(b"there before the daemon"))
+        h = Harness(tmp_path, "auto", stability_seconds=STABILITY, inbox=tmp_path / "network/127.0.0.1/inbox")
+        try:
+            intake = h.start()
+            assert intake.mode == "polling"
+            reason = h.health.get("watch_mode_reason")
+            assert "FUSE filesystem not known to be local" in reason and "fuse.smbnetfs" in reason, reason
+            (server_dir / "new.jpg.part").write_bytes(fake_photo(b"written on the NAS"))
+            (server_dir / "new.jpg.part").rename(server_dir / "new.jpg")
+            expected = {name: (server_dir / name).read_bytes() for name in ("old.jpg", "new.jpg")}
+            wait_for(lambda: set(jobs_by_path(h)) == set(expected), timeout=40)
+            h.settle(3 * STABILITY)
+            assert jobs_by_path(h) == {path: [sha256(data)] for path, data in expected.items()}
+        finally:
+            h.stop()
+    finally:
+        mount.stop()
+        server.stop()
 
 
 def test_kernel_smb_client_mount_is_polled(tmp_path: Path) -> None:

@@ -134,3 +134,34 @@ def test_a_file_that_took_the_archived_originals_place_is_left_alone(tmp_path: P
     # Said once: the records no longer point there, so later sweeps do not look again.
     assert place.store.past_retention("done", "archived", datetime.now(UTC) + 9 * DAY, 10) == []
     place.close()
+
+
+def test_restorer_serve_sweeps_at_start_and_keeps_the_record(tmp_path: Path) -> None:
+    """End to end: a photo restored and archived by one `restorer serve`; the next start's sweep, the
+    archive_days (here 0.1 s) past, removes the archived original and marks the job; the output stays."""
+    from tests.daemon_support import ServeProcess, wait_for
+
+    for folder in ("inbox", "outbox", "failed", "archive", "state"):
+        (tmp_path / folder).mkdir()
+    env = {"RESTORER_ARCHIVE_DAYS": str(0.1 / 86400)}
+    first = ServeProcess(tmp_path, env)
+    try:
+        first.wait_ready()
+        (tmp_path / "inbox" / "photo.jpg").write_bytes(fake_photo(b"a photo"))
+        wait_for(lambda: (tmp_path / "archive" / "photo.jpg").exists(), timeout=60)
+        assert first.terminate() == 0
+    finally:
+        first.cleanup()
+    second = ServeProcess(tmp_path, env)
+    try:
+        second.wait_ready()
+        wait_for(lambda: not (tmp_path / "archive" / "photo.jpg").exists(), timeout=30)
+        assert "retention removed the originals of 1 job(s)" in second.output()
+    finally:
+        second.terminate()
+        second.cleanup()
+    store = JobStore(tmp_path / "state" / "jobs.sqlite3")
+    (job,) = store.list(limit=10).jobs
+    assert job.state == "done" and job.cleaned_at is not None and job.original == "deleted"
+    assert job.output_path is not None and (tmp_path / "outbox" / job.output_path).is_file()
+    store.close()

@@ -471,7 +471,7 @@ class JobStore(ReadModel):
     def past_retention(self, state: str, place: str, finished_before: datetime, limit: int) -> list[Job]:
         """Jobs in `state` whose original is in `place` (archived / failed_dir) and that finished before
         `finished_before`, oldest first: what retention may clean up."""
-        with self._engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 text(
                     f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = :state AND original = :place "

@@ -25,13 +25,17 @@ $(STAMP): pyproject.toml Makefile
 # Browser tests use Debian's chromium; the unit test runs systemd-analyze; LAN-client tests build a
 # network namespace with iproute2's `ip`; the Ray token cluster's test firewalls its namespaces with
 # nftables' `nft`; metadata tests read outputs with exiftool, an independent reader
-# (libimage-exiftool-perl). Installed only when missing.
+# (libimage-exiftool-perl); real-share tests run Samba's smbd and smbclient, and mount an sshd with sshfs
+# and the Samba share with smbnetfs. Installed only when missing.
 system-deps:
 	@if ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v ip >/dev/null \
-	    || ! command -v nft >/dev/null || ! command -v exiftool >/dev/null; then \
+	    || ! command -v nft >/dev/null || ! command -v exiftool >/dev/null || ! command -v smbd >/dev/null \
+	    || ! command -v smbclient >/dev/null || ! command -v sshfs >/dev/null || ! command -v smbnetfs >/dev/null \
+	    || ! test -x /usr/sbin/sshd; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd iproute2 nftables libimage-exiftool-perl >/dev/null; \
-	  else echo "install chromium, systemd, iproute2, nftables and libimage-exiftool-perl (sudo apt-get install ...) for the full test suite"; fi; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium systemd iproute2 nftables libimage-exiftool-perl \
+	      samba smbclient sshfs smbnetfs openssh-server >/dev/null; \
+	  else echo "install chromium, systemd, iproute2, nftables, libimage-exiftool-perl, samba, smbclient, sshfs, smbnetfs and openssh-server (sudo apt-get install ...) for the full test suite"; fi; \
 	fi
 
 run: install

@@ -21,10 +21,11 @@ import logging
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from daemon import sdnotify
+from daemon import retention, sdnotify
 from daemon.health import HealthState
 from daemon.notify import Notifier
 from daemon.originals import CRASH_ADVICE, move_to_failed
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SUPERVISE_SECONDS = 0.2
 DISK_CHECK_SECONDS = 2.0
+RETENTION_SECONDS = 3600.0  # archive_days / failed_days count in days: an hourly sweep is plenty
 
 
 class StartupError(Exception):
@@ -204,6 +206,17 @@ class Service:
             if self.pool is not None:
                 self.pool.resume()
 
+    def _sweep_retention(self) -> None:
+        if self.store is None or not retention.rules(self.settings):
+            return
+        try:
+            cleaned = retention.sweep(self.settings, self.store, datetime.now(UTC))
+        except Exception:  # a retention failure must never stop the service; the next sweep retries
+            log.exception("retention sweep failed")
+            return
+        if cleaned:
+            log.info("retention removed the originals of %d job(s): %s", len(cleaned), cleaned)
+
     # -- run and stop -----------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -217,6 +230,8 @@ class Service:
         watchdog = sdnotify.watchdog_seconds()
         next_disk = 0.0
         disk_check: asyncio.Future[None] | None = None
+        next_retention = 0.0
+        sweep: asyncio.Future[None] | None = None
         while not self._stopping.is_set():
             if self.pool is not None:
                 await self.pool.supervise()
@@ -225,6 +240,9 @@ class Service:
                 # Off the loop: statvfs on a hung NFS hard mount would otherwise freeze the API too.
                 next_disk = now + DISK_CHECK_SECONDS
                 disk_check = asyncio.get_running_loop().run_in_executor(None, self._check_disk)
+            if now >= next_retention and (sweep is None or sweep.done()):
+                next_retention = now + RETENTION_SECONDS
+                sweep = asyncio.get_running_loop().run_in_executor(None, self._sweep_retention)
             if watchdog is not None and now - self._last_watchdog >= watchdog / 3 and self.worker_healthy():
                 self._last_watchdog = now
                 log.debug("watchdog ping (worker %s)", self.health.get("worker_state"))

@@ -11,6 +11,7 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     watcher.py     the intake: inbox events and scans -> stable files -> jobs
     intake.py      enqueue_file: the one path from a complete file in the inbox to a job
     originals.py   where a job's original is, disposal (archive/delete/keep), moves to failed/
+    retention.py   archive_days / failed_days: old archived originals and failed files deleted, jobs marked
     worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original
     names.py       the file-name rules for every name the daemon creates (safe_file_name)
     beneath.py     every file operation under the inbox, outbox, failed and archive folders: folder

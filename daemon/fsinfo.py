@@ -43,6 +43,28 @@ NETWORK_FS_TYPES = frozenset(
     }
 )
 
+# FUSE filesystems known to hold only this machine's files. Any other FUSE type is treated as a network
+# filesystem: gvfs, smbnetfs, rclone's many names, sshfs forks all mount remote shares, the FUSE daemon
+# learns of another machine's writes only when asked, and inotify never hears of them. Polling a local
+# FUSE folder by mistake costs a stat per file per poll; watching a remote one natively loses photos.
+KNOWN_LOCAL_FUSE_TYPES = frozenset(
+    {
+        "fuseblk",  # ntfs-3g, exfat-fuse: a local block device
+        "fuse.lxcfs",
+        "fuse.fuse-overlayfs",
+        "fuse.bindfs",
+        "fuse.mergerfs",
+        "fuse.portal",  # the xdg document portal: local files handed to sandboxed apps
+        "fuse.squashfuse",
+        "fuse.snapfuse",
+        "fuse.encfs",
+        "fuse.gocryptfs",
+        "fuse.ntfs-3g",
+        "fuse.exfat",
+        "fuse.vmhgfs-fuse",  # VMware shared folders from the same host
+    }
+)
+
 
 @dataclass(frozen=True)
 class MountInfo:
@@ -52,7 +74,20 @@ class MountInfo:
 
     @property
     def is_network(self) -> bool:
-        return self.fs_type in NETWORK_FS_TYPES
+        return self.network_reason is not None
+
+    @property
+    def network_reason(self) -> str | None:
+        """Why this mount counts as a network filesystem, or None for a local one."""
+        if self.fs_type in NETWORK_FS_TYPES:
+            return "network filesystem"
+        if _is_fuse(self.fs_type) and self.fs_type not in KNOWN_LOCAL_FUSE_TYPES:
+            return "FUSE filesystem not known to be local, so treated as a network share"
+        return None
+
+
+def _is_fuse(fs_type: str) -> bool:
+    return fs_type in ("fuse", "fuseblk") or fs_type.startswith("fuse.")
 
 
 def _unescape(field: str) -> str:
@@ -101,6 +136,12 @@ def mount_of(path: Path, mountinfo_file: Path | None = None) -> MountInfo | None
 def is_network_filesystem(path: Path, mountinfo_file: Path | None = None) -> bool:
     mount = mount_of(path, mountinfo_file)
     return mount is not None and mount.is_network
+
+
+def network_reason(path: Path, mountinfo_file: Path | None = None) -> str | None:
+    """Why `path` counts as being on a network filesystem, or None when it is local (or unknown)."""
+    mount = mount_of(path, mountinfo_file)
+    return None if mount is None else mount.network_reason
 
 
 def describe(path: Path, mountinfo_file: Path | None = None) -> str:

@@ -166,6 +166,8 @@ def still_the_one_read(seen: Seen) -> FileIdentity:
 
 def absence_reason(job: Job) -> str:
     """Why `location` found nothing, in words for the API."""
+    if job.cleaned_at is not None:
+        return f"the original of job {job.id} was removed by retention (archive_days / failed_days)"
     if job.original == "deleted":
         return f"the original of job {job.id} was deleted after restoring (originals = delete)"
     return f"job {job.id} does not record where its original is now"

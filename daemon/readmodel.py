@@ -107,6 +107,7 @@ class Job:
     cancel_requested: bool
     input_megapixels: float | None  # written when the job finishes
     work_seconds: float | None  # the pipeline's own clock, else wall time; written when it finishes
+    cleaned_at: datetime | None  # when retention removed the original (archive_days / failed_days)
 
     @property
     def seconds(self) -> float | None:
@@ -130,9 +131,9 @@ JOB_COLUMNS = (
     "id, input_path, content_sha256, size_bytes, mtime, preset, options, state, priority, attempts, "
     "detected_at, started_at, finished_at, heartbeat_at, progress, stage, output_path, output_size_bytes, "
     "original_path, original, error, failure_kind, report, note, cancel_requested, input_megapixels, "
-    "work_seconds"
+    "work_seconds, cleaned_at"
 )
-_DATETIMES = ("detected_at", "started_at", "finished_at", "heartbeat_at")
+_DATETIMES = ("detected_at", "started_at", "finished_at", "heartbeat_at", "cleaned_at")
 
 
 def job_from_row(row: Any) -> Job:

@@ -267,6 +267,14 @@ class Settings(BaseSettings):
     originals: Literal["archive", "delete", "keep"] = Field(
         "archive", description="what happens to an original once restored"
     )
+    archive_days: float | None = Field(
+        None,
+        description="delete archived originals of restored photos this many days old (unset: keep)",
+        gt=0,
+    )
+    failed_days: float | None = Field(
+        None, description="delete files set aside in failed_dir this many days old (unset: keep)", gt=0
+    )
     heartbeat_seconds: float = Field(5.0, description="how often the worker reports it is alive", gt=0)
     hang_seconds: float = Field(600.0, description="a worker silent this long is restarted", gt=0)
     stop_grace_seconds: float = Field(

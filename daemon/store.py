@@ -254,6 +254,11 @@ def _migration_7_notifications(conn: Connection) -> None:
     conn.exec_driver_sql("INSERT INTO notify_batch (id) VALUES (1)")
 
 
+def _migration_8_cleaned_at(conn: Connection) -> None:
+    # When retention (archive_days / failed_days) removed the original: the record stays, marked.
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN cleaned_at TEXT")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_1_jobs,
     _migration_2_originals_and_notes,
@@ -262,6 +267,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _migration_5_publishing,
     _migration_6_queue_control,
     _migration_7_notifications,
+    _migration_8_cleaned_at,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -331,7 +337,7 @@ class JobStore(ReadModel):
         mount = fsinfo.mount_of(db_path.parent, mountinfo_file)
         if mount is not None and mount.is_network:
             raise StateOnNetworkFilesystemError(
-                f"the job database {db_path} would be on a network filesystem ({mount.fs_type} at "
+                f"the job database {db_path} would be on a {mount.network_reason} ({mount.fs_type} at "
                 f"{mount.mount_point}); SQLite's WAL needs a local disk: set RESTORER_STATE_DIR to a "
                 "local folder (the inbox and outbox may stay on the share)"
             )
@@ -551,6 +557,28 @@ class JobStore(ReadModel):
             job_id,
             f"original = :place, original_path = COALESCE(:moved_to, original_path), {_APPEND_NOTE}",
             {"place": place, "moved_to": original_path, "note": note},
+        )
+
+    def past_retention(self, state: str, place: str, finished_before: datetime, limit: int) -> list[Job]:
+        """Jobs in `state` whose original is in `place` (archived / failed_dir) and that finished before
+        `finished_before`, oldest first: what retention may clean up."""
+        with self._read() as conn:
+            rows = conn.execute(
+                text(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = :state AND original = :place "
+                    "AND cleaned_at IS NULL AND finished_at < :before ORDER BY finished_at LIMIT :limit"
+                ),
+                {"state": state, "place": place, "before": to_text(finished_before), "limit": limit},
+            ).all()
+        return [job_from_row(row) for row in rows]
+
+    def mark_cleaned(self, job_id: int, place: str, when: datetime, note: str) -> Job:
+        """The original was removed by retention: the record stays, with when and why."""
+        return self._update(
+            job_id,
+            f"original = 'deleted', cleaned_at = :when, {_APPEND_NOTE}",
+            {"when": to_text(when), "note": note},
+            only_if=f"original = '{place}'" if place in ("archived", "failed_dir") else "0",
         )
 
     def add_note(self, job_id: int, note: str) -> Job:

@@ -137,9 +137,10 @@ def choose_mode(settings: Settings) -> tuple[str, str]:
         return "native", f"watch_mode=native (inbox on {where})"
     if settings.watch_mode == "polling":
         return "polling", f"watch_mode=polling, every {settings.poll_seconds:g} s (inbox on {where})"
-    if fsinfo.is_network_filesystem(settings.inbox):
+    network = fsinfo.network_reason(settings.inbox)
+    if network is not None:
         return "polling", (
-            f"inbox is on a network filesystem ({where}): inotify cannot see files other machines "
+            f"inbox is on a {network} ({where}): inotify cannot see files other machines "
             f"write, so it is polled every {settings.poll_seconds:g} s"
         )
     return "native", f"inbox is on a local filesystem ({where}): inotify events"

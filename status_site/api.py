@@ -100,6 +100,7 @@ def job_json(job: Job, position: int | None, eta: float | None, worker: str | No
         "error": job.error,
         "failure_kind": job.failure_kind,
         "note": job.note,
+        "cleaned_at": data["cleaned_at"],
         "cancel_requested": job.cancel_requested,
         "options": job.options,
         "report": report,

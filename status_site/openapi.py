@@ -276,6 +276,9 @@ SCHEMAS: dict[str, Any] = {
             "error": _nullable({"type": "string", "description": "why it failed, in words"}),
             "failure_kind": _nullable(_STR),
             "note": _nullable(_STR),
+            "cleaned_at": _nullable(
+                {**_TIME, "description": "when retention (archive_days / failed_days) removed the original"}
+            ),
             "cancel_requested": _BOOL,
             "options": {"type": "object"},
             "report": _nullable({"$ref": "#/components/schemas/Report"}),

@@ -451,3 +451,24 @@ def test_pause_run_next_and_resume_from_the_page(browser: object, tmp_path: Path
         started = sorted(listing, key=lambda job: job["started_at"])
         assert [job["name"] for job in started] == shown
         assert errors == []
+
+
+def test_history_says_when_retention_removed_an_original(browser: object, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    page = browser.new_page()  # type: ignore[attr-defined]
+    with running_site(tmp_path) as site:
+        job = site.insert_job(
+            state="done",
+            input_path="grandma.jpg",
+            finished_at=datetime(2026, 1, 2, 9, 0, tzinfo=UTC),
+            original="deleted",
+            original_path="grandma.jpg",
+            cleaned_at=datetime(2026, 2, 1, 9, 0, tzinfo=UTC),
+            note="archived original removed after 30 days (retention)",
+        )
+        assert site.get(f"/api/v1/jobs/{job}").json()["cleaned_at"].startswith("2026-02-01T09:00")
+        page.goto(site.page + "/")
+        line = page.wait_for_selector(f"#history li[data-id='{job}'] .cleaned", timeout=20_000)
+        assert line.inner_text().startswith("archived original removed after 30 days, cleaned up")
+    page.close()

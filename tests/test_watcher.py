@@ -449,6 +449,44 @@ def test_network_filesystem_detection_reads_mountinfo(tmp_path: Path) -> None:
         assert not fsinfo.is_network_filesystem(tmp_path / folder, mountinfo), folder
 
 
+def test_unknown_fuse_types_count_as_network_and_known_local_ones_do_not(tmp_path: Path) -> None:
+    from daemon import fsinfo
+
+    remote = ["fuse.smbnetfs", "fuse.gvfsd-fuse", "fuse.rclone-mount", "fuse.sshfs-ng", "fuse"]
+    local = ["fuse.lxcfs", "fuse.fuse-overlayfs", "fuseblk", "fuse.portal", "ext4", "tmpfs"]
+    lines = ["22 1 8:1 / / rw - ext4 /dev/sda1 rw"]
+    for n, fs_type in enumerate(remote + local):
+        (tmp_path / f"m{n}").mkdir()
+        lines.append(f"{60 + n} 22 0:{60 + n} / {tmp_path}/m{n} rw - {fs_type} src{n} rw")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("\n".join(lines) + "\n")
+    for n, fs_type in enumerate(remote + local):
+        reason = fsinfo.network_reason(tmp_path / f"m{n}", mountinfo)
+        if fs_type in remote:
+            assert reason is not None and "FUSE filesystem not known to be local" in reason, fs_type
+        else:
+            assert reason is None, fs_type
+
+
+def test_auto_mode_polls_an_unknown_fuse_share_and_health_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon import fsinfo
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        f"41 22 0:51 / {tmp_path / 'inbox'} rw - fuse.smbnetfs smbnetfs rw,user_id=0\n"
+    )
+    monkeypatch.setattr(fsinfo, "MOUNTINFO", mountinfo)
+    h = Harness(tmp_path, "auto")
+    intake = h.start()
+    assert intake.mode == "polling"
+    reason = h.health.get("watch_mode_reason")
+    assert "FUSE filesystem not known to be local" in reason and "fuse.smbnetfs" in reason
+    h.stop()
+
+
 def test_events_lost_to_inotify_overflow_or_a_blind_share_are_caught_by_the_periodic_rescan(
     tmp_path: Path,
 ) -> None:

@@ -646,9 +646,17 @@ function renderHistory(history) {
         el("span", { class: "muted", text: formatTime(job.finished_at || job.detected_at) }),
         sizes ? el("div", { class: "muted", text: sizes }) : null,
         job.state === "failed" ? el("div", { class: "reason", text: job.error || "" }) : null,
+        job.cleaned_at ? el("div", { class: "muted cleaned", text: cleanedText(job) }) : null,
       ),
     );
   });
+}
+
+// Retention removed the original (archive_days / failed_days): say when, and the rule from the note.
+function cleanedText(job) {
+  const rule = (job.note || "").split("; ").find((part) => part.endsWith("(retention)"));
+  const what = rule ? rule.replace(" (retention)", "") : "original removed";
+  return `${what}, cleaned up ${formatTime(job.cleaned_at)}`;
 }
 
 function historyChanged() {

@@ -331,14 +331,15 @@ def orchestrate(args: argparse.Namespace) -> int:
         load_before = os.getloadavg()
         for round_index in range(args.rounds + 1):
             for tool in tools:
-                print(f"{path.stem} round {round_index} {tool} ...", file=sys.stderr, flush=True)
                 if round_index == 0 and tool != "ours":
                     continue  # the warm-up round is ours' only: it compiles this input's shape into its cache
+                print(f"{path.stem} round {round_index} {tool} ...", file=sys.stderr, flush=True)
                 run = run_whole(commands(tool, job, args, peer_python), env)
                 if round_index == 0:
                     continue
                 if tool == "ours":
                     breakdowns.append(breakdown(run, Path(job["report"])))
+                    print(json.dumps({"input": path.stem, "breakdown": breakdowns[-1]}), file=sys.stderr)
                 runs[tool].append({key: run[key] for key in ("wall_s", "cpu_s", "peak_rss_mb")})
                 print(json.dumps({"input": path.stem, "tool": tool, **runs[tool][-1]}), file=sys.stderr)
         fidelity = {tool: psnr_against(outputs[tool], reference) for tool in tools}

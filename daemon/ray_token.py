@@ -15,6 +15,8 @@ import secrets
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from daemon.settings import read_secret_file
+
 MIN_RAY_TOKEN_CHARS = 16
 MAKE_A_TOKEN = (
     "make one with `restorer cluster token FILE` (or `(umask 077; openssl rand -hex 32 > FILE)`) and copy "
@@ -31,14 +33,13 @@ def check_ray_token(path: Path | None) -> Path:
     if path is None:
         raise RayTokenError(f"the Ray cluster needs a token: set ray_token_file; {MAKE_A_TOKEN}")
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise RayTokenError(f"the Ray token file {path} cannot be read ({reason}); {MAKE_A_TOKEN}") from None
+        text = read_secret_file(path, "ray_token_file")  # the one reader of `*_file` secrets
+    except ValueError as exc:
+        raise RayTokenError(f"the Ray token: {exc}; {MAKE_A_TOKEN}") from None
     if len(text) < MIN_RAY_TOKEN_CHARS:
-        what = "is empty" if not text else f"holds only {len(text)} characters"
         raise RayTokenError(
-            f"the Ray token file {path} {what} (at least {MIN_RAY_TOKEN_CHARS} needed); {MAKE_A_TOKEN}"
+            f"the Ray token file {path} holds only {len(text)} characters (at least {MIN_RAY_TOKEN_CHARS} "
+            f"needed); {MAKE_A_TOKEN}"
         )
     return path
 

@@ -106,6 +106,8 @@ def read_secret_file(path: Path, setting: str) -> str:
         ) from None
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise ValueError(f"{setting} {path} is not a text file: {exc}") from None
+    except OSError as exc:  # a link loop, an I/O error: say which, never the content
+        raise ValueError(f"{setting} {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
     if not text:
         raise ValueError(f"{setting} {path} is empty: write the secret into it")
     return text

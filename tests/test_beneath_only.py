@@ -52,7 +52,6 @@ ALLOWED = {
     "daemon/settings.py: path.is_file()": "the configuration file",
     "daemon/settings.py: Path(config_file).is_file()": "the configuration file",
     "daemon/settings.py: path.read_text(encoding='utf-8')": "the configuration file",
-    "daemon/ray_token.py: path.read_text(encoding='utf-8')": "the configured Ray token file",
     "daemon/ray_token.py: path.resolve()": "the configured Ray token file's own path",
     "daemon/ray_token.py: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 384)": (
         "`restorer cluster token FILE`: a new token file where the operator asks"

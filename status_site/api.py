@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -19,6 +20,7 @@ from daemon import Job, JobNotFoundError, JobQueryError, queue_positions, queue_
 from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
 from status_site.files import (
+    PAGE_PREVIEWS,
     JobFile,
     NeedsOwnProcess,
     Which,
@@ -187,6 +189,7 @@ async def get_capabilities(request: web.Request) -> web.Response:
             "upload_max_bytes": ctx.settings.upload_max_bytes,
             "upload_max_files": ctx.settings.upload_max_files,
             "presets": sorted(ctx.settings.presets),
+            "previews": asdict(PAGE_PREVIEWS),
         }
     )
 

@@ -100,7 +100,7 @@ def bench_dispatch(cluster: RayCluster, repeats: int) -> list[str]:
             actor = (
                 ray.remote(RestoreActor)
                 .options(num_cpus=0.5, max_concurrency=2)
-                .remote(settings.model_dump_json(exclude={"api_token"}), CopyProcessor)
+                .remote(settings.to_child_json(), CopyProcessor)
             )
             ray.get(actor.ready.remote())
             local = _time_jobs(settings, CopyProcessor(settings), data, repeats)

@@ -205,7 +205,7 @@ class Worker:
     def _run(self, job: Job) -> Job:
         source = originals.location(self.settings, job)
         try:
-            limit = self.settings.max_input_mb * 1024 * 1024
+            limit = self.settings.max_input_bytes
             original = originals.read(source, limit) if source is not None else None
         except NotAFileError as exc:  # a link or special file took the photo's place: never followed
             return self._refuse(job, *originals.not_a_file_texts(exc.kind))
@@ -350,7 +350,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(log_level, "%(asctime)s %(levelname)s worker: %(message)s")
-    settings = Settings.model_validate_json(settings_json)
+    settings = Settings.from_child_json(settings_json)
     # Below the service's priority: status answers stay fast while restoration saturates the CPU
     # (benchmarks/bench_api.py: busy p99 halves). With the CPU otherwise idle it costs nothing.
     os.nice(WORKER_NICENESS)

@@ -246,10 +246,10 @@ def _bomb(exc: BaseException) -> Problem:
 def preview_pixel_limit(which: Which, settings: Settings) -> int:
     """The pipeline's own limit: what it accepts as input, and what it may write as output."""
     if which == "input":
-        return int(settings.max_input_megapixels * 1e6)
-    if settings.max_output_megapixels is not None:
-        return int(settings.max_output_megapixels * 1e6)
-    return int(settings.max_input_megapixels * 1e6 * 16)  # a 4x model makes 16x the pixels
+        return settings.max_input_pixels
+    if settings.max_output_pixels is not None:
+        return settings.max_output_pixels
+    return settings.max_input_pixels * 16  # a 4x model makes 16x the pixels
 
 
 def check_pixels(image: PILImage.Image, max_pixels: int) -> None:

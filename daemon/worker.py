@@ -38,7 +38,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
-from daemon import originals, schedule
+from daemon import admission, originals, schedule
 from daemon.beneath import FileTooLargeError, NotAFileError, lstat_beneath, open_folder
 from daemon.logs import configure_logging
 from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
@@ -210,8 +210,8 @@ class Worker:
         except NotAFileError as exc:  # a link or special file took the photo's place: never followed
             return self._refuse(job, *originals.not_a_file_texts(exc.kind))
         except FileTooLargeError as exc:
-            what = f"the file is {exc.size / 1024**2:,.0f} MB, more than the {exc.limit // 1024**2} MB limit"
-            return self._refuse(job, what, originals.TOO_LARGE_ADVICE)
+            too_large = admission.too_large(exc.size, exc.limit)
+            return self._refuse(job, too_large.what, too_large.advice)
         except FileNotFoundError:
             original = None
         if original is None:

@@ -71,13 +71,14 @@ def test_slow_chunked_write_gives_one_job_after_the_file_is_stable(harness: Harn
     harness.start()
     target = harness.inbox / "scan.jpg"
     with open(target, "wb") as handle:
+        handle.write(fake_photo(b""))
         for _ in range(20):  # 100 bytes every 50 ms: 1 s of writing, longer than stability_seconds
-            handle.write(fake_photo(b"x" * 98))
+            handle.write(b"x" * 100)
             handle.flush()
             time.sleep(0.05)
             assert harness.paths() == []
     job = wait_for(lambda: harness.store.get(1))
-    assert job.size_bytes == 2000 and harness.paths() == ["scan.jpg"]
+    assert job.size_bytes == len(fake_photo(b"")) + 2000 and harness.paths() == ["scan.jpg"]
 
 
 def test_rename_inside_inbox_part_to_jpg_gives_one_job_under_final_name(harness: Harness) -> None:

@@ -798,3 +798,20 @@ def test_uploads_accept_and_refuse_what_the_pipeline_does(case: ImageCase, tmp_p
     else:
         assert case.error is None, f"{case.name} accepted, the pipeline says {case.error.__name__}"
         assert (admitted.format, admitted.width, admitted.height) == (case.format, *case.size)
+
+
+def test_an_upload_is_held_to_intakes_limits_and_keeps_a_name_intake_knows(tmp_path: Path) -> None:
+    """Uploads use intake's admission: a file over max_input_mb is refused at once (it used to be taken
+    and then failed by the worker), and a name with an image suffix of the one list (.jpe) is kept."""
+    from status_site.problems import Problem
+    from status_site.uploads import SpooledFile, admit_upload, final_name
+
+    settings = make_settings(tmp_path, max_input_mb=1)
+    big = png_bytes(800, 800)  # noise: more than 1 MB as PNG
+    assert len(big) > settings.max_input_bytes
+    spooled = SpooledFile("big.png", "big.png", io.BytesIO(big), len(big), "")
+    with pytest.raises(Problem) as refused:
+        admit_upload(settings, spooled)
+    assert refused.value.status == 422 and "more than the 1 MB limit" in refused.value.detail
+    jpe = SpooledFile("scan.jpe", "scan.jpe", io.BytesIO(jpeg_bytes(8, 8)), 0, "")
+    assert final_name(jpe, admit_upload(settings, jpe).extension) == "scan.jpe"

@@ -97,7 +97,7 @@ class DecodeProcessor(CopyProcessor):
         from pipeline import load_image
 
         started = time.monotonic()
-        image = load_image(data, max_pixels=int(self.settings.max_input_megapixels * 1e6))
+        image = load_image(data, max_pixels=self.settings.max_input_pixels)
         height, width = image.pixels.shape[:2]
         seconds = max(time.monotonic() - started, 0.001)
         copied = super().process(data, options, on_progress)

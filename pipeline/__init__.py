@@ -7,7 +7,6 @@ holds them to it), everything else is private to the package:
     Restorer                             loads the networks once, then restores Images
     STAGE_WEIGHTS, stage_spans           the progress stages in the order they run, for progress bars
     probe -> ImageInfo                   header-only checks, exactly load_image's (daemon's admission)
-    sniff_format                         the format from a file's first bytes (intake, before reading)
     load_image, Image                    decoding a file
     FORMAT_EXTENSIONS, INPUT_EXTENSIONS  extensions written per format / read from folders
     SUFFIX_FORMATS, MEDIA_TYPES          the one list of image suffixes (with their format), media types
@@ -32,7 +31,6 @@ from pipeline.imageio import (
     SUFFIX_FORMATS,
     load_image,
     probe,
-    sniff_format,
 )
 from pipeline.models import ModelSpec, get_spec
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
@@ -107,6 +105,5 @@ __all__ = [
     "model_statuses",
     "probe",
     "restore_bytes",
-    "sniff_format",
     "stage_spans",
 ]

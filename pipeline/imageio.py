@@ -187,8 +187,7 @@ _READ_BYTES = 1024 * 1024  # what a structure check holds at a time
 
 def sniff_format(head: bytes) -> str:
     """The format a file's first 32 bytes announce ("jpg", "png", ...); raises NotAnImageError or
-    UnsupportedFormatError with load_image's words. Lets a caller refuse a 20 GB video from its first
-    bytes instead of reading it whole."""
+    UnsupportedFormatError with load_image's words (probe and load_image start with this check)."""
     return _sniff(head)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from daemon.store import JobStore
-from pipeline import BadImageError, load_image, probe, sniff_format
+from pipeline import BadImageError, load_image, probe
+from pipeline.imageio import sniff_format
 from status_site.files import fits_without_resize, make_preview
 from status_site.problems import Problem
 from tests.daemon_processors import fake_photo

@@ -83,7 +83,7 @@ def refuse_file(
         status.st_size,
         status.st_mtime,
         preset=preset,
-        options=dataclasses.asdict(settings.restore_options(preset)),
+        options=settings.restore_options(preset).to_dict(),
         refused=what,
     )
     if not result.created:
@@ -111,7 +111,7 @@ def enqueue_file(settings: Settings, store: JobStore, relative: str, version: Fi
         version.size,
         version.mtime,
         preset=preset,
-        options=dataclasses.asdict(settings.restore_options(preset)),
+        options=settings.restore_options(preset).to_dict(),
         duplicate_content=settings.duplicate_content,
     )
     if not result.created:

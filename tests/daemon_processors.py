@@ -25,7 +25,8 @@ from daemon import beneath, originals
 from daemon.settings import Settings
 from daemon.store import JobStore
 from daemon.worker import Processed
-from pipeline.types import CorruptImageError, ProgressCallback, RestoreOptions
+from pipeline.options import RestoreOptions
+from pipeline.types import CorruptImageError, ProgressCallback
 
 # A BMP's magic is just these two bytes: intake checks every file's first bytes for a known image type,
 # so a fake input starts like a BMP; the copy stage reads its instruction after them.

@@ -196,6 +196,9 @@ class Restorer:
             report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray, allocate)
             report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
             report.notes.extend(prepared.notes)
+            if prepared.model is not None:
+                seconds = sum(prepared.seconds.get(k, 0.0) for k in ("faces-restore", "faces-paste"))
+                report.steps.append(StepReport(prepared.model, 1, seconds=round(seconds, 3), kind="face"))
         stage_started = time.perf_counter()
         rgb = colour_back(colour, planes, allocate)
         pixels = join_in_strips(rgb, alpha, planes.stored_gray, allocate)

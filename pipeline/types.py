@@ -189,13 +189,15 @@ class ColourReport:
 
 @dataclass
 class StepReport:
-    """One model of the chain: what it ran and how long (its tiles are counted in the report's total)."""
+    """One model that ran, in order: each of the chain (its tiles are counted in the report's total), then
+    the face model when one restored faces (pasted last, into the final result)."""
 
     model: str
-    scale: int  # the network's own factor
+    scale: int  # the network's own factor (a face model: 1)
     tiles: int = 0
     tile_size: int | None = None
     seconds: float = 0.0
+    kind: Literal["upscale", "face"] = "upscale"
 
 
 @dataclass

@@ -18,9 +18,10 @@ from PIL import Image as PILImage
 from daemon.intake import enqueue_file, read_version
 from daemon.settings import Preset, Settings
 from daemon.store import JobStore
-from daemon.worker import PipelineProcessor, Worker
+from daemon.worker import PipelineProcessor, Worker, restore_options_from
 from pipeline import stage_spans
 from pipeline.backends.base import BackendInfo
+from pipeline.faces import FaceStage
 from pipeline.faces.restore import OpenVinoFaceRunner, face_module, face_xml
 from pipeline.options import RestoreOptions
 from pipeline.types import EngineConfig
@@ -68,18 +69,18 @@ def test_presets_and_settings_take_every_option_with_the_same_bounds(monkeypatch
 # -- a chain through the daemon ------------------------------------------------------------------------
 
 
-def test_a_preset_folder_runs_its_chain_faces_last_with_its_face_model(tmp_path: Path) -> None:
-    """inbox/chain/ runs x2plus then animevideov3 (torch: the code path CUDA takes too), asks for the face
-    model its preset names, and reports every step; progress only grows across both steps."""
+def test_a_preset_folder_runs_its_chain_and_reports_every_step(tmp_path: Path) -> None:
+    """inbox/chain/ runs x2plus then animevideov3 (torch: the code path CUDA takes too) and reports every
+    step; progress only grows across both steps."""
     write_tiny_x2plus(tmp_path / "weights")
-    chain = {"model": CHAIN, "scale": 8, "face_model": "RestoreFormer"}
+    chain = {"model": CHAIN, "scale": 8, "faces": False}
     engine = {"backend": "torch", "precision": "fp32", "threads": 2}
     settings = make_settings(tmp_path, **engine, weights_dir=tmp_path / "weights", presets={"chain": chain})
     store = JobStore(settings.db_path)
     worker = Worker(settings, store, PipelineProcessor(settings), lambda message: None)
     relative = "chain/astronaut.png"
     (settings.inbox / "chain").mkdir()
-    (settings.inbox / relative).write_bytes(astronaut_png(96))
+    (settings.inbox / relative).write_bytes(astronaut_png(24))
     queued = enqueue_file(settings, store, relative, read_version(settings.inbox, relative)).job
     assert queued.preset == "chain"
     writes: list[tuple[float, float, str | None]] = []
@@ -95,17 +96,14 @@ def test_a_preset_folder_runs_its_chain_faces_last_with_its_face_model(tmp_path:
     store.close()
 
     assert job is not None and job.state == "done", job and job.error
-    assert PILImage.open(settings.outbox / relative).size == (768, 768)
+    assert PILImage.open(settings.outbox / relative).size == (192, 192)
     report = job.report
-    assert report["output_size"] == [768, 768] and report["model"] == " + ".join(CHAIN)
+    assert report["output_size"] == [192, 192] and report["model"] == " + ".join(CHAIN)
     assert [(s["model"], s["scale"], s["kind"]) for s in report["steps"]] == [
         ("RealESRGAN_x2plus", 2, "upscale"),
         ("realesr-animevideov3", 4, "upscale"),
     ]
     assert all(s["tiles"] >= 1 and s["seconds"] > 0 for s in report["steps"])
-    # The preset's face model was the one asked for (its weights are missing here: the reason names it).
-    assert report["faces"], report
-    assert all("RestoreFormer.pth" in face["reason"] for face in report["faces"])
     progress = [value for _, value, _ in writes]
     assert progress == sorted(progress), writes  # never backwards, across both steps
     upscale_start, upscale_end = stage_spans()["upscale"]
@@ -119,6 +117,38 @@ def test_a_preset_folder_runs_its_chain_faces_last_with_its_face_model(tmp_path:
         start, end = spans[stage or "decode"]
         allowed = (at - before_at) * (1 - before) / before + (end - start) * before_at / before
         assert at * (1 - now) / now <= before_at * (1 - before) / before + allowed + 1e-6
+
+
+def test_each_preset_folder_gets_its_own_face_model(tmp_path: Path) -> None:
+    """inbox/<preset>/ -> the job's stored options -> the worker's options -> the face stage's choice: the
+    face model (and CodeFormer's w) a preset names is the one the stage loads. Their weights are absent
+    here, so the stage says which file it wanted (a real face network per preset is test_faces_stage's)."""
+    presets = {
+        "natural": {"face_model": "GFPGANv1.3"},
+        "former": {"face_model": "RestoreFormer"},
+        "codeformer": {"face_model": "CodeFormer", "codeformer_fidelity": 0.9},
+    }
+    settings = make_settings(tmp_path, presets=presets)
+    store = JobStore(settings.db_path)
+    stage = FaceStage(settings.engine_config())
+    wanted = {}
+    for preset in [*presets, None]:
+        relative = f"{preset}/a.png" if preset else "a.png"
+        (settings.inbox / relative).parent.mkdir(parents=True, exist_ok=True)
+        (settings.inbox / relative).write_bytes(astronaut_png(16 + len(wanted)))
+        job = enqueue_file(settings, store, relative, read_version(settings.inbox, relative)).job
+        options = restore_options_from(job, settings)
+        _, reason = stage.restorer(options)
+        wanted[preset] = (options.face_model, options.codeformer_fidelity, reason)
+    store.close()
+    assert wanted["codeformer"][:2] == ("CodeFormer", 0.9) and wanted[None][:2] == ("auto", 0.5)
+    for preset, file in [
+        ("natural", "GFPGANv1.3.pth"),
+        ("former", "RestoreFormer.pth"),
+        (None, "GFPGANv1.4"),
+    ]:
+        assert file in wanted[preset][2], wanted[preset]
+    assert "codeformer.pth" in wanted["codeformer"][2]
 
 
 # -- CodeFormer's fidelity weight w ----------------------------------------------------------------------

@@ -24,9 +24,11 @@ from pipeline.backends.base import BackendInfo
 from pipeline.faces import FaceStage
 from pipeline.faces.restore import OpenVinoFaceRunner, face_module, face_xml
 from pipeline.options import RestoreOptions
-from pipeline.types import EngineConfig
+from pipeline.restorer import Restorer
+from pipeline.types import EngineConfig, Image
 from tests.chain_support import write_tiny_x2plus
 from tests.daemon_support import make_settings
+from tests.fake_upscalers import ConvStackUpscaler
 
 CHAIN = ["RealESRGAN_x2plus", "realesr-animevideov3"]  # 2 x 4
 
@@ -199,3 +201,33 @@ def test_fidelity_reaches_the_network_and_its_converted_ir(tmp_path: Path) -> No
         outputs[fidelity] = ir
     assert face_xml("CodeFormer", tmp_path, "0" * 64, 0.0) != face_xml("CodeFormer", tmp_path, "0" * 64, 1.0)
     assert np.abs(outputs[0.0] - outputs[1.0]).mean() > 0.01
+
+
+# -- the chain inside the Restorer (numpy networks: no engine) ----------------------------------------------
+
+
+def scaled_loader(model_id: str, engine: EngineConfig, denoise: float | None) -> ConvStackUpscaler:
+    return ConvStackUpscaler(scale=int(model_id.removeprefix("x")), layers=2, tile=32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "mode"), [((20, 24, 4), "RGBA"), ((20, 24), "L"), ((20, 24, 3), "RGB")], ids=str
+)
+def test_every_plane_goes_through_every_step_and_progress_only_grows(
+    shape: tuple[int, ...], mode: str
+) -> None:
+    """16-bit RGBA (alpha through the network too), gray and colour through x2 then x4: the planes keep
+    their layout, the scales multiply, each step's tiles are counted once in one growing progress."""
+    pixels = np.random.default_rng(1).integers(0, 65536, shape, dtype=np.uint16)
+    seen: list[tuple[str, int, int]] = []
+    options = RestoreOptions(model=["x2", "x4"], scale=8, faces=False)
+    output, report = Restorer(EngineConfig(), upscaler_loader=scaled_loader).restore(
+        Image(pixels, original_mode=mode), options, lambda *call: seen.append(call)
+    )
+    assert output.pixels.shape == (160, 192, *shape[2:]) and output.pixels.dtype == np.uint16
+    assert [(s.model, s.scale) for s in report.steps] == [("x2", 2), ("x4", 4)]
+    assert report.tiles == sum(s.tiles for s in report.steps) and "resize" not in report.stage_seconds
+    upscale = [(done, total) for stage, done, total in seen if stage == "upscale"]
+    assert [done for done, _ in upscale] == sorted(done for done, _ in upscale)
+    assert {total for _, total in upscale} == {upscale[-1][1]} and upscale[-1][0] == upscale[-1][1]
+    assert upscale[-1][1] == report.tiles  # the whole image's tiles, every step (and alpha) included

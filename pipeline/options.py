@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serializer
 
 from pipeline.types import DEFAULT_MODEL, ColourMode, OutputFormat
 
@@ -72,6 +72,11 @@ class RestoreOptionFields(BaseModel):
         "auto", description="auto: black-and-white and toned RGB photos stay so; colour: always colour"
     )
 
+    @field_serializer("model", when_used="json")
+    def _one_model_as_its_id(self, chain: tuple[str, ...]) -> str | list[str]:
+        """In JSON (stored jobs, the API, public settings) one model stays its id, as before chains."""
+        return chain[0] if len(chain) == 1 else list(chain)
+
 
 class RestoreOptions(RestoreOptionFields):
     """What to do to one image (see RestoreOptionFields for each field)."""
@@ -83,5 +88,6 @@ class RestoreOptions(RestoreOptionFields):
         return type(self).model_validate({**self.model_dump(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types (the chain as a list): what a job stores and a Ray call carries."""
+        """Plain JSON types (one model as its id, a chain as a list): what a job stores and a Ray call
+        carries."""
         return self.model_dump(mode="json")

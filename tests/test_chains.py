@@ -231,3 +231,21 @@ def test_every_plane_goes_through_every_step_and_progress_only_grows(
     assert [done for done, _ in upscale] == sorted(done for done, _ in upscale)
     assert {total for _, total in upscale} == {upscale[-1][1]} and upscale[-1][0] == upscale[-1][1]
     assert upscale[-1][1] == report.tiles  # the whole image's tiles, every step (and alpha) included
+
+
+def test_the_face_model_is_the_last_step_of_the_report() -> None:
+    from tests.test_restorer import RecordingFaceStage
+
+    class NamedFaceStage(RecordingFaceStage):
+        def prepare(self, rgb, options, on_progress=None):  # type: ignore[no-untyped-def]
+            prepared = super().prepare(rgb, options, on_progress)
+            prepared.model, prepared.seconds["faces-restore"] = "GFPGANv1.3", 0.25
+            return prepared
+
+    restorer = Restorer(EngineConfig(), upscaler_loader=scaled_loader)
+    restorer._face_stage = NamedFaceStage()
+    pixels = np.random.default_rng(2).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    _, report = restorer.restore(Image(pixels), RestoreOptions(model=["x2", "x4"], scale=8))
+    steps = [(s.model, s.scale, s.kind) for s in report.steps]
+    assert steps == [("x2", 2, "upscale"), ("x4", 4, "upscale"), ("GFPGANv1.3", 1, "face")]
+    assert report.steps[-1].seconds >= 0.25 and report.steps[-1].tiles == 0

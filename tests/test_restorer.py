@@ -296,6 +296,7 @@ class RecordingFaceStage:
             faces: list[int] = field(default_factory=lambda: [1])
             seconds: dict[str, float] = field(default_factory=lambda: {"faces-detect": 0.01})
             notes: list[str] = field(default_factory=list)
+            model: str | None = None  # the face model that ran (PreparedFaces.model)
 
         return Prepared()
 

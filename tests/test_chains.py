@@ -185,14 +185,14 @@ def test_fidelity_reaches_the_network_and_its_converted_ir(tmp_path: Path) -> No
     from pipeline.backends.ir import save_ir, torch_to_ov
 
     net = FidelityNet()
-    crop = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
+    crop = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)  # the stage's are 512: same path
     engine = EngineConfig(cache_dir=str(tmp_path), threads=1)
     info = BackendInfo("openvino", "cpu", "fp32", "test")
     outputs = {}
     for fidelity in (0.0, 1.0):
         module = face_module(types.SimpleNamespace(model=net), "CodeFormer", fidelity)
         xml = face_xml("CodeFormer", tmp_path, "0" * 64, fidelity)
-        shape = [1, 3, 512, 512]
+        shape = [1, 3, 64, 64]
         save_ir(torch_to_ov(module, shape, shape, trace=False), xml)
         ir = OpenVinoFaceRunner(xml, info, engine)(crop)
         with torch.inference_mode():

@@ -75,6 +75,8 @@ def _add_field_flag(parser: argparse.ArgumentParser, name: str, field: FieldInfo
     elif _number_or_word(kind):  # e.g. `int | Literal["auto"]`: the settings model parses the text
         words = "|".join(w for arg in get_args(kind) if get_origin(arg) is Literal for w in get_args(arg))
         parser.add_argument(*spellings, dest=name, type=str, metavar=f"N|{words}", help=help_text)
+    elif get_origin(kind) is tuple:  # a list setting (the model chain): "A,B", split by the settings model
+        parser.add_argument(*spellings, dest=name, type=str, metavar="ID[,ID...]", help=help_text)
     elif kind in SCALAR_TYPES:
         metavar = "FILE" if name.endswith("_file") else SCALAR_TYPES[kind]  # a Path is a folder unless named
         parser.add_argument(*spellings, dest=name, type=kind, metavar=metavar, help=help_text)

@@ -110,8 +110,9 @@ def four_face_photo() -> np.ndarray:
 
 
 def bench_pipeline(weights_dir: Path, runs: int) -> list[dict[str, object]]:
+    from pipeline.options import RestoreOptions
     from pipeline.restorer import Restorer
-    from pipeline.types import EngineConfig, Image, RestoreOptions
+    from pipeline.types import EngineConfig, Image
 
     image = Image(pixels=four_face_photo(), original_mode="RGB")
     restorer = Restorer(EngineConfig(weights_dir=str(weights_dir), cache_dir=str(OUT / "cache")))

@@ -189,8 +189,8 @@ def psnr_rows(int8: Any, reference: Any, photos: list[Path], engine: Any, max_ed
     """Each photo through the Restorer untiled, int8 vs fp32: PSNR and the largest sample difference."""
     from pipeline.evaluation.fidelity import UntiledUpscaler, compare, options_for_fidelity
     from pipeline.imageio import load_image
+    from pipeline.options import RestoreOptions
     from pipeline.restorer import Restorer
-    from pipeline.types import RestoreOptions
 
     options = options_for_fidelity(RestoreOptions(model=MODEL))
 

@@ -18,7 +18,6 @@ Nothing here downloads anything; the cluster is two `ray start` processes on 127
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import os
 import platform
@@ -64,7 +63,7 @@ def _add_job(settings: Settings, store: JobStore, name: str, data: bytes) -> Non
     path = Path(settings.inbox) / name
     path.write_bytes(data)
     stat = path.stat()
-    options = dataclasses.asdict(settings.restore_options())
+    options = settings.restore_options().to_dict()
     digest = hashlib.sha256(data).hexdigest()
     store.add(name, digest, stat.st_size, stat.st_mtime, options=options, duplicate_content="process")
 

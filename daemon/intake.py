@@ -81,7 +81,7 @@ def refuse_file(
         status.st_size,
         status.st_mtime,
         preset=preset,
-        options=dataclasses.asdict(settings.restore_options(preset)),
+        options=settings.restore_options(preset).to_dict(),
         refused=what,
     )
     if not result.created:
@@ -112,7 +112,7 @@ def enqueue_file(
         version.size,
         version.mtime,
         preset=preset,
-        options=dataclasses.asdict(settings.restore_options(preset)),
+        options=settings.restore_options(preset).to_dict(),
         duplicate_content=settings.duplicate_content,
         input_megapixels=admitted.megapixels,
     )

@@ -26,7 +26,6 @@ its jobs, health says "Ray cluster unreachable", and restarts it with backoff un
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -252,7 +251,7 @@ class RestoreActor:
         with self._lock:
             self._progress, self._cancel = (0, None, 0, 0), False
         try:
-            options = RestoreOptions(**json.loads(options_json))
+            options = RestoreOptions.model_validate_json(options_json)
             processed = self._processor.process(data, options, self._on_progress)
         except Exception as exc:  # every failure travels as JSON text, never as a pickled exception
             return encode_failure(exc)
@@ -357,7 +356,7 @@ class ActorProcessor:
     def _wait(self, data_ref: Any, options: RestoreOptions, on_progress: ProgressCallback | None) -> Any:
         import ray
 
-        call = self.actor.process.remote(data_ref, json.dumps(dataclasses.asdict(options)))
+        call = self.actor.process.remote(data_ref, json.dumps(options.to_dict()))
         seen, changed_at = 0, time.monotonic()
         while True:
             done, _ = ray.wait([call], timeout=PROGRESS_POLL_SECONDS)

@@ -13,9 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -24,35 +26,39 @@ from pydantic_settings import (
 
 from daemon import schedule
 from pipeline import (
-    DEFAULT_MODEL,
     MIN_TILE,
     Backend,
-    ColourMode,
     Device,
     EngineConfig,
-    OutputFormat,
     Precision,
+    RestoreOptionFields,
     RestoreOptions,
 )
 
 
-class Preset(BaseModel):
-    """Partial RestoreOptions applied to files dropped in an inbox subfolder of the same name."""
+def all_optional(fields: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+    """A model with `fields`' fields, each optional (None: not given) with its own bounds and validators."""
+    optional: dict[str, Any] = {
+        key: (_or_none(field), Field(None, description=field.description))
+        for key, field in fields.model_fields.items()
+    }
+    return create_model(name, __doc__=doc, __config__=ConfigDict(extra="forbid"), **optional)
 
-    model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
-    scale: float | None = Field(default=None, ge=1)
-    max_output_megapixels: float | None = Field(default=None, gt=0)
-    denoise_strength: float | None = Field(default=None, ge=0, le=1)
-    faces: bool | None = None
-    face_model: str | None = None
-    face_strength: float | None = Field(default=None, ge=0, le=1)
-    output_format: OutputFormat | None = None
-    quality: int | None = Field(default=None, ge=1, le=100)
-    strip_gps: bool | None = None
-    colour_mode: ColourMode | None = None
+def _or_none(field: FieldInfo) -> Any:
+    """`field`'s type with its bounds and validators, or None."""
+    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return kind | None
 
+
+_Preset = all_optional(
+    RestoreOptionFields,
+    "Preset",
+    "Partial restore options applied to files dropped in an inbox subfolder of the same name.",
+)
+
+
+class Preset(_Preset):  # type: ignore[misc,valid-type]  # made from RestoreOptionFields, each optional
     def overrides(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
@@ -116,7 +122,19 @@ def read_secret_file(path: Path, setting: str) -> str:
     return text
 
 
-class Settings(BaseSettings):
+class TextChainEnv(EnvSettingsSource):
+    """RESTORER_MODEL is a model id, or ids separated by commas (a chain): text, not JSON."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if field_name == "model":
+            return value
+        return super().decode_complex_value(field_name, field, value)
+
+
+class Settings(BaseSettings, RestoreOptionFields):
+    """Every setting. The default restore options (model, scale, faces, ...) are RestoreOptionFields'
+    fields, inherited: declared once in pipeline/options.py, overridden per preset."""
+
     model_config = SettingsConfigDict(env_prefix="RESTORER_", extra="forbid", validate_default=True)
 
     # Folders. The state dir holds the SQLite DB and caches and must be on local disk.
@@ -351,23 +369,7 @@ class Settings(BaseSettings):
     )
     threads: int | None = Field(None, description="CPU threads for the engine (default: all cores)", ge=1)
 
-    # Default restore options (a preset overrides some of them).
-    model: str = Field(DEFAULT_MODEL, description="super-resolution model id (see `restorer weights`)")
-    scale: float = Field(4.0, description="output scale, any S >= 1", ge=1)
-    max_output_megapixels: float | None = Field(None, description="cap the output size in megapixels", gt=0)
-    denoise_strength: float | None = Field(None, description="0..1, for models that take it", ge=0, le=1)
-    faces: bool = Field(True, description="restore faces (GFPGAN) when face weights are installed")
-    face_model: str = Field(
-        "auto", description="auto, GFPGANv1.4, GFPGANv1.3, RestoreFormer or CodeFormer (opt-in)"
-    )
-    face_strength: float = Field(1.0, description="0..1 blend of restored and upscaled face", ge=0, le=1)
-    output_format: OutputFormat = Field("same", description="output file format (same: the input's)")
-    quality: int = Field(95, description="JPEG/WebP quality 1-100", ge=1, le=100)
-    strip_gps: bool = Field(False, description="remove GPS position from the output's metadata")
-    colour_mode: ColourMode = Field(
-        "auto", description="auto: black-and-white and toned RGB photos stay so; colour: always colour"
-    )
-
+    # The default restore options (model, scale, faces, ...) are inherited from RestoreOptionFields.
     presets: dict[str, Preset] = Field(
         default_factory=lambda: dict(DEFAULT_PRESETS), description="named partial restore options"
     )
@@ -506,7 +508,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [
             init_settings,
-            env_settings,
+            TextChainEnv(settings_cls),
             CredentialSource(settings_cls),
         ]
         # Before the first load() the class attribute is pydantic's private-attribute placeholder.
@@ -589,19 +591,7 @@ class Settings(BaseSettings):
         )
 
     def restore_options(self, preset: str | None = None) -> RestoreOptions:
-        base = RestoreOptions(
-            model=self.model,
-            scale=self.scale,
-            max_output_megapixels=self.max_output_megapixels,
-            denoise_strength=self.denoise_strength,
-            faces=self.faces,
-            face_model=self.face_model,
-            face_strength=self.face_strength,
-            output_format=self.output_format,
-            quality=self.quality,
-            strip_gps=self.strip_gps,
-            colour_mode=self.colour_mode,
-        )
+        base = RestoreOptions.model_validate(self.model_dump(include=set(RestoreOptionFields.model_fields)))
         if preset is None:
             return base
         if preset not in self.presets:

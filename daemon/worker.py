@@ -111,7 +111,7 @@ class PipelineProcessor:
         # The backend's own account (backend, device, precision, reason) for health and the page.
         from pipeline import model_statuses
 
-        info = getattr(self._restorer.upscaler(options), "info", None)
+        info = getattr(self._restorer.chain(options)[0], "info", None)
         if dataclasses.is_dataclass(info) and not isinstance(info, type):
             engine = dataclasses.asdict(info)
         else:
@@ -151,8 +151,7 @@ class JobPaused(JobCancelled):
 
 def restore_options_from(job: Job, settings: Settings) -> RestoreOptions:
     """The options stored with the job (unknown keys from an older version are ignored)."""
-    known = {f.name for f in dataclasses.fields(RestoreOptions)}
-    stored = {key: value for key, value in job.options.items() if key in known}
+    stored = {key: value for key, value in job.options.items() if key in RestoreOptions.model_fields}
     return settings.restore_options(job.preset if job.preset in settings.presets else None).replace(**stored)
 
 

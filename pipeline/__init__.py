@@ -11,10 +11,12 @@ holds them to it), everything else is private to the package:
     FORMAT_EXTENSIONS, INPUT_EXTENSIONS  extensions written per format / read from folders
     SUFFIX_FORMATS, MEDIA_TYPES          the one list of image suffixes (with their format), media types
     RestoreOptions, EngineConfig,        what to do and how to run it, the default model and the choices
-    DEFAULT_MODEL, Backend, Device,      settings offer
-    Precision, OutputFormat, ColourMode
+    DEFAULT_MODEL, Backend, Device,      settings offer; RestoreOptionFields: the options declared once
+    Precision, OutputFormat, ColourMode  (daemon's Settings and presets are made from them)
+    RestoreOptionFields
     MIN_TILE                             the smallest tile edge (the `tile` setting's lower bound)
-    ProgressCallback, RestoreReport      progress and the per-image account
+    ProgressCallback, RestoreReport,     progress and the per-image account (one StepReport per model
+    StepReport                           of the chain)
     RestoreError and its subclasses      what can go wrong, in words
     model_statuses, ModelStatus,         the model registry and what is installed (`restorer weights`,
     get_spec, ModelSpec                  the health page); works without torch
@@ -33,6 +35,7 @@ from pipeline.imageio import (
     probe,
 )
 from pipeline.models import ModelSpec, get_spec
+from pipeline.options import RestoreOptionFields, RestoreOptions
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
 from pipeline.restorer import Restorer, restore_bytes
 from pipeline.tiling import MIN_TILE
@@ -57,8 +60,8 @@ from pipeline.types import (
     ProgressCallback,
     RestoredFile,
     RestoreError,
-    RestoreOptions,
     RestoreReport,
+    StepReport,
     UnknownModelError,
     UnsupportedFormatError,
     WeightsMissingError,
@@ -93,10 +96,12 @@ __all__ = [
     "Precision",
     "ProgressCallback",
     "RestoreError",
+    "RestoreOptionFields",
     "RestoreOptions",
     "RestoreReport",
     "RestoredFile",
     "Restorer",
+    "StepReport",
     "UnknownModelError",
     "UnsupportedFormatError",
     "WeightsMissingError",

@@ -6,14 +6,15 @@
 
 Flow: pixels -> colour path (pipeline/colour.py: an RGB photo measured gray or toned goes on as its luma,
 like a gray file) -> float RGB in [0,1] (gray replicated to 3 channels, alpha kept apart) -> faces.prepare
-(detect + restore 512 crops on the input) -> tiled upscale by the network's scale, written in the final
-dtype -> alpha: a constant alpha is just filled in, any other alpha goes through the same network as
+(detect + restore 512 crops on the input) -> tiled upscale by each model of the chain in turn (options.model:
+each step with its own tile, on the previous step's output, written in the final dtype; the scales
+multiply) -> alpha: a constant alpha is just filled in, any other alpha goes through the same network as
 3 replicated channels (as the reference does) -> resize to the requested scale (INTER_AREA down, Lanczos
 up) -> faces.paste into the output -> back to the input's mode (gray stays gray, 16-bit stays 16-bit; an RGB
 photo restored as gray gets equal channels, a toned one its own tone back).
 
-Upscalers are loaded once per (model, denoise strength) and kept; restore() keeps no per-image state on
-the object, so one Restorer serves a whole batch or a worker's lifetime.
+Upscalers are loaded once per (model, denoise strength) and kept (chains share them); restore() keeps no
+per-image state on the object, so one Restorer serves a whole batch or a worker's lifetime.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from pipeline.colour import ColourPlan, analyse_colour, gray_to_rgb, luma, toned_to_rgb
 from pipeline.imageio import FORMAT_EXTENSIONS, encode_image, format_notes, load_image, output_format_for
+from pipeline.options import RestoreOptions
 from pipeline.progress import run_with_heartbeats, step_deadline
 from pipeline.scratch import (
     STRIP_BYTES,
@@ -61,8 +63,8 @@ from pipeline.types import (
     ProgressCallback,
     RestoredFile,
     RestoreError,
-    RestoreOptions,
     RestoreReport,
+    StepReport,
 )
 
 if TYPE_CHECKING:
@@ -109,16 +111,20 @@ class Restorer:
 
     # -- loading --------------------------------------------------------------------------------------------
 
-    def upscaler(self, options: RestoreOptions) -> Upscaler:
-        key = (options.model, options.denoise_strength)
+    def upscaler(self, model_id: str, denoise_strength: float | None = None) -> Upscaler:
+        key = (model_id, denoise_strength)
         if key not in self._upscalers:
             loader = self._loader
             if loader is None:
                 from pipeline.backends import load_upscaler
 
                 loader = load_upscaler
-            self._upscalers[key] = loader(options.model, self.engine, options.denoise_strength)
+            self._upscalers[key] = loader(model_id, self.engine, denoise_strength)
         return self._upscalers[key]
+
+    def chain(self, options: RestoreOptions) -> list[Upscaler]:
+        """The upscalers of options.model, in the order they run."""
+        return [self.upscaler(model_id, options.denoise_strength) for model_id in options.model]
 
     def face_stage(self) -> FaceStage | None:
         """The face stage, or None (with the reason kept) when the faces package cannot be imported."""
@@ -133,7 +139,8 @@ class Restorer:
 
     def warm_up(self, options: RestoreOptions) -> None:
         """Load (and, for OpenVINO, compile at the suggested tile shape) everything `options` needs."""
-        self.upscaler(options).warm_up()
+        for upscaler in self.chain(options):
+            upscaler.warm_up()
         if options.faces:
             stage = self.face_stage()
             if stage is not None:
@@ -149,15 +156,13 @@ class Restorer:
         report = RestoreReport(
             input_size=[image.width, image.height],
             input_mode=mode_label(image.pixels, image.original_mode),
-            model=options.model,
+            model=" + ".join(options.model),
             notes=list(image.notes),
         )
-        if not options.scale >= 1:
-            raise RestoreError(f"scale must be >= 1, got {options.scale}")
         stage_started = time.perf_counter()
-        upscaler = self.upscaler(options)
+        chain = self.chain(options)
         clock.add("load", stage_started)
-        info = upscaler.info
+        info = chain[0].info  # one engine runs every step
         report.backend, report.device, report.precision = info.backend, info.device, info.precision
         report.backend_reason = info.reason
 
@@ -171,24 +176,29 @@ class Restorer:
         planes = split_planes(image, options.colour_mode)
         report.colour = planes.colour.report
         clock.add("colour", stage_started)  # measuring the colour path (and the luma copy when gray)
-        allocate = self._allocator(planes, int(upscaler.scale), out_w, out_h, report)
+        scales = [int(upscaler.scale) for upscaler in chain]
+        allocate = self._allocator(planes, scales, out_w, out_h, report)
         prepared = self._prepare_faces(planes, options, on_progress, clock, report)
-        tile = int(upscaler.suggest_tile())  # the backend owns the tile: memory, engine.tile, MIN_TILE
-        report.tile_size = tile
+        report.steps = [
+            StepReport(model_id, scale) for model_id, scale in zip(options.model, scales, strict=True)
+        ]
         try:
-            colour, alpha = self._upscale(planes, upscaler, tile, on_progress, clock, report, allocate)
+            colour, alpha = self._upscale(planes, chain, on_progress, clock, report, allocate)
         except DeviceOutOfMemoryError as error:
             raise RestoreError(f"out of memory: {error}") from None
 
         stage_started = time.perf_counter()
         colour = resize_to(colour, out_w, out_h, allocate)
         alpha = resize_to(alpha, out_w, out_h, allocate) if alpha is not None else None
-        if (out_w, out_h) != (colour.shape[1], colour.shape[0]) or scale != upscaler.scale:
+        if (out_w, out_h) != (colour.shape[1], colour.shape[0]) or scale != math.prod(scales):
             clock.add("resize", stage_started)
         if prepared is not None:
             report.faces = self._paste_faces(colour, prepared, out_w / image.width, planes.gray, allocate)
             report.stage_seconds.update({k: round(v, 3) for k, v in prepared.seconds.items()})
             report.notes.extend(prepared.notes)
+            if prepared.model is not None:
+                seconds = sum(prepared.seconds.get(k, 0.0) for k in ("faces-restore", "faces-paste"))
+                report.steps.append(StepReport(prepared.model, 1, seconds=round(seconds, 3), kind="face"))
         stage_started = time.perf_counter()
         rgb = colour_back(colour, planes, allocate)
         pixels = join_in_strips(rgb, alpha, planes.stored_gray, allocate)
@@ -214,7 +224,7 @@ class Restorer:
         return output, report
 
     def _allocator(
-        self, planes: _Planes, network_scale: int, out_w: int, out_h: int, report: RestoreReport
+        self, planes: _Planes, scales: list[int], out_w: int, out_h: int, report: RestoreReport
     ) -> Allocate:
         """Memory for outputs that fit comfortably (today's path), else arrays on disk in the scratch
         folder (pipeline/scratch.py): chosen from the sizes this image's outputs will have and the
@@ -225,10 +235,14 @@ class Restorer:
         network_channels = (1 if planes.gray else 3) + alpha
         final_channels = (1 if planes.stored_gray else 3) + alpha  # an RGB photo restored as gray: 3
         height, width = planes.rgb.shape[:2]
+        network_scale = math.prod(scales)
         network_pixels = height * width * network_scale * network_scale
         resized = (out_w, out_h) != (width * network_scale, height * network_scale)
         final_pixels = out_w * out_h if resized or final_channels != network_channels else 0
         needed = network_pixels * network_channels + final_pixels * final_channels
+        # A chain's steps before the last keep 3 channels (alpha: 3 more) of their own output size.
+        step_scales = [math.prod(scales[: index + 1]) for index in range(len(scales) - 1)]
+        needed += sum(height * width * s * s for s in step_scales) * 3 * (1 + alpha)
         needed *= planes.dtype.itemsize
         if choose_assembly(needed, available_ram_bytes()) == "memory":
             return allocate_in_memory
@@ -293,66 +307,100 @@ class Restorer:
     def _upscale(
         self,
         planes: _Planes,
-        upscaler: Upscaler,
-        tile: int,
+        chain: list[Upscaler],
         on_progress: ProgressCallback | None,
         clock: _StageClock,
         report: RestoreReport,
         allocate: Allocate = allocate_in_memory,
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The colour (and alpha) planes through every model of the chain; progress counts the tiles of
+        all steps as one "upscale" stage, so it only ever grows."""
         height, width = planes.rgb.shape[:2]
-        scale = int(upscaler.scale)
-        colour_tiles = tile_count(height, width, tile, DEFAULT_PAD, DEFAULT_BLEND, scale)
+        # The backend owns each step's tile (memory, engine.tile, MIN_TILE); counted on that step's input.
+        tiles = [int(upscaler.suggest_tile()) for upscaler in chain]
+        counts, step_h, step_w = [], height, width
+        for upscaler, tile in zip(chain, tiles, strict=True):
+            scale = int(upscaler.scale)
+            counts.append(tile_count(step_h, step_w, tile, DEFAULT_PAD, DEFAULT_BLEND, scale))
+            step_h, step_w = step_h * scale, step_w * scale
+        report.tile_size = tiles[0]
+        for step, tile in zip(report.steps, tiles, strict=True):
+            step.tile_size = tile
+        colour_tiles = sum(counts)
         alpha_needs_network = planes.alpha is not None and not _is_constant(planes.alpha)
-        total = colour_tiles * (2 if alpha_needs_network else 1)
-
-        def colour_progress(stage: str, done: int, _total: int) -> None:
-            if on_progress is not None:
-                on_progress(stage, done, total)
-
-        def alpha_progress(stage: str, done: int, _total: int) -> None:
-            if on_progress is not None:
-                on_progress(stage, colour_tiles + done, total)
+        run = _ChainRun(chain, tiles, counts, colour_tiles * (2 if alpha_needs_network else 1), on_progress)
 
         stage_started = time.perf_counter()
-        result = upscale_tiled(
-            planes.rgb,
-            upscaler,
-            tile,
-            DEFAULT_PAD,
-            planes.dtype,
-            colour_progress,
-            gray=planes.gray,
-            allocate=allocate,
-        )
+        colour = run.through(planes.rgb, planes.dtype, planes.gray, 0, report, allocate)
         clock.add("upscale", stage_started)
-        report.tiles = result.tiles
-        if result.oom_splits:
-            report.notes.append(f"device out of memory: {result.oom_splits} tile(s) split and retried")
         if planes.alpha is None:
-            return result.pixels, None
+            return colour, None
         stage_started = time.perf_counter()
+        scale = math.prod(int(upscaler.scale) for upscaler in chain)
         if not alpha_needs_network:
             alpha = allocate((height * scale, width * scale), planes.dtype)
             _fill_in_strips(alpha, planes.alpha.flat[0])
             report.notes.append("alpha is constant: filled in without the network")
         else:
             alpha_rgb = np.repeat(planes.alpha[:, :, None], 3, axis=2)
-            alpha_result = upscale_tiled(
-                alpha_rgb,
+            alpha = run.through(alpha_rgb, planes.dtype, True, colour_tiles, report, allocate)
+            report.notes.append("alpha upscaled by the network (as 3 replicated channels)")
+        clock.add("upscale-alpha", stage_started)
+        return colour, alpha
+
+
+@dataclass
+class _ChainRun:
+    """One image's pass through a chain of upscalers: each step tiles the previous step's output."""
+
+    chain: list[Upscaler]
+    tiles: list[int]  # each step's tile edge
+    counts: list[int]  # each step's expected tiles (for progress)
+    total: int  # tiles of the whole image: every step, colour and alpha
+    on_progress: ProgressCallback | None
+
+    def through(
+        self,
+        pixels: np.ndarray,
+        dtype: np.dtype,
+        gray: bool,
+        done_before: int,
+        report: RestoreReport,
+        allocate: Allocate,
+    ) -> np.ndarray:
+        """`pixels` (HxWx3) through every step; gray: the last step writes one channel (the mean). Steps
+        before the last keep three channels, the next step's input."""
+        last = len(self.chain) - 1
+        for index, (upscaler, tile, count) in enumerate(
+            zip(self.chain, self.tiles, self.counts, strict=True)
+        ):
+            started = time.perf_counter()
+            result = upscale_tiled(
+                pixels,
                 upscaler,
                 tile,
                 DEFAULT_PAD,
-                planes.dtype,
-                alpha_progress,
-                gray=True,
+                dtype,
+                self._progress(done_before, count),
+                gray=gray and index == last,
                 allocate=allocate,
             )
-            alpha = alpha_result.pixels
-            report.tiles += alpha_result.tiles
-            report.notes.append("alpha upscaled by the network (as 3 replicated channels)")
-        clock.add("upscale-alpha", stage_started)
-        return result.pixels, alpha
+            pixels = result.pixels
+            done_before += count
+            step = report.steps[index]
+            step.tiles += result.tiles
+            step.seconds = round(step.seconds + time.perf_counter() - started, 3)
+            report.tiles += result.tiles
+            if result.oom_splits:
+                report.notes.append(f"device out of memory: {result.oom_splits} tile(s) split and retried")
+        return pixels
+
+    def _progress(self, done_before: int, count: int) -> ProgressCallback:
+        def report_tiles(stage: str, done: int, _total: int) -> None:
+            if self.on_progress is not None:
+                self.on_progress(stage, done_before + min(done, count), self.total)
+
+        return report_tiles
 
 
 def restore_bytes(

@@ -1,7 +1,7 @@
 """The pipeline's public data types: what goes in, what comes out, what can go wrong.
 
-The pipeline is a library: an `Image` and `RestoreOptions` go in, an `Image` and a `RestoreReport` come
-out. It knows nothing about jobs, folders or HTTP.
+The pipeline is a library: an `Image` and `RestoreOptions` (pipeline/options.py) go in, an `Image` and a
+`RestoreReport` come out. It knows nothing about jobs, folders or HTTP.
 
 Errors form one hierarchy so callers can say what happened in words:
 
@@ -36,7 +36,7 @@ OutputFormat = Literal["same", "png", "jpg", "webp", "tiff"]
 # auto: a black-and-white or toned (sepia, cyanotype) photo stored as RGB is restored as gray, its own tone
 # put back (pipeline/colour.py); colour: every RGB photo is restored in colour (e.g. a hand-tinted print).
 ColourMode = Literal["auto", "colour"]
-DEFAULT_MODEL = "RealESRGAN_x4plus"  # the one home of the default (settings and RestoreOptions use it)
+DEFAULT_MODEL = "RealESRGAN_x4plus"  # the one home of the default (pipeline/options.py uses it)
 
 # on_progress(stage, done, total): stage is one of pipeline.progress.STAGE_WEIGHTS, reported in that
 # order ("decode", "faces-detect", "faces-restore", "upscale", "encode"; a stage with nothing to do may
@@ -158,28 +158,6 @@ class EngineConfig:
     scratch_dir: str | None = None
 
 
-@dataclass(frozen=True)
-class RestoreOptions:
-    """What to do to one image. Presets in the daemon are partial overrides of these fields."""
-
-    model: str = DEFAULT_MODEL
-    scale: float = 4.0  # any value >= 1: the network's scale, then a high-quality resize
-    max_output_megapixels: float | None = None  # lowers the scale (and says so) when exceeded
-    denoise_strength: float | None = None  # 0..1, only for realesr-general-x4v3 (+ wdn weights)
-    faces: bool = True  # False also skips detection
-    face_model: str = "auto"  # auto | GFPGANv1.4 | GFPGANv1.3 | RestoreFormer | CodeFormer
-    face_strength: float = 1.0  # 0..1 blend of restored face with the super-resolved one
-    codeformer_fidelity: float = 0.5
-    min_face_size: int = 16  # faces smaller than this (input pixels, box edge) are left to the SR model
-    output_format: OutputFormat = "same"
-    quality: int = 95  # JPEG / WebP quality
-    strip_gps: bool = False
-    colour_mode: ColourMode = "auto"
-
-    def replace(self, **changes: Any) -> RestoreOptions:
-        return type(self)(**{**asdict(self), **changes})
-
-
 @dataclass
 class FaceReport:
     box: list[float]  # x0, y0, x1, y1 in OUTPUT pixel coordinates
@@ -210,6 +188,19 @@ class ColourReport:
 
 
 @dataclass
+class StepReport:
+    """One model that ran, in order: each of the chain (its tiles are counted in the report's total), then
+    the face model when one restored faces (pasted last, into the final result)."""
+
+    model: str
+    scale: int  # the network's own factor (a face model: 1)
+    tiles: int = 0
+    tile_size: int | None = None
+    seconds: float = 0.0
+    kind: Literal["upscale", "face"] = "upscale"
+
+
+@dataclass
 class RestoreReport:
     """One image's account of what happened. `to_dict()` is what reports, the DB and the API show."""
 
@@ -220,8 +211,9 @@ class RestoreReport:
     input_mode: str | None = None  # e.g. "RGB 8-bit", "RGBA 16-bit", "L 8-bit"
     output_size: list[int] | None = None
     output_mode: str | None = None
-    model: str | None = None
+    model: str | None = None  # the chain's ids joined by " + " (one id for one model)
     scale: float | None = None
+    steps: list[StepReport] = field(default_factory=list)  # each model of the chain, in order
     backend: str | None = None
     device: str | None = None
     precision: str | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -225,7 +226,9 @@ def _loader(spec: ModelSpec) -> ModelLoader:
     if spec.arch == "CodeFormer":
         # Non-commercial architecture: only in the separate opt-in package, installed by the user.
         try:
-            import spandrel_extra_arches
+            with warnings.catch_warnings():  # its import runs torch.jit.script, deprecated: not ours to fix
+                warnings.filterwarnings("ignore", "`torch.jit.script`", FutureWarning)
+                import spandrel_extra_arches
         except ImportError:
             raise BackendUnavailableError(
                 "CodeFormer needs the opt-in, non-commercial package spandrel_extra_arches "

@@ -205,6 +205,15 @@ SCHEMAS: dict[str, Any] = {
             "output_mode": _nullable(_STR),
             "model": _nullable(_STR),
             "scale": _nullable(_NUM),
+            "steps": {
+                "type": "array",
+                "description": "each model of the chain, in the order they ran",
+                "items": {
+                    "type": "object",
+                    "properties": {"model": _STR, "scale": _INT, "tiles": _INT, "seconds": _NUM},
+                    "additionalProperties": True,
+                },
+            },
             "backend": _nullable(_STR),
             "device": _nullable(_STR),
             "precision": _nullable(_STR),

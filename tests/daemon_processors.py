@@ -28,7 +28,8 @@ from daemon import beneath, originals
 from daemon.settings import Settings
 from daemon.store import JobStore
 from daemon.worker import Processed
-from pipeline.types import CorruptImageError, ProgressCallback, RestoreOptions
+from pipeline.options import RestoreOptions
+from pipeline.types import CorruptImageError, ProgressCallback
 
 
 def _one_pixel_bmp() -> bytes:

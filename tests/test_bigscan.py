@@ -20,10 +20,11 @@ from PIL import Image as PILImage
 
 import pipeline.scratch as scratch
 from pipeline.imageio import encode_image, load_image
+from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer, restore_bytes
 from pipeline.scratch import choose_assembly, disk_array, is_disk_backed, release_rows, row_strips
 from pipeline.streaming import encode_to_file
-from pipeline.types import EngineConfig, Image, RestoreError, RestoreOptions
+from pipeline.types import EngineConfig, Image, RestoreError
 from tests.fake_upscalers import ConvStackUpscaler
 
 NO_FACES = RestoreOptions(faces=False)
@@ -309,7 +310,6 @@ def test_a_scratch_disk_too_small_for_the_output_is_an_error_not_a_crash(tmp_pat
 def test_the_worker_publishes_a_disk_assembled_output_and_frees_its_scratch_file(
     tmp_path: Path, force_disk: None
 ) -> None:
-    import dataclasses
     import hashlib
 
     from daemon.store import JobStore
@@ -325,7 +325,7 @@ def test_the_worker_publishes_a_disk_assembled_output_and_frees_its_scratch_file
     PILImage.fromarray(photo((30, 40, 3))).save(source, "PNG")
     data = source.getvalue()
     (Path(settings.inbox) / "scan.png").write_bytes(data)
-    options = dataclasses.asdict(settings.restore_options())
+    options = settings.restore_options().to_dict()
     store.add("scan.png", hashlib.sha256(data).hexdigest(), len(data), 0.0, options=options)
     job = worker.run_one()
     assert job is not None and job.state == "done", job.error

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image as PILImage
 
 from app.cli import main
+from pipeline import RestoreReport
 
 FAST = ["--model", "realesr-animevideov3", "--no-face"]
 
@@ -138,6 +139,7 @@ def test_missing_input_is_reported_and_exit_is_nonzero(tmp_path: Path, state_dir
     assert code == 1
     [entry] = json.loads(report_path.read_text())
     assert entry["error"] == "no such file or folder" and entry["output"] is None
+    assert entry.keys() == RestoreReport().to_dict().keys()  # one report type, failed rows included
 
 
 @pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n\x00\x00"])
@@ -222,3 +224,20 @@ def test_an_unexpected_error_costs_one_file_not_the_batch(
     assert code == 1
     entries = json.loads(report_path.read_text())
     assert [e["error"] for e in entries] == ["internal error: ValueError: simulated encoder bug", None]
+
+
+def test_a_chain_runs_each_model_in_turn_and_reports_every_step(tmp_path: Path, state_dir: Path) -> None:
+    """The embedded realesr-animevideov3 twice (4 x 4; converted once for the session, so the chain costs
+    two small restores): the second step runs on the first one's output."""
+    photo = write_photo(tmp_path / "small.png", size=8)
+    report_path = tmp_path / "report.json"
+    chain = "realesr-animevideov3,realesr-animevideov3"
+    args = [str(photo), "-o", str(tmp_path / "out"), "--model", chain, "--no-face", "--scale", "16"]
+    assert restore([*args, "--report", str(report_path)], state_dir) == 0
+    assert PILImage.open(tmp_path / "out" / "small.png").size == (128, 128)
+    [entry] = json.loads(report_path.read_text())
+    assert entry["model"] == "realesr-animevideov3 + realesr-animevideov3"
+    assert entry["output_size"] == [128, 128] and entry["backend"] == "openvino"
+    assert [(step["model"], step["scale"]) for step in entry["steps"]] == [("realesr-animevideov3", 4)] * 2
+    assert all(step["tiles"] >= 1 and step["seconds"] > 0 for step in entry["steps"])
+    assert entry["tiles"] == sum(step["tiles"] for step in entry["steps"])

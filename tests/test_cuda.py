@@ -13,8 +13,9 @@ import skimage
 import torch
 
 from pipeline.evaluation.fidelity import compare, options_for_fidelity, reference_restorer
+from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer
-from pipeline.types import Device, EngineConfig, Image, RestoreOptions, RestoreReport
+from pipeline.types import Device, EngineConfig, Image, RestoreReport
 from pipeline.weights import embedded_models_dir
 from tests.daemon_support import ServeProcess, files_under, wait_for
 from tests.faces_support import write_random_gfpgan

@@ -25,8 +25,9 @@ from pipeline.faces.align import (
     warp_affine,
 )
 from pipeline.faces.restore import OpenVinoFaceRunner, face_module
+from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer, resize_to
-from pipeline.types import EngineConfig, FaceReport, Image, RestoreOptions
+from pipeline.types import EngineConfig, FaceReport, Image
 from tests.colour_cases import TONES, gray_as_rgb, hue_differences, hue_gap, jpeg, mean_hue, toned
 from tests.faces_support import random_gfpgan, write_random_gfpgan
 from tests.fake_upscalers import ConvStackUpscaler

@@ -10,9 +10,10 @@ import pytest
 from skimage import data
 
 from pipeline.evaluation.fidelity import compare, options_for_fidelity, reference_restorer, seam_mask
+from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer
 from pipeline.tiling import DEFAULT_BLEND, DEFAULT_PAD
-from pipeline.types import EngineConfig, Image, RestoreOptions
+from pipeline.types import EngineConfig, Image
 from pipeline.weights import embedded_models_dir
 
 pytestmark = [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +137,7 @@ class _NoWeights(CopyProcessor):
 def test_every_actor_method_returns_bytes_and_failures_travel_as_text(tmp_path: Path) -> None:
     settings_json = Settings(**folders(tmp_path)).to_child_json()
     actor = RestoreActor(settings_json, CopyProcessor)
-    options_json = json.dumps(asdict(RestoreOptions()))
+    options_json = RestoreOptions().model_dump_json()
     ready, done, failed = (
         actor.ready(),
         actor.process(fake_photo(b"a photo"), options_json),

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from pipeline.backends.base import cap_tile
+from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer, mode_label, output_scale, resize_to
-from pipeline.types import EngineConfig, FaceReport, Image, RestoreError, RestoreOptions
+from pipeline.types import EngineConfig, FaceReport, Image
 from tests.fake_upscalers import ConvStackUpscaler, OutOfMemoryUpscaler
 
 NO_FACES = RestoreOptions(faces=False)
@@ -233,10 +235,9 @@ def test_any_output_scale_from_one_up(scale: float, size: tuple[int, int]) -> No
 
 
 def test_scale_below_one_is_refused() -> None:
-    with pytest.raises(RestoreError, match="scale must be >= 1"):
-        Restorer(EngineConfig(), upscaler_loader=CountingLoader()).restore(
-            Image(random_pixels((8, 8, 3))), NO_FACES.replace(scale=0.5)
-        )
+    # Refused when the options are made (pipeline/options.py, the one place that states it).
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        NO_FACES.replace(scale=0.5)
 
 
 def test_max_output_megapixels_lowers_the_scale_and_says_so() -> None:
@@ -295,6 +296,7 @@ class RecordingFaceStage:
             faces: list[int] = field(default_factory=lambda: [1])
             seconds: dict[str, float] = field(default_factory=lambda: {"faces-detect": 0.01})
             notes: list[str] = field(default_factory=list)
+            model: str | None = None  # the face model that ran (PreparedFaces.model)
 
         return Prepared()
 

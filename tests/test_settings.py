@@ -218,7 +218,7 @@ def test_flags_are_made_from_settings_fields_with_types_choices_and_help() -> No
     )
     assert args.model is None and args.config is None  # not given: the file or environment decides
     settings = settings_from_args(args)
-    assert (settings.tile, settings.faces, settings.model) == (64, False, "RealESRGAN_x4plus")
+    assert (settings.tile, settings.faces, settings.model) == (64, False, ("RealESRGAN_x4plus",))
     with pytest.raises(SystemExit):
         parser.parse_args(["--backend", "cuda"])
 

@@ -313,9 +313,10 @@ def test_weights_command_fails_when_the_configured_model_is_missing(dirs, capsys
 
 def test_the_default_model_has_one_home_and_is_registered() -> None:
     from daemon.settings import Settings
-    from pipeline.types import DEFAULT_MODEL, RestoreOptions
+    from pipeline.options import RestoreOptions
+    from pipeline.types import DEFAULT_MODEL
 
-    assert Settings().model == RestoreOptions().model == DEFAULT_MODEL
+    assert Settings().model == RestoreOptions().model == (DEFAULT_MODEL,)
     assert REGISTRY[DEFAULT_MODEL].purpose == "upscale" and REGISTRY[DEFAULT_MODEL].embedded is not None
 
 

@@ -4,7 +4,6 @@ stands in for the network except in the real-restore test."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import itertools
@@ -25,7 +24,8 @@ from daemon.settings import Settings
 from daemon.store import Job, JobStore
 from daemon.worker import PipelineProcessor, Processed, Worker
 from pipeline import stage_spans
-from pipeline.types import ProgressCallback, RestoreOptions
+from pipeline.options import RestoreOptions
+from pipeline.types import ProgressCallback
 from tests.daemon_processors import CopyProcessor
 from tests.daemon_support import files_under, make_settings
 
@@ -57,7 +57,7 @@ class Rig:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         stat = path.stat()
-        options = dataclasses.asdict(self.settings.restore_options(preset))
+        options = self.settings.restore_options(preset).to_dict()
         digest = hashlib.sha256(data).hexdigest()
         return self.store.add(
             relative, digest, stat.st_size, stat.st_mtime, preset=preset, options=options

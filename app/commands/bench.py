@@ -60,10 +60,14 @@ def run(args: argparse.Namespace) -> int:
         print("restorer bench: --repeats must be at least 1", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
+    if len(settings.model) != 1:
+        print("restorer bench: measures one model at a time; give --model ID", file=sys.stderr)
+        return 2
+    (model,) = settings.model
     engine = settings.engine_config()
     peaks = bench.cpu_peaks()
     try:
-        flops = bench.flops_per_input_pixel(settings.model, settings.weights_dir, settings.cache_dir)
+        flops = bench.flops_per_input_pixel(model, settings.weights_dir, settings.cache_dir)
     except RestoreError as error:
         print(f"restorer bench: {error}", file=sys.stderr)
         return 1
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 stage=stage,
                 width=width,
                 height=height,
-                model=settings.model,
+                model=model,
                 engine=asdict(engine),
                 repeats=args.repeats,
                 image=str(args.image) if args.image else None,
@@ -97,13 +101,13 @@ def run(args: argparse.Namespace) -> int:
     bench.fill_hardware(measurements, peaks)
     after = bench.measure_gemm(gemm_dtype, threads, args.gemm_size, device=device)
     gemm = bench.GemmRate(gemm_dtype, threads, before.size, (before.gflops + after.gflops) / 2, device)
-    report = _report(settings.model, flops, peaks, gemm, (before, after), measurements, prices)
+    report = _report(model, flops, peaks, gemm, (before, after), measurements, prices)
     print(report)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench.md").write_text(report + "\n", encoding="utf-8")
         data = {
-            "model": settings.model,
+            "model": model,
             "flops_per_input_pixel": flops,
             "gemm": asdict(gemm),
             "gemm_before_after": [before.gflops, after.gflops],

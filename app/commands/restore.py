@@ -18,16 +18,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from app.flags import command_parser, settings_from_args
+
+if TYPE_CHECKING:
+    from pipeline import RestoreReport
 
 log = logging.getLogger(__name__)
 
 # The settings `restorer restore` takes as flags (--no-face, --format, --denoise: old spellings kept).
 RESTORE_FIELDS = (
     *("model", "scale", "max_output_megapixels", "denoise_strength", "output_format", "quality", "strip_gps"),
-    *("faces", "face_model", "face_strength", "colour_mode"),
+    *("faces", "face_model", "face_strength", "codeformer_fidelity", "colour_mode"),
     *("backend", "device", "precision", "tile", "threads", "weights_dir", "state_dir"),
 )
 
@@ -48,13 +51,13 @@ class Job:
     out_dir: Path  # where its output goes (mirrors the folder structure under OUTDIR)
 
 
-def collect_jobs(inputs: list[Path], out_root: Path) -> tuple[list[Job], list[dict[str, Any]]]:
+def collect_jobs(inputs: list[Path], out_root: Path) -> tuple[list[Job], list[RestoreReport]]:
     """Files as given; folders walked recursively (sorted, junk skipped). Missing inputs become errors."""
     from daemon.names import is_junk, is_junk_dir
-    from pipeline import INPUT_EXTENSIONS
+    from pipeline import INPUT_EXTENSIONS, RestoreReport
 
     jobs: list[Job] = []
-    missing: list[dict[str, Any]] = []
+    missing: list[RestoreReport] = []
     for given in inputs:
         if given.is_file():
             jobs.append(Job(given, out_root))
@@ -65,7 +68,7 @@ def collect_jobs(inputs: list[Path], out_root: Path) -> tuple[list[Job], list[di
                     continue
                 jobs.append(Job(path, out_root / given.resolve().name / relative.parent))
         else:
-            missing.append(_entry(str(given), error="no such file or folder"))
+            missing.append(RestoreReport(input=str(given), error="no such file or folder"))
     return jobs, missing
 
 
@@ -78,30 +81,6 @@ def _walk(folder: Path, is_junk_dir: Any) -> list[Path]:
         elif entry.is_file():
             found.append(entry)
     return found
-
-
-def _entry(input_path: str, **fields: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "input": input_path,
-        "output": None,
-        "error": None,
-        "input_size": None,
-        "input_mode": None,
-        "output_size": None,
-        "output_mode": None,
-        "model": None,
-        "scale": None,
-        "backend": None,
-        "device": None,
-        "precision": None,
-        "tiles": 0,
-        "tile_size": None,
-        "seconds": 0.0,
-        "faces": [],
-        "notes": [],
-    }
-    entry.update(fields)
-    return entry
 
 
 class ProgressBar:
@@ -145,40 +124,40 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"restorer restore: invalid settings: {error}", file=sys.stderr)
         return 2
-    jobs, entries = collect_jobs(list(args.inputs), args.output)
-    for entry in entries:
-        print(f"error: {entry['input']}: {entry['error']}", file=sys.stderr)
-    entries.extend(restore_all(jobs, settings, sys.stderr))
+    jobs, reports = collect_jobs(list(args.inputs), args.output)
+    for report in reports:
+        print(f"error: {report.input}: {report.error}", file=sys.stderr)
+    reports.extend(restore_all(jobs, settings, sys.stderr))
     if args.report is not None:
-        _write_report(args.report, entries)
-    failed = sum(1 for entry in entries if entry["error"])
-    print(f"{len(entries) - failed} restored, {failed} failed", file=sys.stderr)
-    return 1 if failed or not entries else 0
+        _write_report(args.report, reports)
+    failed = sum(1 for report in reports if report.error)
+    print(f"{len(reports) - failed} restored, {failed} failed", file=sys.stderr)
+    return 1 if failed or not reports else 0
 
 
-def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[dict[str, Any]]:
+def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[RestoreReport]:
     from pipeline import Restorer
 
     restorer = Restorer(settings.engine_config())
     options = settings.restore_options()
     bar = ProgressBar(stream, len(jobs))
-    entries = []
+    reports = []
     for index, job in enumerate(jobs, start=1):
         bar.start(index, job.source.name)
-        entry = restore_one(job, restorer, options, settings, bar)
-        ok = entry["error"] is None
-        bar.finish(f"{job.source} -> {entry['output']}" if ok else f"error: {job.source}: {entry['error']}")
-        entries.append(entry)
-    return entries
+        report = restore_one(job, restorer, options, settings, bar)
+        ok = report.error is None
+        bar.finish(f"{job.source} -> {report.output}" if ok else f"error: {job.source}: {report.error}")
+        reports.append(report)
+    return reports
 
 
-def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: ProgressBar) -> dict[str, Any]:
-    """One file end to end; every expected failure becomes the entry's error, never an exception."""
+def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: ProgressBar) -> RestoreReport:
+    """One file end to end; every expected failure becomes the report's error, never an exception."""
     from daemon.publish import publish_bytes, publish_file
-    from pipeline import DeviceOutOfMemoryError, RestoreError, restore_bytes
+    from pipeline import DeviceOutOfMemoryError, RestoreError, RestoreReport, restore_bytes
 
     started = time.perf_counter()
-    entry = _entry(str(job.source))
+    report = RestoreReport(input=str(job.source))
     try:
         data = job.source.read_bytes()
         restored = restore_bytes(
@@ -192,17 +171,15 @@ def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: Progr
         else:
             output = publish_bytes(restored.data, job.out_dir, name, mode, group)
         report = restored.report
-        report.input = str(job.source)
-        report.output = str(output)
-        entry.update({key: value for key, value in report.to_dict().items() if key != "error"})
+        report.input, report.output = str(job.source), str(output)
     except (RestoreError, DeviceOutOfMemoryError, OSError, MemoryError) as error:
-        entry["error"] = _one_line(error)
+        report.error = _one_line(error)
         log.debug("restore failed for %s", job.source, exc_info=True)
     except Exception as error:  # a bug must cost this file, not the batch; the traceback goes to the log
         log.exception("unexpected error while restoring %s", job.source)
-        entry["error"] = f"internal error: {type(error).__name__}: {_one_line(error)}"
-    entry["seconds"] = round(time.perf_counter() - started, 3)
-    return entry
+        report.error = f"internal error: {type(error).__name__}: {_one_line(error)}"
+    report.seconds = round(time.perf_counter() - started, 3)  # the whole file: read, restore, publish
+    return report
 
 
 def _one_line(error: BaseException) -> str:
@@ -215,8 +192,9 @@ def _one_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _write_report(path: Path, entries: list[dict[str, Any]]) -> None:
+def _write_report(path: Path, reports: list[RestoreReport]) -> None:
+    """The pipeline's own report per file (RestoreReport.to_dict()), failed ones with their error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(entries, indent=2) + "\n")
+    temp.write_text(json.dumps([report.to_dict() for report in reports], indent=2) + "\n")
     temp.replace(path)

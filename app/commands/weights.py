@@ -56,11 +56,10 @@ def run(args: argparse.Namespace) -> int:
         print(_line(row, widths))
         if status.action:
             print(f"    -> {status.action}")
-    default = next(s for s in statuses if s.spec.id == settings.model)
-    if default.state == "missing":
-        print(f"\nthe configured model {settings.model} is missing: restores will fail until it is added")
-        return 1
-    return 0
+    missing = [s.spec.id for s in statuses if s.spec.id in settings.model and s.state == "missing"]
+    for model_id in missing:
+        print(f"\nthe configured model {model_id} is missing: restores will fail until it is added")
+    return 1 if missing else 0
 
 
 def run_fetch(args: argparse.Namespace) -> int:

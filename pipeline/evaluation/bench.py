@@ -321,7 +321,8 @@ def _load_source(image: str | None) -> np.ndarray:
 
 
 def _worker(spec: BenchSpec) -> dict[str, Any]:
-    from pipeline.types import EngineConfig, Image, RestoreOptions
+    from pipeline.options import RestoreOptions
+    from pipeline.types import EngineConfig, Image
 
     engine = EngineConfig(**spec.engine)
     rgb = bench_photo(spec.width, spec.height, spec.image)

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer
 from pipeline.tiling import plan_axis
-from pipeline.types import EngineConfig, RestoreOptions
+from pipeline.types import EngineConfig
 
 UNTILED = 1 << 20  # a tile edge larger than any image: the tiler sends the whole plane at once
 

@@ -31,12 +31,12 @@ from pipeline.faces.restore import (
     choose_face_model,
     load_face_restorer,
 )
+from pipeline.options import RestoreOptions
 from pipeline.types import (
     EngineConfig,
     FaceReport,
     ProgressCallback,
     RestoreError,
-    RestoreOptions,
 )
 
 log = logging.getLogger(__name__)

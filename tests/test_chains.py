@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from daemon.intake import enqueue_file, read_version
+from daemon.admission import Admitted
+from daemon.intake import enqueue_file, read_entry
 from daemon.settings import Preset, Settings
-from daemon.store import JobStore
+from daemon.store import Job, JobStore
 from daemon.worker import PipelineProcessor, Worker, restore_options_from
 from pipeline import stage_spans
 from pipeline.backends.base import BackendInfo
@@ -44,6 +45,13 @@ def astronaut_png(size: int) -> bytes:
 
 
 # -- options: one home, presets made from it -------------------------------------------------------------
+
+
+def queue_file(settings: Settings, store: JobStore, relative: str) -> Job:
+    """Intake's own path for one inbox file: admit it, hash it, record the job."""
+    entry = read_entry(settings, settings.inbox, relative)
+    assert isinstance(entry.admission, Admitted) and entry.version is not None, entry
+    return enqueue_file(settings, store, relative, entry.version, entry.admission).job
 
 
 def test_a_chain_is_one_model_option_written_as_a_list_or_text() -> None:
@@ -83,7 +91,7 @@ def test_a_preset_folder_runs_its_chain_and_reports_every_step(tmp_path: Path) -
     relative = "chain/astronaut.png"
     (settings.inbox / "chain").mkdir()
     (settings.inbox / relative).write_bytes(astronaut_png(24))
-    queued = enqueue_file(settings, store, relative, read_version(settings.inbox, relative)).job
+    queued = queue_file(settings, store, relative)
     assert queued.preset == "chain"
     writes: list[tuple[float, float, str | None]] = []
     record_progress = store.update_progress
@@ -138,7 +146,7 @@ def test_each_preset_folder_gets_its_own_face_model(tmp_path: Path) -> None:
         relative = f"{preset}/a.png" if preset else "a.png"
         (settings.inbox / relative).parent.mkdir(parents=True, exist_ok=True)
         (settings.inbox / relative).write_bytes(astronaut_png(16 + len(wanted)))
-        job = enqueue_file(settings, store, relative, read_version(settings.inbox, relative)).job
+        job = queue_file(settings, store, relative)
         options = restore_options_from(job, settings)
         _, reason = stage.restorer(options)
         wanted[preset] = (options.face_model, options.codeformer_fidelity, reason)

@@ -27,12 +27,12 @@ from typing import Any
 
 from daemon import retention, sdnotify
 from daemon.health import HealthState
+from daemon.intake import Intake
 from daemon.notify import Notifier
 from daemon.originals import CRASH_ADVICE, move_to_failed
 from daemon.publish import free_bytes, remove_stale_temp_files, resolve_group
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore, StoreError
-from daemon.watcher import Intake
 from daemon.worker import PipelineProcessor, ProcessorFactory
 from daemon.workers import PoolStartError, WorkerPool
 

@@ -8,8 +8,9 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     settings.py    Settings: the one settings model (TOML < RESTORER_* environment < flags)
     store.py       JobStore: the jobs table's schema, migrations and every write
     readmodel.py   ReadModel: every read (queue order and positions, listings, stats), read-only
-    watcher.py     the intake: inbox events and scans -> stable files -> jobs
-    intake.py      enqueue_file: the one path from a complete file in the inbox to a job
+    intake.py      Intake: inbox events and scans -> stable files -> jobs, through enqueue_file, the one
+                   path from a complete file in the inbox to a job (uploads use it too)
+    watcher.py     the inbox observers: native inotify, or polling through beneath.py on network shares
     originals.py   where a job's original is, disposal (archive/delete/keep), moves to failed/
     retention.py   archive_days / failed_days: old archived originals and failed files deleted, jobs marked
     worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original

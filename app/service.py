@@ -1,6 +1,6 @@
 """`restorer serve`: the composition root. One asyncio loop in the main process runs the HTTP servers
 and supervises; the intake runs on its own thread; the pipeline runs in the worker pool's processes
-(daemon/workers.py: `workers` local processes, or the Ray client and its actors).
+(daemon/worker_pool.py: `workers` local processes, or the Ray client and its actors).
 
 Start order (READY=1 is sent only at the end, so systemd and scripts can trust it):
   folders exist -> DB open (refused on a network filesystem) -> stale temp files removed -> jobs left
@@ -28,13 +28,13 @@ from typing import Any
 from daemon import retention, sdnotify
 from daemon.health import HealthState
 from daemon.intake import Intake
+from daemon.job_loop import PipelineProcessor, ProcessorFactory
 from daemon.notify import Notifier
 from daemon.originals import CRASH_ADVICE, move_to_failed
 from daemon.publish import free_bytes, remove_stale_temp_files, resolve_group
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore, StoreError
-from daemon.worker import PipelineProcessor, ProcessorFactory
-from daemon.workers import PoolStartError, WorkerPool
+from daemon.worker_pool import PoolStartError, WorkerPool
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     watcher.py     the inbox observers: native inotify, or polling through beneath.py on network shares
     originals.py   where a job's original is, disposal (archive/delete/keep), moves to failed/
     retention.py   archive_days / failed_days: old archived originals and failed files deleted, jobs marked
-    worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original
+    job_loop.py    a slot's job loop: claim -> restore -> publish -> finish -> dispose of the original
+    worker_pool.py the supervised worker processes (local, or the Ray client) that run the job loops
     names.py       the file-name rules for every name the daemon creates (safe_file_name)
     beneath.py     every file operation under the inbox, outbox, failed and archive folders: folder
                    descriptors reached from the root without following a link (the only module that

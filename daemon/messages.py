@@ -1,6 +1,6 @@
-"""What a worker process tells the pool (daemon/workers.py), one small frozen dataclass per kind of news.
+"""What a worker process tells the pool (daemon/worker_pool.py), one small frozen dataclass per kind of news.
 
-A slot is one job-running loop (daemon.worker.Worker): a local worker process runs one; the Ray client
+A slot is one job-running loop (daemon.job_loop.Worker): a local worker process runs one; the Ray client
 process runs one per actor. Every slot message names its slot ("w1", "r2", ...), so the pool follows
 several slots over one pipe. Messages cross process boundaries by pickling, so they hold plain data.
 """

@@ -1,6 +1,6 @@
 """executor = "ray": jobs run on Ray actors on other machines; the daemon keeps the folders and the database.
 
-This module runs in a supervised CHILD process of the daemon (daemon/workers.py), never in the daemon's
+This module runs in a supervised CHILD process of the daemon (daemon/worker_pool.py), never in the daemon's
 own: when a Ray head (GCS) dies, Ray kills the driver process after a timeout, and that must cost a
 restart of this process, not the service. Here:
 
@@ -8,7 +8,7 @@ restart of this process, not the service. Here:
                  minutes), decides how many actors (ray_actors: a number, or "auto" = one per GPU in the
                  cluster, else one per node), starts one slot thread per actor, and reports the
                  cluster's state to the pool every few seconds (which is also this process's heartbeat).
-  slot threads   one per actor. Each runs daemon/worker.py's Worker loop on this machine: claim in
+  slot threads   one per actor. Each runs daemon/job_loop.py's Worker loop on this machine: claim in
                  arrival order -> read the input -> ActorProcessor.process (ship the bytes and options to
                  the actor, which runs the same processor the local worker runs, and get the output
                  bytes and the report back) -> publish -> finish -> dispose. So actors never touch the
@@ -40,12 +40,12 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from typing import Any
 
+from daemon.job_loop import JobCancelled, Processed, ProcessorFactory, Worker
 from daemon.logs import configure_logging
 from daemon.messages import Beat, ClusterState, Placed, SlotsAnnounced, Waiting, WorkerMessage
 from daemon.ray_token import RayTokenError, use_ray_token
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import JobCancelled, Processed, ProcessorFactory, Worker
 from pipeline import BadImageError, ProgressCallback, RestoreError, RestoreOptions
 
 log = logging.getLogger(__name__)
@@ -592,7 +592,7 @@ def ray_client_main(
     name: str,
 ) -> None:
     """Entry point of the Ray client process (the pool's common target signature, as
-    daemon.worker.worker_main; `name` is the process's, its slots are named per actor)."""
+    daemon.job_loop.worker_main; `name` is the process's, its slots are named per actor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service owns signals, as for the local worker
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(log_level, "%(asctime)s %(levelname)s ray-client: %(message)s")

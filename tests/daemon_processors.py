@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon import beneath, originals
+from daemon.job_loop import Processed
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import Processed
 from pipeline.types import CorruptImageError, ProgressCallback, RestoreOptions
 
 # A BMP's magic is just these two bytes: intake checks every file's first bytes for a known image type,

@@ -433,7 +433,7 @@ class SmallNetworkProcessor:
         return {"backend": "numpy", "device": "cpu", "precision": "fp32", "reason": "test network"}
 
     def process(self, data: bytes, options: Any, on_progress: Any) -> Any:
-        from daemon.worker import Processed
+        from daemon.job_loop import Processed
         from pipeline import restore_bytes
 
         restored = restore_bytes(self._restorer, data, options.replace(faces=False), max_pixels=10**6)
@@ -448,7 +448,7 @@ class SmallNetworkProcessor:
 def test_the_daemon_worker_publishes_a_16bit_tiff_with_every_tag(tmp_path: Path) -> None:
     """A job through the daemon's worker, on real folders and a real store, published to the outbox."""
     from tests.daemon_support import make_settings
-    from tests.test_worker import Rig
+    from tests.test_job_loop import Rig
 
     source = photo_with_metadata(tmp_path / "photo.tif", "tiff16")
     rig = Rig(tmp_path / "daemon", SmallNetworkProcessor(make_settings(tmp_path / "daemon")))

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from daemon.job_loop import JobCancelled
 from daemon.ray_executor import (
     MAX_HEADER_BYTES,
     ActorFailedError,
@@ -28,7 +29,6 @@ from daemon.ray_executor import (
     max_output_bytes,
 )
 from daemon.settings import Settings
-from daemon.worker import JobCancelled
 from pipeline import BadImageError, RestoreError, RestoreOptions
 from pipeline.types import CorruptImageError, WeightsMissingError
 from tests.daemon_processors import CopyProcessor, fake_photo

@@ -1,4 +1,4 @@
-"""The worker process: loads the models once, then restores queued jobs one at a time, in order.
+"""The job loop: a worker process loads the models once, then restores queued jobs one at a time, in order.
 
 It runs in its own process (multiprocessing "spawn": no inherited threads, locks or SQLite handles), so
 a crash, a hang or a leak in the pipeline never takes the service, the watcher or the web page with it.
@@ -344,7 +344,7 @@ def worker_main(
     slot: str,
 ) -> None:
     """Entry point of a local worker process: the slot named `slot`, running `processor_factory(settings)`
-    (the pool's common target signature, daemon/workers.py)."""
+    (the pool's common target signature, daemon/worker_pool.py)."""
     # The service owns signals: Ctrl-C reaches the whole process group, and systemd (KillMode=mixed)
     # sends SIGTERM to the service only; the service decides whether the current image may finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

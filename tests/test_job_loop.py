@@ -20,10 +20,10 @@ import pytest
 from PIL import Image as PILImage
 from pydantic import ValidationError
 
+from daemon.job_loop import PipelineProcessor, Processed, Worker
 from daemon.messages import DiskFull, Finished, WorkerMessage
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
-from daemon.worker import PipelineProcessor, Processed, Worker
 from pipeline import stage_spans
 from pipeline.types import ProgressCallback, RestoreOptions
 from tests.daemon_processors import CopyProcessor

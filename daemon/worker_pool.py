@@ -1,7 +1,7 @@
 """The worker pool: N supervised worker processes, each running one job at a time.
 
 A slot is one place a job can run. With executor = "local" each slot is its own worker process
-(daemon/worker.py's worker_main) with its own pipe, heartbeat, current job, and restart backoff; on a
+(daemon/job_loop.py's worker_main) with its own pipe, heartbeat, current job, and restart backoff; on a
 machine with several GPUs each process sees exactly one (CUDA_VISIBLE_DEVICES is set in the process
 before anything is imported) and loads its models once. With executor = "ray" one supervised process,
 the Ray client (daemon/ray_executor.py), runs one slot per Ray actor and reports per slot.
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.health import HealthState
+from daemon.job_loop import PipelineProcessor, ProcessorFactory, spawn_context, worker_main
 from daemon.messages import (
     Beat,
     Busy,
@@ -49,7 +50,6 @@ from daemon.messages import (
 from daemon.originals import CRASH_ADVICE, move_to_failed
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import PipelineProcessor, ProcessorFactory, spawn_context, worker_main
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     publish.py     temp file + fsync + rename into a folder, never overwriting
     health.py      HealthState: the ok / degraded / down snapshot the API and page show; queue_state
     schedule.py    quiet hours (run_hours): pure window arithmetic with an injected clock and zone
+    outbox_space.py  pause the work while the outbox is (nearly) full, resume and requeue when space returns
     fsinfo.py, sdnotify.py   mount types (network shares) and systemd notifications
 
 The composition root (app/) wires these together and may reach behind this surface.

@@ -44,13 +44,6 @@ def stage_spans() -> dict[str, tuple[float, float]]:
     return spans
 
 
-def overall_fraction(stage: str, done: int, total: int) -> float:
-    """One on_progress call as a fraction of the whole file (an unknown stage raises KeyError)."""
-    start, end = stage_spans()[stage]
-    within = done / total if total > 0 else 1.0
-    return start + (end - start) * min(max(within, 0.0), 1.0)
-
-
 # -- heartbeats while one long call runs --------------------------------------------------------------------
 
 TICK_SECONDS = 1.0  # how often a long step reports that it is still running

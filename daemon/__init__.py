@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline import MAX_ASPECT as IMAGE_MAX_ASPECT
 from pipeline import MAX_SIDE as IMAGE_MAX_SIDE
 
-if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the import-linter contracts
+if TYPE_CHECKING:  # _HOMES below, for type checkers and import-linter (test_layers.py: the lists agree)
     from daemon.beneath import NotAFileError, lstat_beneath, open_beneath
     from daemon.health import HealthState, queue_state
     from daemon.intake import FileVersion, enqueue_file

@@ -350,7 +350,8 @@ def worker_main(spec: ChildSpec) -> None:
     configure_logging(spec.log_level, "%(asctime)s %(levelname)s worker: %(message)s")
     settings = Settings.model_validate_json(spec.settings_json)
     # Below the service's priority: status answers stay fast while restoration saturates the CPU
-    # (benchmarks/bench_api.py: busy p99 halves). With the CPU otherwise idle it costs nothing.
+    # (benchmarks/bench_api.py; docs/performance.md, "API and page"). With the CPU otherwise idle it
+    # costs nothing.
     os.nice(WORKER_NICENESS)
     send: Callable[[WorkerMessage], None] = spec.conn.send
     slot = spec.name

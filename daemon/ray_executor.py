@@ -237,7 +237,7 @@ class RestoreActor:
 
     def __init__(self, settings_json: str, processor_factory: ProcessorFactory) -> None:
         self._lock = threading.Lock()
-        self._progress: tuple[int, str | None, int, int] = (0, None, 0, 0)
+        self._progress = ActorProgress(0, None, 0, 0)
         self._cancel = False
         # A constructor that raises reaches the driver as a pickled exception: keep the failure as text
         # and let ready() report it instead.
@@ -259,7 +259,7 @@ class RestoreActor:
 
     def process(self, data: bytes, options_json: str) -> bytes:
         with self._lock:
-            self._progress, self._cancel = (0, None, 0, 0), False
+            self._progress, self._cancel = ActorProgress(0, None, 0, 0), False
         try:
             options = RestoreOptions(**json.loads(options_json))
             processed = self._processor.process(data, options, self._on_progress)
@@ -269,15 +269,14 @@ class RestoreActor:
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         with self._lock:
-            self._progress = (self._progress[0] + 1, stage, done, total)
+            self._progress = ActorProgress(self._progress.count + 1, stage, done, total)
             if self._cancel:
                 raise JobCancelled()
 
     def progress(self) -> bytes:
-        """{"count": callbacks so far, "stage", "done", "total"} as JSON."""
+        """The progress so far (ActorProgress) as JSON."""
         with self._lock:
-            count, stage, done, total = self._progress
-        return encode_json({"count": count, "stage": stage, "done": done, "total": total})
+            return self._progress.encode()
 
     def cancel(self) -> bytes:
         with self._lock:
@@ -290,10 +289,15 @@ class RestoreActor:
 
 @dataclass(frozen=True)
 class ActorProgress:
+    """What an actor's processor last reported, and how many reports it made (a hang shows as no change)."""
+
     count: int
     stage: str | None
     done: int
     total: int
+
+    def encode(self) -> bytes:
+        return encode_json(dataclasses.asdict(self))
 
     @classmethod
     def decode(cls, blob: object) -> ActorProgress:

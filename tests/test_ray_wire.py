@@ -101,7 +101,7 @@ def test_the_processors_errors_come_back_as_the_pipelines_own_classes_by_name_on
 
 def test_progress_and_the_engine_account_are_checked_for_types() -> None:
     progress = ActorProgress.decode(b'{"count": 3, "stage": "upscale", "done": 2, "total": 9}')
-    assert progress == ActorProgress(3, "upscale", 2, 9)
+    assert progress == ActorProgress(3, "upscale", 2, 9) == ActorProgress.decode(progress.encode())
     for bad in (
         b'{"count": true, "stage": null, "done": 0, "total": 0}',
         b'{"count": -1, "stage": null, "done": 0, "total": 0}',

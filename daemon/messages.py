@@ -52,7 +52,7 @@ class EngineAccount:
     device: str | None = None
     precision: str | None = None
     reason: str | None = None
-    models: tuple[Mapping[str, str | bool | None], ...] | None = None
+    models: tuple[Mapping[str, object], ...] | None = None  # each line: short texts, flags or null
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any] | None) -> EngineAccount | None:
@@ -60,8 +60,11 @@ class EngineAccount:
         (a refused or failed job)."""
         if not report or not report.get("backend"):
             return None
-        texts = (report.get(key) for key in ("backend", "device", "precision", "backend_reason"))
-        return cls(*(value if isinstance(value, str) else None for value in texts))
+        backend, device, precision, reason = (
+            value if isinstance(value, str) else None
+            for value in (report.get(key) for key in ("backend", "device", "precision", "backend_reason"))
+        )
+        return cls(backend, device, precision, reason)
 
     def to_json(self) -> dict[str, object]:
         """A JSON object with exactly the fields, as from_json reads it back."""
@@ -77,12 +80,13 @@ class EngineAccount:
         for key in _ENGINE_TEXTS:
             if not _short_text_or_none(value[key]):
                 raise ValueError(f"the engine account's {key} is not short text")
+        texts = {key: value[key] for key in _ENGINE_TEXTS}
         models = value["models"]
         if models is None:
-            return cls(*(value[key] for key in _ENGINE_TEXTS))
+            return cls(**texts)
         if not isinstance(models, list) or len(models) > MAX_MODELS or not all(map(_flat_model, models)):
             raise ValueError("the engine account's models are not a short list of flat objects")
-        return cls(*(value[key] for key in _ENGINE_TEXTS), models=tuple(models))
+        return cls(**texts, models=tuple(models))
 
 
 def _short_text_or_none(value: object) -> bool:

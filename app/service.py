@@ -1,6 +1,6 @@
 """`restorer serve`: the composition root. One asyncio loop in the main process runs the HTTP servers
 and supervises; the intake runs on its own thread; the pipeline runs in the worker pool's processes
-(daemon/workers.py: `workers` local processes, or the Ray client and its actors).
+(daemon/worker_pool.py: `workers` local processes, or the Ray client and its actors).
 
 Start order (READY=1 is sent only at the end, so systemd and scripts can trust it):
   folders exist -> DB open (refused on a network filesystem) -> stale temp files removed -> jobs left
@@ -8,7 +8,8 @@ Start order (READY=1 is sent only at the end, so systemd and scripts can trust i
   -> both ports bound -> intake started (startup scan) -> READY=1.
 Running: the pool restarts a worker that dies or stops heart-beating for hang_seconds (its job goes back
 to queued with the attempt counted; after max_attempts it fails into failed_dir); WATCHDOG=1 is sent
-only while the pool is healthy; intake pauses while the outbox is (nearly) full.
+only while the pool is healthy; intake and the workers pause while the outbox is (nearly) full
+(daemon/outbox_space.py decides when; this service only wires what pausing means).
 Stopping (SIGTERM/SIGINT): STOPPING=1, intake stops, running images may finish within
 stop_grace_seconds, else the workers are killed and their jobs requeued without counting the attempt.
 """
@@ -27,14 +28,15 @@ from typing import Any
 
 from daemon import retention, sdnotify
 from daemon.health import HealthState
+from daemon.intake import Intake
+from daemon.job_loop import PipelineProcessor, ProcessorFactory
 from daemon.notify import Notifier
 from daemon.originals import CRASH_ADVICE, move_to_failed
-from daemon.publish import free_bytes, remove_stale_temp_files, resolve_group
+from daemon.outbox_space import OutboxSpace
+from daemon.publish import remove_stale_temp_files, resolve_group
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore, StoreError
-from daemon.watcher import Intake
-from daemon.worker import PipelineProcessor, ProcessorFactory
-from daemon.workers import PoolStartError, WorkerPool
+from daemon.worker_pool import PoolStartError, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,8 @@ class Service:
         self.runners: list[Any] = []
         self.pool: WorkerPool | None = None
         self.notifier: Notifier | None = None
+        self.outbox_space: OutboxSpace | None = None
         self._stopping = asyncio.Event()
-        self._disk_needed_bytes = 0
-        self._disk_paused = False
         self._last_watchdog = 0.0
 
     # -- start ------------------------------------------------------------------------------------------
@@ -102,11 +103,14 @@ class Service:
         except ValueError as exc:  # a notify URL's events= names an unknown event
             raise StartupError(str(exc)) from None
         self.notifier.start()
+        self.outbox_space = OutboxSpace(
+            settings, self.store, self.health, pause=self._pause_work, resume=self._resume_work
+        )
         self.pool = WorkerPool(
             settings,
             self.store,
             self.health,
-            on_disk_full=self._on_disk_full,
+            on_disk_full=self.outbox_space.on_disk_full,
             processor_factory=self.processor_factory,
         )
         try:
@@ -117,7 +121,7 @@ class Service:
         self.runners = await self._start_servers()
         self.intake = Intake(settings, self.store, self.health, on_job=self._on_new_job)
         await loop.run_in_executor(None, self.intake.start)
-        self._check_disk()
+        self.outbox_space.check()
         self.health.update(ready=True)
         sdnotify.notify(
             f"READY=1\nSTATUS=watching {settings.inbox} ({self.intake.mode})\nMAINPID={os.getpid()}"
@@ -152,19 +156,13 @@ class Service:
         if self.pool is not None:
             self.pool.wake()
 
-    # -- workers --------------------------------------------------------------------------------------
-
-    def _on_disk_full(self, needed_bytes: int, message: str) -> None:
-        self._disk_needed_bytes = needed_bytes
-        self._pause_for_disk(f"the outbox is full ({message}); waiting for free space")
+    # -- workers and disk space --------------------------------------------------------------------------
 
     def worker_healthy(self) -> bool:
         return self.pool is not None and self.pool.healthy()
 
-    # -- disk space -------------------------------------------------------------------------------------
-
-    def _pause_for_disk(self, reason: str) -> None:
-        self._disk_paused = True
+    def _pause_work(self, reason: str) -> None:
+        """The outbox is (nearly) full (daemon/outbox_space.py): no new jobs, no new claims."""
         if self.pool is not None:
             self.pool.pause()
         if self.intake is not None:
@@ -172,37 +170,13 @@ class Service:
         else:
             self.health.pause_intake(reason)
 
-    def _check_disk(self) -> None:
-        outbox = Path(self.settings.outbox)
-        try:
-            free = free_bytes(outbox)
-            writable = os.access(outbox, os.W_OK)
-        except OSError as exc:
-            self.health.update(outbox_writable=False, outbox_error=str(exc))
-            return
-        self.health.update(
-            outbox_free_bytes=free,
-            outbox_writable=writable,
-            outbox_error=None if writable else "permission denied",
-        )
-        threshold = max(self.settings.min_free_bytes, int(self._disk_needed_bytes * 1.1))
-        if free < threshold and not self._disk_paused:
-            self._pause_for_disk(
-                f"the outbox has {free // (1024 * 1024)} MB free, "
-                f"below min_free_mb={self.settings.min_free_mb}"
-            )
-        elif free >= threshold and self._disk_paused:
-            self._disk_paused = False
-            self._disk_needed_bytes = 0
-            if self.intake is not None:
-                self.intake.resume()
-            else:
-                self.health.resume_intake()
-            assert self.store is not None
-            requeued = self.store.requeue_failed("disk-full", "retried automatically after space returned")
-            log.info("outbox has space again (%d MB free): intake resumed, requeued %s", free >> 20, requeued)
-            if self.pool is not None:
-                self.pool.resume()
+    def _resume_work(self) -> None:
+        if self.intake is not None:
+            self.intake.resume()
+        else:
+            self.health.resume_intake()
+        if self.pool is not None:
+            self.pool.resume()
 
     def _sweep_retention(self) -> None:
         if self.store is None or not retention.rules(self.settings):
@@ -234,10 +208,11 @@ class Service:
             if self.pool is not None:
                 await self.pool.supervise()
             now = time.monotonic()
-            if now >= next_disk and (disk_check is None or disk_check.done()):
+            space = self.outbox_space
+            if space is not None and now >= next_disk and (disk_check is None or disk_check.done()):
                 # Off the loop: statvfs on a hung NFS hard mount would otherwise freeze the API too.
                 next_disk = now + DISK_CHECK_SECONDS
-                disk_check = asyncio.get_running_loop().run_in_executor(None, self._check_disk)
+                disk_check = asyncio.get_running_loop().run_in_executor(None, space.check)
             if now >= next_retention and (sweep is None or sweep.done()):
                 next_retention = now + RETENTION_SECONDS
                 sweep = asyncio.get_running_loop().run_in_executor(None, self._sweep_retention)

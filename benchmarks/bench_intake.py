@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from daemon.health import HealthState  # noqa: E402
+from daemon.intake import Intake  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 from daemon.store import AddResult, JobStore  # noqa: E402
-from daemon.watcher import Intake  # noqa: E402
 from tests.daemon_support import ServeProcess, make_settings, wait_for  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -32,9 +32,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from daemon.job_loop import Worker  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 from daemon.store import JobStore  # noqa: E402
-from daemon.worker import Worker  # noqa: E402
 from tests.daemon_processors import CopyProcessor, fake_photo  # noqa: E402
 from tests.daemon_support import COPY_PROCESSOR, ServeProcess, make_settings, wait_for  # noqa: E402
 from tests.ray_support import RayCluster  # noqa: E402
@@ -189,7 +189,7 @@ def bench_scaling(cluster: RayCluster) -> list[str]:
 
 
 def _photos(count: int) -> dict[str, bytes]:
-    from tests.test_worker import png_bytes
+    from tests.test_job_loop import png_bytes
 
     return {f"photo{n}.png": png_bytes(256, seed=n) for n in range(count)}
 

@@ -8,12 +8,14 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     settings.py    Settings: the one settings model (TOML < RESTORER_* environment < flags)
     store.py       JobStore: the jobs table's schema, migrations and every write
     readmodel.py   ReadModel: every read (queue order and positions, listings, stats), read-only
-    watcher.py     the intake: inbox events and scans -> stable files -> jobs
+    intake.py      Intake: inbox events and scans -> stable files -> jobs, through admission and
+                   enqueue_file, the one path from a complete file in the inbox to a job (uploads use it too)
     admission.py   admit: whether a file may become a job (intake and uploads), built on pipeline.probe
-    intake.py      enqueue_file: the one path from a complete file in the inbox to a job
+    watcher.py     the inbox observers: native inotify, or polling through beneath.py on network shares
     originals.py   where a job's original is, disposal (archive/delete/keep), moves to failed/
     retention.py   archive_days / failed_days: old archived originals and failed files deleted, jobs marked
-    worker.py      the worker process: claim -> restore -> publish -> finish -> dispose of the original
+    job_loop.py    a slot's job loop: claim -> restore -> publish -> finish -> dispose of the original
+    worker_pool.py the supervised worker processes (local, or the Ray client) that run the job loops
     names.py       the file-name rules for every name the daemon creates (safe_file_name)
     beneath.py     every file operation under the inbox, outbox, failed and archive folders: folder
                    descriptors reached from the root without following a link (the only module that
@@ -21,6 +23,7 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     publish.py     temp file + fsync + rename into a folder, never overwriting
     health.py      HealthState: the ok / degraded / down snapshot the API and page show; queue_state
     schedule.py    quiet hours (run_hours): pure window arithmetic with an injected clock and zone
+    outbox_space.py  pause the work while the outbox is (nearly) full, resume and requeue when space returns
     fsinfo.py, sdnotify.py   mount types (network shares) and systemd notifications
 
 The composition root (app/) wires these together and may reach behind this surface.
@@ -29,7 +32,7 @@ The composition root (app/) wires these together and may reach behind this surfa
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the import-linter contracts
+if TYPE_CHECKING:  # _HOMES below, for type checkers and import-linter (test_layers.py: the lists agree)
     from daemon.admission import IMAGE_SUFFIXES, Admitted, Ignored, Refused, admit, media_type
     from daemon.beneath import NotAFileError, lstat_beneath, open_beneath
     from daemon.health import HealthState, queue_state

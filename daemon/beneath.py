@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 
-READ_CHUNK = 1024 * 1024
 _SYS_OPENAT2 = 437  # one number on every Linux architecture since 5.1's unified table
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from daemon.messages import EngineAccount
     from daemon.readmodel import QueuePause
     from daemon.settings import Settings
 
@@ -111,15 +112,15 @@ class HealthState:
     def resume_intake(self) -> None:
         self.update(intake_paused=False, intake_paused_reason=None)
 
-    def set_engine(self, info: dict[str, Any]) -> None:
+    def set_engine(self, engine: EngineAccount) -> None:
         self.update(
-            backend=info.get("backend"),
-            device=info.get("device"),
-            precision=info.get("precision"),
-            backend_reason=info.get("reason"),
+            backend=engine.backend,
+            device=engine.device,
+            precision=engine.precision,
+            backend_reason=engine.reason,
         )
-        if "models" in info:  # only the warm-up account carries them; job reports do not
-            self.update(models=info["models"])
+        if engine.models is not None:  # only the warm-up account lists them; a job's report does not
+            self.update(models=[dict(model) for model in engine.models])
 
     def reasons(self) -> tuple[str, list[str]]:
         with self._lock:

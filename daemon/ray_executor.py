@@ -1,6 +1,6 @@
 """executor = "ray": jobs run on Ray actors on other machines; the daemon keeps the folders and the database.
 
-This module runs in a supervised CHILD process of the daemon (daemon/workers.py), never in the daemon's
+This module runs in a supervised CHILD process of the daemon (daemon/worker_pool.py), never in the daemon's
 own: when a Ray head (GCS) dies, Ray kills the driver process after a timeout, and that must cost a
 restart of this process, not the service. Here:
 
@@ -8,7 +8,7 @@ restart of this process, not the service. Here:
                  minutes), decides how many actors (ray_actors: a number, or "auto" = one per GPU in the
                  cluster, else one per node), starts one slot thread per actor, and reports the
                  cluster's state to the pool every few seconds (which is also this process's heartbeat).
-  slot threads   one per actor. Each runs daemon/worker.py's Worker loop on this machine: claim in
+  slot threads   one per actor. Each runs daemon/job_loop.py's Worker loop on this machine: claim in
                  arrival order -> read the input -> ActorProcessor.process (ship the bytes and options to
                  the actor, which runs the same processor the local worker runs, and get the output
                  bytes and the report back) -> publish -> finish -> dispose. So actors never touch the
@@ -26,6 +26,7 @@ its jobs, health says "Ray cluster unreachable", and restarts it with backoff un
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,16 +36,24 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from typing import Any
 
+from daemon.job_loop import JobCancelled, Processed, ProcessorFactory, Worker
 from daemon.logs import configure_logging
-from daemon.messages import Beat, ClusterState, Placed, SlotsAnnounced, Waiting, WorkerMessage
+from daemon.messages import (
+    MAX_TEXT_CHARS,
+    Beat,
+    ChildSpec,
+    ClusterState,
+    EngineAccount,
+    Placed,
+    SlotsAnnounced,
+    Waiting,
+    WorkerMessage,
+)
 from daemon.ray_token import RayTokenError, use_ray_token
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import JobCancelled, Processed, ProcessorFactory, Worker
 from pipeline import BadImageError, ProgressCallback, RestoreError, RestoreOptions
 
 log = logging.getLogger(__name__)
@@ -74,15 +83,17 @@ class ClusterUnreachable(Exception):
 # Ray serialises a return value with pickle unless it is `bytes`, which it hands over raw. So every actor
 # method returns bytes, and the options go out as JSON text: nothing the daemon receives from a node is
 # unpickled, and everything it gets is checked here (types, sizes) before the Worker sees it. A process
-# reply is a 4-byte big-endian header length, a UTF-8 JSON header, then the output file's bytes:
+# reply is a 4-byte big-endian header length, a UTF-8 JSON header, then the output file's bytes (the
+# daemon.job_loop.Processed the actor made, rebuilt as one on this side):
 #   {"ok": true, "format": "png", "extension": ".png", "report": {...}}
 #   {"ok": false, "error": {"kind": "bad-input" | "restore" | "cancelled" | "error", "type": "...",
 #                           "message": "..."}}
+# ready() answers {"host": "...", "pid": 123, "engine": EngineAccount.to_json()} (ActorReady), or
+# {"error": "..."} when the actor's processor could not be made.
 # What remains is Ray's own control plane (task specs, actor handles, errors), which the cluster's token
 # protects (docs/security.md, rows R1-R6; R4 is this protocol).
 
 MAX_HEADER_BYTES = 1 << 20  # a report with hundreds of faces is a few tens of KB
-MAX_TEXT_CHARS = 4000  # an error message or an engine field, as the page would show it
 FORMAT_PATTERN = re.compile(r"[a-z0-9]{1,10}")
 EXTENSION_PATTERN = re.compile(r"\.[a-z0-9]{1,10}")
 ERROR_KINDS = ("bad-input", "restore", "cancelled", "error")
@@ -95,14 +106,6 @@ class ActorReplyError(Exception):
 
 class ActorFailedError(Exception):
     """The processor on the actor raised something the pipeline does not name (counts as an attempt)."""
-
-
-@dataclass(frozen=True)
-class ActorReply:
-    data: bytes
-    format: str
-    extension: str
-    report: dict[str, Any]
 
 
 def encode_reply(header: dict[str, Any], data: bytes = b"") -> bytes:
@@ -143,7 +146,24 @@ def decode_json(blob: object, limit: int = MAX_HEADER_BYTES) -> dict[str, Any]:
     return value
 
 
-def decode_reply(blob: object, max_output_bytes: int) -> ActorReply:
+def encode_processed(processed: Processed) -> bytes:
+    """One process() call's output and report, as decode_reply reads them back. A large output was
+    encoded into a scratch file: a Ray reply carries bytes, so the actor's memory holds it once, on its
+    way back (the file is closed here)."""
+    header = {
+        "ok": True,
+        "format": processed.format,
+        "extension": processed.extension,
+        "report": processed.report,
+    }
+    if processed.file is None:
+        return encode_reply(header, processed.data)
+    with processed.file:
+        processed.file.seek(0)
+        return encode_reply(header, processed.file.read())
+
+
+def decode_reply(blob: object, max_output_bytes: int) -> Processed:
     """The output and report of one process() call; the processor's error raised as the Worker expects."""
     if not isinstance(blob, bytes):
         raise ActorReplyError(f"the actor answered with {type(blob).__name__}, not bytes")
@@ -163,7 +183,7 @@ def decode_reply(blob: object, max_output_bytes: int) -> ActorReply:
         raise ActorReplyError("the actor's report is not a JSON object")
     if not data or len(data) > max_output_bytes:
         raise ActorReplyError(f"the actor's output has {len(data)} bytes (1 to {max_output_bytes} allowed)")
-    return ActorReply(data, fmt, extension, report)
+    return Processed(data, fmt, extension, report)
 
 
 def _matching(value: object, pattern: re.Pattern[str], what: str) -> str:
@@ -211,69 +231,52 @@ def max_output_bytes(settings: Settings, options: RestoreOptions) -> int:
 # -- the actor (runs on a Ray node) ---------------------------------------------------------------------
 
 
-def _output_bytes(processed: Processed) -> bytes:
-    """The encoded output as bytes: a large one was encoded into a scratch file, and a Ray reply carries
-    bytes (the actor's memory holds the file once, on its way back)."""
-    if processed.file is None:
-        return processed.data
-    with processed.file:
-        processed.file.seek(0)
-        return processed.file.read()
-
-
 class RestoreActor:
     """Holds one processor (models loaded once) and runs one image at a time. Threaded (two calls at
     once), so progress() and cancel() answer while process() runs. Every method returns bytes (above)."""
 
     def __init__(self, settings_json: str, processor_factory: ProcessorFactory) -> None:
         self._lock = threading.Lock()
-        self._progress: tuple[int, str | None, int, int] = (0, None, 0, 0)
+        self._progress = ActorProgress(0, None, 0, 0)
         self._cancel = False
         # A constructor that raises reaches the driver as a pickled exception: keep the failure as text
         # and let ready() report it instead.
-        self._info: dict[str, Any] = {}
+        self._engine = EngineAccount()
         self._failure: str | None = None
         try:
             settings = Settings.from_child_json(settings_json)
             self._processor = processor_factory(settings)
-            self._info = self._processor.warm_up(settings.restore_options())
+            self._engine = self._processor.warm_up(settings.restore_options())
         except Exception as exc:
             self._failure = f"{type(exc).__name__}: {exc}"[:MAX_TEXT_CHARS]
 
     def ready(self) -> bytes:
-        """The engine account plus where this actor runs (for health and the page), as JSON; or
-        {"error": ...} when its processor could not be made."""
+        """Where this actor runs and its engine account (ActorReady), as JSON; or {"error": ...} when its
+        processor could not be made."""
         if self._failure is not None:
             return encode_json({"error": self._failure})
-        return encode_json({**self._info, "host": socket.gethostname(), "pid": os.getpid()})
+        return ActorReady(socket.gethostname(), os.getpid(), self._engine).encode()
 
     def process(self, data: bytes, options_json: str) -> bytes:
         with self._lock:
-            self._progress, self._cancel = (0, None, 0, 0), False
+            self._progress, self._cancel = ActorProgress(0, None, 0, 0), False
         try:
             options = RestoreOptions.model_validate_json(options_json)
             processed = self._processor.process(data, options, self._on_progress)
         except Exception as exc:  # every failure travels as JSON text, never as a pickled exception
             return encode_failure(exc)
-        header = {
-            "ok": True,
-            "format": processed.format,
-            "extension": self._processor.extension(processed.format),
-            "report": processed.report,
-        }
-        return encode_reply(header, _output_bytes(processed))
+        return encode_processed(processed)
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
         with self._lock:
-            self._progress = (self._progress[0] + 1, stage, done, total)
+            self._progress = ActorProgress(self._progress.count + 1, stage, done, total)
             if self._cancel:
                 raise JobCancelled()
 
     def progress(self) -> bytes:
-        """{"count": callbacks so far, "stage", "done", "total"} as JSON."""
+        """The progress so far (ActorProgress) as JSON."""
         with self._lock:
-            count, stage, done, total = self._progress
-        return encode_json({"count": count, "stage": stage, "done": done, "total": total})
+            return self._progress.encode()
 
     def cancel(self) -> bytes:
         with self._lock:
@@ -286,10 +289,15 @@ class RestoreActor:
 
 @dataclass(frozen=True)
 class ActorProgress:
+    """What an actor's processor last reported, and how many reports it made (a hang shows as no change)."""
+
     count: int
     stage: str | None
     done: int
     total: int
+
+    def encode(self) -> bytes:
+        return encode_json(dataclasses.asdict(self))
 
     @classmethod
     def decode(cls, blob: object) -> ActorProgress:
@@ -303,20 +311,34 @@ class ActorProgress:
         return cls(count, stage, done, total)
 
 
-def decode_engine(blob: object) -> dict[str, Any]:
-    """An actor's ready() account, checked: the fields health and the page show must be short text."""
-    info = decode_json(blob)
-    if "error" in info:
-        why = str(info["error"])[:MAX_TEXT_CHARS]
-        raise ActorReplyError(f"the actor could not load its processor: {why}")
-    host, pid = info.get("host"), info.get("pid")
-    if not isinstance(host, str) or len(host) > 255 or not isinstance(pid, int) or isinstance(pid, bool):
-        raise ActorReplyError("the actor's account has no host name and pid")
-    for key in ("backend", "device", "precision", "reason"):
-        value = info.get(key)
-        if value is not None and not (isinstance(value, str) and len(value) <= MAX_TEXT_CHARS):
-            raise ActorReplyError(f"the actor's account field {key} is not short text")
-    return info
+@dataclass(frozen=True)
+class ActorReady:
+    """An actor's ready() answer: the host and process it runs in, and its engine account."""
+
+    host: str
+    pid: int
+    engine: EngineAccount
+
+    def encode(self) -> bytes:
+        return encode_json({"host": self.host, "pid": self.pid, "engine": self.engine.to_json()})
+
+    @classmethod
+    def decode(cls, blob: object) -> ActorReady:
+        """Checked: exactly host, pid and engine, of their types (EngineAccount.from_json for the last)."""
+        value = decode_json(blob)
+        if "error" in value:
+            why = str(value["error"])[:MAX_TEXT_CHARS]
+            raise ActorReplyError(f"the actor could not load its processor: {why}")
+        if set(value) != {"host", "pid", "engine"}:
+            raise ActorReplyError("the actor's account is not exactly host, pid and engine")
+        host, pid = value["host"], value["pid"]
+        if not isinstance(host, str) or len(host) > 255 or not isinstance(pid, int) or isinstance(pid, bool):
+            raise ActorReplyError("the actor's account has no host name and pid")
+        try:
+            engine = EngineAccount.from_json(value["engine"])
+        except ValueError as exc:
+            raise ActorReplyError(str(exc)) from None
+        return cls(host, pid, engine)
 
 
 class ActorProcessor:
@@ -327,12 +349,11 @@ class ActorProcessor:
         self.settings = settings
         self.hang_seconds = settings.hang_seconds
         self.dead = False  # set when the actor died or was killed: the slot replaces it
-        self._extensions: dict[str, str] = {}
 
-    def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
+    def warm_up(self, options: RestoreOptions) -> EngineAccount:
         import ray
 
-        return decode_engine(ray.get(self.actor.ready.remote()))
+        return ActorReady.decode(ray.get(self.actor.ready.remote())).engine
 
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
@@ -345,13 +366,11 @@ class ActorProcessor:
             self.dead = True  # the Worker requeues the job; the slot starts a new actor
             raise
         try:
-            reply = decode_reply(blob, max_output_bytes(self.settings, options))
+            return decode_reply(blob, max_output_bytes(self.settings, options))
         except ActorReplyError:
             ray.kill(self.actor)  # it broke the protocol: never trust this actor again
             self.dead = True
             raise
-        self._extensions[reply.format] = reply.extension
-        return Processed(reply.data, reply.format, reply.report)
 
     def _wait(self, data_ref: Any, options: RestoreOptions, on_progress: ProgressCallback | None) -> Any:
         import ray
@@ -387,9 +406,6 @@ class ActorProcessor:
                 raise ActorHung(
                     f"the Ray actor made no progress for {self.hang_seconds:.0f} s and was killed"
                 )
-
-    def extension(self, fmt: str) -> str:
-        return self._extensions.get(fmt, f".{fmt}")
 
 
 @dataclass
@@ -452,10 +468,10 @@ class ActorSlot(threading.Thread):
             max_restarts=0,  # a dead actor is replaced here, after its job went back to the queue
             scheduling_strategy="SPREAD",  # across boxes: one switched off costs as few actors as possible
         )
-        actor = actor_class.remote(client.settings_json, client.processor_factory)
+        actor = actor_class.remote(client.spec.settings_json, client.spec.processor_factory)
         while not client.stop.is_set():
             try:
-                info = decode_engine(ray.get(actor.ready.remote(), timeout=ACTOR_READY_SECONDS))
+                ready = ActorReady.decode(ray.get(actor.ready.remote(), timeout=ACTOR_READY_SECONDS))
             except ray.exceptions.GetTimeoutError:
                 self.send(Waiting(self.slot_id, "no node has room for this actor yet"))
                 continue
@@ -466,7 +482,7 @@ class ActorSlot(threading.Thread):
                 self.send(Waiting(self.slot_id, f"the actor could not start: {type(exc).__name__}"))
                 client.stop.wait(ACTOR_RETRY_SECONDS)
                 return None
-            self.send(Placed(self.slot_id, f"ray {info.get('host', '?')} ({resources.label()})", info))
+            self.send(Placed(self.slot_id, f"ray {ready.host} ({resources.label()})", ready.pid))
             return ActorProcessor(actor, client.settings)
         return None
 
@@ -493,26 +509,17 @@ def _causes(exc: BaseException) -> list[BaseException]:
 class RayClient:
     """The Ray driver in this child process: connection, slots, and cluster reports."""
 
-    def __init__(
-        self,
-        settings_json: str,
-        processor_factory: ProcessorFactory,
-        conn: Connection,
-        stop: Event,
-        wake: Event,
-        paused: Event,
-    ) -> None:
-        self.settings_json = settings_json
-        self.processor_factory = processor_factory
-        self.settings = Settings.from_child_json(settings_json)
-        self.conn, self.stop, self.wake, self.paused = conn, stop, wake, paused
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.settings = Settings.from_child_json(spec.settings_json)
+        self.stop, self.wake, self.paused = spec.stop, spec.wake, spec.paused
         self._send_lock = threading.Lock()
         self.slots: list[ActorSlot] = []
         self.resources = ActorResources(1.0, 0.0, {})
 
     def send(self, message: WorkerMessage) -> None:
         with self._send_lock:  # slot threads and the main thread share one pipe
-            self.conn.send(message)
+            self.spec.conn.send(message)
 
     def report(self, state: str, **details: Any) -> None:
         self.send(ClusterState(state, {"address": self.settings.ray_address, **details}))
@@ -580,23 +587,14 @@ class RayClient:
             slot.join()  # each finishes its current image; the pool kills us after stop_grace_seconds
 
 
-def ray_client_main(
-    settings_json: str,
-    processor_factory: ProcessorFactory,
-    conn: Connection,
-    stop: Event,
-    wake: Event,
-    paused: Event,
-    log_level: int,
-    name: str,
-) -> None:
-    """Entry point of the Ray client process (the pool's common target signature, as
-    daemon.worker.worker_main; `name` is the process's, its slots are named per actor)."""
+def ray_client_main(spec: ChildSpec) -> None:
+    """Entry point of the Ray client process (as daemon.job_loop.worker_main; `spec.name` is the
+    process's, its slots are named per actor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service owns signals, as for the local worker
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging(log_level, "%(asctime)s %(levelname)s ray-client: %(message)s")
+    configure_logging(spec.log_level, "%(asctime)s %(levelname)s ray-client: %(message)s")
     os.environ.update(DRIVER_ENV)
     try:
-        RayClient(settings_json, processor_factory, conn, stop, wake, paused).run()
+        RayClient(spec).run()
     finally:
-        conn.close()
+        spec.conn.close()

@@ -47,7 +47,7 @@ _AFTER_QUEUE_CURSOR = (
 RATE_SAMPLE = 100  # the last N jobs done give the seconds-per-megapixel rate
 # Times are stored as ISO 8601 UTC text (to_text), so a prefix is a time bucket: grouping by
 # substr(finished_at, ...) reads only the jobs_throughput index, where date()/strftime() would parse
-# every row's text (measured 3-4x slower on 100k jobs).
+# every row's text (docs/performance.md, "Daemon").
 HOUR_PREFIX, DAY_PREFIX = 13, 10  # "2026-12-02T07", "2026-12-02"
 BUSY_TIMEOUT_MS = 30_000
 

@@ -44,21 +44,14 @@ def stage_spans() -> dict[str, tuple[float, float]]:
     return spans
 
 
-def overall_fraction(stage: str, done: int, total: int) -> float:
-    """One on_progress call as a fraction of the whole file (an unknown stage raises KeyError)."""
-    start, end = stage_spans()[stage]
-    within = done / total if total > 0 else 1.0
-    return start + (end - start) * min(max(within, 0.0), 1.0)
-
-
 # -- heartbeats while one long call runs --------------------------------------------------------------------
 
 TICK_SECONDS = 1.0  # how often a long step reports that it is still running
 # A step that has not finished after its deadline stops reporting, so whoever watches the progress (the
-# daemon's hang_seconds) can tell a stuck encoder from a slow one. Generous on purpose: a 12 MP photo on a
-# busy 2-core Zen 3 encoded at 3.6 MP/s as PNG, 2.8 WebP, 30 JPEG (0.3-0.4 s/MP, so 5 s/MP is >10x).
-# Pillow's 8-bit TIFF encoder (6 MP/s) holds the GIL, so it cannot tick; it would need some 3,600 MP to
-# reach the default hang_seconds of 600 s.
+# daemon's hang_seconds) can tell a stuck encoder from a slow one. Generous on purpose: over ten times the
+# slowest encode measured on a busy small CPU (docs/performance.md, "Encode rates"). Pillow's 8-bit TIFF
+# encoder holds the GIL, so it cannot tick; it is fast enough that only a photo far beyond any real one
+# would reach the default hang_seconds.
 STEP_BASE_SECONDS = 120.0
 STEP_SECONDS_PER_MEGAPIXEL = 5.0
 

@@ -25,9 +25,10 @@ from typing import Any
 from PIL import Image as PILImage
 
 from daemon import beneath, originals
+from daemon.job_loop import Processed
+from daemon.messages import EngineAccount
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import Processed
 from pipeline.options import RestoreOptions
 from pipeline.types import CorruptImageError, ProgressCallback
 
@@ -53,8 +54,8 @@ class CopyProcessor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
-        return {"backend": "copy", "device": "cpu", "precision": "none", "reason": "test processor"}
+    def warm_up(self, options: RestoreOptions) -> EngineAccount:
+        return EngineAccount("copy", "cpu", "none", "test processor")
 
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
@@ -76,10 +77,7 @@ class CopyProcessor:
         fmt = "png" if data.startswith(b"\x89PNG") else "jpg" if data.startswith(b"\xff\xd8") else "bin"
         # Where it ran, so pool tests can see which worker process (and which GPU id) took the job.
         where = {"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-        return Processed(data, fmt, {"backend": "copy", "device": "cpu", "seconds": 0.0, **where})
-
-    def extension(self, fmt: str) -> str:
-        return f".{fmt}"
+        return Processed(data, fmt, f".{fmt}", {"backend": "copy", "device": "cpu", "seconds": 0.0, **where})
 
 
 class DecodeProcessor(CopyProcessor):
@@ -103,7 +101,7 @@ class DecodeProcessor(CopyProcessor):
         seconds = max(time.monotonic() - started, 0.001)
         copied = super().process(data, options, on_progress)
         report = {**copied.report, "input_size": [width, height], "seconds": seconds}
-        return Processed(data, image.source_format, report)
+        return Processed(data, image.source_format, f".{image.source_format}", report)
 
 
 class _KillOnce(CopyProcessor):
@@ -175,8 +173,8 @@ class SlowEncodeProcessor:
         )
         self._max_pixels = int(settings.max_input_megapixels * 1_000_000)
 
-    def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
-        return {"backend": "numpy", "device": "cpu", "precision": "fp32", "reason": "test network"}
+    def warm_up(self, options: RestoreOptions) -> EngineAccount:
+        return EngineAccount("numpy", "cpu", "fp32", "test network")
 
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
@@ -187,12 +185,7 @@ class SlowEncodeProcessor:
         restored = restore_bytes(
             self._restorer, data, options, max_pixels=self._max_pixels, on_progress=on_progress
         )
-        return Processed(restored.data, restored.format, restored.report.to_dict())
-
-    def extension(self, fmt: str) -> str:
-        from pipeline import FORMAT_EXTENSIONS
-
-        return FORMAT_EXTENSIONS[fmt]
+        return Processed.of(restored)
 
 
 class StuckEncodeProcessor(SlowEncodeProcessor):

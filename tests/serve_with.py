@@ -17,7 +17,7 @@ import sys
 from app.cli import build_parser
 from app.commands import serve as serve_command
 from daemon import beneath
-from daemon.worker import ProcessorFactory
+from daemon.job_loop import ProcessorFactory
 
 
 def load_factory(spec: str) -> ProcessorFactory:

@@ -57,7 +57,8 @@ ALLOWED = {
         "`restorer cluster token FILE`: a new token file where the operator asks"
     ),
     "daemon/schedule.py: open(localtime, 'rb')": "/etc/localtime, the host's time zone for run_hours",
-    "daemon/workers.py: gpus_dir.iterdir()": "/proc/driver/nvidia/gpus",
+    "daemon/worker_pool.py: gpus_dir.iterdir()": "/proc/driver/nvidia/gpus",
+    "daemon/outbox_space.py: os.access(outbox, os.W_OK)": "the configured outbox folder itself",
     "status_site/page.py: folder.iterdir()": "the package's own static files",
     "status_site/page.py: entry.read_bytes()": "the package's own static files",
     "status_site/uploads.py: spool_dir.mkdir(parents=True, exist_ok=True)": "the upload spool (state folder)",

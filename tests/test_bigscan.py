@@ -312,8 +312,8 @@ def test_the_worker_publishes_a_disk_assembled_output_and_frees_its_scratch_file
 ) -> None:
     import hashlib
 
+    from daemon.job_loop import PipelineProcessor, Worker
     from daemon.store import JobStore
-    from daemon.worker import PipelineProcessor, Worker
     from tests.daemon_support import files_under, make_settings
 
     settings = make_settings(tmp_path, faces=False)

@@ -19,7 +19,7 @@ from daemon.admission import Admitted
 from daemon.intake import enqueue_file, read_entry
 from daemon.settings import Preset, Settings
 from daemon.store import Job, JobStore
-from daemon.worker import PipelineProcessor, Worker, restore_options_from
+from daemon.job_loop import PipelineProcessor, Worker, restore_options_from
 from pipeline import stage_spans
 from pipeline.backends.base import BackendInfo
 from pipeline.faces import FaceStage

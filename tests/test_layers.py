@@ -7,6 +7,7 @@ a second, and a machine without a GPU stack can still run them).
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -61,3 +62,30 @@ def test_daemon_surface_resolves_and_the_restore_command_imports_no_store() -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_daemons_public_names_agree_in_its_three_lists() -> None:
+    """daemon/__init__.py names its surface three times, because each reader needs its own form: the
+    TYPE_CHECKING imports (type checkers), _HOMES (the import on first use at run time) and __all__. They
+    must agree (that each resolves: the test above)."""
+    import daemon
+
+    tree = ast.parse((REPO / "daemon" / "__init__.py").read_text())
+    checking = next(
+        node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    for_checkers = {
+        alias.asname or alias.name: (node.module, alias.name)
+        for node in checking.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert for_checkers == daemon._HOMES
+    eager = {  # names imported with the package itself
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module not in ("__future__", "typing")
+        for alias in node.names
+    }
+    assert sorted(daemon.__all__) == sorted({*daemon._HOMES, *eager})
+    assert len(set(daemon.__all__)) == len(daemon.__all__)

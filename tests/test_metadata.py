@@ -429,26 +429,23 @@ class SmallNetworkProcessor:
             settings.engine_config(), upscaler_loader=lambda *_: ConvStackUpscaler(scale=4, layers=2)
         )
 
-    def warm_up(self, options: Any) -> dict[str, Any]:
-        return {"backend": "numpy", "device": "cpu", "precision": "fp32", "reason": "test network"}
+    def warm_up(self, options: Any) -> Any:
+        from daemon.messages import EngineAccount
+
+        return EngineAccount("numpy", "cpu", "fp32", "test network")
 
     def process(self, data: bytes, options: Any, on_progress: Any) -> Any:
-        from daemon.worker import Processed
+        from daemon.job_loop import Processed
         from pipeline import restore_bytes
 
         restored = restore_bytes(self._restorer, data, options.replace(faces=False), max_pixels=10**6)
-        return Processed(restored.data, restored.format, restored.report.to_dict())
-
-    def extension(self, fmt: str) -> str:
-        from pipeline import FORMAT_EXTENSIONS
-
-        return FORMAT_EXTENSIONS[fmt]
+        return Processed.of(restored)
 
 
 def test_the_daemon_worker_publishes_a_16bit_tiff_with_every_tag(tmp_path: Path) -> None:
     """A job through the daemon's worker, on real folders and a real store, published to the outbox."""
     from tests.daemon_support import make_settings
-    from tests.test_worker import Rig
+    from tests.test_job_loop import Rig
 
     source = photo_with_metadata(tmp_path / "photo.tif", "tiff16")
     rig = Rig(tmp_path / "daemon", SmallNetworkProcessor(make_settings(tmp_path / "daemon")))

@@ -14,6 +14,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daemon.job_loop import output_name
 from daemon.logs import EscapeControlCharacters
 from daemon.names import (
     BIDI_CONTROLS,
@@ -25,7 +26,6 @@ from daemon.names import (
     safe_relative_path,
 )
 from daemon.publish import publish_bytes
-from daemon.worker import output_name
 from tests.site_support import png_bytes, running_site
 
 # Names people and programs really produce, plus the hostile ones: controls, bidi overrides, lone

@@ -15,19 +15,21 @@ from typing import Any
 
 import pytest
 
+from daemon.job_loop import JobCancelled, Processed
+from daemon.messages import EngineAccount
 from daemon.ray_executor import (
     MAX_HEADER_BYTES,
     ActorFailedError,
     ActorProgress,
+    ActorReady,
     ActorReplyError,
     RestoreActor,
-    decode_engine,
     decode_reply,
+    encode_processed,
     encode_reply,
     max_output_bytes,
 )
 from daemon.settings import Settings
-from daemon.worker import JobCancelled
 from pipeline import BadImageError, RestoreError, RestoreOptions
 from pipeline.types import CorruptImageError, WeightsMissingError
 from tests.daemon_processors import CopyProcessor, fake_photo
@@ -38,12 +40,9 @@ OK = {"ok": True, "format": "png", "extension": ".png", "report": {"seconds": 1.
 
 def test_a_reply_round_trips_output_format_extension_and_report() -> None:
     reply = decode_reply(encode_reply(OK, b"\x89PNG output"), max_output_bytes=100)
-    assert (reply.data, reply.format, reply.extension, reply.report) == (
-        b"\x89PNG output",
-        "png",
-        ".png",
-        {"seconds": 1.5, "faces": []},
-    )
+    assert reply == Processed(b"\x89PNG output", "png", ".png", {"seconds": 1.5, "faces": []})
+    tiff = Processed(b"II*\x00 output", "tiff", ".tif", {"seconds": 2.0})
+    assert decode_reply(encode_processed(tiff), max_output_bytes=100) == tiff
 
 
 def _blob(header: Any, data: bytes = b"out") -> bytes:
@@ -101,7 +100,7 @@ def test_the_processors_errors_come_back_as_the_pipelines_own_classes_by_name_on
 
 def test_progress_and_the_engine_account_are_checked_for_types() -> None:
     progress = ActorProgress.decode(b'{"count": 3, "stage": "upscale", "done": 2, "total": 9}')
-    assert progress == ActorProgress(3, "upscale", 2, 9)
+    assert progress == ActorProgress(3, "upscale", 2, 9) == ActorProgress.decode(progress.encode())
     for bad in (
         b'{"count": true, "stage": null, "done": 0, "total": 0}',
         b'{"count": -1, "stage": null, "done": 0, "total": 0}',
@@ -110,16 +109,26 @@ def test_progress_and_the_engine_account_are_checked_for_types() -> None:
     ):
         with pytest.raises(ActorReplyError):
             ActorProgress.decode(bad)
-    assert decode_engine(b'{"backend": "copy", "host": "box", "pid": 7}')["pid"] == 7
-    for bad in (
-        b'{"host": "box"}',
-        b'{"host": "box", "pid": "7"}',
-        b'{"host": "b", "pid": 1, "device": [1]}',
+    engine = EngineAccount("copy", "cpu", None, "test", ({"id": "x4plus", "official": True, "path": None},))
+    ready = ActorReady("box", 7, engine)
+    assert ActorReady.decode(ready.encode()) == ready
+    account = engine.to_json()
+    for bad, why in (
+        ({"host": "box"}, "exactly host, pid and engine"),
+        ({"host": "box", "pid": 1, "engine": account, "extra": 1}, "exactly host, pid and engine"),
+        ({"host": "box", "pid": "7", "engine": account}, "host name and pid"),
+        ({"host": "box", "pid": True, "engine": account}, "host name and pid"),
+        ({"host": "b", "pid": 1, "engine": [account]}, "exactly its fields"),
+        ({"host": "b", "pid": 1, "engine": {**account, "device": [1]}}, "device is not short text"),
+        ({"host": "b", "pid": 1, "engine": {**account, "reason": "x" * 5000}}, "reason is not short text"),
+        ({"host": "b", "pid": 1, "engine": {**account, "extra": "x"}}, "exactly its fields"),
+        ({"host": "b", "pid": 1, "engine": {**account, "models": [{"id": {"a": 1}}]}}, "flat objects"),
+        ({"host": "b", "pid": 1, "engine": {**account, "models": [{}] * 1000}}, "short list"),
     ):
-        with pytest.raises(ActorReplyError):
-            decode_engine(bad)
+        with pytest.raises(ActorReplyError, match=why):
+            ActorReady.decode(json.dumps(bad).encode())
     with pytest.raises(ActorReplyError, match="could not load its processor: WeightsMissingError"):
-        decode_engine(b'{"error": "WeightsMissingError: no x4plus"}')
+        ActorReady.decode(b'{"error": "WeightsMissingError: no x4plus"}')
 
 
 def test_the_output_limit_is_the_largest_image_the_options_allow(tmp_path: Path) -> None:
@@ -145,13 +154,13 @@ def test_every_actor_method_returns_bytes_and_failures_travel_as_text(tmp_path: 
     )
     progress, cancel = actor.progress(), actor.cancel()
     assert all(type(value) is bytes for value in (ready, done, failed, progress, cancel))
-    assert decode_engine(ready)["backend"] == "copy"
+    assert ActorReady.decode(ready).engine == EngineAccount("copy", "cpu", "none", "test processor")
     assert decode_reply(done, max_output_bytes=1000).data == fake_photo(b"a photo")
     with pytest.raises(CorruptImageError, match="stops after 3 bytes"):
         decode_reply(failed, max_output_bytes=1000)
     broken = RestoreActor(settings_json, _NoWeights)  # its constructor does not raise either
     with pytest.raises(ActorReplyError, match="WeightsMissingError: no weights for x4plus"):
-        decode_engine(broken.ready())
+        ActorReady.decode(broken.ready())
 
 
 def test_ray_hands_bytes_over_raw_without_pickle() -> None:

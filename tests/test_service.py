@@ -429,7 +429,7 @@ def test_real_restore_end_to_end_through_restorer_serve(root: Path, serves: list
     serve = start(serves, root, env=env, processor=None)  # the installed `restorer`, the real pipeline
     from PIL import Image
 
-    from tests.test_worker import png_bytes
+    from tests.test_job_loop import png_bytes
 
     (root / "inbox" / "family").mkdir()
     (root / "inbox" / "family" / "tiny.png").write_bytes(png_bytes(16))

@@ -17,9 +17,10 @@ import pytest
 from watchdog.observers.api import BaseObserver
 
 from daemon.health import HealthState
+from daemon.intake import Intake
 from daemon.names import is_junk
 from daemon.store import JobStore
-from daemon.watcher import Intake, default_observer
+from daemon.watcher import default_observer
 from pipeline import BadImageError, load_image
 from tests.daemon_processors import fake_photo
 from tests.daemon_support import make_settings, wait_for

@@ -206,7 +206,7 @@ def _plan(args: argparse.Namespace, role: list[str]) -> NodePlan:
     from pydantic import ValidationError
 
     from daemon.ray_token import RayTokenError, check_ray_token, ray_auth_env
-    from daemon.workers import visible_cuda_devices
+    from daemon.worker_pool import visible_cuda_devices
 
     try:
         token = check_ray_token(settings_from_args(args).ray_token_file)

@@ -46,30 +46,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 @dataclass(frozen=True)
-class Job:
+class FileToRestore:
+    """An input file, given or found in a given folder (not a daemon job: no queue, no store)."""
+
     source: Path
     out_dir: Path  # where its output goes (mirrors the folder structure under OUTDIR)
 
 
-def collect_jobs(inputs: list[Path], out_root: Path) -> tuple[list[Job], list[RestoreReport]]:
+def collect_files(inputs: list[Path], out_root: Path) -> tuple[list[FileToRestore], list[RestoreReport]]:
     """Files as given; folders walked recursively (sorted, junk skipped). Missing inputs become errors."""
     from daemon.names import is_junk, is_junk_dir
     from pipeline import INPUT_EXTENSIONS, RestoreReport
 
-    jobs: list[Job] = []
+    files: list[FileToRestore] = []
     missing: list[RestoreReport] = []
     for given in inputs:
         if given.is_file():
-            jobs.append(Job(given, out_root))
+            files.append(FileToRestore(given, out_root))
         elif given.is_dir():
             for path in sorted(_walk(given, is_junk_dir)):
                 relative = path.relative_to(given)
                 if is_junk(relative.as_posix()) or path.suffix.lower() not in INPUT_EXTENSIONS:
                     continue
-                jobs.append(Job(path, out_root / given.resolve().name / relative.parent))
+                files.append(FileToRestore(path, out_root / given.resolve().name / relative.parent))
         else:
             missing.append(RestoreReport(input=str(given), error="no such file or folder"))
-    return jobs, missing
+    return files, missing
 
 
 def _walk(folder: Path, is_junk_dir: Any) -> list[Path]:
@@ -124,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"restorer restore: invalid settings: {error}", file=sys.stderr)
         return 2
-    jobs, reports = collect_jobs(list(args.inputs), args.output)
+    files, reports = collect_files(list(args.inputs), args.output)
     for report in reports:
         print(f"error: {report.input}: {report.error}", file=sys.stderr)
-    reports.extend(restore_all(jobs, settings, sys.stderr))
+    reports.extend(restore_all(files, settings, sys.stderr))
     if args.report is not None:
         _write_report(args.report, reports)
     failed = sum(1 for report in reports if report.error)
@@ -135,48 +137,50 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed or not reports else 0
 
 
-def restore_all(jobs: list[Job], settings: Any, stream: TextIO) -> list[RestoreReport]:
+def restore_all(files: list[FileToRestore], settings: Any, stream: TextIO) -> list[RestoreReport]:
     from pipeline import Restorer
 
     restorer = Restorer(settings.engine_config())
     options = settings.restore_options()
-    bar = ProgressBar(stream, len(jobs))
+    bar = ProgressBar(stream, len(files))
     reports = []
-    for index, job in enumerate(jobs, start=1):
-        bar.start(index, job.source.name)
-        report = restore_one(job, restorer, options, settings, bar)
+    for index, file in enumerate(files, start=1):
+        bar.start(index, file.source.name)
+        report = restore_one(file, restorer, options, settings, bar)
         ok = report.error is None
-        bar.finish(f"{job.source} -> {report.output}" if ok else f"error: {job.source}: {report.error}")
+        bar.finish(f"{file.source} -> {report.output}" if ok else f"error: {file.source}: {report.error}")
         reports.append(report)
     return reports
 
 
-def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: ProgressBar) -> RestoreReport:
+def restore_one(
+    file: FileToRestore, restorer: Any, options: Any, settings: Any, bar: ProgressBar
+) -> RestoreReport:
     """One file end to end; every expected failure becomes the report's error, never an exception."""
     from daemon.publish import publish_bytes, publish_file
     from pipeline import DeviceOutOfMemoryError, RestoreError, RestoreReport, restore_bytes
 
     started = time.perf_counter()
-    report = RestoreReport(input=str(job.source))
+    report = RestoreReport(input=str(file.source))
     try:
-        data = job.source.read_bytes()
+        data = file.source.read_bytes()
         restored = restore_bytes(
             restorer, data, options, max_pixels=settings.max_input_pixels, on_progress=bar.update
         )
-        name = job.source.stem + restored.extension
+        name = file.source.stem + restored.extension
         mode, group = settings.file_mode, settings.output_group
         if restored.file is not None:  # a large output, encoded into an unlinked scratch file
             with restored.file:
-                output = publish_file(restored.file, job.out_dir, name, mode, group).path
+                output = publish_file(restored.file, file.out_dir, name, mode, group).path
         else:
-            output = publish_bytes(restored.data, job.out_dir, name, mode, group)
+            output = publish_bytes(restored.data, file.out_dir, name, mode, group)
         report = restored.report
-        report.input, report.output = str(job.source), str(output)
+        report.input, report.output = str(file.source), str(output)
     except (RestoreError, DeviceOutOfMemoryError, OSError, MemoryError) as error:
         report.error = _one_line(error)
-        log.debug("restore failed for %s", job.source, exc_info=True)
+        log.debug("restore failed for %s", file.source, exc_info=True)
     except Exception as error:  # a bug must cost this file, not the batch; the traceback goes to the log
-        log.exception("unexpected error while restoring %s", job.source)
+        log.exception("unexpected error while restoring %s", file.source)
         report.error = f"internal error: {type(error).__name__}: {_one_line(error)}"
     report.seconds = round(time.perf_counter() - started, 3)  # the whole file: read, restore, publish
     return report

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from app.flags import command_parser, settings_from_args
 
 if TYPE_CHECKING:
-    from daemon.worker import ProcessorFactory
+    from daemon.job_loop import ProcessorFactory
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""OpenVINO backend: the default on CPU (fastest measured engine here, ~90 % of the bf16 GEMM rate).
+"""OpenVINO backend: the default on CPU (the fastest engine measured here; docs/performance.md).
 
 It starts from the network's dynamic IR (pipeline/backends/ir.py: converted once per weights, in a separate
 process; this module never imports torch). Nothing on disk depends on the input size: every part is
@@ -77,10 +77,10 @@ def layout_for(arch: str, size_multiple: int) -> NetworkLayout:
     """RRDBNet without pixel-unshuffle (x4plus, anime_6B) runs split; x2plus (size multiple 2) crops inside
     its upsampler and the compact networks are cheap per pixel, so they run whole.
 
-    The split once measured 1.9x slower at 640x640: its 512 px tiles were then cut at full length, so the
-    photo ran as four 512 px tiles (2.6x its pixels) against nine 256 px ones (1.4x). Windows are now the
-    shortest that keep the overlap (pipeline/tiling.py: four of 352 px, 1.2x), and side by side on a
-    2-core Zen 3 the split took 18 % less wall time and 270 MB less memory (docs/performance.md)."""
+    The split pays because the tiler cuts each axis into the shortest windows that keep the overlap
+    (pipeline/tiling.py): cut at the full 512 px length, the big trunk tiles would compute far more context
+    than the photo has pixels. Measurements, before and after: docs/performance.md ("Upscaling at the
+    machine's limit")."""
     return RRDB_SPLIT if arch == "ESRGAN" and size_multiple == 1 else WHOLE
 
 
@@ -223,9 +223,9 @@ def concats_as_sums(model: ov.Model) -> ov.Model:
 
     RRDBNet's dense blocks concatenate before 4 of every 5 convolutions (276 Concats in x4plus). The CPU
     plugin runs those as copies in a reference kernel (channels are innermost in the layout its AMX
-    convolutions use, so it cannot concatenate in place): measured ~30 % of the trunk's time, and the
-    trunk ran 10-20 % faster without them (docs/performance.md). Convolutions whose weights are not a
-    plain Constant are left as they are."""
+    convolutions use, so it cannot concatenate in place): a large share of the trunk's time, which this
+    rewrite saves (numbers: docs/performance.md, "Trunk on big tiles"). Convolutions whose weights are not
+    a plain Constant are left as they are."""
     import openvino.opset13 as ops
 
     for conv in model.get_ordered_ops():

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image as PILImage
 from pydantic import ValidationError
 
-from daemon.messages import DiskFull, Finished, WorkerMessage
+from daemon.job_loop import PipelineProcessor, Processed, Worker
+from daemon.messages import DiskFull, EngineAccount, Finished, WorkerMessage
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
-from daemon.worker import PipelineProcessor, Processed, Worker
 from pipeline import stage_spans
 from pipeline.options import RestoreOptions
 from pipeline.types import ProgressCallback
@@ -91,7 +91,22 @@ def test_output_published_at_mirrored_path_and_original_archived(rig: Rig) -> No
     assert files_under(Path(rig.settings.outbox)) == ["holiday/2019/a.png"]
     assert files_under(Path(rig.settings.archive_dir)) == ["holiday/2019/a.png"]
     assert files_under(rig.inbox) == []
-    assert Finished("w1", job.id, "done", job.report) in rig.messages
+    # The pool hears which engine restored it (what health shows), not the whole report.
+    assert Finished("w1", job.id, "done", EngineAccount(backend="copy", device="cpu")) in rig.messages
+
+
+def test_the_output_is_named_with_the_extension_that_came_with_the_bytes(tmp_path: Path) -> None:
+    class Tiff(CopyProcessor):
+        def process(
+            self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
+        ) -> Processed:
+            return Processed(data, "tiff", ".tif", {"backend": "copy"})
+
+    rig = Rig(tmp_path)
+    rig.worker.processor = Tiff(rig.settings)
+    rig.drop("scans/a.png", png_bytes())
+    job = rig.run()
+    assert job.state == "done" and job.output_path == "scans/a.tif"
 
 
 def test_originals_delete_and_keep(tmp_path: Path) -> None:
@@ -267,14 +282,15 @@ def test_real_restore_of_a_16px_image_with_realesr_animevideov3(tmp_path: Path) 
         weights_dir=Path(__file__).resolve().parent.parent / "weights",
     )
     rig = Rig(tmp_path, PipelineProcessor(settings), model="realesr-animevideov3", faces=False)
-    info = rig.worker.processor.warm_up(settings.restore_options())
-    assert info["backend"] in ("openvino", "torch")
+    engine = rig.worker.processor.warm_up(settings.restore_options())
+    assert engine.backend in ("openvino", "torch") and engine.reason
+    assert engine.models and "realesr-animevideov3" in {model["id"] for model in engine.models}
     rig.drop("photos/tiny.png", png_bytes(16))
     job = rig.run()
     assert job.state == "done", job.error
     with PILImage.open(Path(rig.settings.outbox) / "photos" / "tiny.png") as out:
         assert out.size == (64, 64)
-    assert job.report["model"] == "realesr-animevideov3" and job.report["backend"] == info["backend"]
+    assert job.report["model"] == "realesr-animevideov3" and job.report["backend"] == engine.backend
     assert job.report["colour"]["path"] == "colour"  # the store keeps the pipeline's whole report
 
 

@@ -1,7 +1,7 @@
 """The worker pool: N supervised worker processes, each running one job at a time.
 
 A slot is one place a job can run. With executor = "local" each slot is its own worker process
-(daemon/worker.py's worker_main) with its own pipe, heartbeat, current job, and restart backoff; on a
+(daemon/job_loop.py's worker_main) with its own pipe, heartbeat, current job, and restart backoff; on a
 machine with several GPUs each process sees exactly one (CUDA_VISIBLE_DEVICES is set in the process
 before anything is imported) and loads its models once. With executor = "ray" one supervised process,
 the Ray client (daemon/ray_executor.py), runs one slot per Ray actor and reports per slot.
@@ -32,11 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from daemon.health import HealthState
+from daemon.job_loop import PipelineProcessor, ProcessorFactory, spawn_context, worker_main
 from daemon.messages import (
     Beat,
     Busy,
+    ChildSpec,
     ClusterState,
     DiskFull,
+    EngineAccount,
     Fatal,
     Finished,
     Placed,
@@ -49,7 +52,6 @@ from daemon.messages import (
 from daemon.originals import CRASH_ADVICE, move_to_failed
 from daemon.settings import Settings
 from daemon.store import JobStore
-from daemon.worker import PipelineProcessor, ProcessorFactory, spawn_context, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ MAX_RESTART_DELAY = 30.0
 MAX_RECONNECT_DELAY = 10.0
 NVIDIA_GPUS_DIR = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver sees
 
-WorkerTarget = Callable[..., None]
+WorkerTarget = Callable[[ChildSpec], None]  # job_loop.worker_main or ray_executor.ray_client_main
 
 
 class PoolStartError(Exception):
@@ -110,12 +112,12 @@ def _set_parent_death_signal() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def process_entry(target: WorkerTarget, env: dict[str, str], *args: Any) -> None:
+def process_entry(target: WorkerTarget, env: dict[str, str], spec: ChildSpec) -> None:
     """First code in a worker process: die with the service, then set the environment (e.g.
     CUDA_VISIBLE_DEVICES) before the target imports anything that reads it (torch, CUDA, Ray)."""
     _set_parent_death_signal()
     os.environ.update(env)
-    target(*args)
+    target(spec)
 
 
 @dataclass
@@ -157,7 +159,7 @@ class WorkerProcess:
     error: str | None = None
     crashes_without_job: int = 0
     restart_at: float | None = None
-    engine: dict[str, Any] = field(default_factory=dict)
+    engine: EngineAccount = field(default_factory=EngineAccount)
     # A local worker is ready once its models are loaded. The Ray client is ready as soon as it runs:
     # the service must start (and keep its queue) while the cluster is away; its slots report later.
     waits_for_ready: bool = True
@@ -179,7 +181,7 @@ class WorkerPool:
     """Starts, supervises and stops the worker processes; keeps health's worker fields current.
 
     Runs on the service's event loop (pipes are read with add_reader). `on_disk_full(needed, message)` is
-    called when a worker could not publish for lack of space; `on_engine(info)` with each engine account.
+    called when a worker could not publish for lack of space.
     """
 
     def __init__(
@@ -203,7 +205,7 @@ class WorkerPool:
         self._wake = self._ctx.Event()
         self._paused = self._ctx.Event()
         self._processes = self._plan(environ if environ is not None else os.environ)
-        self._started: asyncio.Future[dict[str, Any]] | None = None
+        self._started: asyncio.Future[EngineAccount] | None = None
         self.cluster: dict[str, Any] | None = None  # the Ray client's account of its cluster
 
     def _plan(self, environ: Mapping[str, str]) -> list[WorkerProcess]:
@@ -211,11 +213,7 @@ class WorkerPool:
             from daemon.ray_executor import ray_client_main
 
             # The Ray client announces its slots (one per actor) once it knows the cluster.
-            engine = {
-                "backend": "ray",
-                "device": "cluster",
-                "reason": f"Ray actors at {self.settings.ray_address}",
-            }
+            engine = EngineAccount("ray", "cluster", reason=f"Ray actors at {self.settings.ray_address}")
             return [
                 WorkerProcess("ray-client", ray_client_main, {}, {}, engine=engine, waits_for_ready=False)
             ]
@@ -229,7 +227,7 @@ class WorkerPool:
 
     # -- start and messages ----------------------------------------------------------------------------
 
-    async def start(self) -> dict[str, Any]:
+    async def start(self) -> EngineAccount:
         """Start every process; return the first engine account once all have loaded their models."""
         loop = asyncio.get_running_loop()
         self._started = loop.create_future()
@@ -239,21 +237,20 @@ class WorkerPool:
 
     def _spawn(self, worker: WorkerProcess) -> None:
         parent, child = self._ctx.Pipe(duplex=False)
+        spec = ChildSpec(
+            name=worker.name,
+            settings_json=self.settings.to_child_json(),
+            processor_factory=self.processor_factory,
+            conn=child,
+            stop=self._stop,
+            wake=self._wake,
+            paused=self._paused,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
         process = self._ctx.Process(
             target=process_entry,
             name=f"restorer-{worker.name}",
-            args=(
-                worker.target,
-                worker.env,
-                self.settings.to_child_json(),
-                self.processor_factory,
-                child,
-                self._stop,
-                self._wake,
-                self._paused,
-                logging.getLogger().getEffectiveLevel(),
-                worker.name,
-            ),
+            args=(worker.target, worker.env, spec),
             daemon=True,
         )
         process.start()
@@ -322,7 +319,7 @@ class WorkerPool:
             slot.beat = now
         match message:
             case Ready(engine=engine):
-                worker.ready, worker.crashes_without_job, worker.engine = True, 0, dict(engine)
+                worker.ready, worker.crashes_without_job, worker.engine = True, 0, engine
                 for each in worker.slots.values():
                     each.state = "idle"
                 self._maybe_started()
@@ -332,15 +329,15 @@ class WorkerPool:
                 self._fail_start(f"the worker could not load the pipeline: {why}")
             case Busy(job_id=job_id) if slot is not None:
                 slot.state, slot.job_id = "busy", job_id
-            case Finished(report=report) if slot is not None:
+            case Finished(engine=engine) if slot is not None:
                 slot.state, slot.job_id = "idle", None
-                if report and report.get("backend"):
-                    self.health.set_engine({**report, "reason": report.get("backend_reason")})
+                if engine is not None:
+                    self.health.set_engine(engine)
             case Waiting() if slot is not None:  # a Ray slot without a live actor
                 slot.state, slot.job_id = "waiting", None
-            case Placed(device=device, details=details) if slot is not None:  # its actor loaded its models
+            case Placed(device=device, pid=pid) if slot is not None:  # its actor loaded its models
                 slot.state, slot.device = "idle", device
-                slot.pid = details.get("pid")  # the actor's process, on the host named in device
+                slot.pid = pid  # the actor's process, on the host named in device
             case DiskFull(needed_bytes=needed, message=why):
                 self.on_disk_full(needed, why)
             case Beat():

@@ -1,4 +1,4 @@
-"""The worker process: loads the models once, then restores queued jobs one at a time, in order.
+"""The job loop: a worker process loads the models once, then restores queued jobs one at a time, in order.
 
 It runs in its own process (multiprocessing "spawn": no inherited threads, locks or SQLite handles), so
 a crash, a hang or a leak in the pipeline never takes the service, the watcher or the web page with it.
@@ -22,7 +22,6 @@ worker process), never by a setting. Messages to the supervisor: daemon.messages
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import multiprocessing
@@ -33,15 +32,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
 from daemon import admission, originals, schedule
 from daemon.beneath import FileTooLargeError, NotAFileError, lstat_beneath, open_folder
 from daemon.logs import configure_logging
-from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
+from daemon.messages import (
+    Beat,
+    Busy,
+    ChildSpec,
+    DiskFull,
+    EngineAccount,
+    Fatal,
+    Finished,
+    Ready,
+    WorkerMessage,
+)
 from daemon.names import safe_file_name, safe_relative_path
 from daemon.publish import DiskFullError, PublishError, publish_bytes, publish_file
 from daemon.settings import Settings
@@ -49,6 +56,7 @@ from daemon.store import Job, JobStore
 from pipeline import (
     BadImageError,
     ProgressCallback,
+    RestoredFile,
     RestoreError,
     RestoreOptions,
     stage_spans,
@@ -62,15 +70,25 @@ PROGRESS_WRITE_SECONDS = 0.5  # throttle: at most two progress writes per second
 WORKER_NICENESS = 10  # the worker yields the CPU to the HTTP servers and the watcher
 
 
-@dataclass
+@dataclass(frozen=True)
 class Processed:
-    """The encoded output: `data` in memory, or (a large output) `file`, an open unlinked temporary file
-    holding it from offset 0, which the Worker publishes and closes."""
+    """One restored file as the Worker publishes it: the encoded output, its format, the extension its name
+    gets (worked out once, by the pipeline, and carried with the bytes, across a Ray reply too) and the
+    image's report. The output is `data` in memory, or (a large output) `file`, an open unlinked temporary
+    file holding it from offset 0, which the Worker publishes and closes."""
 
     data: bytes
-    format: str  # "png", "jpg", ...: the output format, its extension comes from FORMAT_EXTENSIONS
+    format: str  # "png", "jpg", "webp", "tiff"
+    extension: str  # ".png", ".jpg", ".webp", ".tif"
     report: dict[str, Any]
     file: BinaryIO | None = None
+
+    @classmethod
+    def of(cls, restored: RestoredFile) -> Processed:
+        """What pipeline.restore_bytes made, its report as the plain dict the store keeps."""
+        return cls(
+            restored.data, restored.format, restored.extension, restored.report.to_dict(), restored.file
+        )
 
     @property
     def size(self) -> int:
@@ -86,13 +104,11 @@ class Processed:
 class Processor(Protocol):
     """What the worker runs for each job. The real one wraps pipeline.restorer.Restorer."""
 
-    def warm_up(self, options: RestoreOptions) -> dict[str, Any]: ...
+    def warm_up(self, options: RestoreOptions) -> EngineAccount: ...
 
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
     ) -> Processed: ...
-
-    def extension(self, fmt: str) -> str: ...
 
 
 class PipelineProcessor:
@@ -102,23 +118,18 @@ class PipelineProcessor:
         from pipeline import Restorer
 
         self._restorer = Restorer(settings.engine_config())
-        self._max_pixels = int(settings.max_input_megapixels * 1_000_000)
+        self._max_pixels = settings.max_input_pixels
         self._weights_dir = settings.weights_dir
         self._cache_dir = settings.cache_dir
 
-    def warm_up(self, options: RestoreOptions) -> dict[str, Any]:
-        self._restorer.warm_up(options)
-        # The backend's own account (backend, device, precision, reason) for health and the page.
+    def warm_up(self, options: RestoreOptions) -> EngineAccount:
         from pipeline import model_statuses
 
-        info = getattr(self._restorer.chain(options)[0], "info", None)
-        if dataclasses.is_dataclass(info) and not isinstance(info, type):
-            engine = dataclasses.asdict(info)
-        else:
-            engine = dict(info) if isinstance(info, dict) else {}
+        self._restorer.warm_up(options)
+        info = self._restorer.chain(options)[0].info  # the first step's backend: its own account of itself
         # Which models and face weights exist, for health and the page (status_site never imports torch).
-        engine["models"] = [status.to_dict() for status in model_statuses(self._weights_dir, self._cache_dir)]
-        return engine
+        models = tuple(status.to_dict() for status in model_statuses(self._weights_dir, self._cache_dir))
+        return EngineAccount(info.backend, info.device, info.precision, info.reason, models)
 
     def process(
         self, data: bytes, options: RestoreOptions, on_progress: ProgressCallback | None
@@ -128,12 +139,7 @@ class PipelineProcessor:
         restored = restore_bytes(
             self._restorer, data, options, max_pixels=self._max_pixels, on_progress=on_progress
         )
-        return Processed(restored.data, restored.format, restored.report.to_dict(), restored.file)
-
-    def extension(self, fmt: str) -> str:
-        from pipeline import FORMAT_EXTENSIONS
-
-        return FORMAT_EXTENSIONS.get(fmt, f".{fmt}")
+        return Processed.of(restored)
 
 
 # What starts a slot passes one of these (a class or module-level function, so it pickles by name).
@@ -198,7 +204,7 @@ class Worker:
         except Exception as exc:  # anything unplanned: counts as an attempt, never loops forever
             log.exception("job %d: unexpected error", job.id)
             final = self._unexpected(job, exc)
-        self.send(Finished(self.slot, final.id, final.state, final.report))
+        self.send(Finished(self.slot, final.id, final.state, EngineAccount.from_report(final.report)))
         return final
 
     def _run(self, job: Job) -> Job:
@@ -274,7 +280,7 @@ class Worker:
         return None
 
     def _publish(self, job: Job, original: originals.ReadOriginal, processed: Processed) -> Job:
-        folder, name = output_name(job.input_path, self.processor.extension(processed.format))
+        folder, name = output_name(job.input_path, processed.extension)
         fingerprint = f"{processed.sha256()}:{processed.size}"
         self.store.note_publishing(job.id, fingerprint)  # before the rename: a re-run recognises it
         outbox = Path(self.settings.outbox)
@@ -332,45 +338,38 @@ class Worker:
         return on_progress
 
 
-def worker_main(
-    settings_json: str,
-    processor_factory: ProcessorFactory,
-    conn: Connection,
-    stop: Event,
-    wake: Event,
-    paused: Event,
-    log_level: int,
-    slot: str,
-) -> None:
-    """Entry point of a local worker process: the slot named `slot`, running `processor_factory(settings)`
-    (the pool's common target signature, daemon/workers.py)."""
+def worker_main(spec: ChildSpec) -> None:
+    """Entry point of a local worker process: one slot, named as the process, running
+    `spec.processor_factory(settings)`."""
     # The service owns signals: Ctrl-C reaches the whole process group, and systemd (KillMode=mixed)
     # sends SIGTERM to the service only; the service decides whether the current image may finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging(log_level, "%(asctime)s %(levelname)s worker: %(message)s")
-    settings = Settings.from_child_json(settings_json)
+    configure_logging(spec.log_level, "%(asctime)s %(levelname)s worker: %(message)s")
+    settings = Settings.from_child_json(spec.settings_json)
     # Below the service's priority: status answers stay fast while restoration saturates the CPU
-    # (benchmarks/bench_api.py: busy p99 halves). With the CPU otherwise idle it costs nothing.
+    # (benchmarks/bench_api.py; docs/performance.md, "API and page"). With the CPU otherwise idle it
+    # costs nothing.
     os.nice(WORKER_NICENESS)
-    send: Callable[[WorkerMessage], None] = conn.send
+    send: Callable[[WorkerMessage], None] = spec.conn.send
+    slot = spec.name
     try:
         store = JobStore(settings.db_path)
-        processor = processor_factory(settings)
-        info = processor.warm_up(settings.restore_options())
+        processor = spec.processor_factory(settings)
+        engine = processor.warm_up(settings.restore_options())
     except (RestoreError, OSError, ImportError) as exc:
         send(Fatal(slot, f"{type(exc).__name__}: {exc}"))
         raise SystemExit(2) from exc
-    send(Ready(slot, info))
+    send(Ready(slot, engine))
     worker = Worker(settings, store, processor, send, slot)
     beat_every = settings.heartbeat_seconds
-    while not stop.is_set():
-        if paused.is_set() or worker.run_one() is None:
+    while not spec.stop.is_set():
+        if spec.paused.is_set() or worker.run_one() is None:
             send(Beat(slot, None))
-            wake.wait(beat_every)
-            wake.clear()
+            spec.wake.wait(beat_every)
+            spec.wake.clear()
     store.close()
-    conn.close()
+    spec.conn.close()
 
 
 def spawn_context() -> multiprocessing.context.SpawnContext:

@@ -1,4 +1,4 @@
-"""The worker pool (daemon/workers.py): `workers = N` local worker processes under `restorer serve`.
+"""The worker pool (daemon/worker_pool.py): `workers = N` local worker processes under `restorer serve`.
 
 Real service, store, watcher, worker processes and HTTP servers; the pipeline stage is the copy test
 processor (tests/daemon_processors.py), whose SLOW<s> inputs hold a worker for <s> seconds.
@@ -22,7 +22,7 @@ import pytest
 from daemon.health import HealthState
 from daemon.settings import Settings
 from daemon.store import Job, JobStore
-from daemon.workers import WorkerPool, visible_cuda_devices, worker_devices
+from daemon.worker_pool import WorkerPool, visible_cuda_devices, worker_devices
 from tests.daemon_processors import CopyProcessor, fake_photo
 from tests.daemon_support import ServeProcess, files_under, make_settings, wait_for
 from tests.site_support import png_bytes

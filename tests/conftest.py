@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import ServeProcess
 from tests.ray_support import RayCluster
+from tests.support.serve import ServeProcess
 
 
 @pytest.fixture(scope="session")

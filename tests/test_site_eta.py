@@ -12,7 +12,7 @@ from PIL import Image
 
 from daemon.store import JobStore
 from status_site.eta import MegapixelCache
-from tests.site_support import make_settings
+from tests.support.settings import make_settings
 
 
 class InlineExecutor(Executor):
@@ -30,7 +30,6 @@ class InlineExecutor(Executor):
 
 def test_a_header_read_that_finishes_before_its_callback_is_added_does_not_deadlock(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    settings.inbox.mkdir(parents=True)
     Image.new("RGB", (1000, 500)).save(settings.inbox / "a.png")
     store = JobStore(settings.db_path)
     job = store.add("a.png", "a" * 64, 10, 1.0).job
@@ -100,7 +99,6 @@ def test_a_photo_above_pillows_own_bomb_limit_is_sized_from_its_header(
     # the estimate reads the header without changing Pillow's process-wide setting.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
     settings = make_settings(tmp_path)
-    settings.inbox.mkdir(parents=True)
     (settings.inbox / "huge.png").write_bytes(_png_header_only(20_000, 10_000))
     store = JobStore(settings.db_path)
     job = store.add("huge.png", "h" * 64, 10, 1.0).job

@@ -21,7 +21,8 @@ from daemon.names import is_junk
 from daemon.store import JobStore
 from daemon.watcher import Intake, default_observer
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import make_settings, wait_for
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 
 class Harness:

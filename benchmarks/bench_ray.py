@@ -39,7 +39,7 @@ from daemon.worker import Worker  # noqa: E402
 from tests.daemon_processors import CopyProcessor  # noqa: E402
 from tests.ray_support import RayCluster  # noqa: E402
 from tests.support.serve import COPY_PROCESSOR, ServeProcess  # noqa: E402
-from tests.support.settings import make_settings  # noqa: E402
+from tests.support.settings import make_folders, make_settings  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
 SERVICE_SECONDS = 0.5
@@ -157,8 +157,7 @@ def _run_serve(
 
 def _fresh_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    for name in ("inbox", "outbox", "failed", "archive", "state"):
-        (root / name).mkdir()
+    make_folders(root)
     return root
 
 

@@ -137,8 +137,6 @@ class Service:
                 on_queue_change=self._on_queue_change,
                 send_test_notification=self.notifier.send_test if self.notifier else None,
             )
-        except ValueError as exc:  # settings that contradict each other (protect_reads without a token)
-            raise StartupError(str(exc)) from None
         except OSError as exc:  # port taken, address not on this machine, ...
             where = f"{self.settings.bind}:{self.settings.api_port}/{self.settings.site_port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
@@ -187,7 +185,7 @@ class Service:
             outbox_writable=writable,
             outbox_error=None if writable else "permission denied",
         )
-        threshold = max(self.settings.min_free_mb * 1024 * 1024, int(self._disk_needed_bytes * 1.1))
+        threshold = max(self.settings.min_free_bytes, int(self._disk_needed_bytes * 1.1))
         if free < threshold and not self._disk_paused:
             self._pause_for_disk(
                 f"the outbox has {free // (1024 * 1024)} MB free, "

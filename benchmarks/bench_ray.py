@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from daemon.settings import Settings  # noqa: E402
 from daemon.store import JobStore  # noqa: E402
 from daemon.worker import Worker  # noqa: E402
-from tests.daemon_processors import CopyProcessor  # noqa: E402
+from tests.daemon_processors import CopyProcessor, fake_photo  # noqa: E402
 from tests.ray_support import RayCluster  # noqa: E402
 from tests.support.serve import COPY_PROCESSOR, ServeProcess  # noqa: E402
 from tests.support.settings import make_folders, make_settings  # noqa: E402
@@ -102,7 +102,7 @@ def bench_dispatch(cluster: RayCluster, repeats: int) -> list[str]:
             actor = (
                 ray.remote(RestoreActor)
                 .options(num_cpus=0.5, max_concurrency=2)
-                .remote(settings.model_dump_json(exclude={"api_token"}), CopyProcessor)
+                .remote(settings.to_child_json(), CopyProcessor)
             )
             ray.get(actor.ready.remote())
             local = _time_jobs(settings, CopyProcessor(settings), data, repeats)
@@ -173,7 +173,9 @@ def bench_scaling(cluster: RayCluster) -> list[str]:
     ]
     for actors in (1, 2, 4, 8):
         count = actors * JOBS_PER_ACTOR
-        files = {f"img{n:03d}.jpg": f"SLOW{SERVICE_SECONDS}|job {n}".encode() for n in range(count)}
+        files = {
+            f"img{n:03d}.jpg": fake_photo(f"SLOW{SERVICE_SECONDS}|job {n}".encode()) for n in range(count)
+        }
         root = _fresh_root()
         env = {**cluster.daemon_env, "RESTORER_EXECUTOR": "ray", "RESTORER_RAY_ADDRESS": cluster.address}
         env |= {"RESTORER_RAY_ACTORS": str(actors), "RESTORER_RAY_NUM_CPUS": "0.1"}

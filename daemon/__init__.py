@@ -9,6 +9,7 @@ pyproject.toml checks it). The modules behind them are the daemon's own business
     store.py       JobStore: the jobs table's schema, migrations and every write
     readmodel.py   ReadModel: every read (queue order and positions, listings, stats), read-only
     watcher.py     the intake: inbox events and scans -> stable files -> jobs
+    admission.py   admit: whether a file may become a job (intake and uploads), built on pipeline.probe
     intake.py      enqueue_file: the one path from a complete file in the inbox to a job
     originals.py   where a job's original is, disposal (archive/delete/keep), moves to failed/
     retention.py   archive_days / failed_days: old archived originals and failed files deleted, jobs marked
@@ -28,11 +29,8 @@ The composition root (app/) wires these together and may reach behind this surfa
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# The pipeline's bounds on an image's shape: uploads refuse exactly what the worker would.
-from pipeline import MAX_ASPECT as IMAGE_MAX_ASPECT
-from pipeline import MAX_SIDE as IMAGE_MAX_SIDE
-
 if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the import-linter contracts
+    from daemon.admission import IMAGE_SUFFIXES, Admitted, Ignored, Refused, admit, media_type
     from daemon.beneath import NotAFileError, lstat_beneath, open_beneath
     from daemon.health import HealthState, queue_state
     from daemon.intake import FileVersion, enqueue_file
@@ -61,6 +59,10 @@ if TYPE_CHECKING:  # the same names as _HOMES below, for type checkers and the i
 # needs the settings only, and the store, the read model and SQLAlchemy cost ~0.2 s of its start-up
 # (docs/performance.md, "Fixed cost").
 _HOMES: dict[str, tuple[str, str]] = {
+    **{
+        name: ("daemon.admission", name)
+        for name in ("IMAGE_SUFFIXES", "Admitted", "Ignored", "Refused", "admit", "media_type")
+    },
     "NotAFileError": ("daemon.beneath", "NotAFileError"),
     "lstat_beneath": ("daemon.beneath", "lstat_beneath"),
     "open_beneath": ("daemon.beneath", "open_beneath"),
@@ -108,13 +110,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "IMAGE_MAX_ASPECT",
-    "IMAGE_MAX_SIDE",
+    "IMAGE_SUFFIXES",
     "STATES",
     "AddResult",
+    "Admitted",
     "DiskFullError",
     "FileVersion",
     "HealthState",
+    "Ignored",
     "Job",
     "JobNotFoundError",
     "JobPage",
@@ -127,10 +130,13 @@ __all__ = [
     "QueuePlace",
     "Rate",
     "ReadModel",
+    "Refused",
     "Settings",
     "StoreError",
+    "admit",
     "enqueue_file",
     "lstat_beneath",
+    "media_type",
     "open_beneath",
     "original_absence_reason",
     "original_location",

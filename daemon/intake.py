@@ -1,7 +1,9 @@
 """How a file in the inbox becomes a job: the one path used by the folder watcher and by uploads.
 
-`enqueue_file` takes a complete file (its relative path in the inbox and the version that was read)
-and applies every rule once: the preset its first-level folder names, the options that preset gives,
+`read_entry` opens a stable inbox file once (beneath the inbox, no link followed), admits it
+(daemon/admission.py) and hashes the very file it admitted. `enqueue_file` takes a complete, admitted
+file (its relative path in the inbox, the version that was read, what its header says) and applies
+every rule once: the preset its first-level folder names, the options that preset gives,
 the store's identity and duplicate rules, and, for a duplicate that is skipped, the configured
 originals rule (archive/delete/keep), so a skipped copy never lingers in the inbox.
 """
@@ -14,12 +16,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from daemon import originals
+from daemon.admission import Admission, Admitted, admit
 from daemon.beneath import FileIdentity, open_beneath
 from daemon.settings import Settings
 from daemon.store import AddResult, JobStore
-from pipeline import BadImageError, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -35,39 +38,34 @@ class FileVersion:
     identity: FileIdentity
 
 
-def read_version(inbox: Path, relative: str) -> FileVersion:
-    """Hash inbox/relative through a descriptor opened without following any link (NotAFileError for a
-    link, FIFO, socket or device); size and mtime are those of the file that was read."""
+@dataclass(frozen=True)
+class Entry:
+    """What intake learned from one descriptor of an inbox file."""
+
+    admission: Admission
+    size: int  # after reading: a file that changed since it looked stable is waited for again
+    mtime: float
+    version: FileVersion | None = None  # an admitted file's: the content that was admitted
+
+
+def read_entry(settings: Settings, inbox: Path, relative: str) -> Entry:
+    """Admit inbox/relative and, when admitted, hash that same file, through one descriptor opened without
+    following any link (NotAFileError for a link, FIFO, socket or device)."""
     fd = open_beneath(inbox, relative)
     with os.fdopen(fd, "rb") as handle:
+        admission = admit(settings, relative, handle)
+        version = _version(handle) if isinstance(admission, Admitted) else None
         status = os.fstat(handle.fileno())
-        digest = hashlib.sha256()
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
+    return Entry(admission, status.st_size, status.st_mtime, version)
+
+
+def _version(handle: BinaryIO) -> FileVersion:
+    handle.seek(0)
+    status = os.fstat(handle.fileno())
+    digest = hashlib.sha256()
+    while chunk := handle.read(1024 * 1024):
+        digest.update(chunk)
     return FileVersion(digest.hexdigest(), status.st_size, status.st_mtime, FileIdentity.of(status))
-
-
-SNIFF_BYTES = 32  # enough for every magic sniff_format knows
-
-
-def refusal_before_reading(
-    settings: Settings, inbox: Path, relative: str, size: int
-) -> tuple[str, str] | None:
-    """(what was wrong, what to do) for a file intake must not read whole: larger than max_input_mb, or
-    its first bytes are no known image type (a video, a document, an empty file). Every file is checked,
-    so a non-image fails here with a plain reason instead of reaching a worker. None: go ahead and hash it."""
-    limit = settings.max_input_mb * 1024 * 1024
-    if size > limit:
-        what = f"the file is {size / 1024**2:,.0f} MB, more than the {settings.max_input_mb} MB limit"
-        return what, originals.TOO_LARGE_ADVICE
-    fd = open_beneath(inbox, relative)
-    with os.fdopen(fd, "rb") as handle:
-        head = handle.read(SNIFF_BYTES)
-    try:
-        sniff_format(head)
-    except BadImageError as exc:
-        return str(exc), originals.advice_for(exc, 0)
-    return None
 
 
 def refuse_file(
@@ -101,9 +99,12 @@ def preset_for(settings: Settings, relative: str) -> str | None:
     return None
 
 
-def enqueue_file(settings: Settings, store: JobStore, relative: str, version: FileVersion) -> AddResult:
+def enqueue_file(
+    settings: Settings, store: JobStore, relative: str, version: FileVersion, admitted: Admitted
+) -> AddResult:
     """Record inbox/`relative` as a job (or recognise it as known); a skipped duplicate's original is
-    disposed of at once. Blocking (SQLite, and a file move for a skipped duplicate)."""
+    disposed of at once. Blocking (SQLite, and a file move for a skipped duplicate). The admitted size is
+    recorded with it: what the queue's estimates count, without reading the file again."""
     preset = preset_for(settings, relative)
     result = store.add(
         relative,
@@ -113,6 +114,7 @@ def enqueue_file(settings: Settings, store: JobStore, relative: str, version: Fi
         preset=preset,
         options=dataclasses.asdict(settings.restore_options(preset)),
         duplicate_content=settings.duplicate_content,
+        input_megapixels=admitted.megapixels,
     )
     if not result.created:
         return result

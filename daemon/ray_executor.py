@@ -203,7 +203,7 @@ def _actor_error(error: object) -> Exception:
 def max_output_bytes(settings: Settings, options: RestoreOptions) -> int:
     """The largest output the options allow: the biggest input scaled, uncompressed at 16-bit RGBA (8
     bytes a pixel), plus room for metadata. An actor's reply above it is refused."""
-    pixels = settings.max_input_megapixels * 1e6 * options.scale**2
+    pixels = settings.max_input_pixels * options.scale**2
     if options.max_output_megapixels is not None:
         pixels = min(pixels, options.max_output_megapixels * 1e6)
     return int(pixels * 8) + (64 << 20)
@@ -235,7 +235,7 @@ class RestoreActor:
         self._info: dict[str, Any] = {}
         self._failure: str | None = None
         try:
-            settings = Settings.model_validate_json(settings_json)
+            settings = Settings.from_child_json(settings_json)
             self._processor = processor_factory(settings)
             self._info = self._processor.warm_up(settings.restore_options())
         except Exception as exc:
@@ -505,7 +505,7 @@ class RayClient:
     ) -> None:
         self.settings_json = settings_json
         self.processor_factory = processor_factory
-        self.settings = Settings.model_validate_json(settings_json)
+        self.settings = Settings.from_child_json(settings_json)
         self.conn, self.stop, self.wake, self.paused = conn, stop, wake, paused
         self._send_lock = threading.Lock()
         self.slots: list[ActorSlot] = []

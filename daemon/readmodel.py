@@ -105,7 +105,7 @@ class Job:
     report: dict[str, Any] | None
     note: str | None
     cancel_requested: bool
-    input_megapixels: float | None  # written when the job finishes
+    input_megapixels: float | None  # from the header at intake; the decoded size when it finishes
     work_seconds: float | None  # the pipeline's own clock, else wall time; written when it finishes
     cleaned_at: datetime | None  # when retention removed the original (archive_days / failed_days)
 

@@ -6,6 +6,7 @@ config/restorer.example.toml documents every key.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import datetime
@@ -74,6 +75,8 @@ DEFAULT_NOTIFY_EVENTS = ["batch.finished", "job.failed", "daemon.degraded", "dae
 # before a comma that starts the next URL (scheme://).
 _NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 CREDENTIAL_TOKEN = "api_token"
+MEGAPIXEL = 1_000_000  # pixels
+MEGABYTE = 1024 * 1024  # bytes: the *_mb settings are binary megabytes
 
 
 class CredentialSource(PydanticBaseSettingsSource):
@@ -136,9 +139,11 @@ class Settings(BaseSettings):
     api_port: int = Field(8001, description="port of the JSON API (0: any free port)", ge=0, le=65535)
     site_port: int = Field(8091, description="port of the status page (0: any free port)", ge=0, le=65535)
     # At least 16 characters. Under systemd it may come from LoadCredential= (the file
-    # $CREDENTIALS_DIRECTORY/api_token), see systemd/README.md.
+    # $CREDENTIALS_DIRECTORY/api_token), see systemd/README.md. Secrets (this, the *_file settings, the
+    # notify URLs and the webhook's) are the fields marked exclude=True: that mark is the one list of them,
+    # so no dump (the copy sent to workers and Ray actors, public_dict) carries one.
     api_token: SecretStr | None = Field(
-        None, description="token for uploads, retry and cancel (without: loopback only)"
+        None, exclude=True, description="token for uploads, retry and cancel (without: loopback only)"
     )
     # The token from a file instead (compose's secret /run/secrets/restorer_api_token), so it is never in
     # the environment. Read when the settings are made; left out of dumps, so the settings sent to a
@@ -393,6 +398,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _protected_reads_need_a_token(self) -> Settings:
+        if self.protect_reads and self.api_token is None:
+            raise ValueError(
+                "protect_reads needs api_token: set RESTORER_API_TOKEN (or api_token_file, or a systemd "
+                "credential), or turn protect_reads off"
+            )
+        return self
+
     @field_validator("run_hours")
     @classmethod
     def _run_windows(cls, value: list[str]) -> list[str]:
@@ -512,14 +526,42 @@ class Settings(BaseSettings):
         finally:
             cls._toml_file = None
 
-    # Derived views for the other layers.
+    def to_child_json(self) -> str:
+        """The settings for a worker process or a Ray actor: every field but the secrets."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_child_json(cls, text: str) -> Settings:
+        """Settings rebuilt from to_child_json, without the secrets. The rule that ties a setting to a
+        secret (protect_reads needs api_token) was checked by the daemon, which holds the secret: the
+        setting is validated off and put back as it was."""
+        data = json.loads(text)
+        protect_reads = bool(data.pop("protect_reads", False))
+        return cls.model_validate(data).model_copy(update={"protect_reads": protect_reads})
+
+    # Derived views for the other layers: the limits in the units the code compares (written once here).
     @property
     def db_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
 
     @property
     def min_free_bytes(self) -> int:
-        return self.min_free_mb * 1024 * 1024
+        return self.min_free_mb * MEGABYTE
+
+    @property
+    def max_input_bytes(self) -> int:
+        return self.max_input_mb * MEGABYTE
+
+    @property
+    def max_input_pixels(self) -> int:
+        return int(self.max_input_megapixels * MEGAPIXEL)
+
+    @property
+    def max_output_pixels(self) -> int | None:
+        """The configured output cap in pixels (None: no cap beyond what the scale makes)."""
+        if self.max_output_megapixels is None:
+            return None
+        return int(self.max_output_megapixels * MEGAPIXEL)
 
     @property
     def cache_dir(self) -> Path:
@@ -568,7 +610,7 @@ class Settings(BaseSettings):
 
     def public_dict(self) -> dict[str, Any]:
         """What the API and page may show: everything but secrets."""
-        data = self.model_dump(mode="json", exclude={"api_token"})
+        data = self.model_dump(mode="json")
         data["api_token_set"] = self.api_token is not None
         data["webhook_set"] = self.webhook_url is not None
         data["notify_targets"] = len(self.notify_urls)

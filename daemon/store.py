@@ -375,11 +375,14 @@ class JobStore(ReadModel):
         duplicate_content: Literal["skip", "process"] = "skip",
         detected_at: datetime | None = None,
         refused: str | None = None,
+        input_megapixels: float | None = None,
     ) -> AddResult:
         """Record a stable file version as a job (see the module docstring for the rules).
 
         refused: why intake refuses the entry (a link, a FIFO, a file too large...): the row is created
-        failed (bad-input) with that reason, so no worker can claim it first."""
+        failed (bad-input) with that reason, so no worker can claim it first.
+        input_megapixels: the size admission read from the header (the ETA's; finish records the decoded
+        size, the same for every file admission takes)."""
         now = utcnow()
         with self._write() as conn:
             same_file = conn.execute(
@@ -415,9 +418,9 @@ class JobStore(ReadModel):
             result = conn.execute(
                 text(
                     "INSERT INTO jobs (input_path, content_sha256, size_bytes, mtime, preset, options, "
-                    "state, priority, detected_at, finished_at, note, error, failure_kind) VALUES (:p, :h, "
-                    ":s, :m, :preset, :options, :state, :priority, :detected, :finished, :note, :error, "
-                    ":kind) "
+                    "state, priority, detected_at, finished_at, note, error, failure_kind, input_megapixels) "
+                    "VALUES (:p, :h, :s, :m, :preset, :options, :state, :priority, :detected, :finished, "
+                    ":note, :error, :kind, :megapixels) "
                     "ON CONFLICT DO NOTHING RETURNING " + JOB_COLUMNS
                 ),
                 {
@@ -434,6 +437,7 @@ class JobStore(ReadModel):
                     "note": note,
                     "error": refused,
                     "kind": None if refused is None else "bad-input",
+                    "megapixels": input_megapixels,
                 },
             ).first()
             if result is None:  # the same version raced in from another process

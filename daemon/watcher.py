@@ -7,8 +7,9 @@ Three sources feed ONE set of pending files (so a file seen by several is still 
   - a periodic full rescan (events can be lost: inotify queue overflow, a watcher restart, a remount).
 
 A pending file becomes a job when its size AND mtime have not changed for stability_seconds (the
-StabilityTracker's rule); then it is hashed and handed to intake.enqueue_file, the one path from a file
-to a job, whose identity rules make a second row for the same file version impossible. Versions already
+StabilityTracker's rule); then it is admitted (daemon/admission.py: a refused file becomes a failed job
+with the pipeline's reason), hashed and handed to intake.enqueue_file, the one path from a file to a
+job, whose identity rules make a second row for the same file version impossible. Versions already
 recorded (size, mtime) are remembered, so rescans and touches do not hash unchanged files again.
 
 The watcher itself is watched: a dead observer thread, an unreachable inbox (share gone, EIO) or an
@@ -36,9 +37,10 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
 from daemon import fsinfo, originals
+from daemon.admission import Admitted, Refused
 from daemon.beneath import NotAFileError, kind_of, lstat_beneath, open_folder, stat_root, walk
 from daemon.health import HealthState
-from daemon.intake import enqueue_file, read_version, refusal_before_reading, refuse_file
+from daemon.intake import enqueue_file, read_entry, refuse_file
 from daemon.names import is_junk, is_junk_dir
 from daemon.settings import Settings
 from daemon.stability import StabilityTracker
@@ -336,11 +338,7 @@ class Intake:
             self._refuse_entry(relative, stable, kind_of(stable.st_mode))
             return
         try:
-            refusal = refusal_before_reading(self.settings, self._inbox, relative, stable.st_size)
-            if refusal is not None:
-                self._refuse(relative, stable, *refusal)
-                return
-            version = read_version(self._inbox, relative)
+            entry = read_entry(self.settings, self._inbox, relative)
         except NotAFileError as exc:  # it turned into one since the look
             self._refuse_entry(relative, stable, exc.kind)
             return
@@ -351,11 +349,18 @@ class Intake:
             log.warning("intake: cannot read %s, will retry at the next scan: %s", relative, exc)
             self._pending.forget(relative)
             return
-        if (version.size, version.mtime) != (stable.st_size, stable.st_mtime):
-            self._pending.see(relative, version.size, version.mtime)  # changed while hashed: wait again
+        if (entry.size, entry.mtime) != (stable.st_size, stable.st_mtime):
+            self._pending.see(relative, entry.size, entry.mtime)  # changed while read: wait again
             return
-        result = enqueue_file(self.settings, self.store, relative, version)
-        self._done_with(relative, stable, result)
+        admission = entry.admission
+        if isinstance(admission, Refused):
+            self._refuse(relative, stable, admission.what, admission.advice)
+        elif isinstance(admission, Admitted) and entry.version is not None:
+            self._done_with(
+                relative, stable, enqueue_file(self.settings, self.store, relative, entry.version, admission)
+            )
+        else:  # Ignored: a junk name (the watcher skips those before they are pending)
+            self._pending.forget(relative)
 
     def _refuse_entry(self, relative: str, stable: os.stat_result, kind: str) -> None:
         self._refuse(relative, stable, *originals.not_a_file_texts(kind))

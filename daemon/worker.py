@@ -38,7 +38,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 
-from daemon import originals, schedule
+from daemon import admission, originals, schedule
 from daemon.beneath import FileTooLargeError, NotAFileError, lstat_beneath, open_folder
 from daemon.logs import configure_logging
 from daemon.messages import Beat, Busy, DiskFull, Fatal, Finished, Ready, WorkerMessage
@@ -205,13 +205,13 @@ class Worker:
     def _run(self, job: Job) -> Job:
         source = originals.location(self.settings, job)
         try:
-            limit = self.settings.max_input_mb * 1024 * 1024
+            limit = self.settings.max_input_bytes
             original = originals.read(source, limit) if source is not None else None
         except NotAFileError as exc:  # a link or special file took the photo's place: never followed
             return self._refuse(job, *originals.not_a_file_texts(exc.kind))
         except FileTooLargeError as exc:
-            what = f"the file is {exc.size / 1024**2:,.0f} MB, more than the {exc.limit // 1024**2} MB limit"
-            return self._refuse(job, what, originals.TOO_LARGE_ADVICE)
+            too_large = admission.too_large(exc.size, exc.limit)
+            return self._refuse(job, too_large.what, too_large.advice)
         except FileNotFoundError:
             original = None
         if original is None:
@@ -350,7 +350,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(log_level, "%(asctime)s %(levelname)s worker: %(message)s")
-    settings = Settings.model_validate_json(settings_json)
+    settings = Settings.from_child_json(settings_json)
     # Below the service's priority: status answers stay fast while restoration saturates the CPU
     # (benchmarks/bench_api.py: busy p99 halves). With the CPU otherwise idle it costs nothing.
     os.nice(WORKER_NICENESS)

@@ -245,7 +245,7 @@ class WorkerPool:
             args=(
                 worker.target,
                 worker.env,
-                self.settings.model_dump_json(exclude={"api_token"}),
+                self.settings.to_child_json(),
                 self.processor_factory,
                 child,
                 self._stop,

@@ -6,11 +6,10 @@ holds them to it), everything else is private to the package:
     restore_bytes -> RestoredFile        one file: decode, restore, encode (worker, CLI, bench, Ray actor)
     Restorer                             loads the networks once, then restores Images
     STAGE_WEIGHTS, stage_spans           the progress stages in the order they run, for progress bars
-    probe -> ImageInfo                   header-only checks, exactly load_image's (uploads, intake);
-    MAX_SIDE, MAX_ASPECT                 the shape bounds those checks apply
-    sniff_format                         the format from a file's first bytes (intake, before reading)
+    probe -> ImageInfo                   header-only checks, exactly load_image's (daemon's admission)
     load_image, Image                    decoding a file
     FORMAT_EXTENSIONS, INPUT_EXTENSIONS  extensions written per format / read from folders
+    SUFFIX_FORMATS, MEDIA_TYPES          the one list of image suffixes (with their format), media types
     RestoreOptions, EngineConfig,        what to do and how to run it, the default model and the choices
     DEFAULT_MODEL, Backend, Device,      settings offer
     Precision, OutputFormat, ColourMode
@@ -28,11 +27,10 @@ networks) load when a Restorer first needs them.
 from pipeline.imageio import (
     FORMAT_EXTENSIONS,
     INPUT_EXTENSIONS,
-    MAX_ASPECT,
-    MAX_SIDE,
+    MEDIA_TYPES,
+    SUFFIX_FORMATS,
     load_image,
     probe,
-    sniff_format,
 )
 from pipeline.models import ModelSpec, get_spec
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
@@ -71,10 +69,10 @@ __all__ = [
     "DEFAULT_MODEL",
     "FORMAT_EXTENSIONS",
     "INPUT_EXTENSIONS",
-    "MAX_ASPECT",
-    "MAX_SIDE",
+    "MEDIA_TYPES",
     "MIN_TILE",
     "STAGE_WEIGHTS",
+    "SUFFIX_FORMATS",
     "AbsurdDimensionsError",
     "Backend",
     "BackendUnavailableError",
@@ -107,6 +105,5 @@ __all__ = [
     "model_statuses",
     "probe",
     "restore_bytes",
-    "sniff_format",
     "stage_spans",
 ]

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -59,10 +61,32 @@ FORMAT_EXTENSIONS: dict[str, str] = {
     "gif": ".gif",
 }
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff")
-# File name extensions a folder scan treats as images (the content is still checked on load).
-INPUT_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif", ".gif"}
-)
+# The one list of file name extensions of the formats load_image reads, with each one's format: what a
+# folder scan (`restorer restore`, `restorer eval`) takes, the names uploads keep, the media type a
+# file is served with (the content is still checked on load).
+SUFFIX_FORMATS: dict[str, str] = {
+    ".jpg": "jpg",
+    ".jpeg": "jpg",
+    ".jpe": "jpg",
+    ".png": "png",
+    ".webp": "webp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".bmp": "bmp",
+    ".heic": "heic",
+    ".heif": "heic",
+    ".gif": "gif",
+}
+INPUT_EXTENSIONS = frozenset(SUFFIX_FORMATS)
+MEDIA_TYPES: dict[str, str] = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "tiff": "image/tiff",
+    "bmp": "image/bmp",
+    "heic": "image/heic",
+    "gif": "image/gif",
+}
 
 DEFAULT_MAX_PIXELS = 200_000_000  # load_image's limit when the caller sets none (settings set their own)
 MAX_SIDE = 100_000  # pixels; beyond this no real photo exists, only crafted headers
@@ -107,33 +131,41 @@ SUPPORTED_NAMES = "JPEG, PNG, WebP, TIFF, BMP, HEIC/HEIF or GIF"
 def load_image(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
     """Decode a file (path or bytes) into an upright Image; raises BadImageError subclasses."""
     data = source.read_bytes() if isinstance(source, Path) else bytes(source)
-    with _opened(data, max_pixels) as (picture, kind):
+    with _opened(io.BytesIO(data), max_pixels) as (picture, kind):
         return _decode(picture, data, kind)
 
 
-def probe(data: bytes, max_pixels: int) -> ImageInfo:
+def probe(source: bytes | BinaryIO, max_pixels: int) -> ImageInfo:
     """Format, upright size and mode from the header alone, with exactly load_image's checks and errors
     (everything before the pixel decode: magic bytes, dimensions, pixel limit, structural truncation).
 
-    What only a full decode finds (damage inside the compressed pixel data) is left to load_image."""
-    with _opened(bytes(data), max_pixels) as (picture, kind):
+    source: the file's bytes, or the file itself (seekable, binary), which is read in pieces and never
+    whole: checking a 200 MB upload costs a few MB of memory, and nothing is decoded. What only a full
+    decode finds (damage inside the compressed pixel data) is left to load_image. A PNG's orientation is
+    taken from an eXIf chunk before the pixel data only (one after it would cost the decode): the pixel
+    count, and so every refusal, is the same either way."""
+    stream = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
+    with _opened(stream, max_pixels) as (picture, kind):
         width, height = _stored_size(picture, kind)
-        if _orientation(picture, kind) in _TRANSPOSING:
+        if _header_orientation(picture, kind) in _TRANSPOSING:
             width, height = height, width
         return ImageInfo(format=kind, width=width, height=height, mode=picture.mode)
 
 
 @contextmanager
-def _opened(data: bytes, max_pixels: int) -> Iterator[tuple[PILImage.Image, str]]:
+def _opened(stream: BinaryIO, max_pixels: int) -> Iterator[tuple[PILImage.Image, str]]:
     """The checks load_image and probe share, in order, yielding the opened (not decoded) picture."""
-    if not data:
+    stream.seek(0)
+    head = stream.read(_SNIFF_BYTES)
+    if not head:
         raise EmptyFileError("empty file (0 bytes)")
-    kind = _sniff(data)
+    kind = _sniff(head)
     if kind == "heic":
         _register_heif()
     with _strict_pillow():
         try:
-            picture = PILImage.open(io.BytesIO(data))
+            stream.seek(0)
+            picture = PILImage.open(stream)
         except UnidentifiedImageError:
             raise CorruptImageError(f"damaged {kind.upper()} header: the file cannot be read") from None
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
@@ -145,20 +177,23 @@ def _opened(data: bytes, max_pixels: int) -> Iterator[tuple[PILImage.Image, str]
                 raise UnsupportedFormatError(
                     f"{picture.format} files are not supported; use {SUPPORTED_NAMES}"
                 )
-            _check_structure(data, actual)
-            yield picture, actual
+            _check_structure(stream, actual)
+            yield picture, actual  # Pillow seeks to its own offsets when it decodes
+
+
+_SNIFF_BYTES = 32  # enough for every magic _sniff knows
+_READ_BYTES = 1024 * 1024  # what a structure check holds at a time
 
 
 def sniff_format(head: bytes) -> str:
     """The format a file's first 32 bytes announce ("jpg", "png", ...); raises NotAnImageError or
-    UnsupportedFormatError with load_image's words. Lets a caller refuse a 20 GB video from its first
-    bytes instead of reading it whole."""
+    UnsupportedFormatError with load_image's words (probe and load_image start with this check)."""
     return _sniff(head)
 
 
 def _sniff(data: bytes) -> str:
     """The format from magic bytes; raises NotAnImageError / UnsupportedFormatError."""
-    head = data[:32]
+    head = data[:_SNIFF_BYTES]
     if head.startswith(b"\xff\xd8\xff"):
         return "jpg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -185,22 +220,28 @@ def _register_heif() -> None:
     pillow_heif.register_heif_opener()
 
 
+# Pillow's switches are process-wide: threads that probe at once (the daemon's intake and uploads) take
+# turns, or one could save another's None and leave Pillow's bomb check off for good.
+_PILLOW_SWITCHES = threading.RLock()
+
+
 @contextmanager
 def _strict_pillow() -> Iterator[None]:
     """Decode fully or fail: truncated data is an error, and the pixel limit is ours, checked first.
 
     Pillow's own bomb check (a warning, then an error at 2x its 89 MP default) would refuse images our
     configurable limit allows, so it is switched off while we open; our check runs on the header."""
-    saved_truncated, saved_limit = ImageFile.LOAD_TRUNCATED_IMAGES, PILImage.MAX_IMAGE_PIXELS
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    PILImage.MAX_IMAGE_PIXELS = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's format quirks are handled below, not printed
-            yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
-        PILImage.MAX_IMAGE_PIXELS = saved_limit
+    with _PILLOW_SWITCHES:
+        saved_truncated, saved_limit = ImageFile.LOAD_TRUNCATED_IMAGES, PILImage.MAX_IMAGE_PIXELS
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        PILImage.MAX_IMAGE_PIXELS = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's format quirks are handled below, not printed
+                yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
+            PILImage.MAX_IMAGE_PIXELS = saved_limit
 
 
 def _check_dimensions(size: tuple[int, int], max_pixels: int) -> None:
@@ -218,26 +259,29 @@ def _check_dimensions(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _check_structure(data: bytes, kind: str) -> None:
-    """Catch the truncations a decoder might paper over."""
-    if kind == "jpg" and not _jpeg_has_end(data):
+def _check_structure(stream: BinaryIO, kind: str) -> None:
+    """Catch the truncations a decoder might paper over. The file is read a piece at a time."""
+    if kind == "jpg" and not _jpeg_has_end(stream):
         raise CorruptImageError("truncated JPEG: the image data ends before its end-of-image marker")
     if kind == "png":
-        _check_png_chunks(data)
+        _check_png_chunks(stream)
 
 
-def _check_png_chunks(data: bytes) -> None:
+def _check_png_chunks(stream: BinaryIO) -> None:
     """Every chunk complete and matching its CRC, up to IEND (Pillow does not check IDAT's CRC)."""
-    view = memoryview(data)  # no copies: a 200 MB PNG is checked in place
+    size = stream.seek(0, io.SEEK_END)
     position = 8
-    while position + 12 <= len(data):
-        length = int.from_bytes(data[position : position + 4], "big")
+    while position + 12 <= size:
+        stream.seek(position)
+        head = stream.read(8)
+        length, kind = int.from_bytes(head[:4], "big"), head[4:8]
         end = position + 12 + length
-        if end > len(data):
+        if end > size:
             break
-        kind = data[position + 4 : position + 8]
-        crc = int.from_bytes(data[end - 4 : end], "big")
-        if zlib.crc32(view[position + 4 : end - 4]) & 0xFFFFFFFF != crc:
+        crc = zlib.crc32(kind)
+        for piece in _pieces(stream, length):
+            crc = zlib.crc32(piece, crc)
+        if crc & 0xFFFFFFFF != int.from_bytes(stream.read(4), "big"):
             name = kind.decode("latin-1", errors="replace")
             raise CorruptImageError(f"corrupt PNG: chunk {name} fails its checksum")
         if kind == b"IEND":
@@ -246,24 +290,46 @@ def _check_png_chunks(data: bytes) -> None:
     raise CorruptImageError("truncated PNG: the file ends before its IEND chunk")
 
 
-def _jpeg_has_end(data: bytes) -> bool:
+def _pieces(stream: BinaryIO, length: int) -> Iterator[bytes]:
+    """The next `length` bytes of the stream, at most _READ_BYTES at a time (fewer if it ends early)."""
+    while length > 0 and (piece := stream.read(min(length, _READ_BYTES))):
+        length -= len(piece)
+        yield piece
+
+
+def _jpeg_has_end(stream: BinaryIO) -> bool:
     """Walk the marker segments to the first scan, then look for EOI after it (skipping any EXIF
     thumbnail, which is a whole JPEG with its own EOI inside APP1)."""
+    size = stream.seek(0, io.SEEK_END)
     position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
+    while position + 4 <= size:
+        stream.seek(position)
+        segment = stream.read(4)
+        if len(segment) < 4 or segment[0] != 0xFF:
             return False
-        marker = data[position + 1]
+        marker = segment[1]
         if marker == 0xFF:  # fill byte
             position += 1
             continue
         if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
             position += 2
             continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        length = int.from_bytes(segment[2:4], "big")
         if marker == 0xDA:  # start of scan: entropy-coded data follows
-            return data.find(b"\xff\xd9", position + 2 + length) >= 0
+            return _contains_end_marker(stream, position + 2 + length)
         position += 2 + length
+    return False
+
+
+def _contains_end_marker(stream: BinaryIO, start: int) -> bool:
+    """Whether FF D9 occurs at or after `start`, also across two pieces."""
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(start)
+    last = b""
+    for piece in _pieces(stream, size - start):
+        if b"\xff\xd9" in piece or (last == b"\xff" and piece[:1] == b"\xd9"):
+            return True
+        last = piece[-1:]
     return False
 
 
@@ -373,6 +439,23 @@ def _orientation(picture: PILImage.Image, kind: str) -> int:
             value = picture.getexif().get(_ORIENTATION, 1)
         orientation = int(value or 1)
     except Exception:  # a damaged EXIF block must not cost the picture: upright as stored
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def _header_orientation(picture: PILImage.Image, kind: str) -> int:
+    """_orientation without a decode: Pillow's PNG getexif() loads the whole image to look for an eXIf
+    chunk after the pixel data, so for PNG only an eXIf chunk the header held counts."""
+    if kind != "png":
+        return _orientation(picture, kind)
+    raw = picture.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = PILImage.Exif()
+        exif.load(raw)
+        orientation = int(exif.get(_ORIENTATION, 1) or 1)
+    except Exception:  # damaged EXIF: upright as stored, like _orientation
         return 1
     return orientation if 1 <= orientation <= 8 else 1
 

@@ -64,7 +64,7 @@ class SiteContext:
     def __post_init__(self) -> None:
         self.reads = ReadModel(self.store.db_path)
         self.spool_space = SpoolSpace(self.settings.state_dir / "uploads", self.settings.min_free_bytes)
-        self.estimator = Estimator(self.reads, self.settings, self.file_executor)
+        self.estimator = Estimator(self.reads, self.settings)
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """Store work, in the database pool."""

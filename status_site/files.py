@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from PIL import Image as PILImage
 from PIL import ImageFile
 
-from daemon import NotAFileError, lstat_beneath, open_beneath, original_absence_reason, original_location
+from daemon import (
+    NotAFileError,
+    lstat_beneath,
+    media_type,
+    open_beneath,
+    original_absence_reason,
+    original_location,
+)
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
@@ -43,18 +50,6 @@ IN_PROCESS_MAX_PIXELS = 16_000_000
 CHILD_SECONDS = 120
 # Formats every browser shows; anything else (TIFF, HEIC, BMP, 16-bit PNG...) is converted for previews.
 BROWSER_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
-CONTENT_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".gif": "image/gif",
-    ".bmp": "image/bmp",
-    ".tif": "image/tiff",
-    ".tiff": "image/tiff",
-    ".heic": "image/heic",
-    ".heif": "image/heif",
-}
 
 try:  # HEIC inputs (iPhone photos) get previews when pillow-heif is present.
     import pillow_heif
@@ -88,7 +83,7 @@ class JobFile:
 
     @property
     def content_type(self) -> str:
-        return CONTENT_TYPES.get(self.path.suffix.lower(), "application/octet-stream")
+        return media_type(self.path.name)
 
     @property
     def etag(self) -> str:
@@ -259,10 +254,10 @@ def _bomb(exc: BaseException) -> Problem:
 def preview_pixel_limit(which: Which, settings: Settings) -> int:
     """The pipeline's own limit: what it accepts as input, and what it may write as output."""
     if which == "input":
-        return int(settings.max_input_megapixels * 1e6)
-    if settings.max_output_megapixels is not None:
-        return int(settings.max_output_megapixels * 1e6)
-    return int(settings.max_input_megapixels * 1e6 * 16)  # a 4x model makes 16x the pixels
+        return settings.max_input_pixels
+    if settings.max_output_pixels is not None:
+        return settings.max_output_pixels
+    return settings.max_input_pixels * 16  # a 4x model makes 16x the pixels
 
 
 def check_pixels(image: PILImage.Image, max_pixels: int) -> None:

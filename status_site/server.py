@@ -42,8 +42,6 @@ async def start_servers(
     Port 0 picks a free port (`bound_port(runner)` says which). Stop with `await runner.cleanup()` on
     each runner; the last cleanup also stops the shared thread pool.
     """
-    if settings.protect_reads and settings.api_token is None:
-        raise ValueError("protect_reads needs api_token: set RESTORER_API_TOKEN (or LoadCredential)")
     ctx = SiteContext(
         settings=settings,
         store=store,

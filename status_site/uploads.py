@@ -10,9 +10,10 @@ Order of events, so a refused upload leaves nothing behind in the inbox:
    within upload_deadline_seconds, and a client that sends nothing for UPLOAD_IDLE_SECONDS is cut off
    sooner (408). Every part streams to an unnamed temp file in the state dir (never RAM, never the
    inbox), hashed on the way.
-2. validation in a thread, from the spooled file: an image we can read (header, sane dimensions, the
-   pipeline's pixel limit; verify(), and a decode of up to files.IN_PROCESS_MAX_PIXELS (JPEG at 1/8)
-   so truncated files are caught now, not in the worker).
+2. admission in a thread, from the spooled file: daemon.admit, the check intake applies to dropped
+   files (the pipeline's own header checks: an image it reads, sane dimensions, max_input_megapixels,
+   max_input_mb, a complete JPEG or PNG), so an upload is refused exactly when a dropped file would be,
+   in the same words; nothing is decoded.
 3. publish: each file goes into the inbox (or inbox/<preset>/) through daemon.publish.publish_file, the
    same temp-file + fsync + link protocol the worker uses for outputs; names never overwrite.
 4. record: each published file becomes a job right away through daemon.intake.enqueue_file, the one
@@ -32,21 +33,22 @@ import unicodedata
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 
 from daemon import (
-    IMAGE_MAX_ASPECT,
-    IMAGE_MAX_SIDE,
+    IMAGE_SUFFIXES,
+    Admitted,
     DiskFullError,
     FileVersion,
+    Ignored,
     PublishError,
+    admit,
     enqueue_file,
     publish_file,
     safe_file_name,
 )
-from status_site.files import IN_PROCESS_MAX_PIXELS, open_header
 from status_site.problems import Problem
 
 if TYPE_CHECKING:
@@ -57,25 +59,7 @@ CHUNK = 256 * 1024
 UPLOAD_SLOTS = 4  # uploads streaming at once; each holds a connection and a spool file
 UPLOAD_IDLE_SECONDS = 60.0  # a client that sends nothing for this long is cut off before its deadline
 T = TypeVar("T")
-FORMAT_EXTENSIONS = {
-    "JPEG": ".jpg",
-    "PNG": ".png",
-    "WEBP": ".webp",
-    "TIFF": ".tif",
-    "BMP": ".bmp",
-    "GIF": ".gif",
-    "HEIF": ".heic",
-    "MPO": ".jpg",  # multi-picture JPEG from some cameras
-}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif"}
 UPLOAD_NAME_MAX_BYTES = 200
-
-try:
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except ImportError:  # pragma: no cover
-    pass
 
 
 @dataclass
@@ -317,48 +301,16 @@ def _too_large(detail: str) -> Problem:
     return Problem(413, "upload-too-large", "Upload too large", detail)
 
 
-def validate_image(handle: BinaryIO, name: str, max_pixels: int) -> str:
-    """Check that the spooled file is a readable image within limits; return its format's extension.
+def admit_upload(settings: Settings, spooled: SpooledFile) -> Admitted:
+    """The spooled file admitted as a dropped file would be (daemon.admit), or a 422 in its words.
 
-    Blocking and CPU-bound: run it in a thread. Headers are read with files.open_header (the formats we
-    restore, no global Pillow setting touched); at most IN_PROCESS_MAX_PIXELS are ever decoded here.
-    """
-    try:
-        with open_header(handle) as image:
-            extension = FORMAT_EXTENSIONS.get(image.format or "")
-            width, height = image.size
-    except Problem:
-        raise _bad(
-            name, "is not an image this service can read (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC)"
-        ) from None
-    if extension is None:
-        raise _bad(name, f"is a {image.format} image, which this service does not restore")
-    if (
-        width < 1
-        or height < 1
-        or max(width, height) > IMAGE_MAX_SIDE
-        or max(width, height) / min(width, height) > IMAGE_MAX_ASPECT
-    ):
-        raise _bad(name, f"has absurd dimensions {width}x{height}")
-    if width * height > max_pixels:
-        raise _bad(
-            name,
-            f"has {width}x{height} = {width * height / 1e6:.0f} megapixels, more than the "
-            f"{max_pixels / 1e6:.0f} megapixel limit (max_input_megapixels)",
-        )
-    try:
-        # verify() checks structure (PNG chunk CRCs, a missing end); a decode catches truncated data.
-        # Huge images only get verify(): decoding them here would cost the daemon's memory.
-        with open_header(handle) as image:
-            image.verify()
-        with open_header(handle) as image:
-            if image.format in ("JPEG", "MPO"):
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            if image.width * image.height <= IN_PROCESS_MAX_PIXELS:
-                image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _bad(name, f"is damaged or truncated ({exc})") from None
-    return extension
+    Blocking (it reads the spool file, never whole, and decodes nothing): run it in a thread."""
+    admission = admit(settings, spooled.safe_name, spooled.data)
+    if isinstance(admission, Admitted):
+        return admission
+    if isinstance(admission, Ignored):
+        raise _bad(spooled.name, "has a name the inbox ignores (a dotfile, a system file or a download)")
+    raise _bad(spooled.name, f"was refused: {admission.what}")
 
 
 def _bad(name: str, what: str) -> Problem:
@@ -385,7 +337,9 @@ def check_preset(preset: str | None, settings: Settings) -> str | None:
     return preset
 
 
-def publish_and_record(ctx: SiteContext, spooled: SpooledFile, name: str, preset: str | None) -> Job:
+def publish_and_record(
+    ctx: SiteContext, spooled: SpooledFile, admitted: Admitted, name: str, preset: str | None
+) -> Job:
     """Blocking: publish into the inbox (inbox/<preset>/ applies the preset, as for dropped files),
     record the job the way the watcher does, then tell the service (on_job wakes the worker)."""
     settings = ctx.settings
@@ -397,7 +351,7 @@ def publish_and_record(ctx: SiteContext, spooled: SpooledFile, name: str, preset
     )
     relative = PurePosixPath(*published.path.relative_to(settings.inbox).parts).as_posix()
     version = FileVersion(spooled.sha256, published.identity.size, published.mtime, published.identity)
-    result = enqueue_file(settings, ctx.store, relative, version)
+    result = enqueue_file(settings, ctx.store, relative, version, admitted)
     if result.created and ctx.on_job is not None:
         ctx.on_job(result)
     return result.job
@@ -421,15 +375,14 @@ async def _handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepte
     files, raw_preset = await read_uploads(request, ctx)
     try:
         preset = check_preset(raw_preset, ctx.settings)
-        max_pixels = int(ctx.settings.max_input_megapixels * 1e6)
-        checked: list[tuple[SpooledFile, str]] = []
+        checked: list[tuple[SpooledFile, Admitted]] = []
         for spooled in files:
-            extension = await ctx.run_file(validate_image, spooled.data, spooled.name, max_pixels)
-            checked.append((spooled, final_name(spooled, extension)))
+            checked.append((spooled, await ctx.run_file(admit_upload, ctx.settings, spooled)))
         accepted: list[Accepted] = []
-        for spooled, name in checked:
+        for spooled, admitted in checked:
+            name = final_name(spooled, admitted.extension)
             try:
-                job = await ctx.run_file(publish_and_record, ctx, spooled, name, preset)
+                job = await ctx.run_file(publish_and_record, ctx, spooled, admitted, name, preset)
             except DiskFullError as exc:
                 raise Problem(
                     507,

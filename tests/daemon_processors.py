@@ -4,7 +4,7 @@ tests.daemon_processors:CopyProcessor serve ...`).
 
 They replace only the pipeline stage; the daemon around them (store, watcher, worker process, publish)
 is the real one. What they do depends on the input's bytes, so a test controls them by what it drops
-(after FAKE_PHOTO_HEAD, which `fake_photo` puts first so intake's first-bytes check lets the file in):
+(after FAKE_PHOTO_HEAD, a real 1x1 BMP, which `fake_photo` puts first so intake admits the file):
 
   b"CRASH..."   the worker process dies (os._exit) - a poison file
   b"HANG..."    the worker stops responding
@@ -15,11 +15,14 @@ is the real one. What they do depends on the input's bytes, so a test controls t
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
+from PIL import Image as PILImage
 
 from daemon import beneath, originals
 from daemon.settings import Settings
@@ -27,9 +30,17 @@ from daemon.store import JobStore
 from daemon.worker import Processed
 from pipeline.types import CorruptImageError, ProgressCallback, RestoreOptions
 
-# A BMP's magic is just these two bytes: intake checks every file's first bytes for a known image type,
-# so a fake input starts like a BMP; the copy stage reads its instruction after them.
-FAKE_PHOTO_HEAD = b"BM"
+
+def _one_pixel_bmp() -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (1, 1)).save(buffer, "BMP")
+    return buffer.getvalue()
+
+
+# Intake admits a file as the pipeline would (daemon/admission.py: its header and structure), so a fake
+# input is a real 1x1 BMP, which nothing reads past its pixels; the copy stage reads its instruction
+# after them.
+FAKE_PHOTO_HEAD = _one_pixel_bmp()
 
 
 def fake_photo(body: bytes) -> bytes:
@@ -86,7 +97,7 @@ class DecodeProcessor(CopyProcessor):
         from pipeline import load_image
 
         started = time.monotonic()
-        image = load_image(data, max_pixels=int(self.settings.max_input_megapixels * 1e6))
+        image = load_image(data, max_pixels=self.settings.max_input_pixels)
         height, width = image.pixels.shape[:2]
         seconds = max(time.monotonic() - started, 0.001)
         copied = super().process(data, options, on_progress)

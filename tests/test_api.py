@@ -29,6 +29,7 @@ from referencing.jsonschema import DRAFT202012
 from pipeline.colour import analyse_colour
 from tests.colour_cases import sepia_matrix
 from tests.image_cases import IMAGE_CASES, ImageCase
+from tests.support.settings import make_settings
 from tests.support.site import InProcessSite, Site, jpeg_bytes, png_bytes, running_serve, running_site
 
 PROBLEM = "application/problem+json"
@@ -286,11 +287,9 @@ def test_eta_comes_from_mean_seconds_per_input_megapixel_of_done_jobs(
     quiet_site: InProcessSite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("status_site.eta.RATE_TTL_SECONDS", 0.0)  # the server runs in this process
-    monkeypatch.setattr("status_site.eta.HEADER_WAIT_SECONDS", 30.0)  # a loaded CI box is slow to stat
     store = quiet_site.store
-    # No done jobs yet: nothing to estimate from.
-    (quiet_site.settings.inbox / "wait.png").write_bytes(png_bytes(1000, 500))
-    waiting = store.add("wait.png", "e" * 64, 10, 1.0).job.id
+    # No done jobs yet: nothing to estimate from. Sizes are the ones admission stored at intake.
+    waiting = store.add("wait.png", "e" * 64, 10, 1.0, input_megapixels=0.5).job.id
     assert quiet_site.get(f"/api/v1/jobs/{waiting}").json()["eta_seconds"] is None
     # Two done jobs: 0.5 MP in 10 s and 1.5 MP in 30 s -> 20 s per megapixel.
     now = datetime.now(UTC)
@@ -305,8 +304,7 @@ def test_eta_comes_from_mean_seconds_per_input_megapixel_of_done_jobs(
     assert stats["seconds_per_megapixel"] == pytest.approx(20.0)
     # wait.png is 1000x500 = 0.5 MP -> 10 s, nothing ahead of it.
     assert quiet_site.get(f"/api/v1/jobs/{waiting}").json()["eta_seconds"] == pytest.approx(10.0, abs=0.2)
-    (quiet_site.settings.inbox / "second.png").write_bytes(png_bytes(2000, 1000))
-    behind = store.add("second.png", "f" * 64, 10, 1.0).job.id
+    behind = store.add("second.png", "f" * 64, 10, 1.0, input_megapixels=2.0).job.id
     assert quiet_site.get(f"/api/v1/jobs/{behind}").json()["eta_seconds"] == pytest.approx(
         10.0 + 40.0, abs=0.5
     )
@@ -484,7 +482,8 @@ def test_upload_with_a_preset_lands_in_the_preset_subfolder(quiet_site: InProces
         ("notes.jpg", b"these are my holiday notes, not a photo\n" * 20, "not an image"),
         ("truncated.jpg", jpeg_bytes(64, 64)[:400], "truncated"),
         ("truncated.png", png_bytes(64, 64)[:-30], "truncated"),
-        ("document.pdf", b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "not an image"),
+        # The pipeline's words, as a PDF dropped into the inbox gets them.
+        ("document.pdf", b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "PDF files are not supported"),
         ("sliver.png", png_bytes(2001, 1), "absurd dimensions"),
     ],
 )
@@ -746,7 +745,6 @@ def test_a_hung_share_stalls_file_requests_only(
     import threading
 
     import status_site.api
-    import status_site.eta
 
     release = threading.Event()
     real_locate = status_site.api.locate
@@ -756,7 +754,6 @@ def test_a_hung_share_stalls_file_requests_only(
         return real_locate(*args)
 
     monkeypatch.setattr(status_site.api, "locate", hung_locate)
-    monkeypatch.setattr(status_site.eta, "locate", hung_locate)
     now = datetime.now(UTC)
     quiet_site.insert_job(state="done", started_at=now, finished_at=now, report=done_report(1000, 1000, 10.0))
     queued = quiet_site.store.add("on-the-share.jpg", "q" * 64, 10, 1.0).job.id
@@ -781,15 +778,40 @@ def test_a_hung_share_stalls_file_requests_only(
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES, ids=[case.name for case in IMAGE_CASES])
-def test_uploads_accept_and_refuse_what_the_pipeline_does(case: ImageCase) -> None:
-    """One table (tests/image_cases.py) for the worker's load_image, probe and the upload check."""
+def test_uploads_accept_and_refuse_what_the_pipeline_does(case: ImageCase, tmp_path: Path) -> None:
+    """One table (tests/image_cases.py) for the worker's load_image, probe and the upload check, which
+    is intake's admission: a refusal carries the pipeline's own words."""
+    from pipeline import load_image
     from status_site.problems import Problem
-    from status_site.uploads import validate_image
+    from status_site.uploads import SpooledFile, admit_upload
 
+    settings = make_settings(tmp_path, max_input_megapixels=case.max_pixels / 1e6)
+    spooled = SpooledFile("photo", "photo", io.BytesIO(case.data), len(case.data), "")
     try:
-        validate_image(io.BytesIO(case.data), case.name, case.max_pixels)
+        admitted = admit_upload(settings, spooled)
     except Problem as refused:
         assert case.error is not None, f"{case.name} refused: {refused.detail}"
         assert refused.status == 422
+        with pytest.raises(case.error) as loaded:
+            load_image(case.data, max_pixels=case.max_pixels)
+        assert str(loaded.value) in refused.detail
     else:
         assert case.error is None, f"{case.name} accepted, the pipeline says {case.error.__name__}"
+        assert (admitted.format, admitted.width, admitted.height) == (case.format, *case.size)
+
+
+def test_an_upload_is_held_to_intakes_limits_and_keeps_a_name_intake_knows(tmp_path: Path) -> None:
+    """Uploads use intake's admission: a file over max_input_mb is refused at once (it used to be taken
+    and then failed by the worker), and a name with an image suffix of the one list (.jpe) is kept."""
+    from status_site.problems import Problem
+    from status_site.uploads import SpooledFile, admit_upload, final_name
+
+    settings = make_settings(tmp_path, max_input_mb=1)
+    big = png_bytes(800, 800)  # noise: more than 1 MB as PNG
+    assert len(big) > settings.max_input_bytes
+    spooled = SpooledFile("big.png", "big.png", io.BytesIO(big), len(big), "")
+    with pytest.raises(Problem) as refused:
+        admit_upload(settings, spooled)
+    assert refused.value.status == 422 and "more than the 1 MB limit" in refused.value.detail
+    jpe = SpooledFile("scan.jpe", "scan.jpe", io.BytesIO(jpeg_bytes(8, 8)), 0, "")
+    assert final_name(jpe, admit_upload(settings, jpe).extension) == "scan.jpe"

@@ -53,10 +53,10 @@ def test_the_token_can_come_from_a_file_read_once_at_start(tmp_path: Path) -> No
         assert _retry(site, "api", failed, {}).status_code == 401
         assert _retry(site, "api", failed, {"Authorization": f"Bearer {TOKEN}"}).status_code == 200
         assert "api_token_file" not in site.settings.public_dict()
-        worker_json = site.settings.model_dump_json(exclude={"api_token"})
+        worker_json = site.settings.to_child_json()
     token_file.unlink()  # read once: a worker (or a Ray actor elsewhere) never looks for the file
     assert "api_token_file" not in worker_json
-    assert Settings.model_validate_json(worker_json).api_token is None
+    assert Settings.from_child_json(worker_json).api_token is None
 
 
 @pytest.mark.parametrize(
@@ -211,6 +211,19 @@ def test_protect_reads_without_a_token_is_refused_at_startup(tmp_path: Path) -> 
         running_site(tmp_path, protect_reads=True),
     ):
         pass
+
+
+def test_restorer_serve_with_protect_reads_and_no_token_stops_before_anything_starts(tmp_path: Path) -> None:
+    """A settings rule, checked when the settings load: before the job database is opened and the
+    models are loaded (it used to be checked by the servers, after both)."""
+    result = serve_to_the_end(
+        tmp_path,
+        {"RESTORER_PROTECT_READS": "true", "RESTORER_API_TOKEN": None, "CREDENTIALS_DIRECTORY": None},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "protect_reads needs api_token" in result.stderr
+    assert not (tmp_path / "state" / "jobs.sqlite3").exists()  # nothing was started
+    assert "loading" not in result.stderr.lower()
 
 
 def raw_request(site: Site, head: bytes) -> bytes:

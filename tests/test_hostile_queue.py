@@ -1,28 +1,26 @@
-"""One queued file must not break the page for everyone (issue 18, item 4).
+"""One hostile file must not break the page for everyone (issue 18, item 4; issue 21, item 1).
 
 Pillow's decompression_bomb.gif (a 1x1 GIF whose frame claims 65535x65535) made `GET /api/v1/jobs` a
 500 for every client while it sat in the queue: the ETA read its header and Pillow's own bomb check
-raised inside the GIF plugin. Every reader of queued files (the ETA, previews) treats a header it
-cannot read as unknown; the queue, history, stats and health answer as usual.
+raised inside the GIF plugin. Now intake admits a file as the pipeline would (daemon/admission.py), so
+a bomb is a failed job from the start, the ETA uses the size admission stored (tests/test_site_eta.py
+has a bomb in the queue all the same), and previews refuse what they cannot read with a 4xx.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import logging
 import urllib.error
 import urllib.request
-from concurrent.futures import Executor, Future
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.store import JobStore
-from pipeline import BadImageError, load_image, sniff_format
-from status_site.eta import MegapixelCache
+from pipeline import BadImageError, load_image, probe
+from pipeline.imageio import sniff_format
 from status_site.files import PAGE_PREVIEWS, fits_without_resize, make_preview
 from status_site.problems import Problem
 from tests.daemon_processors import fake_photo
@@ -35,7 +33,6 @@ from tests.image_cases import (
     webp_canvas_only,
 )
 from tests.support.serve import ServeProcess
-from tests.support.settings import make_settings
 from tests.support.waiting import wait_for
 from tests.support.workspace import jobs_by_input
 
@@ -80,63 +77,7 @@ def test_a_hostile_file_is_previewed_or_refused_with_a_4xx_never_another_error(n
             assert 400 <= refused.status < 500, refused.detail
 
 
-class InlineExecutor(Executor):
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # a Future carries what the call raised, as a thread pool's does
-            future.set_exception(exc)
-        return future
-
-
-def test_the_eta_counts_a_hostile_header_as_unknown(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, max_input_megapixels=DEFAULT_LIMIT / 1e6)
-    store = JobStore(settings.db_path)
-    cache = MegapixelCache(InlineExecutor())
-    try:
-        sizes = {}
-        for index, (name, data) in enumerate(sorted(HOSTILE.items())):
-            (settings.inbox / f"{index}.img").write_bytes(data)
-            job = store.add(f"{index}.img", f"{index:064d}", len(data), 1.0).job
-            sizes[name] = cache.megapixels(job, settings)
-    finally:
-        store.close()
-    assert all(sizes[name] is None for name in BOMBS), sizes
-    # A header that claims more than the pipeline takes is no work ahead of other jobs: unknown too.
-    assert sizes["tiff header of 2^32-1 a side"] is None and sizes["webp canvas of 2^24 a side"] is None
-    assert sizes["gif with a 65535x65535 second frame"] == pytest.approx(16 * 16 / 1e6)
-
-
-def test_a_header_read_that_raises_is_unknown_cached_and_logged_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings = make_settings(tmp_path)
-    store = JobStore(settings.db_path)
-    job = store.add("odd.png", "o" * 64, 10, 1.0).job
-    store.close()
-    calls: list[int] = []
-
-    class FailingExecutor(Executor):
-        """A header read that raises what nobody foresaw (a parser bug on a hostile file)."""
-
-        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-            calls.append(1)
-            future: Future[Any] = Future()
-            future.set_exception(RuntimeError("a parser bug"))
-            return future
-
-    cache = MegapixelCache(FailingExecutor())
-    with caplog.at_level(logging.WARNING, logger="status_site.eta"):
-        assert cache.megapixels(job, settings) is None
-        assert cache.megapixels(job, settings) is None
-    assert len(calls) == 1  # cached as unknown, not read (and logged) again on every poll
-    assert [r.getMessage() for r in caplog.records] == [
-        "reading the header of odd.png failed; its size counts as unknown"
-    ]
-
-
-# -- a real `restorer serve` with the hostile files in its queue ---------------------------------------
+# -- a real `restorer serve` with the hostile files in its inbox ---------------------------------------
 
 
 def _file_name(index: int, data: bytes) -> str:
@@ -148,14 +89,22 @@ def _file_name(index: int, data: bytes) -> str:
 
 
 def _reason_for(data: bytes) -> str | None:
-    """Why the daemon refuses the file: intake from its first bytes, else the worker's decode; None
-    when it is restored."""
+    """Why the daemon refuses the file, in the pipeline's words (intake's admission and the worker's
+    decode say the same); None when it is restored."""
     try:
-        sniff_format(data[:32])
         load_image(data, max_pixels=DEFAULT_LIMIT)
     except BadImageError as exc:
         return str(exc)
     return None
+
+
+def _admitted(data: bytes) -> bool:
+    """Whether intake lets the file into the queue (only a decode finds what is wrong with the rest)."""
+    try:
+        probe(data, DEFAULT_LIMIT)
+    except BadImageError:
+        return False
+    return True
 
 
 def _request(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
@@ -232,7 +181,10 @@ def test_hostile_files_in_the_queue_never_break_the_page_and_each_fails_with_its
     wait_for(lambda: set(names) <= set(jobs_by_input(root)), 30)
     queued = {path for path, job in jobs_by_input(root).items() if job.state == "queued"}
     bombs = {file_name for file_name, name in names.items() if name in BOMBS}
-    assert bombs <= queued  # past intake (its first bytes are an image's): the queue readers see them
+    # Admission refuses at intake what the pipeline refuses from the header (bombs included): failed
+    # jobs at once, while the worker is still held. The rest wait in the queue for the worker.
+    assert queued == {file_name for file_name, name in names.items() if _admitted(HOSTILE[name])}
+    assert bombs and not bombs & queued
 
     poller = PagePoller(serve)
     live: list[dict[str, Any]] = []
@@ -243,10 +195,11 @@ def test_hostile_files_in_the_queue_never_break_the_page_and_each_fails_with_its
     shown = {job["input"]["path"]: job for job in live}
     assert queued <= set(shown)
     assert all(isinstance(shown[path]["eta_seconds"], float) for path in queued)  # a rate, sizes or means
+    ids = {path: job.id for path, job in jobs_by_input(root).items()}
     bomb_previews = [
         status
         for status, _type, path in poller.answers
-        if any(f"/jobs/{shown[b]['id']}/input?" in path for b in bombs)
+        if any(f"/jobs/{ids[b]}/input?" in path for b in bombs)
     ]
     assert bomb_previews and set(bomb_previews) == {422}  # refused from the header, as problem+json
 

@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -203,15 +202,14 @@ def test_the_eta_counts_the_wait_for_the_next_run_window_and_has_none_while_paus
     store.finish(done, "done.png", 1, {"input_size": [1000, 1000], "seconds": 10.0})  # 10 s per megapixel
     waiting = add(store, "waiting.jpg")
     reads = ReadModel(settings.db_path)
-    with ThreadPoolExecutor(1) as files:
-        estimator = Estimator(reads, settings, files)
-        queue = reads.queue(10)
-        evening = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)  # two hours before the window opens
-        assert estimator.estimate(queue, now=evening)[waiting] == 2 * 3600 + 10.0
-        night = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
-        assert estimator.estimate(queue, now=night)[waiting] == 10.0
-        store.pause_queue("test")
-        assert estimator.estimate(queue, now=night)[waiting] is None
+    estimator = Estimator(reads, settings)
+    queue = reads.queue(10)
+    evening = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)  # two hours before the window opens
+    assert estimator.estimate(queue, now=evening)[waiting] == 2 * 3600 + 10.0
+    night = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
+    assert estimator.estimate(queue, now=night)[waiting] == 10.0
+    store.pause_queue("test")
+    assert estimator.estimate(queue, now=night)[waiting] is None
     reads.close()
     store.close()
 

@@ -136,7 +136,7 @@ class _NoWeights(CopyProcessor):
 
 
 def test_every_actor_method_returns_bytes_and_failures_travel_as_text(tmp_path: Path) -> None:
-    settings_json = Settings(**folders(tmp_path)).model_dump_json(exclude={"api_token"})
+    settings_json = Settings(**folders(tmp_path)).to_child_json()
     actor = RestoreActor(settings_json, CopyProcessor)
     options_json = json.dumps(asdict(RestoreOptions()))
     ready, done, failed = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import get_args, get_origin
@@ -145,9 +146,44 @@ def test_missing_config_file_is_named() -> None:
 
 def test_settings_survive_the_trip_to_the_worker_process() -> None:
     token = "secret-0123456789abcdef"
-    settings = Settings.load(inbox="/a", outbox="/b", presets={"x": {"scale": 3}}, api_token=token)
-    again = Settings.model_validate_json(settings.model_dump_json(exclude={"api_token"}))
+    settings = Settings.load(
+        inbox="/a", outbox="/b", presets={"x": {"scale": 3}}, api_token=token, protect_reads=True
+    )
+    copy = settings.to_child_json()
+    assert token not in copy and "api_token" not in copy
+    again = Settings.from_child_json(copy)
     assert again.inbox == Path("/a") and again.presets["x"].scale == 3 and again.api_token is None
+    assert again.protect_reads  # the rule that needs the token was checked where the token is
+
+
+def test_protect_reads_without_a_token_fails_when_the_settings_are_made() -> None:
+    with pytest.raises(ValidationError, match="protect_reads needs api_token"):
+        Settings.load(protect_reads=True)
+    assert Settings.load(protect_reads=True, api_token="t" * 16).protect_reads
+
+
+def test_every_secret_is_left_out_of_every_dump() -> None:
+    """One list of secrets: the fields marked exclude=True. Every SecretStr and *_file secret is one of
+    them, so neither the copy sent to workers and Ray actors nor public_dict carries one."""
+    fields = Settings.model_fields
+    secret_types = {name for name, field in fields.items() if SecretStr in get_args(field.annotation)}
+    excluded = {name for name, field in fields.items() if field.exclude}
+    assert secret_types | {"api_token_file", "webhook_secret_file"} == excluded
+    settings = Settings.load(
+        api_token="a" * 20,
+        webhook_url="https://hooks.example/x",
+        webhook_secret="w" * 20,
+        notify_urls=["ntfy://ntfy.example/topic"],
+    )
+    for dump in (json.loads(settings.to_child_json()), settings.public_dict()):
+        assert excluded.isdisjoint(dump)
+
+
+def test_limits_are_converted_to_pixels_and_bytes_in_one_place() -> None:
+    settings = Settings.load(max_input_megapixels=2.5, max_input_mb=3, min_free_mb=4)
+    assert (settings.max_input_pixels, settings.max_input_bytes) == (2_500_000, 3 * 1024 * 1024)
+    assert settings.min_free_bytes == 4 * 1024 * 1024 and settings.max_output_pixels is None
+    assert Settings.load(max_output_megapixels=0.5).max_output_pixels == 500_000
 
 
 def test_every_setting_has_a_description_for_its_flag_help() -> None:

@@ -1,109 +1,79 @@
-"""ETA inputs: header reads for queued jobs, cached per file version, never blocking the answer."""
+"""ETAs come from the sizes admission stored at intake: no listing ever opens a queued file.
+
+The ETA used to read each queued file's header itself, a second, unbounded reader of files a share user
+drops: Pillow's decompression_bomb.gif in the queue made `GET /api/v1/jobs` a 500 for everyone (issue 18),
+and a hung share stalled the estimate. Now admission (daemon/admission.py) reads the header once, at
+intake, and the job carries the result (input_megapixels).
+"""
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import Executor, Future
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from PIL import Image
 
+import status_site.files
 from daemon.store import JobStore
-from status_site.eta import MegapixelCache
-from tests.support.settings import make_settings
+from tests.image_cases import gif_frames
+from tests.support.site import Site, running_site
+
+BOMB = gif_frames((1, 1), [(65535, 65535)])  # Pillow's decompression_bomb.gif: 4.3 G pixels in 40 bytes
 
 
-class InlineExecutor(Executor):
-    """Runs each task at once in the caller's thread: its future is done before submit returns."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.calls += 1
-        future: Future[Any] = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    monkeypatch.setattr("status_site.cache.RESPONSE_TTL_SECONDS", 0.0)
+    monkeypatch.setattr("status_site.eta.RATE_TTL_SECONDS", 0.0)
+    with running_site(tmp_path) as running:
+        yield running
 
 
-def test_a_header_read_that_finishes_before_its_callback_is_added_does_not_deadlock(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    Image.new("RGB", (1000, 500)).save(settings.inbox / "a.png")
-    store = JobStore(settings.db_path)
-    job = store.add("a.png", "a" * 64, 10, 1.0).job
-    executor = InlineExecutor()
-    cache = MegapixelCache(executor)
-    result: list[float | None] = []
-    worker = threading.Thread(target=lambda: result.append(cache.megapixels(job, settings)))
-    worker.start()
-    worker.join(5)
-    assert not worker.is_alive(), "megapixels() deadlocked on its own lock"
-    assert result == [0.5]
-    assert cache.megapixels(job, settings) == 0.5
-    assert executor.calls == 1  # the second answer came from the cache
-    store.close()
+def _done(site: Site, megapixels: float, seconds: float) -> None:
+    now = datetime.now(UTC)
+    site.insert_job(
+        state="done",
+        started_at=now - timedelta(seconds=seconds),
+        finished_at=now,
+        input_megapixels=megapixels,
+        work_seconds=seconds,
+    )
 
 
-def test_a_header_that_does_not_arrive_in_time_gives_none_and_is_read_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_pixel_bomb_gif_in_the_queue_leaves_the_listing_answering(
+    site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = make_settings(tmp_path)
-    store = JobStore(settings.db_path)
-    job = store.add("slow.png", "s" * 64, 10, 1.0).job
-    release = threading.Event()
+    """A bomb can sit in the queue although intake refuses one: a row queued before sizes were stored,
+    or a file replaced after it was admitted. The listings (the API's and the page's) answer 200 with
+    estimates, and not one of them opens a file."""
+    store: JobStore = site.store
+    _done(site, 1.0, 10.0)  # a measured rate, so estimates are made: 10 s per megapixel
+    (site.settings.inbox / "old-row.gif").write_bytes(BOMB)
+    unsized = store.add("old-row.gif", "a" * 64, len(BOMB), 1.0).job.id
+    (site.settings.inbox / "replaced.gif").write_bytes(BOMB)
+    admitted = store.add("replaced.gif", "b" * 64, 900, 1.0, input_megapixels=3.0).job.id
+    opened: list[str] = []
+    real_open = status_site.files.open_beneath
 
-    class StuckExecutor(Executor):
-        submitted = 0
+    def counting_open(folder: Path, relative: str) -> int:
+        opened.append(relative)
+        return real_open(folder, relative)
 
-        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-            StuckExecutor.submitted += 1
-            future: Future[Any] = Future()
-            threading.Thread(target=lambda: (release.wait(10), future.set_result(2.0))).start()
-            return future
-
-    monkeypatch.setattr("status_site.eta.HEADER_WAIT_SECONDS", 0.05)
-    try:
-        cache = MegapixelCache(StuckExecutor())
-        assert cache.megapixels(job, settings) is None
-        assert cache.megapixels(job, settings) is None
-        assert StuckExecutor.submitted == 1  # still reading: not asked again
-        release.set()
-        for _ in range(100):
-            if cache.megapixels(job, settings) == 2.0:
-                break
-            threading.Event().wait(0.02)
-        assert cache.megapixels(job, settings) == 2.0
-    finally:
-        release.set()
-        store.close()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height and holds no pixels: enough for a header read."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
-
-
-def test_a_photo_above_pillows_own_bomb_limit_is_sized_from_its_header(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Pillow's default refuses 200 MP in Image.open; our limit (max_input_megapixels) allows it, and
-    # the estimate reads the header without changing Pillow's process-wide setting.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
-    settings = make_settings(tmp_path)
-    (settings.inbox / "huge.png").write_bytes(_png_header_only(20_000, 10_000))
-    store = JobStore(settings.db_path)
-    job = store.add("huge.png", "h" * 64, 10, 1.0).job
-    try:
-        assert MegapixelCache(InlineExecutor()).megapixels(job, settings) == 200.0
-        assert Image.MAX_IMAGE_PIXELS == 89_478_485
-    finally:
-        store.close()
+    monkeypatch.setattr(status_site.files, "open_beneath", counting_open)
+    page_listings = (  # what app.js asks for on each poll
+        "/api/v1/jobs?state=processing,queued&order=queue&limit=100",
+        "/api/v1/jobs?state=failed&limit=20",
+        "/api/v1/jobs?limit=24&order=newest",
+    )
+    for path in page_listings:
+        assert site.get(path, port="page").status_code == 200, path
+    listing = site.get("/api/v1/jobs?order=queue&state=queued,processing")
+    assert listing.status_code == 200, listing.text
+    etas = {job["id"]: job["eta_seconds"] for job in listing.json()["jobs"]}
+    assert etas[unsized] == pytest.approx(10.0)  # no stored size: the mean size (1 MP)
+    assert etas[admitted] == pytest.approx(10.0 + 30.0)  # the admitted 3 MP, not the file's header
+    assert site.get(f"/api/v1/jobs/{admitted}").json()["eta_seconds"] == pytest.approx(40.0)
+    assert opened == []
+    # The bomb's own preview is still refused from its header, as before.
+    assert site.get(f"/api/v1/jobs/{unsized}/input?max=320").status_code == 422

@@ -20,7 +20,9 @@ from daemon.health import HealthState
 from daemon.names import is_junk
 from daemon.store import JobStore
 from daemon.watcher import Intake, default_observer
+from pipeline import BadImageError, load_image
 from tests.daemon_processors import fake_photo
+from tests.image_cases import encoded, gif_frames, pattern
 from tests.support.settings import make_settings
 from tests.support.waiting import wait_for
 
@@ -72,13 +74,14 @@ def test_slow_chunked_write_gives_one_job_after_the_file_is_stable(harness: Harn
     harness.start()
     target = harness.inbox / "scan.jpg"
     with open(target, "wb") as handle:
+        handle.write(fake_photo(b""))
         for _ in range(20):  # 100 bytes every 50 ms: 1 s of writing, longer than stability_seconds
-            handle.write(fake_photo(b"x" * 98))
+            handle.write(b"x" * 100)
             handle.flush()
             time.sleep(0.05)
             assert harness.paths() == []
     job = wait_for(lambda: harness.store.get(1))
-    assert job.size_bytes == 2000 and harness.paths() == ["scan.jpg"]
+    assert job.size_bytes == len(fake_photo(b"")) + 2000 and harness.paths() == ["scan.jpg"]
 
 
 def test_rename_inside_inbox_part_to_jpg_gives_one_job_under_final_name(harness: Harness) -> None:
@@ -502,3 +505,27 @@ def test_events_lost_to_inotify_overflow_or_a_blind_share_are_caught_by_the_peri
     wait_for(lambda: h.paths() == ["missed-by-events.jpg"], timeout=10)
     assert intake.scans >= 2 and intake.observer_alive()
     h.stop()
+
+
+def test_intake_admits_as_the_pipeline_would_and_records_the_admitted_size(tmp_path: Path) -> None:
+    """One admission (daemon/admission.py) for intake: a photo's queued job carries its size from the
+    header (what the ETA counts); a pixel bomb whose first bytes are a GIF's is a failed job at intake in
+    the pipeline's words, set aside in failed/, and never reaches a worker."""
+    h = Harness(tmp_path, "native")
+    try:
+        h.start()
+        (h.inbox / "photo.png").write_bytes(encoded(pattern(30, 40), "PNG"))
+        bomb = gif_frames((1, 1), [(65535, 65535)])
+        (h.inbox / "bomb.gif").write_bytes(bomb)
+        wait_for(lambda: len(h.paths()) == 2)
+        jobs = {job.input_path: job for job in h.store.list(limit=10).jobs}
+        assert jobs["photo.png"].state == "queued"
+        assert jobs["photo.png"].input_megapixels == pytest.approx(40 * 30 / 1e6)
+        with pytest.raises(BadImageError) as refused:
+            load_image(bomb, max_pixels=h.settings.max_input_pixels)
+        assert (jobs["bomb.gif"].state, jobs["bomb.gif"].failure_kind) == ("failed", "bad-input")
+        assert jobs["bomb.gif"].error == str(refused.value)
+        assert jobs["bomb.gif"].attempts == 0 and jobs["bomb.gif"].input_megapixels is None
+        wait_for(lambda: (h.settings.failed_dir / "bomb.gif.error.txt").exists())
+    finally:
+        h.stop()

@@ -19,8 +19,6 @@ from app.flags import ENGINE_FIELDS, command_parser, settings_from_args
 if TYPE_CHECKING:
     import numpy as np
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     summary = "measure restoration quality (PSNR-Y/SSIM-Y vs bicubic) on a folder of high-quality photos"
@@ -84,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _photos(folder: Path, failures: list[str]) -> Iterator[tuple[str, np.ndarray]]:
     """(name, pixels) for every image file in the folder, sorted; unreadable ones recorded, not fatal."""
-    from pipeline import BadImageError, load_image
+    from pipeline import INPUT_EXTENSIONS, BadImageError, load_image
 
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_EXTENSIONS and p.is_file()):
         try:
             image = load_image(path)
         except BadImageError as error:

@@ -181,8 +181,9 @@ def restore_one(job: Job, restorer: Any, options: Any, settings: Any, bar: Progr
     entry = _entry(str(job.source))
     try:
         data = job.source.read_bytes()
-        max_pixels = int(settings.max_input_megapixels * 1e6)
-        restored = restore_bytes(restorer, data, options, max_pixels=max_pixels, on_progress=bar.update)
+        restored = restore_bytes(
+            restorer, data, options, max_pixels=settings.max_input_pixels, on_progress=bar.update
+        )
         name = job.source.stem + restored.extension
         mode, group = settings.file_mode, settings.output_group
         if restored.file is not None:  # a large output, encoded into an unlinked scratch file

@@ -1,7 +1,7 @@
 """API latency while the worker is busy, and status page load time.
 
-Starts `restorer serve` on free ports with scratch folders, drops photos in the inbox so the worker
-process restores (and saturates the CPU) for the whole measurement, then runs 50 concurrent pollers
+Starts `restorer serve` (tests/support's ServeProcess) on scratch folders, drops photos in the inbox so
+the worker process restores (and saturates the CPU) for the whole measurement, then runs 50 concurrent pollers
 against GET /api/v1/jobs/{id} of the job being restored. Reports p50/p95/p99/max latency for:
   - "paced": each poller asks every 0.5 s (jittered), like 50 open status pages at 4x their rate;
   - "flood": each poller asks again as soon as it has the answer (server throughput bound).
@@ -22,9 +22,7 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,9 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.site_support import CHROMIUM, CHROMIUM_ARGS, folders, free_port  # noqa: E402
+from tests.support.paths import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.support.serve import ServeProcess  # noqa: E402
+from tests.support.settings import folders, make_folders  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -106,30 +106,12 @@ def renice_worker(pid: int, niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
 
 
-def start_serve(tmp: Path, api_port: int, site_port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp).items()})
-    env.update(
-        {
-            "RESTORER_BIND": "127.0.0.1",
-            "RESTORER_API_PORT": str(api_port),
-            "RESTORER_SITE_PORT": str(site_port),
-            "RESTORER_STABILITY_SECONDS": "0.2",
-            "RESTORER_WEIGHTS_DIR": str(REPO / "weights"),
-            "RESTORER_FACES": "false",
-        }
-    )
-    for folder in folders(tmp).values():
-        folder.mkdir(parents=True, exist_ok=True)
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
-        cwd=tmp,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+def start_serve(tmp: Path) -> ServeProcess:
+    """The real pipeline (its default model, no faces) at production intervals but a quick pick-up."""
+    settings = {"stability_seconds": 0.2, "weights_dir": REPO / "weights", "faces": False}
+    serve = ServeProcess(tmp, processor=None, settings=settings, quick=False, verbose=False)
+    serve.wait_ready(timeout=180)
+    return serve
 
 
 async def wait_until(check: Any, timeout: float, what: str) -> Any:
@@ -179,17 +161,16 @@ def page_load(url: str, runs: int) -> dict[str, Any]:
 
 
 async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    api_port, site_port = free_port(), free_port()
-    api = f"http://127.0.0.1:{api_port}"
-    process = start_serve(tmp, api_port, site_port)
+    make_folders(tmp)
+    serve = await asyncio.to_thread(start_serve, tmp)
+    api, site_port = f"http://127.0.0.1:{serve.api_port()}", serve.site_port()
     report: dict[str, Any] = {"pollers": args.pollers, "seconds": args.seconds, "cpus": os.cpu_count()}
     try:
-        await wait_until(lambda: get_json(api + "/api/v1/health"), 180, "restorer serve to answer")
         await wait_until(
             lambda: _status_is(api, ("ok", "degraded")), 300, "the worker to load its models (health ok)"
         )
         # Idle baseline: one finished tiny job to poll.
-        busy_photo(Path(folders(tmp)["inbox"]) / "idle.png", 32)
+        busy_photo(folders(tmp)["inbox"] / "idle.png", 32)
         idle_job = await wait_until(lambda: _job_in(api, "done"), 300, "the warm-up job to finish")
         idle_url = f"{api}/api/v1/jobs/{idle_job}"
         report["idle_paced"] = await poll(idle_url, args.pollers, args.seconds, 0.5)
@@ -197,7 +178,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         report["page_load_idle"] = await asyncio.to_thread(page_load, f"http://127.0.0.1:{site_port}/", 3)
         # Busy: photos big enough to keep the worker restoring through every measurement below.
         for index in range(args.busy_images):
-            busy_photo(Path(folders(tmp)["inbox"]) / f"busy-{index}.png", args.busy_edge, index + 1)
+            busy_photo(folders(tmp)["inbox"] / f"busy-{index}.png", args.busy_edge, index + 1)
         busy_job = await wait_until(lambda: _job_in(api, "processing"), 120, "the worker to start a big job")
         busy_url = f"{api}/api/v1/jobs/{busy_job}"
         report["load_average_before_busy"] = os.getloadavg()
@@ -215,11 +196,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         jobs = await get_json(f"{api}/api/v1/jobs?limit=20")
         report["jobs"] = {job["name"]: [job["state"], job["progress"]] for job in jobs["jobs"]}
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        serve.stop()
     return report
 
 

@@ -31,7 +31,9 @@ from daemon.health import HealthState  # noqa: E402
 from daemon.intake import Intake  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 from daemon.store import AddResult, JobStore  # noqa: E402
-from tests.daemon_support import ServeProcess, make_settings, wait_for  # noqa: E402
+from tests.support.serve import ServeProcess  # noqa: E402
+from tests.support.settings import make_folders, make_settings  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -97,8 +99,7 @@ def burst_intake(mode: str, files: int, stability: float) -> dict[str, float]:
 def burst_end_to_end(files: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name in ("inbox", "outbox", "failed", "archive", "state"):
-            (root / name).mkdir()
+        make_folders(root)
         serve = ServeProcess(root)
         try:
             serve.wait_ready()
@@ -172,8 +173,7 @@ def _fill_archive_and_db(root: Path, files: int) -> None:
 def idle_cpu(mode: str, files: int, seconds: float, keep_in_inbox: bool = False) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name in ("inbox", "outbox", "failed", "archive", "state"):
-            (root / name).mkdir()
+        make_folders(root)
         if keep_in_inbox:
             for n in range(files):
                 folder = root / "inbox" / f"{n // 1000:02d}"
@@ -181,26 +181,13 @@ def idle_cpu(mode: str, files: int, seconds: float, keep_in_inbox: bool = False)
                 (folder / f"k{n:05d}.jpg").write_bytes(f"kept {n}".encode())
         else:
             _fill_archive_and_db(root, files)
-        (root / "restorer.toml").write_text(
-            "\n".join(
-                [
-                    f'inbox = "{root / "inbox"}"',
-                    f'outbox = "{root / "outbox"}"',
-                    f'failed_dir = "{root / "failed"}"',
-                    f'archive_dir = "{root / "archive"}"',
-                    f'state_dir = "{root / "state"}"',
-                    'bind = "127.0.0.1"',
-                    "api_port = 0",
-                    "site_port = 0",
-                    f'watch_mode = "{mode}"',
-                    "stability_seconds = 1.0",
-                    f'originals = "{"keep" if keep_in_inbox else "archive"}"',
-                    "min_free_mb = 0",
-                ]
-            )
-            + "\n"
-        )
-        serve = ServeProcess(root)
+        production = {  # the production intervals; no free-space floor (the test disk may be small)
+            "watch_mode": mode,
+            "stability_seconds": 1.0,
+            "originals": "keep" if keep_in_inbox else "archive",
+            "min_free_mb": 0,
+        }
+        serve = ServeProcess(root, settings=production, quick=False)
         try:
             serve.wait_ready(timeout=120)
             if keep_in_inbox:  # let the kept files be recorded once, then measure the steady state

@@ -36,8 +36,10 @@ from daemon.job_loop import Worker  # noqa: E402
 from daemon.settings import Settings  # noqa: E402
 from daemon.store import JobStore  # noqa: E402
 from tests.daemon_processors import CopyProcessor, fake_photo  # noqa: E402
-from tests.daemon_support import COPY_PROCESSOR, ServeProcess, make_settings, wait_for  # noqa: E402
 from tests.ray_support import RayCluster  # noqa: E402
+from tests.support.serve import COPY_PROCESSOR, ServeProcess  # noqa: E402
+from tests.support.settings import make_folders, make_settings  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 SERVICE_SECONDS = 0.5
 JOBS_PER_ACTOR = 10
@@ -154,8 +156,7 @@ def _run_serve(
 
 def _fresh_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    for name in ("inbox", "outbox", "failed", "archive", "state"):
-        (root / name).mkdir()
+    make_folders(root)
     return root
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import ServeProcess
 from tests.ray_support import RayCluster
+from tests.support.serve import ServeProcess
+from tests.support.settings import make_folders
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +49,7 @@ def stop_and_check(cluster: RayCluster) -> None:
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
     """The daemon's folders (inbox, outbox, failed, archive, state) under the test's tmp dir."""
-    for name in ("inbox", "outbox", "failed", "archive", "state"):
-        (tmp_path / name).mkdir()
+    make_folders(tmp_path)
     yield tmp_path
 
 

@@ -17,7 +17,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.ray_token import ray_auth_env, write_new_token
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"  # read-only queries (`ray status`)
@@ -33,12 +33,6 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",  # offline and private: no usage report
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray process stays on 127.0.0.1 (see ray_node.py)
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _die_with_parent() -> None:

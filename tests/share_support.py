@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.site_support import free_port
+from tests.support.ports import free_port
 
 SSHD = "/usr/sbin/sshd"
 

@@ -17,7 +17,7 @@ from daemon.originals import TOO_LARGE_ADVICE
 from daemon.settings import Settings
 from pipeline import BadImageError, load_image
 from tests.image_cases import IMAGE_CASES, ImageCase, encoded, pattern
-from tests.site_support import make_settings
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(scope="module")

@@ -29,14 +29,8 @@ from referencing.jsonschema import DRAFT202012
 from pipeline.colour import analyse_colour
 from tests.colour_cases import sepia_matrix
 from tests.image_cases import IMAGE_CASES, ImageCase
-from tests.site_support import (
-    Site,
-    jpeg_bytes,
-    make_settings,
-    png_bytes,
-    running_serve,
-    running_site,
-)
+from tests.support.settings import make_settings
+from tests.support.site import InProcessSite, Site, jpeg_bytes, png_bytes, running_serve, running_site
 
 PROBLEM = "application/problem+json"
 
@@ -49,7 +43,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 @pytest.fixture
-def quiet_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+def quiet_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessSite]:
     # These tests change the database behind the API's back and read at once: no response cache.
     monkeypatch.setattr("status_site.cache.RESPONSE_TTL_SECONDS", 0.0)
     with running_site(tmp_path) as running:
@@ -202,12 +196,12 @@ def test_health_says_ok_degraded_or_down_with_reasons_on_both_ports(site: Site) 
         assert response.headers["Cache-Control"] == "no-store"
 
 
-def test_health_degraded_when_watcher_dead_names_the_reason(quiet_site: Site) -> None:
-    quiet_site.health.update(watcher_alive=False, watcher_error="inotify watch limit reached")  # type: ignore[attr-defined]
+def test_health_degraded_when_watcher_dead_names_the_reason(quiet_site: InProcessSite) -> None:
+    quiet_site.health.update(watcher_alive=False, watcher_error="inotify watch limit reached")
     body = quiet_site.get("/api/v1/health").json()
     assert body["status"] == "degraded"
     assert any("watcher" in reason for reason in body["reasons"])
-    quiet_site.health.update(worker_alive=False, worker_error="killed by signal 9")  # type: ignore[attr-defined]
+    quiet_site.health.update(worker_alive=False, worker_error="killed by signal 9")
     response = quiet_site.get("/api/v1/health")
     assert response.status_code == 503
     assert any("killed by signal 9" in reason for reason in response.json()["reasons"])
@@ -244,7 +238,7 @@ def test_bad_query_parameters_are_refused_with_a_useful_detail(site: Site) -> No
 # -- listing, detail, queue ------------------------------------------------------------------------
 
 
-def test_jobs_list_filters_by_state_and_pages_with_a_cursor(quiet_site: Site) -> None:
+def test_jobs_list_filters_by_state_and_pages_with_a_cursor(quiet_site: InProcessSite) -> None:
     ids = [quiet_site.insert_job(state="done") for _ in range(5)]
     failed = quiet_site.insert_job(state="failed", error="truncated file")
     seen: list[int] = []
@@ -264,8 +258,8 @@ def test_jobs_list_filters_by_state_and_pages_with_a_cursor(quiet_site: Site) ->
     assert {job["id"] for job in both} == {*ids, failed}
 
 
-def test_queue_order_puts_the_running_job_first_then_priority_then_arrival(quiet_site: Site) -> None:
-    store = quiet_site.store  # type: ignore[attr-defined]
+def test_queue_order_puts_the_running_job_first_then_priority_then_arrival(quiet_site: InProcessSite) -> None:
+    store = quiet_site.store
     first = store.add("a.png", "a" * 64, 10, 1.0).job.id
     second = store.add("b.png", "b" * 64, 10, 1.0).job.id
     urgent = store.add("c.png", "c" * 64, 10, 1.0, priority=5).job.id
@@ -290,10 +284,10 @@ def test_queue_order_puts_the_running_job_first_then_priority_then_arrival(quiet
 
 
 def test_eta_comes_from_mean_seconds_per_input_megapixel_of_done_jobs(
-    quiet_site: Site, monkeypatch: pytest.MonkeyPatch
+    quiet_site: InProcessSite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("status_site.eta.RATE_TTL_SECONDS", 0.0)  # the server runs in this process
-    store = quiet_site.store  # type: ignore[attr-defined]
+    store = quiet_site.store
     # No done jobs yet: nothing to estimate from. Sizes are the ones admission stored at intake.
     waiting = store.add("wait.png", "e" * 64, 10, 1.0, input_megapixels=0.5).job.id
     assert quiet_site.get(f"/api/v1/jobs/{waiting}").json()["eta_seconds"] is None
@@ -338,7 +332,7 @@ def test_pollers_share_a_short_lived_answer_and_writes_clear_it(
 ) -> None:
     monkeypatch.setattr("status_site.cache.RESPONSE_TTL_SECONDS", 2.0)  # long enough for a loaded CI box
     with running_site(tmp_path) as site:
-        store = site.store  # type: ignore[attr-defined]
+        store = site.store
         job_id = store.add("a.png", "a" * 64, 10, 1.0).job.id
         store.claim_next()
         first = site.get(f"/api/v1/jobs/{job_id}").json()
@@ -358,7 +352,7 @@ def test_pollers_share_a_short_lived_answer_and_writes_clear_it(
 # -- retry / cancel ----------------------------------------------------------------------------------
 
 
-def test_retry_and_cancel_are_idempotent(quiet_site: Site) -> None:
+def test_retry_and_cancel_are_idempotent(quiet_site: InProcessSite) -> None:
     failed = quiet_site.insert_job(state="failed", error="corrupt JPEG data", attempts=3)
     first = quiet_site.post(f"/api/v1/jobs/{failed}/retry")
     assert first.status_code == 200
@@ -385,7 +379,7 @@ def inbox_files(site: Site) -> list[str]:
     )
 
 
-def test_upload_saves_into_the_inbox_and_answers_202_with_job_ids(quiet_site: Site) -> None:
+def test_upload_saves_into_the_inbox_and_answers_202_with_job_ids(quiet_site: InProcessSite) -> None:
     files = [
         ("file", ("holiday photo.jpg", jpeg_bytes(seed=1), "image/jpeg")),
         ("file", ("../../etc/scan.png", png_bytes(seed=2), "image/png")),
@@ -433,7 +427,7 @@ def encoded(fmt: str, mode: str = "RGB", **options: Any) -> bytes:
     ],
 )
 def test_upload_accepts_every_format_the_pipeline_reads_and_previews_it(
-    quiet_site: Site, name: str, fmt: str, mode: str
+    quiet_site: InProcessSite, name: str, fmt: str, mode: str
 ) -> None:
 
     response = quiet_site.post("/api/v1/jobs", files=[("file", (name, encoded(fmt, mode), "image/*"))])
@@ -446,7 +440,9 @@ def test_upload_accepts_every_format_the_pipeline_reads_and_previews_it(
     assert max(Image.open(io.BytesIO(preview.content)).size) == 32
 
 
-def test_upload_of_content_already_restored_is_recorded_as_a_skipped_duplicate(quiet_site: Site) -> None:
+def test_upload_of_content_already_restored_is_recorded_as_a_skipped_duplicate(
+    quiet_site: InProcessSite,
+) -> None:
     data = jpeg_bytes(seed=11)
     first = quiet_site.post("/api/v1/jobs", files=[("file", ("first.jpg", data, "image/jpeg"))]).json()[
         "jobs"
@@ -461,7 +457,7 @@ def test_upload_of_content_already_restored_is_recorded_as_a_skipped_duplicate(q
     assert (quiet_site.settings.archive_dir / "copy.jpg").read_bytes() == data
 
 
-def test_upload_with_a_preset_lands_in_the_preset_subfolder(quiet_site: Site) -> None:
+def test_upload_with_a_preset_lands_in_the_preset_subfolder(quiet_site: InProcessSite) -> None:
     response = quiet_site.post(
         "/api/v1/jobs",
         files=[("file", ("cartoon.png", png_bytes(seed=4), "image/png"))],
@@ -509,7 +505,7 @@ def test_upload_of_a_bad_file_is_refused_and_nothing_is_left_behind(
 
 def test_upload_larger_than_the_limit_is_refused_while_streaming(tmp_path: Path) -> None:
     with running_site(tmp_path, upload_max_bytes=1_000_000) as site:
-        api_port = site.ports[0]  # type: ignore[attr-defined]
+        api_port = site.ports[0]
         boundary = "----restorer-test"
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n'
@@ -560,7 +556,9 @@ def test_upload_that_is_not_multipart_is_refused(site: Site) -> None:
 # -- write guards and CORS ---------------------------------------------------------------------------
 
 
-def test_without_a_token_requests_through_a_local_reverse_proxy_may_not_write(quiet_site: Site) -> None:
+def test_without_a_token_requests_through_a_local_reverse_proxy_may_not_write(
+    quiet_site: InProcessSite,
+) -> None:
     failed = quiet_site.insert_job(state="failed", error="corrupt")
     for header in (
         {"X-Forwarded-For": "203.0.113.9"},
@@ -654,7 +652,7 @@ def test_missing_files_answer_404_with_the_reason(site: Site) -> None:
 # -- stats and metrics ------------------------------------------------------------------------------
 
 
-def test_stats_count_states_and_sum_images_and_megapixels_per_hour_and_day(quiet_site: Site) -> None:
+def test_stats_count_states_and_sum_images_and_megapixels_per_hour_and_day(quiet_site: InProcessSite) -> None:
     now = datetime.now(UTC)
     for seconds in (4.0, 6.0):
         quiet_site.insert_job(
@@ -685,7 +683,7 @@ def test_stats_count_states_and_sum_images_and_megapixels_per_hour_and_day(quiet
 METRIC_LINE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+-]+$')
 
 
-def test_metrics_are_prometheus_text(quiet_site: Site) -> None:
+def test_metrics_are_prometheus_text(quiet_site: InProcessSite) -> None:
     quiet_site.insert_job(state="done", report=done_report())
     response = quiet_site.get("/metrics")
     assert response.status_code == 200
@@ -698,7 +696,7 @@ def test_metrics_are_prometheus_text(quiet_site: Site) -> None:
     assert "restorer_worker_alive 1" in lines
 
 
-def test_polls_are_answered_while_a_big_preview_is_being_decoded(quiet_site: Site) -> None:
+def test_polls_are_answered_while_a_big_preview_is_being_decoded(quiet_site: InProcessSite) -> None:
     """Image work runs in the thread pool: the event loop keeps answering while it decodes."""
     import concurrent.futures
 
@@ -739,7 +737,9 @@ def test_a_port_in_use_is_reported_in_words(tmp_path: Path) -> None:
             pass
 
 
-def test_a_hung_share_stalls_file_requests_only(quiet_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hung_share_stalls_file_requests_only(
+    quiet_site: InProcessSite, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An NFS hard mount that stops answering blocks stat/open forever: job JSON and health go on."""
     import concurrent.futures
     import threading
@@ -756,7 +756,7 @@ def test_a_hung_share_stalls_file_requests_only(quiet_site: Site, monkeypatch: p
     monkeypatch.setattr(status_site.api, "locate", hung_locate)
     now = datetime.now(UTC)
     quiet_site.insert_job(state="done", started_at=now, finished_at=now, report=done_report(1000, 1000, 10.0))
-    queued = quiet_site.store.add("on-the-share.jpg", "q" * 64, 10, 1.0).job.id  # type: ignore[attr-defined]
+    queued = quiet_site.store.add("on-the-share.jpg", "q" * 64, 10, 1.0).job.id
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         stuck = [
             pool.submit(requests.get, f"{quiet_site.api}/api/v1/jobs/{queued}/input", timeout=60)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.site_support import Site, png_bytes, running_site
+from tests.support.site import InProcessSite, png_bytes, running_site
 
 SECRET = "top-secret-content-outside-every-folder"
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def site(tmp_path: Path) -> Iterator[InProcessSite]:
     with running_site(tmp_path / "daemon") as running:
         yield running
 
@@ -28,9 +28,9 @@ def secret(tmp_path: Path) -> Path:
     return path
 
 
-def raw_get(site: Site, port: str, raw_path: str) -> tuple[int, str, str]:
+def raw_get(site: InProcessSite, port: str, raw_path: str) -> tuple[int, str, str]:
     """Send the path byte for byte (no client-side normalisation of ../ or %2e%2e)."""
-    api_port, page_port = site.ports  # type: ignore[attr-defined]
+    api_port, page_port = site.ports
     conn = http.client.HTTPConnection("127.0.0.1", api_port if port == "api" else page_port, timeout=10)
     try:
         conn.putrequest("GET", raw_path, skip_accept_encoding=True)
@@ -59,7 +59,7 @@ ENCODED_ATTACKS = [
 
 
 @pytest.mark.parametrize("port", ["api", "page"])
-def test_encoded_traversal_in_the_url_is_refused(site: Site, port: str) -> None:
+def test_encoded_traversal_in_the_url_is_refused(site: InProcessSite, port: str) -> None:
     for attack in ENCODED_ATTACKS:
         status, content_type, body = raw_get(site, port, attack)
         assert status in (400, 403, 404), (attack, status)
@@ -71,7 +71,7 @@ def test_encoded_traversal_in_the_url_is_refused(site: Site, port: str) -> None:
 @pytest.mark.parametrize("port", ["api", "page"])
 @pytest.mark.parametrize("which", ["input", "output"])
 def test_stored_paths_pointing_out_of_their_folder_are_refused(
-    site: Site, secret: Path, port: str, which: str
+    site: InProcessSite, secret: Path, port: str, which: str
 ) -> None:
     inbox, outbox = site.settings.inbox, site.settings.outbox
     (inbox / "link.png").symlink_to(secret)
@@ -90,7 +90,7 @@ def test_stored_paths_pointing_out_of_their_folder_are_refused(
             assert SECRET not in response.text
 
 
-def test_a_symlink_is_never_followed_even_to_a_file_inside_the_folder(site: Site) -> None:
+def test_a_symlink_is_never_followed_even_to_a_file_inside_the_folder(site: InProcessSite) -> None:
     """A link is refused wherever it points (issue 18): whether its target is inside can change between
     the check and the open (a folder on the way swapped for a link), so no link is followed at all."""
     data = png_bytes()
@@ -105,7 +105,7 @@ def test_a_symlink_is_never_followed_even_to_a_file_inside_the_folder(site: Site
     assert site.get(f"/api/v1/jobs/{job_id}/input").content == data
 
 
-def test_static_files_are_served_by_exact_name_only(site: Site) -> None:
+def test_static_files_are_served_by_exact_name_only(site: InProcessSite) -> None:
     for name in ("app.js", "style.css", "index.html"):
         assert site.get(f"/static/{name}", port="page").status_code == 200
     for name in ("APP.JS", "app.js.bak", "__init__.py", ".gitignore"):
@@ -113,14 +113,16 @@ def test_static_files_are_served_by_exact_name_only(site: Site) -> None:
         assert response.status_code == 404, name
 
 
-def test_a_file_swapped_for_a_symlink_after_the_check_is_not_opened(site: Site, secret: Path) -> None:
+def test_a_file_swapped_for_a_symlink_after_the_check_is_not_opened(
+    site: InProcessSite, secret: Path
+) -> None:
     """Between the path check and the open, a share user replaces the photo with a symlink out."""
     from status_site.files import locate, open_checked
     from status_site.problems import Problem
 
     (site.settings.inbox / "swap.png").write_bytes(png_bytes())
     job_id = site.insert_job(state="done", input_path="swap.png")
-    found = locate(site.store.get(job_id), "input", site.settings)  # type: ignore[attr-defined]
+    found = locate(site.store.get(job_id), "input", site.settings)
     (site.settings.inbox / "swap.png").unlink()
     (site.settings.inbox / "swap.png").symlink_to(secret)
     with pytest.raises(Problem) as refused:
@@ -128,7 +130,9 @@ def test_a_file_swapped_for_a_symlink_after_the_check_is_not_opened(site: Site, 
     assert refused.value.status in (403, 404)
 
 
-def test_an_upload_into_a_preset_folder_planted_as_a_link_is_refused(site: Site, tmp_path: Path) -> None:
+def test_an_upload_into_a_preset_folder_planted_as_a_link_is_refused(
+    site: InProcessSite, tmp_path: Path
+) -> None:
     """inbox/2x -> /elsewhere (issue 18): the upload is refused with a reason, never written there."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

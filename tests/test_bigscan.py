@@ -314,7 +314,8 @@ def test_the_worker_publishes_a_disk_assembled_output_and_frees_its_scratch_file
 
     from daemon.job_loop import PipelineProcessor, Worker
     from daemon.store import JobStore
-    from tests.daemon_support import files_under, make_settings
+    from tests.support.settings import make_settings
+    from tests.support.workspace import files_under
 
     settings = make_settings(tmp_path, faces=False)
     store = JobStore(settings.db_path)

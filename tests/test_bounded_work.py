@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from status_site.cache import MAX_BYTES, ResponseCache
-from tests.site_support import Site, running_serve, running_site
+from tests.support.site import ServedSite, Site, running_serve, running_site
 
 PROBLEM = "application/problem+json"
 
@@ -45,7 +45,7 @@ def peak_rss_kib(pid: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedSite]:
     """The whole daemon with the test-only copy processor: no model to load, the HTTP side is real."""
     tmp = tmp_path_factory.mktemp("previews")
     with running_serve(tmp, processor="tests.daemon_processors:CopyProcessor") as site:
@@ -59,11 +59,13 @@ def archived(site: Site, name: str, data: bytes) -> int:
     return site.insert_job(state="done", input_path=name, original="archived", original_path=name)
 
 
-def test_a_pixel_bomb_preview_is_refused_from_its_header_without_growing_the_daemon(daemon: Site) -> None:
+def test_a_pixel_bomb_preview_is_refused_from_its_header_without_growing_the_daemon(
+    daemon: ServedSite,
+) -> None:
     bomb = bomb_png(30_000, 30_000)  # 900 megapixels in about 1 MB
     assert len(bomb) < 3_000_000
     job = archived(daemon, "bomb.png", bomb)
-    pid = daemon.process.pid  # type: ignore[attr-defined]
+    pid = daemon.process.pid
     before = peak_rss_kib(pid)
     urls = [f"{daemon.api}/api/v1/jobs/{job}/input?max={size}" for size in (320, 4096, 8192, 320)]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -75,15 +77,15 @@ def test_a_pixel_bomb_preview_is_refused_from_its_header_without_growing_the_dae
     grown_mib = (peak_rss_kib(pid) - before) / 1024
     print(f"daemon peak RSS grew by {grown_mib:.1f} MiB over 4 bomb previews")
     assert grown_mib < 30, f"the daemon's peak RSS grew by {grown_mib:.0f} MiB"
-    assert "Traceback" not in daemon.log_path.read_text()  # type: ignore[attr-defined]
+    assert "Traceback" not in daemon.log_path.read_text()
 
 
-def test_a_big_image_under_the_limit_is_previewed_in_a_child_process(daemon: Site) -> None:
+def test_a_big_image_under_the_limit_is_previewed_in_a_child_process(daemon: ServedSite) -> None:
     """40 MP as PNG is 120 MB decoded: made in a child process, the daemon's peak stays put."""
     out = io.BytesIO()
     Image.new("RGB", (8000, 5000), (200, 120, 40)).save(out, "PNG", compress_level=1)
     job = archived(daemon, "scan.png", out.getvalue())
-    pid = daemon.process.pid  # type: ignore[attr-defined]
+    pid = daemon.process.pid
     before = peak_rss_kib(pid)
     preview = daemon.get(f"/api/v1/jobs/{job}/input?max=4096")
     assert preview.status_code == 200, preview.text
@@ -93,7 +95,7 @@ def test_a_big_image_under_the_limit_is_previewed_in_a_child_process(daemon: Sit
     assert grown_mib < 60, f"the daemon's peak RSS grew by {grown_mib:.0f} MiB"
 
 
-def test_max_snaps_to_a_few_sizes_and_a_non_image_is_a_4xx(daemon: Site) -> None:
+def test_max_snaps_to_a_few_sizes_and_a_non_image_is_a_4xx(daemon: ServedSite) -> None:
     out = io.BytesIO()
     Image.new("RGB", (900, 600), "gray").save(out, "JPEG")
     job = archived(daemon, "photo.jpg", out.getvalue())
@@ -107,17 +109,17 @@ def test_max_snaps_to_a_few_sizes_and_a_non_image_is_a_4xx(daemon: Site) -> None
         assert answer.status_code == 422, answer.text
         assert answer.headers["Content-Type"].startswith(PROBLEM)
     assert daemon.get(f"/api/v1/jobs/{notes}/input").status_code == 200  # the file itself, as it is
-    assert "Traceback" not in daemon.log_path.read_text()  # type: ignore[attr-defined]
+    assert "Traceback" not in daemon.log_path.read_text()
 
 
-def test_an_upload_streams_to_disk_and_never_whole_into_memory(daemon: Site) -> None:
+def test_an_upload_streams_to_disk_and_never_whole_into_memory(daemon: ServedSite) -> None:
     noise = (np.random.default_rng(3).random((4000, 5000, 3)) * 255).astype("uint8")  # 20 MP
     out = io.BytesIO()
     Image.fromarray(noise).save(out, "PNG", compress_level=0)
     data = out.getvalue()
     assert len(data) > 55_000_000
     del noise, out
-    pid = daemon.process.pid  # type: ignore[attr-defined]
+    pid = daemon.process.pid
     before = peak_rss_kib(pid)
     response = daemon.post("/api/v1/jobs", files=[("file", ("scan.png", data, "image/png"))])
     assert response.status_code == 202, response.text
@@ -130,7 +132,7 @@ def test_the_response_cache_is_keyed_on_parsed_parameters_and_bounded_in_bytes(t
     with running_site(tmp_path) as site:
         for n in range(3):
             site.insert_job(state="done", input_path=f"p{n}.png")
-        cache = site.context.responses  # type: ignore[attr-defined]
+        cache = site.context.responses
         for n in range(200):  # distinct query strings, one answer
             junk = f"limit=500&state=done,failed&x{n}={n}" if n % 2 else f"state=failed,done&limit=500&y={n}"
             assert site.get(f"/api/v1/jobs?{junk}").status_code == 200

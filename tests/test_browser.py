@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.site_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    REPO,
-    Site,
-    free_port,
-    running_serve,
-    running_site,
-)
+from tests.support.paths import CHROMIUM, CHROMIUM_ARGS, REPO
+from tests.support.ports import free_port
+from tests.support.site import Site, running_serve, running_site
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -155,7 +149,7 @@ def test_page_keeps_its_data_while_the_daemon_is_away_and_recovers(browser: obje
 
 def test_live_progress_queue_positions_and_keyboard_cancel_and_retry(browser: object, tmp_path: Path) -> None:
     with running_site(tmp_path) as site:
-        store = site.store  # type: ignore[attr-defined]
+        store = site.store
         running = store.add("wedding.jpg", "a" * 64, 10, 1.0).job.id
         store.claim_next()
         store.update_progress(running, 0.25, "upscale")
@@ -281,7 +275,7 @@ def test_throughput_panel_agrees_with_the_api_within_one_refresh_and_charts_hour
 
     now = datetime.now(UTC)
     with running_site(tmp_path) as site:
-        store = site.store  # type: ignore[attr-defined]
+        store = site.store
         report = {"input_size": [1000, 500], "seconds": 2.0}
         for hours_ago, count in ((2, 3), (5, 1)):
             for _ in range(count):
@@ -350,7 +344,7 @@ def test_throughput_panel_agrees_with_the_api_within_one_refresh_and_charts_hour
 def test_signing_in_to_a_private_server_shows_its_photos(browser: object, tmp_path: Path) -> None:
     """protect_reads: the page asks for the token once per tab, keeps it out of every URL, and fetches
     thumbnails with the token header (blob URLs)."""
-    from tests.site_support import png_bytes
+    from tests.support.site import png_bytes
 
     token = "family-photos-token-0123456789"
     with running_site(tmp_path, api_token=token, protect_reads=True) as site:

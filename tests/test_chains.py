@@ -17,9 +17,9 @@ from PIL import Image as PILImage
 
 from daemon.admission import Admitted
 from daemon.intake import enqueue_file, read_entry
+from daemon.job_loop import PipelineProcessor, Worker, restore_options_from
 from daemon.settings import Preset, Settings
 from daemon.store import Job, JobStore
-from daemon.job_loop import PipelineProcessor, Worker, restore_options_from
 from pipeline import stage_spans
 from pipeline.backends.base import BackendInfo
 from pipeline.faces import FaceStage
@@ -28,7 +28,7 @@ from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer
 from pipeline.types import EngineConfig, Image
 from tests.chain_support import write_tiny_x2plus
-from tests.daemon_support import make_settings
+from tests.support.settings import make_settings
 from tests.fake_upscalers import ConvStackUpscaler
 
 CHAIN = ["RealESRGAN_x2plus", "realesr-animevideov3"]  # 2 x 4

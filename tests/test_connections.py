@@ -23,7 +23,8 @@ from PIL import Image
 
 from daemon.settings import Settings
 from status_site.connections import network_of, reserved_address
-from tests.site_support import Site, make_settings, png_bytes, running_site
+from tests.support.settings import make_settings
+from tests.support.site import Site, png_bytes, running_site
 
 PROBLEM = "application/problem+json"
 TOKEN = "connection-token-0123456789"
@@ -48,7 +49,7 @@ def seconds_until_closed(sock: socket.socket, trickle: bytes | None, limit: floa
 
 
 def connect(site: Site) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", site.ports[0]), timeout=10)  # type: ignore[attr-defined]
+    return socket.create_connection(("127.0.0.1", site.ports[0]), timeout=10)
 
 
 def test_slow_headers_and_idle_connections_are_closed(tmp_path: Path) -> None:
@@ -74,7 +75,7 @@ def http_get(
     lines = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     try:
         with socket.create_connection(
-            ("127.0.0.1", site.ports[0]),  # type: ignore[attr-defined]
+            ("127.0.0.1", site.ports[0]),
             timeout=5,
             source_address=(source, 0),
         ) as sock:
@@ -92,7 +93,7 @@ def http_get(
 def idle_connection(site: Site, source: str) -> socket.socket:
     """A connection that sends nothing (it waits for a request: the kind the gate may close)."""
     return socket.create_connection(
-        ("127.0.0.1", site.ports[0]),  # type: ignore[attr-defined]
+        ("127.0.0.1", site.ports[0]),
         timeout=10,
         source_address=(source, 0),
     )
@@ -116,7 +117,7 @@ def slow_reader(site: Site, source: str, job: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
     sock.settimeout(10)
     sock.bind((source, 0))
-    sock.connect(("127.0.0.1", site.ports[0]))  # type: ignore[attr-defined]
+    sock.connect(("127.0.0.1", site.ports[0]))
     sock.sendall(f"GET /api/v1/jobs/{job}/input HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     assert sock.recv(64).startswith(b"HTTP/1.1 200"), "the big file's answer began"
     return sock
@@ -266,7 +267,7 @@ def test_a_flood_of_idle_connections_from_several_networks_locks_nobody_out(tmp_
         tmp_path, http_max_connections=40, http_reserved_connections=8, http_max_connections_per_network=8
     ) as site:
         flood = subprocess.Popen(
-            [sys.executable, "-c", _FLOOD, str(site.ports[0]), ",".join(flooders), "16"],  # type: ignore[attr-defined]
+            [sys.executable, "-c", _FLOOD, str(site.ports[0]), ",".join(flooders), "16"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -420,7 +421,7 @@ class RawUpload:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         self.sock.settimeout(30)
-        self.sock.connect(("127.0.0.1", site.ports[0]))  # type: ignore[attr-defined]
+        self.sock.connect(("127.0.0.1", site.ports[0]))
         self.sock.sendall(
             f"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n{length}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()

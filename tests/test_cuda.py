@@ -17,9 +17,11 @@ from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer
 from pipeline.types import Device, EngineConfig, Image, RestoreReport
 from pipeline.weights import embedded_models_dir
-from tests.daemon_support import ServeProcess, files_under, wait_for
 from tests.faces_support import write_random_gfpgan
-from tests.site_support import png_bytes
+from tests.support.serve import ServeProcess
+from tests.support.site import png_bytes
+from tests.support.waiting import wait_for
+from tests.support.workspace import files_under
 
 pytestmark = [
     pytest.mark.cuda,

@@ -36,10 +36,11 @@ from pathlib import Path
 import pytest
 
 from daemon import beneath
-from daemon.store import Job, JobStore
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import ServeProcess, wait_for
-from tests.site_support import png_bytes
+from tests.support.serve import ServeProcess
+from tests.support.site import png_bytes
+from tests.support.waiting import wait_for
+from tests.support.workspace import jobs, jobs_by_input
 
 TOKEN = "folder-swap-token-" + uuid.uuid4().hex
 SECRET = b"SECRET-OUTSIDE-THE-FOUR-FOLDERS:"
@@ -196,18 +197,6 @@ def secrets_outside(outside: Path, names: list[str]) -> dict[str, tuple[bytes, i
     return made
 
 
-def jobs(root: Path) -> list[Job]:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return store.list(limit=1000, order="oldest").jobs
-    finally:
-        store.close()
-
-
-def by_path(root: Path) -> dict[str, Job]:
-    return {job.input_path: job for job in jobs(root)}
-
-
 @functools.cache
 def api_port(serve: ServeProcess) -> int:
     return serve.api_port()  # read from its log once: the swapping makes that log long
@@ -286,7 +275,7 @@ def test_folders_swapped_for_links_during_drops_duplicates_retries_and_uploads_l
         (root / folder).mkdir()
     seed = fake_photo(b"the photo every duplicate copies")
     (root / "inbox" / "seed.jpg").write_bytes(seed)
-    wait_for(lambda: (job := by_path(root).get("seed.jpg")) is not None and job.state == "done")
+    wait_for(lambda: (job := jobs_by_input(root).get("seed.jpg")) is not None and job.state == "done")
     swapper = FolderSwapper(
         [
             (root / "inbox" / "album", root / "inbox" / ".park" / "album", str(outside)),
@@ -375,7 +364,7 @@ def leaks(
 def retry_refused(serve: ServeProcess, root: Path, retried: set[str]) -> int:
     """Retry each file intake refused (set aside in failed/album, or left in the inbox when failed/album was
     a link at that moment); how many were retried so far."""
-    for path, job in by_path(root).items():
+    for path, job in jobs_by_input(root).items():
         if path.startswith("album/r") and job.state == "failed" and job.attempts == 0 and path not in retried:
             retried.add(path)
             assert call(serve, "POST", f"/api/v1/jobs/{job.id}/retry")[0] == 200

@@ -6,11 +6,8 @@ non-loopback peer) are in test_lan_clients.py."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,8 @@ import requests
 from pydantic import ValidationError
 
 from daemon.settings import Settings
-from tests.site_support import REPO, Site, folders, png_bytes, running_site
+from tests.support.serve import serve_to_the_end
+from tests.support.site import Site, png_bytes, running_site
 
 PROBLEM = "application/problem+json"
 TOKEN = "family-photos-token-0123456789"
@@ -26,27 +24,7 @@ TOKEN = "family-photos-token-0123456789"
 
 @pytest.mark.parametrize("token", ["", "short-token"])
 def test_an_empty_or_short_token_stops_restorer_serve_with_a_clear_error(tmp_path: Path, token: str) -> None:
-    env = {**os.environ, "RESTORER_API_TOKEN": token, "PYTHONPATH": str(REPO)}
-    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp_path).items()})
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--api-port",
-            "0",
-            "--site-port",
-            "0",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_to_the_end(tmp_path, {"RESTORER_API_TOKEN": token})
     assert result.returncode == 2, result.stderr
     assert "api_token must be at least 16 characters" in result.stderr
     assert f"got {len(token)}" in result.stderr
@@ -126,28 +104,7 @@ def test_a_token_file_and_a_token_together_are_refused(
 
 def test_restorer_serve_stops_with_a_clear_error_when_the_token_file_is_missing(tmp_path: Path) -> None:
     missing = tmp_path / "run" / "secrets" / "restorer_api_token"
-    env = {**os.environ, "RESTORER_API_TOKEN_FILE": str(missing), "PYTHONPATH": str(REPO)}
-    env.pop("RESTORER_API_TOKEN", None)
-    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp_path).items()})
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--api-port",
-            "0",
-            "--site-port",
-            "0",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_to_the_end(tmp_path, {"RESTORER_API_TOKEN_FILE": str(missing), "RESTORER_API_TOKEN": None})
     assert result.returncode == 2, result.stderr
     assert f"api_token_file {missing} does not exist" in result.stderr
 
@@ -181,9 +138,9 @@ def test_writes_from_another_site_are_refused(tmp_path: Path, port: str) -> None
         )
         assert upload.status_code == 403
         pause = site.post("/api/v1/queue/pause", port=port, headers={"Origin": "http://evil.example"})
-        assert pause.status_code == 403 and site.store.queue_pause().paused is False  # type: ignore[attr-defined]
+        assert pause.status_code == 403 and site.store.queue_pause().paused is False
         assert not any(site.settings.inbox.iterdir())
-        assert site.store.get(failed).state == "failed"  # type: ignore[attr-defined]
+        assert site.store.get(failed).state == "failed"
         for headers in ({"Origin": own}, {"Sec-Fetch-Site": "same-origin"}, {}):
             assert _retry(site, port, failed, headers).status_code == 200, headers
 
@@ -198,7 +155,7 @@ def test_an_origin_listed_in_cors_origins_may_write(tmp_path: Path) -> None:
 def test_a_foreign_host_name_is_refused_on_every_path(tmp_path: Path) -> None:
     """DNS rebinding: evil.example resolves to this machine, the browser sends Host: evil.example."""
     with running_site(tmp_path, allowed_hosts=["photos.example.org"]) as site:
-        api_port, page_port = site.ports  # type: ignore[attr-defined]
+        api_port, page_port = site.ports
         for port, path in (
             ("api", "/api/v1/jobs"),
             ("page", "/"),
@@ -259,13 +216,9 @@ def test_protect_reads_without_a_token_is_refused_at_startup(tmp_path: Path) -> 
 def test_restorer_serve_with_protect_reads_and_no_token_stops_before_anything_starts(tmp_path: Path) -> None:
     """A settings rule, checked when the settings load: before the job database is opened and the
     models are loaded (it used to be checked by the servers, after both)."""
-    env = {**os.environ, "RESTORER_PROTECT_READS": "true", "PYTHONPATH": str(REPO)}
-    env.pop("RESTORER_API_TOKEN", None)
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env.update({f"RESTORER_{key.upper()}": str(value) for key, value in folders(tmp_path).items()})
-    command = [sys.executable, "-m", "app.cli", "serve", "--bind", "127.0.0.1", "--api-port", "0"]
-    result = subprocess.run(
-        [*command, "--site-port", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    result = serve_to_the_end(
+        tmp_path,
+        {"RESTORER_PROTECT_READS": "true", "RESTORER_API_TOKEN": None, "CREDENTIALS_DIRECTORY": None},
     )
     assert result.returncode == 2, result.stderr
     assert "protect_reads needs api_token" in result.stderr
@@ -275,7 +228,7 @@ def test_restorer_serve_with_protect_reads_and_no_token_stops_before_anything_st
 
 def raw_request(site: Site, head: bytes) -> bytes:
     """Send a request head as raw bytes (requests cannot send header bytes that are not text)."""
-    with socket.create_connection(("127.0.0.1", site.ports[0]), timeout=10) as sock:  # type: ignore[attr-defined]
+    with socket.create_connection(("127.0.0.1", site.ports[0]), timeout=10) as sock:
         sock.sendall(head + b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
         reply = b""
         while chunk := sock.recv(65536):
@@ -299,7 +252,7 @@ def test_a_token_header_that_is_not_utf8_is_refused_with_401_and_no_traceback(
                 reply = raw_request(site, line + header)
                 assert reply.startswith(b"HTTP/1.1 401"), reply[:300]
                 assert b"token-required" in reply
-        assert site.store.get(failed).state == "failed"  # type: ignore[attr-defined]
+        assert site.store.get(failed).state == "failed"
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 

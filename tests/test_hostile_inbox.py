@@ -11,48 +11,33 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from daemon.store import JobStore
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import ServeProcess, files_under, wait_for
+from tests.support.serve import ServeProcess
+from tests.support.waiting import wait_for
+from tests.support.workspace import files_under, jobs, jobs_by_input
 
-FOLDERS = {
-    "inbox": "inbox",
-    "outbox": "outbox",
-    "failed_dir": "failed",
-    "archive_dir": "archive",
-    "state_dir": "state",
-}
 SECRET = b'api_token = "s3cret-token-of-the-server"\n'
 
 
-def start(serves: list[ServeProcess], root: Path, *extra: str) -> ServeProcess:
-    serve = ServeProcess(root, None, *extra)
+def start(
+    serves: list[ServeProcess], root: Path, *extra: str, settings: dict[str, Any] | None = None
+) -> ServeProcess:
+    serve = ServeProcess(root, None, *extra, settings=settings)
     serves.append(serve)
     serve.wait_ready()
     return serve
 
 
-def jobs(root: Path) -> dict[str, object]:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return {job.input_path: job for job in store.list(limit=100, order="oldest").jobs}
-    finally:
-        store.close()
-
-
 def states(root: Path) -> dict[str, str]:
-    return {path: job.state for path, job in jobs(root).items()}  # type: ignore[attr-defined]
+    return {path: job.state for path, job in jobs_by_input(root).items()}
 
 
 def job_states(root: Path) -> list[str]:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return [job.state for job in store.list(limit=100, order="oldest").jobs]
-    finally:
-        store.close()
+    return [job.state for job in jobs(root)]
 
 
 def contents_under(folder: Path) -> list[bytes]:
@@ -80,7 +65,9 @@ def test_symlink_to_a_secret_with_failed_on_another_filesystem_leaks_nothing(
     try:
         serve = start(serves, root)
         (root / "inbox" / "holiday.jpg").symlink_to(secret)
-        job = wait_for(lambda: (j := jobs(root).get("holiday.jpg")) is not None and j.state == "failed" and j)
+        job = wait_for(
+            lambda: (j := jobs_by_input(root).get("holiday.jpg")) is not None and j.state == "failed" and j
+        )
         assert "symbolic link" in job.error and job.failure_kind == "bad-input"
         reason = (
             wait_for(lambda: (root / "failed" / "holiday.jpg.error.txt").is_file())
@@ -116,9 +103,9 @@ def test_fifo_and_socket_in_the_inbox_are_refused_and_the_daemon_goes_on(
         wait_for(lambda: len(files_under(root / "failed")) == 2)  # the reasons follow the failed rows
     finally:
         listener.close()
-    found = jobs(root)
-    assert "named pipe (FIFO)" in found["pipe.jpg"].error  # type: ignore[attr-defined]
-    assert "socket" in found["sock.jpg"].error  # type: ignore[attr-defined]
+    found = jobs_by_input(root)
+    assert "named pipe (FIFO)" in found["pipe.jpg"].error
+    assert "socket" in found["sock.jpg"].error
     assert files_under(root / "failed") == ["pipe.jpg.error.txt", "sock.jpg.error.txt"]
     assert files_under(root / "inbox") == [] and files_under(root / "outbox") == ["photo.bin"]
     assert serve.terminate() == 0
@@ -133,7 +120,9 @@ def test_a_symlinked_folder_planted_in_the_outbox_is_never_written_through(
     serve = start(serves, root)
     (root / "inbox" / "album").mkdir()
     (root / "inbox" / "album" / "a.jpg").write_bytes(fake_photo(b"a photo"))
-    job = wait_for(lambda: (j := jobs(root).get("album/a.jpg")) is not None and j.state == "failed" and j)
+    job = wait_for(
+        lambda: (j := jobs_by_input(root).get("album/a.jpg")) is not None and j.state == "failed" and j
+    )
     assert "symbolic link" in job.error and "original is still in the inbox" in job.error
     assert list(elsewhere.iterdir()) == []
     assert files_under(root / "inbox") == ["album/a.jpg"]
@@ -148,7 +137,7 @@ def test_a_scan_saved_again_mid_restore_is_not_lost(
     scan = root / "inbox" / "scan.jpg"
     scan.write_bytes(fake_photo(b"SLOW1.5|first scan"))
     # Progress means the worker has read the first scan and is restoring it.
-    wait_for(lambda: (job := jobs(root).get("scan.jpg")) is not None and job.progress > 0)  # type: ignore[attr-defined]
+    wait_for(lambda: (job := jobs_by_input(root).get("scan.jpg")) is not None and job.progress > 0)
     scan.write_bytes(fake_photo(b"second scan, saved over the first while it is restored"))
     wait_for(lambda: job_states(root) == ["done", "done"], timeout=30)
     outputs = sorted((root / "outbox").iterdir())
@@ -169,21 +158,7 @@ def test_a_scan_saved_again_mid_restore_is_not_lost(
 def test_an_oversized_file_and_a_large_video_are_refused_unread(
     root: Path, serves: list[ServeProcess]
 ) -> None:
-    (root / "restorer.toml").write_text(
-        "\n".join(
-            [
-                *(f'{name} = "{root / folder}"' for name, folder in FOLDERS.items()),
-                'bind = "127.0.0.1"',
-                "api_port = 0",
-                "site_port = 0",
-                "stability_seconds = 0.3",
-                "min_free_mb = 0",
-                "max_input_mb = 64",
-            ]
-        )
-        + "\n"
-    )
-    serve = start(serves, root)
+    serve = start(serves, root, settings={"max_input_mb": 64})
     with open(root / "inbox" / "huge.jpg", "wb") as huge:  # sparse: 80 MB without writing them
         huge.truncate(80 * 1024 * 1024)
     video = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * (20 * 1024 * 1024)  # an MP4 header, 20 MB
@@ -191,11 +166,11 @@ def test_an_oversized_file_and_a_large_video_are_refused_unread(
     (root / "inbox" / "photo.jpg").write_bytes(fake_photo(b"a real photo"))
     wait_for(lambda: states(root) == {"huge.jpg": "failed", "holiday.mp4.jpg": "failed", "photo.jpg": "done"})
     wait_for(lambda: len(files_under(root / "failed")) == 4)  # the reasons follow the failed rows
-    found = jobs(root)
-    assert "more than the 64 MB limit" in found["huge.jpg"].error  # type: ignore[attr-defined]
-    assert "not an image" in found["holiday.mp4.jpg"].error  # type: ignore[attr-defined]
+    found = jobs_by_input(root)
+    assert "more than the 64 MB limit" in found["huge.jpg"].error
+    assert "not an image" in found["holiday.mp4.jpg"].error
     # Refused from its size and first bytes: the identity recorded is the entry's, not a content hash.
-    assert found["holiday.mp4.jpg"].content_sha256 != hashlib.sha256(video).hexdigest()  # type: ignore[attr-defined]
+    assert found["holiday.mp4.jpg"].content_sha256 != hashlib.sha256(video).hexdigest()
     assert files_under(root / "failed") == [
         "holiday.mp4.jpg",
         "holiday.mp4.jpg.error.txt",
@@ -213,9 +188,11 @@ def test_kill_9_between_publish_and_finish_leaves_exactly_one_output(
     serves.append(serve)
     serve.wait_ready()
     (root / "inbox" / "a.jpg").write_bytes(fake_photo(b"a photo"))
-    job = wait_for(lambda: (j := jobs(root).get("a.jpg")) is not None and j.state == "done" and j, timeout=60)
+    job = wait_for(
+        lambda: (j := jobs_by_input(root).get("a.jpg")) is not None and j.state == "done" and j, timeout=60
+    )
     assert (root / "state" / "killed-at-finish").exists()  # the worker really died after publishing
-    assert job.attempts == 2 and "recorded, not restored again" in job.note  # type: ignore[attr-defined]
+    assert job.attempts == 2 and "recorded, not restored again" in job.note
     assert files_under(root / "outbox") == ["a.bin"]  # today: a second run publishes "a (1).bin"
     assert files_under(root / "archive") == ["a.jpg"] and files_under(root / "inbox") == []
     assert serve.terminate() == 0
@@ -228,8 +205,8 @@ def test_kill_9_between_finish_and_dispose_loses_no_original(root: Path, serves:
     (root / "inbox" / "a.jpg").write_bytes(fake_photo(b"a photo"))
     wait_for(lambda: (root / "state" / "killed-at-dispose").exists(), timeout=60)
     wait_for(lambda: get(serve, "/api/v1/health")[0] == 200, timeout=60)  # the worker came back
-    job = jobs(root)["a.jpg"]
-    assert job.state == "done" and job.attempts == 1  # type: ignore[attr-defined]
+    job = jobs_by_input(root)["a.jpg"]
+    assert job.state == "done" and job.attempts == 1
     assert files_under(root / "outbox") == ["a.bin"]
     assert files_under(root / "inbox") == ["a.jpg"]  # not disposed, not lost, never processed again
     assert serve.terminate() == 0
@@ -247,10 +224,10 @@ def test_a_small_text_file_named_jpg_is_refused_at_intake_and_never_reaches_a_wo
     (root / "inbox" / "photo.jpg").write_bytes(fake_photo(b"a real photo"))
     wait_for(lambda: states(root) == {"notes.jpg": "failed", "photo.jpg": "done"})
     wait_for(lambda: len(files_under(root / "failed")) == 2)  # the reason follows the failed row
-    refused = jobs(root)["notes.jpg"]
-    assert refused.failure_kind == "bad-input" and "not an image" in refused.error  # type: ignore[attr-defined]
-    assert refused.attempts == 0  # type: ignore[attr-defined] # no worker ever claimed it
-    assert refused.content_sha256 != hashlib.sha256(notes).hexdigest()  # type: ignore[attr-defined]
+    refused = jobs_by_input(root)["notes.jpg"]
+    assert refused.failure_kind == "bad-input" and "not an image" in refused.error
+    assert refused.attempts == 0  # no worker ever claimed it
+    assert refused.content_sha256 != hashlib.sha256(notes).hexdigest()
     assert files_under(root / "failed") == ["notes.jpg", "notes.jpg.error.txt"]
     assert (root / "failed" / "notes.jpg").read_bytes() == notes
     assert "This is not a picture file" in (root / "failed" / "notes.jpg.error.txt").read_text()

@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 
-from daemon.store import JobStore
 from pipeline import BadImageError, load_image, probe
 from pipeline.imageio import sniff_format
 from status_site.files import PAGE_PREVIEWS, fits_without_resize, make_preview
 from status_site.problems import Problem
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import ServeProcess, wait_for
 from tests.image_cases import (
     DEFAULT_LIMIT,
     IMAGE_CASES,
@@ -34,6 +32,9 @@ from tests.image_cases import (
     pattern,
     webp_canvas_only,
 )
+from tests.support.serve import ServeProcess
+from tests.support.waiting import wait_for
+from tests.support.workspace import jobs_by_input
 
 
 def _extra_hostile() -> dict[str, bytes]:
@@ -106,13 +107,6 @@ def _admitted(data: bytes) -> bool:
     return True
 
 
-def _site_port(serve: ServeProcess) -> int:
-    for line in serve.output().splitlines():
-        if "page listening on" in line:
-            return int(line.rsplit(":", 1)[1])
-    raise AssertionError("page port not in log:\n" + serve.output())
-
-
 def _request(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     try:
@@ -122,19 +116,11 @@ def _request(port: int, path: str, method: str = "GET") -> tuple[int, str, bytes
         return error.code, error.headers.get("Content-Type", ""), error.read()
 
 
-def _store_jobs(root: Path) -> dict[str, Any]:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return {job.input_path: job for job in store.list(limit=500, order="oldest").jobs}
-    finally:
-        store.close()
-
-
 class PagePoller:
     """What the status page asks for on each poll (app.js), and the previews of every job it shows."""
 
     def __init__(self, serve: ServeProcess) -> None:
-        self.page = _site_port(serve)
+        self.page = serve.site_port()
         self.api = serve.api_port()
         self.answers: list[tuple[int, str, str]] = []  # (status, content type, path)
 
@@ -175,38 +161,25 @@ class PagePoller:
 def test_hostile_files_in_the_queue_never_break_the_page_and_each_fails_with_its_reason(
     root: Path, serves: list[ServeProcess]
 ) -> None:
-    folders = {"inbox": "inbox", "outbox": "outbox", "failed_dir": "failed", "archive_dir": "archive"}
-    (root / "restorer.toml").write_text(
-        "\n".join(
-            [
-                *(f'{key} = "{root / folder}"' for key, folder in {**folders, "state_dir": "state"}.items()),
-                'bind = "127.0.0.1"',
-                "api_port = 0",
-                "site_port = 0",
-                "stability_seconds = 0.3",
-                "poll_seconds = 0.2",
-                "heartbeat_seconds = 0.5",
-                "min_free_mb = 0",
-                f"max_input_megapixels = {DEFAULT_LIMIT / 1e6}",
-            ]
-        )
-        + "\n"
+    serve = ServeProcess(
+        root,
+        processor="tests.daemon_processors:DecodeProcessor",
+        settings={"max_input_megapixels": DEFAULT_LIMIT / 1e6},
     )
-    serve = ServeProcess(root, None, processor="tests.daemon_processors:DecodeProcessor")
     serves.append(serve)
     serve.wait_ready()
     inbox = root / "inbox"
     # A done job first: without a measured rate the ETA reads no header at all.
     (inbox / "first.png").write_bytes(encoded(pattern(30, 40), "PNG"))
-    wait_for(lambda: (job := _store_jobs(root).get("first.png")) is not None and job.state == "done", 30)
+    wait_for(lambda: (job := jobs_by_input(root).get("first.png")) is not None and job.state == "done", 30)
     # Then a job that holds the worker while the page is polled: everything after it stays queued.
     (inbox / "holder.jpg").write_bytes(fake_photo(b"SLOW120|holds the worker"))
-    wait_for(lambda: (job := _store_jobs(root).get("holder.jpg")) is not None and job.state == "processing")
+    wait_for(lambda: (job := jobs_by_input(root).get("holder.jpg")) is not None and job.state == "processing")
     names = {_file_name(index, data): name for index, (name, data) in enumerate(sorted(HOSTILE.items()))}
     for file_name, name in names.items():
         (inbox / file_name).write_bytes(HOSTILE[name])
-    wait_for(lambda: set(names) <= set(_store_jobs(root)), 30)
-    queued = {path for path, job in _store_jobs(root).items() if job.state == "queued"}
+    wait_for(lambda: set(names) <= set(jobs_by_input(root)), 30)
+    queued = {path for path, job in jobs_by_input(root).items() if job.state == "queued"}
     bombs = {file_name for file_name, name in names.items() if name in BOMBS}
     # Admission refuses at intake what the pipeline refuses from the header (bombs included): failed
     # jobs at once, while the worker is still held. The rest wait in the queue for the worker.
@@ -222,7 +195,7 @@ def test_hostile_files_in_the_queue_never_break_the_page_and_each_fails_with_its
     shown = {job["input"]["path"]: job for job in live}
     assert queued <= set(shown)
     assert all(isinstance(shown[path]["eta_seconds"], float) for path in queued)  # a rate, sizes or means
-    ids = {path: job.id for path, job in _store_jobs(root).items()}
+    ids = {path: job.id for path, job in jobs_by_input(root).items()}
     bomb_previews = [
         status
         for status, _type, path in poller.answers
@@ -230,15 +203,15 @@ def test_hostile_files_in_the_queue_never_break_the_page_and_each_fails_with_its
     ]
     assert bomb_previews and set(bomb_previews) == {422}  # refused from the header, as problem+json
 
-    holder = _store_jobs(root)["holder.jpg"]
+    holder = jobs_by_input(root)["holder.jpg"]
     assert _request(poller.api, f"/api/v1/jobs/{holder.id}/cancel", method="POST")[0] == 200
     finished = ("done", "failed", "cancelled")
-    wait_for(lambda: all(_store_jobs(root)[name].state in finished for name in names), 60)
+    wait_for(lambda: all(jobs_by_input(root)[name].state in finished for name in names), 60)
     poller.poll_once()  # the failed ones now live in failed/: their previews are read from there
     assert poller.server_errors() == []
     assert poller.refusals_without_a_problem() == []
 
-    jobs = _store_jobs(root)
+    jobs = jobs_by_input(root)
     for file_name, name in names.items():
         reason = _reason_for(HOSTILE[name])
         job = jobs[file_name]

@@ -27,7 +27,8 @@ from pipeline import stage_spans
 from pipeline.options import RestoreOptions
 from pipeline.types import ProgressCallback
 from tests.daemon_processors import CopyProcessor
-from tests.daemon_support import files_under, make_settings
+from tests.support.settings import make_settings
+from tests.support.workspace import files_under
 
 
 class DecodingCopy(CopyProcessor):

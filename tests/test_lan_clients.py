@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.site_support import CHROMIUM, CHROMIUM_ARGS, LanClient, lan_client, png_bytes, running_site
+from tests.support.lan import LanClient, lan_client
+from tests.support.paths import CHROMIUM, CHROMIUM_ARGS
+from tests.support.site import png_bytes, running_site
 
 PROBLEM = "application/problem+json"
 TOKEN = "lan-write-token-0123456789"
@@ -38,7 +40,7 @@ def inbox_files(inbox: Path) -> list[Path]:
 def test_the_lan_client_really_comes_from_its_own_address(tmp_path: Path, lan: LanClient) -> None:
     """The peer the server sees is the namespace's address, not loopback (what the tests rely on)."""
     with running_site(tmp_path, bind=lan.server_address) as site:
-        api_port = site.ports[0]  # type: ignore[attr-defined]
+        api_port = site.ports[0]
         script = (
             "import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10);"
             "print(s.getsockname()[0])"
@@ -56,7 +58,7 @@ def test_the_lan_client_really_comes_from_its_own_address(tmp_path: Path, lan: L
 def test_without_a_token_lan_clients_may_read_but_not_write(tmp_path: Path, lan: LanClient) -> None:
     with running_site(tmp_path, bind=lan.server_address) as site:
         failed = site.insert_job(state="failed", error="corrupt")
-        for port in site.ports:  # type: ignore[attr-defined]
+        for port in site.ports:
             base = f"http://{lan.server_address}:{port}"
             assert lan.get(f"{base}/api/v1/jobs").status == 200
             capabilities = lan.get(f"{base}/api/v1/capabilities").json()
@@ -69,13 +71,13 @@ def test_without_a_token_lan_clients_may_read_but_not_write(tmp_path: Path, lan:
             upload = lan.post(f"{base}/api/v1/jobs", files=[("file", "x.png", png_bytes(), "image/png")])
             assert upload.status == 403
         assert inbox_files(site.settings.inbox) == []
-        assert site.store.get(failed).state == "failed"  # type: ignore[attr-defined]
+        assert site.store.get(failed).state == "failed"
 
 
 def test_with_a_token_a_lan_client_writes_when_it_sends_it(tmp_path: Path, lan: LanClient) -> None:
     with running_site(tmp_path, bind=lan.server_address, api_token=TOKEN) as site:
         failed = site.insert_job(state="failed", error="corrupt")
-        base = f"http://{lan.server_address}:{site.ports[0]}"  # type: ignore[attr-defined]
+        base = f"http://{lan.server_address}:{site.ports[0]}"
         assert lan.post(f"{base}/api/v1/jobs/{failed}/retry").status == 401
         assert lan.post(f"{base}/api/v1/jobs/{failed}/retry", headers={"X-API-Token": ""}).status == 401
         ok = lan.post(f"{base}/api/v1/jobs/{failed}/retry", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -90,7 +92,7 @@ def test_with_a_token_a_lan_client_writes_when_it_sends_it(tmp_path: Path, lan: 
 
 def test_a_rebound_host_name_is_refused_from_the_lan(tmp_path: Path, lan: LanClient) -> None:
     with running_site(tmp_path, bind=lan.server_address) as site:
-        for port in site.ports:  # type: ignore[attr-defined]
+        for port in site.ports:
             base = f"http://{lan.server_address}:{port}"
             refused = lan.get(f"{base}/api/v1/jobs", headers={"Host": f"evil.example:{port}"})
             assert refused.status == 421
@@ -125,7 +127,7 @@ def test_a_connection_flood_from_one_lan_client_does_not_lock_out_others(
     """The flooder fills its network's cap with idle connections: its next connection takes the place
     of its oldest, and another client of that network (this host's own address on the /30) is served."""
     with running_site(tmp_path, bind=lan.server_address, http_max_connections_per_network=8) as site:
-        api_port = site.ports[0]  # type: ignore[attr-defined]
+        api_port = site.ports[0]
         holder = subprocess.Popen(
             lan.command(sys.executable, "-c", _HOLD, lan.server_address, str(api_port), "8"),
             stdin=subprocess.PIPE,
@@ -162,7 +164,7 @@ def test_lan_visitors_see_uploads_and_retry_disabled_with_a_hint(tmp_path: Path,
         browser = pw.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_ARGS, env=dict(os.environ))
         try:
             page = browser.new_page()
-            page.goto(f"http://{lan.server_address}:{site.ports[1]}/")  # type: ignore[attr-defined]
+            page.goto(f"http://{lan.server_address}:{site.ports[1]}/")
             page.wait_for_selector("#failed li:has-text('scan.tif')", timeout=20_000)
             page.wait_for_selector("#upload-hint:visible", timeout=20_000)
             assert "RESTORER_API_TOKEN" in page.inner_text("#upload-hint")
@@ -183,19 +185,19 @@ def test_pausing_resuming_and_reordering_the_queue_follow_the_write_rules(
     records who paused it."""
     writes = ("/api/v1/queue/pause", "/api/v1/queue/resume")
     with running_site(tmp_path, bind=lan.server_address) as site:
-        store = site.store  # type: ignore[attr-defined]
+        store = site.store
         store.add("a.jpg", "a" * 64, 10, 1.0)
         second = store.add("b.jpg", "b" * 64, 10, 1.0).job.id
-        base = f"http://{lan.server_address}:{site.ports[0]}"  # type: ignore[attr-defined]
+        base = f"http://{lan.server_address}:{site.ports[0]}"
         for path in (*writes, f"/api/v1/jobs/{second}/prioritize"):
             refused = lan.post(base + path)
             assert refused.status == 403 and "loopback" in refused.json()["detail"], path
         assert store.queue_pause().paused is False and store.get(second).priority == 0
     with running_site(tmp_path / "token", bind=lan.server_address, api_token=TOKEN) as site:
-        store = site.store  # type: ignore[attr-defined]
+        store = site.store
         store.add("a.jpg", "a" * 64, 10, 1.0)
         second = store.add("b.jpg", "b" * 64, 10, 1.0).job.id
-        base = f"http://{lan.server_address}:{site.ports[0]}"  # type: ignore[attr-defined]
+        base = f"http://{lan.server_address}:{site.ports[0]}"
         assert lan.post(base + writes[0]).status == 401
         assert lan.post(f"{base}/api/v1/jobs/{second}/prioritize").status == 401
         bearer = {"Authorization": f"Bearer {TOKEN}"}

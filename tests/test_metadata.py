@@ -444,7 +444,7 @@ class SmallNetworkProcessor:
 
 def test_the_daemon_worker_publishes_a_16bit_tiff_with_every_tag(tmp_path: Path) -> None:
     """A job through the daemon's worker, on real folders and a real store, published to the outbox."""
-    from tests.daemon_support import make_settings
+    from tests.support.settings import make_settings
     from tests.test_job_loop import Rig
 
     source = photo_with_metadata(tmp_path / "photo.tif", "tiff16")

@@ -26,7 +26,7 @@ from daemon.names import (
     safe_relative_path,
 )
 from daemon.publish import publish_bytes
-from tests.site_support import png_bytes, running_site
+from tests.support.site import png_bytes, running_site
 
 # Names people and programs really produce, plus the hostile ones: controls, bidi overrides, lone
 # surrogates (undecodable bytes), huge extensions, reserved device names.

@@ -19,8 +19,12 @@ from daemon.notify import Notifier, redact, targets_of
 from daemon.settings import Settings
 from daemon.store import JobStore
 from tests.daemon_processors import fake_photo
-from tests.notify_support import Receiver, verify_signature, wait_until
-from tests.site_support import CHROMIUM, CHROMIUM_ARGS, free_port, make_settings, running_serve, running_site
+from tests.support.paths import CHROMIUM, CHROMIUM_ARGS
+from tests.support.ports import free_port
+from tests.support.receiver import Receiver, verify_signature
+from tests.support.settings import make_settings
+from tests.support.site import running_serve, running_site
+from tests.support.waiting import wait_for
 
 SECRET = "webhook-secret-0123456789abcdef"
 COPY = "tests.daemon_processors:CopyProcessor"
@@ -224,10 +228,10 @@ def test_slow_receiver_never_holds_up_restoring(tmp_path: Path) -> None:
     try:
         with running_serve(tmp_path, env, processor=COPY) as site:
             (site.settings.inbox / "first.bmp").write_bytes(fake_photo(b"one"))
-            wait_until(lambda: receiver.attempts >= 1, 60, "the first notification to hang")
+            wait_for(lambda: receiver.attempts >= 1, 60, "the first notification to hang")
             for n in range(3):
                 (site.settings.inbox / f"more-{n}.bmp").write_bytes(fake_photo(b"more %d" % n))
-            wait_until(lambda: site.get("/api/v1/stats").json()["counts"].get("done") == 4, 60, "4 done")
+            wait_for(lambda: site.get("/api/v1/stats").json()["counts"].get("done") == 4, 60, "4 done")
             assert receiver.received == []  # every delivery is still held by the receiver
     finally:
         receiver.stop()
@@ -248,20 +252,20 @@ def test_restart_with_pending_notifications_delivers_each_exactly_once(tmp_path:
     with running_serve(tmp_path, env, processor=COPY) as site:
         for n in range(3):
             (site.settings.inbox / f"photo-{n}.bmp").write_bytes(fake_photo(b"photo %d" % n))
-        wait_until(
+        wait_for(
             lambda: site.get("/api/v1/health").json().get("notifications", {}).get("pending") == 4,
             60,
             "3 job.done and 1 batch.finished pending",
         )
-        site.process.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
-        site.process.wait(30)  # type: ignore[attr-defined]
+        site.process.send_signal(signal.SIGKILL)
+        site.process.wait(30)
     assert outbox_rows(site.settings.state_dir) == 4
     receiver = Receiver(port).start()
     try:
         with running_serve(tmp_path, env, processor=COPY) as site:
-            wait_until(lambda: len(receiver.on("/hook")) >= 4, 60, "4 deliveries after the restart")
-            wait_until(lambda: site.get("/api/v1/health").json()["notifications"]["pending"] == 0, 30)
-            log = site.log_path.read_text()  # type: ignore[attr-defined]
+            wait_for(lambda: len(receiver.on("/hook")) >= 4, 60, "4 deliveries after the restart")
+            wait_for(lambda: site.get("/api/v1/health").json()["notifications"]["pending"] == 0, 30)
+            log = site.log_path.read_text()
         bodies = [item.json() for item in receiver.on("/hook")]
         assert len(bodies) == 4 and all(verify_signature(item, SECRET) for item in receiver.on("/hook"))
         assert sorted(body["event"] for body in bodies) == ["batch.finished"] + ["job.done"] * 3
@@ -288,10 +292,10 @@ def test_a_batch_of_photos_is_one_message_and_no_secret_shows(tmp_path: Path) ->
                 (folder / f"scan-{n:02d}.bmp").write_bytes(fake_photo(b"scan %d" % n))
             (folder / "broken.bmp").write_bytes(fake_photo(b"BAD"))
             (folder / "notes.jpg").write_text("not a photo: refused at intake, a failed job too")
-            wait_until(
+            wait_for(
                 lambda: any(item.json()["event"] == "batch.finished" for item in receiver.on("/hook")), 120
             )
-            wait_until(lambda: len(receiver.on("/apprise-tok3n-path")) >= 2, 30)
+            wait_for(lambda: len(receiver.on("/apprise-tok3n-path")) >= 2, 30)
             health = site.get("/api/v1/health").json()
             shown = [
                 site.get("/api/v1/health").text,
@@ -300,8 +304,8 @@ def test_a_batch_of_photos_is_one_message_and_no_secret_shows(tmp_path: Path) ->
             ]
             test = site.post("/api/v1/notifications/test")
             assert test.status_code == 202 and test.json() == {"queued": 2}
-            wait_until(lambda: any(item.json()["event"] == "test" for item in receiver.on("/hook")), 30)
-            log = site.log_path.read_text()  # type: ignore[attr-defined]
+            wait_for(lambda: any(item.json()["event"] == "test" for item in receiver.on("/hook")), 30)
+            log = site.log_path.read_text()
         events = [item.json()["event"] for item in receiver.on("/hook")]
         assert events.count("batch.finished") == 1 and events.count("job.failed") == 2
         assert "job.done" not in events  # the default: not one message per photo
@@ -353,7 +357,7 @@ def test_the_page_button_sends_a_test_notification(tmp_path: Path) -> None:
                 assert "1 notification target(s)" in page.inner_text("#notify-row")
                 page.click("#notify-test")
                 page.wait_for_selector("#notify-status:has-text('queued for 1 target')", timeout=20_000)
-                wait_until(lambda: receiver.on("/hook"), 30, "the test notification")
+                wait_for(lambda: receiver.on("/hook"), 30, "the test notification")
                 (item,) = receiver.on("/hook")
                 assert item.json()["event"] == "test" and verify_signature(item, SECRET)
                 assert SECRET not in page.content()

@@ -10,7 +10,7 @@ from pathlib import Path
 from daemon.health import HealthState
 from daemon.outbox_space import OutboxSpace
 from daemon.store import JobStore
-from tests.daemon_support import make_settings
+from tests.support.settings import make_settings
 
 MB = 1024 * 1024
 

@@ -16,7 +16,9 @@ import pytest
 from PIL import Image as PILImage
 
 from daemon.store import Job, JobStore
-from tests.daemon_support import REPO, RESTORER, ServeProcess, wait_for
+from tests.support.paths import REPO, RESTORER
+from tests.support.serve import ServeProcess
+from tests.support.waiting import wait_for
 
 # The namespace's own /proc, then remounted processes-only; the command runs only if meminfo is gone.
 PID_ONLY = 'mount -o remount,subset=pid /proc && test ! -e /proc/meminfo && exec "$@"'

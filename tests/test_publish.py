@@ -22,7 +22,7 @@ from daemon.publish import (
     publish_bytes,
     remove_stale_temp_files,
 )
-from tests.daemon_support import wait_for
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

@@ -23,7 +23,9 @@ from daemon import ReadModel
 from daemon.store import SCHEMA_VERSION, JobStore, migrate
 from status_site.eta import Estimator
 from tests.daemon_processors import fake_photo
-from tests.site_support import REPO, Site, make_settings, running_serve
+from tests.support.paths import REPO
+from tests.support.settings import make_settings
+from tests.support.site import Site, running_serve
 
 PROCESSOR = "tests.daemon_processors:CopyProcessor"
 FAST_POLL = {"RESTORER_HEARTBEAT_SECONDS": "0.5"}

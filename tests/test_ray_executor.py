@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from daemon.store import Job, JobStore
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import ServeProcess, files_under, wait_for
 from tests.ray_support import RayCluster, assert_token_out_of_sight
+from tests.support.serve import ServeProcess
+from tests.support.waiting import wait_for
+from tests.support.workspace import files_under, jobs
 
 pytestmark = pytest.mark.ray
 
@@ -32,19 +33,6 @@ def serve_on(serves: list[ServeProcess], root: Path, cluster: RayCluster, **env:
     serves.append(serve)
     serve.wait_ready()
     return serve
-
-
-def jobs(root: Path) -> list[Job]:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return store.list(limit=2000, order="oldest").jobs
-    finally:
-        store.close()
-
-
-def api(serve: ServeProcess, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{serve.api_port()}/api/v1{path}", timeout=5) as r:
-        return json.loads(r.read())
 
 
 def health(serve: ServeProcess) -> dict[str, Any]:
@@ -73,13 +61,13 @@ def test_jobs_flow_through_ray_actors_on_two_nodes(
     assert health["executor"] == "ray" and health["status"] == "ok"
     # The cluster's token: never in health, the API, the log, a command line or an environment.
     token = ray_cluster.token_file.read_text().strip()
-    assert token not in json.dumps(health) and token not in json.dumps(api(serve, "/capabilities"))
+    assert token not in json.dumps(health) and token not in json.dumps(serve.api("/capabilities"))
     assert_token_out_of_sight(token, serve.proc.pid, serve.output())
     assert health["cluster"]["state"] == "connected" and health["cluster"]["nodes"] == 2
     for n in range(6):
         (root / "inbox" / f"photo{n}.jpg").write_bytes(fake_photo(b"SLOW0.6|" + f"photo {n}".encode()))
     (root / "inbox" / "broken.jpg").write_bytes(fake_photo(b"BAD bytes"))
-    running = wait_for(lambda: (r := api(serve, "/jobs?state=processing")["jobs"]) and r, timeout=60)
+    running = wait_for(lambda: (r := serve.api("/jobs?state=processing")["jobs"]) and r, timeout=60)
     assert all(job["worker"] in ("r1", "r2") for job in running)
     wait_for(lambda: sorted(j.state for j in jobs(root)) == ["done"] * 6 + ["failed"], timeout=90)
     done = [j for j in jobs(root) if j.state == "done"]

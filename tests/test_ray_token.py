@@ -2,7 +2,7 @@
 
 Fast checks first (no Ray): `restorer serve --executor ray` and `restorer cluster head|join` refuse to
 start without a readable token; `restorer cluster token` makes one; the private temp dir. Then a real
-token cluster across two network namespaces (tests/site_support.lan_pair): the head, started with
+token cluster across two network namespaces (tests/support/lan.py, lan_pair): the head, started with
 `restorer cluster head`, in one; a "LAN host" in the other. Without the token that host can neither join
 nor call the GCS; with it, `restorer cluster join` joins, and `restorer serve` (in the head's namespace)
 restores a photo on an actor that runs on the LAN host, through a firewall in each namespace that opens
@@ -25,24 +25,17 @@ from pathlib import Path
 import pytest
 
 from daemon.ray_token import write_new_token
-from daemon.store import Job, JobStore
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import ServeProcess, wait_for
 from tests.ray_support import RAY, assert_token_out_of_sight, pids_naming
-from tests.site_support import LanPair, lan_pair
+from tests.support.lan import LanPair, lan_pair
+from tests.support.serve import ServeProcess
+from tests.support.waiting import wait_for
+from tests.support.workspace import jobs
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "app.cli"]
 BASE_ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
 NO_RAY_AUTH = {key: value for key, value in BASE_ENV.items() if not key.startswith("RAY_AUTH")}
-
-
-def jobs(root: Path) -> list[Job]:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return store.list(limit=100, order="oldest").jobs
-    finally:
-        store.close()
 
 
 def cli(

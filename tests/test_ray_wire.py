@@ -33,7 +33,7 @@ from daemon.settings import Settings
 from pipeline import BadImageError, RestoreError, RestoreOptions
 from pipeline.types import CorruptImageError, WeightsMissingError
 from tests.daemon_processors import CopyProcessor, fake_photo
-from tests.site_support import folders
+from tests.support.settings import folders
 
 OK = {"ok": True, "format": "png", "extension": ".png", "report": {"seconds": 1.5, "faces": []}}
 

@@ -29,7 +29,6 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import wait_for
 from tests.share_support import (
     SSHD,
     SambaServer,
@@ -38,6 +37,7 @@ from tests.share_support import (
     port_is_free,
     skip_unless_available,
 )
+from tests.support.waiting import wait_for
 from tests.test_watcher import Harness
 
 STABILITY = 1.0  # longer than any pause between two pieces below, as on a real share

@@ -14,7 +14,7 @@ from daemon.settings import Settings
 from daemon.store import Job, JobStore
 from status_site.api import job_json
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import make_settings
+from tests.support.settings import make_settings
 
 DAY = timedelta(days=1)
 
@@ -139,7 +139,8 @@ def test_a_file_that_took_the_archived_originals_place_is_left_alone(tmp_path: P
 def test_restorer_serve_sweeps_at_start_and_keeps_the_record(tmp_path: Path) -> None:
     """End to end: a photo restored and archived by one `restorer serve`; the next start's sweep, the
     archive_days (here 0.1 s) past, removes the archived original and marks the job; the output stays."""
-    from tests.daemon_support import ServeProcess, wait_for
+    from tests.support.serve import ServeProcess
+    from tests.support.waiting import wait_for
 
     for folder in ("inbox", "outbox", "failed", "archive", "state"):
         (tmp_path / folder).mkdir()

@@ -25,7 +25,10 @@ from app.cli import main
 from daemon import sdnotify
 from daemon.store import JobStore
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import COPY_PROCESSOR, RESTORER, ServeProcess, files_under, wait_for
+from tests.support.paths import RESTORER
+from tests.support.serve import COPY_PROCESSOR, ServeProcess
+from tests.support.waiting import wait_for
+from tests.support.workspace import files_under, jobs
 
 
 class NotifyListener:
@@ -75,14 +78,6 @@ def start(
     serves.append(serve)
     serve.wait_ready()
     return serve
-
-
-def jobs(root: Path) -> list:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return store.list(limit=2000, order="oldest").jobs
-    finally:
-        store.close()
 
 
 def job_states(root: Path) -> list[str]:

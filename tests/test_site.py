@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from status_site.files import PAGE_PREVIEWS, PREVIEW_SIZES
-from tests.site_support import Site, running_site
+from tests.support.site import Site, running_site
 
 STATIC = Path(__file__).resolve().parent.parent / "status_site" / "static"
 

@@ -17,7 +17,7 @@ import pytest
 import status_site.files
 from daemon.store import JobStore
 from tests.image_cases import gif_frames
-from tests.site_support import Site, running_site
+from tests.support.site import Site, running_site
 
 BOMB = gif_frames((1, 1), [(65535, 65535)])  # Pillow's decompression_bomb.gif: 4.3 G pixels in 40 bytes
 
@@ -47,7 +47,7 @@ def test_a_pixel_bomb_gif_in_the_queue_leaves_the_listing_answering(
     """A bomb can sit in the queue although intake refuses one: a row queued before sizes were stored,
     or a file replaced after it was admitted. The listings (the API's and the page's) answer 200 with
     estimates, and not one of them opens a file."""
-    store: JobStore = site.store  # type: ignore[attr-defined]
+    store: JobStore = site.store
     _done(site, 1.0, 10.0)  # a measured rate, so estimates are made: 10 s per megapixel
     (site.settings.inbox / "old-row.gif").write_bytes(BOMB)
     unsized = store.add("old-row.gif", "a" * 64, len(BOMB), 1.0).job.id

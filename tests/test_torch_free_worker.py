@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.daemon_support import ServeProcess, wait_for
 from tests.faces_support import write_random_gfpgan
+from tests.support.serve import ServeProcess
+from tests.support.waiting import wait_for
 from tests.test_service import job_states, jobs
 
 

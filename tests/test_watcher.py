@@ -23,8 +23,9 @@ from daemon.store import JobStore
 from daemon.watcher import default_observer
 from pipeline import BadImageError, load_image
 from tests.daemon_processors import fake_photo
-from tests.daemon_support import make_settings, wait_for
 from tests.image_cases import encoded, gif_frames, pattern
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
 
 
 class Harness:

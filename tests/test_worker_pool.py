@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import json
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,14 @@ import pytest
 
 from daemon.health import HealthState
 from daemon.settings import Settings
-from daemon.store import Job, JobStore
+from daemon.store import JobStore
 from daemon.worker_pool import WorkerPool, visible_cuda_devices, worker_devices
 from tests.daemon_processors import CopyProcessor, fake_photo
-from tests.daemon_support import ServeProcess, files_under, make_settings, wait_for
-from tests.site_support import png_bytes
+from tests.support.serve import ServeProcess
+from tests.support.settings import make_settings
+from tests.support.site import png_bytes
+from tests.support.waiting import wait_for
+from tests.support.workspace import files_under, jobs
 
 
 def test_visible_cuda_devices_follow_cuda_visible_devices_else_the_driver(tmp_path: Path) -> None:
@@ -60,20 +61,6 @@ def start(
     return serve
 
 
-def jobs(root: Path) -> list[Job]:
-    store = JobStore(root / "state" / "jobs.sqlite3")
-    try:
-        return store.list(limit=2000, order="oldest").jobs
-    finally:
-        store.close()
-
-
-def api(serve: ServeProcess, path: str) -> Any:
-    url = f"http://127.0.0.1:{serve.api_port()}/api/v1{path}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def drop_in_order(root: Path, names: list[str], data: bytes) -> None:
     """One file at a time, each after the previous became a job, so arrival order is the name order."""
     for count, name in enumerate(names, start=1):
@@ -93,7 +80,7 @@ def test_two_workers_run_two_jobs_at_once_and_claim_in_arrival_order(
     ]
     names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
     drop_in_order(root, names, b"SLOW1.5|")
-    running = wait_for(lambda: (r := api(serve, "/jobs?state=processing")["jobs"]) and len(r) == 2 and r)
+    running = wait_for(lambda: (r := serve.api("/jobs?state=processing")["jobs"]) and len(r) == 2 and r)
     assert sorted(job["worker"] for job in running) == ["w1", "w2"]  # each running job names its worker
     wait_for(lambda: [j.state for j in jobs(root)] == ["done"] * 5, timeout=60)
     done = jobs(root)

@@ -108,7 +108,9 @@ RUN --mount=type=secret,id=pip_cert \
 # torch, by the runtime's own converter (pipeline/prebuilt.py); the torch-free image ships the result.
 FROM builder AS prebuilt
 COPY pipeline /src/pipeline
-RUN PYTHONPATH=/src /opt/venv/bin/python -m pipeline.prebuilt --target /opt/prebuilt
+# (`-c`, not `-m pipeline.prebuilt`: the package imports that module first, which -m warns about.)
+RUN PYTHONPATH=/src /opt/venv/bin/python -c 'import sys; from pipeline.prebuilt import main; sys.exit(main())' \
+      --target /opt/prebuilt
 
 # The venv of each RUNTIME; the image below copies the chosen one.
 FROM builder AS venv-torch

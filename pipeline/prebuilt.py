@@ -2,7 +2,7 @@
 
 Converting a network to OpenVINO IR imports torch (pipeline/backends/ir.py); running it does not. The
 torch-free container image therefore cannot convert anything itself, so its builder stage, which has torch,
-runs `python -m pipeline.prebuilt`: the embedded Real-ESRGAN networks and the MTCNN face detector are
+runs `pipeline.prebuilt.main`: the embedded Real-ESRGAN networks and the MTCNN face detector are
 converted into `prebuilt_cache_dir()` (inside the environment, `<sys.prefix>/share/neural-image-restore/
 cache`, laid out like a state directory's cache: weights/ and openvino/ir/), and the runtime image copies
 that folder.

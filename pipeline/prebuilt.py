@@ -115,6 +115,9 @@ def build(target: Path) -> None:
         missing = [name for name, xml in expected.items() if read_network(xml) is None]
     if missing:
         raise RuntimeError(f"the prebuilt cache lacks {missing}")
+    # Shipped for every user: readable by all (safetensors writes its files 0600, for their creator only).
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _expected_irs(weights_dir: Path, cache_dir: Path) -> dict[str, Path]:

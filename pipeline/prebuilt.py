@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.files import atomic_target
 from pipeline.models import REGISTRY, get_spec
+from pipeline.types import BackendUnavailableError
 
 if TYPE_CHECKING:
     from pipeline.types import EngineConfig, RestoreOptions
@@ -64,8 +65,12 @@ def seed_cache(cache_dir: Path | str, prebuilt: Path | None = None) -> int:
         destination = target / path.relative_to(source)
         if destination.exists():
             continue
-        with atomic_target(destination) as temporary:
-            shutil.copyfile(path, temporary)
+        try:
+            with atomic_target(destination) as temporary:
+                shutil.copyfile(path, temporary)
+        except OSError as error:  # a full disk, a cache folder of another user: the job says which
+            message = f"copying the prebuilt {path.name} into {target} failed: {error}"
+            raise BackendUnavailableError(message) from error
         copied += 1
     if copied:
         log.info("copied %d prebuilt conversion files from %s into %s", copied, source, target)

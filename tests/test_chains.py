@@ -28,8 +28,8 @@ from pipeline.options import RestoreOptions
 from pipeline.restorer import Restorer
 from pipeline.types import EngineConfig, Image
 from tests.chain_support import write_tiny_x2plus
-from tests.support.settings import make_settings
 from tests.fake_upscalers import ConvStackUpscaler
+from tests.support.settings import make_settings
 
 CHAIN = ["RealESRGAN_x2plus", "realesr-animevideov3"]  # 2 x 4
 

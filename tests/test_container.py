@@ -196,3 +196,31 @@ def test_every_compose_file_gives_state_init_the_restorer_image() -> None:
         services = load_compose(path)["services"]
         assert services["state-init"]["image"] == services["restorer"]["image"], path
     assert load_compose(ROOT / "compose.yaml")["services"]["state-init"]["pull_policy"] == "never"
+
+
+def test_the_daemon_image_is_torch_free_and_the_converter_has_torch() -> None:
+    """compose.yaml builds the daemon without torch (RUNTIME slim, the Dockerfile's default) and the
+    converter with it; the GPU override's image has torch (it runs it). `make docker-test` proves that
+    `import torch` fails in the built image and that a photo is restored there."""
+    assert dockerfile_args()["RUNTIME"] == "slim"
+    services = load_compose(ROOT / "compose.yaml")["services"]
+    assert services["restorer"]["build"]["args"]["RUNTIME"] == "slim"
+    assert services["converter"]["build"]["args"] == {"FLAVOUR": "cpu", "RUNTIME": "torch"}
+    assert (
+        load_compose(ROOT / "compose.gpu.yaml")["services"]["restorer"]["build"]["args"]["RUNTIME"] == "torch"
+    )
+    text = DOCKERFILE.read_text()
+    assert "FROM venv-${RUNTIME} AS venv" in text and "COPY --from=venv /opt/venv /opt/venv" in text
+
+
+def test_the_converter_runs_on_demand_without_network_and_cannot_touch_the_weights() -> None:
+    services = load_compose(ROOT / "compose.yaml")["services"]
+    converter, restorer = services["converter"], services["restorer"]
+    assert converter["profiles"] == ["convert"]  # `up` never starts it; `compose run converter` does
+    assert converter["entrypoint"][-3:] == ["restorer", "weights", "convert"]
+    assert converter["user"] == restorer["user"] and converter["network_mode"] == "none"
+    assert converter["cap_drop"] == ["ALL"] and "cap_add" not in converter
+    assert converter["read_only"] is True and converter["security_opt"] == ["no-new-privileges:true"]
+    # The daemon's weights folder, read-only; the daemon's state volume, where the IR goes.
+    assert set(converter["volumes"]) == {"${WEIGHTS_DIR:-./weights}:/weights:ro", "state:/var/lib/restorer"}
+    assert converter["depends_on"] == {"state-init": {"condition": "service_completed_successfully"}}

@@ -3,7 +3,9 @@
 States: available (a user file in the weights folder), converted (embedded ncnn weights already converted
 into the state directory's cache), embedded (converted automatically on first use), missing (the user must
 add the official file; the line says which and where it comes from). Nothing is downloaded, except by
-`restorer weights fetch NAME...`, which the user runs (app/weights_fetch.py).
+`restorer weights fetch NAME...`, which the user runs (app/weights_fetch.py). `restorer weights convert`
+makes the OpenVINO IR of the weights present now, where torch is installed (the torch-free container image
+cannot convert; its converter service runs this, docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="base URL of a mirror holding the same file names (default: the official release URLs)",
     )
     fetch.set_defaults(run=run_fetch)
+    convert = command_parser(
+        actions,
+        "convert",
+        "convert weight files to OpenVINO IR now, into the cache the daemon reads (needs torch)",
+        ("weights_dir", "state_dir"),
+        description="Convert weights to OpenVINO IR ahead of use, as the worker would on first use: for "
+        "a daemon without torch (the container image), run this where torch is installed, on the same "
+        "weights folder and state folder.",
+    )
+    convert.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="model ids, or MTCNN for the face detector (default: every weight file in the weights folder)",
+    )
+    convert.set_defaults(run=run_convert)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +102,38 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"{spec.id}: {verb}: {result.path} (sha256 {result.sha256[:16]}..., official)")
     if failed == 0 and any(spec.purpose == "face" for spec in specs):
         print("face restoration uses it from the next job (the status page's list updates after a restart)")
+    return 1 if failed else 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from pipeline import RestoreError, UnknownModelError, convert_ahead, get_spec, model_statuses
+
+    settings = settings_from_args(args)
+    engine, options = settings.engine_config(), settings.restore_options()
+    if args.names:
+        try:
+            names = [name if name == "MTCNN" else get_spec(name).id for name in args.names]
+        except UnknownModelError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    else:
+        statuses = model_statuses(settings.weights_dir, settings.cache_dir)
+        # The user's own files: the embedded networks and the face detector ship converted with a
+        # torch-free installation, and are converted on first use by one with torch.
+        names = [
+            s.spec.id for s in statuses if s.state == "available" and s.spec.purpose != "denoise-companion"
+        ]
+    if not names:
+        print(f"no weight files in {settings.weights_dir}: nothing to convert")
+    failed = 0
+    for name in names:
+        try:
+            print(f"{name}: {convert_ahead(name, engine, options)}", flush=True)
+        except RestoreError as error:
+            print(f"error: {name}: {error}", file=sys.stderr)
+            failed += 1
+    folder = settings.cache_dir / "openvino" / "ir"
+    print(f"OpenVINO IR in {folder}; the daemon uses it from its next model load")
     return 1 if failed else 0
 
 

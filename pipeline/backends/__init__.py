@@ -154,10 +154,13 @@ def load_upscaler(
 def upscaler_ir(model_id: str, engine: EngineConfig, denoise_strength: float | None = None) -> IrNetwork:
     """The model's IR from the cache, converted first (in a separate process) when it is not there yet.
 
-    Named by the weights' sha256, so a replaced weights file gets its own IR; finding it imports no torch."""
+    Named by the weights' sha256, so a replaced weights file gets its own IR; finding it imports no torch.
+    A torch-free installation ships the embedded networks converted (pipeline/prebuilt.py): seeded first."""
+    from pipeline.prebuilt import seed_cache
     from pipeline.weights import weights_key
 
     weights_dir, cache_dir = Path(engine.weights_dir), Path(engine.cache_dir)
+    seed_cache(cache_dir)
     key = weights_key(model_id, weights_dir, cache_dir, denoise_strength)
     network = read_network(upscaler_xml(model_id, cache_dir, key)) if key is not None else None
     if network is not None:

@@ -15,6 +15,7 @@ multiprocessing does not allow to have children.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import shutil
@@ -173,6 +174,12 @@ def convert_in_subprocess(job: Conversion, timeout_s: float = CONVERT_TIMEOUT_S)
     """Run one conversion in a fresh interpreter; its errors come back as the pipeline's own types."""
     started = time.monotonic()
     what = job.model_id or job.kind
+    if importlib.util.find_spec("torch") is None:
+        # The torch-free container image: its daemon runs IR but cannot make it.
+        raise BackendUnavailableError(
+            f"converting {what} to OpenVINO IR needs torch, which is not installed here: run "
+            "`restorer weights convert` where it is (container: `docker compose run --rm converter`)"
+        )
     entry = (
         "import sys; from pipeline.backends.ir import converter_main; sys.exit(converter_main(sys.argv[1:]))"
     )

@@ -78,6 +78,9 @@ class MtcnnOpenVinoDetector:
     name = "MTCNN (facenet-pytorch weights on OpenVINO)"
 
     def __init__(self, cache_dir: Path, threads: int) -> None:
+        from pipeline.prebuilt import seed_cache
+
+        seed_cache(cache_dir)  # a torch-free installation ships these nets converted
         xmls = mtcnn_xmls(cache_dir)
         if any(read_network(xml) is None for xml in xmls.values()):
             convert_in_subprocess(Conversion("mtcnn", cache_dir=str(cache_dir)))

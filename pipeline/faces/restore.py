@@ -18,6 +18,7 @@ fastest engine whose output stays within 40 dB of torch fp32 on a real face.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,10 +190,11 @@ def load_face_restorer(model_id: str, engine: EngineConfig, fidelity: float = 0.
     if info.backend == "openvino":
         try:
             return FaceRestorer(
-                model_id, info, OpenVinoFaceRunner(_face_ir(model_id, engine, fidelity), info, engine)
+                model_id, info, OpenVinoFaceRunner(face_ir(model_id, engine, fidelity), info, engine)
             )
         except (BackendUnavailableError, RuntimeError) as error:  # an architecture OpenVINO cannot express
-            if engine.backend == "openvino":
+            # Without torch (the torch-free image) there is nothing to fall back on: say so, do not crash.
+            if engine.backend == "openvino" or importlib.util.find_spec("torch") is None:
                 raise BackendUnavailableError(f"{model_id} cannot run on openvino: {error}") from error
             log.warning("%s on openvino failed (%s); using torch instead", model_id, error)
             reason = f"{info.reason}; openvino failed for {model_id}, torch {info.precision} instead"
@@ -212,10 +214,13 @@ def face_xml(model_id: str, cache_dir: Path, key: str, fidelity: float) -> Path:
     return ir_dir(cache_dir) / f"face-{arch}-{key[:32]}{suffix}-1x3x{CROP}x{CROP}.xml"
 
 
-def _face_ir(model_id: str, engine: EngineConfig, fidelity: float) -> Path:
+def face_ir(model_id: str, engine: EngineConfig, fidelity: float) -> Path:
+    """The face network's IR from the cache, converted first (in a separate process) when it is not there."""
+    from pipeline.prebuilt import seed_cache
     from pipeline.weights import weights_key
 
     weights_dir, cache_dir = Path(engine.weights_dir), Path(engine.cache_dir)
+    seed_cache(cache_dir)
     key = weights_key(model_id, weights_dir, cache_dir)
     if key is None:  # face weights are never embedded: a user file or WeightsMissingError
         raise BackendUnavailableError(f"{model_id}: no weights key")

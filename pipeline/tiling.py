@@ -33,7 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.scratch import release_rows
+from pipeline.scratch import release_all, release_rows
 from pipeline.types import DeviceOutOfMemoryError, ProgressCallback
 
 DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/performance.md)
@@ -323,6 +323,7 @@ def _tile_image(
                 on_progress("upscale", done, total)
         next_start = rows.starts[row_index + 1] * scale if row_index + 1 < len(rows.starts) else out_h
         strip.flush_until(next_start)
+        release_all(source)  # the rows read so far of a disk-backed input (pipeline/disk_decode.py)
     return TiledResult(output, total, (rows.length, cols.length), runner.oom_splits)
 
 

@@ -388,3 +388,120 @@ def test_an_rgb_photo_restored_as_gray_goes_back_to_rgb_on_disk_as_in_memory(
     on_disk, _ = Restorer(engine, upscaler_loader=loader).restore(Image(pixels), NO_FACES)
     assert is_disk_backed(on_disk.pixels) and on_disk.pixels.shape == in_memory.pixels.shape
     assert np.array_equal(on_disk.pixels, in_memory.pixels)
+
+
+# -- the input side: large pictures decoded into the scratch folder ------------------------------------
+
+
+def _saved(pixels: np.ndarray, mode: str, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels, mode).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    import cv2
+
+    bgr = (
+        pixels
+        if pixels.ndim == 2
+        else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR if pixels.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    )
+    return cv2.imencode(".png", bgr)[1].tobytes()
+
+
+def _tiff(pixels: np.ndarray, **options: object) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    photometric = "rgb" if pixels.ndim == 3 else "minisblack"
+    extra = ("unassalpha",) if pixels.ndim == 3 and pixels.shape[2] == 4 else None
+    tifffile.imwrite(buffer, pixels, photometric=photometric, extrasamples=extra, **options)
+    return buffer.getvalue()
+
+
+def _oriented_jpeg(pixels: np.ndarray, orientation: int) -> bytes:
+    picture = PILImage.fromarray(pixels)
+    exif = picture.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+RGB8, RGB16 = photo((45, 61, 3)), photo((45, 61, 3), np.uint16)
+RGBA8, RGBA16 = np.dstack([RGB8, photo((45, 61), seed=8)]), np.dstack([RGB16, photo((45, 61), np.uint16, 9)])
+DECODE_CASES = {
+    "jpeg rgb": lambda: _saved(RGB8, "RGB", "JPEG", quality=90),
+    "progressive jpeg": lambda: _saved(RGB8, "RGB", "JPEG", quality=90, progressive=True),
+    "jpeg gray": lambda: _saved(RGB8[:, :, 0], "L", "JPEG"),
+    "jpeg rotated (EXIF 6)": lambda: _oriented_jpeg(RGB8, 6),
+    "jpeg mirrored (EXIF 2)": lambda: _oriented_jpeg(RGB8, 2),
+    "png rgb": lambda: _saved(RGB8, "RGB", "PNG"),
+    "png rgba": lambda: _saved(RGBA8, "RGBA", "PNG"),
+    "png gray": lambda: _saved(RGB8[:, :, 0], "L", "PNG"),
+    "png gray+alpha": lambda: _saved(RGBA8[:, :, ::3], "LA", "PNG"),
+    "png 16-bit rgb": lambda: _png16(RGB16),
+    "png 16-bit rgba": lambda: _png16(RGBA16),
+    "png 16-bit gray": lambda: _png16(RGB16[:, :, 0]),
+    "tiff 8-bit rgb, strips": lambda: _tiff(RGB8, compression="zlib", rowsperstrip=7),
+    "tiff 16-bit rgba, strips": lambda: _tiff(RGBA16, compression="zlib", rowsperstrip=7),
+    "tiff 16-bit gray, tiles": lambda: _tiff(photo((45, 61), np.uint16), tile=(16, 16)),
+    "bmp": lambda: _saved(RGB8, "RGB", "BMP"),
+}
+
+
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_a_large_input_decodes_into_the_scratch_folder_with_the_memory_decodes_pixels(
+    case: str, tmp_path: Path
+) -> None:
+    data = DECODE_CASES[case]()
+    in_memory = load_image(data)
+    on_disk = load_image(data, scratch=scratch.DiskDecode(tmp_path, available_bytes=0))  # nothing to spare
+    assert is_disk_backed(on_disk.pixels), case
+    assert any("decoded into the scratch folder" in note for note in on_disk.notes)
+    assert on_disk.pixels.shape == in_memory.pixels.shape and on_disk.pixels.dtype == in_memory.pixels.dtype
+    assert np.array_equal(on_disk.pixels, in_memory.pixels)
+    assert on_disk.pixels.flags.c_contiguous
+    assert list(tmp_path.iterdir()) == []  # unlinked: nothing left behind
+
+
+def test_an_input_with_memory_to_spare_or_a_converted_mode_is_decoded_in_memory(tmp_path: Path) -> None:
+    roomy = scratch.DiskDecode(tmp_path, available_bytes=8 << 30)
+    assert not is_disk_backed(load_image(_saved(RGB8, "RGB", "JPEG"), scratch=roomy).pixels)
+    palette = io.BytesIO()
+    PILImage.fromarray(RGB8).convert("P").save(palette, "PNG")  # converted to RGB: Pillow's whole copy
+    image = load_image(palette.getvalue(), scratch=scratch.DiskDecode(tmp_path, available_bytes=0))
+    assert not is_disk_backed(image.pixels) and image.pixels.shape == (45, 61, 3)
+
+
+@pytest.mark.parametrize("case", ["jpeg rgb", "png rgba", "png gray+alpha", "png 16-bit rgb", "jpeg gray"])
+@pytest.mark.parametrize("pixels", ["colour", "gray as rgb"])
+def test_a_disk_decoded_input_restores_to_the_memory_inputs_pixels(
+    case: str, pixels: str, tmp_path: Path
+) -> None:
+    """split_planes' gray copy, the alpha plane through the network and the constant-alpha check work
+    a strip at a time on a disk-backed input, with the same result."""
+    data = DECODE_CASES[case]()
+    if pixels == "gray as rgb":
+        decoded = load_image(data).pixels
+        gray = decoded if decoded.ndim == 2 else decoded[:, :, :1]
+        if decoded.ndim == 2 or decoded.shape[2] == 3:
+            data = (
+                _png16(np.dstack([gray] * 3))
+                if decoded.dtype == np.uint16
+                else _saved(np.dstack([gray] * 3).squeeze(), "RGB", "PNG")
+            )
+        else:
+            data = _saved(np.dstack([gray] * 3 + [decoded[:, :, 3:]]), "RGBA", "PNG")
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    restorer = Restorer(engine, upscaler_loader=loader)
+    expected, report = restorer.restore(load_image(data), NO_FACES)
+    image = load_image(data, scratch=scratch.DiskDecode(tmp_path, available_bytes=0))
+    assert is_disk_backed(image.pixels)
+    restored, disk_report = restorer.restore(image, NO_FACES)
+    assert disk_report.colour == report.colour
+    if pixels == "gray as rgb":
+        assert report.colour is not None and report.colour.path == "gray"
+    assert restored.pixels.shape == expected.pixels.shape
+    assert np.array_equal(restored.pixels, expected.pixels)

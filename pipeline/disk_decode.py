@@ -14,11 +14,12 @@ each sample's high byte ("RGB;16B", what Pillow does) and once its low byte (the
 "RGB;16L" takes the second byte of each big-endian sample), joined strip by strip: the exact 16-bit
 values OpenCV's whole-image decode gives, with no whole copy in memory.
 
-16-bit and 8-bit TIFF: tifffile decodes one strip or tile (a segment) at a time into the array.
+Striped TIFF (uncompressed or deflate, 8 or 16 bits): tifffile reads the layout, each strip is inflated
+here (bounded by its rows' size) and written into the array.
 
 Not decoded here (None: the caller's in-memory path, as before): palette, CMYK and other converted modes,
 key-colour transparency, 16-bit gray+alpha PNG, WebP and HEIC (their libraries decode the whole picture
-in one call), TIFF that tifffile cannot decode without imagecodecs (e.g. JPEG-compressed). Progressive
+in one call), tiled, LZW- or JPEG-compressed TIFF (Pillow's libtiff decodes those whole). Progressive
 JPEG goes through here, but libjpeg holds the whole picture's coefficients while it decodes one (2 bytes
 a sample): a progressive 200 MP JPEG still peaks at about 1.2 GB.
 """
@@ -26,13 +27,14 @@ a sample): a progressive 200 MP JPEG still peaks at about 1.2 GB.
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
 
-from pipeline.scratch import STRIP_BYTES, DiskDecode, disk_array, release_all, release_rows, row_strips
+from pipeline.scratch import DiskDecode, disk_array, release_all, release_rows, row_strips
 
 # Pillow's image memory per mode: bytes a pixel, and the numpy shape/dtype of the decoded picture.
 _PIXEL_BYTES = {"L": 1, "I;16": 2, "I;16L": 2, "LA": 4, "RGB": 4, "RGBA": 4}
@@ -162,31 +164,62 @@ def _png16_to_disk(picture: PILImage.Image, data: bytes, folder: Path) -> np.nda
 
 
 def _tiff_to_disk(data: bytes, width: int, height: int, scratch: DiskDecode) -> np.ndarray | None:
-    """The first page of a TIFF, decoded by tifffile a strip or tile at a time into an array on disk;
-    None for layouts other than contiguous 8/16-bit gray, RGB or RGBA (unassociated alpha), or a codec
-    tifffile lacks without imagecodecs (the caller then decodes as before)."""
+    """The first page of a striped TIFF (uncompressed or deflate, with or without the horizontal
+    predictor: what scanners write), decoded a strip at a time into an array on disk; None for anything
+    else (tiles, LZW, JPEG, planar...: Pillow decodes it as before). The strips are inflated here, each
+    to no more than its rows' size: a crafted strip cannot inflate to gigabytes (tifffile's would)."""
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tiff:
         page = tiff.pages.first
-        shape, dtype = tuple(page.shape), np.dtype(page.dtype)
+        shape, dtype = tuple(page.shape), np.dtype(page.dtype).newbyteorder(tiff.byteorder)
         if not _plain_tiff_layout(page, shape, dtype, width, height):
             return None
         if not scratch.wants_disk(int(np.prod(shape)) * dtype.itemsize):
             return None
-        try:
-            return _tiff_segments(page, shape, dtype, scratch.folder)
-        except (ValueError, NotImplementedError, KeyError, tifffile.TiffFileError):
-            return None  # e.g. JPEG-compressed strips (imagecodecs): Pillow decodes it as before
+        strips = list(zip(page.dataoffsets, page.databytecounts, strict=True))
+        rows_per_strip = int(page.rowsperstrip or height)
+        compression, predictor = int(page.compression), int(page.predictor)
+    samples = shape[2] if len(shape) == 3 else 1
+    pixels = disk_array(shape, dtype.newbyteorder("="), scratch.folder)
+    for number, (offset, count) in enumerate(strips):
+        first = number * rows_per_strip
+        rows = min(rows_per_strip, height - first)
+        if rows <= 0:
+            break
+        size = rows * width * samples * dtype.itemsize
+        raw = _inflated(data[offset : offset + count], compression, size)
+        if len(raw) != size:
+            raise ValueError(f"TIFF strip {number} holds {len(raw)} bytes, not {size}")
+        strip = np.frombuffer(raw, dtype).reshape(rows, width, samples).astype(pixels.dtype)
+        if predictor == 2:  # horizontal differencing: each sample minus its left neighbour
+            strip = np.cumsum(strip, axis=1, dtype=strip.dtype)  # wraps as the predictor did
+        pixels[first : first + rows] = strip if samples > 1 else strip[:, :, 0]
+        release_rows(pixels, first, first + rows)
+    return pixels
+
+
+def _inflated(raw: bytes, compression: int, size: int) -> bytes:
+    if compression == 1:
+        return raw[:size]
+    inflater = zlib.decompressobj()
+    return inflater.decompress(raw, size)  # at most `size` bytes, whatever the strip inflates to
 
 
 def _plain_tiff_layout(
     page: object, shape: tuple[int, ...], dtype: np.dtype, width: int, height: int
 ) -> bool:
-    """Gray or RGB(A) samples tifffile returns exactly as Pillow's path would (no conversion there)."""
-    if dtype not in (np.uint8, np.uint16) or shape[:2] != (height, width):
+    """Striped gray or RGB(A) samples that come out as Pillow's path gives them (no conversion there)."""
+    if dtype.kind != "u" or dtype.itemsize not in (1, 2) or shape[:2] != (height, width):
         return False
-    if getattr(page, "planarconfig", 1) != 1 or getattr(page, "imagedepth", 1) != 1:
+    if getattr(page, "is_tiled", True) or getattr(page, "planarconfig", 1) != 1:
+        return False
+    if int(getattr(page, "compression", 0)) not in (1, 8, 32946) or getattr(page, "predictor", 1) not in (
+        1,
+        2,
+    ):
+        return False
+    if getattr(page, "imagedepth", 1) != 1 or getattr(page, "fillorder", 1) != 1:
         return False
     photometric = int(getattr(page, "photometric", -1))
     if len(shape) == 2:
@@ -194,26 +227,4 @@ def _plain_tiff_layout(
     if len(shape) != 3 or photometric != 2 or shape[2] not in (3, 4):
         return False
     # 8-bit premultiplied alpha is converted by Pillow (RGBa -> RGBA): not raw samples.
-    return shape[2] == 3 or dtype == np.uint16 or tuple(getattr(page, "extrasamples", ())) == (2,)
-
-
-def _tiff_segments(page: object, shape: tuple[int, ...], dtype: np.dtype, folder: Path) -> np.ndarray:
-    pixels = disk_array(shape, dtype, folder)
-    height, width = shape[:2]
-    written = 0
-    for segment, index, _ in page.segments(maxworkers=1):  # type: ignore[attr-defined]
-        if segment is None:
-            raise ValueError("TIFF segment missing")
-        # index: the segment's place as (sample, depth, row, column, sample); segment: (depth, rows,
-        # columns, samples), a tile padded to its full size past the image's edge.
-        row, column = index[2], index[3]
-        block = segment[0, : height - row, : width - column]
-        pixels[row : row + block.shape[0], column : column + block.shape[1]] = (
-            block if len(shape) == 3 else block[..., 0]
-        )
-        written += block.nbytes
-        if written >= STRIP_BYTES:
-            release_all(pixels, written)
-            written = 0
-    release_all(pixels, written)
-    return pixels
+    return shape[2] == 3 or dtype.itemsize == 2 or tuple(getattr(page, "extrasamples", ())) == (2,)

@@ -446,7 +446,12 @@ DECODE_CASES = {
     "png 16-bit gray": lambda: _png16(RGB16[:, :, 0]),
     "tiff 8-bit rgb, strips": lambda: _tiff(RGB8, compression="zlib", rowsperstrip=7),
     "tiff 16-bit rgba, strips": lambda: _tiff(RGBA16, compression="zlib", rowsperstrip=7),
-    "tiff 16-bit gray, tiles": lambda: _tiff(photo((45, 61), np.uint16), tile=(16, 16)),
+    "tiff 16-bit gray, predictor": lambda: _tiff(
+        photo((45, 61), np.uint16), compression="zlib", predictor=True
+    ),
+    "tiff 8-bit rgb, uncompressed": lambda: _tiff(RGB8, rowsperstrip=5),
+    "tiff 16-bit rgb, big-endian": lambda: _tiff(RGB16, compression="zlib", byteorder=">"),
+    "tiff by pillow, deflate": lambda: _saved(RGB8, "RGB", "TIFF", compression="tiff_adobe_deflate"),
     "bmp": lambda: _saved(RGB8, "RGB", "BMP"),
 }
 
@@ -543,3 +548,32 @@ def test_a_wide_disk_output_upscaled_in_column_bands_has_the_memory_pixels(
     else:  # float32 sums in another order: a level at most, rarely
         difference = np.abs(on_disk.pixels.astype(np.int32) - in_memory.pixels.astype(np.int32))
         assert difference.max() <= 1 and (difference > 0).mean() < 0.001
+
+
+def test_a_tiff_strip_that_inflates_past_its_rows_costs_no_more_than_its_rows(tmp_path: Path) -> None:
+    """A deflate bomb in a striped TIFF: the strip is inflated to its rows' size and no further."""
+    import zlib
+
+    honest = _tiff(RGB8, compression="zlib", rowsperstrip=45)  # one strip
+    strip = zlib.compress(RGB8.tobytes() + bytes(200_000_000), 9)  # 200 MB of zeros after the rows
+    offset = honest.index(zlib.compress(RGB8.tobytes(), 6))
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(honest)) as tiff:
+        page = tiff.pages.first
+        assert page.dataoffsets[0] == offset
+        count_tag = page.tags["StripByteCounts"]
+        data = bytearray(honest[:offset]) + strip + honest[offset + page.databytecounts[0] :]
+        shift = len(strip) - page.databytecounts[0]
+        data[count_tag.valueoffset : count_tag.valueoffset + 4] = len(strip).to_bytes(4, "little")
+    assert shift > 0 and data.index(strip) == offset
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        image = load_image(bytes(data), scratch=scratch.DiskDecode(tmp_path, available_bytes=0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert is_disk_backed(image.pixels) and np.array_equal(image.pixels, RGB8)
+    assert peak < 20_000_000  # the file (0.2 MB) and its rows, not the 200 MB the strip inflates to

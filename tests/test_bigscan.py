@@ -577,3 +577,18 @@ def test_a_tiff_strip_that_inflates_past_its_rows_costs_no_more_than_its_rows(tm
         tracemalloc.stop()
     assert is_disk_backed(image.pixels) and np.array_equal(image.pixels, RGB8)
     assert peak < 20_000_000  # the file (0.2 MB) and its rows, not the 200 MB the strip inflates to
+
+
+def test_the_colour_of_a_disk_backed_input_is_measured_on_the_same_sample(tmp_path: Path) -> None:
+    """Measuring colour samples every n-th pixel of a large input: a strip at a time from disk."""
+    from pipeline.colour import measured_copies
+
+    alpha = np.where(photo((8300, 30), seed=2) > 60, 255, 0).astype(np.uint8)
+    rgba = np.dstack([photo((8300, 30, 3)), alpha])  # 8300 rows: every 2nd sampled
+    on_disk = disk_array(rgba.shape, rgba.dtype, tmp_path)
+    on_disk[:] = rgba
+    in_memory = measured_copies(rgba[:, :, :3], rgba[:, :, 3])
+    from_disk = measured_copies(on_disk[:, :, :3], on_disk[:, :, 3])
+    assert in_memory is not None and from_disk is not None
+    for name in ("detail", "detail_opaque", "small", "small_opaque"):
+        assert np.array_equal(getattr(from_disk, name), getattr(in_memory, name)), name

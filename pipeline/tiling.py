@@ -337,6 +337,7 @@ def _tile_image(
             strip.flush_until(next_start)
             release_all(source)  # the rows read so far of a disk-backed input (pipeline/disk_decode.py)
         carry = carry_out
+        del strip  # before the next band's strip is made: one strip in memory at a time
     return TiledResult(output, total, (rows.length, cols.length), runner.oom_splits)
 
 

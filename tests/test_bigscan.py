@@ -592,3 +592,19 @@ def test_the_colour_of_a_disk_backed_input_is_measured_on_the_same_sample(tmp_pa
     assert in_memory is not None and from_disk is not None
     for name in ("detail", "detail_opaque", "small", "small_opaque"):
         assert np.array_equal(getattr(from_disk, name), getattr(in_memory, name)), name
+
+
+def test_restore_bytes_decodes_to_disk_by_the_memory_it_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input side follows the same rule as outputs, from available_ram_bytes (cgroup limits in)."""
+    import pipeline.backends.base as base
+    from pipeline.restorer import decode_scratch
+
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    data = _saved(RGB8, "RGB", "PNG")
+    monkeypatch.setattr(base, "available_ram_bytes", lambda: 8 << 30)
+    assert not is_disk_backed(load_image(data, scratch=decode_scratch(engine)).pixels)
+    monkeypatch.setattr(base, "available_ram_bytes", lambda: 20_000)  # a cgroup nearly full
+    chosen = decode_scratch(engine)
+    assert chosen.folder == tmp_path and is_disk_backed(load_image(data, scratch=chosen).pixels)

@@ -1,11 +1,14 @@
 """Large scans in bounded memory (issue 20 item 3): peak RSS of one restore, disk assembly vs in memory.
 
     python benchmarks/bench_bigscan.py [--sizes 4000x3000,4961x7016,8165x12247] [--network standin]
-        [--formats jpg] [--before] [--cgroup-mb 1536] [--state-dir DIR] [--out DIR]
+        [--inputs jpg,gray-jpg,png16,tiff16] [--formats jpg] [--before] [--cgroup-mb 1536]
+        [--state-dir DIR] [--out DIR]
 
 Each row is a fresh process (benchmarks/bigscan_child.py: decode -> restore 4x without faces ->
-encode -> publish, the worker's path) on a photo of that size (skimage's, covered and cropped, saved as
-JPEG q92); its peak RSS comes from wait4 (ru_maxrss: the whole process, file-backed pages included).
+encode -> publish, the worker's path) on a photo of that size (skimage's, covered and cropped), saved as
+--inputs says: jpg (RGB, q92), gray-jpg (the photo's luma as RGB, q92: the gray colour path), png16 and
+tiff16 (16-bit RGB, zlib; the 8-bit values x 257). Its peak RSS comes from wait4 (ru_maxrss: the whole
+process, file-backed pages included).
 --before adds the same run with the in-memory assembly forced (today's path before this change).
 --cgroup-mb runs each process inside a child cgroup with that memory limit and reports whether it was
 killed and the cgroup's own peak (page cache included), as tests/test_bigscan_cgroup.py does.
@@ -19,6 +22,7 @@ RealESRGAN_x4plus) runs the real one from --state-dir (converted weights, compil
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -35,13 +39,37 @@ from benchmarks.bench_upscale import emit, load_average, machine, packaged_photo
 CHILD = ROOT / "benchmarks" / "bigscan_child.py"
 
 
-def write_jpeg(path: Path, width: int, height: int) -> Path:
-    import cv2
+INPUT_KINDS = ("jpg", "gray-jpg", "png16", "tiff16")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bgr = cv2.cvtColor(packaged_photo(width, height), cv2.COLOR_RGB2BGR)
-    cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return path
+
+def write_input(folder: Path, kind: str, width: int, height: int) -> Path:
+    """The bench photo of width x height saved as `kind` (INPUT_KINDS) in `folder`."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = packaged_photo(width, height)
+    name = f"scan-{width}x{height}-{kind}"
+    if kind in ("jpg", "gray-jpg"):
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if kind == "gray-jpg":
+            bgr = cv2.cvtColor(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        path = folder / f"{name}.jpg"
+        cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        return path
+    wide = rgb.astype(np.uint16)
+    wide *= 257
+    if kind == "png16":
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(wide, cv2.COLOR_RGB2BGR))
+        return path
+    if kind == "tiff16":
+        import tifffile
+
+        path = folder / f"{name}.tif"
+        tifffile.imwrite(path, wide, photometric="rgb", compression="zlib", rowsperstrip=64)
+        return path
+    raise SystemExit(f"--inputs: unknown kind {kind!r}; use {', '.join(INPUT_KINDS)}")
 
 
 def run_child(command: list[str], cgroup: Path | None) -> dict[str, object]:
@@ -63,8 +91,12 @@ def run_child(command: list[str], cgroup: Path | None) -> dict[str, object]:
     return {
         "returncode": child.returncode,
         "wall_s": round(wall, 1),
-        "peak_rss": usage.ru_maxrss * 1024,
+        # The child's own VmHWM: wait4's ru_maxrss also holds this parent's peak (Linux carries it into
+        # the child through fork and exec), which after making a 200 MP input is gigabytes.
+        "peak_rss": result.get("peak_rss") or usage.ru_maxrss * 1024,
+        "ru_maxrss": usage.ru_maxrss * 1024,
         "notes": result.get("notes", []),
+        "stage_peak_rss": result.get("stage_peak_rss", {}),
         "stderr": err.decode(errors="replace")[-400:],
         "output_bytes": Path(str(result["output"])).stat().st_size if result.get("output") else None,
     }
@@ -89,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("4000x3000,4961x7016,8165x12247"))
     parser.add_argument("--network", default="standin")
+    parser.add_argument("--inputs", default="jpg", help=f"comma-separated, of {', '.join(INPUT_KINDS)}")
     parser.add_argument("--formats", default="jpg")
     parser.add_argument("--before", action="store_true", help="also force the in-memory assembly")
     parser.add_argument("--cgroup-mb", type=int, default=None)
@@ -97,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-bigscan-"))
     rows, data = [], []
-    for width, height in args.sizes:
-        source = write_jpeg(work / "inputs" / f"scan-{width}x{height}.jpg", width, height)
+    for (width, height), kind in itertools.product(args.sizes, args.inputs.split(",")):
+        source = write_input(work / "inputs", kind, width, height)
         for fmt in args.formats.split(","):
             for variant in ["chosen", "in memory forced"] if args.before else ["chosen"]:
                 cgroup = make_cgroup(args.cgroup_mb) if args.cgroup_mb else None
@@ -118,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                         cgroup[0].rmdir()
                 entry = {
                     "input": f"{width}x{height}",
+                    "input_kind": kind,
                     "format": fmt,
                     "variant": variant,
                     "load": load,
@@ -126,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(entry), file=sys.stderr, flush=True)
                 data.append(entry)
                 rows.append(_row(entry, width, height))
+        source.unlink()
     header = [
         "input",
+        "kind",
         "output",
         "format",
         "run",
+        "decoded to",
         "assembled in",
         "peak RSS MB",
         "exit",
@@ -161,9 +198,11 @@ def _row(entry: dict[str, object], width: int, height: int) -> list[str]:
     size = entry["output_bytes"]
     return [
         f"{width}x{height} ({width * height / 1e6:.0f} MP)",
+        str(entry["input_kind"]),
         f"{width * 4}x{height * 4} ({width * height * 16 / 1e6:.0f} MP)",
         str(entry["format"]),
         str(entry["variant"]),
+        "disk" if any("decoded into the scratch" in str(note) for note in entry["notes"]) else "memory",
         "disk" if any("assembled on disk" in str(note) for note in entry["notes"]) else "memory",
         f"{int(peak) / 2**20:.0f}" if peak else "-",
         str(entry["returncode"]),

@@ -39,6 +39,8 @@ from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile, UnidentifiedImageError
 
 from pipeline import metadata
+from pipeline.disk_decode import HookedBytes, decode_to_disk, upright_on_disk
+from pipeline.scratch import DiskDecode, is_disk_backed
 from pipeline.types import (
     AbsurdDimensionsError,
     CorruptImageError,
@@ -128,11 +130,16 @@ _UNSUPPORTED_MAGIC: tuple[tuple[bytes, int, str], ...] = (
 SUPPORTED_NAMES = "JPEG, PNG, WebP, TIFF, BMP, HEIC/HEIF or GIF"
 
 
-def load_image(source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
-    """Decode a file (path or bytes) into an upright Image; raises BadImageError subclasses."""
+def load_image(
+    source: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, scratch: DiskDecode | None = None
+) -> Image:
+    """Decode a file (path or bytes) into an upright Image; raises BadImageError subclasses.
+
+    scratch: where a picture too large for this process's memory is decoded to (an array on disk,
+    pipeline/disk_decode.py); None keeps every picture in memory."""
     data = source.read_bytes() if isinstance(source, Path) else bytes(source)
-    with _opened(io.BytesIO(data), max_pixels) as (picture, kind):
-        return _decode(picture, data, kind)
+    with _opened(HookedBytes(data), max_pixels) as (picture, kind):  # hooked: a decode to disk drops rows
+        return _decode(picture, data, kind, scratch)
 
 
 def probe(source: bytes | BinaryIO, max_pixels: int) -> ImageInfo:
@@ -338,7 +345,10 @@ def _reason(error: BaseException) -> str:
     return text[:160]
 
 
-def _decode(picture: PILImage.Image, data: bytes, kind: str) -> Image:
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+
+
+def _decode(picture: PILImage.Image, data: bytes, kind: str, scratch: DiskDecode | None = None) -> Image:
     notes: list[str] = []
     frames = int(getattr(picture, "n_frames", 1) or 1)
     if frames > 1:
@@ -346,21 +356,36 @@ def _decode(picture: PILImage.Image, data: bytes, kind: str) -> Image:
         notes.append(f"{kind.upper()}: first {what} of {frames} used")
     original_mode = picture.mode
     icc = picture.info.get("icc_profile") or None
+    try:
+        # Large: decoded into a file in the scratch folder, a strip at a time (same decoders, same
+        # pixels). First: reading a PNG's EXIF makes Pillow load the whole picture in memory (an eXIf
+        # chunk may follow the pixels); the TIFF path here leaves Pillow's TIFF tags alone.
+        pixels = decode_to_disk(picture, data, kind, scratch) if scratch is not None else None
+    except _DECODE_ERRORS as error:
+        raise CorruptImageError(f"corrupt or truncated {kind.upper()} data: {_reason(error)}") from None
     exif = _read_exif(picture, kind)
     orientation = _orientation(picture, kind)  # before load(): Pillow may consume a TIFF's tag there
     try:
-        picture.load()
-        pixels = _sixteen_bit_colour(picture, data, kind)
-        upright = False  # tifffile / OpenCV return the pixels as stored
+        if pixels is None:
+            picture.load()
+            pixels = _sixteen_bit_colour(picture, data, kind)
+        upright = False  # tifffile / OpenCV / the disk decode return the pixels as stored
         if pixels is None:
             pixels, icc = _pixels_from_pillow(picture, icc, notes)
             upright = _pillow_applied_orientation(picture, kind, orientation)
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as error:
+    except _DECODE_ERRORS as error:
         raise CorruptImageError(f"corrupt or truncated {kind.upper()} data: {_reason(error)}") from None
     carried = _carried_metadata(picture, data, kind, exif, orientation)  # after load(): PNG text after IDAT
-    if not upright:
-        pixels = apply_orientation(pixels, orientation)
-    pixels = np.ascontiguousarray(pixels)
+    if is_disk_backed(pixels):
+        if not upright and orientation != 1 and scratch is not None:
+            pixels = upright_on_disk(pixels, apply_orientation(pixels, orientation), scratch.folder)
+    else:
+        pixels = np.ascontiguousarray(pixels if upright else apply_orientation(pixels, orientation))
+    if is_disk_backed(pixels):
+        notes.append(
+            f"decoded into the scratch folder ({pixels.nbytes / 1e6:,.0f} MB): more than this worker keeps "
+            "in memory"
+        )
     if orientation != 1:
         source = "TIFF" if kind == "tiff" else "EXIF"
         notes.append(f"{source} orientation {orientation} applied; output written upright")

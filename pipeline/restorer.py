@@ -38,11 +38,14 @@ from pipeline.options import RestoreOptions
 from pipeline.progress import run_with_heartbeats, step_deadline
 from pipeline.scratch import (
     STRIP_BYTES,
+    DiskDecode,
     choose_assembly,
     disk_array,
     is_disk_backed,
+    release_all,
     release_rows,
     row_strips,
+    scratch_folder_of,
 )
 from pipeline.streaming import encode_to_file
 from pipeline.tiling import (
@@ -269,7 +272,9 @@ class Restorer:
             return None
         # The integer pixels: detection and alignment convert a band or a crop at a time (a float copy of
         # a 35 MP scan was 420 MB, and detection made a second).
-        return stage.prepare(planes.rgb, options, on_progress)
+        prepared = stage.prepare(planes.rgb, options, on_progress)
+        release_all(planes.rgb)  # what detection and alignment read of a disk-backed input
+        return prepared
 
     def _paste_faces(
         self,
@@ -342,7 +347,7 @@ class Restorer:
             _fill_in_strips(alpha, planes.alpha.flat[0])
             report.notes.append("alpha is constant: filled in without the network")
         else:
-            alpha_rgb = np.repeat(planes.alpha[:, :, None], 3, axis=2)
+            alpha_rgb = _replicated(planes.alpha)
             alpha = run.through(alpha_rgb, planes.dtype, True, colour_tiles, report, allocate)
             report.notes.append("alpha upscaled by the network (as 3 replicated channels)")
         clock.add("upscale-alpha", stage_started)
@@ -415,8 +420,12 @@ def restore_bytes(
     and the Ray actor all take. Raises BadImageError subclasses for bad input, RestoreError otherwise."""
     # Decode and encode are single blocking calls: heartbeats keep a slow one from looking hung.
     _report_progress(on_progress, "decode", 0, 1)
+    scratch = decode_scratch(restorer.engine)
     image = run_with_heartbeats(
-        lambda: load_image(data, max_pixels=max_pixels), on_progress, "decode", step_deadline(max_pixels)
+        lambda: load_image(data, max_pixels=max_pixels, scratch=scratch),
+        on_progress,
+        "decode",
+        step_deadline(max_pixels),
     )
     _report_progress(on_progress, "decode", 1, 1)
     restored, report = restorer.restore(image, options, on_progress)
@@ -451,6 +460,14 @@ def restore_bytes(
     )
     _report_progress(on_progress, "encode", 1, 1)
     return RestoredFile(data=encoded, format=fmt, extension=FORMAT_EXTENSIONS[fmt], report=report)
+
+
+def decode_scratch(engine: EngineConfig) -> DiskDecode:
+    """Where restore_bytes decodes an input too large for this process's memory: the scratch folder,
+    chosen by the memory this process can still use now (cgroup limits included), as outputs are."""
+    from pipeline.backends.base import available_ram_bytes
+
+    return DiskDecode(Path(engine.scratch_dir or tempfile.gettempdir()), available_ram_bytes())
 
 
 def _report_progress(on_progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
@@ -500,9 +517,35 @@ def split_planes(image: Image, colour_mode: ColourMode = "auto") -> _Planes:
         colour = np.repeat(pixels[:, :, None], 3, axis=2) if pixels.ndim == 2 else pixels[:, :, :3]
     else:
         plan = analyse_colour(pixels[:, :, :3], alpha, colour_mode)
-        colour = gray_to_rgb(luma(pixels)) if plan.as_gray else pixels[:, :, :3]
+        release_all(pixels)  # the measured sample of a disk-backed input (pipeline/disk_decode.py)
+        colour = _gray_as_rgb(pixels) if plan.as_gray else pixels[:, :, :3]
     # No float copy of the whole image: the tiler converts one window at a time.
     return _Planes(colour, alpha, stored_gray or plan.as_gray, pixels.dtype, plan, stored_gray)
+
+
+def _gray_as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """The network's input for the gray path: luma replicated to 3 channels; for a disk-backed input, into
+    an array beside it, a strip at a time (a 200 MP scan's gray copy was 600 MB in memory)."""
+    if not is_disk_backed(pixels):
+        return gray_to_rgb(luma(pixels))
+    rgb = disk_array((*pixels.shape[:2], 3), pixels.dtype, scratch_folder_of(pixels))
+    for first, last in row_strips(pixels.shape[0], pixels.strides[0]):
+        rgb[first:last] = luma(pixels[first:last])[:, :, None]
+        release_rows(pixels, first, last)
+        release_rows(rgb, first, last)
+    return rgb
+
+
+def _replicated(plane: np.ndarray) -> np.ndarray:
+    """HxW -> HxWx3 (alpha through the network as RGB): on disk beside a disk-backed plane."""
+    if not is_disk_backed(plane):
+        return np.repeat(plane[:, :, None], 3, axis=2)
+    rgb = disk_array((*plane.shape, 3), plane.dtype, scratch_folder_of(plane))
+    for first, last in row_strips(plane.shape[0], plane.shape[1] * 3 * plane.itemsize):
+        rgb[first:last] = plane[first:last, :, None]
+        release_all(plane)  # a channel of an RGBA mapping: its rows' pages, not this slice's rows
+        release_rows(rgb, first, last)
+    return rgb
 
 
 def colour_back(colour: np.ndarray, planes: _Planes, allocate: Allocate = allocate_in_memory) -> np.ndarray:
@@ -606,7 +649,16 @@ def _fill_in_strips(plane: np.ndarray, value: object) -> None:
 
 
 def _is_constant(plane: np.ndarray) -> bool:
-    return bool(plane.min() == plane.max())
+    if not is_disk_backed(plane):
+        return bool(plane.min() == plane.max())
+    first_value = plane.flat[0]
+    for first, last in row_strips(plane.shape[0], plane.strides[0]):
+        rows = plane[first:last]
+        same = bool((rows == first_value).all())
+        release_all(plane)
+        if not same:
+            return False
+    return True
 
 
 def _mean_channels(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -21,6 +21,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -50,6 +51,19 @@ _WRITEBACK_BYTES = 128 * 1024 * 1024
 STRIP_BYTES = 16 * 1024 * 1024  # rows read or written at a time by strip loops (encoders, resize)
 
 
+@dataclass(frozen=True)
+class DiskDecode:
+    """Where a large input is decoded (pipeline/disk_decode.py): into `folder` when its pixels are more
+    than this process keeps in memory, by the same rule as outputs (choose_assembly), given the memory it
+    can still use (`available_bytes`, cgroup limits included: pipeline.backends.base.available_ram_bytes)."""
+
+    folder: Path
+    available_bytes: int
+
+    def wants_disk(self, decoded_bytes: int) -> bool:
+        return choose_assembly(decoded_bytes, self.available_bytes) == "disk"
+
+
 def choose_assembly(output_bytes: int, available_bytes: int) -> Assembly:
     """Where to assemble an output of `output_bytes`, given what this process can still use (pure: the
     caller reads the machine, pipeline.backends.base.available_ram_bytes)."""
@@ -71,6 +85,7 @@ def disk_array(shape: tuple[int, ...], dtype: np.dtype | type, scratch_dir: Path
         # The mapping holds its own reference to the file; this one is for writeback and page-cache drops.
         descriptor = os.dup(handle.fileno())
     _files[id(mapping)] = [descriptor, 0]
+    _folders[id(mapping)] = scratch_dir
     weakref.finalize(mapping, _forget, id(mapping))
     return np.ndarray(shape, dtype=dtype, buffer=mapping)
 
@@ -95,6 +110,13 @@ def is_disk_backed(array: np.ndarray) -> bool:
     return _mapping_of(array) is not None
 
 
+def scratch_folder_of(array: np.ndarray) -> Path:
+    """The scratch folder a disk-backed array's file was made in (arrays derived from it go there too)."""
+    mapping = _mapping_of(array)
+    folder = _folders.get(id(mapping)) if mapping is not None else None
+    return folder if folder is not None else Path(tempfile.gettempdir())
+
+
 def release_rows(array: np.ndarray, first: int, last: int) -> None:
     """Rows first..last-1 of `array` are done with for now: drop them from this process's memory.
 
@@ -109,6 +131,18 @@ def release_rows(array: np.ndarray, first: int, last: int) -> None:
         return
     mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
     _writeback(mapping, start, end)
+
+
+def release_all(array: np.ndarray, written: int = 0) -> None:
+    """Drop every page of `array`'s mapping from this process's memory, wherever it was touched (a
+    decoder writing rows, a rotated copy reading columns). Always safe on these shared mappings: the
+    data stays in the file, and a page touched again is simply mapped again. `written`: bytes written
+    since the last call, counted towards the next writeback. No-op for arrays in memory."""
+    mapping = _mapping_of(array)
+    if mapping is None:
+        return
+    mapping.madvise(mmap.MADV_DONTNEED, 0, len(mapping))
+    _writeback(mapping, 0, written)
 
 
 def row_strips(
@@ -141,9 +175,11 @@ def _byte_range(rows: np.ndarray, mapping: mmap.mmap) -> tuple[int, int]:
 
 # id(mapping) -> [file descriptor, bytes released since the last writeback, first byte of them]
 _files: dict[int, list[int]] = {}
+_folders: dict[int, Path] = {}  # id(mapping) -> the scratch folder it was made in
 
 
 def _forget(key: int) -> None:
+    _folders.pop(key, None)
     entry = _files.pop(key, None)
     if entry is not None:
         os.close(entry[0])

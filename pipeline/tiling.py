@@ -33,7 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.scratch import release_rows
+from pipeline.scratch import is_disk_backed, release_all, release_rows
 from pipeline.types import DeviceOutOfMemoryError, ProgressCallback
 
 DEFAULT_PAD = 32  # context per interior side, input pixels (measured: see docs/performance.md)
@@ -42,6 +42,9 @@ DEFAULT_BLEND = 16  # cross-fade width inside the context, input pixels
 # the settings refuse less, and an out-of-memory split stops here.
 MIN_TILE = 16
 _FLUSH_ROWS = 64  # output rows converted to the final dtype at a time
+# A disk-backed output's blending strip (one window row) stays under this: wider outputs are upscaled in
+# bands of window columns (column_bands).
+STRIP_MAX_BYTES = 64 * 1024 * 1024
 # Fixed-point one for 8-bit outputs: 16 below 65535, so even 32 overlapping contributions (9 is the most a
 # pixel gets), each rounded up by at most 1/2, cannot overflow uint16.
 _FIXED_ONE = 65519
@@ -306,24 +309,63 @@ def _tile_image(
     channels = 1 if gray else 3
     output = allocate((out_h, out_w) if gray else (out_h, out_w, 3), np.dtype(out_dtype))
     total = len(rows.starts) * len(cols.starts)
-    strip = _Strip(output, rows.length * scale, channels)
+    accumulator = np.dtype(np.uint16 if np.dtype(out_dtype) == np.uint8 else np.float32)
+    column_bytes = rows.length * scale * channels * accumulator.itemsize  # one output column of a strip
+    bands = column_bands(cols, scale, column_bytes if is_disk_backed(output) else 0)
     done = 0
     if on_progress is not None:
         on_progress("upscale", 0, total)
-    for row_index, y in enumerate(rows.starts):
-        columns = list(enumerate(cols.starts))
-        for first in range(0, len(columns), runner.batch_size):
-            group = columns[first : first + runner.batch_size]
-            windows = [as_float(source[y : y + rows.length, x : x + cols.length]) for _, x in group]
-            outputs = runner.run(windows)
-            for (column, x), upscaled in zip(group, outputs, strict=True):
-                strip.add(upscaled, y * scale, x * scale, rows.weights[row_index], cols.weights[column])
-            done += len(group)
-            if on_progress is not None:
-                on_progress("upscale", done, total)
-        next_start = rows.starts[row_index + 1] * scale if row_index + 1 < len(rows.starts) else out_h
-        strip.flush_until(next_start)
+    carry: np.ndarray | None = None  # the previous band's sums over the columns it shares with this one
+    for first_window, last_window in bands:
+        left = cols.starts[first_window] * scale
+        right = min(out_w, (cols.starts[last_window - 1] + cols.length) * scale)
+        shared = cols.starts[last_window] * scale if last_window < len(cols.starts) else right
+        carry_out = allocate((out_h, right - shared, channels), accumulator) if shared < right else None
+        strip = _Strip(output, rows.length * scale, channels, (left, shared, right), carry, carry_out)
+        columns = list(enumerate(cols.starts))[first_window:last_window]
+        for row_index, y in enumerate(rows.starts):
+            for first in range(0, len(columns), runner.batch_size):
+                group = columns[first : first + runner.batch_size]
+                windows = [as_float(source[y : y + rows.length, x : x + cols.length]) for _, x in group]
+                outputs = runner.run(windows)
+                for (column, x), upscaled in zip(group, outputs, strict=True):
+                    strip.add(upscaled, y * scale, x * scale, rows.weights[row_index], cols.weights[column])
+                done += len(group)
+                if on_progress is not None:
+                    on_progress("upscale", done, total)
+            next_start = rows.starts[row_index + 1] * scale if row_index + 1 < len(rows.starts) else out_h
+            strip.flush_until(next_start)
+            release_all(source)  # the rows read so far of a disk-backed input (pipeline/disk_decode.py)
+        carry = carry_out
+        del strip  # before the next band's strip is made: one strip in memory at a time
     return TiledResult(output, total, (rows.length, cols.length), runner.oom_splits)
+
+
+def column_bands(cols: _Axis, scale: int, column_bytes: int) -> list[tuple[int, int]]:
+    """The column windows in bands of consecutive windows, (first, last + 1) each, whose strip (one
+    window row high, `column_bytes` an output column) stays under STRIP_MAX_BYTES: the image is upscaled
+    band by band, each over all window rows. A 200 MP scan's strip across its whole 65,000 px wide output
+    was 400 MB (800 MB for 16-bit). One band (the whole width, the order the tiles always ran in) when
+    column_bytes is 0 (an output in memory: its strip is smaller than the output anyway), the strip fits,
+    or a band would overlap the next but one (it only shares columns with its neighbours)."""
+    count = len(cols.starts)
+    whole = [(0, count)]
+    if column_bytes <= 0 or count < 2:
+        return whole
+    width = STRIP_MAX_BYTES // column_bytes  # output columns a band may span
+    if (cols.starts[-1] + cols.length) * scale <= width:
+        return whole
+    bands, first = [], 0
+    while first < count:
+        last = first + 1
+        while last < count and (cols.starts[last] + cols.length - cols.starts[first]) * scale <= width:
+            last += 1
+        bands.append((first, last))
+        first = last
+    for (_, before_last), (after_first, _) in zip(bands, bands[2:], strict=False):
+        if cols.starts[before_last - 1] + cols.length > cols.starts[after_first]:
+            return whole
+    return bands
 
 
 class _Strip:
@@ -332,12 +374,27 @@ class _Strip:
     Capacity is one window row (tile * scale output rows): blending never holds the whole image. For an
     8-bit output the sums are kept in 16-bit fixed point (1/65519 steps, 256x finer than the output's
     levels, half the memory of float32: 98 MB instead of 196 MB for a 16000 px wide output); 16-bit and
-    float outputs accumulate in float32."""
+    float outputs accumulate in float32.
 
-    def __init__(self, output: np.ndarray, capacity: int, channels: int) -> None:
+    It spans output columns left..right (the whole width, or one band of windows: column_bands). Columns
+    from `shared` on are also covered by the next band: their sums go to `carry_out` instead of the
+    output, and this band's first columns get the previous band's `carry_in` added before they are
+    finished. In 16-bit fixed point the sums are integers, so 8-bit outputs are the same in any order."""
+
+    def __init__(
+        self,
+        output: np.ndarray,
+        capacity: int,
+        channels: int,
+        columns: tuple[int, int, int] | None = None,
+        carry_in: np.ndarray | None = None,
+        carry_out: np.ndarray | None = None,
+    ) -> None:
         self.output = output
         self.channels = channels
-        self.width = output.shape[1]
+        self.left, self.shared, self.right = columns or (0, output.shape[1], output.shape[1])
+        self.width = self.right - self.left
+        self.carry_in, self.carry_out = carry_in, carry_out
         self.top = 0  # output row held in self.rows[0]
         self.fixed_point = output.dtype == np.uint8
         dtype = np.uint16 if self.fixed_point else np.float32
@@ -347,13 +404,13 @@ class _Strip:
         self, upscaled: np.ndarray, y: int, x: int, row_weight: np.ndarray, col_weight: np.ndarray
     ) -> None:
         bottom = min(y + upscaled.shape[0], self.output.shape[0])
-        right = min(x + upscaled.shape[1], self.width)
+        right = min(x + upscaled.shape[1], self.right)
         h, w = bottom - y, right - x  # windows of short images reach past the image (reflected pixels)
         weight = row_weight[:h, None] * col_weight[None, :w]
         values = upscaled[:h, :w]
         if self.channels == 1:
             values = values.mean(axis=2, keepdims=True)
-        target = self.rows[y - self.top : bottom - self.top, x:right]
+        target = self.rows[y - self.top : bottom - self.top, x - self.left : right - self.left]
         if self.fixed_point:
             # In place on one float temporary: a 4x tile is ~40 MB of float32, and each extra temporary
             # counted in the peak RSS of a big photo.
@@ -368,15 +425,24 @@ class _Strip:
         count = row - self.top
         if count <= 0:
             return
+        kept = self.shared - self.left  # columns finished by this band
         for first in range(0, count, _FLUSH_ROWS):  # in slices: the float temporaries stay small
             last = min(count, first + _FLUSH_ROWS)
             block = self.rows[first:last]
+            rows = slice(self.top + first, self.top + last)
+            if self.carry_in is not None:
+                block[:, : self.carry_in.shape[1]] += self.carry_in[rows]
+            if self.carry_out is not None:
+                self.carry_out[rows] = block[:, kept:]
+            block = block[:, :kept]
             if self.fixed_point:
                 block = block.astype(np.float32) * np.float32(1.0 / _FIXED_ONE)
             finished = to_dtype(block, self.output.dtype)
-            target = self.output[self.top + first : self.top + last]
+            target = self.output[rows, self.left : self.shared]
             target[:] = finished[:, :, 0] if self.channels == 1 else finished
-        release_rows(self.output, self.top, row)  # finished: a disk-backed output leaves memory now
+        for array in (self.output, self.carry_in, self.carry_out):
+            if array is not None:
+                release_rows(array, self.top, row)  # finished: a disk-backed array leaves memory now
         keep = self.rows.shape[0] - count
         if keep > 0:
             self.rows[:keep] = self.rows[count:].copy()

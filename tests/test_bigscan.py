@@ -389,3 +389,223 @@ def test_an_rgb_photo_restored_as_gray_goes_back_to_rgb_on_disk_as_in_memory(
     on_disk, _ = Restorer(engine, upscaler_loader=loader).restore(Image(pixels), NO_FACES)
     assert is_disk_backed(on_disk.pixels) and on_disk.pixels.shape == in_memory.pixels.shape
     assert np.array_equal(on_disk.pixels, in_memory.pixels)
+
+
+# -- the input side: large pictures decoded into the scratch folder ------------------------------------
+
+
+def _saved(pixels: np.ndarray, mode: str, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(pixels, mode).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    import cv2
+
+    bgr = (
+        pixels
+        if pixels.ndim == 2
+        else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR if pixels.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    )
+    return cv2.imencode(".png", bgr)[1].tobytes()
+
+
+def _tiff(pixels: np.ndarray, **options: object) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    photometric = "rgb" if pixels.ndim == 3 else "minisblack"
+    extra = ("unassalpha",) if pixels.ndim == 3 and pixels.shape[2] == 4 else None
+    tifffile.imwrite(buffer, pixels, photometric=photometric, extrasamples=extra, **options)
+    return buffer.getvalue()
+
+
+def _oriented_jpeg(pixels: np.ndarray, orientation: int) -> bytes:
+    picture = PILImage.fromarray(pixels)
+    exif = picture.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+RGB8, RGB16 = photo((45, 61, 3)), photo((45, 61, 3), np.uint16)
+RGBA8, RGBA16 = np.dstack([RGB8, photo((45, 61), seed=8)]), np.dstack([RGB16, photo((45, 61), np.uint16, 9)])
+DECODE_CASES = {
+    "jpeg rgb": lambda: _saved(RGB8, "RGB", "JPEG", quality=90),
+    "progressive jpeg": lambda: _saved(RGB8, "RGB", "JPEG", quality=90, progressive=True),
+    "jpeg gray": lambda: _saved(RGB8[:, :, 0], "L", "JPEG"),
+    "jpeg rotated (EXIF 6)": lambda: _oriented_jpeg(RGB8, 6),
+    "jpeg mirrored (EXIF 2)": lambda: _oriented_jpeg(RGB8, 2),
+    "png rgb": lambda: _saved(RGB8, "RGB", "PNG"),
+    "png rgba": lambda: _saved(RGBA8, "RGBA", "PNG"),
+    "png gray": lambda: _saved(RGB8[:, :, 0], "L", "PNG"),
+    "png gray+alpha": lambda: _saved(RGBA8[:, :, ::3], "LA", "PNG"),
+    "png 16-bit rgb": lambda: _png16(RGB16),
+    "png 16-bit rgba": lambda: _png16(RGBA16),
+    "png 16-bit gray": lambda: _png16(RGB16[:, :, 0]),
+    "tiff 8-bit rgb, strips": lambda: _tiff(RGB8, compression="zlib", rowsperstrip=7),
+    "tiff 16-bit rgba, strips": lambda: _tiff(RGBA16, compression="zlib", rowsperstrip=7),
+    "tiff 16-bit gray, predictor": lambda: _tiff(
+        photo((45, 61), np.uint16), compression="zlib", predictor=True
+    ),
+    "tiff 8-bit rgb, uncompressed": lambda: _tiff(RGB8, rowsperstrip=5),
+    "tiff 16-bit rgb, big-endian": lambda: _tiff(RGB16, compression="zlib", byteorder=">"),
+    "tiff by pillow, deflate": lambda: _saved(RGB8, "RGB", "TIFF", compression="tiff_adobe_deflate"),
+    "bmp": lambda: _saved(RGB8, "RGB", "BMP"),
+}
+
+
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_a_large_input_decodes_into_the_scratch_folder_with_the_memory_decodes_pixels(
+    case: str, tmp_path: Path
+) -> None:
+    data = DECODE_CASES[case]()
+    in_memory = load_image(data)
+    on_disk = load_image(data, scratch=scratch.DiskDecode(tmp_path, available_bytes=0))  # nothing to spare
+    assert is_disk_backed(on_disk.pixels), case
+    assert any("decoded into the scratch folder" in note for note in on_disk.notes)
+    assert on_disk.pixels.shape == in_memory.pixels.shape and on_disk.pixels.dtype == in_memory.pixels.dtype
+    assert np.array_equal(on_disk.pixels, in_memory.pixels)
+    assert on_disk.pixels.flags.c_contiguous
+    assert list(tmp_path.iterdir()) == []  # unlinked: nothing left behind
+
+
+def test_an_input_with_memory_to_spare_or_a_converted_mode_is_decoded_in_memory(tmp_path: Path) -> None:
+    roomy = scratch.DiskDecode(tmp_path, available_bytes=8 << 30)
+    assert not is_disk_backed(load_image(_saved(RGB8, "RGB", "JPEG"), scratch=roomy).pixels)
+    palette = io.BytesIO()
+    PILImage.fromarray(RGB8).convert("P").save(palette, "PNG")  # converted to RGB: Pillow's whole copy
+    image = load_image(palette.getvalue(), scratch=scratch.DiskDecode(tmp_path, available_bytes=0))
+    assert not is_disk_backed(image.pixels) and image.pixels.shape == (45, 61, 3)
+
+
+@pytest.mark.parametrize("case", ["jpeg rgb", "png rgba", "png gray+alpha", "png 16-bit rgb", "jpeg gray"])
+@pytest.mark.parametrize("pixels", ["colour", "gray as rgb"])
+def test_a_disk_decoded_input_restores_to_the_memory_inputs_pixels(
+    case: str, pixels: str, tmp_path: Path
+) -> None:
+    """split_planes' gray copy, the alpha plane through the network and the constant-alpha check work
+    a strip at a time on a disk-backed input, with the same result."""
+    data = DECODE_CASES[case]()
+    if pixels == "gray as rgb":
+        decoded = load_image(data).pixels
+        gray = decoded if decoded.ndim == 2 else decoded[:, :, :1]
+        if decoded.ndim == 2 or decoded.shape[2] == 3:
+            data = (
+                _png16(np.dstack([gray] * 3))
+                if decoded.dtype == np.uint16
+                else _saved(np.dstack([gray] * 3).squeeze(), "RGB", "PNG")
+            )
+        else:
+            data = _saved(np.dstack([gray] * 3 + [decoded[:, :, 3:]]), "RGBA", "PNG")
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    restorer = Restorer(engine, upscaler_loader=loader)
+    expected, report = restorer.restore(load_image(data), NO_FACES)
+    image = load_image(data, scratch=scratch.DiskDecode(tmp_path, available_bytes=0))
+    assert is_disk_backed(image.pixels)
+    restored, disk_report = restorer.restore(image, NO_FACES)
+    assert disk_report.colour == report.colour
+    if pixels == "gray as rgb":
+        assert report.colour is not None and report.colour.path == "gray"
+    assert restored.pixels.shape == expected.pixels.shape
+    assert np.array_equal(restored.pixels, expected.pixels)
+
+
+# -- a wide output is upscaled in bands of window columns -----------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["rgb", "rgba", "gray", "16-bit rgb"])
+def test_a_wide_disk_output_upscaled_in_column_bands_has_the_memory_pixels(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.tiling as tiling
+
+    pixels, mode = CASES[case]
+    pixels = np.concatenate([pixels] * 8, axis=1)  # 424 px wide: 7 windows of 128 px, 64 px apart
+
+    def wide_loader(model_id: str, engine: EngineConfig, denoise: float | None) -> ConvStackUpscaler:
+        return ConvStackUpscaler(tile=128)
+
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    restorer = Restorer(engine, upscaler_loader=wide_loader)
+    in_memory, _ = restorer.restore(Image(pixels, original_mode=mode), NO_FACES)
+    monkeypatch.setattr(scratch, "IN_MEMORY_MAX_BYTES", 0)
+    bands: list[list[tuple[int, int]]] = []
+
+    def about_800_columns(cols: tiling._Axis, scale: int, column_bytes: int) -> list[tuple[int, int]]:
+        narrow = tiling.STRIP_MAX_BYTES // 800 if column_bytes else 0
+        bands.append(chosen(cols, scale, narrow))
+        return bands[-1]
+
+    chosen = tiling.column_bands
+    monkeypatch.setattr(tiling, "column_bands", about_800_columns)
+    on_disk, _ = restorer.restore(Image(pixels, original_mode=mode), NO_FACES)
+    assert len(bands[0]) >= 3  # several bands, so a middle one takes a carry in and gives one out
+    assert is_disk_backed(on_disk.pixels) and on_disk.pixels.shape == in_memory.pixels.shape
+    if on_disk.pixels.dtype == np.uint8:  # integer sums: the same in any order
+        assert np.array_equal(on_disk.pixels, in_memory.pixels)
+    else:  # float32 sums in another order: a level at most, rarely
+        difference = np.abs(on_disk.pixels.astype(np.int32) - in_memory.pixels.astype(np.int32))
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.001
+
+
+def test_a_tiff_strip_that_inflates_past_its_rows_costs_no_more_than_its_rows(tmp_path: Path) -> None:
+    """A deflate bomb in a striped TIFF: the strip is inflated to its rows' size and no further."""
+    import zlib
+
+    honest = _tiff(RGB8, compression="zlib", rowsperstrip=45)  # one strip
+    strip = zlib.compress(RGB8.tobytes() + bytes(64_000_000), 1)  # 64 MB of zeros after the rows
+    offset = honest.index(zlib.compress(RGB8.tobytes(), 6))
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(honest)) as tiff:
+        page = tiff.pages.first
+        assert page.dataoffsets[0] == offset
+        count_tag = page.tags["StripByteCounts"]
+        data = bytearray(honest[:offset]) + strip + honest[offset + page.databytecounts[0] :]
+        shift = len(strip) - page.databytecounts[0]
+        data[count_tag.valueoffset : count_tag.valueoffset + 4] = len(strip).to_bytes(4, "little")
+    assert shift > 0 and data.index(strip) == offset
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        image = load_image(bytes(data), scratch=scratch.DiskDecode(tmp_path, available_bytes=0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert is_disk_backed(image.pixels) and np.array_equal(image.pixels, RGB8)
+    assert peak < 20_000_000  # the file and its rows, not the 64 MB the strip inflates to
+
+
+def test_the_colour_of_a_disk_backed_input_is_measured_on_the_same_sample(tmp_path: Path) -> None:
+    """Measuring colour samples every n-th pixel of a large input: a strip at a time from disk."""
+    from pipeline.colour import measured_copies
+
+    alpha = np.where(photo((8300, 30), seed=2) > 60, 255, 0).astype(np.uint8)
+    rgba = np.dstack([photo((8300, 30, 3)), alpha])  # 8300 rows: every 2nd sampled
+    on_disk = disk_array(rgba.shape, rgba.dtype, tmp_path)
+    on_disk[:] = rgba
+    in_memory = measured_copies(rgba[:, :, :3], rgba[:, :, 3])
+    from_disk = measured_copies(on_disk[:, :, :3], on_disk[:, :, 3])
+    assert in_memory is not None and from_disk is not None
+    for name in ("detail", "detail_opaque", "small", "small_opaque"):
+        assert np.array_equal(getattr(from_disk, name), getattr(in_memory, name)), name
+
+
+def test_restore_bytes_decodes_to_disk_by_the_memory_it_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input side follows the same rule as outputs, from available_ram_bytes (cgroup limits in)."""
+    import pipeline.backends.base as base
+    from pipeline.restorer import decode_scratch
+
+    engine = EngineConfig(scratch_dir=str(tmp_path))
+    data = _saved(RGB8, "RGB", "PNG")
+    monkeypatch.setattr(base, "available_ram_bytes", lambda: 8 << 30)
+    assert not is_disk_backed(load_image(data, scratch=decode_scratch(engine)).pixels)
+    monkeypatch.setattr(base, "available_ram_bytes", lambda: 20_000)  # a cgroup nearly full
+    chosen = decode_scratch(engine)
+    assert chosen.folder == tmp_path and is_disk_backed(load_image(data, scratch=chosen).pixels)

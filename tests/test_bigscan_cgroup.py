@@ -168,3 +168,32 @@ def test_a_12mp_photo_restored_4x_fits_where_the_in_memory_output_is_killed(
     killed = restore_in(memory_cgroup, source, tmp_path, "--in-memory")
     assert killed.returncode != 0
     assert memory_cgroup.oom_kills() >= 1
+
+
+# The input side: a 60 MP JPEG decoded (nothing else) under a limit that Pillow's whole picture (4 bytes a
+# pixel, 240 MB) and the array copied out of it (180 MB) do not fit; decoded into the scratch folder a
+# strip at a time (pipeline/disk_decode.py) it does, with the same pixels.
+DECODE_LIMIT_BYTES = 300 * 1024 * 1024
+
+
+def test_a_60mp_jpeg_decodes_to_disk_where_the_in_memory_decode_is_killed(
+    memory_cgroup: MemoryCgroup, tmp_path: Path
+) -> None:
+    tile = cv2.imread(str(large_photo(tmp_path / "tile.jpg", 1000, 1000)))
+    source = tmp_path / "scan.jpg"
+    cv2.imwrite(str(source), np.tile(tile, (6, 10, 1)), [cv2.IMWRITE_JPEG_QUALITY, 90])  # 10000x6000
+    with PILImage.open(source) as decoded:  # the in-memory decode, here outside the cgroup
+        reference = np.asarray(decoded).sum(dtype=np.uint64)
+    memory_cgroup.set_limit(DECODE_LIMIT_BYTES)
+
+    done = restore_in(memory_cgroup, source, tmp_path, "--decode-only")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert memory_cgroup.oom_kills() == 0
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["size"] == [10000, 6000] and result["sum"] == int(reference)
+    assert any("decoded into the scratch folder" in note for note in result["notes"])
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+    killed = restore_in(memory_cgroup, source, tmp_path, "--decode-only", "--in-memory")
+    assert killed.returncode != 0
+    assert memory_cgroup.oom_kills() >= 1

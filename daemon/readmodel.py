@@ -439,7 +439,9 @@ def _rate(conn: Connection) -> Rate:
     return Rate(per_megapixel, None if mean is None else float(mean))
 
 
-def _bucket_sums(conn: Connection, prefix: int, sums: str, where: str, since: datetime) -> dict[str, tuple]:
+def _bucket_sums(
+    conn: Connection, prefix: int, sums: str, where: str, since: datetime
+) -> dict[str, tuple[Any, ...]]:
     """`sums` per time bucket (the first `prefix` characters of finished_at) of the jobs `where` holds,
     finished from `since` on."""
     rows = conn.execute(

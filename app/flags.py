@@ -34,7 +34,7 @@ PRECEDENCE = "Precedence: defaults < --config FILE < RESTORER_* environment < th
 
 
 def command_parser(
-    sub: argparse._SubParsersAction,
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     summary: str,
     fields: Sequence[str],

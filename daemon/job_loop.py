@@ -98,7 +98,8 @@ class Processed:
         if self.file is None:
             return hashlib.sha256(self.data).hexdigest()
         self.file.seek(0)
-        return hashlib.file_digest(self.file, "sha256").hexdigest()
+        # typing.BinaryIO does not declare readinto(), which every binary file object has
+        return hashlib.file_digest(self.file, "sha256").hexdigest()  # type: ignore[arg-type]
 
 
 class Processor(Protocol):
@@ -319,13 +320,14 @@ class Worker:
         return originals.move_to_failed(self.settings, self.store, failed, failed.error or what, advice)
 
     def _progress(self, job_id: int) -> ProgressCallback:
-        last = {"time": 0.0, "stage": ""}
+        last_time, last_stage = 0.0, ""
 
         def on_progress(stage: str, done: int, total: int) -> None:
+            nonlocal last_time, last_stage
             now = time.monotonic()
-            if stage == last["stage"] and now - last["time"] < PROGRESS_WRITE_SECONDS and done < total:
+            if stage == last_stage and now - last_time < PROGRESS_WRITE_SECONDS and done < total:
                 return
-            last["time"], last["stage"] = now, stage
+            last_time, last_stage = now, stage
             start, end = STAGE_SPANS.get(stage, (0.0, 1.0))
             fraction = done / total if total > 0 else 1.0
             stop = self.store.update_progress(job_id, start + (end - start) * fraction, stage)

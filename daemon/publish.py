@@ -27,7 +27,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from daemon.beneath import (
     FileIdentity,
@@ -155,7 +155,7 @@ def _destination(root: Path | None, dest_dir: Path, mode: int | None, gid: int |
         make_root(dest_dir, mode, gid)
         return open_folder(dest_dir)
     try:
-        return open_folder(root, dest_dir.relative_to(root), create=True, mode=mode, gid=gid)
+        return open_folder(root, dest_dir.relative_to(root).as_posix(), create=True, mode=mode, gid=gid)
     except NotAFileError as exc:
         raise PublishError(
             exc.errno, f"refused to write into {dest_dir}: {exc.strerror} (a link planted in the share?)"
@@ -175,7 +175,7 @@ def publish_bytes(
 
 
 def publish_file(
-    source: BinaryIO, dest_dir: Path, name: str, mode: int, group: str | None, *, root: Path | None = None
+    source: IO[bytes], dest_dir: Path, name: str, mode: int, group: str | None, *, root: Path | None = None
 ) -> Published:
     """publish_bytes for data too big to hold in memory (an upload spooled to disk, a large restored
     output encoded into a scratch file), copied in chunks."""

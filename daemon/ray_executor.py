@@ -302,10 +302,8 @@ class ActorProgress:
     @classmethod
     def decode(cls, blob: object) -> ActorProgress:
         value = decode_json(blob)
-        count, stage, done, total = (value.get(key) for key in ("count", "stage", "done", "total"))
-        numbers = (count, done, total)
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
-            raise ActorReplyError("the actor's progress counts are not non-negative integers")
+        count, done, total = (_count(value, key) for key in ("count", "done", "total"))
+        stage = value.get("stage")
         if stage is not None and not (isinstance(stage, str) and len(stage) <= 100):
             raise ActorReplyError("the actor's progress stage is not a short text")
         return cls(count, stage, done, total)
@@ -460,7 +458,9 @@ class ActorSlot(threading.Thread):
 
         client = self.client
         resources = client.resources
-        actor_class = ray.remote(RestoreActor).options(
+        # Any: ray types an actor's methods only where they are decorated with @ray.method, which would
+        # import ray with this module (the daemon starts without it)
+        actor_class: Any = ray.remote(RestoreActor).options(
             num_cpus=resources.num_cpus,
             num_gpus=resources.num_gpus,
             resources=resources.resources or None,
@@ -541,7 +541,7 @@ class RayClient:
         timer.daemon = True
         timer.start()
         try:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
             if any("InvalidAuthToken" in str(cause) for cause in _causes(exc)):
                 raise ClusterUnreachable(

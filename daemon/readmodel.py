@@ -13,6 +13,7 @@ A finished job's throughput numbers (input megapixels, work seconds) are columns
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.pool import QueuePool
@@ -69,6 +70,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def to_text(value: datetime) -> str: ...
+@overload
+def to_text(value: None) -> None: ...
 def to_text(value: datetime | None) -> str | None:
     """How times are stored: ISO 8601 in UTC with microseconds, so text order is time order."""
     return None if value is None else value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -322,7 +327,7 @@ class ReadModel:
         jobs = jobs[:limit]
         return JobPage(jobs=jobs, next_cursor=_cursor_of(jobs[-1], order) if more and jobs else None)
 
-    def queue(self, limit: int) -> list[Job]:
+    def queue(self, limit: int) -> builtins.list[Job]:  # builtins: in this class `list` is the method above
         """Running job(s), then queued ones in claim order."""
         return self.list(ACTIVE_STATES, limit, None, "queue").jobs
 
@@ -434,7 +439,9 @@ def _rate(conn: Connection) -> Rate:
     return Rate(per_megapixel, None if mean is None else float(mean))
 
 
-def _bucket_sums(conn: Connection, prefix: int, sums: str, where: str, since: datetime) -> dict[str, tuple]:
+def _bucket_sums(
+    conn: Connection, prefix: int, sums: str, where: str, since: datetime
+) -> dict[str, tuple[Any, ...]]:
     """`sums` per time bucket (the first `prefix` characters of finished_at) of the jobs `where` holds,
     finished from `since` on."""
     rows = conn.execute(

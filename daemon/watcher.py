@@ -39,7 +39,9 @@ def default_observer(mode: str, inbox: str, poll_seconds: float) -> BaseObserver
         # is an entry, never a way into another folder; listings stop at the depth limit (watchdog's
         # snapshot recurses, so a deeper tree would kill its thread).
         return PollingObserverVFS(
-            beneath_lstat(inbox), depth_limited_scandir(inbox), polling_interval=poll_seconds
+            beneath_lstat(inbox),
+            depth_limited_scandir(inbox),  # type: ignore[arg-type]  # watchdog asks for os.DirEntry, reads .name
+            polling_interval=poll_seconds,
         )
     return Observer()
 

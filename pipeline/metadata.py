@@ -197,7 +197,14 @@ class _TiffStructure:
         return struct.unpack_from(self.order + fmt, self.data, position)
 
     def pack_into(self, fmt: str, position: int, *values: int) -> None:
-        struct.pack_into(self.order + fmt, self.data, position, *values)
+        struct.pack_into(self.order + fmt, self.writable, position, *values)
+
+    @property
+    def writable(self) -> bytearray:
+        """The bytes to change: a structure read in place (copy=False) is only read."""
+        if not isinstance(self.data, bytearray):
+            raise TypeError("this TIFF structure was read in place (copy=False): it is not written to")
+        return self.data
 
     @property
     def first_ifd(self) -> int:
@@ -241,17 +248,17 @@ class _TiffStructure:
         """Overwrite a one-value SHORT/LONG in place (a SHORT too small for it becomes a LONG)."""
         kind = _SHORT if entry.type == _SHORT and value <= 0xFFFF else _LONG
         self.pack_into("HI", entry.position + 2, kind, 1)
-        self.data[entry.position + 8 : entry.position + 12] = b"\x00" * 4
+        self.writable[entry.position + 8 : entry.position + 12] = b"\x00" * 4
         self.pack_into("H" if kind == _SHORT else "I", entry.position + 8, value)
         entry.type, entry.count = kind, 1
 
     def append(self, payload: bytes) -> int:
         """Add bytes at the end (on a word boundary, as TIFF wants) and return where they start."""
-        assert isinstance(self.data, bytearray)
-        if (self.base + len(self.data)) % 2:
-            self.data += b"\x00"
-        position = self.base + len(self.data)
-        self.data += payload
+        data = self.writable
+        if (self.base + len(data)) % 2:
+            data += b"\x00"
+        position = self.base + len(data)
+        data += payload
         return position
 
     def entry_bytes(self, tag: int, kind: int, count: int, field: bytes) -> bytes:
@@ -283,7 +290,7 @@ class _TiffStructure:
         table += struct.pack(self.order + "I", next_ifd)
         if len(entries) <= old_count:
             end = offset + 2 + 12 * old_count + 4
-            self.data[offset:end] = table.ljust(end - offset, b"\x00")
+            self.writable[offset:end] = table.ljust(end - offset, b"\x00")
             return offset
         position = self.append(table)  # the old table stays as unreferenced bytes: nothing else moves
         if pointer_position is not None:
@@ -347,13 +354,13 @@ def _set_software(tiff: _TiffStructure, name: str) -> None:
     entry = tiff.find(ifd0, _SOFTWARE)
     if entry is not None and entry.size > 4 and entry.size >= len(text):
         start = tiff.value_position(entry)
-        tiff.data[start : start + entry.size] = text.ljust(entry.size, b"\x00")
+        tiff.writable[start : start + entry.size] = text.ljust(entry.size, b"\x00")
         tiff.pack_into("HI", entry.position + 2, _ASCII, len(text))
         return
     if entry is not None:
         field = tiff.value_field(_ASCII, text)
         tiff.pack_into("HI", entry.position + 2, _ASCII, len(text))
-        tiff.data[entry.position + 8 : entry.position + 12] = field.ljust(4, b"\x00")
+        tiff.writable[entry.position + 8 : entry.position + 12] = field.ljust(4, b"\x00")
         return
     entries = [bytes(tiff.data[e.position : e.position + 12]) for e in tiff.entries(ifd0)]
     entries.append(tiff.entry_bytes(_SOFTWARE, _ASCII, len(text), tiff.value_field(_ASCII, text)))
@@ -369,9 +376,9 @@ def _remove_gps(tiff: _TiffStructure) -> None:
         for entry in tiff.entries(gps):
             if entry.size > 4:
                 start = tiff.value_position(entry)
-                tiff.data[start : start + entry.size] = b"\x00" * entry.size
+                tiff.writable[start : start + entry.size] = b"\x00" * entry.size
         (count,) = tiff.unpack("H", gps)
-        tiff.data[gps : gps + 2 + 12 * count + 4] = b"\x00" * (2 + 12 * count + 4)
+        tiff.writable[gps : gps + 2 + 12 * count + 4] = b"\x00" * (2 + 12 * count + 4)
     kept = [bytes(tiff.data[e.position : e.position + 12]) for e in tiff.entries(ifd0) if e.tag != _GPS_IFD]
     tiff.rewrite_ifd(ifd0, kept, pointer_position=4)
 
@@ -590,7 +597,7 @@ def _turn_mwg_regions(packet: bytes, orientation: int) -> bytes:
             packet = _each_element(
                 packet,
                 region_prefix + b":Area",
-                lambda block, p=area_prefix: _turn_area(block, p, orientation),
+                functools.partial(_turn_area, prefix=area_prefix, orientation=orientation),
             )
     return packet
 
@@ -612,6 +619,11 @@ def _each_element(packet: bytes, name: bytes, edit: Callable[[bytes], bytes]) ->
         pieces += [packet[position : found.start()], edit(packet[found.start() : end])]
         position = end
     return b"".join([*pieces, packet[position:]])
+
+
+def _between_groups(text: bytes) -> Callable[[re.Match[bytes]], bytes]:
+    """A re.sub replacement: `text` put between the match's groups 1 and 2 (what stood there goes)."""
+    return lambda match: match.group(1) + text + match.group(2)
 
 
 def _turn_area(block: bytes, prefix: bytes, orientation: int) -> bytes:
@@ -636,16 +648,13 @@ def _turn_area(block: bytes, prefix: bytes, orientation: int) -> bytes:
     new = {b"x": (x0 + x1) / 2, b"y": (y0 + y1) / 2, b"w": x1 - x0, b"h": y1 - y0}
     for name, value in new.items():
         qualified = re.escape(prefix + b":" + name)
+        replacement = _between_groups(_format(value))
         block = re.sub(
             rb"""(\s""" + qualified + rb"""\s{0,8}=\s{0,8}["'])[^"'<>]{0,%d}(["'])""" % _VALUE,
-            lambda match, v=value: match.group(1) + _format(v) + match.group(2),
+            replacement,
             block,
         )
-        block = re.sub(
-            rb"(<" + qualified + rb">)[^<]{0,%d}(<)" % _VALUE,
-            lambda match, v=value: match.group(1) + _format(v) + match.group(2),
-            block,
-        )
+        block = re.sub(rb"(<" + qualified + rb">)[^<]{0,%d}(<)" % _VALUE, replacement, block)
     return block
 
 

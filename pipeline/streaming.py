@@ -230,7 +230,7 @@ def _write_tiff(strips: _StripReader, target: BinaryIO, carried: metadata.Output
 
     row_bytes = strips.width * strips.channels * strips.dtype.itemsize
     rows_per_strip = next(row_strips(strips.height, row_bytes))[1]
-    shape = (strips.height, strips.width)
+    shape: tuple[int, ...] = (strips.height, strips.width)
     if strips.channels > 1:
         shape = (*shape, strips.channels)
     compressed = (zlib.compress(np.ascontiguousarray(s).tobytes(), 6) for s in strips.strips())

@@ -29,7 +29,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -180,7 +180,7 @@ def _reflect_pad(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     extra_h, extra_w = height - rgb.shape[0], width - rgb.shape[1]
     if extra_h == 0 and extra_w == 0:
         return rgb
-    mode = "reflect" if min(rgb.shape[:2]) > 1 else "edge"
+    mode: Literal["reflect", "edge"] = "reflect" if min(rgb.shape[:2]) > 1 else "edge"
     return np.pad(rgb, ((0, extra_h), (0, extra_w), (0, 0)), mode=mode)
 
 

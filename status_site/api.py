@@ -126,7 +126,9 @@ def _place_in_queue(ctx: SiteContext, jobs: list[Job]) -> dict[int, tuple[int | 
     queue = ctx.reads.queue(QUEUE_SNAPSHOT)
     etas = ctx.estimator.estimate(queue)
     positions = queue_positions(queue)
-    placed = {job_id: (position, etas.get(job_id)) for job_id, position in positions.items()}
+    placed: dict[int, tuple[int | None, float | None]] = {
+        job_id: (position, etas.get(job_id)) for job_id, position in positions.items()
+    }
     for job in jobs:
         if job.state in ("queued", "processing") and job.id not in placed:
             placed[job.id] = (ctx.reads.queue_position(job.id), None)
@@ -327,7 +329,7 @@ async def pause_queue(request: web.Request) -> web.Response:
     """Body (optional JSON): {"when": "after-current" (default) | "now"}."""
     require_write(request)
     ctx = context_of(request)
-    when = "after-current"
+    when: str | None = "after-current"
     if request.can_read_body:
         try:
             body = await request.json()

@@ -262,7 +262,10 @@ class _GatedProtocol(asyncio.Protocol):
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._admitted else False  # False: close a refused one
+        if not self._admitted:
+            return False  # close a refused one
+        self._inner.eof_received()  # aiohttp's handler returns None: the transport closes itself
+        return None
 
     def pause_writing(self) -> None:
         if self._admitted:

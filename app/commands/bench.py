@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pipeline.evaluation.costs import Price
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "time the SR stage, face stage and whole pipeline; cost per image from a price list"
     parser = command_parser(sub, "bench", summary, ENGINE_FIELDS, description=__doc__ or "")
     parser.add_argument("--sizes", default="sweep", help="sweep | seed | full | WxH,... (default sweep)")

@@ -87,7 +87,7 @@ def private_dir(path: Path) -> Path:
 # -- the parser ------------------------------------------------------------------------------------------
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "cluster",
         help="run a Ray node of the cluster (token auth, fixed ports) or stop one",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "measure restoration quality (PSNR-Y/SSIM-Y vs bicubic) on a folder of high-quality photos"
     parser = command_parser(sub, "eval", summary, ENGINE_FIELDS, description=__doc__ or "")
     parser.add_argument("hr_dir", type=Path, metavar="HR_DIR", help="folder of high-quality photos")

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.flags import command_parser, settings_from_args
 from daemon import STATES
 
+if TYPE_CHECKING:
+    from daemon import JobStore
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = command_parser(sub, "jobs", "list, inspect, retry or cancel jobs", ("state_dir",))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -28,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _store(args: argparse.Namespace):  # -> JobStore
+def _store(args: argparse.Namespace) -> JobStore:
     from daemon import JobStore
 
     settings = settings_from_args(args)

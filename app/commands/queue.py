@@ -21,7 +21,7 @@ USER_AGENT = "restorer-cli"  # health shows "paused by CLI ..."
 WILDCARDS = ("0.0.0.0", "::", "")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = command_parser(
         sub, "queue", "pause, resume or reorder the running daemon's queue", ("bind", "api_port")
     )
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _base_url(args: argparse.Namespace, bind: str, port: int) -> str:
     if args.url:
-        return args.url.rstrip("/")
+        return str(args.url).rstrip("/")
     host = "127.0.0.1" if bind in WILDCARDS else bind
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{port}"
@@ -55,7 +55,8 @@ def _call(url: str, token: str | None, body: dict[str, Any] | None) -> dict[str,
     method = "GET" if body is None else "POST"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+        answer: dict[str, Any] = json.loads(response.read())  # the API answers with JSON objects
+    return answer
 
 
 def _describe(state: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ RESTORE_FIELDS = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = command_parser(
         sub, "restore", "restore image files or folders into OUTDIR (no daemon)", RESTORE_FIELDS
     )

@@ -24,7 +24,7 @@ SERVE_FIELDS = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "run the watch-folder daemon (watcher, worker, status page and API)"
     parser = command_parser(sub, "serve", summary, SERVE_FIELDS)
     parser.set_defaults(run=run)

@@ -17,7 +17,7 @@ import sys
 from app.flags import command_parser, settings_from_args
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "list models: available / converted / missing, source, license, what to do"
     parser = command_parser(sub, "weights", summary, ("weights_dir", "state_dir"))
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")

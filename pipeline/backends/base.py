@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -128,10 +128,10 @@ def cgroup_memory_room(cgroup: Path = SELF_CGROUP, cgroup_root: Path = CGROUP_RO
         if "memory" in controllers.split(","):
             folder = cgroup_root / "memory" / relative.lstrip("/")
             return _room(folder / "memory.limit_in_bytes", folder / "memory.usage_in_bytes")
-    relative = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if relative is None:
+    unified = next((line[3:] for line in lines if line.startswith("0::")), None)  # v2: "0::/path"
+    if unified is None:
         return None
-    folder = cgroup_root / relative.lstrip("/")
+    folder = cgroup_root / unified.lstrip("/")
     return _room(folder / "memory.max", folder / "memory.current")
 
 
@@ -192,7 +192,7 @@ def pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, 
     h, w = batch.shape[2], batch.shape[3]
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
     if pad_h or pad_w:
-        mode = "reflect" if pad_h < h and pad_w < w else "edge"
+        mode: Literal["reflect", "edge"] = "reflect" if pad_h < h and pad_w < w else "edge"
         batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode=mode)
     return batch, h, w
 

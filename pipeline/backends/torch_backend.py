@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager[object]:
     """fp16/bf16 autocast on `device_type`, or nothing for fp32 (shared by the SR and face runners)."""
     dtype = AUTOCAST_DTYPES.get(precision)
     if dtype is None:

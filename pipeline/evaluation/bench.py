@@ -253,6 +253,7 @@ def flops_per_input_pixel(model_id: str, weights_dir: Path, cache_dir: Path) -> 
 
     def count(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
         nonlocal total
+        assert isinstance(module, torch.nn.Conv2d)  # hooked on Conv2d layers only (below)
         weight = module.weight
         macs_per_output = weight.shape[1] * weight.shape[2] * weight.shape[3]  # Cin/groups x kh x kw
         total += 2 * macs_per_output * output.numel()

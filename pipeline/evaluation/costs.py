@@ -14,6 +14,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PRICES = Path(__file__).with_name("prices.toml")
 NOT_MEASURED = "not measured"
@@ -85,7 +86,7 @@ def load_prices(path: Path | None = None) -> list[Price]:
     return [_parse_price(row, path, index) for index, row in enumerate(rows, start=1)]
 
 
-def _parse_price(row: dict, path: Path, index: int) -> Price:
+def _parse_price(row: dict[str, Any], path: Path, index: int) -> Price:
     missing = [key for key in ("name", "match", "usd_per_hour", "source", "date") if key not in row]
     if missing:
         raise PriceListError(f"{path}: price #{index} lacks {', '.join(missing)}")

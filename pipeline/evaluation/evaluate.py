@@ -109,17 +109,17 @@ def _measure(
     name: str, sample: Degraded, output: np.ndarray, bicubic: np.ndarray, restored: Restored
 ) -> ImageResult:
     border = sample.scale
-    has_truth = sample.hr is not None
+    truth = sample.hr
     return ImageResult(
         name=name,
         seed=sample.seed,
         params=sample.describe(),
         lr_size=(sample.lr.shape[1], sample.lr.shape[0]),
         out_size=(output.shape[1], output.shape[0]),
-        psnr_y=metrics.psnr_y(sample.hr, output, border) if has_truth else None,
-        ssim_y=metrics.ssim_y(sample.hr, output, border) if has_truth else None,
-        bicubic_psnr_y=metrics.psnr_y(sample.hr, bicubic, border) if has_truth else None,
-        bicubic_ssim_y=metrics.ssim_y(sample.hr, bicubic, border) if has_truth else None,
+        psnr_y=metrics.psnr_y(truth, output, border) if truth is not None else None,
+        ssim_y=metrics.ssim_y(truth, output, border) if truth is not None else None,
+        bicubic_psnr_y=metrics.psnr_y(truth, bicubic, border) if truth is not None else None,
+        bicubic_ssim_y=metrics.ssim_y(truth, bicubic, border) if truth is not None else None,
         consistency=metrics.seed_consistency(sample.lr, output),
         seconds=restored.seconds,
         engine=restored.engine,

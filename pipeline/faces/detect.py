@@ -49,6 +49,12 @@ class DetectedFace:
         return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
 
 
+def face_box(numbers: np.ndarray) -> tuple[float, float, float, float]:
+    """A detector's box row (x0, y0, x1, y1, then anything) as DetectedFace.box."""
+    x0, y0, x1, y1 = (float(v) for v in numbers[:4])
+    return x0, y0, x1, y1
+
+
 class FaceDetector(Protocol):
     name: str
 
@@ -89,7 +95,7 @@ class MtcnnDetector:
         for box, score, landmarks in zip(boxes, scores, points, strict=True):
             faces.append(
                 DetectedFace(
-                    box=tuple(float(v) for v in np.asarray(box, dtype=np.float64)),
+                    box=face_box(np.asarray(box, dtype=np.float64)),
                     score=float(score),
                     landmarks=np.asarray(landmarks, dtype=np.float64).reshape(5, 2),
                 )

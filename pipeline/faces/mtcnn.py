@@ -89,11 +89,11 @@ class MtcnnOpenVinoDetector:
         self._nets = {net: compile_ir(core, xml, "fp32", threads) for net, xml in xmls.items()}
 
     def __call__(self, rgb: np.ndarray) -> list[DetectedFace]:
-        from pipeline.faces.detect import DetectedFace
+        from pipeline.faces.detect import DetectedFace, face_box
 
         boxes, landmarks = detect(rgb, self._nets)
         return [
-            DetectedFace(box=tuple(float(v) for v in box[:4]), score=float(box[4]), landmarks=points)
+            DetectedFace(box=face_box(box), score=float(box[4]), landmarks=points)
             for box, points in zip(boxes, landmarks, strict=True)
         ]
 

@@ -165,16 +165,18 @@ class FaceStage:
         else:
             prepared.model = restorer.model_id
             prepared.backend = f"{restorer.info.backend} {restorer.info.device} {restorer.info.precision}"
-        height, width = rgb.shape[:2]
-        for done, face in enumerate(todo):
-            _progress(on_progress, "faces-restore", done, len(todo))
-            self._restore_one(face, rgb, (width, height), restorer)
+            height, width = rgb.shape[:2]
+            for done, face in enumerate(todo):
+                _progress(on_progress, "faces-restore", done, len(todo))
+                self._restore_one(face, rgb, (width, height), restorer)
         _progress(on_progress, "faces-restore", len(todo), len(todo))
         prepared.seconds["faces-restore"] = time.perf_counter() - started
         return prepared
 
     @staticmethod
-    def _restore_one(face: PreparedFace, rgb: np.ndarray, size: tuple[int, int], restorer) -> None:
+    def _restore_one(
+        face: PreparedFace, rgb: np.ndarray, size: tuple[int, int], restorer: FaceRestorer
+    ) -> None:
         try:
             matrix = similarity_to_template(face.detected.landmarks)
         except ValueError as error:
@@ -196,10 +198,11 @@ class FaceStage:
         started = time.perf_counter()
         reports = []
         for face in prepared.faces:
-            restored = face.restored is not None and face.matrix is not None and face.mask is not None
-            if restored:
+            restored = False
+            if face.restored is not None and face.matrix is not None and face.mask is not None:
                 output_to_crop = rescale_source(face.matrix, scale)
                 paste_face(output, face.restored, face.mask, output_to_crop, prepared.strength)
+                restored = True
             reports.append(self._report(face, scale, restored))
         if prepared.faces:
             prepared.seconds["faces-paste"] = time.perf_counter() - started
@@ -230,6 +233,7 @@ class FaceStage:
         except RestoreError as error:
             backend_text = f"unavailable: {error}"
         _, missing = choose_face_model("auto", self._weights_dir)
+        note: str | None
         if self._detector is not None:  # loaded: say what actually runs (RetinaFace may have fallen back)
             detector, note = self._detector.name, self._detector_reason
         else:

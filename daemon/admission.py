@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 from daemon import originals
 from daemon.names import is_junk
@@ -64,7 +64,7 @@ class Ignored:
 Admission = Admitted | Refused | Ignored
 
 
-def admit(settings: Settings, name: str, handle: BinaryIO) -> Admission:
+def admit(settings: Settings, name: str, handle: IO[bytes]) -> Admission:
     """Whether the open file `handle`, named `name` (its path in the inbox), may become a job.
 
     Blocking (it reads the file): call it from intake's thread or the file pool. The handle is left

@@ -309,6 +309,13 @@ class ActorProgress:
         return cls(count, stage, done, total)
 
 
+def _count(value: dict[str, Any], key: str) -> int:
+    number = value.get(key)
+    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+        raise ActorReplyError("the actor's progress counts are not non-negative integers")
+    return number
+
+
 @dataclass(frozen=True)
 class ActorReady:
     """An actor's ready() answer: the host and process it runs in, and its engine account."""

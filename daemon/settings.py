@@ -47,7 +47,7 @@ def all_optional(fields: type[BaseModel], name: str, doc: str) -> type[BaseModel
 
 def _or_none(field: FieldInfo) -> Any:
     """`field`'s type with its bounds and validators, or None."""
-    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    kind: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
     return kind | None
 
 
@@ -60,7 +60,8 @@ _Preset = all_optional(
 
 class Preset(_Preset):  # type: ignore[misc,valid-type]  # made from RestoreOptionFields, each optional
     def overrides(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        given: dict[str, Any] = self.model_dump(exclude_none=True)
+        return given
 
 
 DEFAULT_PRESETS: dict[str, Preset] = {

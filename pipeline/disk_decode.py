@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageFile
 
 from pipeline.scratch import DiskDecode, disk_array, release_all, release_rows, row_strips
 
@@ -64,7 +65,9 @@ def decode_to_disk(picture: PILImage.Image, data: bytes, kind: str, scratch: Dis
     mode = picture.mode
     if kind not in ("jpg", "png", "bmp") or mode not in _PIXEL_BYTES or "transparency" in picture.info:
         return None
-    if not isinstance(picture.fp, HookedBytes) or len(picture.tile) != 1:
+    if not isinstance(picture, ImageFile.ImageFile) or not isinstance(picture.fp, HookedBytes):
+        return None
+    if len(picture.tile) != 1:
         return None
     sixteen_bit_png = kind == "png" and data[24] == 16
     if sixteen_bit_png and data[25] == 4:  # 16-bit gray+alpha: no 16-bit Pillow mode for it
@@ -81,7 +84,7 @@ def decode_to_disk(picture: PILImage.Image, data: bytes, kind: str, scratch: Dis
     return stored
 
 
-def _decode_into_file(picture: PILImage.Image, folder: Path, rawmode: str | None = None) -> np.ndarray:
+def _decode_into_file(picture: ImageFile.ImageFile, folder: Path, rawmode: str | None = None) -> np.ndarray:
     """Run Pillow's own decoder for `picture` with its image memory in a scratch file; `rawmode`
     replaces the tile's (the 16-bit PNG's low-byte pass). Returns HxW (L, I;16) or HxWx4 (the rest)."""
     width, height = picture.size
@@ -90,7 +93,7 @@ def _decode_into_file(picture: PILImage.Image, folder: Path, rawmode: str | None
     target = disk_array((height, width * pixel_bytes), np.uint8, folder)
     if rawmode is not None:
         tile = picture.tile[0]
-        args = rawmode if isinstance(tile.args, str) else (rawmode, *tile.args[1:])
+        args = (rawmode, *tile.args[1:]) if isinstance(tile.args, tuple) else rawmode
         picture.tile = [tile._replace(args=args)]
     reader = picture.fp
     assert isinstance(reader, HookedBytes)
@@ -105,7 +108,9 @@ def _decode_into_file(picture: PILImage.Image, folder: Path, rawmode: str | None
             release_all(target, int((position - released_at) * per_byte))  # about what was written
             released_at = position
 
-    picture.im = PILImage.core.map_buffer(target, picture.size, "raw", 0, (mode, 0, 1))
+    picture.im = PILImage.core.map_buffer(  # type: ignore[attr-defined]  # Pillow's C core: no hints
+        target, picture.size, "raw", 0, (mode, 0, 1)
+    )
     reader.after_read = drop_written_rows
     try:
         picture.load()
@@ -142,7 +147,7 @@ def upright_on_disk(stored: np.ndarray, upright: np.ndarray, folder: Path) -> np
     return copy
 
 
-def _png16_to_disk(picture: PILImage.Image, data: bytes, folder: Path) -> np.ndarray:
+def _png16_to_disk(picture: ImageFile.ImageFile, data: bytes, folder: Path) -> np.ndarray:
     """16-bit RGB(A) PNG: the high bytes (Pillow's own decode) and the low bytes (the same decode with
     the little-endian unpacker) joined into HxWx3 (or 4) uint16."""
     channels = 4 if picture.mode == "RGBA" else 3

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import cv2
 import numpy as np
@@ -142,7 +142,7 @@ def load_image(
         return _decode(picture, data, kind, scratch)
 
 
-def probe(source: bytes | BinaryIO, max_pixels: int) -> ImageInfo:
+def probe(source: bytes | IO[bytes], max_pixels: int) -> ImageInfo:
     """Format, upright size and mode from the header alone, with exactly load_image's checks and errors
     (everything before the pixel decode: magic bytes, dimensions, pixel limit, structural truncation).
 
@@ -160,7 +160,7 @@ def probe(source: bytes | BinaryIO, max_pixels: int) -> ImageInfo:
 
 
 @contextmanager
-def _opened(stream: BinaryIO, max_pixels: int) -> Iterator[tuple[PILImage.Image, str]]:
+def _opened(stream: IO[bytes], max_pixels: int) -> Iterator[tuple[PILImage.Image, str]]:
     """The checks load_image and probe share, in order, yielding the opened (not decoded) picture."""
     stream.seek(0)
     head = stream.read(_SNIFF_BYTES)
@@ -266,7 +266,7 @@ def _check_dimensions(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
-def _check_structure(stream: BinaryIO, kind: str) -> None:
+def _check_structure(stream: IO[bytes], kind: str) -> None:
     """Catch the truncations a decoder might paper over. The file is read a piece at a time."""
     if kind == "jpg" and not _jpeg_has_end(stream):
         raise CorruptImageError("truncated JPEG: the image data ends before its end-of-image marker")
@@ -274,7 +274,7 @@ def _check_structure(stream: BinaryIO, kind: str) -> None:
         _check_png_chunks(stream)
 
 
-def _check_png_chunks(stream: BinaryIO) -> None:
+def _check_png_chunks(stream: IO[bytes]) -> None:
     """Every chunk complete and matching its CRC, up to IEND (Pillow does not check IDAT's CRC)."""
     size = stream.seek(0, io.SEEK_END)
     position = 8
@@ -297,14 +297,14 @@ def _check_png_chunks(stream: BinaryIO) -> None:
     raise CorruptImageError("truncated PNG: the file ends before its IEND chunk")
 
 
-def _pieces(stream: BinaryIO, length: int) -> Iterator[bytes]:
+def _pieces(stream: IO[bytes], length: int) -> Iterator[bytes]:
     """The next `length` bytes of the stream, at most _READ_BYTES at a time (fewer if it ends early)."""
     while length > 0 and (piece := stream.read(min(length, _READ_BYTES))):
         length -= len(piece)
         yield piece
 
 
-def _jpeg_has_end(stream: BinaryIO) -> bool:
+def _jpeg_has_end(stream: IO[bytes]) -> bool:
     """Walk the marker segments to the first scan, then look for EOI after it (skipping any EXIF
     thumbnail, which is a whole JPEG with its own EOI inside APP1)."""
     size = stream.seek(0, io.SEEK_END)
@@ -328,7 +328,7 @@ def _jpeg_has_end(stream: BinaryIO) -> bool:
     return False
 
 
-def _contains_end_marker(stream: BinaryIO, start: int) -> bool:
+def _contains_end_marker(stream: IO[bytes], start: int) -> bool:
     """Whether FF D9 occurs at or after `start`, also across two pieces."""
     size = stream.seek(0, io.SEEK_END)
     stream.seek(start)

@@ -34,7 +34,8 @@ from pipeline.models import REGISTRY, get_spec
 from pipeline.types import BackendUnavailableError
 
 if TYPE_CHECKING:
-    from pipeline.types import EngineConfig, RestoreOptions
+    from pipeline.options import RestoreOptions
+    from pipeline.types import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def convert_ahead(model_id: str, engine: EngineConfig, options: RestoreOptions) 
 
         fidelity = options.codeformer_fidelity if get_spec(model_id).arch == "CodeFormer" else 0.0
         return face_ir(model_id, engine, fidelity).name
-    strength = options.denoise_strength if model_id == options.model else None
+    strength = options.denoise_strength if model_id in options.model else None
     return upscaler_ir(model_id, engine, strength).xml.name
 
 

@@ -434,8 +434,8 @@ def restore_bytes(
     _report_progress(on_progress, "encode", 0, 1)
     if is_disk_backed(restored.pixels):
         # Assembled on disk: encoded a strip at a time into an unlinked file beside it.
-        scratch = Path(restorer.engine.scratch_dir or tempfile.gettempdir())
-        output = tempfile.TemporaryFile(dir=scratch, prefix="encoded-")  # noqa: SIM115 (handed on)
+        scratch_dir = Path(restorer.engine.scratch_dir or tempfile.gettempdir())
+        output = tempfile.TemporaryFile(dir=scratch_dir, prefix="encoded-")  # noqa: SIM115 (handed on)
         try:
             run_with_heartbeats(
                 lambda: encode_to_file(

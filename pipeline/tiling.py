@@ -392,7 +392,8 @@ class _Strip:
     ) -> None:
         self.output = output
         self.channels = channels
-        self.left, self.shared, self.right = columns or (0, output.shape[1], output.shape[1])
+        bounds: tuple[int, int, int] = columns or (0, output.shape[1], output.shape[1])
+        self.left, self.shared, self.right = bounds
         self.width = self.right - self.left
         self.carry_in, self.carry_out = carry_in, carry_out
         self.top = 0  # output row held in self.rows[0]

@@ -2,7 +2,10 @@
 
 States: available (a user file in the weights folder), converted (embedded ncnn weights already converted
 into the state directory's cache), embedded (converted automatically on first use), missing (the user must
-add the official file; the line says which and where it comes from). Nothing is downloaded, except by
+add the official file; the line says which and where it comes from), refused (a model file of the user's
+that spandrel does not recognise, that would run code when loaded, or that OpenVINO cannot convert: the
+reason is printed). Any model file spandrel recognises is listed with its architecture, scale, size and
+sha256 (pipeline/user_models.py). Nothing is downloaded, except by
 `restorer weights fetch NAME...`, which the user runs (app/weights_fetch.py).
 """
 
@@ -11,8 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from app.flags import command_parser, settings_from_args
+
+if TYPE_CHECKING:
+    from pipeline import ModelStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,18 +56,30 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"weights folder: {settings.weights_dir}    conversion cache: {settings.cache_dir / 'weights'}")
     header = ("MODEL", "PURPOSE", "STATE", "SOURCE", "LICENSE")
-    rows = [(s.spec.id, s.spec.purpose, s.state, s.source, s.spec.license) for s in statuses]
+    rows = [(s.spec.id, _purpose(s), s.state, s.source, s.spec.license) for s in statuses]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print(_line(header, widths))
     for row, status in zip(rows, statuses, strict=True):
         print(_line(row, widths))
+        if status.spec.user:
+            print(f"    {_user_facts(status)}")
+        if status.reason:
+            print(f"    refused: {status.reason}")
         if status.action:
             print(f"    -> {status.action}")
-    default = next(s for s in statuses if s.spec.id == settings.model)
-    if default.state == "missing":
-        print(f"\nthe configured model {settings.model} is missing: restores will fail until it is added")
+    default = next((s for s in statuses if s.spec.id == settings.model), None)
+    if default is None or default.state in ("missing", "refused"):
+        what = "unknown" if default is None else default.state
+        print(f"\nthe configured model {settings.model} is {what}: restores will fail until it is added")
         return 1
     return 0
+
+
+def _user_facts(status: ModelStatus) -> str:
+    """A user file's line: what spandrel found, its size and sha256 (to compare with where it came from)."""
+    found = f"{status.spec.arch} x{status.spec.scale}" if status.spec.arch else "not recognised"
+    size = f"{(status.size_bytes or 0) / 1e6:.1f} MB"
+    return f"{found}, {size}, sha256 {status.sha256}, licence: {status.spec.license}"
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -90,3 +109,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:
     return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+
+def _purpose(status: ModelStatus) -> str:
+    return "-" if status.state == "refused" else status.spec.purpose

@@ -207,16 +207,8 @@ def _convert_upscaler(job: Conversion) -> None:
 
     weights_dir, cache_dir = Path(job.weights_dir), Path(job.cache_dir)
     descriptor, key = load_model_with_key(job.model_id, weights_dir, cache_dir, job.denoise_strength)
-    needs = descriptor.size_requirements
-    record = {
-        "architecture": descriptor.architecture.id,
-        "scale": int(descriptor.scale),
-        "size_multiple": int(needs.multiple_of),
-        "size_minimum": int(needs.minimum),
-        "size_square": bool(needs.square),
-    }
     try:
-        model = convert_image_network(descriptor)
+        model, multiple = convert_image_network(descriptor)
     except Exception as error:  # OpenVINO's and torch's conversion errors have no common base
         words = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         reason = (
@@ -225,6 +217,14 @@ def _convert_upscaler(job: Conversion) -> None:
         )
         write_refusal(cache_dir, key, reason)
         raise BackendUnavailableError(reason) from None
+    needs = descriptor.size_requirements
+    record = {
+        "architecture": descriptor.architecture.id,
+        "scale": int(descriptor.scale),
+        "size_multiple": multiple,  # spandrel's, or the one the converted graph was found to need
+        "size_minimum": int(needs.minimum),
+        "size_square": bool(needs.square),
+    }
     save_ir(model, upscaler_xml(job.model_id, weights_dir, cache_dir, key), record)
 
 

@@ -248,22 +248,39 @@ def torch_to_ov(
 CHECK_TOLERANCE = 0.5 / 255
 
 
-def convert_image_network(descriptor: Any) -> ov.Model:
-    """A spandrel image descriptor as a dynamic-shape OpenVINO model (free batch, height and width),
-    checked against torch on an input of ANOTHER size than the traced one: a network whose trace baked
-    in its example's shape (an attention mask, a reshape) fails here instead of on the user's photo.
+# Size multiples tried, in order, for a network whose trace holds on only to sizes of some multiple: window
+# transformers (SwinIR, HAT) pad themselves to their window in Python, which tracing bakes in for the example.
+MULTIPLES_TRIED = (1, 8, 16, 32, 64)
+
+
+def convert_image_network(descriptor: Any) -> tuple[ov.Model, int]:
+    """A spandrel image descriptor as a dynamic-shape OpenVINO model (free batch, height and width) and the
+    size multiple its input needs, checked against torch on an input of ANOTHER size than the traced one:
+    a network whose trace baked in its example's shape (an attention mask, a window padding) is converted
+    again for sizes of a multiple it holds on to, and refused when none works (ValueError/RuntimeError).
 
     The module traced is the descriptor's own call (FBCNN's returns the image of an (image, quality)
     pair), at the smallest friendly size its size requirements allow (SCUNet needs 40 px)."""
+    needs = descriptor.size_requirements
+    module = _descriptor_module(descriptor).eval()
+    failures = []
+    for multiple in sorted({needs.multiple_of * m for m in MULTIPLES_TRIED}):
+        try:
+            return _convert_checked(module, needs, multiple), multiple
+        except Exception as error:  # conversion, compilation or inference error, or a wrong result
+            words = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            failures.append(f"sizes of multiple {multiple}: {words}")
+    raise ValueError("; ".join(failures[:2]))
+
+
+def _convert_checked(module: Any, needs: Any, multiple: int) -> ov.Model:
     import openvino as ov
     import torch
 
-    needs = descriptor.size_requirements
-    side = _round_up(max(32, needs.minimum), needs.multiple_of)
-    module = _descriptor_module(descriptor).eval()
+    side = _round_up(max(32, needs.minimum), multiple)
     model = torch_to_ov(module, [1, 3, side, side], [-1, 3, -1, -1], trace=True)
-    height = side + _round_up(5, needs.multiple_of)
-    width = height if needs.square else side + _round_up(11, needs.multiple_of)
+    height = side + _round_up(5, multiple)
+    width = height if needs.square else side + _round_up(11, multiple)
     sample = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = module(sample).clamp(0, 1).numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
@@ -19,6 +20,7 @@ from daemon import Job, JobNotFoundError, JobQueryError, queue_positions, queue_
 from status_site import metrics, uploads
 from status_site.context import APP_NAME, CONTEXT, SiteContext, context_of
 from status_site.files import (
+    PAGE_PREVIEWS,
     JobFile,
     NeedsOwnProcess,
     Which,
@@ -191,6 +193,7 @@ async def get_capabilities(request: web.Request) -> web.Response:
             # Every model, built-in or a user's file (with arch, scale, size, sha256), or refused and why.
             "models": models,
             "model": ctx.settings.model,
+            "previews": asdict(PAGE_PREVIEWS),
         }
     )
 

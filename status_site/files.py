@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 Which = Literal["input", "output"]
 PREVIEW_MIN, PREVIEW_MAX = 16, 8192
-# ?max= snaps down to one of these (the page asks for 320, 4096 and 8192).
+# ?max= snaps down to one of these (the page asks for PAGE_PREVIEWS' edges).
 PREVIEW_SIZES = (16, 32, 64, 128, 256, 320, 512, 1024, 2048, 4096, 8192)
 PREVIEW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO", "HEIF")
 # Decoded in the daemon (thread pool, two at a time): ~48 MB as 8-bit RGB. Bigger: a child process.
@@ -62,6 +62,19 @@ try:  # HEIC inputs (iPhone photos) get previews when pillow-heif is present.
     pillow_heif.register_heif_opener()
 except ImportError:  # pragma: no cover - pillow-heif is a dependency; previews just skip HEIC without it
     pass
+
+
+@dataclass(frozen=True)
+class PagePreviews:
+    """The preview edges the status page asks for, each one of PREVIEW_SIZES. /capabilities hands them to the
+    page (`previews`), so app.js keeps no copy that could drift from what the server snaps ?max= to."""
+
+    thumbnail: int = 320  # the queue's and history's thumbnails
+    inspector: int = 4096  # what the inspector opens on
+    largest: int = PREVIEW_MAX  # the inspector's true 1:1; a bigger output opens in a tab
+
+
+PAGE_PREVIEWS = PagePreviews()
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
 """The status page server (site_port).
 
-It serves three static files (read once at start-up, looked up by exact name: no request path ever
-reaches the filesystem) and mounts the same /api/v1 routes as the API server, in-process. The browser
+It serves the files of status_site/static (read once at start-up, looked up by exact name: no request path
+ever reaches the filesystem) - index.html, style.css and the page's ES modules, loaded by the browser as they
+are (no build step) - and mounts the same /api/v1 routes as the API server, in-process. The browser
 therefore talks to one origin: no CORS, no proxy hop, and the page keeps working if only 8091 is
 reachable through a firewall or reverse proxy.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
+from pathlib import PurePath
 
 from aiohttp import web
 
@@ -16,17 +19,29 @@ from status_site.api import add_api_routes
 from status_site.context import APP_NAME, CONTEXT, SiteContext
 from status_site.middleware import MIDDLEWARES
 
-STATIC_FILES = {
-    "index.html": "text/html",
-    "app.js": "text/javascript",
-    "style.css": "text/css",
-}
-STATIC = web.AppKey("status_site_static", dict)
+# Which files of the folder are served, by ending; a module is served with a JavaScript type or the
+# browser refuses to run it.
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 
 
-def load_static() -> dict[str, bytes]:
+@dataclass(frozen=True)
+class StaticFile:
+    body: bytes
+    content_type: str
+
+
+STATIC = web.AppKey("status_site_static", dict[str, StaticFile])
+
+
+def load_static() -> dict[str, StaticFile]:
+    """Every file of the static folder with a served ending, by its exact name (read once, kept in memory)."""
     folder = resources.files("status_site") / "static"
-    return {name: (folder / name).read_bytes() for name in STATIC_FILES}
+    files: dict[str, StaticFile] = {}
+    for entry in folder.iterdir():
+        content_type = CONTENT_TYPES.get(PurePath(entry.name).suffix)
+        if content_type:
+            files[entry.name] = StaticFile(entry.read_bytes(), content_type)
+    return files
 
 
 async def get_index(request: web.Request) -> web.Response:
@@ -35,16 +50,16 @@ async def get_index(request: web.Request) -> web.Response:
 
 async def get_static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if name not in STATIC_FILES:
+    if name not in request.app[STATIC]:
         raise web.HTTPNotFound()
     return _static_response(request, name)
 
 
 def _static_response(request: web.Request, name: str) -> web.Response:
-    body = request.app[STATIC][name]
+    file = request.app[STATIC][name]
     return web.Response(
-        body=body,
-        content_type=STATIC_FILES[name],
+        body=file.body,
+        content_type=file.content_type,
         charset="utf-8",
         headers={
             "Cache-Control": "no-cache",

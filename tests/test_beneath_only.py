@@ -58,7 +58,8 @@ ALLOWED = {
     ),
     "daemon/schedule.py: open(localtime, 'rb')": "/etc/localtime, the host's time zone for run_hours",
     "daemon/workers.py: gpus_dir.iterdir()": "/proc/driver/nvidia/gpus",
-    "status_site/page.py: (folder / name).read_bytes()": "the package's own static files",
+    "status_site/page.py: folder.iterdir()": "the package's own static files",
+    "status_site/page.py: entry.read_bytes()": "the package's own static files",
     "status_site/uploads.py: spool_dir.mkdir(parents=True, exist_ok=True)": "the upload spool (state folder)",
     "status_site/uploads.py: os.statvfs(spool_dir)": "the upload spool (state folder)",
 }

@@ -14,6 +14,7 @@ import logging
 import urllib.error
 import urllib.request
 from concurrent.futures import Executor, Future
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 from daemon.store import JobStore
 from pipeline import BadImageError, load_image, sniff_format
 from status_site.eta import MegapixelCache
-from status_site.files import fits_without_resize, make_preview
+from status_site.files import PAGE_PREVIEWS, fits_without_resize, make_preview
 from status_site.problems import Problem
 from tests.daemon_processors import fake_photo
 from tests.daemon_support import ServeProcess, wait_for
@@ -63,7 +64,7 @@ BOMBS = (
     "gif screen of 65535x65535",
     "tiff header of 40000x40000",
 )
-PREVIEW_SIZES = (320, 4096, 8192)  # the page's thumbnails and its inspector (app.js)
+PREVIEW_SIZES = tuple(astuple(PAGE_PREVIEWS))  # the page's thumbnails and its inspector (/capabilities)
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from status_site.files import PAGE_PREVIEWS, PREVIEW_SIZES
 from tests.site_support import Site, running_site
 
 STATIC = Path(__file__).resolve().parent.parent / "status_site" / "static"
@@ -19,23 +21,44 @@ def site(tmp_path: Path) -> Iterator[Site]:
         yield running
 
 
-def test_page_and_its_three_files_are_served_with_types_and_a_strict_csp(site: Site) -> None:
+MODULES = sorted(path.name for path in STATIC.glob("*.js"))
+
+
+def test_page_and_its_files_are_served_with_types_and_a_strict_csp(site: Site) -> None:
     index = site.get("/", port="page")
     assert index.status_code == 200
     assert index.headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in index.headers["Content-Security-Policy"]
-    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+    served = [(name, "text/javascript") for name in MODULES] + [("style.css", "text/css")]
+    for name, kind in served:
         response = site.get(f"/static/{name}", port="page")
         assert response.status_code == 200
         assert response.headers["Content-Type"].startswith(kind)
         assert response.content == (STATIC / name).read_bytes()
-    assert '<script src="/static/app.js">' in index.text
+    assert '<script type="module" src="/static/app.js">' in index.text
     assert 'href="/static/style.css"' in index.text
+
+
+def test_every_module_a_module_imports_is_served() -> None:
+    """The browser resolves `./x.js` to /static/x.js: a typo there would stop the whole page."""
+    for name in MODULES:
+        for target in re.findall(r'^import [^;]* from "([^"]+)";', (STATIC / name).read_text(), re.M):
+            assert target.startswith("./") and target[2:] in MODULES, (name, target)
+
+
+def test_the_page_takes_its_preview_sizes_from_the_server(site: Site) -> None:
+    """/capabilities hands the page its ?max= edges, each one the server keeps (no copy in the scripts)."""
+    previews = site.get("/api/v1/capabilities", port="page").json()["previews"]
+    assert previews == asdict(PAGE_PREVIEWS)
+    assert set(previews.values()) <= set(PREVIEW_SIZES)
+    scripts = "".join((STATIC / name).read_text() for name in MODULES)
+    for edge in previews.values():
+        assert not re.search(rf"\b{edge}\b", scripts), f"a copy of the server's preview size {edge}"
 
 
 def test_page_needs_nothing_from_the_internet(site: Site) -> None:
     """No CDN, no web fonts, no external script: the page must work on a LAN without internet."""
-    for name in ("index.html", "app.js", "style.css"):
+    for name in ("index.html", "style.css", *MODULES):
         text = (STATIC / name).read_text()
         external = re.findall(r"(?:src|href|url)\s*[=(]\s*[\"']?(?:https?:)?//", text)
         assert external == [], (name, external)
@@ -63,7 +86,7 @@ def test_page_server_answers_the_api_on_the_same_origin(site: Site) -> None:
 def test_every_element_the_script_looks_up_exists_in_the_page() -> None:
     """A renamed id would leave a section blank or a handler dead; catch it without a browser."""
     html = (STATIC / "index.html").read_text()
-    script = (STATIC / "app.js").read_text()
+    script = "".join((STATIC / name).read_text() for name in MODULES)
     ids = set(re.findall(r'\$\("([a-z0-9-]+)"\)', script))
     missing = sorted(i for i in ids if f'id="{i}"' not in html)
     assert missing == []

@@ -64,10 +64,10 @@ def restorer(folders: Folders, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200, check=False)
 
 
-def listing(folders: Folders) -> dict[str, dict[str, object]]:
+def listing(folders: Folders) -> list[dict[str, object]]:
     done = restorer(folders, "weights", "--json")
     assert done.returncode == 0, done.stderr
-    return {entry["id"]: entry for entry in json.loads(done.stdout)}
+    return json.loads(done.stdout)
 
 
 def ir_files(folders: Folders) -> dict[str, int]:
@@ -77,7 +77,8 @@ def ir_files(folders: Folders) -> dict[str, int]:
 
 
 def test_every_user_file_is_listed_detected_or_refused_and_no_pickle_code_runs(folders: Folders) -> None:
-    models = listing(folders)
+    entries = listing(folders)
+    models = {entry["id"]: entry for entry in entries if entry["user"]}
     for model in USER_MODELS:
         entry = models[model.id]
         assert entry["state"] == "available", entry
@@ -95,9 +96,9 @@ def test_every_user_file_is_listed_detected_or_refused_and_no_pickle_code_runs(f
     assert models["evil-system"]["state"] == models["evil-exec"]["state"] == "refused"
     assert "cannot be read as weights" in str(models["garbage"]["reason"])
     # The built-in keeps its id; the user's file of that name is refused, saying so.
-    clash = [entry for entry in models.values() if entry["path"] and str(entry["path"]).endswith(".ckpt")]
-    assert any("belongs to a built-in model" in str(entry["reason"]) for entry in clash), clash
-    assert models["RealESRGAN_x2plus"]["user"] is False
+    clash = [entry for entry in entries if entry["id"] == "RealESRGAN_x2plus"]
+    assert [(entry["user"], entry["state"]) for entry in clash] == [(False, "missing"), (True, "refused")]
+    assert "belongs to a built-in model, which wins" in str(clash[1]["reason"])
     assert "linked" not in models
     assert not folders.marker.exists()
     # The table says the same in words.
@@ -216,3 +217,28 @@ def test_padding_for_a_network_is_cropped_back() -> None:
     assert padded.shape == (2, 3, 12, 12) and (height, width) == (5, 7)
     np.testing.assert_array_equal(padded[:, :, :5, :7], batch)
     assert pad_for_network(batch, SizeNeeds())[0] is batch
+
+
+def test_the_converter_module_imports_none_of_its_callers() -> None:
+    """Issue 21 item 5: converters register by kind (pipeline.backends, pipeline.faces) and the converter
+    process imports the module a Conversion names; ir.py itself imports only the layers below it."""
+    import ast
+
+    import pipeline.backends.ir as ir
+
+    tree = ast.parse(Path(ir.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    callers = [
+        name
+        for name in imported
+        if name.startswith(("pipeline.backends", "pipeline.faces", "pipeline.weights"))
+    ]
+    assert callers == [], callers
+    import pipeline.backends
+    import pipeline.faces.mtcnn
+    import pipeline.faces.restore  # noqa: F401  (each registers its converter)
+
+    assert {"upscaler", "face", "mtcnn"} <= set(ir._CONVERTERS)

@@ -1,4 +1,4 @@
-"""GFLOP per pixel and measured efficiency of each architecture family users bring (issue 22 item 3).
+"""MFLOP per pixel and measured efficiency of each architecture family users bring (issue 22 item 3).
 
 For each family, at the configuration of its common released files (random weights: speed does not
 depend on the values), the network's FLOPs are counted with torch.utils.flop_counter on a 64x64 input,
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     gemm = measure_gemm("fp32", args.threads)
     print(f"fp32 GEMM yardstick: {gemm.gflops:.1f} GFLOP/s ({args.threads} threads, {gemm.size}^2)")
-    print("| family | GFLOP/px | s per 128x128 tile | GFLOP/s | efficiency vs fp32 GEMM | IR multiple |")
+    print("| family | MFLOP/px | s per 128x128 tile | GFLOP/s | efficiency vs fp32 GEMM | IR multiple |")
     print("|---|---|---|---|---|---|")
     wanted = [prefix for prefix in args.only.split(",") if prefix]
     for name, build in _families().items():
@@ -107,12 +107,12 @@ def main() -> None:
         try:
             model, multiple = convert_image_network(descriptor)
         except Exception as error:
-            print(f"| {name} | {per_pixel:.2f} | refused: {str(error)[:120]} | | | |", flush=True)
+            print(f"| {name} | {per_pixel * 1e3:.2f} | refused: {str(error)[:120]} | | | |", flush=True)
             continue
         seconds = seconds_per_tile(model, args.threads)
         rate = per_pixel * TIME_SIDE * TIME_SIDE / seconds
         share = rate / gemm.gflops
-        row = f"| {name} | {per_pixel:.2f} | {seconds:.3f} | {rate:.1f} | {share:.0%} | {multiple} |"
+        row = f"| {name} | {per_pixel * 1e3:.2f} | {seconds:.3f} | {rate:.1f} | {share:.0%} | {multiple} |"
         print(row, flush=True)
 
 

@@ -64,16 +64,18 @@ def read_state_dict(path: Path) -> StateDict:
 def _refusal(path: Path, error: Exception) -> WeightsMissingError:
     text = str(error)
     match = _GLOBAL.search(text)
-    if match is None and _WEIGHTS_ONLY in text:
-        what = "holds objects other than tensors (a pickle that may run code)"
-        return UnsafeModelFileError(
-            f"{path.name}: refused, not loaded: it {what}; only plain weights are read"
-        )
     if match is None:
-        first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-        return WeightsMissingError(f"{path.name}: cannot be read as weights ({first})")
+        return WeightsMissingError(f"{path.name} cannot be read as weights ({_first_words(text, error)})")
     if match.group(3):
         what = "is a TorchScript archive (code, not just weights)"
     else:
         what = f"would call {match.group(1) or match.group(2)} when loaded (a pickle that runs code)"
-    return UnsafeModelFileError(f"{path.name}: refused, not loaded: it {what}; only plain weights are read")
+    return UnsafeModelFileError(f"{path.name} refused, not loaded: it {what}; only plain weights are read")
+
+
+def _first_words(text: str, error: Exception) -> str:
+    """The line that says what was wrong: torch's own reason after its long weights_only preamble."""
+    if _WEIGHTS_ONLY in text and "Unpickler error:" in text:
+        text = text.split("Unpickler error:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__

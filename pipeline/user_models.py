@@ -30,7 +30,7 @@ from pipeline.types import UnknownModelError
 log = logging.getLogger(__name__)
 
 DETECT_TIMEOUT_S = 600  # a child that reads a few files of up to a few hundred MB each
-MEMO_FILE = "user-models-v1.json"  # bump the number when detect() answers differently
+MEMO_FILE = "user-models-v2.json"  # bump the number when detect() answers differently
 _DETECTOR_ENTRY = (
     "import sys; from pipeline.user_models import detect_main; sys.exit(detect_main(sys.argv[1:]))"
 )

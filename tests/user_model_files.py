@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,10 @@ def write_model(model: UserModel, folder: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    state = {key: value.detach().clone() for key, value in model.build().state_dict().items()}
+    with warnings.catch_warnings():  # SwinIR's and SCUNet's torch.meshgrid calls warn about `indexing`
+        warnings.simplefilter("ignore", UserWarning)
+        network = model.build()
+    state = {key: value.detach().clone() for key, value in network.state_dict().items()}
     path = folder / model.file_name
     if model.wrapper == "safetensors":
         save_file({key: value.half().contiguous() for key, value in state.items()}, str(path))
@@ -123,7 +127,9 @@ def write_malicious_files(folder: Path, marker: Path) -> list[Path]:
     import torch
 
     zipped = folder / "evil-system.pth"
-    torch.save({"params": {"conv.weight": torch.zeros(1)}, "x": _RunsCode(os.system, f"touch {marker}")}, zipped)
+    torch.save(
+        {"params": {"conv.weight": torch.zeros(1)}, "x": _RunsCode(os.system, f"touch {marker}")}, zipped
+    )
     raw = folder / "evil-exec.ckpt"
     payload = _RunsCode(exec, f"open({str(marker)!r}, 'w').close()")
     raw.write_bytes(pickle.dumps({"state_dict": {"x": payload}}, protocol=2))

@@ -144,7 +144,7 @@ def served(folders: Folders) -> Iterator[object]:
         yield site
 
 
-@pytest.mark.timeout(1800)  # alone (no CLI conversions before it) it converts all eight: minutes on 2 busy cores
+@pytest.mark.timeout(1800)  # alone (no CLI run before it) it converts all eight: minutes on 2 busy cores
 def test_one_daemon_restores_with_every_user_model_and_sees_files_dropped_in_while_running(
     folders: Folders, served: object
 ) -> None:

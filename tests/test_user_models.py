@@ -134,8 +134,7 @@ def served(folders: Folders) -> Iterator[object]:
     presets = {model.id: {"model": model.id, "scale": model.scale, "faces": False} for model in USER_MODELS}
     env = {
         "RESTORER_WEIGHTS_DIR": str(folders.weights),
-        "RESTORER_STATE_DIR": str(folders.root / "serve-state"),
-        "RESTORER_CACHE_DIR": str(folders.state / "cache"),  # the CLI's conversions, reused
+        "RESTORER_STATE_DIR": str(folders.state),  # the CLI's: its cache holds the conversions to reuse
         "RESTORER_PRESETS": json.dumps(presets),
         "RESTORER_MODEL": "tiny-compact-4x",
     }

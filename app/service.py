@@ -140,10 +140,19 @@ class Service:
                 on_job=self._on_new_job,
                 on_queue_change=self._on_queue_change,
                 send_test_notification=self.notifier.send_test if self.notifier else None,
+                list_models=self._list_models,
             )
         except OSError as exc:  # port taken, address not on this machine, ...
             where = f"{self.settings.bind}:{self.settings.api_port}/{self.settings.site_port}"
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+
+    def _list_models(self) -> list[dict[str, Any]]:
+        """Every model usable here, the weights folder scanned again (memoised by name, size and mtime;
+        new files are detected in a child process, so this process stays torch-free)."""
+        from pipeline import model_statuses
+
+        statuses = model_statuses(self.settings.weights_dir, self.settings.cache_dir)
+        return [status.to_dict() for status in statuses]
 
     def _on_new_job(self, result: AddResult) -> None:
         """Intake or upload thread: a new row (enqueue_file already disposed of a skipped duplicate's

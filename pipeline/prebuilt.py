@@ -88,10 +88,11 @@ def convert_ahead(model_id: str, engine: EngineConfig, options: RestoreOptions) 
     seed_cache(engine.cache_dir)
     if model_id == "MTCNN":
         return _mtcnn_ir(Path(engine.cache_dir))
-    if get_spec(model_id).purpose == "face":
+    spec = get_spec(model_id, engine.weights_dir, engine.cache_dir)  # a user file of the weights folder too
+    if spec.purpose == "face":
         from pipeline.faces.restore import face_ir
 
-        fidelity = options.codeformer_fidelity if get_spec(model_id).arch == "CodeFormer" else 0.0
+        fidelity = options.codeformer_fidelity if spec.arch == "CodeFormer" else 0.0
         return face_ir(model_id, engine, fidelity).name
     strength = options.denoise_strength if model_id in options.model else None
     return upscaler_ir(model_id, engine, strength).xml.name
@@ -135,7 +136,9 @@ def _expected_irs(weights_dir: Path, cache_dir: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for model_id in embedded_model_ids():
         key = weights_key(model_id, weights_dir, cache_dir)
-        found[model_id] = upscaler_xml(model_id, cache_dir, key) if key else cache_dir / f"{model_id}-missing"
+        found[model_id] = (
+            upscaler_xml(model_id, weights_dir, cache_dir, key) if key else cache_dir / f"{model_id}-missing"
+        )
     return found | {f"mtcnn-{net}": xml for net, xml in mtcnn_xmls(cache_dir).items()}
 
 

@@ -6,6 +6,8 @@ How the image is cut (per axis, the same on both):
   so no pixel is computed more often than it must be; an image edge shorter than `tile` is one tile of the
   image's own length (exactly whole-image inference), reflect-padded only up to the network's size
   multiple (`upscaler.size_multiple`, e.g. 2 or 4 for x2/x1 models that pixel-unshuffle).
+- Each tile then meets the network's other size needs (SizeNeeds: `size_minimum`, e.g. 40 px for SCUNet,
+  and `size_square`): padded by reflection before the call and cropped back after it, at any scale.
 - Tile windows stay inside the image: a border tile sees the real image border, exactly as whole-image
   inference does, so no reflection artefact appears at the image edge. Only interior sides need context.
 - Neighbouring windows overlap by at least 2 * pad (windows are spread evenly, so usually by more). The
@@ -200,6 +202,40 @@ def to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     return np.clip(values * peak + 0.5, 0.0, peak).astype(dtype)
 
 
+@dataclass(frozen=True)
+class SizeNeeds:
+    """What a network needs of its input's height and width (spandrel's size_requirements): multiples of
+    `multiple`, at least `minimum`, and square when `square` (window transformers, U-Nets, Uformer)."""
+
+    multiple: int = 1
+    minimum: int = 0
+    square: bool = False
+
+
+def size_needs(upscaler: object) -> SizeNeeds:
+    """The upscaler's size needs; attributes it lacks are the neutral ones (any size)."""
+    return SizeNeeds(
+        int(getattr(upscaler, "size_multiple", 1) or 1),
+        int(getattr(upscaler, "size_minimum", 0) or 0),
+        bool(getattr(upscaler, "size_square", False)),
+    )
+
+
+def pad_for_network(batch: np.ndarray, needs: SizeNeeds) -> tuple[np.ndarray, int, int]:
+    """Pad an N,C,H,W batch at the bottom and right (by reflection; edge-repeat for 1-pixel axes) until
+    it meets `needs`; returns (batch, H, W) so the caller crops the output back to H*s x W*s."""
+    height, width = batch.shape[2], batch.shape[3]
+    target_h = _round_up(max(height, needs.minimum), needs.multiple)
+    target_w = _round_up(max(width, needs.minimum), needs.multiple)
+    if needs.square:
+        target_h = target_w = max(target_h, target_w)
+    if (target_h, target_w) == (height, width):
+        return batch, height, width
+    mode: Literal["reflect", "edge"] = "reflect" if min(height, width) > 1 else "edge"  # numpy: long pads too
+    pads = ((0, 0), (0, 0), (0, target_h - height), (0, target_w - width))
+    return np.pad(batch, pads, mode=mode), height, width
+
+
 class _Runner:
     """Hands fixed-shape batches to the network; splits batches and tiles when the device runs out."""
 
@@ -232,12 +268,13 @@ class _Runner:
 
     def _call(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
         batch = np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
-        result = np.asarray(self.upscaler(batch), dtype=np.float32)
+        padded, height, width = pad_for_network(batch, size_needs(self.upscaler))
+        result = np.asarray(self.upscaler(padded), dtype=np.float32)
         scale = self.upscaler.scale
-        expected = (len(tiles), 3, batch.shape[2] * scale, batch.shape[3] * scale)
+        expected = (len(tiles), 3, padded.shape[2] * scale, padded.shape[3] * scale)
         if result.shape != expected:
             raise ValueError(f"upscaler returned shape {result.shape}, expected {expected}")
-        return list(result.transpose(0, 2, 3, 1))
+        return list(result[:, :, : height * scale, : width * scale].transpose(0, 2, 3, 1))
 
     def _split(self, tile: np.ndarray) -> np.ndarray:
         smaller = self.max_tile if self.max_tile is not None else max(tile.shape[:2]) // 2

@@ -8,7 +8,9 @@ Resolution order for a model id (pipeline/models.py):
    the record (truncated copy, disk error, edited file) or whose source changed is rebuilt;
 3. otherwise WeightsMissingError naming the file to add and where it comes from.
 
-Every architecture loads through spandrel (its restricted unpickler for .pth, safetensors for the cache);
+Any other model file spandrel recognises in the weights folder is a model too (pipeline/user_models.py):
+its id is the file's stem and it resolves to that file. Files are read by pipeline/safe_load.py only
+(torch.load(weights_only=True) or safetensors: never a full unpickle), then spandrel builds the network;
 no basicsr / realesrgan / gfpgan import happens at run time.
 """
 
@@ -24,8 +26,9 @@ from typing import TYPE_CHECKING, Literal
 from pipeline.embedded import DESCRIPTION as EMBEDDED_PACKAGE
 from pipeline.embedded import embedded_models_dir
 from pipeline.files import atomic_target, file_sha256, write_text_atomically
-from pipeline.models import REGISTRY, ModelSpec, get_spec
-from pipeline.types import BackendUnavailableError, WeightsMissingError
+from pipeline.models import REGISTRY, USER_LICENSE, ModelSpec, get_spec
+from pipeline.types import BackendUnavailableError, UnknownModelError, WeightsMissingError
+from pipeline.user_models import UserModelFile, scan_user_models
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 CONVERTER_VERSION = 1  # bump when the converter's output changes: old caches are rebuilt
 
 Source = Literal["user", "cache", "converted"]
-State = Literal["available", "converted", "embedded", "missing"]
+State = Literal["available", "converted", "embedded", "missing", "refused"]
 StateDict = dict[str, "torch.Tensor"]
 EmbeddedDir = Path | Literal["auto"] | None  # "auto": pipeline.embedded's folder; tests pass their own
 
@@ -59,17 +62,26 @@ class ModelStatus:
     source: str  # in words
     official: bool | None  # a user file matches the official sha256 (None: not a user file / unknown)
     action: str  # what the user should do, "" when nothing
+    size_bytes: int | None = None  # user files: the file's size
+    sha256: str | None = None  # user files: the file's sha256
+    reason: str = ""  # state "refused": why the file is not used
 
     def to_dict(self) -> dict[str, object]:
         return {
             "id": self.spec.id,
-            "purpose": self.spec.purpose,
+            "purpose": self.spec.purpose if self.state != "refused" else None,
+            "arch": self.spec.arch or None,
+            "scale": self.spec.scale or None,
             "state": self.state,
             "path": str(self.path) if self.path else None,
             "source": self.source,
             "official": self.official,
             "license": self.spec.license,
             "commercial_ok": self.spec.commercial_ok,
+            "user": self.spec.user,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "reason": self.reason,
             "action": self.action,
         }
 
@@ -167,7 +179,14 @@ def _resolve(
 ) -> ResolvedWeights | None:
     """resolve_weights; with convert=False, None where the embedded weights still need converting (the
     conversion imports torch, which callers that only look things up must not)."""
-    spec = get_spec(model_id)
+    spec = get_spec(model_id, weights_dir, cache_dir)
+    if spec.user:  # a file the user brought: itself, as detected (pipeline/user_models.py)
+        if spec.purpose == "face":
+            raise UnknownModelError(
+                f"model {model_id} is a face model ({spec.arch}): choose it as face_model"
+            )
+        assert spec.sha256 is not None  # user specs carry their file's sha256
+        return ResolvedWeights(weights_dir / spec.filenames[0], "user", spec, spec.sha256)
     user = _user_file(spec, weights_dir)
     if user is not None:
         return ResolvedWeights(user, "user", spec, _sha256_memo(user))
@@ -199,7 +218,8 @@ def weights_key(
     while the embedded weights still need their one-time conversion."""
     weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
     resolved = _resolve(model_id, weights_dir, cache_dir, embedded_dir, convert=False)
-    companion_id = _denoise_companion(resolved.spec if resolved else get_spec(model_id), denoise_strength)
+    spec = resolved.spec if resolved else get_spec(model_id, weights_dir, cache_dir)
+    companion_id = _denoise_companion(spec, denoise_strength)
     if resolved is None or companion_id is None:
         return resolved.sha256 if resolved else None
     companion = _resolve(companion_id, weights_dir, cache_dir, embedded_dir, convert=False)
@@ -239,16 +259,18 @@ def _loader(spec: ModelSpec) -> ModelLoader:
 
 
 def load_state_dict(resolved: ResolvedWeights) -> StateDict:
-    """The file's tensors through spandrel's safe readers (restricted unpickler / safetensors)."""
+    """The file's tensors, read without running code (pipeline/safe_load.py: weights_only / safetensors)."""
+    from pipeline.safe_load import read_state_dict
+
     try:
-        return _loader(resolved.spec).load_state_dict_from_file(resolved.path)
-    except BackendUnavailableError:
-        raise
-    except Exception as error:
-        raise WeightsMissingError(
-            f"model {resolved.spec.id}: {resolved.path} cannot be read ({type(error).__name__}: {error}); "
-            f"replace it with the official file from {resolved.spec.source_url}"
-        ) from error
+        return read_state_dict(resolved.path)
+    except WeightsMissingError as error:
+        where = (
+            ""
+            if resolved.spec.user
+            else f"; replace it with the official file from {resolved.spec.source_url}"
+        )
+        raise WeightsMissingError(f"model {resolved.spec.id}: {error}{where}") from None
 
 
 def descriptor_from_state_dict(spec: ModelSpec, state: StateDict, origin: Path) -> ModelDescriptor:
@@ -325,7 +347,40 @@ def model_statuses(
     """What is available, for `restorer weights` and the health page. Converts nothing."""
     weights_dir, cache_dir = Path(weights_dir), Path(cache_dir)
     embedded_root = embedded_models_dir() if embedded_dir == "auto" else embedded_dir
-    return [_status(spec, weights_dir, cache_dir, embedded_root) for spec in REGISTRY.values()]
+    builtin = [_status(spec, weights_dir, cache_dir, embedded_root) for spec in REGISTRY.values()]
+    return builtin + [_user_status(entry, cache_dir) for entry in scan_user_models(weights_dir, cache_dir)]
+
+
+def _user_status(entry: UserModelFile, cache_dir: Path) -> ModelStatus:
+    """A user file: available as detected, or refused (by the detector, an id clash, or the converter)."""
+    spec = entry.spec
+    refused = entry.refused or (conversion_refusal(cache_dir, entry.sha256) if spec is not None else "")
+    if spec is None or refused:
+        found = entry.detection
+        spec = ModelSpec(
+            entry.id,
+            found.architecture,
+            found.scale,
+            "restore",
+            USER_LICENSE,
+            entry.sha256,
+            (entry.path.name,),
+            "",
+            user=True,
+        )
+        action = f"remove or replace {entry.path.name}"
+        return ModelStatus(
+            spec, "refused", entry.path, "user file", None, action, entry.size_bytes, entry.sha256, refused
+        )
+    source = f"user file ({spec.arch} x{spec.scale})"
+    return ModelStatus(spec, "available", entry.path, source, None, "", entry.size_bytes, entry.sha256)
+
+
+def conversion_refusal(cache_dir: Path, sha256: str) -> str:
+    """Why the converter refused the network with these weights (ir.py's record), or ""."""
+    from pipeline.backends.ir import read_refusal
+
+    return read_refusal(Path(cache_dir), sha256)
 
 
 def _status(spec: ModelSpec, weights_dir: Path, cache_dir: Path, embedded_root: Path | None) -> ModelStatus:

@@ -180,6 +180,7 @@ async def get_capabilities(request: web.Request) -> web.Response:
     """What this client may do; the page greys out uploads and retries from it."""
     ctx = context_of(request)
     access = write_access(request)
+    models = await ctx.run_file(ctx.list_models) if ctx.list_models is not None else []
     return json_response(
         {
             "api_version": VERSION,
@@ -191,6 +192,9 @@ async def get_capabilities(request: web.Request) -> web.Response:
             "upload_max_bytes": ctx.settings.upload_max_bytes,
             "upload_max_files": ctx.settings.upload_max_files,
             "presets": sorted(ctx.settings.presets),
+            # Every model, built-in or a user's file (with arch, scale, size, sha256), or refused and why.
+            "models": models,
+            "model": ctx.settings.model,
             "previews": asdict(PAGE_PREVIEWS),
         }
     )

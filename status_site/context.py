@@ -52,6 +52,9 @@ class SiteContext:
     on_queue_change: Callable[[], None] | None = None
     # The service's Notifier.send_test (queues a test notification to every target; returns how many).
     send_test_notification: Callable[[], Awaitable[int]] | None = None
+    # The models usable here, scanned again at each call (a model file dropped into the weights folder
+    # appears without a restart): dicts as the pipeline's ModelStatus.to_dict() makes them; app/ provides it.
+    list_models: Callable[[], list[dict[str, Any]]] | None = None
     preview_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PREVIEW_SLOTS))
     # Big previews: one child process at a time (each may need up to a few GB while it decodes).
     child_preview_slot: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))

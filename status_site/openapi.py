@@ -158,6 +158,13 @@ SCHEMAS: dict[str, Any] = {
             "upload_max_bytes": _INT,
             "upload_max_files": _INT,
             "presets": {"type": "array", "items": _STR},
+            "models": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "every model (built-in and the user's files: id, arch, scale, purpose, state, "
+                "size_bytes, sha256, license; state refused with its reason), the weights folder scanned now",
+            },
+            "model": {"type": "string", "description": "the configured default model id"},
             "previews": {
                 "type": "object",
                 "description": "the ?max= edges the page asks for: thumbnails, the inspector, its 1:1 view",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -32,6 +32,7 @@ async def start_servers(
     on_job: Callable[[AddResult], None] | None = None,
     on_queue_change: Callable[[], None] | None = None,
     send_test_notification: Callable[[], Awaitable[int]] | None = None,
+    list_models: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> list[web.AppRunner]:
     """Bind the API on settings.api_port and the page on settings.site_port; return their runners.
 
@@ -49,6 +50,7 @@ async def start_servers(
         on_job=on_job,
         on_queue_change=on_queue_change,
         send_test_notification=send_test_notification,
+        list_models=list_models,
     )
     ctx.host_names = own_host_names() | {name.lower().rstrip(".") for name in settings.allowed_hosts}
     apps = [(create_api_app(ctx), settings.api_port), (create_site_app(ctx), settings.site_port)]

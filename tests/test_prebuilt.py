@@ -70,7 +70,7 @@ def test_weights_convert_makes_the_ir_the_daemon_reads(converted) -> None:
     cache = state_dir / "cache"
     key = weights_key("realesr-general-x4v3", weights_dir, cache)
     assert key is not None
-    xml = upscaler_xml("realesr-general-x4v3", cache, key)
+    xml = upscaler_xml("realesr-general-x4v3", weights_dir, cache, key)
     network = read_network(xml)  # exactly where upscaler_ir looks before it would convert
     assert network is not None and network.architecture == "Compact" and network.scale == 4
 

@@ -2,10 +2,13 @@
 
 States: available (a user file in the weights folder), converted (embedded ncnn weights already converted
 into the state directory's cache), embedded (converted automatically on first use), missing (the user must
-add the official file; the line says which and where it comes from). Nothing is downloaded, except by
-`restorer weights fetch NAME...`, which the user runs (app/weights_fetch.py). `restorer weights convert`
-makes the OpenVINO IR of the weights present now, where torch is installed (the torch-free container image
-cannot convert; its converter service runs this, docs/deploy.md).
+add the official file; the line says which and where it comes from), refused (a model file of the user's
+that spandrel does not recognise, that would run code when loaded, or that OpenVINO cannot convert: the
+reason is printed). Any model file spandrel recognises is listed with its architecture, scale, size and
+sha256 (pipeline/user_models.py). Nothing is downloaded, except by `restorer weights fetch NAME...`, which
+the user runs (app/weights_fetch.py). `restorer weights convert` makes the OpenVINO IR of the weights
+present now, where torch is installed (the torch-free container image cannot convert; its converter
+service runs this, docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from app.flags import command_parser, settings_from_args
+
+if TYPE_CHECKING:
+    from pipeline import ModelStatus
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,17 +74,33 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"weights folder: {settings.weights_dir}    conversion cache: {settings.cache_dir / 'weights'}")
     header = ("MODEL", "PURPOSE", "STATE", "SOURCE", "LICENSE")
-    rows = [(s.spec.id, s.spec.purpose, s.state, s.source, s.spec.license) for s in statuses]
+    rows = [(s.spec.id, _purpose(s), s.state, s.source, s.spec.license) for s in statuses]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     print(_line(header, widths))
     for row, status in zip(rows, statuses, strict=True):
         print(_line(row, widths))
+        if status.spec.user:
+            print(f"    {_user_facts(status)}")
+        if status.reason:
+            print(f"    refused: {status.reason}")
         if status.action:
             print(f"    -> {status.action}")
-    missing = [s.spec.id for s in statuses if s.spec.id in settings.model and s.state == "missing"]
-    for model_id in missing:
-        print(f"\nthe configured model {model_id} is missing: restores will fail until it is added")
-    return 1 if missing else 0
+    by_id = {status.spec.id: status for status in statuses}
+    unusable = [
+        (model_id, by_id[model_id].state if model_id in by_id else "unknown")
+        for model_id in settings.model
+        if model_id not in by_id or by_id[model_id].state in ("missing", "refused")
+    ]
+    for model_id, what in unusable:
+        print(f"\nthe configured model {model_id} is {what}: restores will fail until it is added")
+    return 1 if unusable else 0
+
+
+def _user_facts(status: ModelStatus) -> str:
+    """A user file's line: what spandrel found, its size and sha256 (to compare with where it came from)."""
+    found = f"{status.spec.arch} x{status.spec.scale}" if status.spec.arch else "not recognised"
+    size = f"{(status.size_bytes or 0) / 1e6:.1f} MB"
+    return f"{found}, {size}, sha256 {status.sha256}, licence: {status.spec.license}"
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -112,7 +135,10 @@ def run_convert(args: argparse.Namespace) -> int:
     engine, options = settings.engine_config(), settings.restore_options()
     if args.names:
         try:
-            names = [name if name == "MTCNN" else get_spec(name).id for name in args.names]
+            names = [
+                name if name == "MTCNN" else get_spec(name, settings.weights_dir, settings.cache_dir).id
+                for name in args.names
+            ]
         except UnknownModelError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -139,3 +165,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:
     return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+
+def _purpose(status: ModelStatus) -> str:
+    return "-" if status.state == "refused" else status.spec.purpose

@@ -29,7 +29,18 @@ from pipeline.backends.base import (
     cpu_bf16_flag,
     cpu_flags,
 )
-from pipeline.backends.ir import Conversion, IrNetwork, convert_in_subprocess, ir_dir, read_network
+from pipeline.backends.ir import (
+    Conversion,
+    IrNetwork,
+    convert_image_network,
+    convert_in_subprocess,
+    ir_dir,
+    read_network,
+    read_refusal,
+    register_converter,
+    save_ir,
+    write_refusal,
+)
 from pipeline.types import BackendUnavailableError, EngineConfig
 
 log = logging.getLogger(__name__)
@@ -152,7 +163,9 @@ def load_upscaler(
 
 
 def upscaler_ir(model_id: str, engine: EngineConfig, denoise_strength: float | None = None) -> IrNetwork:
-    """The model's IR from the cache, converted first (in a separate process) when it is not there yet.
+    """The model's IR from the cache, converted first (in a separate process) when it is not there yet:
+    the one call that turns a model id (built-in or a user file) into what runs it, with its scale and its
+    size needs (IrNetwork). A network the converter refused raises BackendUnavailableError with the reason.
 
     Named by the weights' sha256, so a replaced weights file gets its own IR; finding it imports no torch.
     A torch-free installation ships the embedded networks converted (pipeline/prebuilt.py): seeded first."""
@@ -162,21 +175,60 @@ def upscaler_ir(model_id: str, engine: EngineConfig, denoise_strength: float | N
     weights_dir, cache_dir = Path(engine.weights_dir), Path(engine.cache_dir)
     seed_cache(cache_dir)
     key = weights_key(model_id, weights_dir, cache_dir, denoise_strength)
-    network = read_network(upscaler_xml(model_id, cache_dir, key)) if key is not None else None
+    network = read_network(upscaler_xml(model_id, weights_dir, cache_dir, key)) if key is not None else None
     if network is not None:
         return network
+    refusal = read_refusal(cache_dir, key) if key is not None else ""
+    if refusal:
+        raise BackendUnavailableError(f"model {model_id}: {refusal}")
     # Not converted yet (or the embedded weights not even unpacked): the converter process does both
     # and names the IR by the same key.
-    job = Conversion("upscaler", model_id, str(weights_dir), str(cache_dir), denoise_strength)
+    job = Conversion(
+        "upscaler", model_id, str(weights_dir), str(cache_dir), denoise_strength, module=__name__
+    )
     convert_in_subprocess(job)
     key = weights_key(model_id, weights_dir, cache_dir, denoise_strength)
-    network = read_network(upscaler_xml(model_id, cache_dir, key)) if key is not None else None
+    network = read_network(upscaler_xml(model_id, weights_dir, cache_dir, key)) if key is not None else None
     if network is None:
         raise BackendUnavailableError(f"model {model_id}: the converter left no usable OpenVINO IR")
     return network
 
 
-def upscaler_xml(model_id: str, cache_dir: Path, key: str) -> Path:
+def upscaler_xml(model_id: str, weights_dir: Path, cache_dir: Path, key: str) -> Path:
     from pipeline.models import get_spec
 
-    return ir_dir(cache_dir) / f"{get_spec(model_id).arch}-{key[:40]}-dynamic.xml"
+    return ir_dir(cache_dir) / f"{get_spec(model_id, weights_dir, cache_dir).arch}-{key[:40]}-dynamic.xml"
+
+
+def _convert_upscaler(job: Conversion) -> None:
+    """The converter process's job for a super-resolution / restoration network (registered by kind).
+
+    Free batch, height and width: tracing is the slow part, so it happens once per weights, and each tile
+    shape is cut from this IR without torch. A network OpenVINO cannot convert, or converts into something
+    that computes another result than torch, is refused (and remembered), never run slowly on torch CPU."""
+    from pipeline.weights import load_model_with_key
+
+    weights_dir, cache_dir = Path(job.weights_dir), Path(job.cache_dir)
+    descriptor, key = load_model_with_key(job.model_id, weights_dir, cache_dir, job.denoise_strength)
+    try:
+        model, multiple = convert_image_network(descriptor)
+    except Exception as error:  # OpenVINO's and torch's conversion errors have no common base
+        words = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        reason = (
+            f"OpenVINO cannot run this {descriptor.architecture.id} network ({words}); "
+            "refused rather than run slowly on torch CPU"
+        )
+        write_refusal(cache_dir, key, reason)
+        raise BackendUnavailableError(reason) from None
+    needs = descriptor.size_requirements
+    record = {
+        "architecture": descriptor.architecture.id,
+        "scale": int(descriptor.scale),
+        "size_multiple": multiple,  # spandrel's, or the one the converted graph was found to need
+        "size_minimum": int(needs.minimum),
+        "size_square": bool(needs.square),
+    }
+    save_ir(model, upscaler_xml(job.model_id, weights_dir, cache_dir, key), record)
+
+
+register_converter("upscaler", _convert_upscaler)

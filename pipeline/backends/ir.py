@@ -14,6 +14,7 @@ multiprocessing does not allow to have children.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,6 +55,8 @@ class IrNetwork:
     architecture: str  # spandrel's id: "ESRGAN", "Compact", "GFPGAN", ... or "MTCNN"
     scale: int
     size_multiple: int  # input H and W must be multiples of this (x2plus's pixel unshuffle: 2)
+    size_minimum: int = 0  # input H and W must be at least this (SCUNet: 40; transformers: their window)
+    size_square: bool = False  # input must be square (Uformer)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,17 @@ class Conversion:
     cache_dir: str = ""
     denoise_strength: float | None = None
     fidelity: float = 0.0  # CodeFormer only
+    module: str = ""  # the module that registers the converter for `kind`, imported by the converter process
+
+
+# kind -> the function that converts it, registered by the module that owns that kind of network (the
+# upscaler in pipeline.backends, faces in pipeline.faces): this module never imports its callers.
+Converter = Callable[[Conversion], None]
+_CONVERTERS: dict[str, Converter] = {}
+
+
+def register_converter(kind: Kind, converter: Converter) -> None:
+    _CONVERTERS[kind] = converter
 
 
 # -- paths and records -------------------------------------------------------------------------------------
@@ -114,9 +129,33 @@ def read_network(xml: Path) -> IrNetwork | None:
         return None
     try:
         record = json.loads(record_path.read_text())
-        return IrNetwork(xml, str(record["architecture"]), int(record["scale"]), int(record["size_multiple"]))
+        return IrNetwork(
+            xml,
+            str(record["architecture"]),
+            int(record["scale"]),
+            int(record["size_multiple"]),
+            int(record.get("size_minimum", 0)),
+            bool(record.get("size_square", False)),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _refusal_path(cache_dir: Path, key: str) -> Path:
+    return ir_dir(cache_dir) / f"refused-{key[:40]}.json"
+
+
+def write_refusal(cache_dir: Path, key: str, reason: str) -> None:
+    """Remember that the network with these weights cannot be converted, so each job does not try again."""
+    write_text_atomically(_refusal_path(cache_dir, key), json.dumps({"reason": reason}))
+
+
+def read_refusal(cache_dir: Path, key: str) -> str:
+    """Why the network with these weights was refused by the converter, or "" (never tried, or fine)."""
+    try:
+        return str(json.loads(_refusal_path(cache_dir, key).read_text())["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def save_ir(model: ov.Model, xml: Path, record: dict[str, Any] | None = None) -> None:
@@ -180,10 +219,7 @@ def convert_in_subprocess(job: Conversion, timeout_s: float = CONVERT_TIMEOUT_S)
             f"converting {what} to OpenVINO IR needs torch, which is not installed here: run "
             "`restorer weights convert` where it is (container: `docker compose run --rm converter`)"
         )
-    entry = (
-        "import sys; from pipeline.backends.ir import converter_main; sys.exit(converter_main(sys.argv[1:]))"
-    )
-    command = [sys.executable, "-c", entry, json.dumps(asdict(job))]
+    command = [sys.executable, "-c", _CONVERTER_ENTRY, json.dumps(asdict(job))]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -215,53 +251,83 @@ def torch_to_ov(
         return ov.convert_model(source, example_input=example, input=[input_shape])
 
 
-def _convert_upscaler(job: Conversion) -> None:
-    from pipeline.backends import upscaler_xml
-    from pipeline.weights import load_model_with_key
-
-    cache_dir = Path(job.cache_dir)
-    descriptor, key = load_model_with_key(
-        job.model_id, Path(job.weights_dir), cache_dir, job.denoise_strength
-    )
-    record = {
-        "architecture": descriptor.architecture.id,
-        "scale": int(descriptor.scale),
-        "size_multiple": int(descriptor.size_requirements.multiple_of),
-    }
-    # Free batch, height and width: tracing is the slow part, so it happens once per weights, and each
-    # tile shape is cut from this IR without torch.
-    model = torch_to_ov(descriptor.model.eval(), [1, 3, 32, 32], [-1, 3, -1, -1], trace=True)
-    save_ir(model, upscaler_xml(job.model_id, cache_dir, key), record)
+# The converted network must compute what torch computes, to within a fraction of an 8-bit level.
+CHECK_TOLERANCE = 0.5 / 255
 
 
-def _convert_face(job: Conversion) -> None:
-    from pipeline.faces.restore import CROP, face_module, face_xml
-    from pipeline.weights import load_model_with_key
-
-    descriptor, key = load_model_with_key(job.model_id, Path(job.weights_dir), Path(job.cache_dir))
-    architecture = descriptor.architecture.id
-    module = face_module(descriptor, architecture, job.fidelity)
-    # A static input shape: StyleGAN's modulated convolutions have batch-dependent weight shapes that
-    # OpenVINO's CPU plugin cannot run when left dynamic.
-    shape = [1, 3, CROP, CROP]
-    model = torch_to_ov(module, shape, shape, trace=False)
-    xml = face_xml(job.model_id, Path(job.cache_dir), key, job.fidelity)
-    save_ir(model, xml, {"architecture": architecture, "scale": 1, "size_multiple": 1})
+# Size multiples tried, in order, for a network whose trace holds on only to sizes of some multiple: window
+# transformers (SwinIR, HAT) pad themselves to their window in Python, which tracing bakes in for the example.
+MULTIPLES_TRIED = (1, 8, 16, 32, 64)
 
 
-def _convert_mtcnn(job: Conversion) -> None:
-    from pipeline.faces.mtcnn import convert_mtcnn
+def convert_image_network(descriptor: Any) -> tuple[ov.Model, int]:
+    """A spandrel image descriptor as a dynamic-shape OpenVINO model (free batch, height and width) and the
+    size multiple its input needs, checked against torch on an input of ANOTHER size than the traced one:
+    a network whose trace baked in its example's shape (an attention mask, a window padding) is converted
+    again for sizes of a multiple it holds on to, and refused when none works (ValueError/RuntimeError).
 
-    convert_mtcnn(Path(job.cache_dir))
+    The module traced is the descriptor's own call (FBCNN's returns the image of an (image, quality)
+    pair), at the smallest friendly size its size requirements allow (SCUNet needs 40 px)."""
+    needs = descriptor.size_requirements
+    module = _descriptor_module(descriptor).eval()
+    failures = []
+    for multiple in sorted({needs.multiple_of * m for m in MULTIPLES_TRIED}):
+        try:
+            return _convert_checked(module, needs, multiple), multiple
+        except Exception as error:  # conversion, compilation or inference error, or a wrong result
+            words = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            failures.append(f"sizes of multiple {multiple}: {words}")
+    raise ValueError("; ".join(failures[:2]))
 
 
-_CONVERTERS = {"upscaler": _convert_upscaler, "face": _convert_face, "mtcnn": _convert_mtcnn}
+def _convert_checked(module: Any, needs: Any, multiple: int) -> ov.Model:
+    import openvino as ov
+    import torch
+
+    side = _round_up(max(32, needs.minimum), multiple)
+    model = torch_to_ov(module, [1, 3, side, side], [-1, 3, -1, -1], trace=True)
+    height = side + _round_up(5, multiple)
+    width = height if needs.square else side + _round_up(11, multiple)
+    sample = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(sample).clamp(0, 1).numpy()
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    actual = compiled(sample.numpy())[0].clip(0, 1)
+    if actual.shape != expected.shape:
+        raise ValueError(f"on a {height}x{width} input it returned {actual.shape}, torch {expected.shape}")
+    difference = float(abs(actual - expected).max())
+    if difference > CHECK_TOLERANCE:
+        raise ValueError(f"on a {height}x{width} input its output differs from torch's by {difference:.3f}")
+    return model
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _descriptor_module(descriptor: Any) -> Any:
+    import torch
+
+    class DescriptorCall(torch.nn.Module):
+        """descriptor.model called the way spandrel calls it (without its padding and clamping)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = descriptor.model
+            self._call = descriptor._call_fn  # spandrel keeps the per-architecture call private
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self._call(self.network, image)
+
+    return DescriptorCall()
 
 
 def converter_main(argv: list[str]) -> int:
     """The converter process: one Conversion as JSON in argv[0]; exit 1 with the error's one line."""
     logging.basicConfig(level=logging.WARNING)
     job = Conversion(**json.loads(argv[0]))
+    if job.module:
+        importlib.import_module(job.module)  # registers its converters
     try:
         _CONVERTERS[job.kind](job)
     except RestoreError as error:  # one line the parent turns back into the same error type

@@ -32,11 +32,10 @@ from pipeline.backends.base import (
     available_ram_bytes,
     cap_tile,
     is_out_of_memory,
-    pad_to_multiple,
     tile_for_memory,
 )
 from pipeline.backends.ir import BLOB_GENERATION, IrNetwork, compile_config, ir_ready, new_core, save_ir
-from pipeline.tiling import run_local
+from pipeline.tiling import pad_for_network, run_local, size_needs
 from pipeline.types import DeviceOutOfMemoryError, EngineConfig
 
 if TYPE_CHECKING:
@@ -73,15 +72,16 @@ RRDB_SPLIT = NetworkLayout(
 )
 
 
-def layout_for(arch: str, size_multiple: int) -> NetworkLayout:
+def layout_for(arch: str, size_multiple: int, scale: int = 4) -> NetworkLayout:
     """RRDBNet without pixel-unshuffle (x4plus, anime_6B) runs split; x2plus (size multiple 2) crops inside
-    its upsampler and the compact networks are cheap per pixel, so they run whole.
+    its upsampler, a 1x RRDBNet has no upsampler to split off, and the compact networks are cheap per
+    pixel, so they run whole. Every other architecture (user files) runs whole.
 
     The split pays because the tiler cuts each axis into the shortest windows that keep the overlap
     (pipeline/tiling.py): cut at the full 512 px length, the big trunk tiles would compute far more context
     than the photo has pixels. Measurements, before and after: docs/performance.md ("Upscaling at the
     machine's limit")."""
-    return RRDB_SPLIT if arch == "ESRGAN" and size_multiple == 1 else WHOLE
+    return RRDB_SPLIT if arch == "ESRGAN" and size_multiple == 1 and scale > 1 else WHOLE
 
 
 class OpenVinoUpscaler:
@@ -92,6 +92,8 @@ class OpenVinoUpscaler:
         self.info = info
         self._arch: str = network.architecture
         self.size_multiple: int = network.size_multiple  # read by the tiler
+        self.size_minimum: int = network.size_minimum
+        self.size_square: bool = network.size_square
         self._dynamic_xml = network.xml
         self._key = network.xml.stem.removesuffix("-dynamic")
         _remove_leftovers(network.xml.parent, self._key)
@@ -101,7 +103,7 @@ class OpenVinoUpscaler:
             **compile_config(info.precision, self.threads),
             "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
         }
-        self.layout = layout_for(self._arch, self.size_multiple)
+        self.layout = layout_for(self._arch, self.size_multiple, self.scale)
         # Planned once: following the free RAM of the moment would change the tile between images.
         self._tile: int = tile_for_memory(
             available_ram_bytes(), self.layout.bytes_per_pixel, cap_tile(self.layout.tile_max, engine.tile)
@@ -154,7 +156,7 @@ class OpenVinoUpscaler:
         """Run one small tile so the first image does not pay for the plugin's first-inference setup (the
         parts were compiled, or their cached blobs loaded, when this upscaler was made)."""
         side = 32 * self.size_multiple
-        self(np.zeros((self.batch_size, 3, side, side), np.float32))
+        self(np.zeros((self.batch_size, 3, side, side), np.float32))  # __call__ pads to the minimum
 
     def runtime_properties(self) -> dict[str, str]:
         """What the compiled models actually run with (precision, threads), as OpenVINO says."""
@@ -168,7 +170,7 @@ class OpenVinoUpscaler:
         return SPLIT_PARTS if self.layout.split else ("network",)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self.size_multiple)
+        padded, h, w = pad_for_network(np.ascontiguousarray(batch, dtype=np.float32), size_needs(self))
         try:
             if self.layout.split:
                 features = self._infer("trunk", padded)

@@ -19,9 +19,9 @@ from pipeline.backends.base import (
     bytes_per_input_pixel,
     cap_tile,
     is_out_of_memory,
-    pad_to_multiple,
     tile_for_memory,
 )
+from pipeline.tiling import pad_for_network, size_needs
 from pipeline.types import DeviceOutOfMemoryError, EngineConfig
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ class TorchUpscaler:
         self.info = info
         self._arch: str = descriptor.architecture.id
         self.size_multiple: int = int(descriptor.size_requirements.multiple_of)  # read by the tiler
+        self.size_minimum: int = int(descriptor.size_requirements.minimum)
+        self.size_square: bool = bool(descriptor.size_requirements.square)
         self._tile_cap = engine.tile
         self._device = torch.device(info.device)
         if self._device.type == "cpu":
@@ -55,6 +57,8 @@ class TorchUpscaler:
             # tiling.py), and benchmark mode would time every new shape and keep its choice for good.
             torch.backends.cudnn.benchmark = False
         # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
+        # spandrel's own call per architecture (FBCNN's network returns (image, quality): the image).
+        self._call_network = descriptor._call_fn
         self._model = descriptor.model.eval().to(self._device).to(memory_format=torch.channels_last)
         # Planned once, after the weights are on the device: a tile edge that followed the free memory of
         # the moment would make the same photo tile differently from one day to the next.
@@ -88,11 +92,11 @@ class TorchUpscaler:
         self(np.zeros((1, 3, size, size), np.float32))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        padded, h, w = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.float32), self.size_multiple)
+        padded, h, w = pad_for_network(np.ascontiguousarray(batch, dtype=np.float32), size_needs(self))
         try:
             with torch.inference_mode(), autocast(self._device.type, self.info.precision):
                 x = torch.from_numpy(padded).to(self._device, non_blocking=True)
-                y = self._model(x.contiguous(memory_format=torch.channels_last))
+                y = self._call_network(self._model, x.contiguous(memory_format=torch.channels_last))
                 y = y[:, :, : h * self.scale, : w * self.scale].float().clamp_(0.0, 1.0)
                 return y.cpu().numpy()
         except torch.cuda.OutOfMemoryError:

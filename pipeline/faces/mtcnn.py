@@ -21,6 +21,7 @@ from pipeline.backends.ir import (
     ir_dir,
     new_core,
     read_network,
+    register_converter,
     save_ir,
     torch_to_ov,
 )
@@ -83,7 +84,7 @@ class MtcnnOpenVinoDetector:
         seed_cache(cache_dir)  # a torch-free installation ships these nets converted
         xmls = mtcnn_xmls(cache_dir)
         if any(read_network(xml) is None for xml in xmls.values()):
-            convert_in_subprocess(Conversion("mtcnn", cache_dir=str(cache_dir)))
+            convert_in_subprocess(Conversion("mtcnn", cache_dir=str(cache_dir), module=__name__))
         core = new_core(cache_dir)
         # fp32: the nets are tiny (~0.5 MFLOP per 12x12 window) and scores decide what counts as a face.
         self._nets = {net: compile_ir(core, xml, "fp32", threads) for net, xml in xmls.items()}
@@ -288,3 +289,6 @@ def square(boxes: np.ndarray) -> np.ndarray:
     squared[:, 2] = squared[:, 0] + side
     squared[:, 3] = squared[:, 1] + side
     return squared
+
+
+register_converter("mtcnn", lambda job: convert_mtcnn(Path(job.cache_dir)))

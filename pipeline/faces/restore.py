@@ -27,7 +27,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.backends.base import BackendInfo, available_cores
-from pipeline.backends.ir import Conversion, compile_ir, convert_in_subprocess, ir_dir, new_core, read_network
+from pipeline.backends.ir import (
+    Conversion,
+    compile_ir,
+    convert_in_subprocess,
+    ir_dir,
+    new_core,
+    read_network,
+    register_converter,
+    save_ir,
+    torch_to_ov,
+)
 from pipeline.models import get_spec
 from pipeline.types import BackendUnavailableError, EngineConfig, UnknownModelError
 
@@ -227,8 +237,26 @@ def face_ir(model_id: str, engine: EngineConfig, fidelity: float) -> Path:
     xml = face_xml(model_id, cache_dir, key, fidelity)
     if read_network(xml) is None:
         convert_in_subprocess(
-            Conversion("face", model_id, str(weights_dir), str(cache_dir), fidelity=fidelity)
+            Conversion("face", model_id, str(weights_dir), str(cache_dir), fidelity=fidelity, module=__name__)
         )
     if read_network(xml) is None:
         raise BackendUnavailableError(f"{model_id}: the converter left no usable OpenVINO IR at {xml.name}")
     return xml
+
+
+def _convert_face(job: Conversion) -> None:
+    """The converter process's job for a face network (registered with ir.py by kind)."""
+    from pipeline.weights import load_model_with_key
+
+    descriptor, key = load_model_with_key(job.model_id, Path(job.weights_dir), Path(job.cache_dir))
+    architecture = descriptor.architecture.id
+    module = face_module(descriptor, architecture, job.fidelity)
+    # A static input shape: StyleGAN's modulated convolutions have batch-dependent weight shapes that
+    # OpenVINO's CPU plugin cannot run when left dynamic.
+    shape = [1, 3, CROP, CROP]
+    model = torch_to_ov(module, shape, shape, trace=False)
+    xml = face_xml(job.model_id, Path(job.cache_dir), key, job.fidelity)
+    save_ir(model, xml, {"architecture": architecture, "scale": 1, "size_multiple": 1})
+
+
+register_converter("face", _convert_face)

@@ -25,6 +25,25 @@ export function renderCapabilities(capabilities) {
     for (const name of capabilities.presets || []) select.append(el("option", { value: name, text: name }));
   }
   for (const button of document.querySelectorAll("button[data-write]")) button.disabled = !writable;
+  renderModels(capabilities.models || []);
+}
+
+// capabilities.models: every model (the pipeline's ModelStatus.to_dict()), the weights folder scanned at
+// each request, so a file dropped into weights/ shows here within a poll. Users' files show what spandrel
+// found (architecture, scale, size, sha256) or why they were refused; a preset's `model` picks one.
+function renderModels(models) {
+  const users = models.filter((m) => m && m.user);
+  $("models-panel").hidden = !users.length;
+  if (!users.length) return;
+  const usable = users.filter((m) => m.state !== "refused");
+  $("models-summary").textContent = `Your model files: ${usable.length} usable, ${users.length - usable.length} refused`;
+  $("models-list").replaceChildren(...users.map((m) => el("li", { text: describeModel(m) })));
+}
+
+function describeModel(m) {
+  if (m.state === "refused") return `${m.id}: refused: ${m.reason}`;
+  const sha = m.sha256 ? m.sha256.slice(0, 12) : "?";
+  return `${m.id}: ${m.arch} ×${m.scale}, ${m.purpose}, ${formatBytes(m.size_bytes || 0)}, sha256 ${sha}…, licence: ${m.license}`;
 }
 
 // The longest edge of a preview: "thumbnail", "inspector" or "largest" (the API's biggest ?max=).

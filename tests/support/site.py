@@ -253,6 +253,6 @@ def _settings_from_env(env_extra: dict[str, str]) -> dict[str, Any]:
     for key, value in env_extra.items():
         name = key.removeprefix("RESTORER_").lower()
         if name in Settings.model_fields:
-            # A list travels through the environment as JSON, as pydantic-settings reads it there.
-            values[name] = json.loads(value) if value.startswith("[") else value
+            # A list or a table travels through the environment as JSON, as pydantic-settings reads it there.
+            values[name] = json.loads(value) if value.startswith(("[", "{")) else value
     return values

@@ -14,6 +14,7 @@ and only for files whose (name, size, mtime) is new: the answers are remembered 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import subprocess
@@ -33,6 +34,12 @@ DETECT_TIMEOUT_S = 600  # a child that reads a few files of up to a few hundred 
 MEMO_FILE = "user-models-v2.json"  # bump the number when detect() answers differently
 _DETECTOR_ENTRY = (
     "import sys; from pipeline.user_models import detect_main; sys.exit(detect_main(sys.argv[1:]))"
+)
+# A torch-free installation (the container's runtime image) cannot read model files; the converter, which
+# has torch, detects them into the shared cache, where the next listing here finds them.
+NEEDS_TORCH = (
+    "reading model files needs torch, which is not installed here: run `restorer weights convert` where it "
+    "is (container: `docker compose run --rm converter`)"
 )
 # spandrel's purposes -> ours. Inpainting needs a mask, which a photo restore does not have.
 _PURPOSES: dict[str, Purpose] = {"SR": "upscale", "Restoration": "restore", "FaceSR": "face"}
@@ -102,15 +109,30 @@ def scan_user_models(weights_dir: Path, cache_dir: Path | None = None) -> list[U
             found[path.name] = remembered
         else:
             unknown.append(path)
+    if unknown and not torch_installed():
+        # Not remembered: what the converter stores in the shared cache is seen at the next listing.
+        waiting = {
+            path.name: (dict(candidates)[path], "", Detection(refused=NEEDS_TORCH)) for path in unknown
+        }
+        _remember(weights_dir, found)
+        return _with_clashes(weights_dir, candidates, {**found, **waiting})
     if unknown:
         detections = detect_in_child([path for path in unknown])
         for path in unknown:
             stamp = dict(candidates)[path]
             found[path.name] = (stamp, file_sha256(path), detections[path.name])
         _write_memo(cache_dir, {**stored, **found})
+    _remember(weights_dir, found)
+    return _with_clashes(weights_dir, candidates, found)
+
+
+def _remember(weights_dir: Path, found: dict[str, tuple[tuple[int, int], str, Detection]]) -> None:
     for name, entry in found.items():
         _MEMO[(str(weights_dir), name)] = entry
-    return _with_clashes(weights_dir, candidates, found)
+
+
+def torch_installed() -> bool:
+    return importlib.util.find_spec("torch") is not None
 
 
 def _candidates(weights_dir: Path) -> list[tuple[Path, tuple[int, int]]]:

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline import user_models
 from pipeline.tiling import SizeNeeds, pad_for_network, upscale_tiled
-from tests.daemon_support import wait_for
-from tests.site_support import REPO, running_serve
+from tests.support.paths import REPO
+from tests.support.site import running_serve
+from tests.support.waiting import wait_for
 from tests.user_model_files import USER_MODELS, UserModel, write_malicious_files, write_model
 
 RESTORER = Path(sys.executable).parent / "restorer"
@@ -245,3 +247,28 @@ def test_the_converter_module_imports_none_of_its_callers() -> None:
     import pipeline.faces.restore  # noqa: F401  (each registers its converter)
 
     assert {"upscaler", "face", "mtcnn"} <= set(ir._CONVERTERS)
+
+
+def test_without_torch_files_wait_for_the_converter_and_its_detection_is_seen_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch-free runtime image lists a new file as waiting for the converter (not remembered), and
+    sees what the converter, a process with torch, detected into the shared cache at its next listing."""
+    weights, cache = tmp_path / "weights", tmp_path / "cache"
+    weights.mkdir()
+    cache.mkdir()
+    model = next(m for m in USER_MODELS if m.architecture == "Compact")
+    path = write_model(model, weights)
+    monkeypatch.setattr(user_models, "torch_installed", lambda: False)
+    [waiting] = user_models.scan_user_models(weights, cache)
+    assert waiting.refused == user_models.NEEDS_TORCH and waiting.spec is None
+    converter = (
+        "import sys; from pathlib import Path; from pipeline.user_models import scan_user_models; "
+        "scan_user_models(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(
+        [sys.executable, "-c", converter, str(weights), str(cache)], env=env, check=True, timeout=600
+    )
+    [detected] = user_models.scan_user_models(weights, cache)
+    assert detected.spec is not None and detected.spec.arch == "Compact" and detected.id == path.stem

@@ -194,7 +194,7 @@ async def get_capabilities(request: web.Request) -> web.Response:
             "presets": sorted(ctx.settings.presets),
             # Every model, built-in or a user's file (with arch, scale, size, sha256), or refused and why.
             "models": models,
-            "model": ctx.settings.model,
+            "model": ctx.settings.model_dump(mode="json", include={"model"})["model"],  # id, or a chain's ids
             "previews": asdict(PAGE_PREVIEWS),
         }
     )

@@ -164,7 +164,10 @@ SCHEMAS: dict[str, Any] = {
                 "description": "every model (built-in and the user's files: id, arch, scale, purpose, state, "
                 "size_bytes, sha256, license; state refused with its reason), the weights folder scanned now",
             },
-            "model": {"type": "string", "description": "the configured default model id"},
+            "model": {
+                "oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 2}],
+                "description": "the configured model id, or a chain's ids in the order they run",
+            },
             "previews": {
                 "type": "object",
                 "description": "the ?max= edges the page asks for: thumbnails, the inspector, its 1:1 view",

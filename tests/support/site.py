@@ -227,13 +227,9 @@ def running_serve(
     try:
         serve.wait_ready(timeout)
         api_port, site_port = serve.api_port(), serve.site_port()
-        settings = make_settings(
-            tmp,
-            api_port=api_port,
-            site_port=site_port,
-            **CHEAP_PIPELINE,
-            **_settings_from_env(env_extra or {}),
-        )
+        # What the daemon runs with: the environment's settings win over CHEAP_PIPELINE, as they do there.
+        chosen = {**CHEAP_PIPELINE, **_settings_from_env(env_extra or {})}
+        settings = make_settings(tmp, api_port=api_port, site_port=site_port, **chosen)
         site = ServedSite(
             api=f"http://127.0.0.1:{api_port}",
             page=f"http://127.0.0.1:{site_port}",

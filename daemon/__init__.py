@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # _HOMES below, for type checkers and import-linter (test_lay
         Rate,
         ReadModel,
         StoreError,
+        model_chain_of,
         queue_positions,
     )
     from daemon.settings import Settings
@@ -94,6 +95,7 @@ _HOMES: dict[str, tuple[str, str]] = {
             "Rate",
             "ReadModel",
             "StoreError",
+            "model_chain_of",
             "queue_positions",
         )
     },
@@ -140,6 +142,7 @@ __all__ = [
     "enqueue_file",
     "lstat_beneath",
     "media_type",
+    "model_chain_of",
     "open_beneath",
     "original_absence_reason",
     "original_location",

@@ -18,7 +18,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -168,6 +168,9 @@ class QueuePlace:
 class Rate:
     seconds_per_megapixel: float | None  # None until a done job has been timed
     mean_input_megapixels: float | None
+    # The same rate for each model chain among those jobs: models differ ~30x in cost, and a chain costs
+    # its steps together. Keyed by the chain's ids, one id for a one-step chain.
+    per_chain: dict[tuple[str, ...], float] = field(default_factory=dict)
 
 
 def queue_positions(queue: Sequence[Job]) -> dict[int, int]:
@@ -436,7 +439,33 @@ def _rate(conn: Connection) -> Rate:
         {"n": RATE_SAMPLE},
     ).one()
     per_megapixel = float(seconds) / float(timed_megapixels) if seconds and timed_megapixels else None
-    return Rate(per_megapixel, None if mean is None else float(mean))
+    return Rate(per_megapixel, None if mean is None else float(mean), _rate_per_chain(conn))
+
+
+def _rate_per_chain(conn: Connection) -> dict[tuple[str, ...], float]:
+    """Seconds per input megapixel of the same recent done jobs, for each model chain they ran."""
+    rows = conn.execute(
+        text(
+            "SELECT model, SUM(work_seconds), SUM(input_megapixels) FROM (SELECT work_seconds, "
+            "input_megapixels, json_extract(options, '$.model') AS model FROM jobs WHERE state = 'done' "
+            "AND input_megapixels > 0 ORDER BY finished_at DESC LIMIT :n) "
+            "WHERE work_seconds IS NOT NULL AND model IS NOT NULL GROUP BY model"
+        ),
+        {"n": RATE_SAMPLE},
+    )
+    return {model_chain_of(model): float(s) / float(mp) for model, s, mp in rows if s and mp}
+
+
+def model_chain_of(stored: Any) -> tuple[str, ...]:
+    """A job's `model` option as stored (an id, or a chain's ids as a list or its JSON text) -> ids."""
+    if isinstance(stored, str) and stored.startswith("["):
+        try:
+            stored = json.loads(stored)
+        except ValueError:
+            return (stored,)
+    if isinstance(stored, list):
+        return tuple(str(part) for part in stored)
+    return (str(stored),)
 
 
 def _bucket_sums(

@@ -34,6 +34,7 @@ from pipeline import (
     RestoreOptionFields,
     RestoreOptions,
 )
+from pipeline.options import models_as_model
 
 
 def all_optional(fields: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
@@ -42,7 +43,10 @@ def all_optional(fields: type[BaseModel], name: str, doc: str) -> type[BaseModel
         key: (_or_none(field), Field(None, description=field.description))
         for key, field in fields.model_fields.items()
     }
-    return create_model(name, __doc__=doc, __config__=ConfigDict(extra="forbid"), **optional)
+    validators: dict[str, Any] = {"models_alias": model_validator(mode="before")(models_as_model)}
+    return create_model(
+        name, __doc__=doc, __config__=ConfigDict(extra="forbid"), __validators__=validators, **optional
+    )
 
 
 def _or_none(field: FieldInfo) -> Any:
@@ -84,6 +88,16 @@ _NEXT_URL = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 CREDENTIAL_TOKEN = "api_token"
 MEGAPIXEL = 1_000_000  # pixels
 MEGABYTE = 1024 * 1024  # bytes: the *_mb settings are binary megabytes
+
+
+class TomlFile(TomlConfigSettingsSource):
+    """The TOML file, where `models = [...]` is another name for `model` (pipeline/options.py). Renamed
+    here, in the file's own keys, so the environment's RESTORER_MODEL still wins over the file's."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        both = "model" in data and "models" in data  # left for Settings' validation to refuse, in words
+        return data if both else dict(models_as_model(data))
 
 
 class CredentialSource(PydanticBaseSettingsSource):
@@ -250,6 +264,14 @@ class Settings(BaseSettings, RestoreOptionFields):
         if unknown:
             raise ValueError(f"unknown event(s) {unknown}; known: {', '.join(NOTIFY_EVENTS)}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model_key(cls, data: Any) -> Any:
+        """A `models` key left by the TOML file (see TomlFile) is one it gave beside `model`: refused."""
+        if isinstance(data, dict) and "models" in data:
+            raise ValueError("the config file gives both `model` and `models` (the same option): keep one")
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -514,7 +536,7 @@ class Settings(BaseSettings, RestoreOptionFields):
         ]
         # Before the first load() the class attribute is pydantic's private-attribute placeholder.
         if isinstance(cls._toml_file, Path):
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+            sources.append(TomlFile(settings_cls, toml_file=cls._toml_file))
         return tuple(sources)
 
     @classmethod

@@ -9,14 +9,15 @@
 `model` is a chain: the models run in order, each on the previous one's output with its own tiling (e.g.
 a 1x JPEG-artefact remover, then a 4x upscaler); faces are pasted last, into the final result. One id is
 the one-step chain. Written as a list (`model = ["A", "B"]`), or as text with commas ("A,B": environment
-variables and flags), normalised to a tuple either way.
+variables and flags), normalised to a tuple either way. `models` is accepted as another name for the key
+(the plural reads naturally for a chain); giving both is refused.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serializer, model_validator
 
 from pipeline.types import DEFAULT_MODEL, ColourMode, OutputFormat
 
@@ -31,6 +32,15 @@ def model_chain(value: Any) -> Any:
 
 
 ModelChain = Annotated[tuple[str, ...], BeforeValidator(model_chain), Field(min_length=1)]
+
+
+def models_as_model(data: Any) -> Any:
+    """A before-validator for every model with the options' fields: `models = [...]` means `model`."""
+    if isinstance(data, dict) and "models" in data:
+        if "model" in data:
+            raise ValueError("give `model` or `models` (the same option), not both")
+        data = {("model" if key == "models" else key): value for key, value in data.items()}
+    return data
 
 
 class RestoreOptionFields(BaseModel):
@@ -82,6 +92,7 @@ class RestoreOptions(RestoreOptionFields):
     """What to do to one image (see RestoreOptionFields for each field)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _models_alias = model_validator(mode="before")(models_as_model)
 
     def replace(self, **changes: Any) -> RestoreOptions:
         """A copy with `changes`, validated like a new one."""

@@ -1,6 +1,9 @@
 """Queue positions and ETAs.
 
-The rate is the mean seconds per input megapixel of recent done jobs (ReadModel.rate). A waiting job's
+The rate is the mean seconds per input megapixel of recent done jobs (ReadModel.rate), taken from those that
+ran the same model chain when there are any (models differ ~30x in cost): else, for a chain, the sum of its
+steps' own rates when each step has run alone (a step after an upscaler sees more pixels than this counts);
+else the rate of all recent jobs, once per step. A waiting job's
 input size is the one admission read from its header at intake and stored with the job
 (input_megapixels): no queued file is ever opened to answer a listing, so no file a share user drops
 (a pixel bomb, a hung share) can slow or break it. A job without one (queued before sizes were stored)
@@ -19,8 +22,10 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from daemon import model_chain_of
+
 if TYPE_CHECKING:
-    from daemon import Job, ReadModel, Settings
+    from daemon import Job, Rate, ReadModel, Settings
 
 RATE_TTL_SECONDS = 5.0
 
@@ -30,19 +35,18 @@ class Estimator:
         self.reads = reads
         self.settings = settings
         self._rate_lock = threading.Lock()
-        self._rate: tuple[float, float | None, float] | None = None  # (when, rate, mean megapixels)
+        self._rate: tuple[float, Rate] | None = None  # (when measured, the rates)
 
-    def rate(self) -> tuple[float | None, float]:
-        """(seconds per megapixel or None, mean input megapixels); cached briefly, it moves slowly."""
+    def rate(self) -> Rate:
+        """The measured rates; cached briefly, they move slowly."""
         with self._rate_lock:
             cached = self._rate
         if cached is not None and time.monotonic() - cached[0] < RATE_TTL_SECONDS:
-            return cached[1], cached[2]
+            return cached[1]
         measured = self.reads.rate()
-        rate, mean_mp = measured.seconds_per_megapixel, measured.mean_input_megapixels or 1.0
         with self._rate_lock:
-            self._rate = (time.monotonic(), rate, mean_mp)
-        return rate, mean_mp
+            self._rate = (time.monotonic(), measured)
+        return measured
 
     def estimate(
         self, queue: list[Job], now: datetime | None = None, extra_ahead: int = 0
@@ -51,7 +55,8 @@ class Estimator:
 
         extra_ahead: queued jobs not in `queue` that run before its last job (they count at mean size).
         """
-        rate, mean_mp = self.rate()
+        measured = self.rate()
+        rate, mean_mp = measured.seconds_per_megapixel, measured.mean_input_megapixels or 1.0
         if rate is None:
             return {job.id: None for job in queue}
         now = now or datetime.now(UTC)
@@ -65,7 +70,7 @@ class Estimator:
                     continue
                 # Queued work starts once the running jobs are done AND the next run window is open.
                 elapsed_total = max(elapsed_total, start_wait)
-            work = (job.input_megapixels or mean_mp) * rate
+            work = (job.input_megapixels or mean_mp) * job_rate(job, measured)
             if job.state == "processing":
                 work = _remaining(job, work, now)
             if index == len(queue) - 1:
@@ -79,6 +84,19 @@ class Estimator:
         if self.reads.queue_pause().paused:
             return None
         return self.settings.run_wait_seconds(now)
+
+
+def job_rate(job: Job, measured: Rate) -> float:
+    """Seconds per input megapixel for this job's model chain (see the module docstring)."""
+    overall = measured.seconds_per_megapixel or 0.0
+    chain = model_chain_of(job.options.get("model", ""))
+    same = measured.per_chain.get(chain)
+    if same is not None:
+        return same
+    steps = [measured.per_chain.get((model,)) for model in chain]
+    if all(step is not None for step in steps):
+        return sum(step for step in steps if step is not None)
+    return overall * len(chain)
 
 
 def _remaining(job: Job, expected: float, now: datetime) -> float:

@@ -62,6 +62,24 @@ def test_a_chain_is_one_model_option_written_as_a_list_or_text() -> None:
         Preset(model=[])
 
 
+def test_models_is_another_name_for_the_model_key_and_the_environment_still_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "restorer.toml"
+    config.write_text(f"models = {CHAIN!r}\n[presets.clean]\nmodels = ['1x-FBCNN', 'RealESRGAN_x4plus']\n")
+    settings = Settings.load(config)
+    assert settings.restore_options().model == tuple(CHAIN)
+    assert settings.restore_options("clean").model == ("1x-FBCNN", "RealESRGAN_x4plus")
+    assert RestoreOptions.model_validate({"models": "a,b"}).model == ("a", "b")
+    monkeypatch.setenv("RESTORER_MODEL", "realesr-animevideov3")
+    assert Settings.load(config).model == ("realesr-animevideov3",)
+    config.write_text("model = 'a'\nmodels = ['b']\n")
+    with pytest.raises(ValueError, match="both `model` and `models`"):
+        Settings.load(config)
+    with pytest.raises(ValueError, match="not both"):
+        Preset.model_validate({"model": "a", "models": ["b"]})
+
+
 def test_presets_and_settings_take_every_option_with_the_same_bounds(monkeypatch) -> None:
     monkeypatch.setenv("RESTORER_MODEL", ",".join(CHAIN))
     monkeypatch.setenv("RESTORER_CODEFORMER_FIDELITY", "0.25")

@@ -214,6 +214,39 @@ def test_the_eta_counts_the_wait_for_the_next_run_window_and_has_none_while_paus
     store.close()
 
 
+def test_the_eta_counts_each_job_at_the_rate_of_its_own_model_chain(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    store = JobStore(settings.db_path)
+
+    def finish(name: str, model: str | list[str], seconds: float) -> None:
+        job = store.add(name, name + "-sha", 1, 1.0, options={"model": model}).job.id
+        store.claim_next()
+        store.finish(job, name + ".png", 1, {"input_size": [1000, 1000], "seconds": seconds})
+
+    finish("fast.jpg", "small", 2.0)  # 2 s per megapixel
+    finish("slow.jpg", "big", 30.0)  # 30 s per megapixel
+    finish("chain.jpg", ["clean", "big"], 40.0)
+    waiting = {
+        name: store.add(name, name + "-sha", 1, 1.0, options={"model": model}, input_megapixels=1.0).job.id
+        for name, model in [
+            ("q-small", "small"),
+            ("q-big", "big"),
+            ("q-chain", ["clean", "big"]),  # run before: its own rate
+            ("q-steps", ["small", "big"]),  # never run as a chain: its steps' rates added
+            ("q-unknown", ["new", "big"]),  # a step never seen: the overall rate, once per step
+        ]
+    }
+    reads = ReadModel(settings.db_path)
+    etas = Estimator(reads, settings).estimate(reads.queue(10))
+    overall = (2.0 + 30.0 + 40.0) / 3
+    work = [2.0, 30.0, 40.0, 32.0, 2 * overall]
+    assert [etas[waiting[name]] for name in waiting] == pytest.approx(
+        [sum(work[: i + 1]) for i in range(len(work))], abs=0.1
+    )
+    reads.close()
+    store.close()
+
+
 def test_outside_run_hours_a_real_daemon_starts_nothing_and_says_when_it_will(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     later = [(now + timedelta(minutes=minutes)).strftime("%H:%M") for minutes in (120, 180)]

@@ -27,8 +27,11 @@ REPEATS = 3
 
 def _families() -> dict[str, Callable[[], Any]]:
     from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.DAT import DAT
     from spandrel.architectures.ESRGAN import ESRGAN
     from spandrel.architectures.FBCNN import FBCNN
+    from spandrel.architectures.HAT import HAT
+    from spandrel.architectures.RealCUGAN import UpCunet2x
     from spandrel.architectures.SCUNet import SCUNet
     from spandrel.architectures.SPAN import SPAN
     from spandrel.architectures.SwinIR import SwinIR
@@ -49,6 +52,29 @@ def _families() -> dict[str, Callable[[], Any]]:
         ),
         "SCUNet 1x (64 dim, 4 per stage)": lambda: SCUNet(in_nc=3, config=[4] * 7, dim=64),
         "FBCNN 1x (64-512 ch, 4 blocks)": lambda: FBCNN(),
+        "HAT-S x4 (144 dim, 6x6 blocks, window 16)": lambda: HAT(
+            upscale=4,
+            img_size=64,
+            window_size=16,
+            compress_ratio=24,
+            squeeze_factor=24,
+            embed_dim=144,
+            depths=[6] * 6,
+            num_heads=[6] * 6,
+            mlp_ratio=2,
+            upsampler="pixelshuffle",
+        ),
+        "DAT-light x4 (60 dim, 18 blocks)": lambda: DAT(
+            upscale=4,
+            embed_dim=60,
+            depth=[18],
+            num_heads=[6],
+            expansion_factor=2,
+            split_size=[8, 32],
+            resi_connection="3conv",
+            upsampler="pixelshuffledirect",
+        ),
+        "RealCUGAN 2x (UpCunet2x)": lambda: UpCunet2x(),
     }
 
 

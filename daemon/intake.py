@@ -20,9 +20,10 @@ observers themselves (native or polling, and which a filesystem needs) are in da
 
 `enqueue_file` is that path for the folder watcher (Intake, below) and for uploads. It takes a complete,
 admitted file (its relative path in the inbox, the version that was read, what its header says) and
-applies every rule once: the preset its first-level folder names, the options that preset gives, the
-store's identity and duplicate rules, and, for a duplicate that is skipped, the configured originals
-rule (archive/delete/keep), so a skipped copy never lingers in the inbox.
+applies every rule once: the preset its first-level folder names, the options that preset gives (with an
+upload's chosen model instead of the preset's, when it chose one), the store's identity and duplicate
+rules, and, for a duplicate that is skipped, the configured originals rule (archive/delete/keep), so a
+skipped copy never lingers in the inbox.
 """
 
 from __future__ import annotations

@@ -147,12 +147,7 @@ class Service:
             raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
 
     def _list_models(self) -> list[dict[str, Any]]:
-        """Every model usable here, the weights folder scanned again (memoised by name, size and mtime;
-        new files are detected in a child process, so this process stays torch-free)."""
-        from pipeline import model_statuses
-
-        statuses = model_statuses(self.settings.weights_dir, self.settings.cache_dir)
-        return [status.to_dict() for status in statuses]
+        return list_models(self.settings)
 
     def _on_new_job(self, result: AddResult) -> None:
         """Intake or upload thread: a new row (enqueue_file already disposed of a skipped duplicate's
@@ -274,3 +269,13 @@ async def serve(settings: Settings, processor_factory: ProcessorFactory = Pipeli
         stop_wait.cancel()
     await service.stop()
     return 0
+
+
+def list_models(settings: Settings) -> list[dict[str, Any]]:
+    """Every model here, for the site (capabilities, and the ids an upload's `model` field may name), the
+    weights folder scanned again (memoised by name, size and mtime; new files are detected in a child
+    process, so this process stays torch-free)."""
+    from pipeline import model_statuses
+
+    statuses = model_statuses(settings.weights_dir, settings.cache_dir)
+    return [status.to_dict() for status in statuses]

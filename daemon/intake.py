@@ -20,9 +20,10 @@ observers themselves (native or polling, and which a filesystem needs) are in da
 
 `enqueue_file` is that path for the folder watcher (Intake, below) and for uploads. It takes a complete,
 admitted file (its relative path in the inbox, the version that was read, what its header says) and
-applies every rule once: the preset its first-level folder names, the options that preset gives, the
-store's identity and duplicate rules, and, for a duplicate that is skipped, the configured originals
-rule (archive/delete/keep), so a skipped copy never lingers in the inbox.
+applies every rule once: the preset its first-level folder names, the options that preset gives (with an
+upload's chosen model instead of the preset's, when it chose one), the store's identity and duplicate
+rules, and, for a duplicate that is skipped, the configured originals rule (archive/delete/keep), so a
+skipped copy never lingers in the inbox.
 """
 
 from __future__ import annotations
@@ -140,23 +141,40 @@ def preset_for(settings: Settings, relative: str) -> str | None:
 
 
 def enqueue_file(
-    settings: Settings, store: JobStore, relative: str, version: FileVersion, admitted: Admitted
+    settings: Settings,
+    store: JobStore,
+    relative: str,
+    version: FileVersion,
+    admitted: Admitted,
+    *,
+    model: tuple[str, ...] | None = None,
 ) -> AddResult:
     """Record inbox/`relative` as a job (or recognise it as known); a skipped duplicate's original is
     disposed of at once. Blocking (SQLite, and a file move for a skipped duplicate). The admitted size is
-    recorded with it: what the queue's estimates count, without reading the file again."""
+    recorded with it: what the queue's estimates count, without reading the file again.
+
+    model: an upload's chosen model (a chain's ids, in order), instead of the preset's or the default;
+    the caller has checked that each is usable. The watcher passes none."""
     preset = preset_for(settings, relative)
+    options = settings.restore_options(preset)
+    if model is not None:
+        options = options.replace(model=model)
     result = store.add(
         relative,
         version.sha256,
         version.size,
         version.mtime,
         preset=preset,
-        options=settings.restore_options(preset).to_dict(),
+        options=options.to_dict(),
         duplicate_content=settings.duplicate_content,
         input_megapixels=admitted.megapixels,
     )
     if not result.created:
+        if model is not None and result.job.options != options.to_dict():
+            # The watcher saw the just-published upload and recorded it first, with the preset's model:
+            # the upload's choice is what its sender asked for, so it wins while no worker has claimed it.
+            job = store.set_queued_options(result.job.id, options.to_dict())
+            return dataclasses.replace(result, job=job)
         return result
     log.info("intake: job %d %s (%s)", result.job.id, relative, result.job.state)
     if result.job.state == "cancelled":  # skipped: same content as an earlier job

@@ -693,6 +693,14 @@ class JobStore(ReadModel):
             only_if="state IN ('queued', 'processing')",
         )
 
+    def set_queued_options(self, job_id: int, options: dict[str, Any]) -> Job:
+        """A queued job's restore options replaced (an upload's model choice, when the watcher recorded
+        the file first); a job a worker has claimed, or that ended, is unchanged: it runs or ran with the
+        options it had when it was claimed."""
+        return self._update(
+            job_id, "options = :options", {"options": json.dumps(options)}, "state = 'queued'"
+        )
+
     def prioritize(self, job_id: int) -> Job:
         """A queued job to the front of the queue (the claim order's priority above every other queued
         job); a job already first, or not queued, is unchanged."""

@@ -66,9 +66,20 @@ class ModelStatus:
     sha256: str | None = None  # user files: the file's sha256
     reason: str = ""  # state "refused": why the file is not used
 
+    @property
+    def selectable(self) -> bool:
+        """Usable as the `model` option (one step of a chain): its weights are here or embedded and it
+        upscales or restores a whole photo (a face model belongs to the face stage; a denoise companion is
+        only blended with its twin)."""
+        return self.state in ("available", "converted", "embedded") and self.spec.purpose in (
+            "upscale",
+            "restore",
+        )
+
     def to_dict(self) -> dict[str, object]:
         return {
             "id": self.spec.id,
+            "selectable": self.selectable,
             "purpose": self.spec.purpose if self.state != "refused" else None,
             "arch": self.spec.arch or None,
             "scale": self.spec.scale or None,

@@ -162,7 +162,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {"type": "object"},
                 "description": "every model (built-in and the user's files: id, arch, scale, purpose, state, "
-                "size_bytes, sha256, license; state refused with its reason), the weights folder scanned now",
+                "size_bytes, sha256, license; state refused with its reason), the weights folder scanned "
+                "now; selectable: an upload's `model` field may name it (weights here, upscale or restore)",
             },
             "model": {
                 "oneOf": [_STR, {"type": "array", "items": _STR, "minItems": 2}],
@@ -643,6 +644,14 @@ def _document() -> dict[str, Any]:
                                             "items": {"type": "string", "contentMediaType": "image/*"},
                                         },
                                         "preset": {"type": "string", "description": "a configured preset"},
+                                        "model": {
+                                            "type": "array",
+                                            "items": {"type": "string", "minLength": 1, "maxLength": 255},
+                                            "maxItems": 8,
+                                            "description": "optional: a model id capabilities lists as "
+                                            "selectable, instead of the preset's (or default) model for "
+                                            "these files; several `model` fields run in order (a chain)",
+                                        },
                                     },
                                     "required": ["file"],
                                 }
@@ -656,7 +665,9 @@ def _document() -> dict[str, Any]:
                                 "Location": {"schema": _STR, "description": "the job, or ?ids= for several"}
                             },
                         },
-                        "400": _problem("no files, unknown field or preset"),
+                        "400": _problem(
+                            "no files, an unknown field or preset, or a model that is not selectable here"
+                        ),
                         **_WRITE_ERRORS,
                         "408": _problem(
                             "the body did not arrive within upload_deadline_seconds, or nothing came for 60 s"

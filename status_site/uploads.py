@@ -10,15 +10,20 @@ Order of events, so a refused upload leaves nothing behind in the inbox:
    within upload_deadline_seconds, and a client that sends nothing for UPLOAD_IDLE_SECONDS is cut off
    sooner (408). Every part streams to an unnamed temp file in the state dir (never RAM, never the
    inbox), hashed on the way.
-2. admission in a thread, from the spooled file: daemon.admit, the check intake applies to dropped
+   The form's other fields: an optional `preset` and optional `model` fields (several make a chain, in
+   order), each bounded in length and number.
+2. choices: the preset must be configured; each model id is only compared with the ids the composition
+   lists as selectable (ctx.list_models: weights here, an upscale or restore network), never used as a
+   path, so an unknown, refused, missing or face model is refused (400) before anything is written.
+   Then admission in a thread, from the spooled file: daemon.admit, the check intake applies to dropped
    files (the pipeline's own header checks: an image it reads, sane dimensions, max_input_megapixels,
    max_input_mb, a complete JPEG or PNG), so an upload is refused exactly when a dropped file would be,
    in the same words; nothing is decoded.
 3. publish: each file goes into the inbox (or inbox/<preset>/) through daemon.publish.publish_file, the
    same temp-file + fsync + link protocol the worker uses for outputs; names never overwrite.
 4. record: each published file becomes a job right away through daemon.intake.enqueue_file, the one
-   path the watcher uses too (so the watcher later recognises it as known), and the 202 answer
-   carries the job ids.
+   path the watcher uses too (so the watcher later recognises it as known), with the chosen model in
+   its options, and the 202 answer carries the job ids.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -60,6 +65,9 @@ UPLOAD_SLOTS = 4  # uploads streaming at once; each holds a connection and a spo
 UPLOAD_IDLE_SECONDS = 60.0  # a client that sends nothing for this long is cut off before its deadline
 T = TypeVar("T")
 UPLOAD_NAME_MAX_BYTES = 200
+PRESET_FIELD_MAX_BYTES = 4096
+MODEL_FIELD_MAX_BYTES = 255  # a model id is a file's stem: never longer than a file name
+MODEL_FIELDS_MAX = 8  # models in one upload's chain
 
 
 @dataclass
@@ -69,6 +77,15 @@ class SpooledFile:
     data: IO[bytes]  # an unnamed temp file in the state dir
     size: int
     sha256: str
+
+
+@dataclass
+class UploadForm:
+    """What the multipart body held: the spooled files and the form's fields, as sent (unchecked)."""
+
+    files: list[SpooledFile]
+    preset: str | None = None
+    models: list[str] = field(default_factory=list)  # `model` fields in order: a chain
 
 
 @dataclass(frozen=True)
@@ -187,7 +204,7 @@ class Receiving:
             ) from None
 
 
-async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[SpooledFile], str | None]:
+async def read_uploads(request: web.Request, ctx: SiteContext) -> UploadForm:
     """Stream the multipart body to disk, enforcing count and size limits before anything is kept."""
     settings = ctx.settings
     if not request.content_type.startswith("multipart/"):
@@ -207,8 +224,8 @@ async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[Spo
         deadline=time.monotonic() + settings.upload_deadline_seconds,
         seconds=settings.upload_deadline_seconds,
     )
-    files: list[SpooledFile] = []
-    preset: str | None = None
+    form = UploadForm(files=[])
+    files = form.files
     try:
         reader = await request.multipart()
         while (part := await receiving.read(reader.next())) is not None:
@@ -217,7 +234,7 @@ async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[Spo
                     400, "bad-multipart", "Nested multipart", "nested multipart bodies are not accepted"
                 )
             if part.filename is None:
-                preset = await _read_field(part)
+                await _read_field(part, form)
                 continue
             if len(files) >= max_files:
                 raise _too_large(f"more than {max_files} files in one upload (upload_max_files)")
@@ -230,22 +247,43 @@ async def read_uploads(request: web.Request, ctx: SiteContext) -> tuple[list[Spo
         ctx.spool_space.release(receiving.claim)
     if not files:
         raise Problem(400, "no-files", "No files", "the upload held no file fields; send images as 'file'")
-    return files, preset
+    return form
 
 
-async def _read_field(part: BodyPartReader) -> str:
-    if part.name != "preset":
+async def _read_field(part: BodyPartReader, form: UploadForm) -> None:
+    """A `preset` or `model` field into the form, read no further than its bound."""
+    if part.name == "preset":
+        form.preset = await _field_text(part, PRESET_FIELD_MAX_BYTES)
+    elif part.name == "model":
+        if len(form.models) >= MODEL_FIELDS_MAX:
+            raise Problem(
+                400,
+                "bad-field",
+                "Too many models",
+                f"more than {MODEL_FIELDS_MAX} 'model' fields in one upload",
+            )
+        form.models.append(await _field_text(part, MODEL_FIELD_MAX_BYTES))
+    else:
         raise Problem(
             400,
             "unknown-field",
             "Unknown form field",
-            f"unknown form field {part.name!r}; send images as file fields and optionally a 'preset' field",
+            f"unknown form field {part.name!r}; send images as file fields and optionally a 'preset' field "
+            "and 'model' fields",
         )
+
+
+async def _field_text(part: BodyPartReader, max_bytes: int) -> str:
     raw = b""
     while chunk := await part.read_chunk(1024):
         raw += chunk
-        if len(raw) > 4096:
-            raise Problem(400, "bad-field", "Field too long", "the 'preset' field is longer than 4 KiB")
+        if len(raw) > max_bytes:
+            raise Problem(
+                400,
+                "bad-field",
+                "Field too long",
+                f"the {part.name!r} field is longer than {max_bytes} bytes",
+            )
     return raw.decode("utf-8", errors="replace").strip()
 
 
@@ -337,11 +375,58 @@ def check_preset(preset: str | None, settings: Settings) -> str | None:
     return preset
 
 
+def check_models(chosen: list[str], listed: list[dict[str, Any]]) -> tuple[str, ...] | None:
+    """The upload's chain, each id one the composition lists as selectable (pipeline's ModelStatus:
+    weights here, an upscale or restore network); None when the form named no model (the preset's).
+
+    An id is only ever compared with the listed ids, never used as a path or a lookup key."""
+    if not chosen:
+        return None
+    by_id = {str(model.get("id")): model for model in listed}
+    usable = sorted(model_id for model_id, model in by_id.items() if model.get("selectable") is True)
+    for model_id in chosen:
+        if by_id.get(model_id, {}).get("selectable") is not True:
+            raise Problem(
+                400,
+                "unusable-model",
+                "Model not usable",
+                f"{_why_not(model_id, by_id.get(model_id))}; usable here: {', '.join(usable) or 'none'}"
+                " (leave 'model' out for the preset's model)",
+            )
+    return tuple(chosen)
+
+
+def _why_not(model_id: str, listed: dict[str, Any] | None) -> str:
+    if not model_id:
+        return "the 'model' field is empty"
+    if listed is None:
+        return f"model {model_id!r} is not a model here"
+    if listed.get("state") == "refused":
+        return f"model {model_id!r} was refused: {listed.get('reason')}"
+    if listed.get("state") == "missing":
+        return f"model {model_id!r} has no weights here"
+    return f"model {model_id!r} is a {listed.get('purpose')} model, not an upscale or restore model"
+
+
+async def chosen_models(ctx: SiteContext, chosen: list[str]) -> tuple[str, ...] | None:
+    """check_models against the models listed now (the weights folder scanned, in the file pool)."""
+    if not chosen:
+        return None
+    listed = await ctx.run_file(ctx.list_models) if ctx.list_models is not None else []
+    return check_models(chosen, listed)
+
+
 def publish_and_record(
-    ctx: SiteContext, spooled: SpooledFile, admitted: Admitted, name: str, preset: str | None
+    ctx: SiteContext,
+    spooled: SpooledFile,
+    admitted: Admitted,
+    name: str,
+    preset: str | None,
+    model: tuple[str, ...] | None = None,
 ) -> Job:
     """Blocking: publish into the inbox (inbox/<preset>/ applies the preset, as for dropped files),
-    record the job the way the watcher does, then tell the service (on_job wakes the worker)."""
+    record the job the way the watcher does (with the upload's model, if it chose one), then tell the
+    service (on_job wakes the worker)."""
     settings = ctx.settings
     dest_dir = settings.inbox / preset if preset else settings.inbox
     # root: the preset's folder is reached from the inbox without following a link (a share user may have
@@ -351,7 +436,7 @@ def publish_and_record(
     )
     relative = PurePosixPath(*published.path.relative_to(settings.inbox).parts).as_posix()
     version = FileVersion(spooled.sha256, published.identity.size, published.mtime, published.identity)
-    result = enqueue_file(settings, ctx.store, relative, version, admitted)
+    result = enqueue_file(settings, ctx.store, relative, version, admitted, model=model)
     if result.created and ctx.on_job is not None:
         ctx.on_job(result)
     return result.job
@@ -372,9 +457,11 @@ async def handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepted
 
 
 async def _handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepted]:
-    files, raw_preset = await read_uploads(request, ctx)
+    form = await read_uploads(request, ctx)
+    files = form.files
     try:
-        preset = check_preset(raw_preset, ctx.settings)
+        preset = check_preset(form.preset, ctx.settings)
+        model = await chosen_models(ctx, form.models)
         checked: list[tuple[SpooledFile, Admitted]] = []
         for spooled in files:
             checked.append((spooled, await ctx.run_file(admit_upload, ctx.settings, spooled)))
@@ -382,7 +469,7 @@ async def _handle_upload(request: web.Request, ctx: SiteContext) -> list[Accepte
         for spooled, admitted in checked:
             name = final_name(spooled, admitted.extension)
             try:
-                job = await ctx.run_file(publish_and_record, ctx, spooled, admitted, name, preset)
+                job = await ctx.run_file(publish_and_record, ctx, spooled, admitted, name, preset, model)
             except DiskFullError as exc:
                 raise Problem(
                     507,

@@ -245,6 +245,42 @@ def test_dropping_photos_on_the_drop_zone_uploads_them(browser: object, tmp_path
         assert (site.settings.inbox / "dropped photo.png").read_bytes() == bytes(data)
 
 
+def test_your_model_files_are_listed_and_an_upload_can_choose_one(browser: object, tmp_path: Path) -> None:
+    """A real tiny Compact 4x file and a file that is no model, detected for real (a child process): the
+    panel lists both (the refused one with its reason), the Model select offers the usable one, and an
+    upload made with it chosen is a job that runs it."""
+    from tests.user_model_files import USER_MODELS, write_model
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    write_model(next(m for m in USER_MODELS if m.id == "tiny-compact-4x"), weights)
+    (weights / "holiday-notes.pth").write_bytes(b"these are my holiday notes, not a model\n" * 10)
+    with running_site(tmp_path, list_models=True, weights_dir=weights) as site:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(site.page + "/")
+        page.wait_for_selector(
+            "#models-summary:has-text('Your model files: 1 usable, 1 refused')", timeout=60_000
+        )
+        page.click("#models-summary")  # the panel opens
+        listed = page.inner_text("#models-list")
+        assert "tiny-compact-4x: Compact ×4, upscale" in listed, listed
+        assert "holiday-notes: refused: holiday-notes.pth cannot be read as weights" in listed, listed
+        options = page.eval_on_selector_all("#model option", "os => os.map(o => [o.value, o.textContent])")
+        assert options[0] == ["", "preset's model"]
+        assert ["tiny-compact-4x", "tiny-compact-4x (Compact ×4, your file)"] in options, options
+        assert "holiday-notes" not in str(options) and "GFPGANv1.4" not in str(options)
+
+        page.select_option("#model", "tiny-compact-4x")
+        page.set_input_files("#file-input", str(photo(tmp_path / "with my model.png")))
+        page.wait_for_selector("#upload-status:has-text('Accepted 1 file: #')", timeout=20_000)
+        (job,) = site.store.queue(10)
+        assert job.input_path == "with my model.png" and job.options["model"] == "tiny-compact-4x"
+        assert page.input_value("#model") == "tiny-compact-4x"  # kept for the next upload
+        assert not errors, errors
+
+
 def _panel_numbers(page: object) -> dict[str, object]:
     """What the Throughput panel shows: its tables (the screen-reader view) and its SVG bars."""
     return page.evaluate(  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
-// Capabilities: whether this browser may upload and retry, the upload limits, the presets, and the
-// preview sizes the page asks for (the server's, so the page keeps no copy of them).
+// Capabilities: whether this browser may upload and retry, the upload limits, the presets, the models an
+// upload may choose, and the preview sizes the page asks for (the server's, so the page keeps no copy of them).
 import { canWrite } from "./api.js";
 import { el, formatBytes } from "./format.js";
 import { $, state } from "./state.js";
@@ -26,6 +26,25 @@ export function renderCapabilities(capabilities) {
   }
   for (const button of document.querySelectorAll("button[data-write]")) button.disabled = !writable;
   renderModels(capabilities.models || []);
+  renderModelChoice(capabilities.models || []);
+}
+
+// The upload form's Model select: the preset's model, or one the server says an upload may choose
+// (`selectable`: weights here, an upscale or restore network). Rebuilt only when that list changes (a model
+// file dropped into weights/ appears within a poll), keeping the user's choice while it is still listed.
+function renderModelChoice(models) {
+  const usable = models.filter((m) => m && m.selectable);
+  const select = $("model");
+  const label = (m) => (m.user ? `${m.id} (${m.arch} ×${m.scale}, your file)` : m.id);
+  const signature = usable.map(label).join("\n");
+  if (select.dataset.signature === signature) return;
+  const chosen = select.value;
+  select.replaceChildren(
+    el("option", { value: "", text: "preset's model" }),
+    ...usable.map((m) => el("option", { value: m.id, text: label(m) })),
+  );
+  select.value = usable.some((m) => m.id === chosen) ? chosen : "";
+  select.dataset.signature = signature;
 }
 
 // capabilities.models: every model (the pipeline's ModelStatus.to_dict()), the weights folder scanned at

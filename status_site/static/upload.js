@@ -72,6 +72,8 @@ function upload(fileList) {
   const form = new FormData();
   const preset = $("preset").value;
   if (preset) form.append("preset", preset);
+  const model = $("model").value;
+  if (model) form.append("model", model);
   for (const file of files) form.append("file", file, file.name);
   const request = new XMLHttpRequest();
   request.open("POST", `${API}/jobs`);

@@ -9,6 +9,7 @@ worker process + both servers).
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import os
@@ -151,12 +152,19 @@ def _port(base_url: str) -> int:
 
 
 @contextmanager
-def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any) -> Iterator[InProcessSite]:
-    """start_servers on a private event loop thread, with a real JobStore on tmp/state/jobs.sqlite3."""
+def running_site(
+    tmp: Path, health: HealthState | None = None, *, list_models: bool = False, **overrides: Any
+) -> Iterator[InProcessSite]:
+    """start_servers on a private event loop thread, with a real JobStore on tmp/state/jobs.sqlite3.
+
+    list_models: the composition's model listing (the settings' weights folder scanned at each request),
+    as `restorer serve` passes it; without it the site lists no models."""
+    from app.service import list_models as models_of
     from status_site.context import CONTEXT
     from status_site.server import bound_port, start_servers
 
     settings = make_settings(tmp, **overrides)
+    listing = functools.partial(models_of, settings) if list_models else None
     make_folders(tmp)
     store = JobStore(settings.db_path)
     if health is None:
@@ -166,7 +174,9 @@ def running_site(tmp: Path, health: HealthState | None = None, **overrides: Any)
     thread = threading.Thread(target=loop.run_forever, name="site-loop", daemon=True)
     thread.start()
     try:
-        runners = asyncio.run_coroutine_threadsafe(start_servers(settings, store, health), loop).result(30)
+        runners = asyncio.run_coroutine_threadsafe(
+            start_servers(settings, store, health, list_models=listing), loop
+        ).result(30)
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

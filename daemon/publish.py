@@ -205,29 +205,42 @@ def _publish(
     root: Path | None = None,
 ) -> Published:
     gid = resolve_group(group)
+    written: list[os.stat_result] = []
+
+    def fill(fd: int) -> None:
+        write(fd)
+        os.fsync(fd)
+        os.fchmod(fd, mode)  # after writing: the umask never applies to fchmod
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        written.append(os.fstat(fd))
+
     with _destination(root, dest_dir, mode, gid) as folder:
-        temp, fd = folder.create_temp(TEMP_PREFIX)
+        final = _new_file(folder, name, fill, size)
+        return Published(dest_dir / final, FileIdentity.of(written[0]), written[0].st_mtime)
+
+
+def _new_file(folder: Folder, name: str, fill: Callable[[int], None], size: int) -> str:
+    """The temp-file protocol: `fill` writes (and fsyncs) a new temp file, which is then linked to `name`
+    or the first free variant of it (never overwriting) and the folder synced; on any error the temp file
+    goes. Returns the final name."""
+    temp, fd = folder.create_temp(TEMP_PREFIX)
+    try:
         try:
-            try:
-                write(fd)
-                os.fsync(fd)
-                os.fchmod(fd, mode)  # after writing: the umask never applies to fchmod
-                if gid is not None:
-                    os.fchown(fd, -1, gid)
-                status = os.fstat(fd)
-            finally:
-                os.close(fd)
-            final = _link_no_overwrite(folder, temp, name)
-            folder.sync()
-        except OSError as exc:
-            _remove_quietly(folder, temp)
-            if exc.errno in _DISK_FULL:
-                raise _disk_full(dest_dir, size) from exc
-            raise
-        except BaseException:
-            _remove_quietly(folder, temp)
-            raise
-        return Published(dest_dir / final, FileIdentity.of(status), status.st_mtime)
+            fill(fd)
+        finally:
+            os.close(fd)
+        final = _link_no_overwrite(folder, temp, name)
+        folder.sync()
+    except OSError as exc:
+        _remove_quietly(folder, temp)
+        if exc.errno in _DISK_FULL:
+            raise _disk_full(folder.path, size) from exc
+        raise
+    except BaseException:
+        _remove_quietly(folder, temp)
+        raise
+    return final
 
 
 def move_file(
@@ -291,25 +304,17 @@ def _copy_then_remove(
         status = os.fstat(source_fd)
         if not expected.same_file(status):
             raise ReplacedError(source.relative_of(source_name))
-        temp, fd = dest.create_temp(TEMP_PREFIX)
-        try:
-            try:
-                while chunk := reading.read(COPY_CHUNK):
-                    _write_all(fd, chunk)
-                os.fsync(fd)
-                os.utime(fd, ns=(status.st_atime_ns, status.st_mtime_ns))
-                os.fchmod(fd, stat.S_IMODE(status.st_mode) if mode is None else mode)
-                if gid is not None:
-                    os.fchown(fd, -1, gid)
-            finally:
-                os.close(fd)
-            final = _link_no_overwrite(dest, temp, name)
-            dest.sync()
-        except OSError as exc:
-            _remove_quietly(dest, temp)
-            if exc.errno in _DISK_FULL:
-                raise _disk_full(dest.path, status.st_size) from exc
-            raise
+
+        def fill(fd: int) -> None:
+            while chunk := reading.read(COPY_CHUNK):
+                _write_all(fd, chunk)
+            os.fsync(fd)
+            os.utime(fd, ns=(status.st_atime_ns, status.st_mtime_ns))
+            os.fchmod(fd, stat.S_IMODE(status.st_mode) if mode is None else mode)
+            if gid is not None:
+                os.fchown(fd, -1, gid)
+
+        final = _new_file(dest, name, fill, status.st_size)
     _unlink_source(source, source_name, expected)  # only once the copy is safely in place
     return dest.path / final
 

@@ -62,7 +62,9 @@ class RestoreOptionFields(BaseModel):
     )
     faces: bool = Field(True, description="restore faces (GFPGAN) when face weights are installed")
     face_model: str = Field(
-        "auto", description="auto, GFPGANv1.4, GFPGANv1.3, RestoreFormer or CodeFormer (opt-in)"
+        "auto",
+        description="auto (the best built-in one present), GFPGANv1.4, GFPGANv1.3, RestoreFormer, CodeFormer "
+        "(opt-in), or the id of your own face model file in the weights folder (its file stem)",
     )
     face_strength: float = Field(1.0, description="0..1 blend of restored and upscaled face", ge=0, le=1)
     codeformer_fidelity: float = Field(

@@ -90,10 +90,9 @@ def convert_ahead(model_id: str, engine: EngineConfig, options: RestoreOptions) 
         return _mtcnn_ir(Path(engine.cache_dir))
     spec = get_spec(model_id, engine.weights_dir, engine.cache_dir)  # a user file of the weights folder too
     if spec.purpose == "face":
-        from pipeline.faces.restore import face_ir
+        from pipeline.faces.restore import face_fidelity, face_ir
 
-        fidelity = options.codeformer_fidelity if spec.arch == "CodeFormer" else 0.0
-        return face_ir(model_id, engine, fidelity).name
+        return face_ir(model_id, engine, face_fidelity(spec, options.codeformer_fidelity)).name
     strength = options.denoise_strength if model_id in options.model else None
     return upscaler_ir(model_id, engine, strength).xml.name
 

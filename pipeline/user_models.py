@@ -19,6 +19,7 @@ import json
 import logging
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from pipeline.types import UnknownModelError
 log = logging.getLogger(__name__)
 
 DETECT_TIMEOUT_S = 600  # a child that reads a few files of up to a few hundred MB each
-MEMO_FILE = "user-models-v2.json"  # bump the number when detect() answers differently
+MEMO_FILE = "user-models-v3.json"  # bump the number when detect() answers differently
 _DETECTOR_ENTRY = (
     "import sys; from pipeline.user_models import detect_main; sys.exit(detect_main(sys.argv[1:]))"
 )
@@ -41,6 +42,13 @@ NEEDS_TORCH = (
     "reading model files needs torch, which is not installed here: run `restorer weights convert` where it "
     "is (container: `docker compose run --rm converter`)"
 )
+# A CodeFormer file (face restoration) needs the opt-in, non-commercial spandrel_extra_arches. Refused with
+# this reason without it, and looked at again once the package is installed (the memo keeps no stale refusal).
+NEEDS_CODEFORMER = (
+    "a CodeFormer network: it needs the opt-in, non-commercial package spandrel_extra_arches "
+    "(pip install spandrel_extra_arches)"
+)
+_CODEFORMER_KEYS = {"position_emb", "idx_pred_layer.1.weight", "ft_layers.0.self_attn.in_proj_weight"}
 # spandrel's purposes -> ours. Inpainting needs a mask, which a photo restore does not have.
 _PURPOSES: dict[str, Purpose] = {"SR": "upscale", "Restoration": "restore", "FaceSR": "face"}
 
@@ -105,7 +113,7 @@ def scan_user_models(weights_dir: Path, cache_dir: Path | None = None) -> list[U
     found: dict[str, tuple[tuple[int, int], str, Detection]] = {}
     for path, stamp in candidates:
         remembered = _MEMO.get((str(weights_dir), path.name)) or stored.get(path.name)
-        if remembered is not None and remembered[0] == stamp:
+        if remembered is not None and remembered[0] == stamp and not _stale(remembered[2]):
             found[path.name] = remembered
         else:
             unknown.append(path)
@@ -133,6 +141,12 @@ def _remember(weights_dir: Path, found: dict[str, tuple[tuple[int, int], str, De
 
 def torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
+
+
+def _stale(detection: Detection) -> bool:
+    """A remembered answer that would now differ: a CodeFormer file refused before its package came."""
+    installed = importlib.util.find_spec("spandrel_extra_arches") is not None
+    return detection.refused == NEEDS_CODEFORMER and installed
 
 
 def _candidates(weights_dir: Path) -> list[tuple[Path, tuple[int, int]]]:
@@ -261,12 +275,32 @@ def detect(path: Path) -> Detection:
         state = read_state_dict(path)
     except RestoreError as error:
         return Detection(refused=str(error))
+    registry = spandrel.MAIN_REGISTRY
+    if state.keys() >= _CODEFORMER_KEYS:  # only a CodeFormer file pays for importing the opt-in package
+        codeformer = codeformer_support()
+        if codeformer is None:
+            return Detection("CodeFormer", 0, "", NEEDS_CODEFORMER)
+        registry = registry.copy()
+        registry.add(codeformer, ignore_duplicates=True)
     try:
-        descriptor = spandrel.ModelLoader().load_from_state_dict(state)
+        descriptor = spandrel.ModelLoader(registry=registry).load_from_state_dict(state)
     except Exception as error:  # spandrel's UnsupportedModelError, or an architecture's own failure
         words = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return Detection(refused=f"not a network spandrel recognises ({words})")
     return _describe(descriptor)
+
+
+def codeformer_support() -> Any:
+    """spandrel_extra_arches' CodeFormer (an ArchSupport), or None where the package is not installed. The
+    only one of that package's architectures the pipeline loads (pipeline/weights.py), so the only one
+    detected."""
+    try:
+        with warnings.catch_warnings():  # its import runs torch.jit.script, deprecated: not ours to fix
+            warnings.filterwarnings("ignore", "`torch.jit.script`", FutureWarning)
+            import spandrel_extra_arches
+    except ImportError:
+        return None
+    return spandrel_extra_arches.EXTRA_REGISTRY.get("CodeFormer")
 
 
 def _describe(descriptor: Any) -> Detection:

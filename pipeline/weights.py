@@ -27,7 +27,7 @@ from pipeline.embedded import DESCRIPTION as EMBEDDED_PACKAGE
 from pipeline.embedded import embedded_models_dir
 from pipeline.files import atomic_target, file_sha256, write_text_atomically
 from pipeline.models import REGISTRY, USER_LICENSE, ModelSpec, get_spec
-from pipeline.types import BackendUnavailableError, UnknownModelError, WeightsMissingError
+from pipeline.types import BackendUnavailableError, WeightsMissingError
 from pipeline.user_models import UserModelFile, scan_user_models
 
 if TYPE_CHECKING:
@@ -192,10 +192,6 @@ def _resolve(
     conversion imports torch, which callers that only look things up must not)."""
     spec = get_spec(model_id, weights_dir, cache_dir)
     if spec.user:  # a file the user brought: itself, as detected (pipeline/user_models.py)
-        if spec.purpose == "face":
-            raise UnknownModelError(
-                f"model {model_id} is a face model ({spec.arch}): choose it as face_model"
-            )
         assert spec.sha256 is not None  # user specs carry their file's sha256
         return ResolvedWeights(weights_dir / spec.filenames[0], "user", spec, spec.sha256)
     user = _user_file(spec, weights_dir)

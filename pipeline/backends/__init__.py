@@ -41,7 +41,7 @@ from pipeline.backends.ir import (
     save_ir,
     write_refusal,
 )
-from pipeline.types import BackendUnavailableError, EngineConfig
+from pipeline.types import BackendUnavailableError, EngineConfig, UnknownModelError
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def load_upscaler(
     host: HostCapabilities | None = None,
 ) -> Upscaler:
     """Load the model's weights (pipeline/weights.py) and wrap them in the chosen backend."""
+    refuse_face_model(model_id, engine)
     info = choose_backend(engine, host or host_capabilities())
     log.info("model %s on %s (%s)", model_id, f"{info.backend}/{info.device}/{info.precision}", info.reason)
     if info.backend == "openvino":
@@ -160,6 +161,16 @@ def load_upscaler(
 
     descriptor = load_model(model_id, Path(engine.weights_dir), Path(engine.cache_dir), denoise_strength)
     return TorchUpscaler(descriptor, info, engine)
+
+
+def refuse_face_model(model_id: str, engine: EngineConfig) -> None:
+    """A face network (built in or a user's file) restores 512 px face crops, not whole photos: as `model`
+    it is refused, saying where it belongs."""
+    from pipeline.models import get_spec
+
+    spec = get_spec(model_id, engine.weights_dir, engine.cache_dir)
+    if spec.purpose == "face":
+        raise UnknownModelError(f"model {model_id} is a face model ({spec.arch}): choose it as face_model")
 
 
 def upscaler_ir(model_id: str, engine: EngineConfig, denoise_strength: float | None = None) -> IrNetwork:

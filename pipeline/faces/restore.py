@@ -3,7 +3,9 @@
 Models (pipeline/models.py REGISTRY, loaded by pipeline/weights.py through spandrel, never downloaded):
 GFPGAN v1.4 / v1.3 (clean architecture) and RestoreFormer; CodeFormer only when asked for by name
 (non-commercial, needs spandrel_extra_arches). "auto" = the best one present: GFPGANv1.4 > GFPGANv1.3 >
-RestoreFormer.
+RestoreFormer. A user's face network file in the weights folder (a GFPGAN, RestoreFormer or CodeFormer
+spandrel recognises, pipeline/user_models.py) runs when face_model names its id (the file stem); the
+wrapper, CodeFormer's fidelity and the IR's name follow its detected architecture, never its id.
 
 Every network is wrapped so it maps a [0,1] RGB 512x512 crop to a [0,1] crop:
 - GFPGAN and CodeFormer work in [-1,1] (calling spandrel's descriptor on [0,1] input is a known pitfall);
@@ -38,7 +40,7 @@ from pipeline.backends.ir import (
     save_ir,
     torch_to_ov,
 )
-from pipeline.models import get_spec
+from pipeline.models import ModelSpec, get_spec
 from pipeline.types import BackendUnavailableError, EngineConfig, UnknownModelError
 
 if TYPE_CHECKING:
@@ -61,8 +63,8 @@ def missing_restoration_reason(weights_dir: Path) -> str:
     )
 
 
-def available_face_models(weights_dir: Path) -> list[str]:
-    """Face models whose weights are present (CodeFormer listed too; it is still used only on request)."""
+def builtin_face_models_present(weights_dir: Path) -> list[str]:
+    """The built-in face models whose weights are present (CodeFormer listed too; used only on request)."""
     from pipeline.models import face_models
 
     # Face weights are never embedded, so "present" is "a file under one of the accepted names": checked
@@ -70,24 +72,50 @@ def available_face_models(weights_dir: Path) -> list[str]:
     return [spec.id for spec in face_models() if any((weights_dir / n).is_file() for n in spec.filenames)]
 
 
-def choose_face_model(requested: str, weights_dir: Path) -> tuple[str | None, str | None]:
-    """(model id, None) when a usable face model exists for the request, else (None, reason in words)."""
-    present = available_face_models(weights_dir)
+def user_face_models(weights_dir: Path, cache_dir: Path | None = None) -> list[str]:
+    """The user's face network files in the weights folder that spandrel recognised (pipeline/user_models.py:
+    detected once per file, remembered by name, size and mtime), by id."""
+    from pipeline.user_models import scan_user_models
+
+    files = scan_user_models(weights_dir, cache_dir)
+    return [entry.id for entry in files if entry.spec is not None and entry.spec.purpose == "face"]
+
+
+def available_face_models(weights_dir: Path, cache_dir: Path | None = None) -> list[str]:
+    """Face models that can be chosen as face_model: the built-in ones present, then the user's files."""
+    return [*builtin_face_models_present(weights_dir), *user_face_models(weights_dir, cache_dir)]
+
+
+def choose_face_model(
+    requested: str, weights_dir: Path, cache_dir: Path | None = None
+) -> tuple[ModelSpec | None, str | None]:
+    """(the face model's spec, None) when a usable face model exists for the request, else (None, the
+    reason in words). `requested` is "auto", a built-in face model's id or a user face file's id."""
     if requested == "auto":
+        # Only the built-in models, best first: a user file's quality is unknown (a fine-tune, an
+        # experiment, a half-trained network), so it runs only where someone names it.
+        present = builtin_face_models_present(weights_dir)
         for model_id in AUTO_ORDER:
             if model_id in present:
-                return model_id, None
+                return get_spec(model_id), None
         return None, missing_restoration_reason(weights_dir)
     try:
-        spec = get_spec(requested)
-    except UnknownModelError as error:  # its message lists the known ids
+        spec = get_spec(requested, weights_dir, cache_dir)  # a user file of the weights folder too
+    except UnknownModelError as error:  # its message lists the known ids, or why the user file was refused
         return None, f"face restoration unavailable: {error}"
     if spec.purpose != "face":
-        return None, f"face restoration unavailable: {requested} is not a face model"
-    if requested not in present:
+        kind = f"{spec.arch} x{spec.scale}, {spec.purpose}"
+        return None, f"face restoration unavailable: {requested} is not a face model ({kind})"
+    if not spec.user and requested not in builtin_face_models_present(weights_dir):
         where = f"{weights_dir}/ (from {spec.source_url})"
         return None, f"face restoration unavailable: add {spec.filenames[0]} to {where}"
-    return requested, None
+    return spec, None
+
+
+def face_fidelity(spec: ModelSpec, codeformer_fidelity: float) -> float:
+    """The fidelity weight the network gets: CodeFormer's w for any CodeFormer (built in or a user's file:
+    the architecture decides, not the id); 0 for the others, which have none (one IR for every value)."""
+    return float(codeformer_fidelity) if spec.arch == "CodeFormer" else 0.0
 
 
 def face_module(descriptor: ModelDescriptor, arch: str, fidelity: float) -> torch.nn.Module:
@@ -196,7 +224,7 @@ def load_face_restorer(model_id: str, engine: EngineConfig, fidelity: float = 0.
     """Load `model_id` onto the chosen face backend: OpenVINO from its cached IR (converted first, in a
     separate process, when new), or torch through pipeline.weights (spandrel)."""
     info = choose_face_backend(engine)
-    fidelity = fidelity if get_spec(model_id).arch == "CodeFormer" else 0.0
+    fidelity = face_fidelity(get_spec(model_id, engine.weights_dir, engine.cache_dir), fidelity)
     if info.backend == "openvino":
         try:
             return FaceRestorer(
@@ -216,10 +244,10 @@ def load_face_restorer(model_id: str, engine: EngineConfig, fidelity: float = 0.
     return FaceRestorer(model_id, info, TorchFaceRunner(module, info, engine))
 
 
-def face_xml(model_id: str, cache_dir: Path, key: str, fidelity: float) -> Path:
+def face_xml(arch: str, cache_dir: Path, key: str, fidelity: float) -> Path:
     """Where a face network's IR lives: named by architecture, weights sha256 (and CodeFormer's fidelity,
-    which is baked into the converted graph)."""
-    arch = get_spec(model_id).arch
+    which is baked into the converted graph). Not by id: a user's file and a built-in one with the same
+    bytes share one IR, and a renamed file keeps its own."""
     suffix = f"-w{fidelity:.3f}" if arch == "CodeFormer" else ""
     return ir_dir(cache_dir) / f"face-{arch}-{key[:32]}{suffix}-1x3x{CROP}x{CROP}.xml"
 
@@ -234,7 +262,7 @@ def face_ir(model_id: str, engine: EngineConfig, fidelity: float) -> Path:
     key = weights_key(model_id, weights_dir, cache_dir)
     if key is None:  # face weights are never embedded: a user file or WeightsMissingError
         raise BackendUnavailableError(f"{model_id}: no weights key")
-    xml = face_xml(model_id, cache_dir, key, fidelity)
+    xml = face_xml(get_spec(model_id, weights_dir, cache_dir).arch, cache_dir, key, fidelity)
     if read_network(xml) is None:
         convert_in_subprocess(
             Conversion("face", model_id, str(weights_dir), str(cache_dir), fidelity=fidelity, module=__name__)
@@ -255,7 +283,7 @@ def _convert_face(job: Conversion) -> None:
     # OpenVINO's CPU plugin cannot run when left dynamic.
     shape = [1, 3, CROP, CROP]
     model = torch_to_ov(module, shape, shape, trace=False)
-    xml = face_xml(job.model_id, Path(job.cache_dir), key, job.fidelity)
+    xml = face_xml(architecture, Path(job.cache_dir), key, job.fidelity)
     save_ir(model, xml, {"architecture": architecture, "scale": 1, "size_multiple": 1})
 
 

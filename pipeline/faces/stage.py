@@ -29,6 +29,7 @@ from pipeline.faces.restore import (
     available_face_models,
     choose_face_backend,
     choose_face_model,
+    face_fidelity,
     load_face_restorer,
 )
 from pipeline.options import RestoreOptions
@@ -84,9 +85,10 @@ class FaceStage:
     def __init__(self, engine: EngineConfig) -> None:
         self._engine = engine
         self._weights_dir = Path(engine.weights_dir)
+        self._cache_dir = Path(engine.cache_dir)
         self._detector: FaceDetector | None = None
         self._detector_reason = ""
-        self._restorers: dict[tuple[str, float], FaceRestorer] = {}
+        self._restorers: dict[tuple[str, str | None, float], FaceRestorer] = {}
 
     # -- loading ------------------------------------------------------------------------------------------
 
@@ -99,14 +101,16 @@ class FaceStage:
 
     def restorer(self, options: RestoreOptions) -> tuple[FaceRestorer | None, str | None]:
         """The face network for these options, or None and the reason in words."""
-        model_id, reason = choose_face_model(options.face_model, self._weights_dir)
-        if model_id is None:
+        spec, reason = choose_face_model(options.face_model, self._weights_dir, self._cache_dir)
+        if spec is None:
             return None, reason
-        fidelity = float(options.codeformer_fidelity) if model_id == "CodeFormer" else 0.0
-        key = (model_id, fidelity)
+        fidelity = face_fidelity(spec, options.codeformer_fidelity)
+        # A user's file replaced under the same name is another network: its sha256 (of the file, for a
+        # user spec) is part of the key.
+        key = (spec.id, spec.sha256 if spec.user else None, fidelity)
         if key not in self._restorers:
             try:
-                self._restorers[key] = load_face_restorer(model_id, self._engine, fidelity)
+                self._restorers[key] = load_face_restorer(spec.id, self._engine, fidelity)
             except RestoreError as error:  # corrupt file, CodeFormer without its package, backend refused
                 return None, f"face restoration unavailable: {error}"
         return self._restorers[key], None
@@ -223,8 +227,9 @@ class FaceStage:
     # -- status -------------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, object]:
-        """Detector and face weights available (cheap: no model is loaded, no file hashed)."""
-        present = available_face_models(self._weights_dir)
+        """Detector and face weights available (cheap: no model is loaded; a user's file is hashed and
+        detected once, then remembered). "auto" never picks a user's file; naming it as face_model does."""
+        present = available_face_models(self._weights_dir, self._cache_dir)
         auto = next((m for m in AUTO_ORDER if m in present), None)
         retina = retinaface_unavailable_reason(self._weights_dir)
         try:
@@ -232,7 +237,7 @@ class FaceStage:
             backend_text: str | None = f"{backend.backend} {backend.device} {backend.precision}"
         except RestoreError as error:
             backend_text = f"unavailable: {error}"
-        _, missing = choose_face_model("auto", self._weights_dir)
+        _, missing = choose_face_model("auto", self._weights_dir, self._cache_dir)
         note: str | None
         if self._detector is not None:  # loaded: say what actually runs (RetinaFace may have fallen back)
             detector, note = self._detector.name, self._detector_reason

@@ -33,8 +33,8 @@ from pipeline import (
     Precision,
     RestoreOptionFields,
     RestoreOptions,
+    models_as_model,
 )
-from pipeline.options import models_as_model
 
 
 def all_optional(fields: type[BaseModel], name: str, doc: str) -> type[BaseModel]:

@@ -36,7 +36,7 @@ from pipeline.imageio import (
     probe,
 )
 from pipeline.models import ModelSpec, get_spec
-from pipeline.options import RestoreOptionFields, RestoreOptions
+from pipeline.options import RestoreOptionFields, RestoreOptions, models_as_model
 from pipeline.prebuilt import convert_ahead
 from pipeline.progress import STAGE_WEIGHTS, stage_spans
 from pipeline.restorer import Restorer, restore_bytes
@@ -111,6 +111,7 @@ __all__ = [
     "get_spec",
     "load_image",
     "model_statuses",
+    "models_as_model",
     "probe",
     "restore_bytes",
     "stage_spans",

@@ -245,8 +245,9 @@ CPU_VARIANTS = [
 
 @pytest.fixture(scope="module")
 def shared_dirs(tmp_path_factory):
-    """One weights/cache folder for the comparisons: conversions and IRs are made once per module."""
-    return tmp_path_factory.mktemp("backends")
+    """One weights/cache folder for the comparisons: the session's, shared with the CLI tests, so each
+    network is converted once per session (RealESRGAN_x4plus's conversion alone is ~35 s here)."""
+    return tmp_path_factory.getbasetemp() / "restorer-state"
 
 
 _REFERENCES: dict[tuple[str, int], np.ndarray] = {}

@@ -321,13 +321,13 @@ def run_workload(
         uploads.append(upload(serve, f"t{i}.png", png_bytes(seed=i), "2x"))
         retry_refused(serve, root, retried)
         time.sleep(0.15)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # generous: a loaded 2-core CI box; a pass returns at once
     while time.monotonic() < deadline:
         if retry_refused(serve, root, retried) == ROUNDS and finished(root, 1 + 3 * ROUNDS):
             return uploads, None
         time.sleep(0.2)
     table = "\n".join(f"{j.id} {j.input_path} {j.state} {j.original} {j.error} {j.note}" for j in jobs(root))
-    return uploads, f"not all jobs finished within 60 s:\n{table}"
+    return uploads, f"not all jobs finished within 120 s:\n{table}"
 
 
 def leaks(

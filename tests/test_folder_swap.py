@@ -44,7 +44,7 @@ from tests.support.workspace import jobs, jobs_by_input
 
 TOKEN = "folder-swap-token-" + uuid.uuid4().hex
 SECRET = b"SECRET-OUTSIDE-THE-FOUR-FOLDERS:"
-ROUNDS = 16  # each round: a new photo, a duplicate, a /proc/self duplicate, a refused file retried, an upload
+ROUNDS = 10  # each round: a new photo, a duplicate, a /proc/self duplicate, a refused file retried, an upload
 FOLDERS = ("inbox", "outbox", "failed", "archive")
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2

@@ -153,3 +153,21 @@ def test_without_the_opt_in_package_a_codeformer_file_says_which_package_it_need
     assert found.refused == user_models.NEEDS_CODEFORMER and "spandrel_extra_arches" in found.refused
     monkeypatch.undo()
     assert user_models._stale(found)  # remembered so, it is looked at again now that the package is here
+
+
+def test_a_face_conversion_that_computes_something_else_is_caught() -> None:
+    """The check _convert_face applies before keeping a face network's IR: the same network converted
+    agrees with torch; a network converted from other weights (what a mishandled variant amounts to) does
+    not, so it is never saved."""
+    import torch
+
+    from pipeline.backends.ir import agreement_with_torch, torch_to_ov
+    from pipeline.faces.restore import FACE_CHECK_DB
+
+    torch.manual_seed(0)
+    shape = [1, 3, 32, 32]
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid()).eval()
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Sigmoid()).eval()
+    converted = torch_to_ov(network, shape, shape, trace=False)
+    assert agreement_with_torch(network, converted, shape) > 80
+    assert agreement_with_torch(other, converted, shape) < FACE_CHECK_DB

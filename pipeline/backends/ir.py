@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 import shutil
 import subprocess
 import sys
@@ -253,6 +254,21 @@ def torch_to_ov(
 
 # The converted network must compute what torch computes, to within a fraction of an 8-bit level.
 CHECK_TOLERANCE = 0.5 / 255
+
+
+def agreement_with_torch(module: Any, model: ov.Model, shape: list[int]) -> float:
+    """PSNR (dB) of the converted model's fp32 output against the torch module's, on a seeded random input
+    of `shape` (for fixed-shape networks: the face crops)."""
+    import openvino as ov
+    import torch
+
+    sample = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(sample).clamp(0, 1).numpy()
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    actual = compiled(sample.numpy())[0].clip(0, 1)
+    mse = float(((actual - expected) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
 # Size multiples tried, in order, for a network whose trace holds on only to sizes of some multiple: window

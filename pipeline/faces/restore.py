@@ -31,6 +31,7 @@ import numpy as np
 from pipeline.backends.base import BackendInfo, available_cores
 from pipeline.backends.ir import (
     Conversion,
+    agreement_with_torch,
     compile_ir,
     convert_in_subprocess,
     ir_dir,
@@ -53,6 +54,9 @@ AUTO_ORDER = ("GFPGANv1.4", "GFPGANv1.3", "RestoreFormer")
 CROP = 512
 # Measured on the 2-core avx512_bf16 CPU with a 512 face (see docs/performance.md, "## Faces").
 FACE_CPU_AUTO = ("openvino", "bf16")
+# A face network's conversion is kept only this close to torch in fp32 (a correct one is far above it; the
+# same bar as the CPU engines' choice above, which is about precision, not a wrong graph).
+FACE_CHECK_DB = 40.0
 
 
 def missing_restoration_reason(weights_dir: Path) -> str:
@@ -283,6 +287,14 @@ def _convert_face(job: Conversion) -> None:
     # OpenVINO's CPU plugin cannot run when left dynamic.
     shape = [1, 3, CROP, CROP]
     model = torch_to_ov(module, shape, shape, trace=False)
+    # Never keep a conversion that computes something else (a user's file of an architecture variant the
+    # converter mishandles): without an IR the face stage says so and runs torch, or refuses without it.
+    agreement = agreement_with_torch(module, model, shape)
+    if agreement < FACE_CHECK_DB:
+        raise ValueError(
+            f"{job.model_id}: the OpenVINO conversion differs from torch ({agreement:.1f} dB on a test crop, "
+            f"below {FACE_CHECK_DB:.0f} dB)"
+        )
     xml = face_xml(architecture, Path(job.cache_dir), key, job.fidelity)
     save_ir(model, xml, {"architecture": architecture, "scale": 1, "size_multiple": 1})
 

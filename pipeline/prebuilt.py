@@ -103,7 +103,7 @@ def _mtcnn_ir(cache_dir: Path) -> str:
 
     xmls = mtcnn_xmls(cache_dir)
     if any(read_network(xml) is None for xml in xmls.values()):
-        convert_in_subprocess(Conversion("mtcnn", cache_dir=str(cache_dir)))
+        convert_in_subprocess(Conversion("mtcnn", cache_dir=str(cache_dir), module="pipeline.faces.mtcnn"))
     return ", ".join(xml.name for xml in xmls.values())
 
 
@@ -114,9 +114,10 @@ def build(target: Path) -> None:
 
     with tempfile.TemporaryDirectory() as empty:  # no user weights: the embedded ones are converted
         for model_id in embedded_model_ids():
-            convert_in_subprocess(Conversion("upscaler", model_id, empty, str(target)))
+            job = Conversion("upscaler", model_id, empty, str(target), module="pipeline.backends")
+            convert_in_subprocess(job)
             log.warning("converted %s", model_id)
-        convert_in_subprocess(Conversion("mtcnn", cache_dir=str(target)))
+        convert_in_subprocess(Conversion("mtcnn", cache_dir=str(target), module="pipeline.faces.mtcnn"))
         expected = _expected_irs(Path(empty), target)
         missing = [name for name, xml in expected.items() if read_network(xml) is None]
     if missing:

@@ -89,6 +89,16 @@ def test_weights_convert_names_a_missing_model(tmp_path: Path, capsys) -> None:
     assert "GFPGANv1.4.pth" in capsys.readouterr().err
 
 
+def test_weights_convert_makes_the_face_detectors_ir(tmp_path: Path) -> None:
+    """MTCNN through the converter process as the image build and `restorer weights convert MTCNN` ask
+    for it: the child must load the module that registers the "mtcnn" kind (it once did not)."""
+    from pipeline.faces.mtcnn import mtcnn_xmls
+
+    args = ["weights", "convert", "MTCNN", "--weights-dir", str(tmp_path / "w"), "--state-dir", str(tmp_path)]
+    assert cli_main(args) == 0
+    assert all(read_network(xml) is not None for xml in mtcnn_xmls(tmp_path / "cache").values())
+
+
 def test_weights_convert_refuses_an_unknown_name(tmp_path: Path, capsys) -> None:
     assert cli_main(["weights", "convert", "nonsense", "--state-dir", str(tmp_path)]) == 2
     assert "nonsense" in capsys.readouterr().err

@@ -224,6 +224,7 @@ def test_a_small_text_file_named_jpg_is_refused_at_intake_and_never_reaches_a_wo
     (root / "inbox" / "photo.jpg").write_bytes(fake_photo(b"a real photo"))
     wait_for(lambda: states(root) == {"notes.jpg": "failed", "photo.jpg": "done"})
     wait_for(lambda: len(files_under(root / "failed")) == 2)  # the reason follows the failed row
+    wait_for(lambda: jobs_by_input(root)["photo.jpg"].original != "inbox")  # disposed of after "done"
     refused = jobs_by_input(root)["notes.jpg"]
     assert refused.failure_kind == "bad-input" and "not an image" in refused.error
     assert refused.attempts == 0  # no worker ever claimed it

@@ -259,14 +259,7 @@ CHECK_TOLERANCE = 0.5 / 255
 def agreement_with_torch(module: Any, model: ov.Model, shape: list[int]) -> float:
     """PSNR (dB) of the converted model's fp32 output against the torch module's, on a seeded random input
     of `shape` (for fixed-shape networks: the face crops)."""
-    import openvino as ov
-    import torch
-
-    sample = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = module(sample).clamp(0, 1).numpy()
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    actual = compiled(sample.numpy())[0].clip(0, 1)
+    expected, actual = _outputs_on_a_sample(module, model, shape)
     mse = float(((actual - expected) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
@@ -297,24 +290,31 @@ def convert_image_network(descriptor: Any) -> tuple[ov.Model, int]:
 
 
 def _convert_checked(module: Any, needs: Any, multiple: int) -> ov.Model:
-    import openvino as ov
-    import torch
 
     side = _round_up(max(32, needs.minimum), multiple)
     model = torch_to_ov(module, [1, 3, side, side], [-1, 3, -1, -1], trace=True)
     height = side + _round_up(5, multiple)
     width = height if needs.square else side + _round_up(11, multiple)
-    sample = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = module(sample).clamp(0, 1).numpy()
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    actual = compiled(sample.numpy())[0].clip(0, 1)
+    expected, actual = _outputs_on_a_sample(module, model, [1, 3, height, width])
     if actual.shape != expected.shape:
         raise ValueError(f"on a {height}x{width} input it returned {actual.shape}, torch {expected.shape}")
     difference = float(abs(actual - expected).max())
     if difference > CHECK_TOLERANCE:
         raise ValueError(f"on a {height}x{width} input its output differs from torch's by {difference:.3f}")
     return model
+
+
+def _outputs_on_a_sample(module: Any, model: ov.Model, shape: list[int]) -> tuple[Any, Any]:
+    """(torch's output, the converted model's fp32 output), both clipped to [0, 1], on one seeded random
+    input of `shape`: what every conversion check compares."""
+    import openvino as ov
+    import torch
+
+    sample = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(sample).clamp(0, 1).numpy()
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return expected, compiled(sample.numpy())[0].clip(0, 1)
 
 
 def _round_up(value: int, multiple: int) -> int:
